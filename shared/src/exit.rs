@@ -1,0 +1,43 @@
+//! The documented exit codes of `supervisor run` and of `--wait`.
+
+use crate::state::JobState;
+
+/// The job succeeded.
+pub const SUCCESS: i32 = 0;
+/// A task failed; every revert ran.
+pub const TASK_FAILED: i32 = 1;
+/// Invalid input (bad file or flags): nothing ran.
+pub const INVALID_INPUT: i32 = 2;
+/// Cancelled; every revert ran.
+pub const CANCELLED: i32 = 3;
+/// Killed or crashed: some reverts were skipped.
+pub const KILLED: i32 = 4;
+/// A revert failed.
+pub const REVERT_FAILED: i32 = 5;
+/// Another error (store, spawn, I/O) kept the command from doing its work.
+pub const INTERNAL: i32 = 10;
+
+/// The exit code for a job that ended in `state`; `None` while it is still live.
+#[must_use]
+pub const fn for_job_state(state: JobState) -> Option<i32> {
+    match state {
+        JobState::Success => Some(SUCCESS),
+        JobState::Reverted => Some(TASK_FAILED),
+        JobState::Cancelled => Some(CANCELLED),
+        JobState::Killed | JobState::Crashed => Some(KILLED),
+        JobState::RevertFailed => Some(REVERT_FAILED),
+        JobState::Pending | JobState::Running | JobState::Cancelling | JobState::Reverting => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_terminal_state_has_a_code_and_live_ones_none() {
+        for state in JobState::ALL {
+            assert_eq!(for_job_state(state).is_some(), !state.is_live(), "{state}");
+        }
+    }
+}

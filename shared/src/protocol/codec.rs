@@ -1,0 +1,168 @@
+//! Frames: a `u32` big-endian length, then that many bytes of postcard. The one module that knows
+//! the encoding, so it can be swapped.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Hard limit on a frame's body; a larger frame closes the connection.
+pub const MAX_FRAME_LEN: usize = 1024 * 1024;
+
+/// What can go wrong with a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN} bytes")]
+    TooLarge { len: usize },
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("malformed frame: {0}")]
+    Malformed(#[source] postcard::Error),
+    #[error("i/o error on the socket: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+/// Encodes one message as a whole frame (header included).
+pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let mut frame = postcard::to_extend(message, vec![0; 4]).map_err(FrameError::Malformed)?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len });
+    }
+    let header = u32::try_from(len)
+        .map_err(|_| FrameError::TooLarge { len })?
+        .to_be_bytes();
+    frame[..4].copy_from_slice(&header);
+    Ok(frame)
+}
+
+/// Decodes a frame's body (without its header).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    postcard::from_bytes(body).map_err(FrameError::Malformed)
+}
+
+/// Reads one frame. `Ok(None)` on a clean end of stream between frames.
+pub async fn read_frame<T, R>(reader: &mut R) -> Result<Option<T>, FrameError>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    let mut header = [0u8; 4];
+    let mut filled = 0;
+    while filled < header.len() {
+        let n = reader
+            .read(&mut header[filled..])
+            .await
+            .map_err(FrameError::Io)?;
+        if n == 0 {
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        filled += n;
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len });
+    }
+    let mut body = vec![0u8; len];
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+            _ => FrameError::Io(err),
+        })?;
+    decode_body(&body).map(Some)
+}
+
+/// Writes one message as a frame.
+pub async fn write_frame<T, W>(writer: &mut W, message: &T) -> Result<(), FrameError>
+where
+    T: Serialize,
+    W: AsyncWrite + Unpin,
+{
+    let frame = encode_frame(message)?;
+    writer.write_all(&frame).await.map_err(FrameError::Io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::conductor::{FromConductor, JobEvent, Phase, Report, Stream};
+
+    fn sample() -> FromConductor {
+        FromConductor::Report(Report {
+            seq: 7,
+            event: JobEvent::Output {
+                task: 2,
+                phase: Phase::Execute,
+                stream: Stream::Stdout,
+                line: "hello".into(),
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn round_trip_through_a_stream() {
+        let mut bytes = encode_frame(&sample()).expect("encode");
+        bytes.extend(encode_frame(&sample()).expect("encode"));
+        let mut reader = &bytes[..];
+        for _ in 0..2 {
+            let got: Option<FromConductor> = read_frame(&mut reader).await.expect("decode");
+            assert_eq!(got, Some(sample()));
+        }
+        let end: Option<FromConductor> = read_frame(&mut reader).await.expect("clean end");
+        assert_eq!(end, None);
+    }
+
+    #[tokio::test]
+    async fn truncation_anywhere_is_an_error_not_a_message() {
+        let bytes = encode_frame(&sample()).expect("encode");
+        for cut in 1..bytes.len() {
+            let mut reader = &bytes[..cut];
+            let got: Result<Option<FromConductor>, _> = read_frame(&mut reader).await;
+            assert!(
+                matches!(got, Err(FrameError::Truncated)),
+                "cut at {cut}: {got:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_header_is_refused_before_reading_the_body() {
+        let header = u32::try_from(MAX_FRAME_LEN + 1)
+            .expect("fits")
+            .to_be_bytes();
+        let mut reader = &header[..];
+        let got: Result<Option<FromConductor>, _> = read_frame(&mut reader).await;
+        assert!(matches!(got, Err(FrameError::TooLarge { .. })), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn garbage_is_malformed() {
+        let mut bytes = 3u32.to_be_bytes().to_vec();
+        bytes.extend([0xff, 0xff, 0xff]);
+        let mut reader = &bytes[..];
+        let got: Result<Option<FromConductor>, _> = read_frame(&mut reader).await;
+        assert!(matches!(got, Err(FrameError::Malformed(_))), "{got:?}");
+    }
+
+    #[test]
+    fn oversized_message_is_refused_on_encode() {
+        let big = FromConductor::Report(Report {
+            seq: 1,
+            event: JobEvent::Output {
+                task: 0,
+                phase: Phase::Execute,
+                stream: Stream::Stdout,
+                line: "x".repeat(MAX_FRAME_LEN + 1),
+            },
+        });
+        assert!(matches!(
+            encode_frame(&big),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+}

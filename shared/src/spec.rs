@@ -1,0 +1,490 @@
+//! The job file: TOML, parsed and validated before anything runs.
+//!
+//! Every error names the file, line and column ([`SpecError`]). Validation is complete here: a
+//! [`JobSpec`] that exists is one the conductor can run.
+
+use crate::duration::parse_duration;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Default time from soft cancel to SIGKILL of the whole job.
+pub const DEFAULT_CANCEL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time, during a cancel, from SIGTERM to SIGKILL of the running task's process group.
+pub const DEFAULT_TERM_GRACE: Duration = Duration::from_secs(5);
+/// Longest task name.
+pub const MAX_TASK_NAME_LEN: usize = 64;
+
+/// A validated job.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    /// Whole-job deadline; reaching it starts a soft cancel.
+    pub timeout: Option<Duration>,
+    /// From soft cancel to SIGKILL of the whole job.
+    pub cancel_timeout: Duration,
+    /// During a cancel, from SIGTERM to SIGKILL of the running task's process group.
+    pub term_grace: Duration,
+    /// Environment for every task.
+    pub env: BTreeMap<String, String>,
+    /// The tasks, in file order (the order they execute in).
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// A validated task.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub name: String,
+    pub run: CommandSpec,
+    /// `None`: nothing to compensate.
+    pub revert: Option<CommandSpec>,
+    /// Execute deadline; exceeding it is a failure.
+    pub timeout: Option<Duration>,
+    /// Extra attempts of execute after a failure.
+    pub retries: u32,
+    pub cwd: Option<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// A command: a string runs under `/bin/sh -c`, an array is argv as is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandSpec {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl CommandSpec {
+    /// The program to exec and its arguments.
+    #[must_use]
+    pub fn program_and_args(&self) -> (&str, Vec<&str>) {
+        match self {
+            Self::Shell(script) => ("/bin/sh", vec!["-c", script.as_str()]),
+            Self::Argv(argv) => {
+                let (first, rest) = argv
+                    .split_first()
+                    .map_or(("", &[][..]), |(f, r)| (f.as_str(), r));
+                (first, rest.iter().map(String::as_str).collect())
+            }
+        }
+    }
+}
+
+/// Environment values may be secrets: `Debug` shows the keys only.
+struct EnvKeys<'a>(&'a BTreeMap<String, String>);
+
+impl fmt::Debug for EnvKeys<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobSpec")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("cancel_timeout", &self.cancel_timeout)
+            .field("term_grace", &self.term_grace)
+            .field("env_keys", &EnvKeys(&self.env))
+            .field("tasks", &self.tasks)
+            .finish()
+    }
+}
+
+impl fmt::Debug for TaskSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskSpec")
+            .field("name", &self.name)
+            .field("run", &self.run)
+            .field("revert", &self.revert)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("cwd", &self.cwd)
+            .field("env_keys", &EnvKeys(&self.env))
+            .finish()
+    }
+}
+
+/// A job file error, with its place.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}:{line}:{column}: {message}")]
+pub struct SpecError {
+    /// The file name (or `<stdin>`).
+    pub origin: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    cancel_timeout: Option<Spanned<String>>,
+    term_grace: Option<Spanned<String>>,
+    env: Option<BTreeMap<String, String>>,
+    task: Option<Spanned<Vec<Spanned<RawTask>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    name: Spanned<String>,
+    run: Spanned<toml::Value>,
+    revert: Option<Spanned<toml::Value>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
+    cwd: Option<Spanned<String>>,
+    env: Option<BTreeMap<String, String>>,
+}
+
+impl JobSpec {
+    /// Parses and validates a job file. `origin` names it in errors; `default_name` is the job's
+    /// name when the file sets none (the file name without `.toml`).
+    pub fn parse(source: &str, origin: &str, default_name: &str) -> Result<Self, SpecError> {
+        let at = |span: Range<usize>, message: String| locate(source, origin, span.start, message);
+        let raw: RawJob = toml::from_str(source).map_err(|err| {
+            let start = err.span().map_or(0, |s| s.start);
+            locate(source, origin, start, err.message().trim_end().to_owned())
+        })?;
+
+        let name = match raw.name {
+            Some(name) => {
+                let span = name.span();
+                let name = name.into_inner();
+                if name.trim().is_empty() {
+                    return Err(at(span, "job name must not be empty".into()));
+                }
+                name
+            }
+            None => default_name.to_owned(),
+        };
+        let timeout = raw
+            .timeout
+            .map(|d| positive_duration(d, "timeout", &at))
+            .transpose()?;
+        let cancel_timeout = raw
+            .cancel_timeout
+            .map(|d| positive_duration(d, "cancel_timeout", &at))
+            .transpose()?
+            .unwrap_or(DEFAULT_CANCEL_TIMEOUT);
+        let term_grace = match raw.term_grace {
+            Some(d) => {
+                let span = d.span();
+                let grace = positive_duration(d, "term_grace", &at)?;
+                if grace >= cancel_timeout {
+                    return Err(at(
+                        span,
+                        format!(
+                            "term_grace ({}) must be shorter than cancel_timeout ({})",
+                            crate::duration::format_duration(grace),
+                            crate::duration::format_duration(cancel_timeout)
+                        ),
+                    ));
+                }
+                grace
+            }
+            None if DEFAULT_TERM_GRACE < cancel_timeout => DEFAULT_TERM_GRACE,
+            // A short cancel_timeout with no term_grace: leave the conductor half of it.
+            None => cancel_timeout / 2,
+        };
+
+        let Some(raw_tasks) = raw.task else {
+            return Err(at(
+                0..0,
+                "the job has no tasks: add at least one [[task]]".into(),
+            ));
+        };
+        let tasks_span = raw_tasks.span();
+        let raw_tasks = raw_tasks.into_inner();
+        if raw_tasks.is_empty() {
+            return Err(at(
+                tasks_span,
+                "the job has no tasks: add at least one [[task]]".into(),
+            ));
+        }
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut tasks = Vec::with_capacity(raw_tasks.len());
+        for raw_task in raw_tasks {
+            let task = parse_task(raw_task.into_inner(), &at)?;
+            if seen.insert(task.0.name.clone(), ()).is_some() {
+                return Err(at(task.1, format!("duplicate task name {:?}", task.0.name)));
+            }
+            tasks.push(task.0);
+        }
+        Ok(Self {
+            name,
+            timeout,
+            cancel_timeout,
+            term_grace,
+            env: raw.env.unwrap_or_default(),
+            tasks,
+        })
+    }
+}
+
+fn parse_task(
+    raw: RawTask,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<(TaskSpec, Range<usize>), SpecError> {
+    let name_span = raw.name.span();
+    let name = raw.name.into_inner();
+    if let Some(problem) = task_name_problem(&name) {
+        return Err(at(name_span, problem));
+    }
+    let run = parse_command(raw.run, "run", at)?;
+    let revert = raw
+        .revert
+        .map(|c| parse_command(c, "revert", at))
+        .transpose()?;
+    let timeout = raw
+        .timeout
+        .map(|d| positive_duration(d, "timeout", at))
+        .transpose()?;
+    let cwd = match raw.cwd {
+        Some(cwd) if cwd.get_ref().is_empty() => {
+            return Err(at(cwd.span(), "cwd must not be empty".into()));
+        }
+        other => other.map(Spanned::into_inner),
+    };
+    let task = TaskSpec {
+        name,
+        run,
+        revert,
+        timeout,
+        retries: raw.retries.unwrap_or(0),
+        cwd,
+        env: raw.env.unwrap_or_default(),
+    };
+    Ok((task, name_span))
+}
+
+/// Why a task name is not allowed, or `None`.
+#[must_use]
+pub fn task_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > MAX_TASK_NAME_LEN {
+        return Some(format!(
+            "task name {name:?} must be 1 to {MAX_TASK_NAME_LEN} characters long"
+        ));
+    }
+    let ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    (!ok).then(|| format!("task name {name:?} may only hold letters, digits, '-', '_' and '.'"))
+}
+
+fn parse_command(
+    value: Spanned<toml::Value>,
+    field: &str,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<CommandSpec, SpecError> {
+    let span = value.span();
+    match value.into_inner() {
+        toml::Value::String(script) if script.trim().is_empty() => {
+            Err(at(span, format!("`{field}` must not be an empty command")))
+        }
+        toml::Value::String(script) => Ok(CommandSpec::Shell(script)),
+        toml::Value::Array(items) => {
+            let mut argv = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    toml::Value::String(arg) => argv.push(arg),
+                    other => {
+                        return Err(at(
+                            span,
+                            format!(
+                                "`{field}` array items must be strings, found {}",
+                                other.type_str()
+                            ),
+                        ));
+                    }
+                }
+            }
+            match argv.first() {
+                None => Err(at(span, format!("`{field}` must not be an empty command"))),
+                Some(program) if program.is_empty() => Err(at(
+                    span,
+                    format!("`{field}`: the program (first item) must not be empty"),
+                )),
+                Some(_) => Ok(CommandSpec::Argv(argv)),
+            }
+        }
+        other => Err(at(
+            span,
+            format!(
+                "`{field}` must be a string (run by /bin/sh -c) or an array (argv), found {}",
+                other.type_str()
+            ),
+        )),
+    }
+}
+
+fn positive_duration(
+    text: Spanned<String>,
+    field: &str,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<Duration, SpecError> {
+    let span = text.span();
+    match parse_duration(text.get_ref()) {
+        Ok(d) if d.is_zero() => Err(at(span, format!("`{field}` must be longer than zero"))),
+        Ok(d) => Ok(d),
+        Err(problem) => Err(at(span, format!("`{field}`: {problem}"))),
+    }
+}
+
+/// Turns a byte offset into the 1-based line and column of an error.
+fn locate(source: &str, origin: &str, offset: usize, message: String) -> SpecError {
+    let offset = offset.min(source.len());
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    SpecError {
+        origin: origin.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<JobSpec, SpecError> {
+        JobSpec::parse(src, "job.toml", "job")
+    }
+
+    fn err_at(src: &str) -> (usize, usize, String) {
+        let err = parse(src).expect_err("should be rejected");
+        (err.line, err.column, err.message)
+    }
+
+    #[test]
+    fn full_file_parses_with_defaults() {
+        let spec = parse(
+            r#"
+timeout = "10m"
+[env]
+REGION = "eu"
+
+[[task]]
+name = "fetch"
+run = "echo hi"
+revert = ["rm", "-f", "/tmp/x"]
+timeout = "1m"
+retries = 2
+cwd = "/tmp"
+env = { MODE = "fast" }
+
+[[task]]
+name = "b.2_x-y"
+run = ["true"]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(spec.name, "job");
+        assert_eq!(spec.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(spec.cancel_timeout, DEFAULT_CANCEL_TIMEOUT);
+        assert_eq!(spec.term_grace, DEFAULT_TERM_GRACE);
+        assert_eq!(spec.env["REGION"], "eu");
+        assert_eq!(spec.tasks.len(), 2);
+        let fetch = &spec.tasks[0];
+        assert_eq!(fetch.run, CommandSpec::Shell("echo hi".into()));
+        assert_eq!(
+            fetch.revert.as_ref().map(CommandSpec::program_and_args),
+            Some(("rm", vec!["-f", "/tmp/x"]))
+        );
+        assert_eq!(fetch.retries, 2);
+        assert_eq!(fetch.env["MODE"], "fast");
+        assert_eq!(spec.tasks[1].revert, None);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let (line, column, message) =
+            err_at("[[task]]\nname = \"a\"\nrun = \"true\"\nrunn = \"x\"\n");
+        assert_eq!((line, column), (4, 1));
+        assert!(message.contains("runn"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_task_name_points_at_the_second() {
+        let (line, column, message) = err_at(
+            "[[task]]\nname = \"a\"\nrun = \"true\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+        );
+        assert_eq!((line, column), (5, 8));
+        assert!(message.contains("duplicate"), "{message}");
+    }
+
+    #[test]
+    fn invalid_names_commands_and_durations() {
+        let cases = [
+            ("[[task]]\nname = \"a b\"\nrun = \"true\"\n", 2, "letters"),
+            ("[[task]]\nname = \"\"\nrun = \"true\"\n", 2, "1 to 64"),
+            ("[[task]]\nname = \"a\"\nrun = \"  \"\n", 3, "empty command"),
+            ("[[task]]\nname = \"a\"\nrun = []\n", 3, "empty command"),
+            ("[[task]]\nname = \"a\"\nrun = [1]\n", 3, "strings"),
+            ("[[task]]\nname = \"a\"\nrun = 5\n", 3, "must be a string"),
+            (
+                "[[task]]\nname = \"a\"\nrun = \"true\"\ntimeout = \"5 parsecs\"\n",
+                4,
+                "timeout",
+            ),
+            (
+                "timeout = \"0s\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+                1,
+                "longer than zero",
+            ),
+            (
+                "cancel_timeout = \"2s\"\nterm_grace = \"2s\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+                2,
+                "shorter",
+            ),
+            (
+                "[[task]]\nname = \"a\"\nrun = \"true\"\nretries = -1\n",
+                4,
+                "",
+            ),
+            ("name = \"x\"\n", 1, "no tasks"),
+            ("task = []\n", 1, "no tasks"),
+            ("[[task]]\nrun = \"true\"\n", 1, "name"),
+            ("[[task]]\nname = \"a\"\nrun = \"true\"\n[[task\n", 4, ""),
+        ];
+        for (src, line, needle) in cases {
+            let (got_line, _, message) = err_at(src);
+            assert_eq!(got_line, line, "{src:?}: {message}");
+            assert!(message.contains(needle), "{src:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn error_display_is_file_line_column() {
+        let err = parse("[[task]]\nname = \"a\"\nrun = \"\"\n").expect_err("empty run");
+        assert_eq!(
+            err.to_string(),
+            "job.toml:3:7: `run` must not be an empty command"
+        );
+    }
+
+    #[test]
+    fn short_cancel_timeout_gets_a_shorter_default_grace() {
+        let spec = parse("cancel_timeout = \"2s\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n")
+            .expect("valid");
+        assert!(spec.term_grace < spec.cancel_timeout);
+    }
+
+    #[test]
+    fn debug_hides_env_values() {
+        let spec = parse("[env]\nTOKEN = \"s3cret\"\n[[task]]\nname = \"a\"\nrun = \"true\"\nenv = { K = \"hidden\" }\n")
+            .expect("valid");
+        let shown = format!("{spec:?}");
+        assert!(shown.contains("TOKEN") && !shown.contains("s3cret") && !shown.contains("hidden"));
+    }
+}
