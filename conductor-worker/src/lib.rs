@@ -1,1 +1,105 @@
-//! placeholder
+//! The conductor: one process, one thread, one job.
+//!
+//! # Theory of operation
+//!
+//! The supervisor binds the job's socket, then spawns this process in a new session with the
+//! listening socket as file descriptor 3 ([`Config::listen_fd`]). Everything here runs on one
+//! tokio `current_thread` runtime: the process never has a second thread.
+//!
+//! - [`link`] owns the socket. It accepts one supervisor connection at a time (same uid or root),
+//!   handshakes, receives the [`JobPlan`](shared::protocol::conductor::JobPlan), and sends the
+//!   numbered reports; it keeps every unacknowledged report and sends them again to the next
+//!   supervisor that connects, so a supervisor restart loses nothing.
+//! - [`runner`] walks the plan: execute the tasks in order (with retries), and on failure or
+//!   cancel revert every task whose execute began, last first. Before each step it reports the
+//!   step and waits for the acknowledgement (write-ahead).
+//! - [`step`] runs one step's process in its own process group, streams its output, and enforces
+//!   the task timeout and, on cancel, SIGTERM then SIGKILL after the term grace.
+//! - [`reaper`] makes this process a child subreaper and reaps the orphans it inherits (a task's
+//!   background children), without touching the children tokio owns.
+//!
+//! A soft cancel is the supervisor's `Cancel` message, or SIGTERM/SIGINT sent to this process.
+//! A conductor that loses its supervisor keeps going until its next write-ahead point, waits
+//! there for a supervisor to connect again, and exits only once its last report is acknowledged.
+
+pub mod link;
+pub mod reaper;
+pub mod runner;
+pub mod step;
+
+use anyhow::Context;
+use shared::ids::JobId;
+use std::os::fd::RawFd;
+
+/// How the supervisor starts a conductor.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The inherited listening socket.
+    pub listen_fd: RawFd,
+    /// The job this conductor is for; checked in the handshake.
+    pub job_id: JobId,
+}
+
+/// The file descriptor the supervisor puts the listening socket on.
+pub const DEFAULT_LISTEN_FD: RawFd = 3;
+
+/// Parses the conductor's command line (`--job-id ID [--listen-fd N]`).
+pub fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Config> {
+    let mut listen_fd = DEFAULT_LISTEN_FD;
+    let mut job_id = None;
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--listen-fd" => {
+                listen_fd = value("--listen-fd")?
+                    .parse()
+                    .context("--listen-fd takes a number")?
+            }
+            "--job-id" => {
+                let text = value("--job-id")?;
+                job_id = Some(JobId::parse(&text).with_context(|| format!("bad job id {text:?}"))?);
+            }
+            other => anyhow::bail!(
+                "unknown argument {other:?} (usage: conductor-worker --job-id ID [--listen-fd N]; it is started by the supervisor)"
+            ),
+        }
+    }
+    let job_id =
+        job_id.context("--job-id is required (the conductor is started by the supervisor)")?;
+    Ok(Config { listen_fd, job_id })
+}
+
+/// Runs the conductor to its end on a single-threaded runtime; the exit code is 0 when the job's
+/// end was acknowledged.
+pub fn main_with_args(args: impl Iterator<Item = String>) -> std::process::ExitCode {
+    init_logging();
+    let result = parse_args(args).and_then(|config| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot build the runtime")?;
+        runtime.block_on(runner::serve(config))
+    });
+    match result {
+        Ok(state) => {
+            tracing::info!(state = %state, "conductor finished");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "conductor failed");
+            eprintln!("conductor-worker: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// JSON lines to stderr (the supervisor points stderr at the job's `conductor.log`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SUPERVISOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

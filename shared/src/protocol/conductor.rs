@@ -138,8 +138,13 @@ pub enum JobEvent {
 pub enum StepOutcome {
     /// `result` is the step's stdout, trimmed, at most [`MAX_RESULT_LEN`] bytes.
     Success { result: String },
-    /// `cancelled`: the step was interrupted by a soft cancel.
-    Failure { reason: String, cancelled: bool },
+    /// `cancelled`: the step was interrupted by a soft cancel. `result` is what it printed on
+    /// stdout before it ended, trimmed, so that a revert knows how far it got.
+    Failure {
+        reason: String,
+        cancelled: bool,
+        result: String,
+    },
 }
 
 /// Longest `TASK_RESULT` kept from an execute's stdout.

@@ -1,0 +1,319 @@
+//! One step: a task's execute or revert command as a process in its own process group.
+//!
+//! The step's output is streamed line by line to the supervisor, its stdout kept (trimmed, at
+//! most [`MAX_RESULT_LEN`]) as the step's result. An execute is interrupted by the task timeout or
+//! a soft cancel: SIGTERM to its group, then SIGKILL after the term grace. When the step's process
+//! ends, whatever is left in its group (background children) is killed too.
+
+use crate::link::{CancelReason, LinkHandle};
+use crate::reaper::OwnedChildren;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use shared::protocol::conductor::{JobEvent, MAX_RESULT_LEN, Phase, StepOutcome, Stream};
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+/// Longest output line sent as one; longer lines are split.
+pub const MAX_LINE_LEN: usize = 16 * 1024;
+/// After the step's process ended, how long to wait for the rest of its output.
+pub const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
+
+/// What to run for one step.
+pub struct StepCommand<'a> {
+    pub task: u32,
+    pub phase: Phase,
+    pub program: &'a str,
+    pub args: Vec<&'a str>,
+    pub cwd: Option<&'a str>,
+    pub env: BTreeMap<String, String>,
+    /// Execute deadline, if any.
+    pub timeout: Option<Duration>,
+    /// From SIGTERM to SIGKILL of the group when interrupted.
+    pub term_grace: Duration,
+}
+
+/// Why a step was interrupted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Interrupt {
+    TimedOut(Duration),
+    Cancelled,
+}
+
+/// Runs the step to its end. Only an execute listens to `cancel`; a revert always runs out.
+pub async fn run_step(
+    command: StepCommand<'_>,
+    link: &mut LinkHandle,
+    cancel: &mut watch::Receiver<CancelReason>,
+    children: &OwnedChildren,
+) -> StepOutcome {
+    let StepCommand { task, phase, .. } = command;
+    let mut process = Command::new(command.program);
+    process
+        .args(&command.args)
+        .envs(&command.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(cwd) = command.cwd {
+        process.current_dir(cwd);
+    }
+    let mut child = match process.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            return not_started(format!("cannot start {:?}: {err}", command.program));
+        }
+    };
+    let Some(pid) = child.id() else {
+        return not_started("the process vanished at spawn".into());
+    };
+    let _owned = children.own(pid);
+    let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    tracing::info!(task, phase = phase.as_str(), pid, "step started");
+    link.report(JobEvent::TaskSpawned { task, phase, pid });
+
+    let mut stdout = LineReader::new(child.stdout.take());
+    let mut stderr = LineReader::new(child.stderr.take());
+    let mut result = Vec::new();
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let timeout_at = command.timeout.map_or(far, |t| Instant::now() + t);
+    let mut interrupt: Option<Interrupt> = None;
+    let mut kill_at = far;
+    let listens_to_cancel = phase == Phase::Execute;
+    if listens_to_cancel && cancel.borrow().is_some() {
+        interrupt = Some(Interrupt::Cancelled);
+        kill_at = terminate(pgid, command.term_grace);
+    }
+
+    let status = loop {
+        tokio::select! {
+            line = stdout.next_line() => {
+                if let Some(line) = line {
+                    keep_result(&mut result, &line);
+                    send_line(link, task, phase, Stream::Stdout, line);
+                }
+            }
+            line = stderr.next_line() => {
+                if let Some(line) = line {
+                    send_line(link, task, phase, Stream::Stderr, line);
+                }
+            }
+            status = child.wait() => break status,
+            changed = cancel.changed(), if listens_to_cancel && interrupt.is_none() => {
+                if changed.is_ok() && cancel.borrow().is_some() {
+                    interrupt = Some(Interrupt::Cancelled);
+                    kill_at = terminate(pgid, command.term_grace);
+                }
+            }
+            () = sleep_until(timeout_at), if interrupt.is_none() => {
+                interrupt = command.timeout.map(Interrupt::TimedOut);
+                kill_at = terminate(pgid, command.term_grace);
+            }
+            () = sleep_until(kill_at) => {
+                tracing::warn!(task, phase = phase.as_str(), pgid = pid, grace_ms = command.term_grace.as_millis() as u64, "term grace expired, sending SIGKILL");
+                let _ = killpg(pgid, Signal::SIGKILL);
+                kill_at = far;
+            }
+        }
+    };
+    // Nothing of the step outlives it: its background children go with it.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let drain_until = Instant::now() + OUTPUT_DRAIN;
+    loop {
+        tokio::select! {
+            line = stdout.next_line(), if !stdout.is_done() => {
+                if let Some(line) = line {
+                    keep_result(&mut result, &line);
+                    send_line(link, task, phase, Stream::Stdout, line);
+                }
+            }
+            line = stderr.next_line(), if !stderr.is_done() => {
+                if let Some(line) = line {
+                    send_line(link, task, phase, Stream::Stderr, line);
+                }
+            }
+            () = sleep_until(drain_until) => break,
+            else => break,
+        }
+    }
+    outcome(status, interrupt, &result)
+}
+
+fn outcome(
+    status: std::io::Result<ExitStatus>,
+    interrupt: Option<Interrupt>,
+    result: &[u8],
+) -> StepOutcome {
+    let result = trimmed_result(result);
+    let (reason, cancelled) = match (interrupt, status) {
+        (Some(Interrupt::Cancelled), _) => ("interrupted by cancel".to_owned(), true),
+        (Some(Interrupt::TimedOut(limit)), _) => (
+            format!(
+                "timed out after {}",
+                shared::duration::format_duration(limit)
+            ),
+            false,
+        ),
+        (None, Err(err)) => (format!("cannot wait for the process: {err}"), false),
+        (None, Ok(status)) if status.success() => return StepOutcome::Success { result },
+        (None, Ok(status)) => (describe_status(status), false),
+    };
+    StepOutcome::Failure {
+        reason,
+        cancelled,
+        result,
+    }
+}
+
+/// The outcome of a step that could not start.
+fn not_started(reason: String) -> StepOutcome {
+    StepOutcome::Failure {
+        reason,
+        cancelled: false,
+        result: String::new(),
+    }
+}
+
+/// "exited with status 3" or "killed by signal SIGKILL".
+#[must_use]
+pub fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => match Signal::try_from(signal) {
+            Ok(signal) => format!("killed by signal {}", signal.as_str()),
+            Err(_) => format!("killed by signal {signal}"),
+        },
+        (None, None) => format!("ended with {status}"),
+    }
+}
+
+/// SIGTERM to the group; returns when to SIGKILL it.
+fn terminate(pgid: Pid, grace: Duration) -> Instant {
+    tracing::info!(
+        pgid = pgid.as_raw(),
+        grace_ms = grace.as_millis() as u64,
+        "sending SIGTERM to the step"
+    );
+    let _ = killpg(pgid, Signal::SIGTERM);
+    Instant::now() + grace
+}
+
+fn send_line(link: &mut LinkHandle, task: u32, phase: Phase, stream: Stream, line: String) {
+    link.report(JobEvent::Output {
+        task,
+        phase,
+        stream,
+        line,
+    });
+}
+
+fn keep_result(result: &mut Vec<u8>, line: &str) {
+    // Keep a little more than the limit so trimming still sees the real end.
+    if result.len() < MAX_RESULT_LEN + MAX_LINE_LEN {
+        result.extend_from_slice(line.as_bytes());
+        result.push(b'\n');
+    }
+}
+
+fn trimmed_result(result: &[u8]) -> String {
+    let text = String::from_utf8_lossy(result);
+    let text = text.trim();
+    let mut end = text.len().min(MAX_RESULT_LEN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Reads a pipe line by line, cancel-safely (partial lines stay in the buffer).
+struct LineReader<R> {
+    reader: Option<BufReader<R>>,
+    buffer: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    fn new(reader: Option<R>) -> Self {
+        Self {
+            reader: reader.map(BufReader::new),
+            buffer: Vec::new(),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.reader.is_none()
+    }
+
+    /// The next line; pends forever once the pipe is closed (so `select!` ignores it).
+    async fn next_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(line) = take_line(&mut self.buffer, false) {
+                return Some(line);
+            }
+            let Some(reader) = self.reader.as_mut() else {
+                return std::future::pending().await;
+            };
+            let available = reader.fill_buf().await.unwrap_or(&[]);
+            if available.is_empty() {
+                self.reader = None;
+                return take_line(&mut self.buffer, true);
+            }
+            let take = available
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(available.len(), |i| i + 1);
+            self.buffer.extend_from_slice(&available[..take]);
+            reader.consume(take);
+        }
+    }
+}
+
+/// Cuts the first whole line (or an over-long piece, or at the end the rest) off `buffer`.
+fn take_line(buffer: &mut Vec<u8>, at_end: bool) -> Option<String> {
+    let cut = match buffer.iter().position(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None if buffer.len() >= MAX_LINE_LEN => MAX_LINE_LEN,
+        None if at_end && !buffer.is_empty() => buffer.len(),
+        None => return None,
+    };
+    let rest = buffer.split_off(cut);
+    let mut line = std::mem::replace(buffer, rest);
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    Some(String::from_utf8_lossy(&line).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn line_reader_splits_lines_and_keeps_the_last_partial_one() {
+        let input: &[u8] = b"one\ntwo\n\nthree";
+        let mut reader = LineReader::new(Some(input));
+        let mut lines = Vec::new();
+        while !reader.is_done() {
+            if let Some(line) = reader.next_line().await {
+                lines.push(line);
+            }
+        }
+        while let Some(line) = take_line(&mut reader.buffer, true) {
+            lines.push(line);
+        }
+        assert_eq!(lines, ["one", "two", "", "three"]);
+    }
+
+    #[test]
+    fn result_is_trimmed_and_bounded() {
+        assert_eq!(trimmed_result(b"  hello \n\n"), "hello");
+        let big = "é".repeat(MAX_RESULT_LEN);
+        assert!(trimmed_result(big.as_bytes()).len() <= MAX_RESULT_LEN);
+    }
+}
