@@ -226,7 +226,8 @@ impl<'a> Runner<'a> {
                         ExecOutcome::Failure
                     });
                     progress.result = result;
-                    if cancelled || self.is_cancelled() {
+                    // Checked even when `cancelled`: that also reports the cancel once.
+                    if self.is_cancelled() || cancelled {
                         return Ok(Walk::Cancelled);
                     }
                     if try_number < spec.retries {

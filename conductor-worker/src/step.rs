@@ -126,7 +126,7 @@ pub async fn run_step(
     // Nothing of the step outlives it: its background children go with it.
     let _ = killpg(pgid, Signal::SIGKILL);
     let drain_until = Instant::now() + OUTPUT_DRAIN;
-    loop {
+    while !(stdout.is_done() && stderr.is_done()) {
         tokio::select! {
             line = stdout.next_line(), if !stdout.is_done() => {
                 if let Some(line) = line {
@@ -140,7 +140,6 @@ pub async fn run_step(
                 }
             }
             () = sleep_until(drain_until) => break,
-            else => break,
         }
     }
     outcome(status, interrupt, &result)

@@ -131,7 +131,7 @@ impl JobState {
         };
         let legal = matches!(
             (self, to),
-            (Pending, Running | Cancelled | Killed)
+            (Pending, Running | Cancelled | Killed | Crashed)
                 | (
                     Running,
                     Success | Reverting | Cancelling | Killed | Crashed | RevertFailed
@@ -284,6 +284,7 @@ mod tests {
             (Pending, Running),
             (Pending, Cancelled),
             (Pending, Killed),
+            (Pending, Crashed),
             (Running, Success),
             (Running, Reverting),
             (Running, Cancelling),

@@ -1,0 +1,87 @@
+//! The command line: argument parsing, and the mapping of outcomes to documented exit codes
+//! (only here; the library returns values).
+
+mod printer;
+mod run;
+mod validate;
+
+use clap::{Parser, Subcommand};
+use shared::exit;
+use std::path::PathBuf;
+
+const EXIT_CODES: &str = "\
+Exit codes (run):
+  0  the job succeeded
+  1  a task failed; every revert ran
+  2  invalid input (bad file or flags): nothing ran
+  3  cancelled; every revert ran
+  4  killed or crashed: some reverts were skipped
+  5  a revert failed
+  10 another error (state dir, store, spawn)";
+
+/// Runs jobs of tasks, each job in its own single-threaded conductor process. A cancel is soft
+/// (the running task is interrupted and every task that began is reverted, last first); a kill
+/// (SIGKILL) is the last resort, and the reverts it skipped are recorded.
+#[derive(Parser, Debug)]
+#[command(name = "supervisor", version, about, long_about = None, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Where the store, sockets and logs live [default: $XDG_STATE_HOME/supervisor, else
+    /// ~/.local/state/supervisor]
+    #[arg(long, global = true, env = "SUPERVISOR_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// More logging on stderr (-v info, -vv debug); SUPERVISOR_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a job in the foreground: Ctrl-C cancels (reverts), a second Ctrl-C kills
+    #[command(after_help = EXIT_CODES)]
+    Run(run::RunArgs),
+    /// Check a job file and print what it would run; nothing runs
+    Validate(validate::ValidateArgs),
+}
+
+/// Parses the command line, runs the command, returns the process exit code.
+#[must_use]
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                exit::INVALID_INPUT
+            } else {
+                exit::SUCCESS
+            };
+        }
+    };
+    crate::logging::init(cli.verbose, "warn");
+    match cli.command {
+        Command::Run(args) => run::main(args, cli.state_dir),
+        Command::Validate(args) => validate::main(&args),
+    }
+}
+
+/// Reads and validates a job file; the error is already the message to print (exit 2).
+pub fn load_spec(file: &std::path::Path) -> Result<shared::spec::JobSpec, String> {
+    let source =
+        std::fs::read(file).map_err(|err| format!("{}: cannot read: {err}", file.display()))?;
+    let source = String::from_utf8(source).map_err(|err| {
+        format!(
+            "{}: not UTF-8 text (first bad byte at offset {})",
+            file.display(),
+            err.utf8_error().valid_up_to()
+        )
+    })?;
+    let default_name = file
+        .file_stem()
+        .map_or_else(|| "job".to_owned(), |s| s.to_string_lossy().into_owned());
+    shared::spec::JobSpec::parse(&source, &file.display().to_string(), &default_name)
+        .map_err(|err| err.to_string())
+}

@@ -1,0 +1,78 @@
+//! Shows a job's progress on the terminal: each task as it starts and ends, its output prefixed
+//! by the task name (stdout lines on stdout, stderr lines on stderr).
+
+use shared::protocol::conductor::{JobEvent, Phase, StepOutcome, Stream};
+use shared::spec::JobSpec;
+use std::io::Write;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Prints events until the channel closes.
+pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<JobEvent>) {
+    let mut started: Vec<Option<Instant>> = vec![None; spec.tasks.len()];
+    let name = |task: u32| {
+        spec.tasks
+            .get(task as usize)
+            .map_or("?", |t| t.name.as_str())
+    };
+    while let Some(event) = events.recv().await {
+        let mut out = std::io::stdout().lock();
+        let _ = match &event {
+            JobEvent::TaskStarting {
+                task,
+                phase,
+                attempt,
+            } => {
+                if let Some(slot) = started.get_mut(*task as usize) {
+                    *slot = Some(Instant::now());
+                }
+                match (phase, attempt) {
+                    (Phase::Execute, 1) => writeln!(out, "[{}] execute", name(*task)),
+                    (Phase::Execute, n) => writeln!(out, "[{}] execute (attempt {n})", name(*task)),
+                    (Phase::Revert, _) => writeln!(out, "[{}] revert", name(*task)),
+                }
+            }
+            JobEvent::Output {
+                task,
+                stream: Stream::Stdout,
+                line,
+                ..
+            } => writeln!(out, "[{}] {line}", name(*task)),
+            JobEvent::Output {
+                task,
+                stream: Stream::Stderr,
+                line,
+                ..
+            } => {
+                writeln!(std::io::stderr().lock(), "[{}] {line}", name(*task))
+            }
+            JobEvent::TaskFinished {
+                task,
+                phase,
+                outcome,
+            } => {
+                let took = started
+                    .get(*task as usize)
+                    .copied()
+                    .flatten()
+                    .map_or(String::new(), |t| {
+                        format!(" ({:.2}s)", t.elapsed().as_secs_f64())
+                    });
+                let what = match (phase, outcome) {
+                    (Phase::Execute, StepOutcome::Success { .. }) => "success".to_owned(),
+                    (Phase::Execute, StepOutcome::Failure { reason, .. }) => {
+                        format!("failure: {reason}")
+                    }
+                    (Phase::Revert, StepOutcome::Success { .. }) => "reverted".to_owned(),
+                    (Phase::Revert, StepOutcome::Failure { reason, .. }) => {
+                        format!("revert failed: {reason}")
+                    }
+                };
+                writeln!(out, "[{}] {what}{took}", name(*task))
+            }
+            JobEvent::Cancelling { reason } => writeln!(out, "cancelling: {reason}"),
+            JobEvent::TaskSpawned { .. } | JobEvent::JobFinished { .. } => Ok(()),
+        };
+        let _ = out.flush();
+    }
+}

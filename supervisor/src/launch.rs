@@ -1,0 +1,111 @@
+//! Starting a conductor for a stored job: bind its socket, spawn it, record it, handshake, and
+//! build the plan it must run from what the store knows.
+
+use crate::process::{self, WorkerCommand};
+use crate::session::ConductorLink;
+use crate::state_dir::StateDir;
+use crate::store::Store;
+use crate::supervise::Conductor;
+use anyhow::Context;
+use shared::ids::JobId;
+use shared::protocol::conductor::{JobPlan, PlanAction, PriorTask};
+use shared::state::JobState;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+/// What a launched conductor is for.
+#[derive(Clone, Debug)]
+pub enum Purpose {
+    /// Execute the job from its first task that did not succeed.
+    Execute,
+    /// Run the pending reverts, last first.
+    Revert,
+}
+
+/// Spawns and connects conductors for stored jobs.
+pub struct Launcher {
+    pub store: Arc<Store>,
+    pub state_dir: StateDir,
+    pub worker: WorkerCommand,
+}
+
+impl Launcher {
+    /// Starts a conductor for `job_id` (whose state the caller already moved to `running` or
+    /// `reverting`); returns it, its connection, and the plan to send it.
+    pub async fn launch(
+        &self,
+        job_id: &JobId,
+        purpose: &Purpose,
+    ) -> anyhow::Result<(Conductor, ConductorLink, JobPlan)> {
+        let plan = self.plan(job_id, purpose)?;
+        let socket = self.state_dir.socket(job_id);
+        let _ = std::fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket)
+            .with_context(|| format!("cannot bind the job socket {}", socket.display()))?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+        let spawned = process::spawn_conductor(
+            &self.worker,
+            job_id.as_str(),
+            &listener,
+            &self.state_dir.conductor_log(job_id),
+        )?;
+        // The conductor holds the listener now; ours closes.
+        drop(listener);
+        tracing::info!(job_id = %job_id, pid = spawned.pid, "conductor started");
+        self.store
+            .set_conductor(job_id, spawned.pid, spawned.start_time, &socket)?;
+        let conductor = Conductor {
+            pid: spawned.pid,
+            socket: socket.clone(),
+        };
+        let link = ConductorLink::connect(&socket, job_id).await?;
+        Ok((conductor, link, plan))
+    }
+
+    fn plan(&self, job_id: &JobId, purpose: &Purpose) -> anyhow::Result<JobPlan> {
+        let spec = self.store.spec(job_id)?;
+        let tasks = self.store.tasks(job_id)?;
+        let prior = tasks
+            .iter()
+            .map(|t| PriorTask {
+                state: t.state,
+                attempts: t.attempts,
+                exec_outcome: t.exec_outcome,
+                result: t.result.clone(),
+            })
+            .collect();
+        let action = match purpose {
+            Purpose::Execute => {
+                let from = tasks
+                    .iter()
+                    .position(|t| t.state != shared::state::TaskState::Success)
+                    .unwrap_or(tasks.len());
+                PlanAction::Execute {
+                    from: u32::try_from(from).context("too many tasks")?,
+                }
+            }
+            Purpose::Revert => PlanAction::Revert {
+                order: crate::store::pending_reverts(&tasks)
+                    .iter()
+                    .map(|t| t.idx)
+                    .collect(),
+            },
+        };
+        Ok(JobPlan {
+            job_id: job_id.clone(),
+            spec,
+            action,
+            prior,
+        })
+    }
+}
+
+/// Moves a stored job to `running` and marks it `crashed` when its conductor cannot start.
+pub fn record_launch_failure(store: &Store, job_id: &JobId, err: &anyhow::Error) {
+    let reason = format!("cannot start the conductor: {err:#}");
+    tracing::error!(job_id = %job_id, error = %reason, "launch failed");
+    if let Err(store_err) = store.record_hard_end(job_id, JobState::Crashed, &reason) {
+        tracing::error!(job_id = %job_id, error = %store_err, "cannot record the launch failure");
+    }
+}

@@ -1,0 +1,25 @@
+//! Logging: `tracing` to stderr. `-v` raises the level; `SUPERVISOR_LOG` (else `RUST_LOG`)
+//! overrides it with a full filter.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the subscriber. `quiet_default` is the level without `-v` (`warn` for one-shot
+/// commands, `info` for the daemon).
+pub fn init(verbose: u8, quiet_default: &str) {
+    let level = match verbose {
+        0 => quiet_default,
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = std::env::var("SUPERVISOR_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

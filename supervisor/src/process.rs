@@ -1,0 +1,296 @@
+//! Linux process details, kept in one place: spawning a conductor in its own session with its
+//! inherited socket, recognising a pid again (start time), waiting for a non-child's exit (pidfd),
+//! killing everything of a job, and reaping as a child subreaper.
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+
+/// How the supervisor starts the conductor program.
+#[derive(Clone, Debug)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    /// Arguments before the conductor's own (the hidden `conductor` subcommand when the
+    /// supervisor binary serves as its own worker).
+    pub leading_args: Vec<String>,
+}
+
+impl WorkerCommand {
+    /// `explicit` (flag or `$SUPERVISOR_CONDUCTOR_BIN`), else the `conductor-worker` binary next
+    /// to this one, else this binary itself in conductor mode: no PATH setup is ever needed.
+    pub fn locate(explicit: Option<PathBuf>) -> anyhow::Result<Self> {
+        if let Some(program) = explicit {
+            if !program.is_file() {
+                bail!("conductor binary {} does not exist", program.display());
+            }
+            return Ok(Self {
+                program,
+                leading_args: Vec::new(),
+            });
+        }
+        let me = std::env::current_exe().context("cannot find the supervisor's own binary")?;
+        let sibling = me.with_file_name("conductor-worker");
+        if sibling.is_file() {
+            return Ok(Self {
+                program: sibling,
+                leading_args: Vec::new(),
+            });
+        }
+        Ok(Self {
+            program: me,
+            leading_args: vec!["conductor".into()],
+        })
+    }
+}
+
+/// A running conductor this supervisor spawned.
+pub struct Spawned {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// Spawns the conductor in a new session, with `listener` as its file descriptor 3, stdin and
+/// stdout on /dev/null and stderr appended to `log`.
+pub fn spawn_conductor(
+    worker: &WorkerCommand,
+    job_id: &str,
+    listener: &std::os::unix::net::UnixListener,
+    log: &Path,
+) -> anyhow::Result<Spawned> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let listen_fd = listener.as_raw_fd();
+    let mut command = Command::new(&worker.program);
+    command
+        .args(&worker.leading_args)
+        .args(["--job-id", job_id, "--listen-fd", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    // SAFETY: between fork and exec only async-signal-safe calls happen: setsid, dup2, fcntl.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid()?;
+            if listen_fd == 3 {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(listen_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start the conductor {}", worker.program.display()))?;
+    let pid = i32::try_from(child.id()).context("pid out of range")?;
+    // The reaper owns the exit status from here on; `child` is only a handle.
+    drop(child);
+    let start_time = start_time(pid).context("the conductor died at once")?;
+    Ok(Spawned { pid, start_time })
+}
+
+/// Fields of `/proc/PID/stat` we use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub start_time: u64,
+}
+
+/// Parses `/proc/PID/stat` text (the command name may hold spaces and parentheses).
+#[must_use]
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let after = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// A process's stat, or `None` when it is gone.
+#[must_use]
+pub fn stat(pid: i32) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// A process's start time (clock ticks since boot): with the pid, it names one process.
+#[must_use]
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat(pid).map(|s| s.start_time)
+}
+
+/// True when `pid` is alive (not a zombie) and is still the process that started at `start`.
+#[must_use]
+pub fn is_same_process(pid: i32, start: u64) -> bool {
+    stat(pid).is_some_and(|s| s.start_time == start && s.state != 'Z' && s.state != 'X')
+}
+
+/// Waits until a process is gone (exited, zombie or not), via a pidfd.
+pub struct ExitWatch {
+    fd: Option<AsyncFd<OwnedFd>>,
+    pid: i32,
+}
+
+impl ExitWatch {
+    pub fn new(pid: i32) -> Self {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = i32::try_from(raw)
+            .ok()
+            .filter(|&fd| fd >= 0)
+            .and_then(|fd| {
+                // SAFETY: the kernel just gave us this descriptor; we own it alone, and the pidfd
+                // stays registered and open for as long as the AsyncFd lives.
+                unsafe {
+                    AsyncFd::register_with_interest(
+                        OwnedFd::from_raw_fd(fd),
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .ok()
+            });
+        Self { fd, pid }
+    }
+
+    /// Resolves once the process has exited.
+    pub async fn exited(&self) {
+        match &self.fd {
+            Some(fd) => {
+                let _ = fd.readable().await;
+            }
+            // No pidfd (process already gone, or an old kernel): poll /proc.
+            None => {
+                while stat(self.pid).is_some_and(|s| s.state != 'Z' && s.state != 'X') {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Every live process of the job: the conductor's session, the known task groups, and their
+/// descendants (a task that left its group or session but is still in the tree).
+#[must_use]
+pub fn job_processes(conductor: i32, groups: &BTreeSet<i32>) -> BTreeSet<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    let all: Vec<(i32, ProcStat)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid)?)))
+        .filter(|(_, s)| s.state != 'Z' && s.state != 'X')
+        .collect();
+    let mut found: BTreeSet<i32> = all
+        .iter()
+        .filter(|(pid, s)| *pid == conductor || s.session == conductor || groups.contains(&s.pgrp))
+        .map(|(pid, _)| *pid)
+        .collect();
+    // Descendants of anything found (a setsid'd child still has a parent in the job).
+    loop {
+        let before = found.len();
+        for (pid, s) in &all {
+            if found.contains(&s.ppid) {
+                found.insert(*pid);
+            }
+        }
+        if found.len() == before {
+            return found;
+        }
+    }
+}
+
+/// How many times [`kill_job`] scans for survivors.
+const KILL_ROUNDS: usize = 50;
+
+/// SIGKILLs everything of the job until nothing is left; returns how many processes it killed.
+pub async fn kill_job(conductor: i32, groups: &BTreeSet<i32>) -> usize {
+    let _ = kill(Pid::from_raw(conductor), Signal::SIGKILL);
+    let mut killed = BTreeSet::new();
+    for _ in 0..KILL_ROUNDS {
+        for &pgid in groups {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        let alive = job_processes(conductor, groups);
+        if alive.is_empty() {
+            break;
+        }
+        for &pid in &alive {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            killed.insert(pid);
+        }
+        // Give the kernel a moment to deliver before scanning again.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    killed.len()
+}
+
+/// Makes this process a child subreaper and reaps every child that exits, for the rest of its
+/// life. The supervisor spawns no other children, so `waitpid(-1)` steals from nobody.
+pub fn start_reaper() -> anyhow::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        .context("cannot handle SIGCHLD")?;
+    tokio::spawn(async move {
+        loop {
+            reap_all();
+            if sigchld.recv().await.is_none() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn reap_all() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(status) => tracing::debug!(?status, "reaped"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parses_names_with_spaces_and_parens() {
+        let text = "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 0 0";
+        let s = parse_stat(text).expect("parse");
+        assert_eq!(
+            (s.state, s.ppid, s.pgrp, s.session, s.start_time),
+            ('S', 1, 1234, 1234, 98765)
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn our_own_process_is_recognised() {
+        let me = i32::try_from(std::process::id()).expect("pid");
+        let start = start_time(me).expect("stat");
+        assert!(is_same_process(me, start));
+        assert!(!is_same_process(me, start + 1));
+    }
+}

@@ -1,0 +1,84 @@
+//! The state dir: where the store, the job sockets and the conductors' logs live.
+//!
+//! ```text
+//! STATE_DIR/            0700
+//!   state.db            the store (SQLite, WAL: also state.db-wal, state.db-shm)
+//!   sock/JOB            each live conductor's listening socket, 0600
+//!   logs/JOB.log        each conductor's own log (JSON lines)
+//! ```
+
+use anyhow::{Context, bail};
+use shared::ids::JobId;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Longest Unix socket path (`sun_path` is 108 bytes, with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// `--state-dir`, else `$SUPERVISOR_STATE_DIR` (both given as `explicit` by clap), else
+    /// `$XDG_STATE_HOME/supervisor`, else `~/.local/state/supervisor`.
+    pub fn resolve(explicit: Option<PathBuf>) -> anyhow::Result<Self> {
+        let root = match explicit {
+            Some(dir) => dir,
+            None => match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+                Some(xdg) => PathBuf::from(xdg).join("supervisor"),
+                None => {
+                    let home = std::env::var_os("HOME")
+                        .filter(|v| !v.is_empty())
+                        .context("no state dir: set --state-dir, $SUPERVISOR_STATE_DIR or $HOME")?;
+                    PathBuf::from(home).join(".local/state/supervisor")
+                }
+            },
+        };
+        Ok(Self { root })
+    }
+
+    /// Creates the dir and its subdirs `0700` (and tightens an existing one).
+    pub fn create(&self) -> anyhow::Result<()> {
+        for dir in [
+            self.root.clone(),
+            self.root.join("sock"),
+            self.root.join("logs"),
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("cannot create the state dir {}", dir.display()))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+        }
+        let probe = self.socket(&JobId::from_random(0));
+        if probe.as_os_str().len() > MAX_SOCKET_PATH {
+            bail!(
+                "state dir path {} is too long for Unix sockets (at most {} bytes for sock/JOB): choose a shorter --state-dir",
+                self.root.display(),
+                MAX_SOCKET_PATH
+            );
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The job's conductor socket.
+    #[must_use]
+    pub fn socket(&self, id: &JobId) -> PathBuf {
+        self.root.join("sock").join(id.as_str())
+    }
+
+    /// The conductor's own log.
+    #[must_use]
+    pub fn conductor_log(&self, id: &JobId) -> PathBuf {
+        self.root.join("logs").join(format!("{id}.log"))
+    }
+}

@@ -1,0 +1,315 @@
+//! Applying a conductor's numbered reports to the store: each once, in order, in one transaction
+//! per batch, so that the acknowledgement that follows means "durable".
+
+use super::{Result, Store, StoreError, change_job_state, change_task_state, now_ms};
+use rusqlite::{Connection, params};
+use shared::ids::JobId;
+use shared::protocol::conductor::{JobEvent, Phase, Report, StepOutcome};
+use shared::state::{ExecOutcome, JobState, TaskState};
+
+/// What a batch did.
+pub struct Applied {
+    /// The highest report seq the store holds: the acknowledgement to send.
+    pub held: u64,
+    /// Index in the batch of the first report applied now (the ones before were already held).
+    pub fresh_from: usize,
+}
+
+impl Store {
+    /// Applies `reports` (in seq order) that the store does not hold yet, in one transaction.
+    ///
+    /// A report that would make an illegal transition is logged and skipped, and still counts
+    /// as held: the conductor must not wait forever for it.
+    pub fn apply_reports(&self, id: &JobId, reports: &[Report]) -> Result<Applied> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let held: u64 = tx.query_row(
+            "SELECT last_report FROM jobs WHERE id = ?1",
+            [id.as_str()],
+            |row| row.get::<_, i64>(0).map(|v| u64::try_from(v).unwrap_or(0)),
+        )?;
+        let fresh_from = reports
+            .iter()
+            .position(|r| r.seq > held)
+            .unwrap_or(reports.len());
+        let mut last = held;
+        for report in &reports[fresh_from..] {
+            match apply_one(&tx, id, &report.event) {
+                Ok(()) => {}
+                Err(StoreError::Illegal(err)) => {
+                    tracing::error!(job_id = %id, seq = report.seq, event = ?report.event, error = %err, "illegal transition reported by the conductor");
+                }
+                Err(other) => return Err(other),
+            }
+            last = report.seq;
+        }
+        if last != held {
+            tx.execute(
+                "UPDATE jobs SET last_report = ?2 WHERE id = ?1",
+                params![id.as_str(), i64::try_from(last).unwrap_or(i64::MAX)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Applied {
+            held: last,
+            fresh_from,
+        })
+    }
+}
+
+fn task_state(conn: &Connection, id: &JobId, task: u32) -> Result<TaskState> {
+    let state: String = conn
+        .prepare_cached("SELECT state FROM tasks WHERE job_id = ?1 AND idx = ?2")?
+        .query_row(params![id.as_str(), task], |row| row.get(0))?;
+    Ok(state.parse()?)
+}
+
+fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
+    let now = now_ms();
+    match event {
+        JobEvent::TaskStarting {
+            task,
+            phase,
+            attempt,
+        } => {
+            let from = task_state(conn, id, *task)?;
+            match phase {
+                Phase::Execute => {
+                    change_task_state(conn, id, *task, from, TaskState::Running, None)?;
+                    conn.prepare_cached(
+                        "UPDATE tasks SET attempts = ?3, started_ms = ?4, ended_ms = NULL, error = NULL, pid = NULL
+                         WHERE job_id = ?1 AND idx = ?2",
+                    )?
+                    .execute(params![id.as_str(), task, attempt, now])?;
+                }
+                Phase::Revert => {
+                    change_task_state(conn, id, *task, from, TaskState::Reverting, None)?;
+                    conn.prepare_cached(
+                        "UPDATE tasks SET pid = NULL WHERE job_id = ?1 AND idx = ?2",
+                    )?
+                    .execute(params![id.as_str(), task])?;
+                    let job = super::job_row(conn, id)?
+                        .ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
+                    if job.state == JobState::Running {
+                        change_job_state(conn, id, JobState::Reverting, Some("reverting"))?;
+                    }
+                }
+            }
+        }
+        JobEvent::TaskSpawned { task, pid, .. } => {
+            conn.prepare_cached("UPDATE tasks SET pid = ?3 WHERE job_id = ?1 AND idx = ?2")?
+                .execute(params![id.as_str(), task, pid])?;
+        }
+        JobEvent::Output {
+            task,
+            phase,
+            stream,
+            line,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO output (job_id, task_idx, phase, stream, line, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![id.as_str(), task, phase.as_str(), stream.as_str(), line, now])?;
+        }
+        JobEvent::TaskFinished {
+            task,
+            phase,
+            outcome,
+        } => finish_task(conn, id, *task, *phase, outcome, now)?,
+        JobEvent::Cancelling { reason } => {
+            let job =
+                super::job_row(conn, id)?.ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
+            if matches!(job.state, JobState::Running | JobState::Reverting) {
+                change_job_state(conn, id, JobState::Cancelling, Some(reason))?;
+            }
+        }
+        JobEvent::JobFinished { state } => {
+            change_job_state(conn, id, *state, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn finish_task(
+    conn: &Connection,
+    id: &JobId,
+    task: u32,
+    phase: Phase,
+    outcome: &StepOutcome,
+    now: i64,
+) -> Result<()> {
+    let from = task_state(conn, id, task)?;
+    let to = match (phase, outcome) {
+        (Phase::Execute, StepOutcome::Success { .. }) => TaskState::Success,
+        (Phase::Execute, StepOutcome::Failure { .. }) => TaskState::Failure,
+        (Phase::Revert, StepOutcome::Success { .. }) => TaskState::Reverted,
+        (Phase::Revert, StepOutcome::Failure { .. }) => TaskState::RevertFailure,
+    };
+    change_task_state(conn, id, task, from, to, None)?;
+    match (phase, outcome) {
+        (Phase::Execute, StepOutcome::Success { result }) => conn
+            .prepare_cached(
+                "UPDATE tasks SET result = ?3, exec_outcome = ?4, error = NULL, ended_ms = ?5 WHERE job_id = ?1 AND idx = ?2",
+            )?
+            .execute(params![id.as_str(), task, result, ExecOutcome::Success.as_str(), now])?,
+        (Phase::Execute, StepOutcome::Failure { reason, cancelled, result }) => {
+            let outcome = if *cancelled { ExecOutcome::Cancelled } else { ExecOutcome::Failure };
+            conn.prepare_cached(
+                "UPDATE tasks SET result = ?3, exec_outcome = ?4, error = ?5, ended_ms = ?6 WHERE job_id = ?1 AND idx = ?2",
+            )?
+            .execute(params![id.as_str(), task, result, outcome.as_str(), reason, now])?
+        }
+        (Phase::Revert, StepOutcome::Success { .. }) => conn
+            .prepare_cached("UPDATE tasks SET error = NULL, ended_ms = ?3 WHERE job_id = ?1 AND idx = ?2")?
+            .execute(params![id.as_str(), task, now])?,
+        (Phase::Revert, StepOutcome::Failure { reason, .. }) => conn
+            .prepare_cached("UPDATE tasks SET error = ?3, ended_ms = ?4 WHERE job_id = ?1 AND idx = ?2")?
+            .execute(params![id.as_str(), task, format!("revert: {reason}"), now])?,
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::spec::JobSpec;
+
+    fn store_with_job() -> (tempdir::Dir, Store, JobId) {
+        let dir = tempdir::Dir::new();
+        let store = Store::open(dir.path()).expect("open");
+        let spec = JobSpec::parse(
+            "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert = \"true\"\n[[task]]\nname = \"b\"\nrun = \"true\"\nrevert = \"true\"\n",
+            "t.toml",
+            "t",
+        )
+        .expect("spec");
+        let id = store.create_job(&spec, "t.toml").expect("create");
+        store
+            .set_job_state(&id, JobState::Running, None)
+            .expect("running");
+        (dir, store, id)
+    }
+
+    fn report(seq: u64, event: JobEvent) -> Report {
+        Report { seq, event }
+    }
+
+    #[test]
+    fn reports_apply_once_and_replays_are_skipped() {
+        let (_dir, store, id) = store_with_job();
+        let batch = [
+            report(
+                1,
+                JobEvent::TaskStarting {
+                    task: 0,
+                    phase: Phase::Execute,
+                    attempt: 1,
+                },
+            ),
+            report(
+                2,
+                JobEvent::TaskFinished {
+                    task: 0,
+                    phase: Phase::Execute,
+                    outcome: StepOutcome::Success { result: "r".into() },
+                },
+            ),
+        ];
+        let applied = store.apply_reports(&id, &batch).expect("apply");
+        assert_eq!((applied.held, applied.fresh_from), (2, 0));
+        let again = store.apply_reports(&id, &batch).expect("replay");
+        assert_eq!((again.held, again.fresh_from), (2, 2));
+        let tasks = store.tasks(&id).expect("tasks");
+        assert_eq!(tasks[0].state, TaskState::Success);
+        assert_eq!(tasks[0].result, "r");
+        assert_eq!(tasks[0].attempts, 1);
+    }
+
+    #[test]
+    fn hard_end_marks_running_as_killed_and_lists_pending_last_first() {
+        let (_dir, store, id) = store_with_job();
+        let batch = [
+            report(
+                1,
+                JobEvent::TaskStarting {
+                    task: 0,
+                    phase: Phase::Execute,
+                    attempt: 1,
+                },
+            ),
+            report(
+                2,
+                JobEvent::TaskFinished {
+                    task: 0,
+                    phase: Phase::Execute,
+                    outcome: StepOutcome::Success {
+                        result: String::new(),
+                    },
+                },
+            ),
+            report(
+                3,
+                JobEvent::TaskStarting {
+                    task: 1,
+                    phase: Phase::Execute,
+                    attempt: 1,
+                },
+            ),
+        ];
+        store.apply_reports(&id, &batch).expect("apply");
+        let pending = store
+            .record_hard_end(&id, JobState::Killed, "killed")
+            .expect("kill");
+        let names: Vec<_> = pending.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["b", "a"]);
+        let tasks = store.tasks(&id).expect("tasks");
+        assert_eq!(tasks[1].state, TaskState::Failure);
+        assert_eq!(tasks[1].exec_outcome, Some(ExecOutcome::Killed));
+        assert_eq!(store.job(&id).expect("job").state, JobState::Killed);
+    }
+
+    #[test]
+    fn illegal_report_is_skipped_but_held() {
+        let (_dir, store, id) = store_with_job();
+        let batch = [report(
+            1,
+            JobEvent::TaskFinished {
+                task: 0,
+                phase: Phase::Revert,
+                outcome: StepOutcome::Success {
+                    result: String::new(),
+                },
+            },
+        )];
+        let applied = store.apply_reports(&id, &batch).expect("apply");
+        assert_eq!(applied.held, 1);
+        assert_eq!(
+            store.tasks(&id).expect("tasks")[0].state,
+            TaskState::Pending
+        );
+    }
+
+    /// A throwaway directory for store tests.
+    mod tempdir {
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                let path = std::env::temp_dir().join(format!(
+                    "store-test-{}-{}",
+                    std::process::id(),
+                    super::super::super::random_u32()
+                ));
+                std::fs::create_dir_all(&path).expect("mkdir");
+                Self(path)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}

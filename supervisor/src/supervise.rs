@@ -1,0 +1,304 @@
+//! Supervising one job's conductor: applying its reports (write-ahead acknowledgements), and the
+//! cancellation ladder of DESIGN.md section 4.
+//!
+//! `cancel` → job `cancelling`, `Cancel` to the conductor, kill timer armed at `cancel_timeout`.
+//! The conductor reverts and reports the end → timer disarmed. The timer fires first, or `kill`
+//! is asked → SIGKILL of everything of the job, job `killed`, and the reverts that did not complete
+//! are recorded as pending and logged at WARN (`revert skipped`). A conductor that dies on its own
+//! leaves the job `crashed`, with the same accounting.
+
+use crate::process::{self, ExitWatch};
+use crate::session::ConductorLink;
+use crate::store::Store;
+use shared::ids::JobId;
+use shared::protocol::conductor::{FromConductor, JobEvent, JobPlan, Report, ToConductor};
+use shared::spec::JobSpec;
+use shared::state::JobState;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+/// What an operator (or the daemon) asks of a supervised job.
+#[derive(Clone, Debug)]
+pub enum Order {
+    /// Soft cancel; `timeout` overrides the job's `cancel_timeout`.
+    Cancel {
+        timeout: Option<Duration>,
+        reason: String,
+    },
+    /// SIGKILL now.
+    Kill { reason: String },
+}
+
+/// One conductor, as the store records it.
+#[derive(Clone, Debug)]
+pub struct Conductor {
+    pub pid: i32,
+    pub socket: PathBuf,
+}
+
+/// Everything `supervise` needs besides the conductor.
+pub struct Supervision {
+    pub store: Arc<Store>,
+    pub job_id: JobId,
+    pub spec: JobSpec,
+    /// When the job started (for its whole-job `timeout`).
+    pub started: Instant,
+    /// Each applied report, for whoever displays the job.
+    pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
+}
+
+/// How often to try to reach a conductor again after its connection dropped.
+const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+/// Most reports applied in one store transaction.
+const MAX_BATCH: usize = 512;
+/// After the conductor's exit, how long to wait for the reports still in its socket.
+const FINAL_DRAIN: Duration = Duration::from_millis(200);
+
+struct Ladder {
+    cancel_deadline: Option<Instant>,
+    killed: Option<String>,
+    finished: Option<JobState>,
+    groups: BTreeSet<i32>,
+}
+
+impl Supervision {
+    /// Supervises the conductor until it is gone; returns the job's terminal state.
+    pub async fn run(
+        &self,
+        conductor: Conductor,
+        link: Option<ConductorLink>,
+        plan: Option<JobPlan>,
+        mut orders: mpsc::Receiver<Order>,
+    ) -> anyhow::Result<JobState> {
+        let exit = ExitWatch::new(conductor.pid);
+        let mut link = link;
+        let mut ladder = Ladder {
+            cancel_deadline: None,
+            killed: None,
+            finished: None,
+            groups: BTreeSet::new(),
+        };
+        if let (Some(link), Some(plan)) = (link.as_mut(), plan) {
+            link.send(&ToConductor::Start(Box::new(plan))).await?;
+        }
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let job_deadline = self.spec.timeout.map(|t| self.started + t);
+        let mut reconnect_at = far;
+        let mut orders_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                frame = next_frame(&mut link) => match frame {
+                    Some(Ok(FromConductor::Report(report))) => {
+                        let Some(active) = link.as_mut() else { continue };
+                        if let Err(err) = self.take_reports(active, report, &mut ladder).await {
+                            tracing::warn!(job_id = %self.job_id, error = format!("{err:#}"), "cannot apply reports");
+                            link = None;
+                            reconnect_at = Instant::now() + RECONNECT_EVERY;
+                        }
+                    }
+                    Some(Ok(other)) => {
+                        tracing::warn!(job_id = %self.job_id, frame = ?other, "unexpected frame from the conductor");
+                        link = None;
+                        reconnect_at = Instant::now() + RECONNECT_EVERY;
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(job_id = %self.job_id, error = %err, "conductor connection failed");
+                        link = None;
+                        reconnect_at = Instant::now() + RECONNECT_EVERY;
+                    }
+                    None => {
+                        tracing::debug!(job_id = %self.job_id, "conductor connection closed");
+                        link = None;
+                        reconnect_at = Instant::now() + RECONNECT_EVERY;
+                    }
+                },
+                () = exit.exited() => break,
+                order = orders.recv(), if orders_open => match order {
+                    Some(order) => self.obey(order, &conductor, &mut link, &mut ladder).await,
+                    None => orders_open = false,
+                },
+                () = sleep_until(ladder.cancel_deadline.unwrap_or(far)), if ladder.killed.is_none() => {
+                    tracing::warn!(job_id = %self.job_id, pid = conductor.pid, "cancel timeout expired, killing the job");
+                    self.hard_kill("cancel timeout expired", &conductor, &mut ladder).await;
+                }
+                () = sleep_until(job_deadline.unwrap_or(far)), if ladder.cancel_deadline.is_none() && ladder.killed.is_none() => {
+                    let order = Order::Cancel { timeout: None, reason: "job timeout reached".into() };
+                    self.obey(order, &conductor, &mut link, &mut ladder).await;
+                }
+                () = sleep_until(reconnect_at), if link.is_none() => {
+                    reconnect_at = far;
+                    match ConductorLink::connect(&conductor.socket, &self.job_id).await {
+                        Ok(new_link) => link = Some(new_link),
+                        Err(err) => {
+                            tracing::debug!(job_id = %self.job_id, error = format!("{err:#}"), "cannot reconnect yet");
+                            reconnect_at = Instant::now() + RECONNECT_EVERY;
+                        }
+                    }
+                }
+            }
+        }
+        self.drain_after_exit(link, &mut ladder).await;
+        // Whatever the conductor left behind (orphaned task processes) goes with it.
+        let leftovers = process::kill_job(conductor.pid, &ladder.groups).await;
+        if leftovers > 0 {
+            tracing::warn!(job_id = %self.job_id, count = leftovers, "killed processes the conductor left behind");
+        }
+        match ladder.finished {
+            Some(state) => Ok(state),
+            None => self.record_hard_end(ladder.killed),
+        }
+    }
+
+    async fn obey(
+        &self,
+        order: Order,
+        conductor: &Conductor,
+        link: &mut Option<ConductorLink>,
+        ladder: &mut Ladder,
+    ) {
+        match order {
+            Order::Cancel { timeout, reason } => {
+                let timeout = timeout.unwrap_or(self.spec.cancel_timeout);
+                let deadline = Instant::now() + timeout;
+                tracing::info!(job_id = %self.job_id, reason, timeout_ms = timeout.as_millis() as u64, "cancelling");
+                ladder.cancel_deadline =
+                    Some(ladder.cancel_deadline.map_or(deadline, |d| d.min(deadline)));
+                if let Err(err) = self.mark_cancelling(&reason) {
+                    tracing::error!(job_id = %self.job_id, error = %err, "cannot record the cancel");
+                }
+                let sent = match link.as_mut() {
+                    Some(link) => link.send(&ToConductor::Cancel).await.is_ok(),
+                    None => false,
+                };
+                if !sent {
+                    // SIGTERM to the conductor itself means the same as the Cancel message.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(conductor.pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+            }
+            Order::Kill { reason } => self.hard_kill(&reason, conductor, ladder).await,
+        }
+    }
+
+    fn mark_cancelling(&self, reason: &str) -> Result<(), crate::store::StoreError> {
+        let state = self.store.job(&self.job_id)?.state;
+        if matches!(state, JobState::Running | JobState::Reverting) {
+            self.store
+                .set_job_state(&self.job_id, JobState::Cancelling, Some(reason))?;
+        }
+        Ok(())
+    }
+
+    async fn hard_kill(&self, reason: &str, conductor: &Conductor, ladder: &mut Ladder) {
+        if ladder.killed.is_none() {
+            ladder.killed = Some(reason.to_owned());
+        }
+        let count = process::kill_job(conductor.pid, &ladder.groups).await;
+        tracing::info!(job_id = %self.job_id, pid = conductor.pid, count, reason, "job killed");
+    }
+
+    /// Applies `first` and whatever else already arrived, then acknowledges.
+    async fn take_reports(
+        &self,
+        link: &mut ConductorLink,
+        first: Report,
+        ladder: &mut Ladder,
+    ) -> anyhow::Result<()> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match link.try_next() {
+                Some(FromConductor::Report(report)) => batch.push(report),
+                Some(other) => anyhow::bail!("unexpected frame {other:?}"),
+                None => break,
+            }
+        }
+        let applied = self.store.apply_reports(&self.job_id, &batch)?;
+        for report in &batch[applied.fresh_from..] {
+            self.observe(&report.event, ladder);
+        }
+        link.send(&ToConductor::Ack { seq: applied.held }).await?;
+        Ok(())
+    }
+
+    fn observe(&self, event: &JobEvent, ladder: &mut Ladder) {
+        match event {
+            JobEvent::TaskSpawned { pid, .. } => {
+                if let Ok(pgid) = i32::try_from(*pid) {
+                    ladder.groups.insert(pgid);
+                }
+            }
+            JobEvent::Cancelling { .. } if ladder.cancel_deadline.is_none() => {
+                // Cancelled by a signal sent to the conductor: the ladder applies all the same.
+                ladder.cancel_deadline = Some(Instant::now() + self.spec.cancel_timeout);
+            }
+            JobEvent::JobFinished { state } => ladder.finished = Some(*state),
+            _ => {}
+        }
+        if let Some(observer) = &self.observer {
+            let _ = observer.send(event.clone());
+        }
+    }
+
+    /// Reads what the dead conductor still had in flight, so the store misses nothing it did.
+    async fn drain_after_exit(&self, link: Option<ConductorLink>, ladder: &mut Ladder) {
+        let Some(mut link) = link else { return };
+        let deadline = Instant::now() + FINAL_DRAIN;
+        let mut batch = Vec::new();
+        while let Ok(Some(Ok(FromConductor::Report(report)))) =
+            tokio::time::timeout_at(deadline, link.next()).await
+        {
+            batch.push(report);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        match self.store.apply_reports(&self.job_id, &batch) {
+            Ok(applied) => {
+                for report in &batch[applied.fresh_from..] {
+                    self.observe(&report.event, ladder);
+                }
+            }
+            Err(err) => {
+                tracing::error!(job_id = %self.job_id, error = %err, "cannot apply the last reports")
+            }
+        }
+    }
+
+    /// The conductor is gone without reporting the end: killed (by us) or crashed.
+    fn record_hard_end(&self, killed: Option<String>) -> anyhow::Result<JobState> {
+        let (end, reason) = match killed {
+            Some(reason) => (JobState::Killed, reason),
+            None => (JobState::Crashed, "the conductor died".to_owned()),
+        };
+        let pending = self.store.record_hard_end(&self.job_id, end, &reason)?;
+        let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
+        tracing::warn!(
+            job_id = %self.job_id,
+            state = end.as_str(),
+            tasks = tasks.join(","),
+            count = tasks.len(),
+            reason,
+            "revert skipped"
+        );
+        if let Some(observer) = &self.observer {
+            let _ = observer.send(JobEvent::JobFinished { state: end });
+        }
+        Ok(end)
+    }
+}
+
+async fn next_frame(
+    link: &mut Option<ConductorLink>,
+) -> Option<Result<FromConductor, shared::protocol::codec::FrameError>> {
+    match link {
+        Some(link) => link.next().await,
+        None => std::future::pending().await,
+    }
+}
