@@ -1,1 +1,800 @@
-//! placeholder
+//! Helpers for the black-box tests of the real `supervisor` and `conductor-worker` binaries.
+//!
+//! - [`TestEnv`]: a short private temp dir (Unix socket paths must stay under 108 bytes) with
+//!   the state dir inside, job files written into it, and a unique marker that every process of
+//!   the test carries in its environment, so that the test can find (and finally kill) whatever
+//!   a job left behind.
+//! - [`Run`]: one `supervisor run` child whose stdout and stderr are drained by threads into
+//!   shared buffers, so a test can wait for a line to appear.
+//! - [`wait_for`]: polling with a deadline; deadlines only bound failures, nothing sleeps a
+//!   fixed time.
+//! - [`Store`]: reads the SQLite store; [`processes_with_env`], [`session_members`],
+//!   [`thread_count`] read `/proc`.
+//!
+//! The binaries are found through `$SUPERVISOR_BIN`, else next to the test executable's
+//! directory (`target/debug/deps/TEST` → `target/debug/`). `cargo test` does not build them:
+//! run `cargo build --workspace --bins` first.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::fmt::Debug;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long to wait for anything that should happen promptly (a line, a state, an exit).
+/// Generous: it only bounds a failing test.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+/// How long to wait for a job that is expected to take a while (a cancel timeout to expire).
+pub const LONG_DEADLINE: Duration = Duration::from_secs(60);
+/// How often [`wait_for`] probes.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// The environment variable (in the job's `[env]`) that every task process inherits.
+pub const MARK_VAR: &str = "SVT_MARK";
+/// The environment variable given to the supervisor itself (so to the conductor too): lets
+/// [`TestEnv`]'s drop find every process the test started, conductor included.
+pub const OWNER_VAR: &str = "SVT_OWNER";
+
+/// Variables of the test's own environment that would change how the binaries behave.
+const SCRUBBED_VARS: [&str; 6] = [
+    "SUPERVISOR_STATE_DIR",
+    "SUPERVISOR_CONDUCTOR_BIN",
+    "SUPERVISOR_LOG",
+    "RUST_LOG",
+    "NO_COLOR",
+    "XDG_STATE_HOME",
+];
+
+/// Polls `probe` every [`POLL`] until it returns `Ok`, for at most `deadline`. On timeout,
+/// panics with `what` and the last `Err` value the probe returned.
+pub fn wait_for<T, D: Debug>(
+    deadline: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, D>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) => {
+                if start.elapsed() >= deadline {
+                    panic!("timed out after {deadline:?} waiting for {what}; last seen: {last:#?}");
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The directory holding the `supervisor` and `conductor-worker` binaries.
+#[must_use]
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    // target/debug/deps/TEST -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("the test executable lives in target/<profile>/deps")
+}
+
+/// The `supervisor` binary under test; panics with the build command when it is missing.
+#[must_use]
+pub fn supervisor_bin() -> PathBuf {
+    if let Some(explicit) = std::env::var_os("SUPERVISOR_BIN").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(explicit);
+        assert!(
+            path.is_file(),
+            "SUPERVISOR_BIN={} does not exist: run `cargo build --workspace --bins` first",
+            path.display()
+        );
+        return path;
+    }
+    let dir = bin_dir();
+    for name in ["supervisor", "conductor-worker"] {
+        let path = dir.join(name);
+        assert!(
+            path.is_file(),
+            "{} is missing: run `cargo build --workspace --bins` first (cargo test does not build the binaries)",
+            path.display()
+        );
+    }
+    dir.join("supervisor")
+}
+
+/// The workspace's `examples/` directory.
+#[must_use]
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .join("examples")
+}
+
+/// A fresh unique token (for dir names and markers).
+fn unique_token() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut random = [0u8; 4];
+    // SAFETY: getrandom writes at most `random.len()` bytes into the buffer we own.
+    let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    let random = if got == 4 {
+        u32::from_ne_bytes(random)
+    } else {
+        nanos
+    };
+    format!("{:x}{n:x}{:08x}", std::process::id(), random ^ nanos)
+}
+
+/// One test's private world: a temp dir (state dir inside), and a unique marker.
+pub struct TestEnv {
+    dir: PathBuf,
+    marker: String,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    /// Creates `/tmp/svt-XXXXXX` (short on purpose: the job sockets live in it).
+    #[must_use]
+    pub fn new() -> Self {
+        for _ in 0..100 {
+            let token = unique_token();
+            let short = &token[token.len().saturating_sub(6)..];
+            let dir = PathBuf::from(format!("/tmp/svt-{short}"));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {
+                    return Self {
+                        dir,
+                        marker: format!("svt-{token}"),
+                    };
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => panic!("cannot create {}: {err}", dir.display()),
+            }
+        }
+        panic!("cannot find a free /tmp/svt-XXXXXX name");
+    }
+
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The state dir given to `--state-dir` (not created: the supervisor does it).
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The unique value of [`MARK_VAR`] (and [`OWNER_VAR`]) for this test.
+    #[must_use]
+    pub fn marker(&self) -> &str {
+        &self.marker
+    }
+
+    /// A path inside the test dir.
+    #[must_use]
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes `contents` to `name` in the test dir; returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+        path
+    }
+
+    /// Writes a job file: `top` (top-level keys), then an `[env]` table with [`MARK_VAR`] and
+    /// `SVT_DIR` (the test dir, for the tasks' files), then `tasks` (the `[[task]]` tables).
+    pub fn job(&self, name: &str, top: &str, tasks: &str) -> PathBuf {
+        let contents = format!(
+            "{top}\n[env]\n{MARK_VAR} = \"{}\"\nSVT_DIR = \"{}\"\n\n{tasks}",
+            self.marker,
+            self.dir.display()
+        );
+        self.write(name, &contents)
+    }
+
+    /// Reads a file of the test dir; empty when it does not exist.
+    #[must_use]
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// The non-empty lines of a file of the test dir.
+    #[must_use]
+    pub fn lines(&self, name: &str) -> Vec<String> {
+        self.read(name)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A `supervisor` command with the scrubbed environment and the owner marker.
+    #[must_use]
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(supervisor_bin());
+        for var in SCRUBBED_VARS {
+            command.env_remove(var);
+        }
+        command
+            .args(args)
+            .env(OWNER_VAR, &self.marker)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Starts `supervisor run --state-dir DIR FILE` with piped output.
+    #[must_use]
+    pub fn spawn_run(&self, file: &Path) -> Run {
+        let state_dir = self.state_dir();
+        let args = ["run", "--state-dir", path_str(&state_dir), path_str(file)];
+        self.spawn(&args)
+    }
+
+    /// Starts `supervisor ARGS` with piped output.
+    #[must_use]
+    pub fn spawn(&self, args: &[&str]) -> Run {
+        Run::spawn(self.command(args), args, &self.dir, &self.state_dir())
+    }
+
+    /// Runs `supervisor ARGS` to its end (bounded by [`DEADLINE`]).
+    #[must_use]
+    pub fn run_to_end(&self, args: &[&str]) -> Run {
+        let mut run = self.spawn(args);
+        run.wait_exit(DEADLINE);
+        run
+    }
+
+    /// The store, once `state.db` exists.
+    #[must_use]
+    pub fn store(&self) -> Store {
+        Store::open(&self.state_dir().join("state.db"))
+    }
+
+    /// Whether the state dir holds a store at all.
+    #[must_use]
+    pub fn has_store(&self) -> bool {
+        self.state_dir().join("state.db").exists()
+    }
+
+    /// Live (non-zombie) processes carrying this test's [`MARK_VAR`]: the job's task processes
+    /// and their children.
+    #[must_use]
+    pub fn marked_processes(&self) -> Vec<Proc> {
+        processes_with_env(&format!("{MARK_VAR}={}", self.marker))
+    }
+
+    /// Live processes carrying this test's [`OWNER_VAR`]: supervisors and conductors (and the
+    /// tasks, which inherit it).
+    #[must_use]
+    pub fn owned_processes(&self) -> Vec<Proc> {
+        processes_with_env(&format!("{OWNER_VAR}={}", self.marker))
+    }
+
+    /// Waits until no process of the job (marker) is alive; panics listing them otherwise.
+    pub fn assert_no_job_process_left(&self) {
+        wait_for(DEADLINE, "every process of the job to be gone", || {
+            let mut left = self.marked_processes();
+            for process in self.owned_processes() {
+                if !left.iter().any(|q| q.pid == process.pid) {
+                    left.push(process);
+                }
+            }
+            if left.is_empty() { Ok(()) } else { Err(left) }
+        });
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Kill whatever the test left running, however it ended.
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut left = self.owned_processes();
+            left.extend(self.marked_processes());
+            if left.is_empty() || Instant::now() >= until {
+                if !left.is_empty() {
+                    eprintln!("test processes still alive after cleanup: {left:#?}");
+                }
+                break;
+            }
+            for process in &left {
+                let _ = kill(Pid::from_raw(process.pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(POLL);
+        }
+        if std::env::var_os("KEEP_TEST_DIRS").is_some_and(|v| v == "1") {
+            eprintln!("keeping test dir {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// Text shared between a reader thread and the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<String>>);
+
+impl Captured {
+    fn get(&self) -> String {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn push(&self, text: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_str(text);
+    }
+}
+
+fn drain(pipe: impl Read + Send + 'static, into: Captured) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => into.push(&String::from_utf8_lossy(&line)),
+            }
+        }
+    })
+}
+
+/// A running (or ended) `supervisor` process.
+pub struct Run {
+    child: Child,
+    description: String,
+    dir: PathBuf,
+    state_dir: PathBuf,
+    stdout: Captured,
+    stderr: Captured,
+    readers: Vec<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl Run {
+    fn spawn(mut command: Command, args: &[&str], dir: &Path, state_dir: &Path) -> Self {
+        let description = format!("{} {}", supervisor_bin().display(), args.join(" "));
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start `{description}`: {err}"));
+        let stdout = Captured::default();
+        let stderr = Captured::default();
+        let readers = vec![
+            drain(
+                child.stdout.take().expect("stdout is piped"),
+                stdout.clone(),
+            ),
+            drain(
+                child.stderr.take().expect("stderr is piped"),
+                stderr.clone(),
+            ),
+        ];
+        Self {
+            child,
+            description,
+            dir: dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            stdout,
+            stderr,
+            readers,
+            status: None,
+        }
+    }
+
+    /// The supervisor's pid.
+    #[must_use]
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits in i32")
+    }
+
+    /// Everything on stdout so far.
+    #[must_use]
+    pub fn stdout(&self) -> String {
+        self.stdout.get()
+    }
+
+    /// Everything on stderr so far.
+    #[must_use]
+    pub fn stderr(&self) -> String {
+        self.stderr.get()
+    }
+
+    /// Stderr with the terminal colour escapes (`ESC [ ... m`) removed.
+    #[must_use]
+    pub fn stderr_plain(&self) -> String {
+        strip_ansi(&self.stderr())
+    }
+
+    /// The stdout lines.
+    #[must_use]
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout().lines().map(str::to_owned).collect()
+    }
+
+    /// Waits until stdout has a line equal to `line`.
+    pub fn wait_for_stdout_line(&self, line: &str) {
+        wait_for(DEADLINE, &format!("stdout line {line:?}"), || {
+            let out = self.stdout();
+            if out.lines().any(|l| l == line) {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        });
+    }
+
+    /// The job id from the first stdout line (`job <id> <name>: N task(s)`), once printed.
+    #[must_use]
+    pub fn job_id(&self) -> String {
+        wait_for(DEADLINE, "the `job <id> ...` line", || {
+            let out = self.stdout();
+            let id = out
+                .lines()
+                .next()
+                .filter(|l| l.ends_with("task(s)"))
+                .and_then(|l| l.strip_prefix("job "))
+                .and_then(|rest| rest.split(' ').next())
+                .filter(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_owned);
+            id.ok_or(out)
+        })
+    }
+
+    /// Sends `signal` to the supervisor.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal)
+            .unwrap_or_else(|err| panic!("cannot send {signal} to the supervisor: {err}"));
+    }
+
+    /// Waits for the exit (at most `deadline`) and returns the exit code; panics on a timeout
+    /// or a death by signal.
+    pub fn wait_exit(&mut self, deadline: Duration) -> i32 {
+        let status = match self.status {
+            Some(status) => status,
+            None => {
+                let child = &mut self.child;
+                let status = wait_for(deadline, "the supervisor to exit", || {
+                    match child.try_wait() {
+                        Ok(Some(status)) => Ok(status),
+                        Ok(None) => Err("still running".to_owned()),
+                        Err(err) => Err(format!("try_wait failed: {err}")),
+                    }
+                });
+                self.status = Some(status);
+                // The pipes close with the process (nothing else holds them): collect the rest.
+                let readers = std::mem::take(&mut self.readers);
+                wait_for(DEADLINE, "the output pipes to close", || {
+                    if readers.iter().all(JoinHandle::is_finished) {
+                        Ok(())
+                    } else {
+                        Err("a pipe is still open (held by a leftover process?)")
+                    }
+                });
+                for reader in readers {
+                    let _ = reader.join();
+                }
+                status
+            }
+        };
+        status
+            .code()
+            .unwrap_or_else(|| panic!("the supervisor did not exit normally: {status}"))
+    }
+
+    /// Whether the supervisor has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        self.status.is_some() || matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Everything useful when a test fails: the command, the dir, the output, the logs.
+    #[must_use]
+    pub fn report(&self) -> String {
+        let mut text = format!(
+            "command: {}\ndir: {}\nstatus: {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.description,
+            self.dir.display(),
+            self.status,
+            self.stdout(),
+            self.stderr()
+        );
+        if let Ok(entries) = std::fs::read_dir(self.state_dir.join("logs")) {
+            for entry in entries.flatten() {
+                let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                text.push_str(&format!(
+                    "--- {} (last {} lines) ---\n",
+                    entry.path().display(),
+                    tail.len()
+                ));
+                for line in tail.into_iter().rev() {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        text
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "==== supervisor run of the failed test ====\n{}",
+                self.report()
+            );
+        }
+        if self.status.is_none() && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Removes `ESC [ ... <letter>` sequences.
+#[must_use]
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A live process seen in `/proc`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub cmdline: String,
+}
+
+/// Reads `/proc/PID/stat` (and the command line); `None` when the process is gone.
+#[must_use]
+pub fn proc_info(pid: i32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .unwrap_or_default();
+    Some(Proc {
+        pid,
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
+        cmdline: cmdline.trim_end().to_owned(),
+    })
+}
+
+/// Every live (not zombie, not dead) process.
+#[must_use]
+pub fn live_processes() -> Vec<Proc> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(proc_info)
+        .filter(|p| p.state != 'Z' && p.state != 'X')
+        .collect()
+}
+
+/// Live processes whose environment holds exactly the entry `KEY=VALUE`.
+#[must_use]
+pub fn processes_with_env(entry: &str) -> Vec<Proc> {
+    live_processes()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/environ", p.pid))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|e| e == entry.as_bytes()))
+        })
+        // Read again: it may have become a zombie meanwhile.
+        .filter(|p| proc_info(p.pid).is_some_and(|q| q.state != 'Z' && q.state != 'X'))
+        .collect()
+}
+
+/// Live processes of session `sid`.
+#[must_use]
+pub fn session_members(sid: i32) -> Vec<Proc> {
+    live_processes()
+        .into_iter()
+        .filter(|p| p.session == sid)
+        .collect()
+}
+
+/// How many threads `pid` has (entries of `/proc/PID/task`); `None` when it is gone.
+#[must_use]
+pub fn thread_count(pid: i32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()
+        .map(|entries| entries.count())
+}
+
+/// Whether `pid` is alive and not a zombie.
+#[must_use]
+pub fn is_alive(pid: i32) -> bool {
+    proc_info(pid).is_some_and(|p| p.state != 'Z' && p.state != 'X')
+}
+
+/// Sends `signal` to `pid`.
+pub fn send_signal(pid: i32, signal: Signal) {
+    kill(Pid::from_raw(pid), signal)
+        .unwrap_or_else(|err| panic!("cannot send {signal} to {pid}: {err}"));
+}
+
+/// A job's row, as far as the tests look at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobInfo {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub conductor_pid: Option<i32>,
+}
+
+/// A task's row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskInfo {
+    pub idx: u32,
+    pub name: String,
+    pub has_revert: bool,
+    pub state: String,
+    pub attempts: u32,
+    pub exec_outcome: Option<String>,
+    pub result: String,
+    pub error: Option<String>,
+}
+
+/// The store, read with SQLite directly (never created here).
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens an existing `state.db`; panics when it does not exist.
+    #[must_use]
+    pub fn open(path: &Path) -> Self {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .unwrap_or_else(|err| panic!("cannot open the store {}: {err}", path.display()));
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy_timeout is settable");
+        Self { conn }
+    }
+
+    /// Every job id, in submission order.
+    #[must_use]
+    pub fn job_ids(&self) -> Vec<String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM jobs ORDER BY seq")
+            .expect("jobs query prepares");
+        stmt.query_map([], |row| row.get(0))
+            .expect("jobs query runs")
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .expect("job ids read")
+    }
+
+    /// The job's row; `None` when there is no such job.
+    #[must_use]
+    pub fn job(&self, id: &str) -> Option<JobInfo> {
+        self.conn
+            .query_row(
+                "SELECT id, name, state, reason, conductor_pid FROM jobs WHERE id = ?1",
+                [id],
+                |row| {
+                    Ok(JobInfo {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                        state: row.get(2)?,
+                        reason: row.get(3)?,
+                        conductor_pid: row.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .expect("job query runs")
+    }
+
+    /// The job's state; panics when the job does not exist.
+    #[must_use]
+    pub fn job_state(&self, id: &str) -> String {
+        self.job(id)
+            .unwrap_or_else(|| panic!("job {id} is not in the store"))
+            .state
+    }
+
+    /// The job's tasks, in file order.
+    #[must_use]
+    pub fn tasks(&self, id: &str) -> Vec<TaskInfo> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT idx, name, has_revert, state, attempts, exec_outcome, result, error
+                 FROM tasks WHERE job_id = ?1 ORDER BY idx",
+            )
+            .expect("tasks query prepares");
+        stmt.query_map([id], |row| {
+            Ok(TaskInfo {
+                idx: row.get(0)?,
+                name: row.get(1)?,
+                has_revert: row.get(2)?,
+                state: row.get(3)?,
+                attempts: row.get(4)?,
+                exec_outcome: row.get(5)?,
+                result: row.get(6)?,
+                error: row.get(7)?,
+            })
+        })
+        .expect("tasks query runs")
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .expect("task rows read")
+    }
+
+    /// `(name, state)` of each task, in file order.
+    #[must_use]
+    pub fn task_states(&self, id: &str) -> Vec<(String, String)> {
+        self.tasks(id)
+            .into_iter()
+            .map(|t| (t.name, t.state))
+            .collect()
+    }
+
+    /// Names of the tasks whose revert is pending (has a revert, state neither `pending` nor
+    /// `reverted`), last first.
+    #[must_use]
+    pub fn pending_reverts(&self, id: &str) -> Vec<String> {
+        self.tasks(id)
+            .into_iter()
+            .rev()
+            .filter(|t| t.has_revert && t.state != "pending" && t.state != "reverted")
+            .map(|t| t.name)
+            .collect()
+    }
+}
