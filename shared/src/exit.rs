@@ -14,6 +14,13 @@ pub const CANCELLED: i32 = 3;
 pub const KILLED: i32 = 4;
 /// A revert failed.
 pub const REVERT_FAILED: i32 = 5;
+/// No such job.
+pub const NO_SUCH_JOB: i32 = 6;
+/// The daemon is not running (the message says how to start it).
+pub const DAEMON_NOT_RUNNING: i32 = 7;
+/// The request does not fit the job's state (e.g. `revert` of a live job), or the daemon refuses
+/// new work.
+pub const REFUSED: i32 = 8;
 /// Another error (store, spawn, I/O) kept the command from doing its work.
 pub const INTERNAL: i32 = 10;
 

@@ -1,6 +1,7 @@
 //! The wire protocol: length-prefixed postcard frames ([`codec`]) carrying the messages between
 //! the supervisor and a conductor ([`conductor`]).
 
+pub mod client;
 pub mod codec;
 pub mod conductor;
 

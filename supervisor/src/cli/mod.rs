@@ -1,6 +1,9 @@
 //! The command line: argument parsing, and the mapping of outcomes to documented exit codes
 //! (only here; the library returns values).
 
+mod client;
+mod daemon;
+mod jobs;
 mod printer;
 mod run;
 mod validate;
@@ -17,7 +20,14 @@ Exit codes (run):
   3  cancelled; every revert ran
   4  killed or crashed: some reverts were skipped
   5  a revert failed
-  10 another error (state dir, store, spawn)";
+  10 another error (state dir, store, spawn)
+Exit codes (other commands; --wait exits with the codes of run):
+  0  done
+  2  invalid input
+  6  no such job
+  7  the daemon is not running
+  8  refused: the job's state does not allow it, or the daemon takes no new work
+  10 another error";
 
 /// Runs jobs of tasks, each job in its own single-threaded conductor process. A cancel is soft
 /// (the running task is interrupted and every task that began is reverted, last first); a kill
@@ -45,6 +55,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check a job file and print what it would run; nothing runs
     Validate(validate::ValidateArgs),
+    /// Run the daemon in the foreground (systemd style); ready once the control socket accepts
+    Daemon(daemon::DaemonArgs),
+    #[command(flatten)]
+    Job(jobs::JobCommand),
 }
 
 /// Parses the command line, runs the command, returns the process exit code.
@@ -61,10 +75,13 @@ pub fn main() -> i32 {
             };
         }
     };
-    crate::logging::init(cli.verbose, "warn");
+    let quiet_default = if matches!(cli.command, Command::Daemon(_)) { "info" } else { "warn" };
+    crate::logging::init(cli.verbose, quiet_default);
     match cli.command {
         Command::Run(args) => run::main(args, cli.state_dir),
         Command::Validate(args) => validate::main(&args),
+        Command::Daemon(args) => daemon::main(args, cli.state_dir),
+        Command::Job(command) => jobs::main(command, cli.state_dir),
     }
 }
 

@@ -4,6 +4,7 @@
 //! reasons, and each job's task output. Every state change goes through the transition functions
 //! of `shared::state`; an illegal one is a [`StoreError::Illegal`], logged by the caller.
 
+mod queries;
 mod reports;
 
 use rusqlite::{Connection, OptionalExtension, params};

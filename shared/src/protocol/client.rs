@@ -1,0 +1,114 @@
+//! Messages between the CLI and the daemon, over the control socket.
+//!
+//! Each connection starts with [`ClientRequest::Hello`] / [`ClientReply::Hello`] (version check),
+//! then carries one request. Most requests get exactly one reply; `Logs { follow: true }` and
+//! `Events` get a stream of replies that ends when the daemon closes the connection.
+
+use crate::ids::JobId;
+use crate::spec::JobSpec;
+use crate::state::{ExecOutcome, JobState, TaskState};
+use serde::{Deserialize, Serialize};
+
+/// CLI to daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Always first; `protocol_version` is its first field so any version decodes it.
+    Hello { protocol_version: u32 },
+    Submit { spec: Box<JobSpec>, source: String },
+    List { all: bool },
+    Status { job: String },
+    Cancel { job: String, timeout_ms: Option<u64> },
+    Kill { job: String },
+    Logs { job: String, task: Option<String>, follow: bool },
+    Revert { job: String },
+    Resume { job: String },
+    Events,
+    Shutdown { cancel: bool },
+}
+
+/// Daemon to CLI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    Hello { protocol_version: u32 },
+    Submitted { job: JobId },
+    Jobs(Vec<JobSummary>),
+    Status(Box<JobStatus>),
+    /// The request was carried out.
+    Done,
+    /// One line of a job's output.
+    Log(LogLine),
+    /// A job or task changed state.
+    Event(Event),
+    Error { code: ErrorCode, message: String },
+}
+
+/// Why a request failed; each maps to a documented exit code of the CLI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    InvalidRequest,
+    UnknownJob,
+    /// The job is not in a state that allows the request (e.g. `revert` of a live job).
+    WrongState,
+    /// The daemon refuses new work (shutting down, or the store is full).
+    Unavailable,
+    Internal,
+}
+
+/// One line of `ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub name: String,
+    pub state: JobState,
+    /// The task that runs (or last ran).
+    pub task: Option<String>,
+    pub created_ms: i64,
+}
+
+/// `status`: the job and each task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: JobId,
+    pub name: String,
+    pub state: JobState,
+    pub reason: Option<String>,
+    pub source: String,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub ended_ms: Option<i64>,
+    pub conductor_pid: Option<i32>,
+    pub tasks: Vec<TaskStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub name: String,
+    pub state: TaskState,
+    /// The execute began and the revert has not completed (on a killed, crashed or
+    /// revert_failed job, and for tasks that have a revert).
+    pub revert_pending: bool,
+    pub attempts: u32,
+    pub exec_outcome: Option<ExecOutcome>,
+    pub result: String,
+    pub error: Option<String>,
+    pub started_ms: Option<i64>,
+    pub ended_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub task: String,
+    pub phase: String,
+    pub stream: String,
+    pub line: String,
+}
+
+/// A state change, for `events`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub job: JobId,
+    /// `None` for the job itself.
+    pub task: Option<String>,
+    pub state: String,
+    pub at_ms: i64,
+}

@@ -1,0 +1,86 @@
+//! The CLI's end of the control socket.
+
+use crate::daemon::control_socket;
+use crate::state_dir::StateDir;
+use shared::exit;
+use shared::protocol::PROTOCOL_VERSION;
+use shared::protocol::client::{ClientReply, ClientRequest, ErrorCode};
+use shared::protocol::codec::{read_frame, write_frame};
+use std::path::PathBuf;
+use tokio::net::UnixStream;
+
+/// A failed command: the message to print and the exit code.
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+pub type Outcome<T> = Result<T, Failure>;
+
+/// A connection to the daemon that carries one request.
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    /// Connects and handshakes; "daemon not running" is its own exit code, with how to start it.
+    pub async fn connect(state_dir: Option<PathBuf>) -> Outcome<Self> {
+        let dir = StateDir::resolve(state_dir).map_err(|e| Failure::new(exit::INVALID_INPUT, format!("{e:#}")))?;
+        let path = control_socket(&dir);
+        let mut stream = UnixStream::connect(&path).await.map_err(|err| {
+            Failure::new(
+                exit::DAEMON_NOT_RUNNING,
+                format!(
+                    "the daemon is not running ({}: {err}); start it with: supervisor daemon --state-dir {}",
+                    path.display(),
+                    dir.root().display()
+                ),
+            )
+        })?;
+        let internal = |e: shared::protocol::codec::FrameError| Failure::new(exit::INTERNAL, format!("daemon connection: {e}"));
+        write_frame(&mut stream, &ClientRequest::Hello { protocol_version: PROTOCOL_VERSION }).await.map_err(internal)?;
+        match read_frame::<ClientReply, _>(&mut stream).await.map_err(internal)? {
+            Some(ClientReply::Hello { .. }) => Ok(Self { stream }),
+            Some(ClientReply::Error { code, message }) => Err(failure(code, message)),
+            other => Err(Failure::new(exit::INTERNAL, format!("unexpected answer from the daemon: {other:?}"))),
+        }
+    }
+
+    pub async fn send(&mut self, request: &ClientRequest) -> Outcome<()> {
+        write_frame(&mut self.stream, request)
+            .await
+            .map_err(|e| Failure::new(exit::INTERNAL, format!("daemon connection: {e}")))
+    }
+
+    /// The next reply; an error reply becomes a [`Failure`]; `None` when the daemon closed.
+    pub async fn next(&mut self) -> Outcome<Option<ClientReply>> {
+        match read_frame::<ClientReply, _>(&mut self.stream).await {
+            Ok(Some(ClientReply::Error { code, message })) => Err(failure(code, message)),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(Failure::new(exit::INTERNAL, format!("daemon connection: {e}"))),
+        }
+    }
+
+    /// Sends one request and returns its one reply.
+    pub async fn call(state_dir: Option<PathBuf>, request: &ClientRequest) -> Outcome<ClientReply> {
+        let mut client = Self::connect(state_dir).await?;
+        client.send(request).await?;
+        client.next().await?.ok_or_else(|| Failure::new(exit::INTERNAL, "the daemon closed the connection"))
+    }
+}
+
+fn failure(code: ErrorCode, message: String) -> Failure {
+    let exit_code = match code {
+        ErrorCode::InvalidRequest => exit::INVALID_INPUT,
+        ErrorCode::UnknownJob => exit::NO_SUCH_JOB,
+        ErrorCode::WrongState | ErrorCode::Unavailable => exit::REFUSED,
+        ErrorCode::Internal => exit::INTERNAL,
+    };
+    Failure::new(exit_code, message)
+}

@@ -1,0 +1,47 @@
+//! `supervisor daemon`: runs in the foreground (systemd style) until SIGTERM, SIGINT or
+//! `supervisor shutdown`. Conductors keep running when it stops.
+
+use crate::daemon::{self, DaemonConfig};
+use crate::process::WorkerCommand;
+use crate::state_dir::StateDir;
+use shared::exit;
+use std::path::PathBuf;
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(clap::Args, Debug)]
+pub struct DaemonArgs {
+    /// How many jobs run at once; the others wait `pending`, in submission order
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_jobs: usize,
+
+    /// The conductor program [default: conductor-worker next to this binary, else this binary]
+    #[arg(long, env = "SUPERVISOR_CONDUCTOR_BIN", value_name = "PATH")]
+    pub conductor_bin: Option<PathBuf>,
+}
+
+pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
+    let result = (|| {
+        let state_dir = StateDir::resolve(state_dir)?;
+        let worker = WorkerCommand::locate(args.conductor_bin)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let config = DaemonConfig { state_dir, max_jobs: args.max_jobs, worker };
+            let mut terminate = signal(SignalKind::terminate())?;
+            let mut interrupt = signal(SignalKind::interrupt())?;
+            let stop = async move {
+                tokio::select! {
+                    _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+                    _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+                }
+            };
+            daemon::run(config, stop).await
+        })
+    })();
+    match result {
+        Ok(()) => exit::SUCCESS,
+        Err(err) => {
+            eprintln!("supervisor daemon: {err:#}");
+            exit::INTERNAL
+        }
+    }
+}

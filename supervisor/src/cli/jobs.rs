@@ -1,0 +1,247 @@
+//! The daemon's client commands: submit, ls, status, cancel, kill, logs, revert, resume, events,
+//! shutdown. Each is one request on the control socket; `--wait` follows the job to its end and
+//! exits with the codes of `supervisor run`.
+
+use super::client::{Client, Failure, Outcome};
+use shared::exit;
+use shared::protocol::client::{ClientReply, ClientRequest, JobStatus};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How often `--wait` looks at the job.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+#[derive(clap::Subcommand, Debug)]
+pub enum JobCommand {
+    /// Validate a job file, store it, print its id (the daemon runs it when a slot is free)
+    Submit {
+        file: PathBuf,
+        /// Follow the job to its end; exit with the codes of `run`
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List live jobs (all with --all): id, name, state, task, age
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job and each task: state, times, result, error, pending revert
+    Status {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Soft-cancel a job: interrupt the running task, revert what began
+    Cancel {
+        job: String,
+        /// Overrides the job's cancel_timeout (e.g. 10s)
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// SIGKILL a job now; its reverts are recorded as skipped
+    Kill {
+        job: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print a job's task output
+    Logs {
+        job: String,
+        /// Keep printing until the job ends
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this task's output
+        #[arg(long, value_name = "NAME")]
+        task: Option<String>,
+    },
+    /// Run the pending reverts of a killed, crashed or revert_failed job, last first
+    Revert {
+        job: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Continue a killed or crashed job from its first unfinished task
+    Resume {
+        job: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Follow every job and task transition as it happens
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon; conductors keep running unless --cancel
+    Shutdown {
+        /// Soft-cancel every live job first and wait for them
+        #[arg(long)]
+        cancel: bool,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    shared::duration::parse_duration(text)
+}
+
+pub fn main(command: JobCommand, state_dir: Option<PathBuf>) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("supervisor: {err}");
+            return exit::INTERNAL;
+        }
+    };
+    match runtime.block_on(dispatch(command, state_dir)) {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("supervisor: {}", failure.message);
+            failure.code
+        }
+    }
+}
+
+async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
+    match command {
+        JobCommand::Submit { file, wait } => {
+            let spec = super::load_spec(&file).map_err(|m| Failure::new(exit::INVALID_INPUT, m))?;
+            let source = std::fs::canonicalize(&file).unwrap_or(file).display().to_string();
+            let reply = Client::call(dir.clone(), &ClientRequest::Submit { spec: Box::new(spec), source }).await?;
+            let ClientReply::Submitted { job } = reply else { return Err(unexpected(&reply)) };
+            println!("{job}");
+            if wait { wait_for_end(dir, job.as_str()).await } else { Ok(exit::SUCCESS) }
+        }
+        JobCommand::Ls { all, json } => {
+            let reply = Client::call(dir, &ClientRequest::List { all }).await?;
+            let ClientReply::Jobs(jobs) = reply else { return Err(unexpected(&reply)) };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs).unwrap_or_default());
+            } else {
+                println!("{:<8}  {:<20}  {:<13}  {:<20}  AGE", "ID", "NAME", "STATE", "TASK");
+                let now = crate::store::now_ms();
+                for job in jobs {
+                    let age = Duration::from_millis(u64::try_from(now - job.created_ms).unwrap_or(0));
+                    println!(
+                        "{:<8}  {:<20}  {:<13}  {:<20}  {}",
+                        job.id,
+                        job.name,
+                        job.state.as_str(),
+                        job.task.unwrap_or_else(|| "-".into()),
+                        shared::duration::format_duration(Duration::from_secs(age.as_secs()))
+                    );
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        JobCommand::Status { job, json } => {
+            let status = status(dir, &job).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+            } else {
+                print_status(&status);
+            }
+            Ok(exit::SUCCESS)
+        }
+        JobCommand::Cancel { job, timeout, wait } => {
+            let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+            simple(dir, ClientRequest::Cancel { job: job.clone(), timeout_ms }, &job, wait).await
+        }
+        JobCommand::Kill { job, wait } => simple(dir, ClientRequest::Kill { job: job.clone() }, &job, wait).await,
+        JobCommand::Revert { job, wait } => simple(dir, ClientRequest::Revert { job: job.clone() }, &job, wait).await,
+        JobCommand::Resume { job, wait } => simple(dir, ClientRequest::Resume { job: job.clone() }, &job, wait).await,
+        JobCommand::Logs { job, follow, task } => {
+            let mut client = Client::connect(dir).await?;
+            client.send(&ClientRequest::Logs { job, task, follow }).await?;
+            while let Some(reply) = client.next().await? {
+                match reply {
+                    ClientReply::Log(line) => {
+                        let phase = if line.phase == "revert" { " (revert)" } else { "" };
+                        println!("[{}{phase}] {}", line.task, line.line);
+                    }
+                    ClientReply::Done => break,
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        JobCommand::Events { json } => {
+            let mut client = Client::connect(dir).await?;
+            client.send(&ClientRequest::Events).await?;
+            while let Some(reply) = client.next().await? {
+                let ClientReply::Event(event) = reply else { return Err(unexpected(&reply)) };
+                if json {
+                    println!("{}", serde_json::to_string(&event).unwrap_or_default());
+                } else {
+                    match &event.task {
+                        Some(task) => println!("{} {} task {task} {}", event.at_ms, event.job, event.state),
+                        None => println!("{} {} job {}", event.at_ms, event.job, event.state),
+                    }
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        JobCommand::Shutdown { cancel } => {
+            let reply = Client::call(dir, &ClientRequest::Shutdown { cancel }).await?;
+            let ClientReply::Done = reply else { return Err(unexpected(&reply)) };
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+async fn simple(dir: Option<PathBuf>, request: ClientRequest, job: &str, wait: bool) -> Outcome<i32> {
+    let reply = Client::call(dir.clone(), &request).await?;
+    let ClientReply::Done = reply else { return Err(unexpected(&reply)) };
+    if wait { wait_for_end(dir, job).await } else { Ok(exit::SUCCESS) }
+}
+
+async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
+    match Client::call(dir, &ClientRequest::Status { job: job.to_owned() }).await? {
+        ClientReply::Status(status) => Ok(*status),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Polls the job until it is terminal; the exit code of `run` for its state.
+async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32> {
+    loop {
+        let status = status(dir.clone(), job).await?;
+        if let Some(code) = exit::for_job_state(status.state) {
+            eprintln!("job {} ended: {}", status.id, status.state);
+            return Ok(code);
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+fn print_status(status: &JobStatus) {
+    println!("job {} {}: {}", status.id, status.name, status.state);
+    if let Some(reason) = &status.reason {
+        println!("  reason: {reason}");
+    }
+    println!("  file: {}", status.source);
+    if let Some(pid) = status.conductor_pid {
+        println!("  conductor pid: {pid}");
+    }
+    for task in &status.tasks {
+        let pending = if task.revert_pending { "  REVERT PENDING" } else { "" };
+        println!("  {:<20} {:<14} attempts {}{pending}", task.name, task.state.as_str(), task.attempts);
+        if !task.result.is_empty() {
+            println!("    result: {}", task.result.lines().next().unwrap_or_default());
+        }
+        if let Some(error) = &task.error {
+            println!("    error: {error}");
+        }
+    }
+    let pending: Vec<&str> = status.tasks.iter().rev().filter(|t| t.revert_pending).map(|t| t.name.as_str()).collect();
+    if !pending.is_empty() {
+        println!("  reverts pending: {} (run them with: supervisor revert {})", pending.join(", "), status.id);
+    }
+}
+
+fn unexpected(reply: &ClientReply) -> Failure {
+    Failure::new(exit::INTERNAL, format!("unexpected answer from the daemon: {reply:?}"))
+}

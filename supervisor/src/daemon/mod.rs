@@ -1,0 +1,81 @@
+//! The daemon: many jobs, one conductor each, a bounded number at once, the control socket, and
+//! re-attachment to the conductors that outlived a previous daemon.
+//!
+//! - On start it re-attaches to every live job recorded in the store whose conductor is still the
+//!   same process (pid and start time); a job whose conductor is gone becomes `crashed`, with its
+//!   pending reverts logged.
+//! - `pending` jobs start in submission order while fewer than `max_jobs` run.
+//! - Stopping the daemon (SIGTERM, SIGINT, `shutdown`) leaves the conductors running; `shutdown
+//!   --cancel` soft-cancels every live job first and waits for them within their ladders.
+
+mod control;
+mod jobs;
+
+use crate::process::{self, WorkerCommand};
+use crate::state_dir::StateDir;
+use crate::store::Store;
+use anyhow::{Context, bail};
+use jobs::Jobs;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+
+/// How the daemon is configured.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub state_dir: StateDir,
+    pub max_jobs: usize,
+    pub worker: WorkerCommand,
+}
+
+/// Runs the daemon until `shutdown` resolves or a client asks it to stop.
+pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    config.state_dir.create()?;
+    let store = Arc::new(Store::open(config.state_dir.root()).context("cannot open the store")?);
+    process::start_reaper()?;
+    let listener = bind_control(&config.state_dir).await?;
+    let jobs = Jobs::new(store, config.state_dir.clone(), config.worker.clone(), config.max_jobs);
+    jobs.reattach_all().await;
+    jobs.start_scheduler();
+    tracing::info!(state_dir = %config.state_dir.root().display(), max_jobs = config.max_jobs, mode = "session", "daemon ready");
+
+    tokio::pin!(shutdown);
+    let cancel_on_exit = loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let jobs = jobs.clone();
+                    tokio::spawn(async move { control::serve_client(jobs, stream).await });
+                }
+                Err(err) => tracing::warn!(error = %err, "accept failed"),
+            },
+            () = &mut shutdown => break false,
+            cancel = jobs.shutdown_requested() => break cancel,
+        }
+    };
+    drop(listener);
+    let _ = std::fs::remove_file(control_socket(&config.state_dir));
+    jobs.stop(cancel_on_exit).await;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// The control socket's path.
+#[must_use]
+pub fn control_socket(state_dir: &StateDir) -> std::path::PathBuf {
+    state_dir.root().join("control.sock")
+}
+
+async fn bind_control(state_dir: &StateDir) -> anyhow::Result<UnixListener> {
+    let path = control_socket(state_dir);
+    if path.exists() {
+        if tokio::net::UnixStream::connect(&path).await.is_ok() {
+            bail!("a daemon already serves {} (stop it with `supervisor shutdown`)", state_dir.root().display());
+        }
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
