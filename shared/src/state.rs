@@ -328,7 +328,9 @@ mod tests {
 
     #[test]
     fn illegal_transition_is_a_value_with_names() {
-        let err = JobState::Success.transition(JobState::Running).unwrap_err();
+        let err = JobState::Success
+            .transition(JobState::Running)
+            .expect_err("illegal");
         assert_eq!(
             err.to_string(),
             "illegal job transition from success to running"

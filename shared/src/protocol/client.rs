@@ -13,24 +13,52 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     /// Always first; `protocol_version` is its first field so any version decodes it.
-    Hello { protocol_version: u32 },
-    Submit { spec: Box<JobSpec>, source: String },
-    List { all: bool },
-    Status { job: String },
-    Cancel { job: String, timeout_ms: Option<u64> },
-    Kill { job: String },
-    Logs { job: String, task: Option<String>, follow: bool },
-    Revert { job: String },
-    Resume { job: String },
+    Hello {
+        protocol_version: u32,
+    },
+    Submit {
+        spec: Box<JobSpec>,
+        source: String,
+    },
+    List {
+        all: bool,
+    },
+    Status {
+        job: String,
+    },
+    Cancel {
+        job: String,
+        timeout_ms: Option<u64>,
+    },
+    Kill {
+        job: String,
+    },
+    Logs {
+        job: String,
+        task: Option<String>,
+        follow: bool,
+    },
+    Revert {
+        job: String,
+    },
+    Resume {
+        job: String,
+    },
     Events,
-    Shutdown { cancel: bool },
+    Shutdown {
+        cancel: bool,
+    },
 }
 
 /// Daemon to CLI.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientReply {
-    Hello { protocol_version: u32 },
-    Submitted { job: JobId },
+    Hello {
+        protocol_version: u32,
+    },
+    Submitted {
+        job: JobId,
+    },
     Jobs(Vec<JobSummary>),
     Status(Box<JobStatus>),
     /// The request was carried out.
@@ -39,7 +67,10 @@ pub enum ClientReply {
     Log(LogLine),
     /// A job or task changed state.
     Event(Event),
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Why a request failed; each maps to a documented exit code of the CLI.

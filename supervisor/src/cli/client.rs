@@ -17,7 +17,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -31,7 +34,8 @@ pub struct Client {
 impl Client {
     /// Connects and handshakes; "daemon not running" is its own exit code, with how to start it.
     pub async fn connect(state_dir: Option<PathBuf>) -> Outcome<Self> {
-        let dir = StateDir::resolve(state_dir).map_err(|e| Failure::new(exit::INVALID_INPUT, format!("{e:#}")))?;
+        let dir = StateDir::resolve(state_dir)
+            .map_err(|e| Failure::new(exit::INVALID_INPUT, format!("{e:#}")))?;
         let path = control_socket(&dir);
         let mut stream = UnixStream::connect(&path).await.map_err(|err| {
             Failure::new(
@@ -43,12 +47,27 @@ impl Client {
                 ),
             )
         })?;
-        let internal = |e: shared::protocol::codec::FrameError| Failure::new(exit::INTERNAL, format!("daemon connection: {e}"));
-        write_frame(&mut stream, &ClientRequest::Hello { protocol_version: PROTOCOL_VERSION }).await.map_err(internal)?;
-        match read_frame::<ClientReply, _>(&mut stream).await.map_err(internal)? {
+        let internal = |e: shared::protocol::codec::FrameError| {
+            Failure::new(exit::INTERNAL, format!("daemon connection: {e}"))
+        };
+        write_frame(
+            &mut stream,
+            &ClientRequest::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            },
+        )
+        .await
+        .map_err(internal)?;
+        match read_frame::<ClientReply, _>(&mut stream)
+            .await
+            .map_err(internal)?
+        {
             Some(ClientReply::Hello { .. }) => Ok(Self { stream }),
             Some(ClientReply::Error { code, message }) => Err(failure(code, message)),
-            other => Err(Failure::new(exit::INTERNAL, format!("unexpected answer from the daemon: {other:?}"))),
+            other => Err(Failure::new(
+                exit::INTERNAL,
+                format!("unexpected answer from the daemon: {other:?}"),
+            )),
         }
     }
 
@@ -63,7 +82,10 @@ impl Client {
         match read_frame::<ClientReply, _>(&mut self.stream).await {
             Ok(Some(ClientReply::Error { code, message })) => Err(failure(code, message)),
             Ok(reply) => Ok(reply),
-            Err(e) => Err(Failure::new(exit::INTERNAL, format!("daemon connection: {e}"))),
+            Err(e) => Err(Failure::new(
+                exit::INTERNAL,
+                format!("daemon connection: {e}"),
+            )),
         }
     }
 
@@ -71,7 +93,10 @@ impl Client {
     pub async fn call(state_dir: Option<PathBuf>, request: &ClientRequest) -> Outcome<ClientReply> {
         let mut client = Self::connect(state_dir).await?;
         client.send(request).await?;
-        client.next().await?.ok_or_else(|| Failure::new(exit::INTERNAL, "the daemon closed the connection"))
+        client
+            .next()
+            .await?
+            .ok_or_else(|| Failure::new(exit::INTERNAL, "the daemon closed the connection"))
     }
 }
 

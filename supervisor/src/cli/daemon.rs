@@ -23,9 +23,15 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
     let result = (|| {
         let state_dir = StateDir::resolve(state_dir)?;
         let worker = WorkerCommand::locate(args.conductor_bin)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async {
-            let config = DaemonConfig { state_dir, max_jobs: args.max_jobs, worker };
+            let config = DaemonConfig {
+                state_dir,
+                max_jobs: args.max_jobs,
+                worker,
+            };
             let mut terminate = signal(SignalKind::terminate())?;
             let mut interrupt = signal(SignalKind::interrupt())?;
             let stop = async move {

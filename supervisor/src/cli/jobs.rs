@@ -89,7 +89,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn main(command: JobCommand, state_dir: Option<PathBuf>) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("supervisor: {err}");
@@ -109,22 +112,47 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
     match command {
         JobCommand::Submit { file, wait } => {
             let spec = super::load_spec(&file).map_err(|m| Failure::new(exit::INVALID_INPUT, m))?;
-            let source = std::fs::canonicalize(&file).unwrap_or(file).display().to_string();
-            let reply = Client::call(dir.clone(), &ClientRequest::Submit { spec: Box::new(spec), source }).await?;
-            let ClientReply::Submitted { job } = reply else { return Err(unexpected(&reply)) };
+            let source = std::fs::canonicalize(&file)
+                .unwrap_or(file)
+                .display()
+                .to_string();
+            let reply = Client::call(
+                dir.clone(),
+                &ClientRequest::Submit {
+                    spec: Box::new(spec),
+                    source,
+                },
+            )
+            .await?;
+            let ClientReply::Submitted { job } = reply else {
+                return Err(unexpected(&reply));
+            };
             println!("{job}");
-            if wait { wait_for_end(dir, job.as_str()).await } else { Ok(exit::SUCCESS) }
+            if wait {
+                wait_for_end(dir, job.as_str()).await
+            } else {
+                Ok(exit::SUCCESS)
+            }
         }
         JobCommand::Ls { all, json } => {
             let reply = Client::call(dir, &ClientRequest::List { all }).await?;
-            let ClientReply::Jobs(jobs) = reply else { return Err(unexpected(&reply)) };
+            let ClientReply::Jobs(jobs) = reply else {
+                return Err(unexpected(&reply));
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&jobs).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&jobs).unwrap_or_default()
+                );
             } else {
-                println!("{:<8}  {:<20}  {:<13}  {:<20}  AGE", "ID", "NAME", "STATE", "TASK");
+                println!(
+                    "{:<8}  {:<20}  {:<13}  {:<20}  AGE",
+                    "ID", "NAME", "STATE", "TASK"
+                );
                 let now = crate::store::now_ms();
                 for job in jobs {
-                    let age = Duration::from_millis(u64::try_from(now - job.created_ms).unwrap_or(0));
+                    let age =
+                        Duration::from_millis(u64::try_from(now - job.created_ms).unwrap_or(0));
                     println!(
                         "{:<8}  {:<20}  {:<13}  {:<20}  {}",
                         job.id,
@@ -140,7 +168,10 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
         JobCommand::Status { job, json } => {
             let status = status(dir, &job).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                );
             } else {
                 print_status(&status);
             }
@@ -148,18 +179,39 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
         }
         JobCommand::Cancel { job, timeout, wait } => {
             let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-            simple(dir, ClientRequest::Cancel { job: job.clone(), timeout_ms }, &job, wait).await
+            simple(
+                dir,
+                ClientRequest::Cancel {
+                    job: job.clone(),
+                    timeout_ms,
+                },
+                &job,
+                wait,
+            )
+            .await
         }
-        JobCommand::Kill { job, wait } => simple(dir, ClientRequest::Kill { job: job.clone() }, &job, wait).await,
-        JobCommand::Revert { job, wait } => simple(dir, ClientRequest::Revert { job: job.clone() }, &job, wait).await,
-        JobCommand::Resume { job, wait } => simple(dir, ClientRequest::Resume { job: job.clone() }, &job, wait).await,
+        JobCommand::Kill { job, wait } => {
+            simple(dir, ClientRequest::Kill { job: job.clone() }, &job, wait).await
+        }
+        JobCommand::Revert { job, wait } => {
+            simple(dir, ClientRequest::Revert { job: job.clone() }, &job, wait).await
+        }
+        JobCommand::Resume { job, wait } => {
+            simple(dir, ClientRequest::Resume { job: job.clone() }, &job, wait).await
+        }
         JobCommand::Logs { job, follow, task } => {
             let mut client = Client::connect(dir).await?;
-            client.send(&ClientRequest::Logs { job, task, follow }).await?;
+            client
+                .send(&ClientRequest::Logs { job, task, follow })
+                .await?;
             while let Some(reply) = client.next().await? {
                 match reply {
                     ClientReply::Log(line) => {
-                        let phase = if line.phase == "revert" { " (revert)" } else { "" };
+                        let phase = if line.phase == "revert" {
+                            " (revert)"
+                        } else {
+                            ""
+                        };
                         println!("[{}{phase}] {}", line.task, line.line);
                     }
                     ClientReply::Done => break,
@@ -172,12 +224,16 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
             let mut client = Client::connect(dir).await?;
             client.send(&ClientRequest::Events).await?;
             while let Some(reply) = client.next().await? {
-                let ClientReply::Event(event) = reply else { return Err(unexpected(&reply)) };
+                let ClientReply::Event(event) = reply else {
+                    return Err(unexpected(&reply));
+                };
                 if json {
                     println!("{}", serde_json::to_string(&event).unwrap_or_default());
                 } else {
                     match &event.task {
-                        Some(task) => println!("{} {} task {task} {}", event.at_ms, event.job, event.state),
+                        Some(task) => {
+                            println!("{} {} task {task} {}", event.at_ms, event.job, event.state)
+                        }
                         None => println!("{} {} job {}", event.at_ms, event.job, event.state),
                     }
                 }
@@ -186,20 +242,40 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
         }
         JobCommand::Shutdown { cancel } => {
             let reply = Client::call(dir, &ClientRequest::Shutdown { cancel }).await?;
-            let ClientReply::Done = reply else { return Err(unexpected(&reply)) };
+            let ClientReply::Done = reply else {
+                return Err(unexpected(&reply));
+            };
             Ok(exit::SUCCESS)
         }
     }
 }
 
-async fn simple(dir: Option<PathBuf>, request: ClientRequest, job: &str, wait: bool) -> Outcome<i32> {
+async fn simple(
+    dir: Option<PathBuf>,
+    request: ClientRequest,
+    job: &str,
+    wait: bool,
+) -> Outcome<i32> {
     let reply = Client::call(dir.clone(), &request).await?;
-    let ClientReply::Done = reply else { return Err(unexpected(&reply)) };
-    if wait { wait_for_end(dir, job).await } else { Ok(exit::SUCCESS) }
+    let ClientReply::Done = reply else {
+        return Err(unexpected(&reply));
+    };
+    if wait {
+        wait_for_end(dir, job).await
+    } else {
+        Ok(exit::SUCCESS)
+    }
 }
 
 async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
-    match Client::call(dir, &ClientRequest::Status { job: job.to_owned() }).await? {
+    match Client::call(
+        dir,
+        &ClientRequest::Status {
+            job: job.to_owned(),
+        },
+    )
+    .await?
+    {
         ClientReply::Status(status) => Ok(*status),
         other => Err(unexpected(&other)),
     }
@@ -227,21 +303,46 @@ fn print_status(status: &JobStatus) {
         println!("  conductor pid: {pid}");
     }
     for task in &status.tasks {
-        let pending = if task.revert_pending { "  REVERT PENDING" } else { "" };
-        println!("  {:<20} {:<14} attempts {}{pending}", task.name, task.state.as_str(), task.attempts);
+        let pending = if task.revert_pending {
+            "  REVERT PENDING"
+        } else {
+            ""
+        };
+        println!(
+            "  {:<20} {:<14} attempts {}{pending}",
+            task.name,
+            task.state.as_str(),
+            task.attempts
+        );
         if !task.result.is_empty() {
-            println!("    result: {}", task.result.lines().next().unwrap_or_default());
+            println!(
+                "    result: {}",
+                task.result.lines().next().unwrap_or_default()
+            );
         }
         if let Some(error) = &task.error {
             println!("    error: {error}");
         }
     }
-    let pending: Vec<&str> = status.tasks.iter().rev().filter(|t| t.revert_pending).map(|t| t.name.as_str()).collect();
+    let pending: Vec<&str> = status
+        .tasks
+        .iter()
+        .rev()
+        .filter(|t| t.revert_pending)
+        .map(|t| t.name.as_str())
+        .collect();
     if !pending.is_empty() {
-        println!("  reverts pending: {} (run them with: supervisor revert {})", pending.join(", "), status.id);
+        println!(
+            "  reverts pending: {} (run them with: supervisor revert {})",
+            pending.join(", "),
+            status.id
+        );
     }
 }
 
 fn unexpected(reply: &ClientReply) -> Failure {
-    Failure::new(exit::INTERNAL, format!("unexpected answer from the daemon: {reply:?}"))
+    Failure::new(
+        exit::INTERNAL,
+        format!("unexpected answer from the daemon: {reply:?}"),
+    )
 }

@@ -75,7 +75,11 @@ pub fn main() -> i32 {
             };
         }
     };
-    let quiet_default = if matches!(cli.command, Command::Daemon(_)) { "info" } else { "warn" };
+    let quiet_default = if matches!(cli.command, Command::Daemon(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     crate::logging::init(cli.verbose, quiet_default);
     match cli.command {
         Command::Run(args) => run::main(args, cli.state_dir),

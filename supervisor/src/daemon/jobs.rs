@@ -43,8 +43,17 @@ struct Inner {
 }
 
 impl Jobs {
-    pub fn new(store: Arc<Store>, state_dir: StateDir, worker: WorkerCommand, max_jobs: usize) -> Self {
-        let launcher = Launcher { store: store.clone(), state_dir, worker };
+    pub fn new(
+        store: Arc<Store>,
+        state_dir: StateDir,
+        worker: WorkerCommand,
+        max_jobs: usize,
+    ) -> Self {
+        let launcher = Launcher {
+            store: store.clone(),
+            state_dir,
+            worker,
+        };
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -73,7 +82,10 @@ impl Jobs {
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, mpsc::Sender<Order>>> {
-        self.inner.live.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The order channel of a supervised job.
@@ -83,7 +95,12 @@ impl Jobs {
 
     /// Publishes a state change.
     pub fn publish(&self, job: &JobId, task: Option<String>, state: &str) {
-        let _ = self.inner.events.send(Event { job: job.clone(), task, state: state.to_owned(), at_ms: now_ms() });
+        let _ = self.inner.events.send(Event {
+            job: job.clone(),
+            task,
+            state: state.to_owned(),
+            at_ms: now_ms(),
+        });
     }
 
     /// Wakes the scheduler (a job was queued or a slot freed).
@@ -130,7 +147,11 @@ impl Jobs {
             let groups = BTreeSet::new();
             process::kill_job(pid, &groups).await;
         }
-        match self.inner.store.record_hard_end(&row.id, JobState::Crashed, "the conductor died while no daemon watched") {
+        match self.inner.store.record_hard_end(
+            &row.id,
+            JobState::Crashed,
+            "the conductor died while no daemon watched",
+        ) {
             Ok(pending) => {
                 let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
                 tracing::warn!(job_id = %row.id, state = "crashed", tasks = tasks.join(","), count = tasks.len(), "revert skipped");
@@ -166,7 +187,11 @@ impl Jobs {
                 return;
             }
         };
-        for id in queued.into_iter().filter(|id| !self.live().contains_key(id)).take(room) {
+        for id in queued
+            .into_iter()
+            .filter(|id| !self.live().contains_key(id))
+            .take(room)
+        {
             if let Err(err) = self.inner.store.set_job_state(&id, JobState::Running, None) {
                 tracing::error!(job_id = %id, error = %err, "cannot start the job");
                 continue;
@@ -185,7 +210,11 @@ impl Jobs {
         let (orders_tx, orders) = mpsc::channel(8);
         self.live().insert(id.clone(), orders_tx);
         let jobs = self.clone();
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tasks = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         tasks.spawn(async move {
             let state = jobs.supervise(&id, attach, orders).await;
             jobs.live().remove(&id);
@@ -194,7 +223,9 @@ impl Jobs {
                     tracing::info!(job_id = %id, state = state.as_str(), "job ended");
                     jobs.publish(&id, None, state.as_str());
                 }
-                Err(err) => tracing::error!(job_id = %id, error = format!("{err:#}"), "supervision failed"),
+                Err(err) => {
+                    tracing::error!(job_id = %id, error = format!("{err:#}"), "supervision failed")
+                }
             }
             jobs.wake();
         });
@@ -202,11 +233,21 @@ impl Jobs {
         while tasks.try_join_next().is_some() {}
     }
 
-    async fn supervise(&self, id: &JobId, attach: Attach, orders: mpsc::Receiver<Order>) -> anyhow::Result<JobState> {
+    async fn supervise(
+        &self,
+        id: &JobId,
+        attach: Attach,
+        orders: mpsc::Receiver<Order>,
+    ) -> anyhow::Result<JobState> {
         let store = self.inner.store.clone();
         let spec = store.spec(id)?;
         let (observer, events) = mpsc::unbounded_channel();
-        tokio::spawn(forward_events(self.clone(), id.clone(), spec.tasks.iter().map(|t| t.name.clone()).collect(), events));
+        tokio::spawn(forward_events(
+            self.clone(),
+            id.clone(),
+            spec.tasks.iter().map(|t| t.name.clone()).collect(),
+            events,
+        ));
         let supervision = Supervision {
             store: store.clone(),
             job_id: id.clone(),
@@ -216,7 +257,11 @@ impl Jobs {
         };
         match attach {
             Attach::Launch(purpose) => match self.inner.launcher.launch(id, &purpose).await {
-                Ok((conductor, link, plan)) => supervision.run(conductor, Some(link), Some(plan), orders).await,
+                Ok((conductor, link, plan)) => {
+                    supervision
+                        .run(conductor, Some(link), Some(plan), orders)
+                        .await
+                }
                 Err(err) => {
                     record_launch_failure(&store, id, &err);
                     Ok(JobState::Crashed)
@@ -232,7 +277,9 @@ impl Jobs {
                         None
                     }
                 };
-                supervision.run(Conductor { pid, socket }, link, None, orders).await
+                supervision
+                    .run(Conductor { pid, socket }, link, None, orders)
+                    .await
             }
         }
     }
@@ -241,11 +288,22 @@ impl Jobs {
     /// (each within its own ladder); without, the conductors keep running for the next daemon.
     pub async fn stop(&self, cancel: bool) {
         self.inner.stopping.store(true, Ordering::SeqCst);
-        let mut tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         if cancel {
             let senders: Vec<_> = self.live().values().cloned().collect();
             for sender in senders {
-                let _ = sender.send(Order::Cancel { timeout: None, reason: "daemon shutdown --cancel".into() }).await;
+                let _ = sender
+                    .send(Order::Cancel {
+                        timeout: None,
+                        reason: "daemon shutdown --cancel".into(),
+                    })
+                    .await;
             }
             while tasks.join_next().await.is_some() {}
         } else {
@@ -256,13 +314,30 @@ impl Jobs {
 }
 
 /// Turns a job's reports into `events` for subscribers.
-async fn forward_events(jobs: Jobs, id: JobId, names: Vec<String>, mut events: mpsc::UnboundedReceiver<JobEvent>) {
+async fn forward_events(
+    jobs: Jobs,
+    id: JobId,
+    names: Vec<String>,
+    mut events: mpsc::UnboundedReceiver<JobEvent>,
+) {
     let name = |task: u32| names.get(task as usize).cloned();
     while let Some(event) = events.recv().await {
         match event {
-            JobEvent::TaskStarting { task, phase: Phase::Execute, .. } => jobs.publish(&id, name(task), "running"),
-            JobEvent::TaskStarting { task, phase: Phase::Revert, .. } => jobs.publish(&id, name(task), "reverting"),
-            JobEvent::TaskFinished { task, phase, outcome } => {
+            JobEvent::TaskStarting {
+                task,
+                phase: Phase::Execute,
+                ..
+            } => jobs.publish(&id, name(task), "running"),
+            JobEvent::TaskStarting {
+                task,
+                phase: Phase::Revert,
+                ..
+            } => jobs.publish(&id, name(task), "reverting"),
+            JobEvent::TaskFinished {
+                task,
+                phase,
+                outcome,
+            } => {
                 let state = match (phase, outcome) {
                     (Phase::Execute, StepOutcome::Success { .. }) => "success",
                     (Phase::Execute, StepOutcome::Failure { .. }) => "failure",
@@ -272,7 +347,9 @@ async fn forward_events(jobs: Jobs, id: JobId, names: Vec<String>, mut events: m
                 jobs.publish(&id, name(task), state);
             }
             JobEvent::Cancelling { .. } => jobs.publish(&id, None, "cancelling"),
-            JobEvent::TaskSpawned { .. } | JobEvent::Output { .. } | JobEvent::JobFinished { .. } => {}
+            JobEvent::TaskSpawned { .. }
+            | JobEvent::Output { .. }
+            | JobEvent::JobFinished { .. } => {}
         }
     }
 }

@@ -29,12 +29,20 @@ pub struct DaemonConfig {
 }
 
 /// Runs the daemon until `shutdown` resolves or a client asks it to stop.
-pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     config.state_dir.create()?;
     let store = Arc::new(Store::open(config.state_dir.root()).context("cannot open the store")?);
     process::start_reaper()?;
     let listener = bind_control(&config.state_dir).await?;
-    let jobs = Jobs::new(store, config.state_dir.clone(), config.worker.clone(), config.max_jobs);
+    let jobs = Jobs::new(
+        store,
+        config.state_dir.clone(),
+        config.worker.clone(),
+        config.max_jobs,
+    );
     jobs.reattach_all().await;
     jobs.start_scheduler();
     tracing::info!(state_dir = %config.state_dir.root().display(), max_jobs = config.max_jobs, mode = "session", "daemon ready");
@@ -70,11 +78,16 @@ async fn bind_control(state_dir: &StateDir) -> anyhow::Result<UnixListener> {
     let path = control_socket(state_dir);
     if path.exists() {
         if tokio::net::UnixStream::connect(&path).await.is_ok() {
-            bail!("a daemon already serves {} (stop it with `supervisor shutdown`)", state_dir.root().display());
+            bail!(
+                "a daemon already serves {} (stop it with `supervisor shutdown`)",
+                state_dir.root().display()
+            );
         }
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     Ok(listener)

@@ -132,6 +132,17 @@ impl TaskRow {
     }
 }
 
+/// One stored line of task output.
+#[derive(Clone, Debug)]
+pub struct OutputLine {
+    /// Increasing; pass the last one seen to get only newer lines.
+    pub id: i64,
+    pub task: u32,
+    pub phase: String,
+    pub stream: String,
+    pub line: String,
+}
+
 /// Milliseconds since the Unix epoch.
 #[must_use]
 pub fn now_ms() -> i64 {
@@ -286,25 +297,21 @@ impl Store {
         Ok(pending)
     }
 
-    /// The job's output lines after `after_id`: (id, task index, phase, stream, line).
-    pub fn output(
-        &self,
-        id: &JobId,
-        after_id: i64,
-    ) -> Result<Vec<(i64, u32, String, String, String)>> {
+    /// The job's output lines after the line numbered `after_id`, in order.
+    pub fn output(&self, id: &JobId, after_id: i64) -> Result<Vec<OutputLine>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, task_idx, phase, stream, line FROM output WHERE job_id = ?1 AND id > ?2 ORDER BY id",
         )?;
         let rows = stmt
             .query_map(params![id.as_str(), after_id], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                ))
+                Ok(OutputLine {
+                    id: row.get(0)?,
+                    task: row.get(1)?,
+                    phase: row.get(2)?,
+                    stream: row.get(3)?,
+                    line: row.get(4)?,
+                })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)

@@ -9,7 +9,8 @@ use shared::state::JobState;
 impl Store {
     /// The id of a job named by the user; [`StoreError::UnknownJob`] when there is none.
     pub fn find_job(&self, text: &str) -> Result<JobId> {
-        let id = JobId::parse(text.trim()).ok_or_else(|| StoreError::UnknownJob(JobId::from_random(0)))?;
+        let id = JobId::parse(text.trim())
+            .ok_or_else(|| StoreError::UnknownJob(JobId::from_random(0)))?;
         let conn = self.conn();
         match job_row(&conn, &id)? {
             Some(_) => Ok(id),
@@ -42,7 +43,13 @@ impl Store {
         rows.into_iter()
             .filter_map(|(id, name, state, created_ms, task)| {
                 let id = JobId::parse(&id)?;
-                Some(state.parse::<JobState>().map(|state| JobSummary { id, name, state, task, created_ms }))
+                Some(state.parse::<JobState>().map(|state| JobSummary {
+                    id,
+                    name,
+                    state,
+                    task,
+                    created_ms,
+                }))
             })
             .map(|r| r.map_err(StoreError::from))
             .collect()
@@ -53,7 +60,10 @@ impl Store {
         let conn = self.conn();
         let job = job_row(&conn, id)?.ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
         let tasks = task_rows(&conn, id)?;
-        let accounting = matches!(job.state, JobState::Killed | JobState::Crashed | JobState::RevertFailed);
+        let accounting = matches!(
+            job.state,
+            JobState::Killed | JobState::Crashed | JobState::RevertFailed
+        );
         Ok(JobStatus {
             id: id.clone(),
             name: job.name,
@@ -64,7 +74,10 @@ impl Store {
             started_ms: job.started_ms,
             ended_ms: job.ended_ms,
             conductor_pid: job.conductor_pid,
-            tasks: tasks.into_iter().map(|t| task_status(t, accounting)).collect(),
+            tasks: tasks
+                .into_iter()
+                .map(|t| task_status(t, accounting))
+                .collect(),
         })
     }
 
@@ -75,17 +88,23 @@ impl Store {
             let mut stmt = conn.prepare_cached(
                 "SELECT id FROM jobs WHERE state IN ('running', 'cancelling', 'reverting') ORDER BY seq",
             )?;
-            let ids = stmt.query_map([], |row| row.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-            ids
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
         };
-        ids.iter().filter_map(|id| JobId::parse(id)).map(|id| self.job(&id)).collect()
+        ids.iter()
+            .filter_map(|id| JobId::parse(id))
+            .map(|id| self.job(&id))
+            .collect()
     }
 
     /// Pending jobs in submission order.
     pub fn queued_jobs(&self) -> Result<Vec<JobId>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT id FROM jobs WHERE state = 'pending' ORDER BY seq")?;
-        let ids = stmt.query_map([], |row| row.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt =
+            conn.prepare_cached("SELECT id FROM jobs WHERE state = 'pending' ORDER BY seq")?;
+        let ids = stmt
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(ids.iter().filter_map(|id| JobId::parse(id)).collect())
     }
 }
