@@ -63,7 +63,8 @@ impl Launcher {
         Ok((conductor, link, plan))
     }
 
-    fn plan(&self, job_id: &JobId, purpose: &Purpose) -> anyhow::Result<JobPlan> {
+    /// The plan for a conductor of `job_id`, from what the store knows.
+    pub fn plan(&self, job_id: &JobId, purpose: &Purpose) -> anyhow::Result<JobPlan> {
         let spec = self.store.spec(job_id)?;
         let tasks = self.store.tasks(job_id)?;
         let prior = tasks

@@ -44,6 +44,10 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Log format on stderr: text for people, json (one object per line) for machines
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -59,6 +63,8 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     #[command(flatten)]
     Job(jobs::JobCommand),
+    /// Print a shell completion script (e.g. `supervisor completions bash > /etc/bash_completion.d/supervisor`)
+    Completions { shell: clap_complete::Shell },
 }
 
 /// Parses the command line, runs the command, returns the process exit code.
@@ -80,12 +86,22 @@ pub fn main() -> i32 {
     } else {
         "warn"
     };
-    crate::logging::init(cli.verbose, quiet_default);
+    crate::logging::init(cli.verbose, quiet_default, cli.log_format);
     match cli.command {
         Command::Run(args) => run::main(args, cli.state_dir),
         Command::Validate(args) => validate::main(&args),
         Command::Daemon(args) => daemon::main(args, cli.state_dir),
         Command::Job(command) => jobs::main(command, cli.state_dir),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "supervisor",
+                &mut std::io::stdout(),
+            );
+            exit::SUCCESS
+        }
     }
 }
 
