@@ -277,8 +277,20 @@ impl Jobs {
                         None
                     }
                 };
+                // A conductor spawned just before the last daemon died may still wait for its plan.
+                let plan = match &link {
+                    Some(link) if !link.hello.has_plan => {
+                        let purpose = if row.state == JobState::Reverting {
+                            Purpose::Revert
+                        } else {
+                            Purpose::Execute
+                        };
+                        Some(self.inner.launcher.plan(id, &purpose)?)
+                    }
+                    _ => None,
+                };
                 supervision
-                    .run(Conductor { pid, socket }, link, None, orders)
+                    .run(Conductor { pid, socket }, link, plan, orders)
                     .await
             }
         }
