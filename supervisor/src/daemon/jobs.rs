@@ -130,10 +130,20 @@ impl Jobs {
                 return;
             }
         };
+        let me = std::process::id();
         for row in rows {
+            if let Some((pid, start)) = row.supervisor {
+                if u32::try_from(pid).ok() != Some(me) && process::is_same_process(pid, start) {
+                    tracing::info!(job_id = %row.id, supervisor_pid = pid, "left to its own supervisor (a `supervisor run`)");
+                    continue;
+                }
+            }
             let alive = matches!((row.conductor_pid, row.conductor_start), (Some(pid), Some(start)) if process::is_same_process(pid, start));
             if alive {
                 tracing::info!(job_id = %row.id, pid = row.conductor_pid, "re-attaching to the conductor");
+                if let Err(err) = self.inner.store.claim(&row.id) {
+                    tracing::error!(job_id = %row.id, error = %err, "cannot record the re-attachment");
+                }
                 self.spawn_supervision(row.id.clone(), Attach::Reattach(row));
             } else {
                 self.record_crash(&row).await;

@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     ended_ms      INTEGER,
     conductor_pid INTEGER,
     conductor_start INTEGER,                 -- /proc start time, to recognise the pid later
+    supervisor_pid  INTEGER,                 -- the daemon or `run` that supervises it
+    supervisor_start INTEGER,
     socket        TEXT,
     last_report   INTEGER NOT NULL DEFAULT 0 -- highest report seq applied from this conductor
 );
@@ -107,6 +109,8 @@ pub struct JobRow {
     pub ended_ms: Option<i64>,
     pub conductor_pid: Option<i32>,
     pub conductor_start: Option<u64>,
+    /// The process (daemon or `run`) that supervises the job, and its start time.
+    pub supervisor: Option<(i32, u64)>,
 }
 
 /// A task's row.
@@ -268,6 +272,20 @@ impl Store {
              WHERE id = ?1",
             params![id.as_str(), pid, i64::try_from(start_time).unwrap_or(i64::MAX), socket.to_string_lossy(), now_ms()],
         )?;
+        self.claim(id)
+    }
+
+    /// Records this process as the job's supervisor (so that no other one adopts it meanwhile).
+    pub fn claim(&self, id: &JobId) -> Result<()> {
+        let me = std::process::id();
+        let start = i32::try_from(me)
+            .ok()
+            .and_then(crate::process::start_time)
+            .unwrap_or(0);
+        self.conn().execute(
+            "UPDATE jobs SET supervisor_pid = ?2, supervisor_start = ?3 WHERE id = ?1",
+            params![id.as_str(), me, i64::try_from(start).unwrap_or(i64::MAX)],
+        )?;
         Ok(())
     }
 
@@ -343,42 +361,41 @@ fn random_u32() -> u32 {
 }
 
 fn job_row(conn: &Connection, id: &JobId) -> Result<Option<JobRow>> {
+    let as_u64 = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
     let row = conn
         .query_row(
-            "SELECT name, source, state, reason, created_ms, started_ms, ended_ms, conductor_pid, conductor_start
+            "SELECT name, source, state, reason, created_ms, started_ms, ended_ms,
+                    conductor_pid, conductor_start, supervisor_pid, supervisor_start
              FROM jobs WHERE id = ?1",
             [id.as_str()],
             |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, i64>(4)?,
-                    row.get::<_, Option<i64>>(5)?,
-                    row.get::<_, Option<i64>>(6)?,
-                    row.get::<_, Option<i32>>(7)?,
-                    row.get::<_, Option<i64>>(8)?,
-                ))
+                let supervisor = match (row.get::<_, Option<i32>>(9)?, as_u64(row.get(10)?)) {
+                    (Some(pid), Some(start)) => Some((pid, start)),
+                    _ => None,
+                };
+                let state: String = row.get(2)?;
+                let job = JobRow {
+                    id: id.clone(),
+                    name: row.get(0)?,
+                    source: row.get(1)?,
+                    state: JobState::Pending,
+                    reason: row.get(3)?,
+                    created_ms: row.get(4)?,
+                    started_ms: row.get(5)?,
+                    ended_ms: row.get(6)?,
+                    conductor_pid: row.get(7)?,
+                    conductor_start: as_u64(row.get(8)?),
+                    supervisor,
+                };
+                Ok((job, state))
             },
         )
         .optional()?;
-    let Some((name, source, state, reason, created_ms, started_ms, ended_ms, pid, start)) = row
-    else {
+    let Some((mut job, state)) = row else {
         return Ok(None);
     };
-    Ok(Some(JobRow {
-        id: id.clone(),
-        name,
-        source,
-        state: state.parse()?,
-        reason,
-        created_ms,
-        started_ms,
-        ended_ms,
-        conductor_pid: pid,
-        conductor_start: start.and_then(|s| u64::try_from(s).ok()),
-    }))
+    job.state = state.parse()?;
+    Ok(Some(job))
 }
 
 fn task_rows(conn: &Connection, id: &JobId) -> Result<Vec<TaskRow>> {
