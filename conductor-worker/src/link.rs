@@ -222,10 +222,10 @@ impl Server {
                     newer
                 });
             }
-            ToConductor::Cancel => {
+            ToConductor::Cancel { reason: why } => {
                 self.cancel.send_if_modified(|reason| {
                     let first = reason.is_none();
-                    reason.get_or_insert_with(|| "cancel requested".to_owned());
+                    reason.get_or_insert(why);
                     first
                 });
             }

@@ -57,15 +57,46 @@ pub fn start(owned: OwnedChildren) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn reap_orphans(owned: &OwnedChildren) {
-    let me = std::process::id();
-    let Ok(children) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
-        return;
+/// The children of `pid` (of all its threads).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
     };
-    for pid in children
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u32>().ok())
-    {
+    threads
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// SIGKILLs every descendant of this process: at the job's end nothing of it may outlive it,
+/// not even a task's child that left its process group or session (as a subreaper, this process
+/// inherited it). Returns how many it killed.
+pub fn kill_descendants() -> usize {
+    use nix::sys::signal::{Signal, kill};
+    let mut seen = HashSet::new();
+    let mut queue = children_of(std::process::id());
+    while let Some(pid) = queue.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        let Ok(raw) = i32::try_from(pid) else {
+            continue;
+        };
+        let target = nix::unistd::Pid::from_raw(raw);
+        // Stopped first, so that it cannot fork while its children are listed.
+        let _ = kill(target, Signal::SIGSTOP);
+        queue.extend(children_of(pid));
+        let _ = kill(target, Signal::SIGKILL);
+    }
+    seen.len()
+}
+
+fn reap_orphans(owned: &OwnedChildren) {
+    for pid in children_of(std::process::id()) {
         if owned.contains(pid) {
             continue;
         }

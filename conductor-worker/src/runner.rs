@@ -32,6 +32,10 @@ pub async fn serve(config: Config) -> anyhow::Result<JobState> {
     tracing::info!(job_id = %plan.job_id, job = %plan.spec.name, "job received");
     let mut runner = Runner::new(&plan, handle, cancel, children);
     let state = runner.run().await?;
+    let leftovers = reaper::kill_descendants();
+    if leftovers > 0 {
+        tracing::warn!(count = leftovers, "killed processes the tasks left behind");
+    }
     let seq = runner.link.report(JobEvent::JobFinished { state });
     runner.link.wait_acked(seq).await?;
     Ok(state)

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
@@ -93,10 +94,14 @@ pub fn spawn_conductor(
             Ok(())
         });
     }
+    // Held from fork to registration, so that no orphan scan mistakes the new conductor.
+    let mut registry = conductors();
     let child = command
         .spawn()
         .with_context(|| format!("cannot start the conductor {}", worker.program.display()))?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
+    registry.insert(pid);
+    drop(registry);
     // The reaper owns the exit status from here on; `child` is only a handle.
     drop(child);
     let start_time = start_time(pid).context("the conductor died at once")?;
@@ -188,24 +193,51 @@ impl ExitWatch {
     }
 }
 
-/// Every live process of the job: the conductor's session, the known task groups, and their
-/// descendants (a task that left its group or session but is still in the tree).
-#[must_use]
-pub fn job_processes(conductor: i32, groups: &BTreeSet<i32>) -> BTreeSet<i32> {
+/// The conductors this process spawned and that still run. Any other child of the supervisor
+/// is an orphan that a dead conductor left behind (the supervisor is a subreaper and spawns
+/// nothing else), and is killed as part of that job.
+static CONDUCTORS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+fn conductors() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
+    CONDUCTORS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Forgets a conductor once it is gone (its pid may be reused).
+pub fn forget_conductor(pid: i32) {
+    conductors().remove(&pid);
+}
+
+/// Every live process on this host, with its stat.
+fn all_processes() -> Vec<(i32, ProcStat)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return BTreeSet::new();
+        return Vec::new();
     };
-    let all: Vec<(i32, ProcStat)> = entries
+    entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|pid| Some((pid, stat(pid)?)))
         .filter(|(_, s)| s.state != 'Z' && s.state != 'X')
-        .collect();
+        .collect()
+}
+
+/// Every live process of the job: the conductor, its session, the known task groups, the
+/// orphans the supervisor adopted from a dead conductor, and every descendant of those (a task
+/// that left its group or session still has a parent in the job). `known` are processes found
+/// earlier: they count as long as they live, whatever their parent is now.
+fn job_processes(conductor: i32, groups: &BTreeSet<i32>, known: &BTreeSet<i32>) -> BTreeSet<i32> {
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    let live_conductors = conductors().clone();
+    let all = all_processes();
     let mut found: BTreeSet<i32> = all
         .iter()
-        .filter(|(pid, s)| *pid == conductor || s.session == conductor || groups.contains(&s.pgrp))
+        .filter(|(pid, s)| {
+            *pid == conductor
+                || s.session == conductor
+                || groups.contains(&s.pgrp)
+                || known.contains(pid)
+                || (s.ppid == me && !live_conductors.contains(pid))
+        })
         .map(|(pid, _)| *pid)
         .collect();
-    // Descendants of anything found (a setsid'd child still has a parent in the job).
     loop {
         let before = found.len();
         for (pid, s) in &all {
@@ -223,23 +255,25 @@ pub fn job_processes(conductor: i32, groups: &BTreeSet<i32>) -> BTreeSet<i32> {
 const KILL_ROUNDS: usize = 50;
 
 /// SIGKILLs everything of the job until nothing is left; returns how many processes it killed.
+/// The tree is taken before the conductor dies, so its descendants are known even after they
+/// are re-parented.
 pub async fn kill_job(conductor: i32, groups: &BTreeSet<i32>) -> usize {
-    let _ = kill(Pid::from_raw(conductor), Signal::SIGKILL);
+    let mut known = job_processes(conductor, groups, &BTreeSet::new());
     let mut killed = BTreeSet::new();
     for _ in 0..KILL_ROUNDS {
-        for &pgid in groups {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        }
-        let alive = job_processes(conductor, groups);
-        if alive.is_empty() {
+        if known.is_empty() {
             break;
         }
-        for &pid in &alive {
+        for &pid in &known {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             killed.insert(pid);
         }
+        for &pgid in groups {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
         // Give the kernel a moment to deliver before scanning again.
         tokio::time::sleep(Duration::from_millis(2)).await;
+        known = job_processes(conductor, groups, &known);
     }
     killed.len()
 }

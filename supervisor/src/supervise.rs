@@ -145,6 +145,7 @@ impl Supervision {
         self.drain_after_exit(link, &mut ladder).await;
         // Whatever the conductor left behind (orphaned task processes) goes with it.
         let leftovers = process::kill_job(conductor.pid, &ladder.groups).await;
+        process::forget_conductor(conductor.pid);
         if leftovers > 0 {
             tracing::warn!(job_id = %self.job_id, count = leftovers, "killed processes the conductor left behind");
         }
@@ -172,7 +173,12 @@ impl Supervision {
                     tracing::error!(job_id = %self.job_id, error = %err, "cannot record the cancel");
                 }
                 let sent = match link.as_mut() {
-                    Some(link) => link.send(&ToConductor::Cancel).await.is_ok(),
+                    Some(link) => link
+                        .send(&ToConductor::Cancel {
+                            reason: reason.clone(),
+                        })
+                        .await
+                        .is_ok(),
                     None => false,
                 };
                 if !sent {

@@ -32,6 +32,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How long to wait for a job that is expected to take a while (a cancel timeout to expire).
 pub const LONG_DEADLINE: Duration = Duration::from_secs(60);
+/// How long processes that the supervisor killed (SIGKILL) may take to disappear, once it has
+/// exited. Still generous: SIGKILL is delivered in microseconds.
+pub const GONE_DEADLINE: Duration = Duration::from_secs(5);
 /// How often [`wait_for`] probes.
 pub const POLL: Duration = Duration::from_millis(20);
 
@@ -291,7 +294,7 @@ impl TestEnv {
 
     /// Waits until no process of the job (marker) is alive; panics listing them otherwise.
     pub fn assert_no_job_process_left(&self) {
-        wait_for(DEADLINE, "every process of the job to be gone", || {
+        wait_for(GONE_DEADLINE, "every process of the job to be gone", || {
             let mut left = self.marked_processes();
             for process in self.owned_processes() {
                 if !left.iter().any(|q| q.pid == process.pid) {

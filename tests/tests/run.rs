@@ -94,7 +94,7 @@ run = 'echo three >> "$SVT_DIR/order"'
     );
 
     let store = env.store();
-    assert_eq!(store.job_ids(), [id.clone()]);
+    assert_eq!(store.job_ids(), std::slice::from_ref(&id));
     assert_eq!(store.job_state(&id), "success");
     let tasks = store.tasks(&id);
     assert!(
@@ -351,6 +351,261 @@ run = "trap '' TERM; echo ready; sleep 60"
     env.assert_no_job_process_left();
 }
 
+#[test]
+fn a_task_over_its_timeout_fails_and_is_reverted() {
+    let env = TestEnv::new();
+    let file = env.job(
+        "timeout.toml",
+        "term_grace = \"1s\"",
+        &format!(
+            r#"
+[[task]]
+name = "first"
+run = "echo first-done"
+{LOG_REVERT}
+
+[[task]]
+name = "slow"
+run = "echo slow-started; sleep 60"
+timeout = "300ms"
+{LOG_REVERT}
+"#
+        ),
+    );
+    let mut run = env.spawn_run(&file);
+    expect_exit(&mut run, DEADLINE, 1);
+    let id = run.job_id();
+
+    let out = run.stdout_lines();
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("[slow] failure: timed out after 300ms")),
+        "{out:#?}"
+    );
+    assert_eq!(
+        env.lines("undo"),
+        [
+            "undo-slow:slow-started:failure",
+            "undo-first:first-done:success"
+        ]
+    );
+    let store = env.store();
+    assert_eq!(store.job_state(&id), "reverted");
+    assert_eq!(store.tasks(&id)[1].exec_outcome.as_deref(), Some("failure"));
+    env.assert_no_job_process_left();
+}
+
+#[test]
+fn the_job_timeout_cancels_softly() {
+    let env = TestEnv::new();
+    let file = env.job(
+        "job-timeout.toml",
+        "timeout = \"1s\"\ncancel_timeout = \"20s\"\nterm_grace = \"5s\"",
+        &format!(
+            r#"
+[[task]]
+name = "long"
+run = "echo long-started; sleep 60"
+{LOG_REVERT}
+"#
+        ),
+    );
+    let mut run = env.spawn_run(&file);
+    expect_exit(&mut run, DEADLINE, 3);
+    let id = run.job_id();
+
+    assert!(
+        run.stdout_lines()
+            .iter()
+            .any(|l| l.starts_with("cancelling: ")),
+        "no cancel notice"
+    );
+    assert_eq!(env.lines("undo"), ["undo-long:long-started:cancelled"]);
+    let store = env.store();
+    let job = store.job(&id).expect("the job is stored");
+    assert_eq!(job.state, "cancelled");
+    assert_eq!(
+        job.reason.as_deref(),
+        Some("job timeout reached"),
+        "{job:?}"
+    );
+    env.assert_no_job_process_left();
+}
+
+#[test]
+fn a_failing_revert_does_not_stop_the_others_and_exits_5() {
+    let env = TestEnv::new();
+    let file = env.job(
+        "revert-fails.toml",
+        "",
+        &format!(
+            r#"
+[[task]]
+name = "one"
+run = "echo res-one"
+{LOG_REVERT}
+
+[[task]]
+name = "two"
+run = "echo res-two"
+revert = "echo cannot-undo >&2; exit 3"
+
+[[task]]
+name = "three"
+run = "exit 1"
+{LOG_REVERT}
+"#
+        ),
+    );
+    let mut run = env.spawn_run(&file);
+    expect_exit(&mut run, DEADLINE, 5);
+    let id = run.job_id();
+
+    assert_eq!(
+        env.lines("undo"),
+        ["undo-three::failure", "undo-one:res-one:success"]
+    );
+    let out = run.stdout_lines();
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("[two] revert failed: exited with status 3")),
+        "{out:#?}"
+    );
+    assert!(
+        out.iter()
+            .any(|l| l == &format!("job {id} ended: revert_failed"))
+    );
+    let store = env.store();
+    assert_eq!(store.job_state(&id), "revert_failed");
+    assert_eq!(
+        store.task_states(&id),
+        [
+            ("one".to_owned(), "reverted".to_owned()),
+            ("two".to_owned(), "revert_failure".to_owned()),
+            ("three".to_owned(), "reverted".to_owned()),
+        ]
+    );
+    assert_eq!(store.pending_reverts(&id), ["two"]);
+}
+
+#[test]
+fn tasks_get_their_cwd_and_env_with_task_values_over_job_values() {
+    let env = TestEnv::new();
+    let sub = env.path("sub");
+    std::fs::create_dir(&sub).expect("mkdir sub");
+    let file = env.write(
+        "env.toml",
+        &format!(
+            r#"name = "env-job"
+[env]
+SVT_MARK = "{mark}"
+SHARED = "from-job"
+ONLY_JOB = "job-value"
+
+[[task]]
+name = "where"
+cwd = "{sub}"
+env = {{ SHARED = "from-task" }}
+run = 'echo "$(pwd)|$SHARED|$ONLY_JOB|$TASK_NAME|$JOB_ID"'
+revert = "true"
+
+[[task]]
+name = "fail"
+run = "exit 1"
+"#,
+            mark = env.marker(),
+            sub = sub.display()
+        ),
+    );
+    let mut run = env.spawn_run(&file);
+    expect_exit(&mut run, DEADLINE, 1);
+    let id = run.job_id();
+    let store = env.store();
+    assert_eq!(
+        store.tasks(&id)[0].result,
+        format!("{}|from-task|job-value|where|{id}", sub.display())
+    );
+}
+
+#[test]
+fn sigterm_to_run_cancels_softly_too() {
+    let env = TestEnv::new();
+    let file = env.job(
+        "term.toml",
+        "",
+        &format!(
+            r#"
+[[task]]
+name = "long"
+run = "echo long-started; sleep 60"
+{LOG_REVERT}
+"#
+        ),
+    );
+    let mut run = env.spawn_run(&file);
+    run.wait_for_stdout_line("[long] long-started");
+    let id = run.job_id();
+    run.signal(Signal::SIGTERM);
+    expect_exit(&mut run, DEADLINE, 3);
+    assert!(run.stderr().contains("supervisor: SIGTERM: cancelling"));
+    assert_eq!(env.lines("undo"), ["undo-long:long-started:cancelled"]);
+    assert_eq!(env.store().job_state(&id), "cancelled");
+    env.assert_no_job_process_left();
+}
+
+/// A task that starts `sleep 1000` in a new session (`setsid`) and exits once it is there:
+/// the daemon is an orphan of the job, outside every task group and the conductor's session,
+/// but inside the conductor's tree (the conductor is a child subreaper).
+const DAEMONIZE_TASK: &str = r#"
+[[task]]
+name = "daemonize"
+run = '''
+setsid sleep 1000 &
+pid=$!
+i=0
+while [ "$(cut -d' ' -f6 /proc/$pid/stat)" != "$pid" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done
+echo "daemon $pid"
+'''
+"#;
+
+#[test]
+fn a_daemon_started_by_a_task_does_not_outlive_the_job() {
+    let env = TestEnv::new();
+    let file = env.job(
+        "daemon.toml",
+        "",
+        &format!("{DAEMONIZE_TASK}\n[[task]]\nname = \"after\"\nrun = \"echo done\"\n"),
+    );
+    let mut run = env.spawn_run(&file);
+    expect_exit(&mut run, DEADLINE, 0);
+    assert!(
+        run.stdout_lines()
+            .iter()
+            .any(|l| l.starts_with("[daemonize] daemon ")),
+        "the daemon did not start"
+    );
+    env.assert_no_job_process_left();
+}
+
+#[test]
+fn a_daemon_started_by_a_task_does_not_outlive_a_crashed_conductor() {
+    let env = TestEnv::new();
+    let file = env.job(
+        "daemon-crash.toml",
+        "",
+        &format!(
+            "{DAEMONIZE_TASK}\n[[task]]\nname = \"long\"\nrun = \"echo long-started; sleep 60\"\n"
+        ),
+    );
+    let mut run = env.spawn_run(&file);
+    run.wait_for_stdout_line("[long] long-started");
+    let id = run.job_id();
+    send_signal(conductor_pid(&env, &id), Signal::SIGKILL);
+    expect_exit(&mut run, DEADLINE, 4);
+    assert_eq!(env.store().job_state(&id), "crashed");
+    env.assert_no_job_process_left();
+}
+
 /// A job whose second task's revert ignores SIGTERM and never ends.
 fn hanging_revert_job(env: &TestEnv, cancel_timeout: &str) -> std::path::PathBuf {
     env.job(
@@ -590,13 +845,12 @@ fn assert_invalid(source: &str, line: usize, needle: &str) {
     let env = TestEnv::new();
     let file = env.write("bad.toml", source);
     let state_dir = env.state_dir();
-    let run = env.run_to_end(&[
+    let mut run = env.run_to_end(&[
         "run",
         "--state-dir",
         state_dir.to_str().expect("utf-8"),
         file.to_str().expect("utf-8"),
     ]);
-    let mut run = run;
     assert_eq!(run.wait_exit(DEADLINE), 2, "exit code");
     assert_eq!(run.stdout(), "", "nothing runs");
     let prefix = format!("{}:{line}:", file.display());

@@ -32,7 +32,7 @@ pub enum ToConductor {
     /// Every report up to and including `seq` is durable.
     Ack { seq: u64 },
     /// Soft cancel: start no new task, interrupt the running one, revert what began.
-    Cancel,
+    Cancel { reason: String },
 }
 
 /// The supervisor's half of the handshake.
