@@ -13,8 +13,12 @@
 //! - [`runner`] walks the plan: execute the tasks in order (with retries), and on failure or
 //!   cancel revert every task whose execute began, last first. Before each step it reports the
 //!   step and waits for the acknowledgement (write-ahead).
-//! - [`step`] runs one step's process in its own process group, streams its output, and enforces
-//!   the task timeout and, on cancel, SIGTERM then SIGKILL after the term grace.
+//! - [`task`] is what every task is to the engine: the [`Task`] trait (async `execute` and
+//!   `revert`) and the [`TaskContext`] (params, cancel signal, progress lines, the execute's
+//!   result in revert). [`command`] implements it for `run`/`revert` commands: each step a
+//!   process in its own process group, with the task timeout and, on cancel, SIGTERM then
+//!   SIGKILL after the term grace. Native kinds come from a [`Registry`] that a custom conductor
+//!   binary passes to [`main_with_registry`].
 //! - [`reaper`] makes this process a child subreaper and reaps the orphans it inherits (a task's
 //!   background children), without touching the children tokio owns.
 //!
@@ -22,10 +26,15 @@
 //! A conductor that loses its supervisor keeps going until its next write-ahead point, waits
 //! there for a supervisor to connect again, and exits only once its last report is acknowledged.
 
+pub mod command;
 pub mod link;
 pub mod reaper;
+pub mod registry;
 pub mod runner;
-pub mod step;
+pub mod task;
+
+pub use registry::{Registry, main_with_registry};
+pub use task::{Task, TaskContext, TaskError, TaskFuture};
 
 use anyhow::Context;
 use shared::ids::JobId;
@@ -69,16 +78,32 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Conf
     Ok(Config { listen_fd, job_id })
 }
 
-/// Runs the conductor to its end on a single-threaded runtime; the exit code is 0 when the job's
-/// end was acknowledged.
+/// Runs the default conductor (command tasks only); the exit code is 0 when the job's end was
+/// acknowledged.
 pub fn main_with_args(args: impl Iterator<Item = String>) -> std::process::ExitCode {
+    main_with(Registry::new(), args)
+}
+
+/// Runs a conductor with these native kinds on a single-threaded runtime. `--list-kinds` prints
+/// the kinds instead.
+pub(crate) fn main_with(
+    registry: Registry,
+    args: impl Iterator<Item = String>,
+) -> std::process::ExitCode {
+    let args: Vec<String> = args.collect();
+    if args.iter().any(|a| a == "--list-kinds") {
+        for kind in registry.kinds() {
+            println!("{kind}");
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
     init_logging();
-    let result = parse_args(args).and_then(|config| {
+    let result = parse_args(args.into_iter()).and_then(|config| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot build the runtime")?;
-        runtime.block_on(runner::serve(config))
+        runtime.block_on(runner::serve(config, &registry))
     });
     match result {
         Ok(state) => {

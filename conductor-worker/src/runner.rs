@@ -1,20 +1,24 @@
-//! The job's walk: execute in file order (with retries), and on failure or cancel revert every
-//! task whose execute began, last first. Every step is announced and acknowledged before it starts.
+//! The engine: the job's walk. Execute in file order (with retries), and on failure or cancel
+//! revert every task whose execute began, last first. Every step is announced and acknowledged
+//! before it starts (write-ahead). Command tasks and native tasks go through the same code:
+//! both are [`Task`]s.
 
 use crate::Config;
+use crate::command::CommandTask;
 use crate::link::{self, CancelReason, Link, LinkHandle};
 use crate::reaper::{self, OwnedChildren};
-use crate::step::{StepCommand, run_step};
+use crate::registry::Registry;
+use crate::task::{Note, Task, TaskContext, TaskError};
 use anyhow::Context;
 use shared::protocol::conductor::{JobEvent, JobPlan, Phase, PlanAction, StepOutcome};
-use shared::spec::{CommandSpec, TaskSpec};
+use shared::spec::{TaskBody, TaskSpec};
 use shared::state::{ExecOutcome, JobState, TaskState};
-use std::collections::BTreeMap;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
 
 /// Serves one job from handshake to the acknowledged end; returns the job's final state.
-pub async fn serve(config: Config) -> anyhow::Result<JobState> {
+pub async fn serve(config: Config, registry: &Registry) -> anyhow::Result<JobState> {
     let children = OwnedChildren::default();
     reaper::start(children.clone()).context("cannot become a subreaper")?;
     let Link {
@@ -30,7 +34,13 @@ pub async fn serve(config: Config) -> anyhow::Result<JobState> {
         _ = waiting.wait_for(Option::is_some) => anyhow::bail!("cancelled before the job arrived"),
     };
     tracing::info!(job_id = %plan.job_id, job = %plan.spec.name, "job received");
-    let mut runner = Runner::new(&plan, handle, cancel, children);
+    let tasks = plan
+        .spec
+        .tasks
+        .iter()
+        .map(|spec| build_task(&plan, spec, registry, &children))
+        .collect();
+    let mut runner = Runner::new(&plan, tasks, handle, cancel);
     let state = runner.run().await?;
     let leftovers = reaper::kill_descendants();
     if leftovers > 0 {
@@ -39,6 +49,34 @@ pub async fn serve(config: Config) -> anyhow::Result<JobState> {
     let seq = runner.link.report(JobEvent::JobFinished { state });
     runner.link.wait_acked(seq).await?;
     Ok(state)
+}
+
+fn build_task(
+    plan: &JobPlan,
+    spec: &TaskSpec,
+    registry: &Registry,
+    children: &OwnedChildren,
+) -> Result<Box<dyn Task>, String> {
+    match &spec.body {
+        TaskBody::Command { run, revert } => {
+            let mut env = plan.spec.env.clone();
+            env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Ok(Box::new(CommandTask {
+                run: run.clone(),
+                revert: revert.clone(),
+                cwd: spec.cwd.clone(),
+                env,
+                timeout: spec.timeout,
+                term_grace: plan.spec.term_grace,
+                children: children.clone(),
+            }))
+        }
+        TaskBody::Native { kind, params_json } => {
+            let params =
+                serde_json::from_str(params_json).map_err(|err| format!("bad params: {err}"))?;
+            registry.build(kind, &params)
+        }
+    }
 }
 
 /// SIGTERM or SIGINT sent to the conductor itself means a soft cancel.
@@ -81,21 +119,21 @@ enum Walk {
 
 struct Runner<'a> {
     plan: &'a JobPlan,
-    tasks: Vec<Progress>,
+    tasks: Vec<Result<Box<dyn Task>, String>>,
+    progress: Vec<Progress>,
     link: LinkHandle,
     cancel: watch::Receiver<CancelReason>,
     cancel_reported: bool,
-    children: OwnedChildren,
 }
 
 impl<'a> Runner<'a> {
     fn new(
         plan: &'a JobPlan,
+        tasks: Vec<Result<Box<dyn Task>, String>>,
         link: LinkHandle,
         cancel: watch::Receiver<CancelReason>,
-        children: OwnedChildren,
     ) -> Self {
-        let tasks = (0..plan.spec.tasks.len())
+        let progress = (0..plan.spec.tasks.len())
             .map(|i| {
                 let prior = plan.prior.get(i);
                 Progress {
@@ -109,10 +147,10 @@ impl<'a> Runner<'a> {
         Self {
             plan,
             tasks,
+            progress,
             link,
             cancel,
             cancel_reported: false,
-            children,
         }
     }
 
@@ -123,9 +161,9 @@ impl<'a> Runner<'a> {
                 if walk == Walk::Completed {
                     return Ok(JobState::Success);
                 }
-                let began: Vec<usize> = (0..self.tasks.len())
+                let began: Vec<usize> = (0..self.progress.len())
                     .rev()
-                    .filter(|&i| self.tasks[i].state != TaskState::Pending)
+                    .filter(|&i| self.progress[i].state != TaskState::Pending)
                     .collect();
                 let all_reverted = self.revert(&began).await?;
                 Ok(match (all_reverted, walk) {
@@ -138,7 +176,7 @@ impl<'a> Runner<'a> {
                 let order: Vec<usize> = order
                     .iter()
                     .map(|&i| i as usize)
-                    .filter(|&i| i < self.tasks.len())
+                    .filter(|&i| i < self.progress.len())
                     .collect();
                 let all_reverted = self.revert(&order).await?;
                 Ok(if all_reverted {
@@ -165,7 +203,7 @@ impl<'a> Runner<'a> {
     }
 
     async fn execute_from(&mut self, from: usize) -> anyhow::Result<Walk> {
-        for index in from..self.tasks.len() {
+        for index in from..self.progress.len() {
             let walk = self.execute(index).await?;
             if walk != Walk::Completed {
                 return Ok(walk);
@@ -183,7 +221,7 @@ impl<'a> Runner<'a> {
             if self.is_cancelled() {
                 return Ok(Walk::Cancelled);
             }
-            let attempt = self.tasks[index].attempts + 1;
+            let attempt = self.progress[index].attempts + 1;
             self.link
                 .write_ahead(JobEvent::TaskStarting {
                     task,
@@ -191,47 +229,51 @@ impl<'a> Runner<'a> {
                     attempt,
                 })
                 .await?;
-            self.tasks[index].state = TaskState::Running;
-            self.tasks[index].attempts = attempt;
-            let outcome = if self.is_cancelled() {
-                StepOutcome::Failure {
-                    reason: "cancelled before it started".into(),
-                    cancelled: true,
-                    result: String::new(),
-                }
+            self.progress[index].state = TaskState::Running;
+            self.progress[index].attempts = attempt;
+            let ended = if self.is_cancelled() {
+                Err(TaskError {
+                    message: "cancelled before it started".into(),
+                    ..TaskError::cancelled()
+                })
             } else {
-                let command = self.step_command(index, Phase::Execute, &spec.run);
-                run_step(command, &mut self.link, &mut self.cancel, &self.children).await
+                self.step(index, Phase::Execute, attempt).await
             };
-            self.link.report(JobEvent::TaskFinished {
-                task,
-                phase: Phase::Execute,
-                outcome: outcome.clone(),
-            });
-            let progress = &mut self.tasks[index];
-            match outcome {
-                StepOutcome::Success { result } => {
+            let progress = &mut self.progress[index];
+            match ended {
+                Ok(result) => {
                     tracing::info!(task, attempt, "execute succeeded");
                     progress.state = TaskState::Success;
                     progress.exec_outcome = Some(ExecOutcome::Success);
-                    progress.result = result;
+                    progress.result.clone_from(&result);
+                    self.link.report(JobEvent::TaskFinished {
+                        task,
+                        phase: Phase::Execute,
+                        outcome: StepOutcome::Success { result },
+                    });
                     return Ok(Walk::Completed);
                 }
-                StepOutcome::Failure {
-                    reason,
-                    cancelled,
-                    result,
-                } => {
-                    tracing::info!(task, attempt, reason, cancelled, "execute failed");
+                Err(error) => {
+                    tracing::info!(task, attempt, reason = %error, cancelled = error.cancelled, "execute failed");
                     progress.state = TaskState::Failure;
-                    progress.exec_outcome = Some(if cancelled {
+                    progress.exec_outcome = Some(if error.cancelled {
                         ExecOutcome::Cancelled
                     } else {
                         ExecOutcome::Failure
                     });
-                    progress.result = result;
-                    // Checked even when `cancelled`: that also reports the cancel once.
-                    if self.is_cancelled() || cancelled {
+                    progress.result.clone_from(&error.partial_result);
+                    let outcome = StepOutcome::Failure {
+                        reason: error.message,
+                        cancelled: error.cancelled,
+                        result: error.partial_result,
+                    };
+                    self.link.report(JobEvent::TaskFinished {
+                        task,
+                        phase: Phase::Execute,
+                        outcome,
+                    });
+                    // Checked even when cancelled: that also reports the cancel once.
+                    if self.is_cancelled() || error.cancelled {
                         return Ok(Walk::Cancelled);
                     }
                     if try_number < spec.retries {
@@ -259,21 +301,22 @@ impl<'a> Runner<'a> {
                     attempt: 1,
                 })
                 .await?;
-            self.tasks[index].state = TaskState::Reverting;
-            let outcome = match &spec.revert {
-                Some(revert) => {
-                    let command = self.step_command(index, Phase::Revert, revert);
-                    run_step(command, &mut self.link, &mut self.cancel, &self.children).await
-                }
-                None => StepOutcome::Success {
+            self.progress[index].state = TaskState::Reverting;
+            let outcome = match self.step(index, Phase::Revert, 1).await {
+                Ok(_) => StepOutcome::Success {
                     result: String::new(),
                 },
+                Err(error) => {
+                    tracing::warn!(task, reason = %error, "revert failed");
+                    StepOutcome::Failure {
+                        reason: error.message,
+                        cancelled: false,
+                        result: String::new(),
+                    }
+                }
             };
             let ok = matches!(outcome, StepOutcome::Success { .. });
-            if !ok {
-                tracing::warn!(task, ?outcome, "revert failed");
-            }
-            self.tasks[index].state = if ok {
+            self.progress[index].state = if ok {
                 TaskState::Reverted
             } else {
                 TaskState::RevertFailure
@@ -288,37 +331,90 @@ impl<'a> Runner<'a> {
         Ok(all_ok)
     }
 
-    fn step_command(
-        &self,
+    /// Runs one step of one task, forwarding its notes; an interruptible execute is dropped at
+    /// the cancel or at its timeout. Returns the step's result as stored.
+    async fn step(
+        &mut self,
         index: usize,
         phase: Phase,
-        command: &'a CommandSpec,
-    ) -> StepCommand<'a> {
-        let spec: &TaskSpec = &self.plan.spec.tasks[index];
-        let mut env: BTreeMap<String, String> = self.plan.spec.env.clone();
-        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.insert("JOB_ID".into(), self.plan.job_id.to_string());
-        env.insert("TASK_NAME".into(), spec.name.clone());
-        if phase == Phase::Revert {
-            let progress = &self.tasks[index];
-            env.insert("TASK_RESULT".into(), progress.result.clone());
-            let outcome = progress.exec_outcome.unwrap_or(ExecOutcome::Killed);
-            env.insert("TASK_OUTCOME".into(), outcome.as_str().into());
-        }
-        let (program, args) = command.program_and_args();
-        StepCommand {
-            task: u32::try_from(index).unwrap_or(u32::MAX),
+        attempt: u32,
+    ) -> Result<String, TaskError> {
+        let task = match &self.tasks[index] {
+            Ok(task) => task,
+            Err(problem) => return Err(TaskError::new(problem.clone())),
+        };
+        let spec = &self.plan.spec.tasks[index];
+        let task_index = u32::try_from(index).unwrap_or(u32::MAX);
+        let params = match &spec.body {
+            TaskBody::Native { params_json, .. } => {
+                serde_json::from_str(params_json).unwrap_or_default()
+            }
+            TaskBody::Command { .. } => serde_json::Value::Null,
+        };
+        let (notes_tx, mut notes) = mpsc::unbounded_channel();
+        let progress = &self.progress[index];
+        let ctx = TaskContext {
+            job_id: self.plan.job_id.clone(),
+            index: task_index,
+            name: spec.name.clone(),
             phase,
-            program,
-            args,
-            cwd: spec.cwd.as_deref(),
-            env,
-            timeout: if phase == Phase::Execute {
-                spec.timeout
-            } else {
-                None
-            },
-            term_grace: self.plan.spec.term_grace,
+            attempt,
+            params,
+            result: progress.result.clone(),
+            execute_outcome: progress.exec_outcome,
+            cancel: self.cancel.clone(),
+            notes: notes_tx,
+        };
+        let interruptible = phase == Phase::Execute && task.is_interruptible();
+        let deadline = spec
+            .timeout
+            .filter(|_| interruptible)
+            .map(|t| Instant::now() + t);
+        let link = &mut self.link;
+        let mut cancel = self.cancel.clone();
+        let ended = {
+            let mut running = match phase {
+                Phase::Execute => task.execute(&ctx),
+                Phase::Revert => {
+                    Box::pin(async { task.revert(&ctx).await.map(|()| serde_json::Value::Null) })
+                }
+            };
+            loop {
+                tokio::select! {
+                    ended = &mut running => break ended,
+                    Some(note) = notes.recv() => forward(link, task_index, phase, note),
+                    _ = cancel.wait_for(Option::is_some), if interruptible => break Err(TaskError::cancelled()),
+                    () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                        let limit = spec.timeout.unwrap_or_default();
+                        break Err(TaskError::new(format!("timed out after {}", shared::duration::format_duration(limit))));
+                    }
+                }
+            }
+        };
+        drop(ctx);
+        while let Ok(note) = notes.try_recv() {
+            forward(link, task_index, phase, note);
+        }
+        ended.map(|value| match value {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(text) => text,
+            other => other.to_string(),
+        })
+    }
+}
+
+fn forward(link: &mut LinkHandle, task: u32, phase: Phase, note: Note) {
+    match note {
+        Note::Line(stream, line) => {
+            link.report(JobEvent::Output {
+                task,
+                phase,
+                stream,
+                line,
+            });
+        }
+        Note::Spawned(pid) => {
+            link.report(JobEvent::TaskSpawned { task, phase, pid });
         }
     }
 }

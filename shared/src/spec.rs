@@ -18,6 +18,9 @@ pub const DEFAULT_TERM_GRACE: Duration = Duration::from_secs(5);
 /// Longest task name.
 pub const MAX_TASK_NAME_LEN: usize = 64;
 
+/// Asks a worker program (named as in the job file) which native kinds it provides.
+pub type ListKinds<'a> = dyn Fn(&str) -> Result<Vec<String>, String> + 'a;
+
 /// A validated job.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
@@ -30,6 +33,10 @@ pub struct JobSpec {
     pub term_grace: Duration,
     /// Environment for every task.
     pub env: BTreeMap<String, String>,
+    /// A custom conductor program (built on the conductor-worker library) that provides the
+    /// native task kinds; `None`: the default conductor (command tasks only). A bare name is
+    /// looked up next to the supervisor binary; a path is relative to the job file.
+    pub worker: Option<String>,
     /// The tasks, in file order (the order they execute in).
     pub tasks: Vec<TaskSpec>,
 }
@@ -38,15 +45,38 @@ pub struct JobSpec {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {
     pub name: String,
-    pub run: CommandSpec,
-    /// `None`: nothing to compensate.
-    pub revert: Option<CommandSpec>,
+    /// What the task runs: commands, or a native kind of the job's worker.
+    pub body: TaskBody,
     /// Execute deadline; exceeding it is a failure.
     pub timeout: Option<Duration>,
     /// Extra attempts of execute after a failure.
     pub retries: u32,
     pub cwd: Option<String>,
     pub env: BTreeMap<String, String>,
+}
+
+/// What a task runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskBody {
+    /// `run` and `revert` commands; `revert: None` means nothing to compensate.
+    Command {
+        run: CommandSpec,
+        revert: Option<CommandSpec>,
+    },
+    /// A native task kind registered in the job's worker, with its `[task.params]` as JSON (the
+    /// wire codec cannot carry self-describing values).
+    Native { kind: String, params_json: String },
+}
+
+impl TaskBody {
+    /// Whether the task has a revert to run (a native kind always has one).
+    #[must_use]
+    pub const fn has_revert(&self) -> bool {
+        match self {
+            Self::Command { revert, .. } => revert.is_some(),
+            Self::Native { .. } => true,
+        }
+    }
 }
 
 /// A command: a string runs under `/bin/sh -c`, an array is argv as is.
@@ -89,6 +119,7 @@ impl fmt::Debug for JobSpec {
             .field("cancel_timeout", &self.cancel_timeout)
             .field("term_grace", &self.term_grace)
             .field("env_keys", &EnvKeys(&self.env))
+            .field("worker", &self.worker)
             .field("tasks", &self.tasks)
             .finish()
     }
@@ -98,8 +129,7 @@ impl fmt::Debug for TaskSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskSpec")
             .field("name", &self.name)
-            .field("run", &self.run)
-            .field("revert", &self.revert)
+            .field("body", &self.body)
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
             .field("cwd", &self.cwd)
@@ -129,6 +159,7 @@ struct RawJob {
     cancel_timeout: Option<Spanned<String>>,
     term_grace: Option<Spanned<String>>,
     env: Option<BTreeMap<String, String>>,
+    worker: Option<Spanned<String>>,
     task: Option<Spanned<Vec<Spanned<RawTask>>>>,
 }
 
@@ -136,8 +167,10 @@ struct RawJob {
 #[serde(deny_unknown_fields)]
 struct RawTask {
     name: Spanned<String>,
-    run: Spanned<toml::Value>,
+    run: Option<Spanned<toml::Value>>,
     revert: Option<Spanned<toml::Value>>,
+    kind: Option<Spanned<String>>,
+    params: Option<Spanned<toml::Table>>,
     timeout: Option<Spanned<String>>,
     retries: Option<u32>,
     cwd: Option<Spanned<String>>,
@@ -146,8 +179,29 @@ struct RawTask {
 
 impl JobSpec {
     /// Parses and validates a job file. `origin` names it in errors; `default_name` is the job's
-    /// name when the file sets none (the file name without `.toml`).
+    /// name when the file sets none (the file name without `.toml`). Native kinds are not
+    /// checked against the worker: see [`JobSpec::parse_checked`].
     pub fn parse(source: &str, origin: &str, default_name: &str) -> Result<Self, SpecError> {
+        Self::parse_inner(source, origin, default_name, None)
+    }
+
+    /// [`JobSpec::parse`], and every native `kind` is checked against the kinds that
+    /// `list_kinds(worker)` says the worker provides (an error there is reported at `worker`).
+    pub fn parse_checked(
+        source: &str,
+        origin: &str,
+        default_name: &str,
+        list_kinds: &ListKinds<'_>,
+    ) -> Result<Self, SpecError> {
+        Self::parse_inner(source, origin, default_name, Some(list_kinds))
+    }
+
+    fn parse_inner(
+        source: &str,
+        origin: &str,
+        default_name: &str,
+        list_kinds: Option<&ListKinds<'_>>,
+    ) -> Result<Self, SpecError> {
         let at = |span: Range<usize>, message: String| locate(source, origin, span.start, message);
         let raw: RawJob = toml::from_str(source).map_err(|err| {
             let start = err.span().map_or(0, |s| s.start);
@@ -209,14 +263,51 @@ impl JobSpec {
                 "the job has no tasks: add at least one [[task]]".into(),
             ));
         }
+        let worker = match raw.worker {
+            Some(worker) if worker.get_ref().trim().is_empty() => {
+                return Err(at(worker.span(), "`worker` must not be empty".into()));
+            }
+            other => other,
+        };
         let mut seen: HashMap<String, ()> = HashMap::new();
         let mut tasks = Vec::with_capacity(raw_tasks.len());
+        let mut kinds = Vec::new();
         for raw_task in raw_tasks {
-            let task = parse_task(raw_task.into_inner(), &at)?;
-            if seen.insert(task.0.name.clone(), ()).is_some() {
-                return Err(at(task.1, format!("duplicate task name {:?}", task.0.name)));
+            let task_span = raw_task.span();
+            let (task, name_span, kind_span) = parse_task(raw_task.into_inner(), &at)?;
+            if seen.insert(task.name.clone(), ()).is_some() {
+                return Err(at(
+                    name_span,
+                    format!("duplicate task name {:?}", task.name),
+                ));
             }
-            tasks.push(task.0);
+            if let TaskBody::Native { kind, .. } = &task.body {
+                if worker.is_none() {
+                    return Err(at(
+                        task_span,
+                        format!(
+                            "task {:?} has a native `kind` but the job names no `worker` program",
+                            task.name
+                        ),
+                    ));
+                }
+                kinds.push((kind.clone(), kind_span));
+            }
+            tasks.push(task);
+        }
+        if let (Some(list_kinds), Some(worker), false) = (list_kinds, &worker, kinds.is_empty()) {
+            let known =
+                list_kinds(worker.get_ref()).map_err(|problem| at(worker.span(), problem))?;
+            if let Some((kind, span)) = kinds.iter().find(|(kind, _)| !known.contains(kind)) {
+                return Err(at(
+                    span.clone(),
+                    format!(
+                        "unknown kind {kind:?}: worker {:?} provides {}",
+                        worker.get_ref(),
+                        known.join(", ")
+                    ),
+                ));
+            }
         }
         Ok(Self {
             name,
@@ -224,25 +315,74 @@ impl JobSpec {
             cancel_timeout,
             term_grace,
             env: raw.env.unwrap_or_default(),
+            worker: worker.map(Spanned::into_inner),
             tasks,
         })
     }
 }
 
+/// A task, its name's place, and its kind's place (the name's for command tasks).
 fn parse_task(
     raw: RawTask,
     at: &impl Fn(Range<usize>, String) -> SpecError,
-) -> Result<(TaskSpec, Range<usize>), SpecError> {
+) -> Result<(TaskSpec, Range<usize>, Range<usize>), SpecError> {
     let name_span = raw.name.span();
     let name = raw.name.into_inner();
     if let Some(problem) = task_name_problem(&name) {
         return Err(at(name_span, problem));
     }
-    let run = parse_command(raw.run, "run", at)?;
-    let revert = raw
-        .revert
-        .map(|c| parse_command(c, "revert", at))
-        .transpose()?;
+    let mut kind_span = name_span.clone();
+    let body = match (raw.run, raw.kind) {
+        (Some(_), Some(kind)) => {
+            return Err(at(
+                kind.span(),
+                format!("task {name:?} has both `run` and `kind`: choose one"),
+            ));
+        }
+        (None, None) => {
+            return Err(at(
+                name_span,
+                format!("task {name:?} needs `run` (a command) or `kind` (a native task)"),
+            ));
+        }
+        (Some(run), None) => {
+            if let Some(params) = raw.params {
+                return Err(at(
+                    params.span(),
+                    "`params` belongs to native tasks (with `kind`)".into(),
+                ));
+            }
+            let run = parse_command(run, "run", at)?;
+            let revert = raw
+                .revert
+                .map(|c| parse_command(c, "revert", at))
+                .transpose()?;
+            TaskBody::Command { run, revert }
+        }
+        (None, Some(kind)) => {
+            if let Some(revert) = raw.revert {
+                return Err(at(
+                    revert.span(),
+                    "a native task's revert is its kind's own: remove `revert`".into(),
+                ));
+            }
+            kind_span = kind.span();
+            if kind.get_ref().trim().is_empty() {
+                return Err(at(kind_span, "`kind` must not be empty".into()));
+            }
+            let params = raw.params.map(Spanned::into_inner).unwrap_or_default();
+            let params_json = serde_json::to_string(&params).map_err(|err| {
+                at(
+                    kind_span.clone(),
+                    format!("params cannot be represented: {err}"),
+                )
+            })?;
+            TaskBody::Native {
+                kind: kind.into_inner(),
+                params_json,
+            }
+        }
+    };
     let timeout = raw
         .timeout
         .map(|d| positive_duration(d, "timeout", at))
@@ -255,14 +395,13 @@ fn parse_task(
     };
     let task = TaskSpec {
         name,
-        run,
-        revert,
+        body,
         timeout,
         retries: raw.retries.unwrap_or(0),
         cwd,
         env: raw.env.unwrap_or_default(),
     };
-    Ok((task, name_span))
+    Ok((task, name_span, kind_span))
 }
 
 /// Why a task name is not allowed, or `None`.
@@ -396,14 +535,17 @@ run = ["true"]
         assert_eq!(spec.env["REGION"], "eu");
         assert_eq!(spec.tasks.len(), 2);
         let fetch = &spec.tasks[0];
-        assert_eq!(fetch.run, CommandSpec::Shell("echo hi".into()));
+        let TaskBody::Command { run, revert } = &fetch.body else {
+            panic!("a command task")
+        };
+        assert_eq!(run, &CommandSpec::Shell("echo hi".into()));
         assert_eq!(
-            fetch.revert.as_ref().map(CommandSpec::program_and_args),
+            revert.as_ref().map(CommandSpec::program_and_args),
             Some(("rm", vec!["-f", "/tmp/x"]))
         );
         assert_eq!(fetch.retries, 2);
         assert_eq!(fetch.env["MODE"], "fast");
-        assert_eq!(spec.tasks[1].revert, None);
+        assert!(!spec.tasks[1].body.has_revert());
     }
 
     #[test]
@@ -486,5 +628,61 @@ run = ["true"]
             .expect("valid");
         let shown = format!("{spec:?}");
         assert!(shown.contains("TOKEN") && !shown.contains("s3cret") && !shown.contains("hidden"));
+    }
+
+    #[test]
+    fn native_tasks_need_a_worker_and_carry_params_as_json() {
+        let spec = parse(
+            "worker = \"my-worker\"\n[[task]]\nname = \"dl\"\nkind = \"download\"\n[task.params]\nurl = \"x\"\nsize = 3\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.worker.as_deref(), Some("my-worker"));
+        assert_eq!(
+            spec.tasks[0].body,
+            TaskBody::Native {
+                kind: "download".into(),
+                params_json: r#"{"size":3,"url":"x"}"#.into()
+            }
+        );
+        let cases = [
+            ("[[task]]\nname = \"a\"\nkind = \"k\"\n", 1, "worker"),
+            (
+                "worker = \"w\"\n[[task]]\nname = \"a\"\nkind = \"k\"\nrun = \"true\"\n",
+                4,
+                "both",
+            ),
+            (
+                "worker = \"w\"\n[[task]]\nname = \"a\"\nkind = \"k\"\nrevert = \"true\"\n",
+                5,
+                "revert",
+            ),
+            ("[[task]]\nname = \"a\"\n", 2, "needs `run`"),
+            (
+                "[[task]]\nname = \"a\"\nrun = \"true\"\n[task.params]\nx = 1\n",
+                4,
+                "params",
+            ),
+        ];
+        for (src, line, needle) in cases {
+            let (got_line, _, message) = err_at(src);
+            assert_eq!(got_line, line, "{src:?}: {message}");
+            assert!(message.contains(needle), "{src:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_are_rejected_where_they_stand() {
+        let src = "worker = \"w\"\n[[task]]\nname = \"a\"\nkind = \"good\"\n[[task]]\nname = \"b\"\nkind = \"bad\"\n";
+        let kinds = |_: &str| Ok(vec!["good".to_owned()]);
+        let err = JobSpec::parse_checked(src, "j.toml", "j", &kinds).expect_err("unknown kind");
+        assert_eq!((err.line, err.column), (7, 8));
+        assert!(
+            err.message.contains("unknown kind \"bad\""),
+            "{}",
+            err.message
+        );
+        let broken = |_: &str| Err("cannot run it".to_owned());
+        let err = JobSpec::parse_checked(src, "j.toml", "j", &broken).expect_err("no worker");
+        assert_eq!((err.line, err.message.as_str()), (1, "cannot run it"));
     }
 }

@@ -44,8 +44,16 @@ impl Launcher {
             .with_context(|| format!("cannot bind the job socket {}", socket.display()))?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+        // A job that names its own worker (native tasks) runs in that program.
+        let worker = match &plan.spec.worker {
+            Some(program) => WorkerCommand {
+                program: program.into(),
+                leading_args: Vec::new(),
+            },
+            None => self.worker.clone(),
+        };
         let spawned = process::spawn_conductor(
-            &self.worker,
+            &worker,
             job_id.as_str(),
             &listener,
             &self.state_dir.conductor_log(job_id),

@@ -51,6 +51,74 @@ impl WorkerCommand {
     }
 }
 
+impl WorkerCommand {
+    /// Where a job file's `worker` is: a bare name next to this binary, a path relative to the
+    /// job file.
+    pub fn resolve(worker: &str, job_file: &Path) -> anyhow::Result<PathBuf> {
+        let path = if worker.contains('/') {
+            let base = job_file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            base.join(worker)
+        } else {
+            std::env::current_exe()
+                .context("cannot find the supervisor's own binary")?
+                .with_file_name(worker)
+        };
+        let path = std::fs::canonicalize(&path).with_context(|| {
+            format!(
+                "worker {worker:?} not found at {} (build it first?)",
+                path.display()
+            )
+        })?;
+        Ok(path)
+    }
+}
+
+/// How long a worker has to answer `--list-kinds`.
+const LIST_KINDS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The native kinds a worker binary provides (`WORKER --list-kinds`, one per line).
+pub fn list_kinds(program: &Path) -> anyhow::Result<Vec<String>> {
+    let mut child = Command::new(program)
+        .arg("--list-kinds")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run worker {}", program.display()))?;
+    let started = std::time::Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if started.elapsed() > LIST_KINDS_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "worker {} did not answer --list-kinds in time",
+                program.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "worker {} --list-kinds failed: {}",
+            program.display(),
+            output.status
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 /// A running conductor this supervisor spawned.
 pub struct Spawned {
     pub pid: i32,

@@ -105,7 +105,8 @@ pub fn main() -> i32 {
     }
 }
 
-/// Reads and validates a job file; the error is already the message to print (exit 2).
+/// Reads and validates a job file, checking its native kinds against its worker; the error is
+/// already the message to print (exit 2). The spec's `worker` comes back as an absolute path.
 pub fn load_spec(file: &std::path::Path) -> Result<shared::spec::JobSpec, String> {
     let source =
         std::fs::read(file).map_err(|err| format!("{}: cannot read: {err}", file.display()))?;
@@ -119,6 +120,22 @@ pub fn load_spec(file: &std::path::Path) -> Result<shared::spec::JobSpec, String
     let default_name = file
         .file_stem()
         .map_or_else(|| "job".to_owned(), |s| s.to_string_lossy().into_owned());
-    shared::spec::JobSpec::parse(&source, &file.display().to_string(), &default_name)
-        .map_err(|err| err.to_string())
+    let list_kinds = |worker: &str| {
+        let program =
+            crate::process::WorkerCommand::resolve(worker, file).map_err(|e| format!("{e:#}"))?;
+        crate::process::list_kinds(&program).map_err(|e| format!("{e:#}"))
+    };
+    let mut spec = shared::spec::JobSpec::parse_checked(
+        &source,
+        &file.display().to_string(),
+        &default_name,
+        &list_kinds,
+    )
+    .map_err(|err| err.to_string())?;
+    if let Some(worker) = &spec.worker {
+        let program = crate::process::WorkerCommand::resolve(worker, file)
+            .map_err(|e| format!("{}: {e:#}", file.display()))?;
+        spec.worker = Some(program.display().to_string());
+    }
+    Ok(spec)
 }

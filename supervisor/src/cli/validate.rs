@@ -2,6 +2,7 @@
 
 use shared::duration::format_duration;
 use shared::exit;
+use shared::spec::TaskBody;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -21,13 +22,18 @@ pub fn main(args: &ValidateArgs) -> i32 {
                 format_duration(spec.cancel_timeout),
                 format_duration(spec.term_grace)
             );
+            if let Some(worker) = &spec.worker {
+                println!("  worker: {worker}");
+            }
             for task in &spec.tasks {
-                let revert = if task.revert.is_some() {
-                    "with revert"
-                } else {
-                    "no revert"
+                let what = match &task.body {
+                    TaskBody::Command {
+                        revert: Some(_), ..
+                    } => "command, with revert".to_owned(),
+                    TaskBody::Command { revert: None, .. } => "command, no revert".to_owned(),
+                    TaskBody::Native { kind, .. } => format!("native kind {kind:?}"),
                 };
-                println!("  {} ({revert}, {} retries)", task.name, task.retries);
+                println!("  {} ({what}, {} retries)", task.name, task.retries);
             }
             exit::SUCCESS
         }

@@ -209,7 +209,7 @@ impl Store {
         for (idx, task) in spec.tasks.iter().enumerate() {
             tx.execute(
                 "INSERT INTO tasks (job_id, idx, name, has_revert, state) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id.as_str(), u32::try_from(idx).unwrap_or(u32::MAX), task.name, task.revert.is_some(), TaskState::Pending.as_str()],
+                params![id.as_str(), u32::try_from(idx).unwrap_or(u32::MAX), task.name, task.body.has_revert(), TaskState::Pending.as_str()],
             )?;
         }
         record_transition(

@@ -1,23 +1,88 @@
-//! One step: a task's execute or revert command as a process in its own process group.
+//! The command task: a task's `run` and `revert` commands, each step a process in its own
+//! process group. It is one implementation of [`Task`], run by the same engine as native tasks.
 //!
 //! The step's output is streamed line by line to the supervisor, its stdout kept (trimmed, at
 //! most [`MAX_RESULT_LEN`]) as the step's result. An execute is interrupted by the task timeout or
 //! a soft cancel: SIGTERM to its group, then SIGKILL after the term grace. When the step's process
 //! ends, whatever is left in its group (background children) is killed too.
 
-use crate::link::{CancelReason, LinkHandle};
 use crate::reaper::OwnedChildren;
+use crate::task::{Task, TaskContext, TaskError, TaskFuture};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::protocol::conductor::{JobEvent, MAX_RESULT_LEN, Phase, StepOutcome, Stream};
+use shared::protocol::conductor::{MAX_RESULT_LEN, Phase, Stream};
+use shared::spec::CommandSpec;
+use shared::state::ExecOutcome;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
+
+/// A task whose steps are commands.
+pub struct CommandTask {
+    pub run: CommandSpec,
+    pub revert: Option<CommandSpec>,
+    pub cwd: Option<String>,
+    /// The job's `[env]` and the task's `env` (the task's win).
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    pub term_grace: Duration,
+    pub children: OwnedChildren,
+}
+
+impl Task for CommandTask {
+    fn execute<'a>(&'a self, ctx: &'a TaskContext) -> TaskFuture<'a, serde_json::Value> {
+        Box::pin(async move {
+            let result = run_step(self.step(ctx, &self.run), ctx, &self.children).await?;
+            Ok(serde_json::Value::String(result))
+        })
+    }
+
+    fn revert<'a>(&'a self, ctx: &'a TaskContext) -> TaskFuture<'a, ()> {
+        Box::pin(async move {
+            match &self.revert {
+                Some(revert) => run_step(self.step(ctx, revert), ctx, &self.children)
+                    .await
+                    .map(drop),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// A process is stopped with signals (SIGTERM, then SIGKILL after the grace), not dropped.
+    fn is_interruptible(&self) -> bool {
+        false
+    }
+}
+
+impl CommandTask {
+    fn step<'a>(&'a self, ctx: &TaskContext, command: &'a CommandSpec) -> StepCommand<'a> {
+        let mut env = self.env.clone();
+        env.insert("JOB_ID".into(), ctx.job_id().to_string());
+        env.insert("TASK_NAME".into(), ctx.task_name().to_owned());
+        if ctx.phase() == Phase::Revert {
+            env.insert("TASK_RESULT".into(), ctx.result_text().to_owned());
+            let outcome = ctx.execute_outcome().unwrap_or(ExecOutcome::Killed);
+            env.insert("TASK_OUTCOME".into(), outcome.as_str().into());
+        }
+        let (program, args) = command.program_and_args();
+        StepCommand {
+            program,
+            args,
+            cwd: self.cwd.as_deref(),
+            env,
+            timeout: if ctx.phase() == Phase::Execute {
+                self.timeout
+            } else {
+                None
+            },
+            term_grace: self.term_grace,
+        }
+    }
+}
 
 /// Longest output line sent as one; longer lines are split.
 pub const MAX_LINE_LEN: usize = 16 * 1024;
@@ -25,9 +90,7 @@ pub const MAX_LINE_LEN: usize = 16 * 1024;
 pub const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 
 /// What to run for one step.
-pub struct StepCommand<'a> {
-    pub task: u32,
-    pub phase: Phase,
+struct StepCommand<'a> {
     pub program: &'a str,
     pub args: Vec<&'a str>,
     pub cwd: Option<&'a str>,
@@ -45,14 +108,15 @@ enum Interrupt {
     Cancelled,
 }
 
-/// Runs the step to its end. Only an execute listens to `cancel`; a revert always runs out.
-pub async fn run_step(
+/// Runs the step to its end; its trimmed stdout on success. Only an execute listens to the
+/// cancel; a revert always runs out.
+async fn run_step(
     command: StepCommand<'_>,
-    link: &mut LinkHandle,
-    cancel: &mut watch::Receiver<CancelReason>,
+    ctx: &TaskContext,
     children: &OwnedChildren,
-) -> StepOutcome {
-    let StepCommand { task, phase, .. } = command;
+) -> Result<String, TaskError> {
+    let (task, phase) = (ctx.index(), ctx.phase());
+    let mut cancel = ctx.cancel.clone();
     let mut process = Command::new(command.program);
     process
         .args(&command.args)
@@ -77,7 +141,7 @@ pub async fn run_step(
     let _owned = children.own(pid);
     let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
     tracing::info!(task, phase = phase.as_str(), pid, "step started");
-    link.report(JobEvent::TaskSpawned { task, phase, pid });
+    ctx.spawned(pid);
 
     let mut stdout = LineReader::new(child.stdout.take());
     let mut stderr = LineReader::new(child.stderr.take());
@@ -97,12 +161,12 @@ pub async fn run_step(
             line = stdout.next_line() => {
                 if let Some(line) = line {
                     keep_result(&mut result, &line);
-                    send_line(link, task, phase, Stream::Stdout, line);
+                    ctx.line(Stream::Stdout, line);
                 }
             }
             line = stderr.next_line() => {
                 if let Some(line) = line {
-                    send_line(link, task, phase, Stream::Stderr, line);
+                    ctx.line(Stream::Stderr, line);
                 }
             }
             status = child.wait() => break status,
@@ -131,12 +195,12 @@ pub async fn run_step(
             line = stdout.next_line(), if !stdout.is_done() => {
                 if let Some(line) = line {
                     keep_result(&mut result, &line);
-                    send_line(link, task, phase, Stream::Stdout, line);
+                    ctx.line(Stream::Stdout, line);
                 }
             }
             line = stderr.next_line(), if !stderr.is_done() => {
                 if let Some(line) = line {
-                    send_line(link, task, phase, Stream::Stderr, line);
+                    ctx.line(Stream::Stderr, line);
                 }
             }
             () = sleep_until(drain_until) => break,
@@ -149,9 +213,9 @@ fn outcome(
     status: std::io::Result<ExitStatus>,
     interrupt: Option<Interrupt>,
     result: &[u8],
-) -> StepOutcome {
-    let result = trimmed_result(result);
-    let (reason, cancelled) = match (interrupt, status) {
+) -> Result<String, TaskError> {
+    let partial_result = trimmed_result(result);
+    let (message, cancelled) = match (interrupt, status) {
         (Some(Interrupt::Cancelled), _) => ("interrupted by cancel".to_owned(), true),
         (Some(Interrupt::TimedOut(limit)), _) => (
             format!(
@@ -161,23 +225,19 @@ fn outcome(
             false,
         ),
         (None, Err(err)) => (format!("cannot wait for the process: {err}"), false),
-        (None, Ok(status)) if status.success() => return StepOutcome::Success { result },
+        (None, Ok(status)) if status.success() => return Ok(partial_result),
         (None, Ok(status)) => (describe_status(status), false),
     };
-    StepOutcome::Failure {
-        reason,
+    Err(TaskError {
+        message,
         cancelled,
-        result,
-    }
+        partial_result,
+    })
 }
 
 /// The outcome of a step that could not start.
-fn not_started(reason: String) -> StepOutcome {
-    StepOutcome::Failure {
-        reason,
-        cancelled: false,
-        result: String::new(),
-    }
+fn not_started(reason: String) -> Result<String, TaskError> {
+    Err(TaskError::new(reason))
 }
 
 /// "exited with status 3" or "killed by signal SIGKILL".
@@ -202,15 +262,6 @@ fn terminate(pgid: Pid, grace: Duration) -> Instant {
     );
     let _ = killpg(pgid, Signal::SIGTERM);
     Instant::now() + grace
-}
-
-fn send_line(link: &mut LinkHandle, task: u32, phase: Phase, stream: Stream, line: String) {
-    link.report(JobEvent::Output {
-        task,
-        phase,
-        stream,
-        line,
-    });
 }
 
 fn keep_result(result: &mut Vec<u8>, line: &str) {

@@ -1,0 +1,201 @@
+//! The task trait: what every task of a job is to the engine, a command task or a native one.
+//!
+//! A task has an `execute` and a `revert`, both async on the conductor's single thread. Each
+//! gets a [`TaskContext`]: the job's parameters for the task, the cancel signal (a cheap check,
+//! [`TaskContext::is_cancelled`], and an awaitable, [`TaskContext::cancelled`]), a way to report
+//! progress lines, and in revert the execute's result.
+//!
+//! Cancellation: when a soft cancel arrives during an *interruptible* execute (the default), the
+//! engine drops the execute future at once; the task sees it at whichever `.await` it was
+//! waiting on, and its revert runs next (`TASK_OUTCOME` = cancelled). A task that computes
+//! without awaiting should check [`TaskContext::is_cancelled`] now and then and return
+//! [`TaskError::cancelled`]; one that ignores the cancel is SIGKILLed with the whole job at the
+//! job's `cancel_timeout`, and its revert is recorded as skipped. Reverts are never interrupted.
+
+use serde::de::DeserializeOwned;
+use shared::ids::JobId;
+use shared::protocol::conductor::{Phase, Stream};
+use shared::state::ExecOutcome;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::{mpsc, watch};
+
+use crate::link::CancelReason;
+
+/// The future a task step returns; it runs on the conductor's one thread, so it need not be `Send`.
+pub type TaskFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, TaskError>> + 'a>>;
+
+/// A task's code. Implement it for native tasks; command tasks implement it too.
+pub trait Task {
+    /// The forward step. Its value is the task's result, stored and handed to the revert.
+    fn execute<'a>(&'a self, ctx: &'a TaskContext) -> TaskFuture<'a, serde_json::Value>;
+
+    /// The compensation of whatever `execute` did (or began to do: see
+    /// [`TaskContext::execute_outcome`]). Should be idempotent.
+    fn revert<'a>(&'a self, ctx: &'a TaskContext) -> TaskFuture<'a, ()>;
+
+    /// Whether the engine may interrupt `execute` by dropping it (on cancel, or at the task's
+    /// timeout). True for native tasks; a command task stops its process itself instead.
+    fn is_interruptible(&self) -> bool {
+        true
+    }
+}
+
+/// Why a step failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskError {
+    pub message: String,
+    /// The step stopped because of a soft cancel.
+    pub cancelled: bool,
+    /// What the step had produced before it failed (a command's stdout), for its revert.
+    pub partial_result: String,
+}
+
+impl TaskError {
+    /// A failure with its reason.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            cancelled: false,
+            partial_result: String::new(),
+        }
+    }
+
+    /// The step gave up because the job is being cancelled.
+    #[must_use]
+    pub fn cancelled() -> Self {
+        Self {
+            message: "interrupted by cancel".into(),
+            cancelled: true,
+            partial_result: String::new(),
+        }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// What a step reports besides its end.
+#[derive(Debug)]
+pub(crate) enum Note {
+    Line(Stream, String),
+    Spawned(u32),
+}
+
+/// Everything a task step gets from the engine.
+pub struct TaskContext {
+    pub(crate) job_id: JobId,
+    pub(crate) index: u32,
+    pub(crate) name: String,
+    pub(crate) phase: Phase,
+    pub(crate) attempt: u32,
+    pub(crate) params: serde_json::Value,
+    pub(crate) result: String,
+    pub(crate) execute_outcome: Option<ExecOutcome>,
+    pub(crate) cancel: watch::Receiver<CancelReason>,
+    pub(crate) notes: mpsc::UnboundedSender<Note>,
+}
+
+impl TaskContext {
+    #[must_use]
+    pub fn job_id(&self) -> &JobId {
+        &self.job_id
+    }
+
+    /// The task's name in the job file.
+    #[must_use]
+    pub fn task_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The task's index in the job file.
+    #[must_use]
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    #[must_use]
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// 1 for the first execute; retries and resumes count up.
+    #[must_use]
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The task's `[task.params]`, decoded into the task's own type.
+    pub fn params<P: DeserializeOwned>(&self) -> Result<P, TaskError> {
+        serde_json::from_value(self.params.clone())
+            .map_err(|err| TaskError::new(format!("bad params: {err}")))
+    }
+
+    /// The raw `[task.params]`.
+    #[must_use]
+    pub fn params_value(&self) -> &serde_json::Value {
+        &self.params
+    }
+
+    /// In a revert: the execute's result, decoded (`None` when the execute produced none or it
+    /// does not decode as `R`).
+    #[must_use]
+    pub fn result<R: DeserializeOwned>(&self) -> Option<R> {
+        if self.result.is_empty() {
+            return None;
+        }
+        serde_json::from_str(&self.result)
+            .ok()
+            .or_else(|| serde_json::from_value(serde_json::Value::String(self.result.clone())).ok())
+    }
+
+    /// In a revert: the execute's result as stored (a command's trimmed stdout, or JSON).
+    #[must_use]
+    pub fn result_text(&self) -> &str {
+        &self.result
+    }
+
+    /// In a revert: how the execute ended (`None` if it never ran in this job).
+    #[must_use]
+    pub fn execute_outcome(&self) -> Option<ExecOutcome> {
+        self.execute_outcome
+    }
+
+    /// The cheap check, for code that computes without awaiting.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.borrow().is_some()
+    }
+
+    /// Resolves once the job is being cancelled (never, if it is not).
+    pub async fn cancelled(&self) {
+        let mut cancel = self.cancel.clone();
+        if cancel.wait_for(Option::is_some).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Reports a progress line (shown with the task's name, stored in the job's log).
+    pub fn log(&self, line: impl Into<String>) {
+        let _ = self.notes.send(Note::Line(Stream::Stdout, line.into()));
+    }
+
+    /// Reports a line on the task's error stream.
+    pub fn log_error(&self, line: impl Into<String>) {
+        let _ = self.notes.send(Note::Line(Stream::Stderr, line.into()));
+    }
+
+    pub(crate) fn line(&self, stream: Stream, line: String) {
+        let _ = self.notes.send(Note::Line(stream, line));
+    }
+
+    pub(crate) fn spawned(&self, pid: u32) {
+        let _ = self.notes.send(Note::Spawned(pid));
+    }
+}
