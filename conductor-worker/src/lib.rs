@@ -40,6 +40,11 @@ use anyhow::Context;
 use shared::ids::JobId;
 use std::os::fd::RawFd;
 
+/// The README's examples, compiled as doc tests (its "Writing tasks in Rust" section).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// How the supervisor starts a conductor.
 #[derive(Clone, Debug)]
 pub struct Config {
