@@ -23,6 +23,7 @@
 pub mod duration;
 pub mod exit;
 pub mod ids;
+pub mod limits;
 pub mod protocol;
 pub mod spec;
 pub mod state;

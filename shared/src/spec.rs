@@ -4,6 +4,7 @@
 //! [`JobSpec`] that exists is one the conductor can run.
 
 use crate::duration::parse_duration;
+use crate::limits::{Limits, parse_cpu, parse_size};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -15,6 +16,8 @@ use toml::Spanned;
 pub const DEFAULT_CANCEL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time, during a cancel, from SIGTERM to SIGKILL of the running task's process group.
 pub const DEFAULT_TERM_GRACE: Duration = Duration::from_secs(5);
+/// Default time a conductor may stay silent before it is unresponsive.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest task name.
 pub const MAX_TASK_NAME_LEN: usize = 64;
 
@@ -37,6 +40,12 @@ pub struct JobSpec {
     /// native task kinds; `None`: the default conductor (command tasks only). A bare name is
     /// looked up next to the supervisor binary; a path is relative to the job file.
     pub worker: Option<String>,
+    /// The job's resource limits and identity.
+    pub limits: Limits,
+    /// A conductor silent for this long is unresponsive.
+    pub heartbeat_timeout: Duration,
+    /// Hard-kill an unresponsive conductor (with the usual revert accounting).
+    pub kill_unresponsive: bool,
     /// The tasks, in file order (the order they execute in).
     pub tasks: Vec<TaskSpec>,
 }
@@ -120,6 +129,9 @@ impl fmt::Debug for JobSpec {
             .field("term_grace", &self.term_grace)
             .field("env_keys", &EnvKeys(&self.env))
             .field("worker", &self.worker)
+            .field("limits", &self.limits)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("kill_unresponsive", &self.kill_unresponsive)
             .field("tasks", &self.tasks)
             .finish()
     }
@@ -160,7 +172,23 @@ struct RawJob {
     term_grace: Option<Spanned<String>>,
     env: Option<BTreeMap<String, String>>,
     worker: Option<Spanned<String>>,
+    limits: Option<RawLimits>,
+    heartbeat_timeout: Option<Spanned<String>>,
+    kill_unresponsive: Option<bool>,
     task: Option<Spanned<Vec<Spanned<RawTask>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<Spanned<toml::Value>>,
+    pids: Option<Spanned<i64>>,
+    cpu: Option<Spanned<toml::Value>>,
+    nofile: Option<Spanned<i64>>,
+    core: Option<Spanned<toml::Value>>,
+    cpu_time: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -309,6 +337,16 @@ impl JobSpec {
                 ));
             }
         }
+        let limits = raw
+            .limits
+            .map(|l| parse_limits(l, &at))
+            .transpose()?
+            .unwrap_or_default();
+        let heartbeat_timeout = raw
+            .heartbeat_timeout
+            .map(|d| positive_duration(d, "heartbeat_timeout", &at))
+            .transpose()?
+            .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT);
         Ok(Self {
             name,
             timeout,
@@ -316,9 +354,74 @@ impl JobSpec {
             term_grace,
             env: raw.env.unwrap_or_default(),
             worker: worker.map(Spanned::into_inner),
+            limits,
+            heartbeat_timeout,
+            kill_unresponsive: raw.kill_unresponsive.unwrap_or(false),
             tasks,
         })
     }
+}
+
+fn parse_limits(
+    raw: RawLimits,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<Limits, SpecError> {
+    let size = |value: Spanned<toml::Value>, field: &str| {
+        let span = value.span();
+        match value.into_inner() {
+            toml::Value::Integer(n) if n >= 0 => {
+                u64::try_from(n).map_err(|_| at(span.clone(), format!("`{field}` is too large")))
+            }
+            toml::Value::String(text) => parse_size(&text)
+                .map_err(|problem| at(span.clone(), format!("`{field}`: {problem}"))),
+            _ => Err(at(
+                span,
+                format!("`{field}` must be a size like \"512M\" or a number of bytes"),
+            )),
+        }
+    };
+    let count = |value: Spanned<i64>, field: &str| {
+        let span = value.span();
+        u64::try_from(value.into_inner())
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| at(span, format!("`{field}` must be a positive number")))
+    };
+    let name = |value: Spanned<String>, field: &str| {
+        let span = value.span();
+        let text = value.into_inner();
+        if text.trim().is_empty() {
+            Err(at(span, format!("`{field}` must not be empty")))
+        } else {
+            Ok(text)
+        }
+    };
+    let cpu = match raw.cpu {
+        Some(value) => {
+            let span = value.span();
+            let parsed = match value.into_inner() {
+                toml::Value::String(text) => parse_cpu(&text),
+                toml::Value::Float(f) => parse_cpu(&f.to_string()),
+                toml::Value::Integer(n) => parse_cpu(&n.to_string()),
+                _ => Err("`cpu` must be like \"50%\" or a number of CPUs".to_owned()),
+            };
+            Some(parsed.map_err(|problem| at(span, problem))?)
+        }
+        None => None,
+    };
+    Ok(Limits {
+        memory: raw.memory.map(|v| size(v, "memory")).transpose()?,
+        pids: raw.pids.map(|v| count(v, "pids")).transpose()?,
+        cpu_millis: cpu,
+        nofile: raw.nofile.map(|v| count(v, "nofile")).transpose()?,
+        core: raw.core.map(|v| size(v, "core")).transpose()?,
+        cpu_time: raw
+            .cpu_time
+            .map(|d| positive_duration(d, "cpu_time", at))
+            .transpose()?,
+        user: raw.user.map(|v| name(v, "user")).transpose()?,
+        group: raw.group.map(|v| name(v, "group")).transpose()?,
+    })
 }
 
 /// A task, its name's place, and its kind's place (the name's for command tasks).
@@ -684,5 +787,48 @@ run = ["true"]
         let broken = |_: &str| Err("cannot run it".to_owned());
         let err = JobSpec::parse_checked(src, "j.toml", "j", &broken).expect_err("no worker");
         assert_eq!((err.line, err.message.as_str()), (1, "cannot run it"));
+    }
+
+    #[test]
+    fn limits_and_heartbeat() {
+        let spec = parse(
+            "heartbeat_timeout = \"5s\"\nkill_unresponsive = true\n[limits]\nmemory = \"64M\"\npids = 50\ncpu = \"50%\"\nnofile = 256\ncore = 0\ncpu_time = \"2s\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.heartbeat_timeout, Duration::from_secs(5));
+        assert!(spec.kill_unresponsive);
+        assert_eq!(spec.limits.memory, Some(64 << 20));
+        assert_eq!(spec.limits.pids, Some(50));
+        assert_eq!(spec.limits.cpu_millis, Some(500));
+        assert_eq!(spec.limits.nofile, Some(256));
+        assert_eq!(spec.limits.core, Some(0));
+        assert_eq!(spec.limits.cpu_time, Some(Duration::from_secs(2)));
+        assert_eq!(spec.limits.cgroup_controllers(), ["memory", "pids", "cpu"]);
+        for (src, line) in [
+            (
+                "[limits]\nmemory = \"lots\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+                2,
+            ),
+            (
+                "[limits]\npids = 0\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+                2,
+            ),
+            (
+                "[limits]\nswap = 1\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+                2,
+            ),
+            (
+                "[limits]\nuser = \"\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+                2,
+            ),
+        ] {
+            assert_eq!(err_at(src).0, line, "{src:?}");
+        }
+        assert_eq!(
+            parse("[[task]]\nname = \"a\"\nrun = \"true\"\n")
+                .expect("valid")
+                .heartbeat_timeout,
+            DEFAULT_HEARTBEAT_TIMEOUT
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Starting a conductor for a stored job: bind its socket, spawn it, record it, handshake, and
 //! build the plan it must run from what the store knows.
 
+use crate::containment::{Containment, JobCgroup};
 use crate::process::{self, WorkerCommand};
 use crate::session::ConductorLink;
 use crate::state_dir::StateDir;
@@ -27,6 +28,7 @@ pub struct Launcher {
     pub store: Arc<Store>,
     pub state_dir: StateDir,
     pub worker: WorkerCommand,
+    pub containment: Containment,
 }
 
 impl Launcher {
@@ -52,11 +54,18 @@ impl Launcher {
             },
             None => self.worker.clone(),
         };
+        let cgroup = self.containment.create_job(job_id, &plan.spec.limits)?;
+        self.store.set_containment(
+            job_id,
+            self.containment.mode(),
+            cgroup.as_ref().map(|c| c.path.as_path()),
+        )?;
         let spawned = process::spawn_conductor(
             &worker,
             job_id.as_str(),
             &listener,
             &self.state_dir.conductor_log(job_id),
+            cgroup.as_ref().map(JobCgroup::procs_file).as_deref(),
         )?;
         // The conductor holds the listener now; ours closes.
         drop(listener);
@@ -66,6 +75,7 @@ impl Launcher {
         let conductor = Conductor {
             pid: spawned.pid,
             socket: socket.clone(),
+            cgroup,
         };
         let link = ConductorLink::connect(&socket, job_id).await?;
         Ok((conductor, link, plan))
@@ -108,6 +118,19 @@ impl Launcher {
             prior,
         })
     }
+}
+
+/// Why this supervisor cannot run `spec` as it asks (limits it cannot enforce, an identity
+/// change without root), if it cannot.
+pub fn check_runnable(
+    spec: &shared::spec::JobSpec,
+    containment: &Containment,
+) -> Result<(), String> {
+    containment.check(&spec.limits)?;
+    if spec.limits.changes_identity() && !nix::unistd::geteuid().is_root() {
+        return Err("limits.user and limits.group need the supervisor to run as root".into());
+    }
+    Ok(())
 }
 
 /// Moves a stored job to `running` and marks it `crashed` when its conductor cannot start.

@@ -126,13 +126,19 @@ pub struct Spawned {
 }
 
 /// Spawns the conductor in a new session, with `listener` as its file descriptor 3, stdin and
-/// stdout on /dev/null and stderr appended to `log`.
+/// stdout on /dev/null and stderr appended to `log`. With `cgroup_procs`, it joins that cgroup
+/// before it runs any code of its own, so nothing of the job ever runs outside it.
 pub fn spawn_conductor(
     worker: &WorkerCommand,
     job_id: &str,
     listener: &std::os::unix::net::UnixListener,
     log: &Path,
+    cgroup_procs: Option<&Path>,
 ) -> anyhow::Result<Spawned> {
+    let cgroup_procs = cgroup_procs
+        .map(|path| std::ffi::CString::new(path.as_os_str().as_encoded_bytes()))
+        .transpose()
+        .context("cgroup path holds a NUL byte")?;
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -146,9 +152,21 @@ pub fn spawn_conductor(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    // SAFETY: between fork and exec only async-signal-safe calls happen: setsid, dup2, fcntl.
+    // SAFETY: between fork and exec only async-signal-safe calls happen: open, write, close,
+    // setsid, dup2, fcntl; the path was prepared before the fork.
     unsafe {
         command.pre_exec(move || {
+            if let Some(procs) = &cgroup_procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             nix::unistd::setsid()?;
             if listen_fd == 3 {
                 // dup2 onto itself keeps close-on-exec: clear it instead.

@@ -7,6 +7,7 @@
 //! are recorded as pending and logged at WARN (`revert skipped`). A conductor that dies on its own
 //! leaves the job `crashed`, with the same accounting.
 
+use crate::containment::JobCgroup;
 use crate::process::{self, ExitWatch};
 use crate::session::ConductorLink;
 use crate::store::Store;
@@ -38,6 +39,8 @@ pub enum Order {
 pub struct Conductor {
     pub pid: i32,
     pub socket: PathBuf,
+    /// The job's cgroup, in cgroup mode.
+    pub cgroup: Option<JobCgroup>,
 }
 
 /// Everything `supervise` needs besides the conductor.
@@ -144,7 +147,11 @@ impl Supervision {
         }
         self.drain_after_exit(link, &mut ladder).await;
         // Whatever the conductor left behind (orphaned task processes) goes with it.
+        // The job counts as gone only once its cgroup is empty.
         let leftovers = process::kill_job(conductor.pid, &ladder.groups).await;
+        if let Some(cgroup) = &conductor.cgroup {
+            cgroup.kill_and_remove().await;
+        }
         process::forget_conductor(conductor.pid);
         if leftovers > 0 {
             tracing::warn!(job_id = %self.job_id, count = leftovers, "killed processes the conductor left behind");
@@ -205,6 +212,9 @@ impl Supervision {
     async fn hard_kill(&self, reason: &str, conductor: &Conductor, ladder: &mut Ladder) {
         if ladder.killed.is_none() {
             ladder.killed = Some(reason.to_owned());
+        }
+        if let Some(cgroup) = &conductor.cgroup {
+            cgroup.kill();
         }
         let count = process::kill_job(conductor.pid, &ladder.groups).await;
         tracing::info!(job_id = %self.job_id, pid = conductor.pid, count, reason, "job killed");

@@ -108,6 +108,10 @@ pub struct JobStatus {
     pub started_ms: Option<i64>,
     pub ended_ms: Option<i64>,
     pub conductor_pid: Option<i32>,
+    /// `cgroup` or `session`: how the job's processes are contained.
+    pub containment: Option<String>,
+    /// Since when (ms since the epoch) the conductor has not answered, if it has not.
+    pub unresponsive_since_ms: Option<i64>,
     pub tasks: Vec<TaskStatus>,
 }
 

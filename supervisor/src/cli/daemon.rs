@@ -14,6 +14,11 @@ pub struct DaemonArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub max_jobs: usize,
 
+    /// The base cgroup (v2) under which each job gets its own [default: a `supervisor` child of
+    /// the daemon's own cgroup; sessions and process groups when no cgroup is writable]
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+
     /// The conductor program [default: conductor-worker next to this binary, else this binary]
     #[arg(long, env = "SUPERVISOR_CONDUCTOR_BIN", value_name = "PATH")]
     pub conductor_bin: Option<PathBuf>,
@@ -31,6 +36,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
                 state_dir,
                 max_jobs: args.max_jobs,
                 worker,
+                cgroup_root: args.cgroup_root,
             };
             let mut terminate = signal(SignalKind::terminate())?;
             let mut interrupt = signal(SignalKind::interrupt())?;

@@ -302,6 +302,17 @@ fn print_status(status: &JobStatus) {
     if let Some(pid) = status.conductor_pid {
         println!("  conductor pid: {pid}");
     }
+    if let Some(mode) = &status.containment {
+        println!("  containment: {mode}");
+    }
+    if let Some(since) = status.unresponsive_since_ms {
+        let silent =
+            Duration::from_millis(u64::try_from(crate::store::now_ms() - since).unwrap_or(0));
+        println!(
+            "  UNRESPONSIVE: the conductor has not answered for {}",
+            shared::duration::format_duration(Duration::from_secs(silent.as_secs()))
+        );
+    }
     for task in &status.tasks {
         let pending = if task.revert_pending {
             "  REVERT PENDING"

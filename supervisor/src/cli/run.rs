@@ -1,7 +1,8 @@
 //! `supervisor run FILE`: one job in the foreground, with the same supervision code as the
 //! daemon. The first Ctrl-C (or SIGTERM) cancels softly; a second one kills.
 
-use crate::launch::{Launcher, Purpose, record_launch_failure};
+use crate::containment::Containment;
+use crate::launch::{Launcher, Purpose, check_runnable, record_launch_failure};
 use crate::process::{self, WorkerCommand};
 use crate::state_dir::StateDir;
 use crate::store::{Store, pending_reverts};
@@ -63,11 +64,18 @@ async fn run_job(
     let worker = WorkerCommand::locate(args.conductor_bin)?;
     tracing::debug!(?worker, "conductor program");
 
+    let containment = Containment::detect(None);
+    tracing::info!(mode = containment.mode(), detail = ?containment, "containment");
+    if let Err(problem) = check_runnable(&spec, &containment) {
+        eprintln!("{}: {problem}", args.file.display());
+        return Ok(exit::INVALID_INPUT);
+    }
     let job_id = store.create_job(&spec, &args.file.display().to_string())?;
     println!("job {job_id} {}: {} task(s)", spec.name, spec.tasks.len());
     let started = tokio::time::Instant::now();
     store.set_job_state(&job_id, JobState::Running, None)?;
     let launcher = Launcher {
+        containment,
         store: store.clone(),
         state_dir,
         worker,

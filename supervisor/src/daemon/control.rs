@@ -132,6 +132,8 @@ async fn handle(jobs: &Jobs, request: ClientRequest) -> Reply {
             if jobs.is_stopping() {
                 return Err((ErrorCode::Unavailable, "the daemon is shutting down".into()));
             }
+            crate::launch::check_runnable(&spec, jobs.containment())
+                .map_err(|problem| (ErrorCode::InvalidRequest, problem))?;
             let id = store
                 .create_job(&spec, &source)
                 .map_err(|e| (ErrorCode::Unavailable, format!("cannot store the job: {e}")))?;

@@ -1,6 +1,7 @@
 //! The daemon's jobs: one supervision task per live job, the queue of pending ones, and the
 //! events every state change produces.
 
+use crate::containment::{Containment, JobCgroup};
 use crate::launch::{Launcher, Purpose, record_launch_failure};
 use crate::process::{self, WorkerCommand};
 use crate::session::ConductorLink;
@@ -20,7 +21,7 @@ use tokio::task::JoinSet;
 /// How a supervision task gets its conductor.
 enum Attach {
     Launch(Purpose),
-    Reattach(JobRow),
+    Reattach(Box<JobRow>),
 }
 
 /// Shared by the accept loop, the scheduler and every client connection.
@@ -47,12 +48,14 @@ impl Jobs {
         store: Arc<Store>,
         state_dir: StateDir,
         worker: WorkerCommand,
+        containment: Containment,
         max_jobs: usize,
     ) -> Self {
         let launcher = Launcher {
             store: store.clone(),
             state_dir,
             worker,
+            containment,
         };
         Self {
             inner: Arc::new(Inner {
@@ -71,6 +74,11 @@ impl Jobs {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// How this daemon contains its jobs.
+    pub fn containment(&self) -> &Containment {
+        &self.inner.launcher.containment
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -144,7 +152,7 @@ impl Jobs {
                 if let Err(err) = self.inner.store.claim(&row.id) {
                     tracing::error!(job_id = %row.id, error = %err, "cannot record the re-attachment");
                 }
-                self.spawn_supervision(row.id.clone(), Attach::Reattach(row));
+                self.spawn_supervision(row.id.clone(), Attach::Reattach(Box::new(row)));
             } else {
                 self.record_crash(&row).await;
             }
@@ -156,6 +164,9 @@ impl Jobs {
             // Its tasks may have outlived it: nothing of the job may survive.
             let groups = BTreeSet::new();
             process::kill_job(pid, &groups).await;
+        }
+        if let Some(path) = &row.cgroup {
+            JobCgroup { path: path.clone() }.kill_and_remove().await;
         }
         match self.inner.store.record_hard_end(
             &row.id,
@@ -300,7 +311,16 @@ impl Jobs {
                     _ => None,
                 };
                 supervision
-                    .run(Conductor { pid, socket }, link, plan, orders)
+                    .run(
+                        Conductor {
+                            pid,
+                            socket,
+                            cgroup: row.cgroup.map(|path| JobCgroup { path }),
+                        },
+                        link,
+                        plan,
+                        orders,
+                    )
                     .await
             }
         }

@@ -11,6 +11,7 @@
 mod control;
 mod jobs;
 
+use crate::containment::Containment;
 use crate::process::{self, WorkerCommand};
 use crate::state_dir::StateDir;
 use crate::store::Store;
@@ -26,6 +27,8 @@ pub struct DaemonConfig {
     pub state_dir: StateDir,
     pub max_jobs: usize,
     pub worker: WorkerCommand,
+    /// The base cgroup for job cgroups (`--cgroup-root`); `None`: found automatically.
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 /// Runs the daemon until `shutdown` resolves or a client asks it to stop.
@@ -37,15 +40,30 @@ pub async fn run(
     let store = Arc::new(Store::open(config.state_dir.root()).context("cannot open the store")?);
     process::start_reaper()?;
     let listener = bind_control(&config.state_dir).await?;
+    let containment = Containment::detect(config.cgroup_root.clone());
+    match &containment {
+        Containment::Cgroup { base, controllers } => tracing::info!(
+            mode = "cgroup",
+            base = %base.display(),
+            controllers = controllers.iter().cloned().collect::<Vec<_>>().join(","),
+            "containment: one cgroup per job"
+        ),
+        Containment::Session { reason } => tracing::info!(
+            mode = "session",
+            reason,
+            "containment: sessions and process groups (no writable cgroup v2)"
+        ),
+    }
     let jobs = Jobs::new(
         store,
         config.state_dir.clone(),
         config.worker.clone(),
+        containment,
         config.max_jobs,
     );
     jobs.reattach_all().await;
     jobs.start_scheduler();
-    tracing::info!(state_dir = %config.state_dir.root().display(), max_jobs = config.max_jobs, mode = "session", "daemon ready");
+    tracing::info!(state_dir = %config.state_dir.root().display(), max_jobs = config.max_jobs, "daemon ready");
 
     tokio::pin!(shutdown);
     let cancel_on_exit = loop {

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use shared::ids::JobId;
 use shared::spec::JobSpec;
 use shared::state::{ExecOutcome, InvalidTransition, JobState, TaskState};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     conductor_start INTEGER,                 -- /proc start time, to recognise the pid later
     supervisor_pid  INTEGER,                 -- the daemon or `run` that supervises it
     supervisor_start INTEGER,
+    containment   TEXT,                      -- cgroup or session
+    cgroup        TEXT,                      -- the job's cgroup, in cgroup mode
+    unresponsive_ms INTEGER,                 -- since when the conductor has been silent
     socket        TEXT,
     last_report   INTEGER NOT NULL DEFAULT 0 -- highest report seq applied from this conductor
 );
@@ -72,6 +75,9 @@ CREATE INDEX IF NOT EXISTS output_by_job ON output(job_id, id);
 CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions(job_id, id);
 ";
 
+/// Bumped on every change of [`SCHEMA`]; a store of another version is refused, not guessed at.
+const SCHEMA_VERSION: i64 = 1;
+
 /// How long a writer waits for another process's transaction (a `run` beside a daemon).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -85,6 +91,10 @@ pub enum StoreError {
     UnknownJob(JobId),
     #[error("stored spec of job {0} is unreadable: {1}")]
     BadSpec(JobId, serde_json::Error),
+    #[error(
+        "the store was made by another version of supervisor (schema {found}, this one reads {expected}): use another state dir"
+    )]
+    Schema { found: i64, expected: i64 },
     #[error("stored state is unreadable: {0}")]
     BadState(#[from] shared::state::UnknownState),
 }
@@ -111,6 +121,12 @@ pub struct JobRow {
     pub conductor_start: Option<u64>,
     /// The process (daemon or `run`) that supervises the job, and its start time.
     pub supervisor: Option<(i32, u64)>,
+    /// `cgroup` or `session`, once a conductor ran.
+    pub containment: Option<String>,
+    /// The job's cgroup, in cgroup mode.
+    pub cgroup: Option<PathBuf>,
+    /// Since when the conductor has been silent, if it is.
+    pub unresponsive_ms: Option<i64>,
 }
 
 /// A task's row.
@@ -163,7 +179,23 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        let has_jobs = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if has_jobs && version != SCHEMA_VERSION {
+            return Err(StoreError::Schema {
+                found: version,
+                expected: SCHEMA_VERSION,
+            });
+        }
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -275,6 +307,28 @@ impl Store {
         self.claim(id)
     }
 
+    /// Records how the job is contained (`cgroup` with its path, or `session`).
+    pub fn set_containment(&self, id: &JobId, mode: &str, cgroup: Option<&Path>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET containment = ?2, cgroup = ?3 WHERE id = ?1",
+            params![
+                id.as_str(),
+                mode,
+                cgroup.map(|p| p.to_string_lossy().into_owned())
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Marks the conductor unresponsive since `since_ms`, or responsive again (`None`).
+    pub fn set_unresponsive(&self, id: &JobId, since_ms: Option<i64>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET unresponsive_ms = ?2 WHERE id = ?1",
+            params![id.as_str(), since_ms],
+        )?;
+        Ok(())
+    }
+
     /// Records this process as the job's supervisor (so that no other one adopts it meanwhile).
     pub fn claim(&self, id: &JobId) -> Result<()> {
         let me = std::process::id();
@@ -365,7 +419,8 @@ fn job_row(conn: &Connection, id: &JobId) -> Result<Option<JobRow>> {
     let row = conn
         .query_row(
             "SELECT name, source, state, reason, created_ms, started_ms, ended_ms,
-                    conductor_pid, conductor_start, supervisor_pid, supervisor_start
+                    conductor_pid, conductor_start, supervisor_pid, supervisor_start,
+                    containment, cgroup, unresponsive_ms
              FROM jobs WHERE id = ?1",
             [id.as_str()],
             |row| {
@@ -386,6 +441,9 @@ fn job_row(conn: &Connection, id: &JobId) -> Result<Option<JobRow>> {
                     conductor_pid: row.get(7)?,
                     conductor_start: as_u64(row.get(8)?),
                     supervisor,
+                    containment: row.get(11)?,
+                    cgroup: row.get::<_, Option<String>>(12)?.map(PathBuf::from),
+                    unresponsive_ms: row.get(13)?,
                 };
                 Ok((job, state))
             },

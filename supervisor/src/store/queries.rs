@@ -74,6 +74,8 @@ impl Store {
             started_ms: job.started_ms,
             ended_ms: job.ended_ms,
             conductor_pid: job.conductor_pid,
+            containment: job.containment,
+            unresponsive_since_ms: job.unresponsive_ms,
             tasks: tasks
                 .into_iter()
                 .map(|t| task_status(t, accounting))
