@@ -85,6 +85,7 @@ pub fn start(listen_fd: RawFd, job_id: JobId) -> anyhow::Result<Link> {
         acked: acked_tx,
         cancel: cancel_tx.clone(),
         plan: Some(plan_tx),
+        heartbeat_every: heartbeat_every(shared::spec::DEFAULT_HEARTBEAT_TIMEOUT),
     };
     tokio::spawn(server.serve());
     Ok(Link {
@@ -108,6 +109,13 @@ struct Server {
     acked: watch::Sender<u64>,
     cancel: watch::Sender<CancelReason>,
     plan: Option<oneshot::Sender<JobPlan>>,
+    /// A third of the job's `heartbeat_timeout`, once the plan is known.
+    heartbeat_every: Duration,
+}
+
+/// Heartbeats go out three times per `heartbeat_timeout` (and at least every 10 ms apart).
+fn heartbeat_every(timeout: Duration) -> Duration {
+    (timeout / 3).max(Duration::from_millis(10))
 }
 
 impl Server {
@@ -192,10 +200,21 @@ impl Server {
             backlog.extend(encode_frame(&FromConductor::Report(report.clone()))?);
         }
         writer.write_all(&backlog).await?;
+        let mut heartbeat = tokio::time::interval(self.heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = heartbeat.tick() => {
+                    writer.write_all(&encode_frame(&FromConductor::Heartbeat)?).await?;
+                }
                 frame = frames.recv() => match frame {
-                    Some(Ok(Some(message))) => self.handle(message)?,
+                    Some(Ok(Some(message))) => {
+                        self.handle(message)?;
+                        if heartbeat.period() != self.heartbeat_every {
+                            heartbeat = tokio::time::interval(self.heartbeat_every);
+                            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        }
+                    }
                     Some(Ok(None)) | None => return Ok(()),
                     Some(Err(err)) => return Err(err.into()),
                 },
@@ -231,6 +250,7 @@ impl Server {
             }
             ToConductor::Start(plan) => match self.plan.take() {
                 Some(sender) => {
+                    self.heartbeat_every = heartbeat_every(plan.spec.heartbeat_timeout);
                     let _ = sender.send(*plan);
                 }
                 None => bail!("received a second plan"),

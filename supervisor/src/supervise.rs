@@ -61,6 +61,14 @@ const MAX_BATCH: usize = 512;
 /// After the conductor's exit, how long to wait for the reports still in its socket.
 const FINAL_DRAIN: Duration = Duration::from_millis(200);
 
+/// The connection to the conductor and what we heard from it.
+struct LinkState {
+    link: Option<ConductorLink>,
+    reconnect_at: Instant,
+    last_heard: Instant,
+    unresponsive: bool,
+}
+
 struct Ladder {
     cancel_deadline: Option<Instant>,
     killed: Option<String>,
@@ -90,39 +98,21 @@ impl Supervision {
         }
         let far = Instant::now() + Duration::from_secs(86400 * 365);
         let job_deadline = self.spec.timeout.map(|t| self.started + t);
-        let mut reconnect_at = far;
+        let mut state = LinkState {
+            link,
+            reconnect_at: far,
+            last_heard: Instant::now(),
+            unresponsive: false,
+        };
         let mut orders_open = true;
         loop {
+            let silent_at = state.last_heard + self.spec.heartbeat_timeout;
             tokio::select! {
                 biased;
-                frame = next_frame(&mut link) => match frame {
-                    Some(Ok(FromConductor::Report(report))) => {
-                        let Some(active) = link.as_mut() else { continue };
-                        if let Err(err) = self.take_reports(active, report, &mut ladder).await {
-                            tracing::warn!(job_id = %self.job_id, error = format!("{err:#}"), "cannot apply reports");
-                            link = None;
-                            reconnect_at = Instant::now() + RECONNECT_EVERY;
-                        }
-                    }
-                    Some(Ok(other)) => {
-                        tracing::warn!(job_id = %self.job_id, frame = ?other, "unexpected frame from the conductor");
-                        link = None;
-                        reconnect_at = Instant::now() + RECONNECT_EVERY;
-                    }
-                    Some(Err(err)) => {
-                        tracing::warn!(job_id = %self.job_id, error = %err, "conductor connection failed");
-                        link = None;
-                        reconnect_at = Instant::now() + RECONNECT_EVERY;
-                    }
-                    None => {
-                        tracing::debug!(job_id = %self.job_id, "conductor connection closed");
-                        link = None;
-                        reconnect_at = Instant::now() + RECONNECT_EVERY;
-                    }
-                },
+                frame = next_frame(&mut state.link) => self.on_frame(frame, &mut state, &mut ladder, &conductor).await,
                 () = exit.exited() => break,
                 order = orders.recv(), if orders_open => match order {
-                    Some(order) => self.obey(order, &conductor, &mut link, &mut ladder).await,
+                    Some(order) => self.obey(order, &conductor, &mut state.link, &mut ladder).await,
                     None => orders_open = false,
                 },
                 () = sleep_until(ladder.cancel_deadline.unwrap_or(far)), if ladder.killed.is_none() => {
@@ -131,20 +121,27 @@ impl Supervision {
                 }
                 () = sleep_until(job_deadline.unwrap_or(far)), if ladder.cancel_deadline.is_none() && ladder.killed.is_none() => {
                     let order = Order::Cancel { timeout: None, reason: "job timeout reached".into() };
-                    self.obey(order, &conductor, &mut link, &mut ladder).await;
+                    self.obey(order, &conductor, &mut state.link, &mut ladder).await;
                 }
-                () = sleep_until(reconnect_at), if link.is_none() => {
-                    reconnect_at = far;
+                () = sleep_until(silent_at), if state.link.is_some() && !state.unresponsive && ladder.killed.is_none() => {
+                    self.on_silence(&mut state, &mut ladder, &conductor).await;
+                }
+                () = sleep_until(state.reconnect_at), if state.link.is_none() => {
+                    state.reconnect_at = far;
                     match ConductorLink::connect(&conductor.socket, &self.job_id).await {
-                        Ok(new_link) => link = Some(new_link),
+                        Ok(new_link) => {
+                            state.link = Some(new_link);
+                            state.last_heard = Instant::now();
+                        }
                         Err(err) => {
                             tracing::debug!(job_id = %self.job_id, error = format!("{err:#}"), "cannot reconnect yet");
-                            reconnect_at = Instant::now() + RECONNECT_EVERY;
+                            state.reconnect_at = Instant::now() + RECONNECT_EVERY;
                         }
                     }
                 }
             }
         }
+        let link = state.link;
         self.drain_after_exit(link, &mut ladder).await;
         // Whatever the conductor left behind (orphaned task processes) goes with it.
         // The job counts as gone only once its cgroup is empty.
@@ -159,6 +156,59 @@ impl Supervision {
         match ladder.finished {
             Some(state) => Ok(state),
             None => self.record_hard_end(ladder.killed),
+        }
+    }
+
+    /// A frame (or the end of the connection) from the conductor.
+    async fn on_frame(
+        &self,
+        frame: Option<Result<FromConductor, shared::protocol::codec::FrameError>>,
+        state: &mut LinkState,
+        ladder: &mut Ladder,
+        conductor: &Conductor,
+    ) {
+        let lost = match frame {
+            Some(Ok(FromConductor::Report(report))) => match state.link.as_mut() {
+                Some(active) => self
+                    .take_reports(active, report, ladder)
+                    .await
+                    .err()
+                    .map(|err| format!("cannot apply reports: {err:#}")),
+                None => None,
+            },
+            Some(Ok(FromConductor::Heartbeat)) => None,
+            Some(Ok(other)) => Some(format!("unexpected frame {other:?}")),
+            Some(Err(err)) => Some(format!("connection failed: {err}")),
+            None => Some("connection closed".to_owned()),
+        };
+        if let Some(reason) = lost {
+            tracing::debug!(job_id = %self.job_id, reason, "conductor link lost; reconnecting while it lives");
+            state.link = None;
+            state.reconnect_at = Instant::now() + RECONNECT_EVERY;
+            return;
+        }
+        state.last_heard = Instant::now();
+        if state.unresponsive {
+            state.unresponsive = false;
+            tracing::info!(job_id = %self.job_id, pid = conductor.pid, "conductor responsive again");
+            if let Err(err) = self.store.set_unresponsive(&self.job_id, None) {
+                tracing::error!(job_id = %self.job_id, error = %err, "cannot record that the conductor answers again");
+            }
+        }
+    }
+
+    /// No frame for `heartbeat_timeout`: the conductor is unresponsive (its one thread is stuck).
+    async fn on_silence(&self, state: &mut LinkState, ladder: &mut Ladder, conductor: &Conductor) {
+        state.unresponsive = true;
+        let silent_ms = u64::try_from(self.spec.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
+        tracing::warn!(job_id = %self.job_id, pid = conductor.pid, silent_ms, kill = self.spec.kill_unresponsive, "conductor unresponsive");
+        let since = crate::store::now_ms() - i64::try_from(silent_ms).unwrap_or(0);
+        if let Err(err) = self.store.set_unresponsive(&self.job_id, Some(since)) {
+            tracing::error!(job_id = %self.job_id, error = %err, "cannot record the unresponsive conductor");
+        }
+        if self.spec.kill_unresponsive {
+            self.hard_kill("conductor unresponsive", conductor, ladder)
+                .await;
         }
     }
 
@@ -231,6 +281,7 @@ impl Supervision {
         while batch.len() < MAX_BATCH {
             match link.try_next() {
                 Some(FromConductor::Report(report)) => batch.push(report),
+                Some(FromConductor::Heartbeat) => {}
                 Some(other) => anyhow::bail!("unexpected frame {other:?}"),
                 None => break,
             }
@@ -267,10 +318,12 @@ impl Supervision {
         let Some(mut link) = link else { return };
         let deadline = Instant::now() + FINAL_DRAIN;
         let mut batch = Vec::new();
-        while let Ok(Some(Ok(FromConductor::Report(report)))) =
-            tokio::time::timeout_at(deadline, link.next()).await
-        {
-            batch.push(report);
+        loop {
+            match tokio::time::timeout_at(deadline, link.next()).await {
+                Ok(Some(Ok(FromConductor::Report(report)))) => batch.push(report),
+                Ok(Some(Ok(FromConductor::Heartbeat))) => {}
+                _ => break,
+            }
         }
         if batch.is_empty() {
             return;

@@ -49,6 +49,9 @@ pub enum FromConductor {
     /// The answer to [`ToConductor::Hello`].
     Hello(ConductorHello),
     Report(Report),
+    /// "Still here": sent every third of the job's `heartbeat_timeout` while connected. Not
+    /// numbered, not stored. A conductor whose one thread is blocked cannot send it.
+    Heartbeat,
 }
 
 /// The conductor's half of the handshake.
