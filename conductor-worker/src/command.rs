@@ -6,6 +6,7 @@
 //! a soft cancel: SIGTERM to its group, then SIGKILL after the term grace. When the step's process
 //! ends, whatever is left in its group (background children) is killed too.
 
+use crate::limits::TaskLimits;
 use crate::reaper::OwnedChildren;
 use crate::task::{Task, TaskContext, TaskError, TaskFuture};
 use nix::sys::signal::{Signal, killpg};
@@ -16,6 +17,7 @@ use shared::state::ExecOutcome;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
@@ -31,12 +33,15 @@ pub struct CommandTask {
     pub timeout: Option<Duration>,
     pub term_grace: Duration,
     pub children: OwnedChildren,
+    /// The job's rlimits and identity for each step's process.
+    pub limits: Rc<TaskLimits>,
 }
 
 impl Task for CommandTask {
     fn execute<'a>(&'a self, ctx: &'a TaskContext) -> TaskFuture<'a, serde_json::Value> {
         Box::pin(async move {
-            let result = run_step(self.step(ctx, &self.run), ctx, &self.children).await?;
+            let result =
+                run_step(self.step(ctx, &self.run), ctx, &self.children, &self.limits).await?;
             Ok(serde_json::Value::String(result))
         })
     }
@@ -44,7 +49,7 @@ impl Task for CommandTask {
     fn revert<'a>(&'a self, ctx: &'a TaskContext) -> TaskFuture<'a, ()> {
         Box::pin(async move {
             match &self.revert {
-                Some(revert) => run_step(self.step(ctx, revert), ctx, &self.children)
+                Some(revert) => run_step(self.step(ctx, revert), ctx, &self.children, &self.limits)
                     .await
                     .map(drop),
                 None => Ok(()),
@@ -114,6 +119,7 @@ async fn run_step(
     command: StepCommand<'_>,
     ctx: &TaskContext,
     children: &OwnedChildren,
+    limits: &TaskLimits,
 ) -> Result<String, TaskError> {
     let (task, phase) = (ctx.index(), ctx.phase());
     let mut cancel = ctx.cancel.clone();
@@ -129,6 +135,8 @@ async fn run_step(
     if let Some(cwd) = command.cwd {
         process.current_dir(cwd);
     }
+    limits.apply(&mut process);
+    let before = limits.counters();
     let mut child = match process.spawn() {
         Ok(child) => child,
         Err(err) => {
@@ -206,7 +214,15 @@ async fn run_step(
             () = sleep_until(drain_until) => break,
         }
     }
-    outcome(status, interrupt, &result)
+    let exit_status = status.as_ref().ok().copied();
+    outcome(status, interrupt, &result).map_err(|mut error| {
+        if !error.cancelled {
+            if let Some(limit) = limits.explain(before, exit_status) {
+                error.message = format!("{limit} ({})", error.message);
+            }
+        }
+        error
+    })
 }
 
 fn outcome(

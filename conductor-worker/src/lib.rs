@@ -27,6 +27,7 @@
 //! there for a supervisor to connect again, and exits only once its last report is acknowledged.
 
 pub mod command;
+pub mod limits;
 pub mod link;
 pub mod reaper;
 pub mod registry;

@@ -5,6 +5,7 @@
 
 use crate::Config;
 use crate::command::CommandTask;
+use crate::limits::TaskLimits;
 use crate::link::{self, CancelReason, Link, LinkHandle};
 use crate::reaper::{self, OwnedChildren};
 use crate::registry::Registry;
@@ -13,6 +14,7 @@ use anyhow::Context;
 use shared::protocol::conductor::{JobEvent, JobPlan, Phase, PlanAction, StepOutcome};
 use shared::spec::{TaskBody, TaskSpec};
 use shared::state::{ExecOutcome, JobState, TaskState};
+use std::rc::Rc;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
@@ -34,11 +36,12 @@ pub async fn serve(config: Config, registry: &Registry) -> anyhow::Result<JobSta
         _ = waiting.wait_for(Option::is_some) => anyhow::bail!("cancelled before the job arrived"),
     };
     tracing::info!(job_id = %plan.job_id, job = %plan.spec.name, "job received");
+    let limits = TaskLimits::new(&plan.spec.limits).map(Rc::new);
     let tasks = plan
         .spec
         .tasks
         .iter()
-        .map(|spec| build_task(&plan, spec, registry, &children))
+        .map(|spec| build_task(&plan, spec, registry, &children, &limits))
         .collect();
     let mut runner = Runner::new(&plan, tasks, handle, cancel);
     let state = runner.run().await?;
@@ -56,6 +59,7 @@ fn build_task(
     spec: &TaskSpec,
     registry: &Registry,
     children: &OwnedChildren,
+    limits: &Result<Rc<TaskLimits>, String>,
 ) -> Result<Box<dyn Task>, String> {
     match &spec.body {
         TaskBody::Command { run, revert } => {
@@ -69,6 +73,7 @@ fn build_task(
                 timeout: spec.timeout,
                 term_grace: plan.spec.term_grace,
                 children: children.clone(),
+                limits: limits.clone()?,
             }))
         }
         TaskBody::Native { kind, params_json } => {

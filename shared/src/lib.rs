@@ -20,6 +20,7 @@
 //! begun tasks are reverted); *kill* is SIGKILL of everything of the job, after which the reverts
 //! that did not complete are recorded as *pending*.
 
+pub mod cgroup;
 pub mod duration;
 pub mod exit;
 pub mod ids;

@@ -221,20 +221,13 @@ impl JobCgroup {
 /// The cgroup v2 mount point, from `/proc/self/mountinfo`.
 fn unified_mount() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        if after.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        before.split_whitespace().nth(4).map(PathBuf::from)
-    })
+    shared::cgroup::unified_mount(&mountinfo).map(PathBuf::from)
 }
 
-/// This process's cgroup v2 path (the `0::` line of `/proc/self/cgroup`).
+/// This process's cgroup v2 path.
 fn own_cgroup() -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
+    shared::cgroup::own_cgroup(&text).map(str::to_owned)
 }
 
 fn read_words(path: &Path) -> BTreeSet<String> {
