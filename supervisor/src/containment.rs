@@ -33,8 +33,13 @@ impl Containment {
     /// Finds a writable cgroup v2 hierarchy: `explicit` (the daemon's `--cgroup-root`), else a
     /// `supervisor` child of this process's own cgroup (under systemd with `Delegate=yes`, the
     /// delegated subtree).
+    /// `SUPERVISOR_CONTAINMENT=session` forces the fallback (to test it, or where cgroups
+    /// misbehave).
     #[must_use]
     pub fn detect(explicit: Option<PathBuf>) -> Self {
+        if std::env::var("SUPERVISOR_CONTAINMENT").is_ok_and(|mode| mode == "session") {
+            return Self::Session { reason: "SUPERVISOR_CONTAINMENT=session".into() };
+        }
         match Self::try_cgroup(explicit) {
             Ok(containment) => containment,
             Err(err) => Self::Session {
