@@ -32,6 +32,7 @@ pub mod link;
 pub mod reaper;
 pub mod registry;
 pub mod runner;
+pub mod signals;
 pub mod task;
 
 pub use registry::{Registry, main_with_registry};
@@ -105,6 +106,7 @@ pub(crate) fn main_with(
     }
     init_logging();
     let result = parse_args(args.into_iter()).and_then(|config| {
+        signals::install().context("cannot install the cancel signal handlers")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

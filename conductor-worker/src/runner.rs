@@ -194,7 +194,8 @@ impl<'a> Runner<'a> {
     }
 
     fn is_cancelled(&mut self) -> bool {
-        let reason = self.cancel.borrow().clone();
+        let signalled = crate::signals::cancel_signalled().then(|| "cancel requested".to_owned());
+        let reason = self.cancel.borrow().clone().or(signalled);
         match reason {
             Some(reason) => {
                 if !self.cancel_reported {

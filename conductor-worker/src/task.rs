@@ -170,7 +170,7 @@ impl TaskContext {
     /// The cheap check, for code that computes without awaiting.
     #[must_use]
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.borrow().is_some()
+        crate::signals::cancel_signalled() || self.cancel.borrow().is_some()
     }
 
     /// Resolves once the job is being cancelled (never, if it is not).

@@ -38,7 +38,9 @@ impl Containment {
     #[must_use]
     pub fn detect(explicit: Option<PathBuf>) -> Self {
         if std::env::var("SUPERVISOR_CONTAINMENT").is_ok_and(|mode| mode == "session") {
-            return Self::Session { reason: "SUPERVISOR_CONTAINMENT=session".into() };
+            return Self::Session {
+                reason: "SUPERVISOR_CONTAINMENT=session".into(),
+            };
         }
         match Self::try_cgroup(explicit) {
             Ok(containment) => containment,

@@ -238,6 +238,12 @@ impl Supervision {
                         .is_ok(),
                     None => false,
                 };
+                // The nudge that reaches a conductor whose one thread is busy (a native task
+                // computing): it sets the flag that `TaskContext::is_cancelled` reads.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(conductor.pid),
+                    nix::sys::signal::Signal::SIGUSR1,
+                );
                 if !sent {
                     // SIGTERM to the conductor itself means the same as the Cancel message.
                     let _ = nix::sys::signal::kill(

@@ -160,7 +160,8 @@ fn finish_task(
             .execute(params![id.as_str(), task, result, outcome.as_str(), reason, now])?
         }
         (Phase::Revert, StepOutcome::Success { .. }) => conn
-            .prepare_cached("UPDATE tasks SET error = NULL, ended_ms = ?3 WHERE job_id = ?1 AND idx = ?2")?
+            // The execute's failure reason stays: the revert does not undo why the job failed.
+            .prepare_cached("UPDATE tasks SET ended_ms = ?3 WHERE job_id = ?1 AND idx = ?2")?
             .execute(params![id.as_str(), task, now])?,
         (Phase::Revert, StepOutcome::Failure { reason, .. }) => conn
             .prepare_cached("UPDATE tasks SET error = ?3, ended_ms = ?4 WHERE job_id = ?1 AND idx = ?2")?
