@@ -290,7 +290,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records the conductor now serving the job; its reports are numbered afresh.
+    /// Records the conductor now serving the job, and this process as its supervisor; the
+    /// conductor's reports are numbered afresh.
     pub fn set_conductor(
         &self,
         id: &JobId,
@@ -298,13 +299,22 @@ impl Store {
         start_time: u64,
         socket: &Path,
     ) -> Result<()> {
+        let (me, my_start) = own_identity();
         self.conn().execute(
             "UPDATE jobs SET conductor_pid = ?2, conductor_start = ?3, socket = ?4, last_report = 0,
-                             started_ms = COALESCE(started_ms, ?5)
+                             started_ms = COALESCE(started_ms, ?5), supervisor_pid = ?6, supervisor_start = ?7
              WHERE id = ?1",
-            params![id.as_str(), pid, i64::try_from(start_time).unwrap_or(i64::MAX), socket.to_string_lossy(), now_ms()],
+            params![
+                id.as_str(),
+                pid,
+                i64::try_from(start_time).unwrap_or(i64::MAX),
+                socket.to_string_lossy(),
+                now_ms(),
+                me,
+                my_start
+            ],
         )?;
-        self.claim(id)
+        Ok(())
     }
 
     /// Records how the job is contained (`cgroup` with its path, or `session`).
@@ -331,14 +341,10 @@ impl Store {
 
     /// Records this process as the job's supervisor (so that no other one adopts it meanwhile).
     pub fn claim(&self, id: &JobId) -> Result<()> {
-        let me = std::process::id();
-        let start = i32::try_from(me)
-            .ok()
-            .and_then(crate::process::start_time)
-            .unwrap_or(0);
+        let (me, my_start) = own_identity();
         self.conn().execute(
             "UPDATE jobs SET supervisor_pid = ?2, supervisor_start = ?3 WHERE id = ?1",
-            params![id.as_str(), me, i64::try_from(start).unwrap_or(i64::MAX)],
+            params![id.as_str(), me, my_start],
         )?;
         Ok(())
     }
@@ -400,6 +406,16 @@ pub fn pending_reverts(tasks: &[TaskRow]) -> Vec<TaskRow> {
         .filter(|t| t.revert_began_or_needed())
         .cloned()
         .collect()
+}
+
+/// This process's pid and start time, as stored for a supervisor.
+fn own_identity() -> (u32, i64) {
+    let me = std::process::id();
+    let start = i32::try_from(me)
+        .ok()
+        .and_then(crate::process::start_time)
+        .unwrap_or(0);
+    (me, i64::try_from(start).unwrap_or(i64::MAX))
 }
 
 fn random_u32() -> u32 {
