@@ -60,24 +60,45 @@ impl Launcher {
             self.containment.mode(),
             cgroup.as_ref().map(|c| c.path.as_path()),
         )?;
-        let spawned = process::spawn_conductor(
-            &worker,
-            job_id.as_str(),
-            &listener,
-            &self.state_dir.conductor_log(job_id),
-            cgroup.as_ref().map(JobCgroup::procs_file).as_deref(),
-        )?;
-        // The conductor holds the listener now; ours closes.
+        let started = async {
+            let spawned = process::spawn_conductor(
+                &worker,
+                job_id.as_str(),
+                &listener,
+                &self.state_dir.conductor_log(job_id),
+                cgroup.as_ref().map(JobCgroup::procs_file).as_deref(),
+            )?;
+            let conductor = Conductor {
+                pid: spawned.pid,
+                start_time: spawned.start_time,
+                socket: socket.clone(),
+                cgroup: cgroup.clone(),
+            };
+            tracing::info!(job_id = %job_id, pid = spawned.pid, "conductor started");
+            self.store
+                .set_conductor(job_id, spawned.pid, spawned.start_time, &socket)?;
+            match ConductorLink::connect(&socket, job_id).await {
+                Ok(link) => Ok((conductor, link)),
+                Err(err) => {
+                    // Started but unreachable: it must not run on unsupervised.
+                    process::kill_job(&conductor.id(), &std::collections::BTreeSet::new()).await;
+                    process::forget_conductor(conductor.pid);
+                    Err(err)
+                }
+            }
+        }
+        .await;
+        // The conductor holds the listener now (or never will); ours closes.
         drop(listener);
-        tracing::info!(job_id = %job_id, pid = spawned.pid, "conductor started");
-        self.store
-            .set_conductor(job_id, spawned.pid, spawned.start_time, &socket)?;
-        let conductor = Conductor {
-            pid: spawned.pid,
-            socket: socket.clone(),
-            cgroup,
+        let (conductor, link) = match started {
+            Ok(started) => started,
+            Err(err) => {
+                if let Some(cgroup) = &cgroup {
+                    cgroup.kill_and_remove().await;
+                }
+                return Err(err);
+            }
         };
-        let link = ConductorLink::connect(&socket, job_id).await?;
         Ok((conductor, link, plan))
     }
 

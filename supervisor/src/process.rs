@@ -309,15 +309,27 @@ fn all_processes() -> Vec<(i32, ProcStat)> {
 /// orphans the supervisor adopted from a dead conductor, and every descendant of those (a task
 /// that left its group or session still has a parent in the job). `known` are processes found
 /// earlier: they count as long as they live, whatever their parent is now.
-fn job_processes(conductor: i32, groups: &BTreeSet<i32>, known: &BTreeSet<i32>) -> BTreeSet<i32> {
+fn job_processes(
+    conductor: &ConductorId,
+    groups: &BTreeSet<i32>,
+    known: &BTreeSet<i32>,
+) -> BTreeSet<i32> {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
-    let live_conductors = conductors().clone();
     let all = all_processes();
+    // Read after the scan: a conductor seen in it was forked before, and its spawn (which holds
+    // the lock from fork to registration) has registered it by the time the lock is ours.
+    let live_conductors = conductors().clone();
+    // A live process with the conductor's pid but another start time is a stranger that got
+    // the pid after the conductor died: then neither the pid nor its session are the job's.
+    let recycled = all
+        .iter()
+        .any(|(pid, s)| *pid == conductor.pid && s.start_time != conductor.start_time);
+    let by_conductor =
+        |pid: i32, s: &ProcStat| !recycled && (pid == conductor.pid || s.session == conductor.pid);
     let mut found: BTreeSet<i32> = all
         .iter()
         .filter(|(pid, s)| {
-            *pid == conductor
-                || s.session == conductor
+            by_conductor(*pid, s)
                 || groups.contains(&s.pgrp)
                 || known.contains(pid)
                 || (s.ppid == me && !live_conductors.contains(pid))
@@ -337,13 +349,21 @@ fn job_processes(conductor: i32, groups: &BTreeSet<i32>, known: &BTreeSet<i32>) 
     }
 }
 
+/// A conductor process: its pid and its start time, which together name it even after the pid
+/// is reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConductorId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
 /// How many times [`kill_job`] scans for survivors.
 const KILL_ROUNDS: usize = 50;
 
 /// SIGKILLs everything of the job until nothing is left; returns how many processes it killed.
 /// The tree is taken before the conductor dies, so its descendants are known even after they
 /// are re-parented.
-pub async fn kill_job(conductor: i32, groups: &BTreeSet<i32>) -> usize {
+pub async fn kill_job(conductor: &ConductorId, groups: &BTreeSet<i32>) -> usize {
     let mut known = job_processes(conductor, groups, &BTreeSet::new());
     let mut killed = BTreeSet::new();
     for _ in 0..KILL_ROUNDS {

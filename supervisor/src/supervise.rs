@@ -38,9 +38,21 @@ pub enum Order {
 #[derive(Clone, Debug)]
 pub struct Conductor {
     pub pid: i32,
+    /// With the pid, names the process (`/proc` start time).
+    pub start_time: u64,
     pub socket: PathBuf,
     /// The job's cgroup, in cgroup mode.
     pub cgroup: Option<JobCgroup>,
+}
+
+impl Conductor {
+    #[must_use]
+    pub const fn id(&self) -> process::ConductorId {
+        process::ConductorId {
+            pid: self.pid,
+            start_time: self.start_time,
+        }
+    }
 }
 
 /// Everything `supervise` needs besides the conductor.
@@ -64,6 +76,8 @@ const FINAL_DRAIN: Duration = Duration::from_millis(200);
 /// The connection to the conductor and what we heard from it.
 struct LinkState {
     link: Option<ConductorLink>,
+    /// A connection attempt under way (polled by the loop, so orders never wait for it).
+    connecting: Option<Connecting>,
     reconnect_at: Instant,
     last_heard: Instant,
     unresponsive: bool,
@@ -101,6 +115,7 @@ impl Supervision {
         let mut state = LinkState {
             link,
             reconnect_at: far,
+            connecting: None,
             last_heard: Instant::now(),
             unresponsive: false,
         };
@@ -123,12 +138,17 @@ impl Supervision {
                     let order = Order::Cancel { timeout: None, reason: "job timeout reached".into() };
                     self.obey(order, &conductor, &mut state.link, &mut ladder).await;
                 }
-                () = sleep_until(silent_at), if state.link.is_some() && !state.unresponsive && ladder.killed.is_none() => {
+                () = sleep_until(silent_at), if !state.unresponsive && ladder.killed.is_none() => {
                     self.on_silence(&mut state, &mut ladder, &conductor).await;
                 }
-                () = sleep_until(state.reconnect_at), if state.link.is_none() => {
+                () = sleep_until(state.reconnect_at), if state.link.is_none() && state.connecting.is_none() => {
                     state.reconnect_at = far;
-                    match ConductorLink::connect(&conductor.socket, &self.job_id).await {
+                    let (socket, id) = (conductor.socket.clone(), self.job_id.clone());
+                    state.connecting = Some(Box::pin(async move { ConductorLink::connect(&socket, &id).await }));
+                }
+                connected = next_connection(&mut state.connecting) => {
+                    state.connecting = None;
+                    match connected {
                         Ok(new_link) => {
                             state.link = Some(new_link);
                             state.last_heard = Instant::now();
@@ -145,7 +165,7 @@ impl Supervision {
         self.drain_after_exit(link, &mut ladder).await;
         // Whatever the conductor left behind (orphaned task processes) goes with it.
         // The job counts as gone only once its cgroup is empty.
-        let leftovers = process::kill_job(conductor.pid, &ladder.groups).await;
+        let leftovers = process::kill_job(&conductor.id(), &ladder.groups).await;
         if let Some(cgroup) = &conductor.cgroup {
             cgroup.kill_and_remove().await;
         }
@@ -272,7 +292,7 @@ impl Supervision {
         if let Some(cgroup) = &conductor.cgroup {
             cgroup.kill();
         }
-        let count = process::kill_job(conductor.pid, &ladder.groups).await;
+        let count = process::kill_job(&conductor.id(), &ladder.groups).await;
         tracing::info!(job_id = %self.job_id, pid = conductor.pid, count, reason, "job killed");
     }
 
@@ -366,6 +386,16 @@ impl Supervision {
             let _ = observer.send(JobEvent::JobFinished { state: end });
         }
         Ok(end)
+    }
+}
+
+type Connecting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<ConductorLink>> + Send>>;
+
+async fn next_connection(connecting: &mut Option<Connecting>) -> anyhow::Result<ConductorLink> {
+    match connecting {
+        Some(attempt) => attempt.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -801,3 +801,107 @@ impl Store {
             .collect()
     }
 }
+
+/// The live job states.
+pub const JOB_LIVE_STATES: [&str; 4] = ["pending", "running", "cancelling", "reverting"];
+/// The terminal job states.
+pub const JOB_TERMINAL_STATES: [&str; 6] = [
+    "success",
+    "reverted",
+    "cancelled",
+    "revert_failed",
+    "killed",
+    "crashed",
+];
+
+/// Runs `supervisor ARGS --state-dir STATE_DIR` to its end (at most `deadline`, else panics):
+/// (exit code, stdout, stderr).
+#[must_use]
+pub fn cli_at(
+    env: &TestEnv,
+    state_dir: &Path,
+    args: &[&str],
+    deadline: Duration,
+) -> (i32, String, String) {
+    let mut full = args.to_vec();
+    full.extend_from_slice(&["--state-dir", path_str(state_dir)]);
+    let mut run = env.spawn(&full);
+    let code = run.wait_exit(deadline);
+    (code, run.stdout(), run.stderr())
+}
+
+/// Starts `supervisor daemon --state-dir STATE_DIR EXTRA...` and waits until `ls` answers.
+#[must_use]
+pub fn start_daemon_at(env: &TestEnv, state_dir: &Path, extra: &[&str]) -> Run {
+    let mut args = vec!["daemon", "--state-dir", path_str(state_dir)];
+    args.extend_from_slice(extra);
+    let mut daemon = env.spawn(&args);
+    wait_for(DEADLINE, "the daemon to accept `ls`", || {
+        if daemon.has_exited() {
+            panic!("the daemon exited early:\n{}", daemon.report());
+        }
+        let (code, out, err) = cli_at(env, state_dir, &["ls"], DEADLINE);
+        if code == 0 {
+            Ok(())
+        } else {
+            Err((code, out, err))
+        }
+    });
+    daemon
+}
+
+/// SIGKILLs a [`Run`] and waits until it has exited (without waiting for its pipes, which its
+/// surviving children may hold).
+pub fn sigkill_run(run: &mut Run) {
+    if !run.has_exited() {
+        let _ = kill(Pid::from_raw(run.pid()), Signal::SIGKILL);
+    }
+    wait_for(DEADLINE, "the SIGKILLed process to be gone", || {
+        if run.has_exited() {
+            Ok(())
+        } else {
+            Err("still running")
+        }
+    });
+}
+
+/// The value of `KEY` in the environment of `pid`; `None` when absent or unreadable.
+#[must_use]
+pub fn env_of(pid: i32, key: &str) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{key}=");
+    raw.split(|&b| b == 0)
+        .find_map(|e| e.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+impl TestEnv {
+    /// Starts `supervisor ARGS` with piped output, like [`TestEnv::spawn`], with the variables of
+    /// `set` added to its environment and those of `remove` taken out of it.
+    #[must_use]
+    pub fn spawn_with_env(&self, args: &[&str], set: &[(&str, &str)], remove: &[&str]) -> Run {
+        let mut command = self.command(args);
+        for var in remove {
+            command.env_remove(var);
+        }
+        for (var, value) in set {
+            command.env(var, value);
+        }
+        Run::spawn(command, args, &self.dir, &self.state_dir())
+    }
+}
+
+impl Store {
+    /// The job's `(containment, cgroup)` columns; `None` when there is no such job.
+    #[must_use]
+    pub fn job_containment(&self, id: &str) -> Option<(Option<String>, Option<String>)> {
+        self.conn
+            .query_row(
+                "SELECT containment, cgroup FROM jobs WHERE id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .expect("job containment query runs")
+    }
+}

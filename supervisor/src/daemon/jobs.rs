@@ -160,10 +160,10 @@ impl Jobs {
     }
 
     async fn record_crash(&self, row: &JobRow) {
-        if let Some(pid) = row.conductor_pid {
+        if let (Some(pid), Some(start_time)) = (row.conductor_pid, row.conductor_start) {
             // Its tasks may have outlived it: nothing of the job may survive.
             let groups = BTreeSet::new();
-            process::kill_job(pid, &groups).await;
+            process::kill_job(&process::ConductorId { pid, start_time }, &groups).await;
         }
         if let Some(path) = &row.cgroup {
             JobCgroup { path: path.clone() }.kill_and_remove().await;
@@ -314,6 +314,7 @@ impl Jobs {
                     .run(
                         Conductor {
                             pid,
+                            start_time: row.conductor_start.unwrap_or(0),
                             socket,
                             cgroup: row.cgroup.map(|path| JobCgroup { path }),
                         },

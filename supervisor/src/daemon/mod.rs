@@ -51,7 +51,7 @@ pub async fn run(
         Containment::Session { reason } => tracing::info!(
             mode = "session",
             reason,
-            "containment: sessions and process groups (no writable cgroup v2)"
+            "containment: sessions and process groups"
         ),
     }
     let jobs = Jobs::new(
