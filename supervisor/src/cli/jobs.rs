@@ -76,7 +76,7 @@ pub enum JobCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stop the daemon; conductors keep running unless --cancel
+    /// Stop the daemon (returns once it is gone); conductors keep running unless --cancel
     Shutdown {
         /// Soft-cancel every live job first and wait for them
         #[arg(long)]
@@ -241,10 +241,23 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
             Ok(exit::SUCCESS)
         }
         JobCommand::Shutdown { cancel } => {
-            let reply = Client::call(dir, &ClientRequest::Shutdown { cancel }).await?;
+            let reply = Client::call(dir.clone(), &ClientRequest::Shutdown { cancel }).await?;
             let ClientReply::Done = reply else {
                 return Err(unexpected(&reply));
             };
+            if cancel {
+                eprintln!("supervisor: cancelling every live job; waiting for the daemon to stop");
+            }
+            // Returns once the daemon process is gone (its lock is free): with --cancel, its jobs
+            // have settled; without, they go on in their conductors.
+            let state_dir = crate::state_dir::StateDir::resolve(dir)
+                .map_err(|e| Failure::new(exit::INVALID_INPUT, format!("{e:#}")))?;
+            let lock = std::fs::File::open(crate::daemon::lock_file(&state_dir));
+            if let Ok(lock) = lock {
+                while !crate::daemon::try_flock(&lock, libc::LOCK_SH) {
+                    tokio::time::sleep(WAIT_POLL).await;
+                }
+            }
             Ok(exit::SUCCESS)
         }
     }

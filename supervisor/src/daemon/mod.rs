@@ -39,6 +39,8 @@ pub async fn run(
     config.state_dir.create()?;
     let store = Arc::new(Store::open(config.state_dir.root()).context("cannot open the store")?);
     process::start_reaper()?;
+    // Held for the daemon's whole life: one daemon per state dir, and `shutdown` waits on it.
+    let _lock = lock_state_dir(&config.state_dir)?;
     let listener = bind_control(&config.state_dir).await?;
     let containment = Containment::detect(config.cgroup_root.clone());
     match &containment {
@@ -90,6 +92,38 @@ pub async fn run(
 #[must_use]
 pub fn control_socket(state_dir: &StateDir) -> std::path::PathBuf {
     state_dir.root().join("control.sock")
+}
+
+/// The lock file a daemon holds (`flock`) for as long as it runs.
+#[must_use]
+pub fn lock_file(state_dir: &StateDir) -> std::path::PathBuf {
+    state_dir.root().join("daemon.lock")
+}
+
+/// Takes the state dir's daemon lock, or says that another daemon holds it.
+fn lock_state_dir(state_dir: &StateDir) -> anyhow::Result<std::fs::File> {
+    let path = lock_file(state_dir);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if !try_flock(&file, libc::LOCK_EX) {
+        bail!(
+            "a daemon already serves {} (stop it with `supervisor shutdown`)",
+            state_dir.root().display()
+        );
+    }
+    Ok(file)
+}
+
+/// A non-blocking `flock`; true when taken.
+#[must_use]
+pub fn try_flock(file: &std::fs::File, mode: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) == 0 }
 }
 
 async fn bind_control(state_dir: &StateDir) -> anyhow::Result<UnixListener> {
