@@ -40,6 +40,7 @@ pub use task::{Task, TaskContext, TaskError, TaskFuture};
 
 use anyhow::Context;
 use shared::ids::JobId;
+use std::io::Write;
 use std::os::fd::RawFd;
 
 /// The README's examples, compiled as doc tests (its "Writing tasks in Rust" section).
@@ -120,7 +121,8 @@ pub(crate) fn main_with(
         }
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "conductor failed");
-            eprintln!("conductor-worker: {err:#}");
+            // Never a panic on a full disk or a closed stderr.
+            let _ = writeln!(std::io::stderr(), "conductor-worker: {err:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -134,5 +136,7 @@ fn init_logging() {
         .json()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Its own complaints would go to the same (full, closed) stderr, and panic there.
+        .log_internal_errors(false)
         .try_init();
 }

@@ -154,11 +154,14 @@ pub fn check_runnable(
     Ok(())
 }
 
-/// Moves a stored job to `running` and marks it `crashed` when its conductor cannot start.
-pub fn record_launch_failure(store: &Store, job_id: &JobId, err: &anyhow::Error) {
+/// Marks a job whose conductor could not start `crashed` (durably: retried while the store
+/// refuses).
+pub async fn record_launch_failure(store: &Store, job_id: &JobId, err: &anyhow::Error) {
     let reason = format!("cannot start the conductor: {err:#}");
     tracing::error!(job_id = %job_id, error = %reason, "launch failed");
-    if let Err(store_err) = store.record_hard_end(job_id, JobState::Crashed, &reason) {
+    if let Err(store_err) =
+        crate::supervise::record_end_durably(store, job_id, JobState::Crashed, &reason).await
+    {
         tracing::error!(job_id = %job_id, error = %store_err, "cannot record the launch failure");
     }
 }

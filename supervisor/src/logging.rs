@@ -28,6 +28,8 @@ pub fn init(verbose: u8, quiet_default: &str, format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A full disk under a redirected stderr must not turn a log line into a panic.
+        .log_internal_errors(false)
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

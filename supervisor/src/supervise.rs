@@ -68,14 +68,18 @@ pub struct Supervision {
 
 /// How often to try to reach a conductor again after its connection dropped.
 const RECONNECT_EVERY: Duration = Duration::from_millis(100);
-/// Most reports applied in one store transaction.
-const MAX_BATCH: usize = 512;
+/// How often, and how many times, to retry writing a job's end that the store refused.
+const STORE_RETRY_EVERY: Duration = Duration::from_millis(500);
+const STORE_RETRIES: u32 = 240;
 /// After the conductor's exit, how long to wait for the reports still in its socket.
 const FINAL_DRAIN: Duration = Duration::from_millis(200);
 
 /// The connection to the conductor and what we heard from it.
 struct LinkState {
     link: Option<ConductorLink>,
+    /// Reports received and not yet applied (the store refused them; retried at `store_retry_at`).
+    unapplied: Vec<Report>,
+    store_retry_at: Option<Instant>,
     /// A connection attempt under way (polled by the loop, so orders never wait for it).
     connecting: Option<Connecting>,
     reconnect_at: Instant,
@@ -116,6 +120,8 @@ impl Supervision {
             link,
             reconnect_at: far,
             connecting: None,
+            unapplied: Vec::new(),
+            store_retry_at: None,
             last_heard: Instant::now(),
             unresponsive: false,
         };
@@ -137,6 +143,11 @@ impl Supervision {
                 () = sleep_until(job_deadline.unwrap_or(far)), if ladder.cancel_deadline.is_none() && ladder.killed.is_none() => {
                     let order = Order::Cancel { timeout: None, reason: "job timeout reached".into() };
                     self.obey(order, &conductor, &mut state.link, &mut ladder).await;
+                }
+                () = sleep_until(state.store_retry_at.unwrap_or(far)), if state.store_retry_at.is_some() => {
+                    if let Err(reason) = self.take_reports(&mut state, None, &mut ladder).await {
+                        self.drop_link(&mut state, &reason);
+                    }
                 }
                 () = sleep_until(silent_at), if !state.unresponsive && ladder.killed.is_none() => {
                     self.on_silence(&mut state, &mut ladder, &conductor).await;
@@ -162,7 +173,8 @@ impl Supervision {
             }
         }
         let link = state.link;
-        self.drain_after_exit(link, &mut ladder).await;
+        self.drain_after_exit(link, state.unapplied, &mut ladder)
+            .await;
         // Whatever the conductor left behind (orphaned task processes) goes with it.
         // The job counts as gone only once its cgroup is empty.
         let leftovers = process::kill_job(&conductor.id(), &ladder.groups).await;
@@ -175,7 +187,7 @@ impl Supervision {
         }
         match ladder.finished {
             Some(state) => Ok(state),
-            None => self.record_hard_end(ladder.killed),
+            None => self.record_hard_end(ladder.killed).await,
         }
     }
 
@@ -188,23 +200,16 @@ impl Supervision {
         conductor: &Conductor,
     ) {
         let lost = match frame {
-            Some(Ok(FromConductor::Report(report))) => match state.link.as_mut() {
-                Some(active) => self
-                    .take_reports(active, report, ladder)
-                    .await
-                    .err()
-                    .map(|err| format!("cannot apply reports: {err:#}")),
-                None => None,
-            },
+            Some(Ok(FromConductor::Report(report))) => {
+                self.take_reports(state, Some(report), ladder).await.err()
+            }
             Some(Ok(FromConductor::Heartbeat)) => None,
             Some(Ok(other)) => Some(format!("unexpected frame {other:?}")),
             Some(Err(err)) => Some(format!("connection failed: {err}")),
             None => Some("connection closed".to_owned()),
         };
         if let Some(reason) = lost {
-            tracing::debug!(job_id = %self.job_id, reason, "conductor link lost; reconnecting while it lives");
-            state.link = None;
-            state.reconnect_at = Instant::now() + RECONNECT_EVERY;
+            self.drop_link(state, &reason);
             return;
         }
         state.last_heard = Instant::now();
@@ -215,6 +220,16 @@ impl Supervision {
                 tracing::error!(job_id = %self.job_id, error = %err, "cannot record that the conductor answers again");
             }
         }
+    }
+
+    /// Drops a broken connection; the loop reconnects for as long as the conductor lives.
+    fn drop_link(&self, state: &mut LinkState, reason: &str) {
+        tracing::debug!(job_id = %self.job_id, reason, "conductor link lost; reconnecting while it lives");
+        state.link = None;
+        // The conductor sends them again on the next connection.
+        state.unapplied.clear();
+        state.store_retry_at = None;
+        state.reconnect_at = Instant::now() + RECONNECT_EVERY;
     }
 
     /// No frame for `heartbeat_timeout`: the conductor is unresponsive (its one thread is stuck).
@@ -297,27 +312,52 @@ impl Supervision {
     }
 
     /// Applies `first` and whatever else already arrived, then acknowledges.
+    /// Applies `first` and whatever else already arrived (and what the store refused before),
+    /// then acknowledges. A store that refuses (a full disk) keeps the reports for a retry and
+    /// the link as it is: the conductor waits at its next write-ahead point. `Err` is a broken link.
     async fn take_reports(
         &self,
-        link: &mut ConductorLink,
-        first: Report,
+        state: &mut LinkState,
+        first: Option<Report>,
         ladder: &mut Ladder,
-    ) -> anyhow::Result<()> {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+    ) -> Result<(), String> {
+        let Some(link) = state.link.as_mut() else {
+            return Ok(());
+        };
+        state.unapplied.extend(first);
+        loop {
             match link.try_next() {
-                Some(FromConductor::Report(report)) => batch.push(report),
+                Some(FromConductor::Report(report)) => state.unapplied.push(report),
                 Some(FromConductor::Heartbeat) => {}
-                Some(other) => anyhow::bail!("unexpected frame {other:?}"),
+                Some(other) => return Err(format!("unexpected frame {other:?}")),
                 None => break,
             }
         }
-        let applied = self.store.apply_reports(&self.job_id, &batch)?;
-        for report in &batch[applied.fresh_from..] {
-            self.observe(&report.event, ladder);
+        if state.unapplied.is_empty() || state.store_retry_at.is_some_and(|at| Instant::now() < at)
+        {
+            return Ok(());
         }
-        link.send(&ToConductor::Ack { seq: applied.held }).await?;
-        Ok(())
+        match self.store.apply_reports(&self.job_id, &state.unapplied) {
+            Ok(applied) => {
+                if state.store_retry_at.take().is_some() {
+                    tracing::info!(job_id = %self.job_id, "the store takes the conductor's reports again");
+                }
+                for report in &state.unapplied[applied.fresh_from..] {
+                    self.observe(&report.event, ladder);
+                }
+                state.unapplied.clear();
+                link.send(&ToConductor::Ack { seq: applied.held })
+                    .await
+                    .map_err(|err| err.to_string())
+            }
+            Err(err) => {
+                if state.store_retry_at.is_none() {
+                    tracing::error!(job_id = %self.job_id, error = %err, "cannot apply the conductor's reports; it waits until they are");
+                }
+                state.store_retry_at = Some(Instant::now() + STORE_RETRY_EVERY);
+                Ok(())
+            }
+        }
     }
 
     fn observe(&self, event: &JobEvent, ladder: &mut Ladder) {
@@ -340,10 +380,15 @@ impl Supervision {
     }
 
     /// Reads what the dead conductor still had in flight, so the store misses nothing it did.
-    async fn drain_after_exit(&self, link: Option<ConductorLink>, ladder: &mut Ladder) {
+    async fn drain_after_exit(
+        &self,
+        link: Option<ConductorLink>,
+        unapplied: Vec<Report>,
+        ladder: &mut Ladder,
+    ) {
         let Some(mut link) = link else { return };
         let deadline = Instant::now() + FINAL_DRAIN;
-        let mut batch = Vec::new();
+        let mut batch = unapplied;
         loop {
             match tokio::time::timeout_at(deadline, link.next()).await {
                 Ok(Some(Ok(FromConductor::Report(report)))) => batch.push(report),
@@ -367,12 +412,12 @@ impl Supervision {
     }
 
     /// The conductor is gone without reporting the end: killed (by us) or crashed.
-    fn record_hard_end(&self, killed: Option<String>) -> anyhow::Result<JobState> {
+    async fn record_hard_end(&self, killed: Option<String>) -> anyhow::Result<JobState> {
         let (end, reason) = match killed {
             Some(reason) => (JobState::Killed, reason),
             None => (JobState::Crashed, "the conductor died".to_owned()),
         };
-        let pending = self.store.record_hard_end(&self.job_id, end, &reason)?;
+        let pending = record_end_durably(&self.store, &self.job_id, end, &reason).await?;
         let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
         tracing::warn!(
             job_id = %self.job_id,
@@ -386,6 +431,33 @@ impl Supervision {
             let _ = observer.send(JobEvent::JobFinished { state: end });
         }
         Ok(end)
+    }
+}
+
+/// Records a job's hard end (killed or crashed), retrying while the store refuses (a full disk
+/// gets freed); gives up loudly after a while. Returns the tasks whose revert is pending.
+pub async fn record_end_durably(
+    store: &Store,
+    id: &JobId,
+    end: JobState,
+    reason: &str,
+) -> Result<Vec<crate::store::TaskRow>, crate::store::StoreError> {
+    let mut tries = 0;
+    loop {
+        match store.record_hard_end(id, end, reason) {
+            Ok(pending) => return Ok(pending),
+            Err(err)
+                if tries < STORE_RETRIES
+                    && !matches!(err, crate::store::StoreError::Illegal(_)) =>
+            {
+                if tries == 0 {
+                    tracing::error!(job_id = %id, error = %err, "cannot record the job's end; retrying");
+                }
+                tries += 1;
+                tokio::time::sleep(STORE_RETRY_EVERY).await;
+            }
+            Err(err) => return Err(err),
+        }
     }
 }
 

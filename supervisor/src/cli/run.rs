@@ -83,7 +83,7 @@ async fn run_job(
     let (conductor, link, plan) = match launcher.launch(&job_id, &Purpose::Execute).await {
         Ok(launched) => launched,
         Err(err) => {
-            record_launch_failure(&store, &job_id, &err);
+            record_launch_failure(&store, &job_id, &err).await;
             eprintln!("supervisor: {err:#}");
             return Ok(exit::KILLED);
         }

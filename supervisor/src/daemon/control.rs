@@ -134,9 +134,13 @@ async fn handle(jobs: &Jobs, request: ClientRequest) -> Reply {
             }
             crate::launch::check_runnable(&spec, jobs.containment())
                 .map_err(|problem| (ErrorCode::InvalidRequest, problem))?;
-            let id = store
-                .create_job(&spec, &source)
-                .map_err(|e| (ErrorCode::Unavailable, format!("cannot store the job: {e}")))?;
+            let id = store.create_job(&spec, &source).map_err(|e| {
+                if e.is_disk_full() {
+                    store.reclaim_space();
+                }
+                tracing::warn!(error = %e, "job refused: cannot store it");
+                (ErrorCode::Unavailable, format!("cannot store the job: {e}"))
+            })?;
             tracing::info!(job_id = %id, job = %spec.name, "job submitted");
             jobs.publish(&id, None, JobState::Pending.as_str());
             jobs.wake();
@@ -248,7 +252,22 @@ async fn order_job(jobs: &Jobs, id: &JobId, order: Order, queued_end: JobState) 
             .map_err(|_| (ErrorCode::WrongState, format!("job {id} just ended")))?;
         return Ok(ClientReply::Done);
     }
-    let state = jobs.store().job(id).map_err(store_error)?.state;
+    let row = jobs.store().job(id).map_err(store_error)?;
+    let state = row.state;
+    if state.is_live() && state != JobState::Pending {
+        // Live in the store but supervised by nobody (its supervision failed): take it up again.
+        if let Some(sender) = jobs.adopt(row).await {
+            sender
+                .send(order)
+                .await
+                .map_err(|_| (ErrorCode::WrongState, format!("job {id} just ended")))?;
+            return Ok(ClientReply::Done);
+        }
+        return Err((
+            ErrorCode::WrongState,
+            format!("job {id} was found dead and is now crashed"),
+        ));
+    }
     if state == JobState::Pending {
         jobs.store()
             .set_job_state(id, queued_end, Some("stopped before it started"))

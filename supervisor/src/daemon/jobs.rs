@@ -154,8 +154,25 @@ impl Jobs {
                 }
                 self.spawn_supervision(row.id.clone(), Attach::Reattach(Box::new(row)));
             } else {
-                self.record_crash(&row).await;
+                // In the background: a store that refuses writes must not keep the daemon down.
+                let jobs = self.clone();
+                tokio::spawn(async move { jobs.record_crash(&row).await });
             }
+        }
+    }
+
+    /// Takes up a live job that no supervision task watches: re-attaches to its conductor (and
+    /// returns its order channel) or, when the conductor is gone, records the crash.
+    pub async fn adopt(&self, row: JobRow) -> Option<mpsc::Sender<Order>> {
+        let alive = matches!((row.conductor_pid, row.conductor_start), (Some(pid), Some(start)) if process::is_same_process(pid, start));
+        if alive {
+            tracing::warn!(job_id = %row.id, "taking up a job nobody supervised");
+            let id = row.id.clone();
+            self.spawn_supervision(id.clone(), Attach::Reattach(Box::new(row)));
+            self.sender(&id)
+        } else {
+            self.record_crash(&row).await;
+            None
         }
     }
 
@@ -168,11 +185,15 @@ impl Jobs {
         if let Some(path) = &row.cgroup {
             JobCgroup { path: path.clone() }.kill_and_remove().await;
         }
-        match self.inner.store.record_hard_end(
+        let reason = "the conductor died while no daemon watched";
+        match crate::supervise::record_end_durably(
+            &self.inner.store,
             &row.id,
             JobState::Crashed,
-            "the conductor died while no daemon watched",
-        ) {
+            reason,
+        )
+        .await
+        {
             Ok(pending) => {
                 let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
                 tracing::warn!(job_id = %row.id, state = "crashed", tasks = tasks.join(","), count = tasks.len(), "revert skipped");
@@ -284,7 +305,7 @@ impl Jobs {
                         .await
                 }
                 Err(err) => {
-                    record_launch_failure(&store, id, &err);
+                    record_launch_failure(&store, id, &err).await;
                     Ok(JobState::Crashed)
                 }
             },

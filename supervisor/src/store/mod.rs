@@ -101,6 +101,14 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+impl StoreError {
+    /// The disk (or the state dir's file system) is full.
+    #[must_use]
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
 /// The store; cheap to share behind an `Arc`. Each call is one short transaction.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -179,6 +187,11 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // A small WAL: checkpointed every 200 pages (800 KiB) and truncated back to 1 MiB, so
+        // that a nearly full disk can still absorb it into the database (the default 4 MiB WAL
+        // can fill a small disk and then never be checkpointed).
+        conn.pragma_update(None, "wal_autocheckpoint", 200)?;
+        conn.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         let has_jobs = conn
             .query_row(
@@ -203,6 +216,16 @@ impl Store {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// After a full disk: moves the WAL into the database and truncates it, which gives back
+    /// the space the WAL held (it only grows until a checkpoint, and a full disk can stop those).
+    pub fn reclaim_space(&self) {
+        let conn = self.conn();
+        let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        tracing::info!(?result, "store: checkpointed the WAL to reclaim space");
     }
 
     /// Stores a new `pending` job and its tasks; returns its fresh id.

@@ -21,6 +21,14 @@ impl Store {
     /// A report that would make an illegal transition is logged and skipped, and still counts
     /// as held: the conductor must not wait forever for it.
     pub fn apply_reports(&self, id: &JobId, reports: &[Report]) -> Result<Applied> {
+        let applied = self.apply_reports_once(id, reports);
+        if applied.as_ref().is_err_and(StoreError::is_disk_full) {
+            self.reclaim_space();
+        }
+        applied
+    }
+
+    fn apply_reports_once(&self, id: &JobId, reports: &[Report]) -> Result<Applied> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let held: u64 = tx.query_row(
