@@ -180,12 +180,6 @@ impl JobCgroup {
         Ok(())
     }
 
-    /// The file a process writes `0` to, to join.
-    #[must_use]
-    pub fn procs_file(&self) -> PathBuf {
-        self.path.join("cgroup.procs")
-    }
-
     /// True while any process is in it.
     #[must_use]
     pub fn is_populated(&self) -> bool {

@@ -1,7 +1,7 @@
 //! Starting a conductor for a stored job: bind its socket, spawn it, record it, handshake, and
 //! build the plan it must run from what the store knows.
 
-use crate::containment::{Containment, JobCgroup};
+use crate::containment::Containment;
 use crate::process::{self, WorkerCommand};
 use crate::session::ConductorLink;
 use crate::state_dir::StateDir;
@@ -66,7 +66,7 @@ impl Launcher {
                 job_id.as_str(),
                 &listener,
                 &self.state_dir.conductor_log(job_id),
-                cgroup.as_ref().map(JobCgroup::procs_file).as_deref(),
+                cgroup.as_ref().map(|c| c.path.as_path()),
             )?;
             let conductor = Conductor {
                 pid: spawned.pid,

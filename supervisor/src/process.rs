@@ -126,29 +126,55 @@ pub struct Spawned {
 }
 
 /// Spawns the conductor in a new session, with `listener` as its file descriptor 3, stdin and
-/// stdout on /dev/null and stderr appended to `log`. With `cgroup_procs`, it joins that cgroup
-/// before it runs any code of its own, so nothing of the job ever runs outside it.
+/// stdout on /dev/null and stderr appended to `log`. With `cgroup`, it is born in that cgroup
+/// (`clone3`), or else joins it before it runs any code of its own: nothing of the job ever runs
+/// outside it.
 pub fn spawn_conductor(
     worker: &WorkerCommand,
     job_id: &str,
     listener: &std::os::unix::net::UnixListener,
     log: &Path,
-    cgroup_procs: Option<&Path>,
+    cgroup: Option<&Path>,
 ) -> anyhow::Result<Spawned> {
-    let cgroup_procs = cgroup_procs
-        .map(|path| std::ffi::CString::new(path.as_os_str().as_encoded_bytes()))
-        .transpose()
-        .context("cgroup path holds a NUL byte")?;
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("cannot open {}", log.display()))?;
     let listen_fd = listener.as_raw_fd();
+    let args: Vec<String> = worker
+        .leading_args
+        .iter()
+        .cloned()
+        .chain([
+            "--job-id".to_owned(),
+            job_id.to_owned(),
+            "--listen-fd".to_owned(),
+            "3".to_owned(),
+        ])
+        .collect();
+    if let Some(dir) = cgroup {
+        // Held from clone to registration, so that no orphan scan mistakes the new conductor.
+        let mut registry = conductors();
+        let born =
+            crate::clone3::spawn_into_cgroup(&worker.program, &args, listen_fd, &log_file, dir)
+                .with_context(|| {
+                    format!("cannot start the conductor {}", worker.program.display())
+                })?;
+        if let Some(pid) = born {
+            registry.insert(pid);
+            drop(registry);
+            let start_time = start_time(pid).context("the conductor died at once")?;
+            return Ok(Spawned { pid, start_time });
+        }
+    }
+    let cgroup_procs = cgroup
+        .map(|dir| std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes()))
+        .transpose()
+        .context("cgroup path holds a NUL byte")?;
     let mut command = Command::new(&worker.program);
     command
-        .args(&worker.leading_args)
-        .args(["--job-id", job_id, "--listen-fd", "3"])
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);

@@ -1,4 +1,10 @@
-//! The store: SQLite (WAL, `synchronous=FULL`) in the state dir, the single truth about jobs.
+//! The store: SQLite (WAL) in the state dir, the single truth about jobs.
+//!
+//! Durability: the commits that must survive a power loss before anything acts on them (a
+//! stored job, a write-ahead record, a job's end) are fsynced (`synchronous=FULL`); the others
+//! are not (`NORMAL`), and become durable with the next fsynced commit (the WAL is sequential).
+//! `SUPERVISOR_DURABILITY=normal` trades the fsyncs away: still safe against crashes of any
+//! process, not against a power loss or a kernel crash.
 //!
 //! Jobs, tasks, every state change with its time ([`transitions`](SCHEMA)), results, failure
 //! reasons, and each job's task output. Every state change goes through the transition functions
@@ -112,6 +118,8 @@ impl StoreError {
 /// The store; cheap to share behind an `Arc`. Each call is one short transaction.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Whether durable commits are fsynced.
+    fsync: bool,
 }
 
 /// A job's row.
@@ -185,7 +193,7 @@ impl Store {
         let conn = Connection::open(dir.join("state.db"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // A small WAL: checkpointed every 200 pages (800 KiB) and truncated back to 1 MiB, so
         // that a nearly full disk can still absorb it into the database (the default 4 MiB WAL
@@ -209,13 +217,37 @@ impl Store {
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let fsync = std::env::var("SUPERVISOR_DURABILITY").map_or(true, |mode| mode != "normal");
         Ok(Self {
             conn: Mutex::new(conn),
+            fsync,
         })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `write` in one transaction, fsynced at commit when `durable` (and fsyncs are on).
+    fn write<T>(
+        &self,
+        durable: bool,
+        write: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn();
+        let full = durable && self.fsync;
+        if full {
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        let result = conn.transaction().map_err(StoreError::from).and_then(|tx| {
+            let value = write(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        });
+        if full {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        result
     }
 
     /// After a full disk: moves the WAL into the database and truncates it, which gives back
@@ -232,8 +264,8 @@ impl Store {
     pub fn create_job(&self, spec: &JobSpec, source: &str) -> Result<JobId> {
         let spec_json = serde_json::to_string(spec)
             .map_err(|e| StoreError::BadSpec(JobId::from_random(0), e))?;
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        // Durable before `submit` answers with the id.
+        self.write(true, |tx| {
         let now = now_ms();
         let id = loop {
             let id = JobId::from_random(random_u32());
@@ -268,7 +300,7 @@ impl Store {
             )?;
         }
         record_transition(
-            &tx,
+            tx,
             &id,
             None,
             None,
@@ -276,8 +308,8 @@ impl Store {
             now,
             Some("submitted"),
         )?;
-        tx.commit()?;
         Ok(id)
+        })
     }
 
     /// The job's spec as it was validated at submission.

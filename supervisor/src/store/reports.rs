@@ -29,8 +29,23 @@ impl Store {
     }
 
     fn apply_reports_once(&self, id: &JobId, reports: &[Report]) -> Result<Applied> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        // A write-ahead record, or the job's end, must be durable before it is acknowledged;
+        // the rest rides along with the next such commit.
+        let durable = reports.iter().any(|r| {
+            matches!(
+                r.event,
+                JobEvent::TaskStarting { .. } | JobEvent::JobFinished { .. }
+            )
+        });
+        self.write(durable, |tx| self.apply_in(tx, id, reports))
+    }
+
+    fn apply_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: &JobId,
+        reports: &[Report],
+    ) -> Result<Applied> {
         let held: u64 = tx.query_row(
             "SELECT last_report FROM jobs WHERE id = ?1",
             [id.as_str()],
@@ -42,7 +57,7 @@ impl Store {
             .unwrap_or(reports.len());
         let mut last = held;
         for report in &reports[fresh_from..] {
-            match apply_one(&tx, id, &report.event) {
+            match apply_one(tx, id, &report.event) {
                 Ok(()) => {}
                 Err(StoreError::Illegal(err)) => {
                     tracing::error!(job_id = %id, seq = report.seq, event = ?report.event, error = %err, "illegal transition reported by the conductor");
@@ -57,7 +72,6 @@ impl Store {
                 params![id.as_str(), i64::try_from(last).unwrap_or(i64::MAX)],
             )?;
         }
-        tx.commit()?;
         Ok(Applied {
             held: last,
             fresh_from,
