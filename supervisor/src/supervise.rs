@@ -175,12 +175,23 @@ impl Supervision {
         let link = state.link;
         self.drain_after_exit(link, state.unapplied, &mut ladder)
             .await;
-        // Whatever the conductor left behind (orphaned task processes) goes with it.
-        // The job counts as gone only once its cgroup is empty.
-        let leftovers = process::kill_job(&conductor.id(), &ladder.groups).await;
-        if let Some(cgroup) = &conductor.cgroup {
-            cgroup.kill_and_remove().await;
-        }
+        // Whatever the conductor left behind (orphaned task processes) goes with it. The job
+        // counts as gone only once its cgroup is empty; a cgroup holds everything of a job
+        // that ended normally (its conductor already killed its descendants), so the /proc scan
+        // is for the other endings, and for session mode.
+        let leftovers = match (&conductor.cgroup, ladder.finished) {
+            (Some(cgroup), Some(_)) => {
+                cgroup.kill_and_remove().await;
+                0
+            }
+            (cgroup, _) => {
+                let leftovers = process::kill_job(&conductor.id(), &ladder.groups).await;
+                if let Some(cgroup) = cgroup {
+                    cgroup.kill_and_remove().await;
+                }
+                leftovers
+            }
+        };
         process::forget_conductor(conductor.pid);
         if leftovers > 0 {
             tracing::warn!(job_id = %self.job_id, count = leftovers, "killed processes the conductor left behind");
