@@ -161,6 +161,7 @@ unsafe fn child(
 ) -> ! {
     // SAFETY: plain system calls on descriptors and memory prepared by the parent.
     unsafe {
+        crate::process::restore_nofile_soft_limit();
         let ok = libc::setsid() >= 0
             && restore_signals()
             && (if listen_fd == 3 {

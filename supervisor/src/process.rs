@@ -193,6 +193,7 @@ pub fn spawn_conductor(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            restore_nofile_soft_limit();
             nix::unistd::setsid()?;
             if listen_fd == 3 {
                 // dup2 onto itself keeps close-on-exec: clear it instead.
@@ -218,6 +219,32 @@ pub fn spawn_conductor(
     drop(child);
     let start_time = start_time(pid).context("the conductor died at once")?;
     Ok(Spawned { pid, start_time })
+}
+
+/// The open files soft limit before the daemon raised it; conductors (and so their tasks) are
+/// given it back.
+static NOFILE_SOFT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Records the soft limit that conductors must get back.
+pub fn remember_nofile_soft_limit(soft: u64) {
+    let _ = NOFILE_SOFT.set(soft);
+}
+
+/// In a child between fork and exec: restores the original soft limit (async-signal-safe).
+pub(crate) fn restore_nofile_soft_limit() {
+    if let Some(&soft) = NOFILE_SOFT.get() {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit on a struct we own; both are async-signal-safe.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                limit.rlim_cur = soft;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
+    }
 }
 
 /// Fields of `/proc/PID/stat` we use.

@@ -37,6 +37,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.state_dir.create()?;
+    raise_fd_limit();
     let store = Arc::new(Store::open(config.state_dir.root()).context("cannot open the store")?);
     process::start_reaper()?;
     // Held for the daemon's whole life: one daemon per state dir, and `shutdown` waits on it.
@@ -92,6 +93,24 @@ pub async fn run(
 #[must_use]
 pub fn control_socket(state_dir: &StateDir) -> std::path::PathBuf {
     state_dir.root().join("control.sock")
+}
+
+/// Each live job holds about two descriptors (its socket and its pidfd): take the hard limit,
+/// so that a soft limit of 1024 does not cap the daemon near 500 jobs. Conductors get the
+/// original soft limit back when they are spawned (see `process::spawn_conductor`).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => {
+                    process::remember_nofile_soft_limit(soft);
+                    tracing::info!(from = soft, to = hard, "raised the open files limit");
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
+            }
+        }
+    }
 }
 
 /// The lock file a daemon holds (`flock`) for as long as it runs.

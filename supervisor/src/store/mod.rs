@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS output (
     at_ms     INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS output_by_job ON output(job_id, id);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions(job_id, id);
 ";
 
