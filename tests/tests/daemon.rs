@@ -13,7 +13,10 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tests::{DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, is_alive, send_signal, wait_for};
+use tests::{
+    DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, is_alive, send_signal, supervisor_bin,
+    wait_for,
+};
 
 /// The terminal job states.
 const TERMINAL: [&str; 6] = [
@@ -797,4 +800,69 @@ fn events_stream_every_transition_in_order() {
         }
     });
     assert_eq!(seen, pairs(&expected));
+}
+
+/// Issue 3: a peer of another uid is refused by the daemon itself (its SO_PEERCRED check), not
+/// only by the modes of the state dir and socket, and the attempt is logged. Needs root (to act
+/// as another uid with `setpriv`); skipped with the reason otherwise.
+#[test]
+fn a_client_of_another_uid_is_refused_and_logged() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED a_client_of_another_uid_is_refused_and_logged: needs root");
+        return;
+    }
+    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    else {
+        eprintln!("SKIPPED a_client_of_another_uid_is_refused_and_logged: no setpriv on this host");
+        return;
+    };
+    let env = TestEnv::new();
+    let daemon = start_daemon(&env, &[]);
+    let dir = state_dir(&env);
+    let as_nobody = || {
+        std::process::Command::new(setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(supervisor_bin())
+            .args(["ls", "--state-dir", &dir])
+            .output()
+            .expect("setpriv runs")
+    };
+    // As created (state dir 0700, socket 0600): the file system already refuses.
+    let out = as_nobody();
+    assert!(!out.status.success(), "another uid listed jobs: {out:?}");
+
+    // Doors opened on purpose: the daemon's own check must refuse, say why, and log it.
+    use std::os::unix::fs::PermissionsExt;
+    let mut path = env.state_dir();
+    loop {
+        if path.as_os_str().len() <= "/tmp".len() {
+            break;
+        }
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711));
+        if !path.pop() {
+            break;
+        }
+    }
+    std::fs::set_permissions(
+        env.state_dir().join("control.sock"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .expect("chmod the control socket");
+    let out = as_nobody();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "another uid listed jobs: {out:?}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    wait_for(DEADLINE, "the daemon to log the refusal", || {
+        let log = daemon.stderr_plain();
+        if log.contains("client refused: another user") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    let (code, _, err) = cli(&env, &["ls"]);
+    assert_eq!(code, 0, "the daemon stopped serving its own user: {err}");
 }
