@@ -83,6 +83,7 @@ impl Launcher {
                     // Started but unreachable: it must not run on unsupervised.
                     process::kill_job(&conductor.id(), &std::collections::BTreeSet::new()).await;
                     process::forget_conductor(conductor.pid);
+                    let _ = self.store.set_conductor_exited(job_id);
                     Err(err)
                 }
             }

@@ -196,9 +196,16 @@ impl Supervision {
         if leftovers > 0 {
             tracing::warn!(job_id = %self.job_id, count = leftovers, "killed processes the conductor left behind");
         }
+        if let Err(err) = self.store.set_conductor_exited(&self.job_id) {
+            tracing::error!(job_id = %self.job_id, error = %err, "cannot record the conductor's exit");
+        }
         match ladder.finished {
             Some(state) => Ok(state),
-            None => self.record_hard_end(ladder.killed).await,
+            None => match self.store.job(&self.job_id)?.state {
+                // Re-attached only to acknowledge an end the store already held.
+                state if !state.is_live() => Ok(state),
+                _ => self.record_hard_end(ladder.killed).await,
+            },
         }
     }
 

@@ -153,10 +153,12 @@ impl Jobs {
                     tracing::error!(job_id = %row.id, error = %err, "cannot record the re-attachment");
                 }
                 self.spawn_supervision(row.id.clone(), Attach::Reattach(Box::new(row)));
-            } else {
+            } else if row.state.is_live() {
                 // In the background: a store that refuses writes must not keep the daemon down.
                 let jobs = self.clone();
                 tokio::spawn(async move { jobs.record_crash(&row).await });
+            } else if let Err(err) = self.inner.store.set_conductor_exited(&row.id) {
+                tracing::error!(job_id = %row.id, error = %err, "cannot record the conductor's exit");
             }
         }
     }
@@ -195,6 +197,9 @@ impl Jobs {
         .await
         {
             Ok(pending) => {
+                if let Err(err) = self.inner.store.set_conductor_exited(&row.id) {
+                    tracing::error!(job_id = %row.id, error = %err, "cannot record the conductor's exit");
+                }
                 let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
                 tracing::warn!(job_id = %row.id, state = "crashed", tasks = tasks.join(","), count = tasks.len(), "revert skipped");
                 self.publish(&row.id, None, JobState::Crashed.as_str());

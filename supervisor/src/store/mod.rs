@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cgroup        TEXT,                      -- the job's cgroup, in cgroup mode
     unresponsive_ms INTEGER,                 -- since when the conductor has been silent
     socket        TEXT,
-    last_report   INTEGER NOT NULL DEFAULT 0 -- highest report seq applied from this conductor
+    last_report   INTEGER NOT NULL DEFAULT 0, -- highest report seq applied from this conductor
+    conductor_exited INTEGER NOT NULL DEFAULT 1 -- 0 from the spawn until the exit is seen
 );
 CREATE TABLE IF NOT EXISTS tasks (
     job_id        TEXT NOT NULL REFERENCES jobs(id),
@@ -83,7 +84,7 @@ CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions(job_id, id);
 ";
 
 /// Bumped on every change of [`SCHEMA`]; a store of another version is refused, not guessed at.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a writer waits for another process's transaction (a `run` beside a daemon).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -357,7 +358,7 @@ impl Store {
     ) -> Result<()> {
         let (me, my_start) = own_identity();
         self.conn().execute(
-            "UPDATE jobs SET conductor_pid = ?2, conductor_start = ?3, socket = ?4, last_report = 0,
+            "UPDATE jobs SET conductor_pid = ?2, conductor_start = ?3, socket = ?4, last_report = 0, conductor_exited = 0,
                              started_ms = COALESCE(started_ms, ?5), supervisor_pid = ?6, supervisor_start = ?7
              WHERE id = ?1",
             params![
@@ -369,6 +370,15 @@ impl Store {
                 me,
                 my_start
             ],
+        )?;
+        Ok(())
+    }
+
+    /// Records that the job's conductor is gone (seen exit, or found dead).
+    pub fn set_conductor_exited(&self, id: &JobId) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET conductor_exited = 1 WHERE id = ?1",
+            [id.as_str()],
         )?;
         Ok(())
     }

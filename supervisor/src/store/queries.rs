@@ -83,12 +83,14 @@ impl Store {
         })
     }
 
-    /// Live jobs that have (or had) a conductor: the ones a new daemon must re-attach to.
+    /// Jobs whose conductor may still run: the live ones, and any whose conductor's exit nobody
+    /// saw (a daemon that died between storing a job's end and acknowledging it leaves such a
+    /// conductor waiting for the acknowledgement). A new daemon must re-attach to them.
     pub fn attached_jobs(&self) -> Result<Vec<super::JobRow>> {
         let ids: Vec<String> = {
             let conn = self.conn();
             let mut stmt = conn.prepare_cached(
-                "SELECT id FROM jobs WHERE state IN ('running', 'cancelling', 'reverting') ORDER BY seq",
+                "SELECT id FROM jobs WHERE state IN ('running', 'cancelling', 'reverting') OR conductor_exited = 0 ORDER BY seq",
             )?;
             stmt.query_map([], |row| row.get(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?
