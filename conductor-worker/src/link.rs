@@ -4,7 +4,9 @@
 use anyhow::{Context, bail};
 use shared::ids::JobId;
 use shared::protocol::PROTOCOL_VERSION;
-use shared::protocol::codec::{FrameError, encode_frame, read_frame, write_frame};
+use shared::protocol::codec::{
+    FrameResult, encode_frame, read_frame, spawn_frame_reader, write_frame,
+};
 use shared::protocol::conductor::{
     ConductorHello, FromConductor, JobEvent, JobPlan, Report, ToConductor,
 };
@@ -173,17 +175,7 @@ impl Server {
         }
         tracing::info!("supervisor connected");
 
-        // Frames are read in their own task: reading a frame is not cancel-safe.
-        let (frames_tx, mut frames) = mpsc::channel(16);
-        let read_task = tokio::spawn(async move {
-            loop {
-                let frame = read_frame::<ToConductor, _>(&mut reader).await;
-                let end = !matches!(frame, Ok(Some(_)));
-                if frames_tx.send(frame).await.is_err() || end {
-                    return;
-                }
-            }
-        });
+        let (mut frames, read_task) = spawn_frame_reader::<ToConductor, _>(reader, 16);
         let result = self.exchange(&mut writer, &mut frames).await;
         read_task.abort();
         let _ = writer.shutdown().await;
@@ -193,7 +185,7 @@ impl Server {
     async fn exchange(
         &mut self,
         writer: &mut tokio::net::unix::OwnedWriteHalf,
-        frames: &mut mpsc::Receiver<Result<Option<ToConductor>, FrameError>>,
+        frames: &mut mpsc::Receiver<FrameResult<ToConductor>>,
     ) -> anyhow::Result<()> {
         let mut backlog = Vec::new();
         for report in &self.outbox {

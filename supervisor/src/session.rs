@@ -3,7 +3,9 @@
 use anyhow::{Context, bail};
 use shared::ids::JobId;
 use shared::protocol::PROTOCOL_VERSION;
-use shared::protocol::codec::{FrameError, read_frame, write_frame};
+use shared::protocol::codec::{
+    FrameError, FrameResult, read_frame, spawn_frame_reader, write_frame,
+};
 use shared::protocol::conductor::{ConductorHello, FromConductor, SupervisorHello, ToConductor};
 use std::path::Path;
 use std::time::Duration;
@@ -19,7 +21,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ConductorLink {
     pub hello: ConductorHello,
     writer: OwnedWriteHalf,
-    frames: mpsc::Receiver<Result<Option<FromConductor>, FrameError>>,
+    frames: mpsc::Receiver<FrameResult<FromConductor>>,
     reader: JoinHandle<()>,
 }
 
@@ -71,17 +73,7 @@ impl ConductorLink {
                 hello.job_id
             );
         }
-        // Frames are read in their own task: reading a frame is not cancel-safe.
-        let (tx, frames) = mpsc::channel(256);
-        let reader = tokio::spawn(async move {
-            loop {
-                let frame = read_frame::<FromConductor, _>(&mut reader).await;
-                let end = !matches!(frame, Ok(Some(_)));
-                if tx.send(frame).await.is_err() || end {
-                    return;
-                }
-            }
-        });
+        let (frames, reader) = spawn_frame_reader::<FromConductor, _>(reader, 256);
         Ok(Self {
             hello,
             writer,

@@ -87,6 +87,36 @@ where
     writer.write_all(&frame).await.map_err(FrameError::Io)
 }
 
+/// What a [`spawn_frame_reader`] delivers: a frame, the clean end (`Ok(None)`), or an error.
+pub type FrameResult<T> = Result<Option<T>, FrameError>;
+
+/// Reads frames in a task of their own and hands them over a channel: reading a frame is not
+/// cancel-safe, so a `select!` loop must receive whole frames instead. The channel ends after
+/// the end of the stream or the first error; abort the task to stop reading early.
+pub fn spawn_frame_reader<T, R>(
+    mut reader: R,
+    capacity: usize,
+) -> (
+    tokio::sync::mpsc::Receiver<FrameResult<T>>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    T: DeserializeOwned + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, frames) = tokio::sync::mpsc::channel(capacity);
+    let task = tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<T, _>(&mut reader).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    (frames, task)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
