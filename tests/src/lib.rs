@@ -836,6 +836,12 @@ pub fn start_daemon_at(env: &TestEnv, state_dir: &Path, extra: &[&str]) -> Run {
     let mut args = vec!["daemon", "--state-dir", path_str(state_dir)];
     args.extend_from_slice(extra);
     let mut daemon = env.spawn(&args);
+    wait_daemon_ready(env, state_dir, &mut daemon);
+    daemon
+}
+
+/// Waits until a daemon started on `state_dir` answers `ls` (panics if it exits first).
+pub fn wait_daemon_ready(env: &TestEnv, state_dir: &Path, daemon: &mut Run) {
     wait_for(DEADLINE, "the daemon to accept `ls`", || {
         if daemon.has_exited() {
             panic!("the daemon exited early:\n{}", daemon.report());
@@ -847,7 +853,6 @@ pub fn start_daemon_at(env: &TestEnv, state_dir: &Path, extra: &[&str]) -> Run {
             Err((code, out, err))
         }
     });
-    daemon
 }
 
 /// SIGKILLs a [`Run`] and waits until it has exited (without waiting for its pipes, which its

@@ -19,7 +19,8 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use tests::{
-    DEADLINE, GONE_DEADLINE, LONG_DEADLINE, Proc, Run, TestEnv, is_alive, send_signal, wait_for,
+    DEADLINE, GONE_DEADLINE, LONG_DEADLINE, Proc, Run, TestEnv, cli_at, is_alive, send_signal,
+    sigkill_run, wait_daemon_ready, wait_for,
 };
 
 /// The variable that forces the session fallback.
@@ -167,44 +168,20 @@ fn path_str(path: &Path) -> &str {
 
 /// Runs `supervisor ARGS --state-dir DIR` to its end: (exit code, stdout, stderr).
 fn cli(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
-    let dir = state_dir(env);
-    let mut full = args.to_vec();
-    full.extend_from_slice(&["--state-dir", &dir]);
-    let mut run = env.spawn(&full);
-    let code = run.wait_exit(DEADLINE);
-    (code, run.stdout(), run.stderr())
+    cli_at(env, &env.state_dir(), args, DEADLINE)
 }
 
 /// Starts `supervisor daemon --state-dir DIR` in `mode` and waits until `ls` works.
 fn start_daemon(env: &TestEnv, mode: Mode) -> Run {
     let dir = state_dir(env);
     let mut daemon = mode.spawn(env, &["daemon", "--state-dir", &dir]);
-    wait_for(DEADLINE, "the daemon to accept `ls`", || {
-        assert!(
-            !daemon.has_exited(),
-            "the daemon exited early:\n{}",
-            daemon.report()
-        );
-        let (code, out, err) = cli(env, &["ls"]);
-        if code == 0 {
-            Ok(())
-        } else {
-            Err((code, out, err))
-        }
-    });
+    wait_daemon_ready(env, &env.state_dir(), &mut daemon);
     daemon
 }
 
 /// SIGKILLs the daemon and waits until it is gone.
 fn sigkill_daemon(daemon: &mut Run) {
-    daemon.signal(Signal::SIGKILL);
-    wait_for(DEADLINE, "the SIGKILLed daemon to be gone", || {
-        if daemon.has_exited() {
-            Ok(())
-        } else {
-            Err("still running")
-        }
-    });
+    sigkill_run(daemon);
 }
 
 /// `submit FILE`: the job id.

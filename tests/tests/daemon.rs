@@ -14,8 +14,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tests::{
-    DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, is_alive, send_signal, supervisor_bin,
-    wait_for,
+    DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, cli_at, is_alive, send_signal, sigkill_run,
+    start_daemon_at, supervisor_bin, wait_for,
 };
 
 /// The terminal job states.
@@ -38,44 +38,17 @@ fn state_dir(env: &TestEnv) -> String {
 
 /// Starts `supervisor daemon --state-dir DIR EXTRA...` and waits until `supervisor ls` works.
 fn start_daemon(env: &TestEnv, extra: &[&str]) -> Run {
-    let dir = state_dir(env);
-    let mut args = vec!["daemon", "--state-dir", &dir];
-    args.extend_from_slice(extra);
-    let mut daemon = env.spawn(&args);
-    wait_for(DEADLINE, "the daemon to accept `ls`", || {
-        if daemon.has_exited() {
-            panic!("the daemon exited early:\n{}", daemon.report());
-        }
-        let (code, out, err) = cli(env, &["ls"]);
-        if code == 0 {
-            Ok(())
-        } else {
-            Err((code, out, err))
-        }
-    });
-    daemon
+    start_daemon_at(env, &env.state_dir(), extra)
 }
 
 /// SIGKILLs the daemon and waits until it is gone (the conductors survive it).
 fn sigkill_daemon(daemon: &mut Run) {
-    daemon.signal(Signal::SIGKILL);
-    wait_for(DEADLINE, "the SIGKILLed daemon to be gone", || {
-        if daemon.has_exited() {
-            Ok(())
-        } else {
-            Err("still running")
-        }
-    });
+    sigkill_run(daemon);
 }
 
 /// Runs `supervisor ARGS --state-dir DIR` to its end: (exit code, stdout, stderr).
 fn cli(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
-    let dir = state_dir(env);
-    let mut full = args.to_vec();
-    full.extend_from_slice(&["--state-dir", &dir]);
-    let mut run = env.spawn(&full);
-    let code = run.wait_exit(DEADLINE);
-    (code, run.stdout(), run.stderr())
+    cli_at(env, &env.state_dir(), args, DEADLINE)
 }
 
 /// Starts `supervisor ARGS --state-dir DIR` (for the long `--wait` clients).
