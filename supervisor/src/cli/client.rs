@@ -50,21 +50,17 @@ impl Client {
         let internal = |e: shared::protocol::codec::FrameError| {
             Failure::new(exit::INTERNAL, format!("daemon connection: {e}"))
         };
-        write_frame(
-            &mut stream,
-            &ClientRequest::Hello {
-                protocol_version: PROTOCOL_VERSION,
-            },
-        )
-        .await
-        .map_err(internal)?;
-        match read_frame::<ClientReply, _>(&mut stream)
-            .await
-            .map_err(internal)?
-        {
-            Some(ClientReply::Hello { .. }) => Ok(Self { stream }),
-            Some(ClientReply::Error { code, message }) => Err(failure(code, message)),
-            other => Err(Failure::new(
+        // A daemon that refuses us (another uid) answers and closes before reading our hello:
+        // the write may then fail, but its answer is still there to read and to show.
+        let hello = ClientRequest::Hello {
+            protocol_version: PROTOCOL_VERSION,
+        };
+        let sent = write_frame(&mut stream, &hello).await;
+        match (read_frame::<ClientReply, _>(&mut stream).await, sent) {
+            (Ok(Some(ClientReply::Error { code, message })), _) => Err(failure(code, message)),
+            (_, Err(err)) | (Err(err), Ok(())) => Err(internal(err)),
+            (Ok(Some(ClientReply::Hello { .. })), Ok(())) => Ok(Self { stream }),
+            (Ok(other), Ok(())) => Err(Failure::new(
                 exit::INTERNAL,
                 format!("unexpected answer from the daemon: {other:?}"),
             )),
