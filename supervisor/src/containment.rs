@@ -129,6 +129,17 @@ impl Containment {
         }
     }
 
+    /// The job's cgroup in cgroup mode (whether or not it exists yet).
+    #[must_use]
+    pub fn job_cgroup(&self, id: &JobId) -> Option<JobCgroup> {
+        match self {
+            Self::Cgroup { base, .. } => Some(JobCgroup {
+                path: base.join(format!("job-{id}")),
+            }),
+            Self::Session { .. } => None,
+        }
+    }
+
     /// Creates the job's cgroup with its limits (cgroup mode only).
     pub fn create_job(&self, id: &JobId, limits: &Limits) -> anyhow::Result<Option<JobCgroup>> {
         let Self::Cgroup { base, .. } = self else {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// Prints events until the channel closes.
+/// Prints events until the job's end (or until the channel closes).
 pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<JobEvent>) {
     let mut started: Vec<Option<Instant>> = vec![None; spec.tasks.len()];
     let name = |task: u32| {
@@ -71,7 +71,8 @@ pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<Job
                 writeln!(out, "[{}] {what}{took}", name(*task))
             }
             JobEvent::Cancelling { reason } => writeln!(out, "cancelling: {reason}"),
-            JobEvent::TaskSpawned { .. } | JobEvent::JobFinished { .. } => Ok(()),
+            JobEvent::TaskSpawned { .. } => Ok(()),
+            JobEvent::JobFinished { .. } => return,
         };
         let _ = out.flush();
     }

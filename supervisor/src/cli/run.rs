@@ -2,18 +2,17 @@
 //! daemon. The first Ctrl-C (or SIGTERM) cancels softly; a second one kills.
 
 use crate::containment::Containment;
-use crate::launch::{Launcher, Purpose, check_runnable, record_launch_failure};
+use crate::job::{Jobs, JobsConfig, Launcher, Order, check_runnable};
 use crate::process::{self, WorkerCommand};
 use crate::state_dir::StateDir;
-use crate::store::{Store, pending_reverts};
-use crate::supervise::{Order, Supervision};
+use crate::store::{StoreHandle, pending_reverts};
 use anyhow::Context;
 use shared::exit;
+use shared::ids::JobId;
 use shared::state::JobState;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -59,7 +58,7 @@ async fn run_job(
 ) -> anyhow::Result<i32> {
     let state_dir = StateDir::resolve(state_dir)?;
     state_dir.create()?;
-    let store = Arc::new(Store::open(state_dir.root()).context("cannot open the store")?);
+    let store = StoreHandle::open(state_dir.root()).context("cannot open the store")?;
     process::start_reaper()?;
     let worker = WorkerCommand::locate(args.conductor_bin)?;
     tracing::debug!(?worker, "conductor program");
@@ -70,48 +69,56 @@ async fn run_job(
         eprintln!("{}: {problem}", args.file.display());
         return Ok(exit::INVALID_INPUT);
     }
-    let job_id = store.create_job(&spec, &args.file.display().to_string())?;
-    println!("job {job_id} {}: {} task(s)", spec.name, spec.tasks.len());
-    let started = tokio::time::Instant::now();
-    store.set_job_state(&job_id, JobState::Running, None)?;
-    let launcher = Launcher {
-        containment,
-        store: store.clone(),
-        state_dir,
-        worker,
+    let (job_id, name, count) = {
+        let source = args.file.display().to_string();
+        let (name, count) = (spec.name.clone(), spec.tasks.len());
+        let spec = spec.clone();
+        let id = store.call(move |s| s.create_job(&spec, &source)).await?;
+        (id, name, count)
     };
-    let (conductor, link, plan) = match launcher.launch(&job_id, &Purpose::Execute).await {
-        Ok(launched) => launched,
-        Err(err) => {
-            record_launch_failure(&store, &job_id, &err).await;
-            eprintln!("supervisor: {err:#}");
-            return Ok(exit::KILLED);
+    println!("job {job_id} {name}: {count} task(s)");
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let jobs = Jobs::new(JobsConfig {
+        store: store.clone(),
+        launcher: Launcher {
+            state_dir,
+            worker,
+            containment,
+        },
+        observer: Some(events_tx),
+    });
+    let mut states = jobs.subscribe();
+    let printer = tokio::spawn(super::printer::print_events(spec, events));
+    jobs.ask(&job_id, Order::Start).await?;
+    tokio::spawn(forward_interrupts(jobs.clone(), job_id.clone()));
+    let state = loop {
+        match states.recv().await {
+            Ok(event) if event.job == job_id && event.task.is_none() => {
+                match event.state.parse::<JobState>() {
+                    Ok(state) if !state.is_live() => break state,
+                    _ => {}
+                }
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => anyhow::bail!("the job's actor is gone"),
         }
     };
-
-    let (orders_tx, orders) = mpsc::channel(4);
-    tokio::spawn(forward_interrupts(orders_tx));
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let printer = tokio::spawn(super::printer::print_events(spec.clone(), events));
-    let supervision = Supervision {
-        store: store.clone(),
-        job_id: job_id.clone(),
-        spec,
-        started,
-        observer: Some(events_tx),
-    };
-    let state = supervision
-        .run(conductor, Some(link), Some(plan), orders)
-        .await?;
-    drop(supervision);
-    let _ = printer.await;
+    // Every event of the job is in the printer's channel by now; it stops at the job's end.
+    let _ = tokio::time::timeout(PRINTER_DRAIN, printer).await;
 
     println!("job {job_id} ended: {state}");
+    if state == JobState::Crashed {
+        let id = job_id.clone();
+        if let Ok(Some(reason)) = store.call(move |s| Ok(s.job(&id)?.reason)).await {
+            eprintln!("supervisor: {reason}");
+        }
+    }
     if matches!(
         state,
         JobState::Killed | JobState::Crashed | JobState::RevertFailed
     ) {
-        let pending: Vec<String> = pending_reverts(&store.tasks(&job_id)?)
+        let id = job_id.clone();
+        let pending: Vec<String> = pending_reverts(&store.call(move |s| s.tasks(&id)).await?)
             .into_iter()
             .map(|t| t.name)
             .collect();
@@ -125,8 +132,11 @@ async fn run_job(
     Ok(exit::for_job_state(state).unwrap_or(exit::INTERNAL))
 }
 
+/// How long to wait for the last lines of output to be printed after the job's end.
+const PRINTER_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// First Ctrl-C or SIGTERM: soft cancel. Second: kill.
-async fn forward_interrupts(orders: mpsc::Sender<Order>) {
+async fn forward_interrupts(jobs: Jobs, job_id: JobId) {
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
@@ -155,8 +165,8 @@ async fn forward_interrupts(orders: mpsc::Sender<Order>) {
                 reason: format!("{name} received twice"),
             }
         };
-        if orders.send(order).await.is_err() {
-            return;
+        if let Err(err) = jobs.ask(&job_id, order).await {
+            tracing::debug!(error = %err, "order not carried out");
         }
     }
 }

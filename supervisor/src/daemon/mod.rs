@@ -8,17 +8,16 @@
 //! - Stopping the daemon (SIGTERM, SIGINT, `shutdown`) leaves the conductors running; `shutdown
 //!   --cancel` soft-cancels every live job first and waits for them within their ladders.
 
-mod control;
-mod jobs;
+mod handlers;
+mod scheduler;
 
 use crate::containment::Containment;
+use crate::job::{Jobs, JobsConfig, Launcher, Order};
 use crate::process::{self, WorkerCommand};
 use crate::state_dir::StateDir;
-use crate::store::Store;
+use crate::store::StoreHandle;
 use anyhow::{Context, bail};
-use jobs::Jobs;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
 use tokio::net::UnixListener;
 
 /// How the daemon is configured.
@@ -38,7 +37,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.state_dir.create()?;
     raise_fd_limit();
-    let store = Arc::new(Store::open(config.state_dir.root()).context("cannot open the store")?);
+    let store = StoreHandle::open(config.state_dir.root()).context("cannot open the store")?;
     process::start_reaper()?;
     // Held for the daemon's whole life: one daemon per state dir, and `shutdown` waits on it.
     let _lock = lock_state_dir(&config.state_dir)?;
@@ -57,15 +56,17 @@ pub async fn run(
             "containment: sessions and process groups"
         ),
     }
-    let jobs = Jobs::new(
+    let jobs = Jobs::new(JobsConfig {
         store,
-        config.state_dir.clone(),
-        config.worker.clone(),
-        containment,
-        config.max_jobs,
-    );
-    jobs.reattach_all().await;
-    jobs.start_scheduler();
+        launcher: Launcher {
+            state_dir: config.state_dir.clone(),
+            worker: config.worker.clone(),
+            containment,
+        },
+        observer: None,
+    });
+    reattach_all(&jobs).await;
+    tokio::spawn(scheduler::run(jobs.clone(), config.max_jobs.max(1)));
     tracing::info!(state_dir = %config.state_dir.root().display(), max_jobs = config.max_jobs, "daemon ready");
 
     tokio::pin!(shutdown);
@@ -74,9 +75,13 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let jobs = jobs.clone();
-                    tokio::spawn(async move { control::serve_client(jobs, stream).await });
+                    tokio::spawn(async move { handlers::serve_client(jobs, stream).await });
                 }
-                Err(err) => tracing::warn!(error = %err, "accept failed"),
+                Err(err) => {
+                    // A persistent error (EMFILE) must not spin the loop.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             },
             () = &mut shutdown => break false,
             cancel = jobs.shutdown_requested() => break cancel,
@@ -87,6 +92,30 @@ pub async fn run(
     jobs.stop(cancel_on_exit).await;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// The pause after a failed accept (out of descriptors, say) before the next one.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Hands every job whose conductor may still run to its actor: it re-attaches, records the
+/// crash of a conductor that is gone, or leaves the job to the live `supervisor run` that owns
+/// it. In the background, so that a store refusing writes cannot keep the daemon down.
+async fn reattach_all(jobs: &Jobs) {
+    let rows = match jobs.store().call(|s| s.attached_jobs()).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot read the live jobs");
+            return;
+        }
+    };
+    for row in rows {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            if let Err(err) = jobs.ask(&row.id, Order::Adopt).await {
+                tracing::error!(job_id = %row.id, error = %err, "cannot take up the job");
+            }
+        });
+    }
 }
 
 /// The control socket's path.

@@ -10,8 +10,11 @@
 //! reasons, and each job's task output. Every state change goes through the transition functions
 //! of `shared::state`; an illegal one is a [`StoreError::Illegal`], logged by the caller.
 
+mod interim;
 mod queries;
 mod reports;
+
+pub use interim::StoreHandle;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use shared::ids::JobId;
@@ -105,6 +108,14 @@ pub enum StoreError {
     Schema { found: i64, expected: i64 },
     #[error("stored state is unreadable: {0}")]
     BadState(#[from] shared::state::UnknownState),
+    #[error("job {id} is {state}")]
+    WrongState { id: JobId, state: JobState },
+    #[error("job {0} has no pending revert")]
+    NothingToRevert(JobId),
+    #[error("job {0} already began reverting: use `supervisor revert {0}`")]
+    AlreadyReverting(JobId),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

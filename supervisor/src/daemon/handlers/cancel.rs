@@ -1,0 +1,13 @@
+//! `cancel JOB [--timeout]`: the soft cancel, carried out by the job's actor.
+
+use super::Reply;
+use crate::job::{Jobs, Order};
+use std::time::Duration;
+
+pub async fn handle(jobs: &Jobs, job: &str, timeout_ms: Option<u64>) -> Reply {
+    let order = Order::Cancel {
+        timeout: timeout_ms.map(Duration::from_millis),
+        reason: "cancel requested".into(),
+    };
+    super::order(jobs, job, order).await
+}

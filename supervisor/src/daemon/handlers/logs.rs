@@ -1,0 +1,79 @@
+//! `logs JOB [--task T] [--follow]`: the job's stored output, then (with `--follow`) new lines
+//! while the job is live.
+
+use super::find;
+use crate::job::Jobs;
+use shared::ids::JobId;
+use shared::protocol::client::{ClientReply, ErrorCode, LogLine};
+use shared::protocol::codec::write_frame;
+use std::time::Duration;
+use tokio::net::UnixStream;
+
+/// How often `logs --follow` looks for new lines.
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+
+pub async fn stream(
+    jobs: &Jobs,
+    stream: &mut UnixStream,
+    job: &str,
+    task: Option<&str>,
+    follow: bool,
+) {
+    let id = match find(jobs, job).await {
+        Ok(id) => id,
+        Err((code, message)) => {
+            let _ = write_frame(stream, &ClientReply::Error { code, message }).await;
+            return;
+        }
+    };
+    let names = task_names(jobs, &id).await;
+    if let Some(task) = task.filter(|t| !names.iter().any(|n| n == t)) {
+        let message = format!("job {id} has no task {task:?}");
+        let code = ErrorCode::InvalidRequest;
+        let _ = write_frame(stream, &ClientReply::Error { code, message }).await;
+        return;
+    }
+    let mut after = 0;
+    loop {
+        let (job, from) = (id.clone(), after);
+        let read = jobs
+            .store()
+            .call(move |s| Ok((s.job(&job)?.state.is_live(), s.output(&job, from)?)))
+            .await;
+        let (live, lines) = read.unwrap_or((false, Vec::new()));
+        for output in lines {
+            after = output.id;
+            let name = usize::try_from(output.task)
+                .ok()
+                .and_then(|i| names.get(i))
+                .cloned()
+                .unwrap_or_default();
+            if task.is_some_and(|t| t != name) {
+                continue;
+            }
+            let reply = ClientReply::Log(LogLine {
+                task: name,
+                phase: output.phase,
+                stream: output.stream,
+                line: output.line,
+            });
+            if write_frame(stream, &reply).await.is_err() {
+                return;
+            }
+        }
+        if !follow || !live {
+            let _ = write_frame(stream, &ClientReply::Done).await;
+            return;
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+async fn task_names(jobs: &Jobs, id: &JobId) -> Vec<String> {
+    let id = id.clone();
+    jobs.store()
+        .call(move |s| s.spec(&id))
+        .await
+        .map(|s| s.tasks.into_iter().map(|t| t.name).collect())
+        .unwrap_or_default()
+}

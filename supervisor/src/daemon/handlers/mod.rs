@@ -1,0 +1,171 @@
+//! One client connection on the control socket: peer check, version handshake, one request,
+//! handled by the file named after it (as pueue does). A bad client (wrong uid, silence,
+//! garbage, oversized frame, wrong version) is dropped with a logged reason; nobody else
+//! notices. Handlers only read the store and send orders to job actors: they never change a
+//! job's state themselves.
+
+mod cancel;
+mod events;
+mod kill;
+mod list;
+mod logs;
+mod resume;
+mod revert;
+mod shutdown;
+mod status;
+mod submit;
+
+use crate::job::{Jobs, OrderError};
+use crate::store::StoreError;
+use shared::ids::JobId;
+use shared::protocol::PROTOCOL_VERSION;
+use shared::protocol::client::{ClientReply, ClientRequest, ErrorCode};
+use shared::protocol::codec::{read_frame, write_frame};
+use std::time::Duration;
+use tokio::net::UnixStream;
+
+/// How long a client has to say hello and send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A refusal: the code the CLI maps to an exit code, and the message it prints.
+pub type Refusal = (ErrorCode, String);
+type Reply = Result<ClientReply, Refusal>;
+
+pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
+    let peer = match stream.peer_cred() {
+        Ok(creds) => creds,
+        Err(err) => {
+            tracing::warn!(error = %err, "client dropped: no peer credentials");
+            return;
+        }
+    };
+    let ours = nix::unistd::geteuid().as_raw();
+    if peer.uid() != ours && peer.uid() != 0 {
+        tracing::warn!(
+            uid = peer.uid(),
+            pid = peer.pid(),
+            "client refused: another user"
+        );
+        let refusal = ClientReply::Error {
+            code: ErrorCode::InvalidRequest,
+            message: format!("permission denied: this daemon serves uid {ours} (and root) only"),
+        };
+        let _ = write_frame(&mut stream, &refusal).await;
+        return;
+    }
+    let request =
+        match tokio::time::timeout(REQUEST_TIMEOUT, read_hello_and_request(&mut stream)).await {
+            Ok(Ok(request)) => request,
+            Ok(Err(reason)) => {
+                tracing::warn!(pid = peer.pid(), reason, "client dropped");
+                let code = ErrorCode::InvalidRequest;
+                let _ = write_frame(
+                    &mut stream,
+                    &ClientReply::Error {
+                        code,
+                        message: reason,
+                    },
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    pid = peer.pid(),
+                    reason = "no request in time",
+                    "client dropped"
+                );
+                return;
+            }
+        };
+    tracing::debug!(?request, "client request");
+    match request {
+        ClientRequest::Logs { job, task, follow } => {
+            logs::stream(&jobs, &mut stream, &job, task.as_deref(), follow).await;
+        }
+        ClientRequest::Events => events::stream(&jobs, &mut stream).await,
+        other => {
+            let reply = dispatch(&jobs, other)
+                .await
+                .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
+            let _ = write_frame(&mut stream, &reply).await;
+        }
+    }
+}
+
+async fn dispatch(jobs: &Jobs, request: ClientRequest) -> Reply {
+    match request {
+        ClientRequest::Submit { spec, source } => submit::handle(jobs, *spec, source).await,
+        ClientRequest::List { all } => list::handle(jobs, all).await,
+        ClientRequest::Status { job } => status::handle(jobs, &job).await,
+        ClientRequest::Cancel { job, timeout_ms } => cancel::handle(jobs, &job, timeout_ms).await,
+        ClientRequest::Kill { job } => kill::handle(jobs, &job).await,
+        ClientRequest::Revert { job } => revert::handle(jobs, &job).await,
+        ClientRequest::Resume { job } => resume::handle(jobs, &job).await,
+        ClientRequest::Shutdown { cancel } => shutdown::handle(jobs, cancel),
+        ClientRequest::Hello { .. } | ClientRequest::Logs { .. } | ClientRequest::Events => {
+            Err((ErrorCode::InvalidRequest, "unexpected request".into()))
+        }
+    }
+}
+
+async fn read_hello_and_request(stream: &mut UnixStream) -> Result<ClientRequest, String> {
+    match read_frame::<ClientRequest, _>(stream).await {
+        Ok(Some(ClientRequest::Hello { protocol_version }))
+            if protocol_version == PROTOCOL_VERSION => {}
+        Ok(Some(ClientRequest::Hello { protocol_version })) => {
+            return Err(format!(
+                "protocol version mismatch: client {protocol_version}, daemon {PROTOCOL_VERSION}"
+            ));
+        }
+        Ok(Some(_)) => return Err("expected a hello first".into()),
+        Ok(None) => return Err("closed before the hello".into()),
+        Err(err) => return Err(err.to_string()),
+    }
+    let hello = ClientReply::Hello {
+        protocol_version: PROTOCOL_VERSION,
+    };
+    write_frame(stream, &hello)
+        .await
+        .map_err(|e| e.to_string())?;
+    match read_frame::<ClientRequest, _>(stream).await {
+        Ok(Some(ClientRequest::Hello { .. })) => Err("a second hello".into()),
+        Ok(Some(request)) => Ok(request),
+        Ok(None) => Err("closed before the request".into()),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// The id of the job a client named, if the store has it.
+async fn find(jobs: &Jobs, text: &str) -> Result<JobId, Refusal> {
+    let text = text.to_owned();
+    let shown = text.clone();
+    jobs.store()
+        .call(move |s| s.find_job(&text))
+        .await
+        .map_err(|_| (ErrorCode::UnknownJob, format!("no such job: {shown}")))
+}
+
+fn store_refusal(err: StoreError) -> Refusal {
+    match err {
+        StoreError::UnknownJob(id) => (ErrorCode::UnknownJob, format!("no such job: {id}")),
+        other => (ErrorCode::Internal, other.to_string()),
+    }
+}
+
+fn order_refusal(err: OrderError) -> Refusal {
+    let code = match &err {
+        OrderError::UnknownJob(_) => ErrorCode::UnknownJob,
+        OrderError::WrongState(_) => ErrorCode::WrongState,
+        OrderError::Unavailable(_) => ErrorCode::Unavailable,
+        OrderError::Internal(_) | OrderError::Retry => ErrorCode::Internal,
+    };
+    (code, err.to_string())
+}
+
+/// Sends `order` to the job named `job` and answers `Done` once its actor carried it out.
+async fn order(jobs: &Jobs, job: &str, order: crate::job::Order) -> Reply {
+    let id = find(jobs, job).await?;
+    jobs.ask(&id, order).await.map_err(order_refusal)?;
+    Ok(ClientReply::Done)
+}

@@ -1,0 +1,12 @@
+//! `resume JOB`: a killed or crashed job runs again from its first task that did not succeed.
+//! The actor checks and changes the state in one transaction.
+
+use super::Reply;
+use crate::job::{Jobs, Order};
+
+pub async fn handle(jobs: &Jobs, job: &str) -> Reply {
+    let order = Order::Resume {
+        reason: "resume requested".into(),
+    };
+    super::order(jobs, job, order).await
+}

@@ -1,0 +1,12 @@
+//! `revert JOB`: the pending reverts of a killed, crashed or revert_failed job, in a new
+//! conductor. The actor checks and changes the state in one transaction.
+
+use super::Reply;
+use crate::job::{Jobs, Order};
+
+pub async fn handle(jobs: &Jobs, job: &str) -> Reply {
+    let order = Order::Revert {
+        reason: "revert requested".into(),
+    };
+    super::order(jobs, job, order).await
+}

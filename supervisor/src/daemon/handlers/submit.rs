@@ -1,0 +1,35 @@
+//! `submit FILE`: the spec is checked again (a client can send any bytes), stored durably as
+//! `pending`, and the scheduler is woken.
+
+use super::Reply;
+use crate::job::Jobs;
+use shared::protocol::client::{ClientReply, ErrorCode};
+use shared::spec::JobSpec;
+use shared::state::JobState;
+
+pub async fn handle(jobs: &Jobs, spec: JobSpec, source: String) -> Reply {
+    if jobs.is_stopping() {
+        return Err((ErrorCode::Unavailable, "the daemon is shutting down".into()));
+    }
+    crate::job::check_runnable(&spec, jobs.containment())
+        .map_err(|problem| (ErrorCode::InvalidRequest, problem))?;
+    let name = spec.name.clone();
+    let id = jobs
+        .store()
+        .call(move |s| {
+            s.create_job(&spec, &source).inspect_err(|e| {
+                if e.is_disk_full() {
+                    s.reclaim_space();
+                }
+            })
+        })
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "job refused: cannot store it");
+            (ErrorCode::Unavailable, format!("cannot store the job: {e}"))
+        })?;
+    tracing::info!(job_id = %id, job = %name, "job submitted");
+    jobs.publish(&id, None, JobState::Pending.as_str());
+    jobs.wake();
+    Ok(ClientReply::Submitted { job: id })
+}

@@ -1,0 +1,248 @@
+//! One job's actor while it holds no conductor: it decides each order against the stored state
+//! (compare-and-set), and hands over to [`supervise`](super::supervise) when there is a
+//! conductor to watch.
+
+use super::registry::{Command, Jobs};
+use super::{Order, OrderError, Purpose};
+use crate::process;
+use crate::store::{JobRow, Store};
+use shared::ids::JobId;
+use shared::state::JobState;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// How long an actor with nothing to do waits for another order before it retires.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// What the actor does after answering an order.
+pub(super) enum Next {
+    /// Start a conductor and supervise it.
+    Launch(Purpose),
+    /// Supervise the live conductor already recorded for the job, then apply `order` to it.
+    Attach(Box<JobRow>, Option<Order>),
+}
+
+pub(super) struct Actor {
+    pub jobs: Jobs,
+    pub id: JobId,
+    generation: u64,
+    pub inbox: mpsc::Receiver<Command>,
+}
+
+impl Actor {
+    pub(super) const fn new(
+        jobs: Jobs,
+        id: JobId,
+        generation: u64,
+        inbox: mpsc::Receiver<Command>,
+    ) -> Self {
+        Self {
+            jobs,
+            id,
+            generation,
+            inbox,
+        }
+    }
+
+    /// Serves orders until the actor has been idle for [`IDLE`] (or the daemon detaches).
+    pub(super) async fn run(mut self) {
+        let span = tracing::info_span!("job", job_id = %self.id);
+        async move {
+            let mut detach = self.jobs.detach_signal();
+            loop {
+                let command = tokio::select! {
+                    command = self.inbox.recv() => command,
+                    () = tokio::time::sleep(IDLE) => None,
+                    () = super::registry::detached(&mut detach) => None,
+                };
+                match command {
+                    Some(command) => self.serve(command).await,
+                    None if self.jobs.retire(&self.id, self.generation, &self.inbox) => break,
+                    None => {}
+                }
+            }
+            // Orders that raced with the retirement go to the next actor.
+            self.inbox.close();
+            while let Ok(command) = self.inbox.try_recv() {
+                if let Some(reply) = command.reply {
+                    let _ = reply.send(Err(OrderError::Retry));
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn serve(&mut self, command: Command) {
+        let (answer, next) = match self.decide(command.order).await {
+            Ok(next) => (Ok(()), next),
+            Err(err) => (Err(err), None),
+        };
+        if next.is_some() {
+            // Counted before the answer, so that the scheduler never overfills.
+            self.jobs.supervision_began();
+        }
+        if let Some(reply) = command.reply {
+            let _ = reply.send(answer);
+        }
+        if let Some(next) = next {
+            self.supervise(next).await;
+            self.jobs.supervision_ended();
+        }
+    }
+
+    /// Carries out `order` on a job that no conductor serves for this actor yet.
+    async fn decide(&mut self, order: Order) -> Result<Option<Next>, OrderError> {
+        let refuse_when_stopping = matches!(
+            order,
+            Order::Start | Order::Revert { .. } | Order::Resume { .. }
+        );
+        if refuse_when_stopping && self.jobs.is_stopping() {
+            return Err(OrderError::Unavailable(
+                "the daemon is shutting down".into(),
+            ));
+        }
+        match order {
+            Order::Start => {
+                self.transition(&[JobState::Pending], JobState::Running, None)
+                    .await?;
+                Ok(Some(Next::Launch(Purpose::Execute)))
+            }
+            Order::Revert { reason } => {
+                self.store(move |s, id| s.begin_revert(id, &reason)).await?;
+                self.jobs.publish_state(&self.id, JobState::Reverting);
+                Ok(Some(Next::Launch(Purpose::Revert)))
+            }
+            Order::Resume { reason } => {
+                self.store(move |s, id| s.begin_resume(id, &reason)).await?;
+                self.jobs.publish_state(&self.id, JobState::Running);
+                Ok(Some(Next::Launch(Purpose::Execute)))
+            }
+            Order::Cancel { .. } | Order::Kill { .. } => self.stop(order).await,
+            Order::Adopt => {
+                let row = self.store(|s, id| s.job(id)).await?;
+                self.adopt(row, None).await
+            }
+        }
+    }
+
+    /// A cancel or kill of a job without a conductor here: a queued job ends at once; a live one
+    /// is taken up first.
+    async fn stop(&mut self, order: Order) -> Result<Option<Next>, OrderError> {
+        let row = self.store(|s, id| s.job(id)).await?;
+        match row.state {
+            JobState::Pending => {
+                let end = if matches!(order, Order::Kill { .. }) {
+                    JobState::Killed
+                } else {
+                    JobState::Cancelled
+                };
+                self.transition(&[JobState::Pending], end, Some("stopped before it started"))
+                    .await?;
+                Ok(None)
+            }
+            state if state.is_live() => self.adopt(row, Some(order)).await,
+            state => Err(OrderError::WrongState(format!(
+                "job {} is {state}: nothing to stop",
+                self.id
+            ))),
+        }
+    }
+
+    /// Takes up a job whose conductor may live while nobody here supervises it: re-attaches,
+    /// or records the crash of a conductor that is gone, or leaves the job to the live
+    /// `supervisor run` that owns it.
+    async fn adopt(
+        &mut self,
+        row: JobRow,
+        order: Option<Order>,
+    ) -> Result<Option<Next>, OrderError> {
+        if let Some(owner) = foreign_owner(&row) {
+            return leave_to_owner(&self.id, owner, order.as_ref());
+        }
+        let alive = matches!((row.conductor_pid, row.conductor_start), (Some(pid), Some(start)) if process::is_same_process(pid, start));
+        if alive {
+            tracing::info!(pid = row.conductor_pid, "re-attaching to the conductor");
+            self.store(|s, id| s.claim(id)).await?;
+            return Ok(Some(Next::Attach(Box::new(row), order)));
+        }
+        if row.state.is_live() {
+            super::supervise::record_crash(&self.jobs, &row).await;
+            if order.is_some() {
+                return Err(OrderError::WrongState(format!(
+                    "job {} was found dead and is now crashed",
+                    self.id
+                )));
+            }
+        } else {
+            self.store(|s, id| s.set_conductor_exited(id)).await?;
+            if order.is_some() {
+                return Err(OrderError::WrongState(format!(
+                    "job {} is {}: nothing to stop",
+                    self.id, row.state
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Compare-and-set of the job's state, published when it took.
+    pub(super) async fn transition(
+        &self,
+        from: &[JobState],
+        to: JobState,
+        reason: Option<&str>,
+    ) -> Result<(), OrderError> {
+        let (from, reason) = (from.to_vec(), reason.map(str::to_owned));
+        self.store(move |s, id| s.transition_job(id, &from, to, reason.as_deref()))
+            .await?;
+        self.jobs.publish_state(&self.id, to);
+        Ok(())
+    }
+
+    /// Runs `f` on the store's thread with this job's id.
+    pub(super) async fn store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store, &JobId) -> crate::store::Result<T> + Send + 'static,
+    ) -> crate::store::Result<T> {
+        let id = self.id.clone();
+        self.jobs.store().call(move |s| f(s, &id)).await
+    }
+}
+
+/// The live process, other than this one, that supervises the job (a `supervisor run`).
+fn foreign_owner(row: &JobRow) -> Option<i32> {
+    let (pid, start) = row.supervisor?;
+    let me = i32::try_from(std::process::id()).ok()?;
+    (pid != me && process::is_same_process(pid, start)).then_some(pid)
+}
+
+/// A job supervised by a live `supervisor run`: a cancel is passed on as SIGTERM (which that
+/// process turns into a soft cancel); anything else is refused with what to do instead.
+fn leave_to_owner(
+    id: &JobId,
+    owner: i32,
+    order: Option<&Order>,
+) -> Result<Option<Next>, OrderError> {
+    match order {
+        None => {
+            tracing::info!(
+                supervisor_pid = owner,
+                "left to its own supervisor (a `supervisor run`)"
+            );
+            Ok(None)
+        }
+        Some(Order::Cancel { .. }) => {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(owner),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .map_err(|err| OrderError::Internal(format!("cannot signal pid {owner}: {err}")))?;
+            Ok(None)
+        }
+        Some(_) => Err(OrderError::WrongState(format!(
+            "job {id} is supervised by `supervisor run` (pid {owner}): stop it there (Ctrl-C cancels, a second Ctrl-C kills)"
+        ))),
+    }
+}

@@ -1,0 +1,184 @@
+//! The deadlines of one supervision, as pure decisions (tested with paused time): the kill
+//! timer of the cancellation ladder, the bound on reverting, the job's own timeout, and the
+//! backoff between reconnection attempts (ARCHITECTURE.md, The cancellation ladder).
+
+use shared::spec::JobSpec;
+use shared::state::JobState;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The first pause before reconnecting to a conductor; doubled after each failure.
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+/// The longest pause between two reconnection attempts. Attempts never stop while the
+/// conductor lives.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Added to the sum of the reverts' own bounds, for the conductor's reports to arrive.
+const REVERT_SLACK: Duration = Duration::from_secs(1);
+
+/// Exponential backoff for reconnection attempts, capped at [`RECONNECT_MAX`].
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: RECONNECT_FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    /// The pause before the next attempt; the one after it is twice as long (capped).
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(RECONNECT_MAX);
+        delay
+    }
+
+    /// After a successful connection.
+    pub fn reset(&mut self) {
+        self.next = RECONNECT_FIRST;
+    }
+}
+
+/// Where the job stands on its ladder.
+#[derive(Debug, Default)]
+pub struct Ladder {
+    /// When the whole job is SIGKILLed if its conductor has not ended (a cancel, or reverting),
+    /// and why.
+    pub kill_deadline: Option<(Instant, &'static str)>,
+    /// Why we hard-killed the job, once we did: it ends `killed`.
+    pub killed: Option<String>,
+    /// Why the supervision could not go on (a plan that cannot be sent, a store that refuses the
+    /// conductor): we killed the job and it ends `crashed`.
+    pub crashed: Option<String>,
+    /// The end the conductor reported.
+    pub finished: Option<JobState>,
+    /// The process group of each step running now (session mode), by task index; forgotten
+    /// when the step ends, so that a recycled group id is never signalled.
+    pub groups: BTreeMap<u32, i32>,
+}
+
+impl Ladder {
+    /// Arms the kill timer at `deadline`, or keeps an earlier one.
+    pub fn arm(&mut self, deadline: Instant, why: &'static str) {
+        match self.kill_deadline {
+            Some((earlier, _)) if earlier <= deadline => {}
+            _ => self.kill_deadline = Some((deadline, why)),
+        }
+    }
+
+    /// True once the job was hard-killed (or given up on): no further deadline applies.
+    #[must_use]
+    pub const fn is_over(&self) -> bool {
+        self.killed.is_some() || self.crashed.is_some()
+    }
+
+    /// How the job ends when its conductor is gone without reporting an end.
+    #[must_use]
+    pub fn hard_end(&self) -> (JobState, String) {
+        match (&self.crashed, &self.killed) {
+            (Some(reason), _) => (JobState::Crashed, reason.clone()),
+            (None, Some(reason)) => (JobState::Killed, reason.clone()),
+            (None, None) => (JobState::Crashed, "the conductor died".to_owned()),
+        }
+    }
+}
+
+/// The kill deadline once a job enters `reverting` (whatever the reason): every revert may take
+/// its own `revert_timeout` plus the term grace in which the conductor stops it; past their sum,
+/// the conductor itself is stuck and the whole job is killed.
+#[must_use]
+pub fn revert_deadline(spec: &JobSpec, now: Instant) -> Instant {
+    let per_task: Duration = spec
+        .tasks
+        .iter()
+        .map(|_task| spec.cancel_timeout + spec.term_grace)
+        .sum();
+    now + per_task + REVERT_SLACK
+}
+
+/// The job's whole-run deadline, from when it started (`started_ago` before now).
+#[must_use]
+pub fn job_deadline(spec: &JobSpec, now: Instant, started_ago: Duration) -> Option<Instant> {
+    spec.timeout
+        .map(|timeout| now + timeout.saturating_sub(started_ago))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<_> = (0..8).map(|_| backoff.next_delay()).collect();
+        assert_eq!(delays[0], RECONNECT_FIRST);
+        assert_eq!(delays[1], RECONNECT_FIRST * 2);
+        assert!(delays.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*delays.last().expect("delays"), RECONNECT_MAX);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), RECONNECT_FIRST);
+    }
+
+    #[test]
+    fn the_earliest_kill_deadline_wins() {
+        let now = Instant::now();
+        let mut ladder = Ladder::default();
+        ladder.arm(now + Duration::from_secs(10), "revert");
+        ladder.arm(now + Duration::from_secs(20), "cancel");
+        assert_eq!(
+            ladder.kill_deadline,
+            Some((now + Duration::from_secs(10), "revert"))
+        );
+        ladder.arm(now + Duration::from_secs(5), "cancel");
+        assert_eq!(
+            ladder.kill_deadline,
+            Some((now + Duration::from_secs(5), "cancel"))
+        );
+    }
+
+    #[test]
+    fn a_crash_outranks_a_kill() {
+        let mut ladder = Ladder::default();
+        assert_eq!(ladder.hard_end().0, JobState::Crashed);
+        ladder.killed = Some("kill requested".into());
+        assert_eq!(ladder.hard_end().0, JobState::Killed);
+        ladder.crashed = Some("cannot send the plan".into());
+        assert_eq!(ladder.hard_end().0, JobState::Crashed);
+    }
+
+    #[test]
+    fn reverting_is_bounded_by_every_revert_and_its_grace() {
+        let spec = JobSpec::parse(
+            "cancel_timeout = \"10s\"\nterm_grace = \"1s\"\n[[task]]\nname = \"a\"\nrun = \"true\"\nrevert = \"true\"\n[[task]]\nname = \"b\"\nrun = \"true\"\n",
+            "t.toml",
+            "t",
+        )
+        .expect("spec");
+        let now = Instant::now();
+        assert_eq!(
+            revert_deadline(&spec, now),
+            now + Duration::from_secs(22) + REVERT_SLACK
+        );
+    }
+
+    #[test]
+    fn job_deadline_counts_from_the_start() {
+        let spec = JobSpec::parse(
+            "timeout = \"10s\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+            "t.toml",
+            "t",
+        )
+        .expect("spec");
+        let now = Instant::now();
+        assert_eq!(
+            job_deadline(&spec, now, Duration::from_secs(4)),
+            Some(now + Duration::from_secs(6))
+        );
+        assert_eq!(job_deadline(&spec, now, Duration::from_secs(40)), Some(now));
+    }
+}

@@ -1,0 +1,267 @@
+//! The registry of job actors: at most one per job, found or started under one lock.
+
+use super::actor::Actor;
+use super::launch::Launcher;
+use super::{Order, OrderError};
+use crate::store::{StoreHandle, now_ms};
+use shared::ids::JobId;
+use shared::protocol::client::Event;
+use shared::protocol::conductor::JobEvent;
+use shared::state::JobState;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+/// How many times [`Jobs::ask`] sends an order again to a retiring actor before giving up (each
+/// retry finds or starts a fresh actor, so more than one is already rare).
+const MAX_RETRIES: usize = 100;
+
+/// An order on its way to an actor, with the channel for its answer.
+pub(super) struct Command {
+    pub order: Order,
+    pub reply: Option<oneshot::Sender<Result<(), OrderError>>>,
+}
+
+/// What the registry is built from.
+pub struct JobsConfig {
+    pub store: StoreHandle,
+    pub launcher: Launcher,
+    /// Every report of every job, for a foreground printer (`supervisor run`).
+    pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
+}
+
+/// The registry; cheap to clone, shared by the accept loop, the scheduler and every handler.
+#[derive(Clone)]
+pub struct Jobs {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub store: StoreHandle,
+    pub launcher: Launcher,
+    pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
+    /// Each job's actor, with the generation that tells a retiring actor from its successor.
+    actors: Mutex<HashMap<JobId, (u64, mpsc::Sender<Command>)>>,
+    generation: AtomicU64,
+    tasks: Mutex<JoinSet<()>>,
+    /// Actors that hold a conductor (or are launching one): the scheduler's measure of load.
+    supervising: AtomicUsize,
+    /// Wakes the scheduler: a job was queued or a slot freed.
+    wake: Notify,
+    events: broadcast::Sender<Event>,
+    stopping: AtomicBool,
+    /// Set when the daemon stops without `--cancel`: supervisions end, conductors keep running.
+    detach: watch::Sender<bool>,
+    /// Set by a client's `shutdown`: `Some(cancel)`.
+    shutdown: watch::Sender<Option<bool>>,
+}
+
+impl Jobs {
+    #[must_use]
+    pub fn new(config: JobsConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store: config.store,
+                launcher: config.launcher,
+                observer: config.observer,
+                actors: Mutex::new(HashMap::new()),
+                generation: AtomicU64::new(0),
+                tasks: Mutex::new(JoinSet::new()),
+                supervising: AtomicUsize::new(0),
+                wake: Notify::new(),
+                events: broadcast::channel(4096).0,
+                stopping: AtomicBool::new(false),
+                detach: watch::channel(false).0,
+                shutdown: watch::channel(None).0,
+            }),
+        }
+    }
+
+    #[must_use]
+    pub fn store(&self) -> &StoreHandle {
+        &self.inner.store
+    }
+
+    /// How this process contains its jobs.
+    #[must_use]
+    pub fn containment(&self) -> &crate::containment::Containment {
+        &self.inner.launcher.containment
+    }
+
+    /// Asks the job's actor (started if there is none) to carry out `order`, and awaits its
+    /// answer.
+    pub async fn ask(&self, id: &JobId, order: Order) -> Result<(), OrderError> {
+        for _ in 0..MAX_RETRIES {
+            let sender = self.find_or_start(id);
+            let (reply, answer) = oneshot::channel();
+            let command = Command {
+                order: order.clone(),
+                reply: Some(reply),
+            };
+            if sender.send(command).await.is_err() {
+                continue;
+            }
+            match answer.await {
+                Ok(Err(OrderError::Retry)) | Err(_) => {}
+                Ok(result) => return result,
+            }
+        }
+        Err(OrderError::Internal(format!(
+            "job {id}: its actor kept retiring"
+        )))
+    }
+
+    /// The sender of the job's actor, started if there is none.
+    fn find_or_start(&self, id: &JobId) -> mpsc::Sender<Command> {
+        let mut actors = self.actors();
+        if let Some((_, sender)) = actors.get(id).filter(|(_, s)| !s.is_closed()) {
+            return sender.clone();
+        }
+        let (sender, inbox) = mpsc::channel(16);
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        actors.insert(id.clone(), (generation, sender.clone()));
+        let actor = Actor::new(self.clone(), id.clone(), generation, inbox);
+        let mut tasks = self.tasks();
+        tasks.spawn(actor.run());
+        // Forget the actors that already ended, so the set does not grow without bound.
+        while tasks.try_join_next().is_some() {}
+        sender
+    }
+
+    /// Called by an idle actor: removes it from the registry unless an order is waiting for it.
+    /// True when it is gone from the registry (it must then close and drain its inbox).
+    pub(super) fn retire(
+        &self,
+        id: &JobId,
+        generation: u64,
+        inbox: &mpsc::Receiver<Command>,
+    ) -> bool {
+        let mut actors = self.actors();
+        if !inbox.is_empty() {
+            return false;
+        }
+        if actors.get(id).is_some_and(|(g, _)| *g == generation) {
+            actors.remove(id);
+        }
+        true
+    }
+
+    fn actors(&self) -> MutexGuard<'_, HashMap<JobId, (u64, mpsc::Sender<Command>)>> {
+        self.inner
+            .actors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, JoinSet<()>> {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many jobs hold (or are starting) a conductor.
+    #[must_use]
+    pub fn supervising(&self) -> usize {
+        self.inner.supervising.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn supervision_began(&self) {
+        self.inner.supervising.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn supervision_ended(&self) {
+        self.inner.supervising.fetch_sub(1, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Publishes a state change to `events` subscribers.
+    pub fn publish(&self, job: &JobId, task: Option<String>, state: &str) {
+        let _ = self.inner.events.send(Event {
+            job: job.clone(),
+            task,
+            state: state.to_owned(),
+            at_ms: now_ms(),
+        });
+    }
+
+    pub(super) fn publish_state(&self, job: &JobId, state: JobState) {
+        self.publish(job, None, state.as_str());
+    }
+
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Wakes the scheduler.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Resolves when the scheduler should look at the queue again.
+    pub async fn woken(&self) {
+        self.inner.wake.notified().await;
+    }
+
+    #[must_use]
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn detach_signal(&self) -> watch::Receiver<bool> {
+        self.inner.detach.subscribe()
+    }
+
+    /// Resolves when a client asked for a shutdown; the value is `--cancel`.
+    pub async fn shutdown_requested(&self) -> bool {
+        let mut rx = self.inner.shutdown.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(value) => value.unwrap_or(false),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    pub fn request_shutdown(&self, cancel: bool) {
+        self.inner.shutdown.send_replace(Some(cancel));
+    }
+
+    /// Stops supervising. With `cancel`, every supervised job is soft-cancelled first and
+    /// awaited (each within its own ladder); without, the conductors keep running for the next
+    /// daemon, and every actor ends at its next await point outside a kill.
+    pub async fn stop(&self, cancel: bool) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        if cancel {
+            let ids: Vec<JobId> = self.actors().keys().cloned().collect();
+            for id in ids {
+                let order = Order::Cancel {
+                    timeout: None,
+                    reason: "daemon shutdown --cancel".into(),
+                };
+                if let Err(err) = self.ask(&id, order).await {
+                    tracing::debug!(job_id = %id, error = %err, "not cancelled at shutdown");
+                }
+            }
+        } else {
+            self.inner.detach.send_replace(true);
+        }
+        let mut tasks = std::mem::take(&mut *self.tasks());
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Sends a report to the foreground printer, if any.
+    pub(super) fn observe(&self, event: &JobEvent) {
+        if let Some(observer) = &self.inner.observer {
+            let _ = observer.send(event.clone());
+        }
+    }
+}
+
+/// Resolves once the daemon detaches from its conductors (it stops without `--cancel`).
+pub(super) async fn detached(detach: &mut watch::Receiver<bool>) {
+    if detach.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

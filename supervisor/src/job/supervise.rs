@@ -1,0 +1,776 @@
+//! Supervising one job's conductor: applying its numbered reports (write-ahead
+//! acknowledgements), the cancellation ladder, reconnection, and the job's end
+//! (ARCHITECTURE.md, The cancellation ladder).
+//!
+//! `cancel` → job `cancelling`, `Cancel` to the conductor, kill timer armed at `cancel_timeout`.
+//! Entering `reverting` for any reason arms it too, at the sum of the reverts' own bounds. The
+//! timer fires first, or `kill` is asked → SIGKILL of everything of the job, job `killed`, and
+//! the reverts that did not complete are recorded as pending and logged at WARN (`revert
+//! skipped`). A conductor that dies on its own, or one this supervision cannot go on with (a
+//! plan that cannot be sent), leaves the job `crashed`, with the same accounting.
+
+use super::actor::{Actor, Next};
+use super::ladder::{self, Backoff, Ladder};
+use super::launch::{Conductor, Launched};
+use super::registry::{Command, Jobs};
+use super::{Order, OrderError, Purpose};
+use crate::containment::JobCgroup;
+use crate::process::{self, ConductorId, ExitWatch};
+use crate::session::ConductorLink;
+use crate::store::{JobRow, StoreError};
+use shared::ids::JobId;
+use shared::protocol::codec::FrameError;
+use shared::protocol::conductor::{
+    FromConductor, JobEvent, JobPlan, Phase, Report, StepOutcome, ToConductor,
+};
+use shared::spec::JobSpec;
+use shared::state::JobState;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+/// How often to retry writing reports, or a job's end, that the store refused (a full disk).
+const STORE_RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How many times to retry recording a job's end before giving up loudly (two minutes).
+const STORE_RETRIES: u32 = 240;
+/// After the conductor's exit, how long to wait for the reports still in its socket.
+const FINAL_DRAIN: Duration = Duration::from_millis(200);
+
+impl Actor {
+    /// Supervises the conductor `next` names (launching it first) until it is gone, and records
+    /// the job's end. Never returns with a live conductor and a live job, except when the
+    /// daemon detaches on shutdown.
+    pub(super) async fn supervise(&mut self, next: Next) {
+        let spec = match self.store(|s, id| s.spec(id)).await {
+            Ok(spec) => spec,
+            Err(err) => return self.unsupervisable(next, &err.to_string()).await,
+        };
+        let mut started_ago = Duration::ZERO;
+        let (conductor, link, plan, first, purpose) = match next {
+            Next::Launch(purpose) => {
+                let launcher = &self.jobs.inner.launcher;
+                match launcher.launch(self.jobs.store(), &self.id, purpose).await {
+                    Ok(Launched {
+                        conductor,
+                        link,
+                        plan,
+                    }) => (conductor, Some(link), Some(plan), None, purpose),
+                    Err(err) => return self.launch_failed(&err).await,
+                }
+            }
+            Next::Attach(row, order) => {
+                let purpose = if row.state == JobState::Reverting {
+                    Purpose::Revert
+                } else {
+                    Purpose::Execute
+                };
+                let conductor = Conductor {
+                    id: ConductorId {
+                        pid: row.conductor_pid.unwrap_or(0),
+                        start_time: row.conductor_start.unwrap_or(0),
+                    },
+                    socket: self.jobs.inner.launcher.state_dir.socket(&self.id),
+                    cgroup: row.cgroup.clone().map(|path| JobCgroup { path }),
+                };
+                if let Some(started_ms) = row.started_ms {
+                    let ago = crate::store::now_ms().saturating_sub(started_ms);
+                    started_ago = Duration::from_millis(u64::try_from(ago).unwrap_or(0));
+                }
+                // The first connection is made by the loop, right away.
+                (conductor, None, None, order, purpose)
+            }
+        };
+        let mut supervision = Supervision::new(
+            self.jobs.clone(),
+            self.id.clone(),
+            spec,
+            conductor,
+            purpose,
+            started_ago,
+        );
+        supervision.run(&mut self.inbox, link, plan, first).await;
+    }
+
+    /// The job's spec cannot be read: nothing can be supervised.
+    async fn unsupervisable(&mut self, next: Next, why: &str) {
+        tracing::error!(error = why, "cannot read the job's spec");
+        if let Next::Attach(row, _) = next {
+            record_crash(&self.jobs, &row).await;
+        } else {
+            let reason = format!("cannot read the job's spec: {why}");
+            record_end(&self.jobs, &self.id, JobState::Crashed, &reason).await;
+        }
+    }
+
+    async fn launch_failed(&mut self, err: &anyhow::Error) {
+        let reason = format!("cannot start the conductor: {err:#}");
+        tracing::error!(error = %reason, "launch failed");
+        if let Some(cgroup) = self.jobs.inner.launcher.containment.job_cgroup(&self.id) {
+            cgroup.kill_and_remove().await;
+        }
+        record_end(&self.jobs, &self.id, JobState::Crashed, &reason).await;
+    }
+}
+
+/// The connection to the conductor and what we heard from it.
+struct LinkState {
+    link: Option<ConductorLink>,
+    /// Reports received and not yet applied (the store refused them; retried at `store_retry_at`).
+    unapplied: Vec<Report>,
+    store_retry_at: Option<Instant>,
+    /// A connection attempt under way (polled by the loop, so orders never wait for it).
+    connecting: Option<Connecting>,
+    reconnect_at: Instant,
+    backoff: Backoff,
+    /// Whether the loss of the link was logged (one WARN per change, not per attempt).
+    unreachable: bool,
+    last_heard: Instant,
+    unresponsive: bool,
+}
+
+/// One conductor's supervision.
+struct Supervision {
+    jobs: Jobs,
+    id: JobId,
+    spec: JobSpec,
+    conductor: Conductor,
+    purpose: Purpose,
+    exit: ExitWatch,
+    state: LinkState,
+    ladder: Ladder,
+    job_deadline: Option<Instant>,
+    /// The plan, until the conductor has it.
+    plan: Option<JobPlan>,
+}
+
+/// A time far enough away to never come.
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+impl Supervision {
+    fn new(
+        jobs: Jobs,
+        id: JobId,
+        spec: JobSpec,
+        conductor: Conductor,
+        purpose: Purpose,
+        started_ago: Duration,
+    ) -> Self {
+        let now = Instant::now();
+        let mut ladder = Ladder::default();
+        if purpose == Purpose::Revert {
+            ladder.arm(
+                ladder::revert_deadline(&spec, now),
+                "revert timeout expired",
+            );
+        }
+        Self {
+            exit: ExitWatch::new(conductor.id.pid),
+            job_deadline: ladder::job_deadline(&spec, now, started_ago),
+            jobs,
+            id,
+            spec,
+            conductor,
+            purpose,
+            state: LinkState {
+                link: None,
+                unapplied: Vec::new(),
+                store_retry_at: None,
+                connecting: None,
+                reconnect_at: now,
+                backoff: Backoff::default(),
+                unreachable: false,
+                last_heard: now,
+                unresponsive: false,
+            },
+            ladder,
+            plan: None,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        inbox: &mut mpsc::Receiver<Command>,
+        link: Option<ConductorLink>,
+        plan: Option<JobPlan>,
+        first: Option<Order>,
+    ) {
+        self.plan = plan;
+        if let Some(link) = link {
+            self.connected(link).await;
+        }
+        if let Some(order) = first {
+            self.obey(order).await;
+        }
+        let mut detach = self.jobs.detach_signal();
+        loop {
+            let far = far();
+            let silent_at = self.state.last_heard + self.spec.heartbeat_timeout;
+            let over = self.ladder.is_over();
+            tokio::select! {
+                biased;
+                frame = next_frame(&mut self.state.link) => self.on_frame(frame).await,
+                () = self.exit.exited() => break,
+                Some(command) = inbox.recv() => self.on_command(command).await,
+                () = super::registry::detached(&mut detach) => return,
+                () = sleep_until(self.ladder.kill_deadline.map_or(far, |(at, _)| at)), if !over => {
+                    let why = self.ladder.kill_deadline.map_or("kill timer", |(_, why)| why);
+                    tracing::warn!(pid = self.conductor.id.pid, reason = why, "killing the job");
+                    self.hard_kill(why).await;
+                }
+                () = sleep_until(self.job_deadline.unwrap_or(far)), if self.ladder.kill_deadline.is_none() && !over => {
+                    self.cancel(None, "job timeout reached".into()).await;
+                }
+                () = sleep_until(self.state.store_retry_at.unwrap_or(far)), if self.state.store_retry_at.is_some() => {
+                    self.take_reports(None).await;
+                }
+                () = sleep_until(silent_at), if !self.state.unresponsive && !over => self.on_silence().await,
+                () = sleep_until(self.state.reconnect_at), if self.state.link.is_none() && self.state.connecting.is_none() => {
+                    let (socket, id) = (self.conductor.socket.clone(), self.id.clone());
+                    self.state.connecting = Some(Box::pin(async move { ConductorLink::connect(&socket, &id).await }));
+                }
+                connected = next_connection(&mut self.state.connecting) => {
+                    self.state.connecting = None;
+                    match connected {
+                        Ok(link) => self.connected(link).await,
+                        Err(err) => self.unreachable(&format!("{err:#}")),
+                    }
+                }
+            }
+        }
+        self.drain_after_exit().await;
+        self.clean_up().await;
+        self.record_outcome().await;
+    }
+
+    /// A new connection: send the plan if the conductor has none yet.
+    async fn connected(&mut self, link: ConductorLink) {
+        self.state.backoff.reset();
+        if std::mem::take(&mut self.state.unreachable) {
+            tracing::info!(pid = self.conductor.id.pid, "conductor reachable again");
+        }
+        let needs_plan = !link.hello.has_plan;
+        self.state.link = Some(link);
+        self.state.last_heard = Instant::now();
+        if needs_plan {
+            self.send_plan().await;
+        } else {
+            self.plan = None;
+        }
+    }
+
+    async fn send_plan(&mut self) {
+        let plan = match self.plan.take() {
+            Some(plan) => plan,
+            None => {
+                let purpose = self.purpose;
+                let id = self.id.clone();
+                match self
+                    .jobs
+                    .store()
+                    .call(move |s| super::launch::plan(s, &id, purpose))
+                    .await
+                {
+                    Ok(plan) => plan,
+                    Err(err) => {
+                        return self.give_up(&format!("cannot build the plan: {err}")).await;
+                    }
+                }
+            }
+        };
+        let Some(link) = self.state.link.as_mut() else {
+            self.plan = Some(plan);
+            return;
+        };
+        match link.send(&ToConductor::Start(Box::new(plan.clone()))).await {
+            Ok(()) => {}
+            Err(err @ (FrameError::TooLarge { .. } | FrameError::Malformed(_))) => {
+                self.give_up(&format!("cannot send the plan: {err}")).await;
+            }
+            Err(err) => {
+                self.plan = Some(plan);
+                self.drop_link(&format!("cannot send the plan: {err}"));
+            }
+        }
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        let answer = match command.order {
+            Order::Cancel { .. } | Order::Kill { .. } => {
+                self.obey(command.order).await;
+                Ok(())
+            }
+            Order::Adopt => Ok(()),
+            Order::Start | Order::Revert { .. } | Order::Resume { .. } => {
+                Err(OrderError::WrongState(format!(
+                    "job {} has a live conductor (pid {}): wait for it to end, or cancel or kill it",
+                    self.id, self.conductor.id.pid
+                )))
+            }
+        };
+        if let Some(reply) = command.reply {
+            let _ = reply.send(answer);
+        }
+    }
+
+    async fn obey(&mut self, order: Order) {
+        match order {
+            Order::Cancel { timeout, reason } => self.cancel(timeout, reason).await,
+            Order::Kill { reason } => self.hard_kill(&reason).await,
+            _ => {}
+        }
+    }
+
+    /// The soft cancel: `cancelling`, `Cancel` to the conductor, the kill timer armed.
+    async fn cancel(&mut self, timeout: Option<Duration>, reason: String) {
+        let timeout = timeout.unwrap_or(self.spec.cancel_timeout);
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(reason, timeout_ms, "cancelling");
+        self.ladder
+            .arm(Instant::now() + timeout, "cancel timeout expired");
+        let why = reason.clone();
+        let id = self.id.clone();
+        match self
+            .jobs
+            .store()
+            .call(move |s| {
+                s.transition_job(
+                    &id,
+                    &[JobState::Running, JobState::Reverting],
+                    JobState::Cancelling,
+                    Some(&why),
+                )
+            })
+            .await
+        {
+            Ok(_) => self.jobs.publish_state(&self.id, JobState::Cancelling),
+            Err(StoreError::WrongState { .. }) => {}
+            Err(err) => tracing::error!(error = %err, "cannot record the cancel"),
+        }
+        let sent = match self.state.link.as_mut() {
+            Some(link) => link.send(&ToConductor::Cancel { reason }).await.is_ok(),
+            None => false,
+        };
+        // The nudge that reaches a conductor whose one thread is busy (a native task computing):
+        // it sets the flag that `TaskContext::is_cancelled` reads.
+        self.signal(nix::sys::signal::Signal::SIGUSR1);
+        if !sent {
+            // SIGTERM to the conductor itself means the same as the Cancel message.
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
+    /// Signals the conductor, if it is still the process we started.
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let ConductorId { pid, start_time } = self.conductor.id;
+        if process::is_same_process(pid, start_time) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// SIGKILL of everything of the job.
+    async fn hard_kill(&mut self, reason: &str) {
+        if !self.ladder.is_over() {
+            self.ladder.killed = Some(reason.to_owned());
+        }
+        self.kill_tree().await;
+        tracing::info!(pid = self.conductor.id.pid, reason, "job killed");
+    }
+
+    /// This supervision cannot go on: the job is killed and ends `crashed`.
+    async fn give_up(&mut self, reason: &str) {
+        tracing::error!(
+            pid = self.conductor.id.pid,
+            reason,
+            "supervision cannot go on; killing the job"
+        );
+        if self.ladder.crashed.is_none() {
+            self.ladder.crashed = Some(reason.to_owned());
+        }
+        self.kill_tree().await;
+    }
+
+    /// cgroup mode: `cgroup.kill` (the cgroup is emptied and removed once the conductor is
+    /// gone). Session mode: the conductor's tree, its session and the running steps' groups.
+    async fn kill_tree(&mut self) {
+        match &self.conductor.cgroup {
+            Some(cgroup) => cgroup.kill(),
+            None => {
+                let groups = self.ladder.groups.values().copied().collect();
+                let count = process::kill_job(&self.conductor.id, &groups).await;
+                tracing::debug!(count, "killed the job's processes");
+            }
+        }
+    }
+
+    /// A frame (or the end of the connection) from the conductor.
+    async fn on_frame(&mut self, frame: Option<Result<FromConductor, FrameError>>) {
+        let lost = match frame {
+            Some(Ok(FromConductor::Report(report))) => {
+                self.take_reports(Some(report)).await;
+                None
+            }
+            Some(Ok(FromConductor::Heartbeat)) => None,
+            Some(Ok(other)) => Some(format!("unexpected frame {other:?}")),
+            Some(Err(err)) => Some(format!("connection failed: {err}")),
+            None => Some("connection closed".to_owned()),
+        };
+        if let Some(reason) = lost {
+            self.drop_link(&reason);
+            return;
+        }
+        self.state.last_heard = Instant::now();
+        if self.state.unresponsive {
+            self.state.unresponsive = false;
+            tracing::info!(pid = self.conductor.id.pid, "conductor responsive again");
+            let id = self.id.clone();
+            if let Err(err) = self
+                .jobs
+                .store()
+                .call(move |s| s.set_unresponsive(&id, None))
+                .await
+            {
+                tracing::error!(error = %err, "cannot record that the conductor answers again");
+            }
+        }
+    }
+
+    /// Drops a broken connection; the loop reconnects, with backoff, while the conductor lives.
+    fn drop_link(&mut self, reason: &str) {
+        self.state.link = None;
+        // The conductor sends them again on the next connection.
+        self.state.unapplied.clear();
+        self.state.store_retry_at = None;
+        self.unreachable(reason);
+    }
+
+    /// A failed connection or a lost link: try again later, logging once per change.
+    fn unreachable(&mut self, reason: &str) {
+        self.state.reconnect_at = Instant::now() + self.state.backoff.next_delay();
+        let expected = self.ladder.finished.is_some() || self.ladder.is_over();
+        if !self.state.unreachable && !expected {
+            tracing::warn!(
+                pid = self.conductor.id.pid,
+                reason,
+                "conductor unreachable; reconnecting with backoff while it lives"
+            );
+        } else {
+            tracing::debug!(reason, "cannot reach the conductor yet");
+        }
+        self.state.unreachable = true;
+    }
+
+    /// No frame for `heartbeat_timeout`: the conductor is unresponsive (its one thread is stuck).
+    async fn on_silence(&mut self) {
+        self.state.unresponsive = true;
+        let silent_ms = u64::try_from(self.spec.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
+        tracing::warn!(
+            pid = self.conductor.id.pid,
+            silent_ms,
+            kill = self.spec.kill_unresponsive,
+            "conductor unresponsive"
+        );
+        let since = crate::store::now_ms() - i64::try_from(silent_ms).unwrap_or(0);
+        let id = self.id.clone();
+        if let Err(err) = self
+            .jobs
+            .store()
+            .call(move |s| s.set_unresponsive(&id, Some(since)))
+            .await
+        {
+            tracing::error!(error = %err, "cannot record the unresponsive conductor");
+        }
+        if self.spec.kill_unresponsive {
+            self.hard_kill("conductor unresponsive").await;
+        }
+    }
+
+    /// Applies `first` and whatever else already arrived (and what the store refused before),
+    /// then acknowledges. A store that refuses (a full disk) keeps the reports for a retry and
+    /// the link as it is: the conductor waits at its next write-ahead point.
+    async fn take_reports(&mut self, first: Option<Report>) {
+        let Some(link) = self.state.link.as_mut() else {
+            return;
+        };
+        self.state.unapplied.extend(first);
+        loop {
+            match link.try_next() {
+                Some(FromConductor::Report(report)) => self.state.unapplied.push(report),
+                Some(FromConductor::Heartbeat) => {}
+                Some(other) => return self.drop_link(&format!("unexpected frame {other:?}")),
+                None => break,
+            }
+        }
+        let waiting = self
+            .state
+            .store_retry_at
+            .is_some_and(|at| Instant::now() < at);
+        if self.state.unapplied.is_empty() || waiting {
+            return;
+        }
+        let (id, batch) = (self.id.clone(), self.state.unapplied.clone());
+        match self
+            .jobs
+            .store()
+            .call(move |s| s.apply_reports(&id, &batch))
+            .await
+        {
+            Ok(applied) => {
+                if self.state.store_retry_at.take().is_some() {
+                    tracing::info!("the store takes the conductor's reports again");
+                }
+                let batch = std::mem::take(&mut self.state.unapplied);
+                for report in &batch[applied.fresh_from..] {
+                    self.observe(&report.event);
+                }
+                let Some(link) = self.state.link.as_mut() else {
+                    return;
+                };
+                if let Err(err) = link.send(&ToConductor::Ack { seq: applied.held }).await {
+                    self.drop_link(&err.to_string());
+                }
+            }
+            Err(err) => {
+                if self.state.store_retry_at.is_none() {
+                    tracing::error!(error = %err, "cannot apply the conductor's reports; it waits until they are");
+                }
+                self.state.store_retry_at = Some(Instant::now() + STORE_RETRY_EVERY);
+            }
+        }
+    }
+
+    /// What a freshly applied report means for the ladder and for subscribers.
+    fn observe(&mut self, event: &JobEvent) {
+        match event {
+            JobEvent::TaskSpawned { task, pid, .. } => {
+                if let Ok(pgid) = i32::try_from(*pid) {
+                    self.ladder.groups.insert(*task, pgid);
+                }
+            }
+            JobEvent::TaskFinished { task, .. } => {
+                self.ladder.groups.remove(task);
+            }
+            JobEvent::TaskStarting {
+                phase: Phase::Revert,
+                ..
+            } => {
+                // Reverting, for whatever reason, is bounded.
+                let deadline = ladder::revert_deadline(&self.spec, Instant::now());
+                self.ladder.arm(deadline, "revert timeout expired");
+            }
+            JobEvent::Cancelling { .. } => {
+                // Cancelled by a signal sent to the conductor: the ladder applies all the same.
+                let deadline = Instant::now() + self.spec.cancel_timeout;
+                self.ladder.arm(deadline, "cancel timeout expired");
+            }
+            JobEvent::JobFinished { state } => self.ladder.finished = Some(*state),
+            _ => {}
+        }
+        publish_event(&self.jobs, &self.id, &self.spec, event);
+        self.jobs.observe(event);
+    }
+
+    /// Reads what the dead conductor still had in flight, so the store misses nothing it did.
+    async fn drain_after_exit(&mut self) {
+        let Some(mut link) = self.state.link.take() else {
+            return;
+        };
+        let deadline = Instant::now() + FINAL_DRAIN;
+        let mut batch = std::mem::take(&mut self.state.unapplied);
+        loop {
+            match tokio::time::timeout_at(deadline, link.next()).await {
+                Ok(Some(Ok(FromConductor::Report(report)))) => batch.push(report),
+                Ok(Some(Ok(FromConductor::Heartbeat))) => {}
+                _ => break,
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let (id, reports) = (self.id.clone(), batch.clone());
+        match self
+            .jobs
+            .store()
+            .call(move |s| s.apply_reports(&id, &reports))
+            .await
+        {
+            Ok(applied) => {
+                for report in &batch[applied.fresh_from..] {
+                    self.observe(&report.event);
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "cannot apply the last reports"),
+        }
+    }
+
+    /// Whatever the conductor left behind goes with it. In cgroup mode the job counts as gone
+    /// only once its cgroup is empty; in session mode its tree is scanned and killed.
+    async fn clean_up(&mut self) {
+        match &self.conductor.cgroup {
+            Some(cgroup) => {
+                cgroup.kill_and_remove().await;
+            }
+            None => {
+                let groups = self.ladder.groups.values().copied().collect();
+                let leftovers = process::kill_job(&self.conductor.id, &groups).await;
+                if leftovers > 0 {
+                    tracing::warn!(
+                        count = leftovers,
+                        "killed processes the conductor left behind"
+                    );
+                }
+            }
+        }
+        process::forget_conductor(self.conductor.id.pid);
+        let id = self.id.clone();
+        if let Err(err) = self
+            .jobs
+            .store()
+            .call(move |s| s.set_conductor_exited(&id))
+            .await
+        {
+            tracing::error!(error = %err, "cannot record the conductor's exit");
+        }
+    }
+
+    /// The job's end: the one the conductor reported, or a hard end.
+    async fn record_outcome(&mut self) {
+        if let Some(state) = self.ladder.finished {
+            tracing::info!(state = state.as_str(), "job ended");
+            self.jobs.publish_state(&self.id, state);
+            return;
+        }
+        let id = self.id.clone();
+        match self.jobs.store().call(move |s| s.job(&id)).await {
+            // Re-attached only to acknowledge an end the store already held.
+            Ok(row) if !row.state.is_live() => {
+                tracing::info!(state = row.state.as_str(), "job ended");
+                self.jobs.publish_state(&self.id, row.state);
+            }
+            _ => {
+                let (end, reason) = self.ladder.hard_end();
+                record_end(&self.jobs, &self.id, end, &reason).await;
+            }
+        }
+    }
+}
+
+/// Turns a report into an `events` line for subscribers.
+fn publish_event(jobs: &Jobs, id: &JobId, spec: &JobSpec, event: &JobEvent) {
+    let name = |task: &u32| {
+        usize::try_from(*task)
+            .ok()
+            .and_then(|i| spec.tasks.get(i))
+            .map(|t| t.name.clone())
+    };
+    let (task, state) = match event {
+        JobEvent::TaskStarting {
+            task,
+            phase: Phase::Execute,
+            ..
+        } => (name(task), "running"),
+        JobEvent::TaskStarting {
+            task,
+            phase: Phase::Revert,
+            ..
+        } => (name(task), "reverting"),
+        JobEvent::TaskFinished {
+            task,
+            phase,
+            outcome,
+        } => {
+            let state = match (phase, outcome) {
+                (Phase::Execute, StepOutcome::Success { .. }) => "success",
+                (Phase::Execute, StepOutcome::Failure { .. }) => "failure",
+                (Phase::Revert, StepOutcome::Success { .. }) => "reverted",
+                (Phase::Revert, StepOutcome::Failure { .. }) => "revert_failure",
+            };
+            (name(task), state)
+        }
+        JobEvent::Cancelling { .. } => (None, "cancelling"),
+        JobEvent::TaskSpawned { .. } | JobEvent::Output { .. } | JobEvent::JobFinished { .. } => {
+            return;
+        }
+    };
+    jobs.publish(id, task, state);
+}
+
+/// Records a job's hard end (killed or crashed), retrying while the store refuses (a full disk
+/// gets freed), and logs the skipped reverts at WARN; gives up loudly after a while.
+pub(super) async fn record_end(jobs: &Jobs, id: &JobId, end: JobState, reason: &str) {
+    for attempt in 0..=STORE_RETRIES {
+        let (job, why) = (id.clone(), reason.to_owned());
+        match jobs
+            .store()
+            .call(move |s| s.record_hard_end(&job, end, &why))
+            .await
+        {
+            Ok(pending) => {
+                let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
+                tracing::warn!(job_id = %id, state = end.as_str(), tasks = tasks.join(","), count = tasks.len(), reason, "revert skipped");
+                jobs.observe(&JobEvent::JobFinished { state: end });
+                jobs.publish_state(id, end);
+                return;
+            }
+            Err(
+                err @ (StoreError::Illegal(_)
+                | StoreError::WrongState { .. }
+                | StoreError::UnknownJob(_)),
+            ) => {
+                tracing::error!(job_id = %id, error = %err, "cannot record the job's end");
+                return;
+            }
+            Err(err) => {
+                if attempt == 0 {
+                    tracing::error!(job_id = %id, error = %err, "cannot record the job's end; retrying");
+                }
+                tokio::time::sleep(STORE_RETRY_EVERY).await;
+            }
+        }
+    }
+    tracing::error!(job_id = %id, "gave up recording the job's end: the store kept refusing");
+}
+
+/// A live job whose conductor is gone while nobody watched: whatever it left is killed, and the
+/// job is `crashed` with its pending reverts.
+pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
+    if let Some(path) = &row.cgroup {
+        JobCgroup { path: path.clone() }.kill_and_remove().await;
+    } else if let (Some(pid), Some(start_time)) = (row.conductor_pid, row.conductor_start) {
+        // Its tasks may have outlived it: nothing of the job may survive.
+        process::kill_job(&ConductorId { pid, start_time }, &Default::default()).await;
+    }
+    record_end(
+        jobs,
+        &row.id,
+        JobState::Crashed,
+        "the conductor died while no supervisor watched",
+    )
+    .await;
+    let id = row.id.clone();
+    if let Err(err) = jobs
+        .store()
+        .call(move |s| s.set_conductor_exited(&id))
+        .await
+    {
+        tracing::error!(job_id = %row.id, error = %err, "cannot record the conductor's exit");
+    }
+}
+
+type Connecting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<ConductorLink>> + Send>>;
+
+async fn next_connection(connecting: &mut Option<Connecting>) -> anyhow::Result<ConductorLink> {
+    match connecting {
+        Some(attempt) => attempt.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_frame(link: &mut Option<ConductorLink>) -> Option<Result<FromConductor, FrameError>> {
+    match link {
+        Some(link) => link.next().await,
+        None => std::future::pending().await,
+    }
+}
