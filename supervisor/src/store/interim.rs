@@ -68,19 +68,31 @@ impl Store {
 #[derive(Clone)]
 pub struct StoreHandle {
     store: Arc<Store>,
+    inline: bool,
 }
 
 impl StoreHandle {
     pub fn open(dir: &std::path::Path) -> Result<Self> {
         Ok(Self {
             store: Arc::new(Store::open(dir)?),
+            inline: false,
         })
+    }
+
+    pub fn inline(store: Store) -> Self {
+        Self {
+            store: Arc::new(store),
+            inline: true,
+        }
     }
 
     pub async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        if self.inline {
+            return f(&self.store);
+        }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
