@@ -460,7 +460,7 @@ async fn a_conductor_that_dies_without_an_end_leaves_the_job_crashed() {
 #[tokio::test(start_paused = true)]
 async fn a_failure_revert_is_bounded_by_the_kill_timer() {
     let _serial = SERIAL.lock().await;
-    let mut h = Harness::new(SPEC);
+    let h = Harness::new(SPEC);
     let listener = h.listen();
     h.adopt().await;
     let mut fake = FakeConductor::accept(&listener, &h).await;
