@@ -75,8 +75,13 @@ impl Launcher {
                 cgroup: cgroup.clone(),
             };
             tracing::info!(job_id = %job_id, pid = spawned.pid, "conductor started");
-            self.store
-                .set_conductor(job_id, spawned.pid, spawned.start_time, &socket)?;
+            self.store.set_conductor(
+                job_id,
+                spawned.pid,
+                spawned.start_time,
+                &socket,
+                process::own_supervisor_id(),
+            )?;
             match ConductorLink::connect(&socket, job_id).await {
                 Ok(link) => Ok((conductor, link)),
                 Err(err) => {

@@ -310,12 +310,15 @@ impl Supervision {
     }
 
     fn mark_cancelling(&self, reason: &str) -> Result<(), crate::store::StoreError> {
-        let state = self.store.job(&self.job_id)?.state;
-        if matches!(state, JobState::Running | JobState::Reverting) {
-            self.store
-                .set_job_state(&self.job_id, JobState::Cancelling, Some(reason))?;
+        match self.store.transition_job(
+            &self.job_id,
+            &[JobState::Running, JobState::Reverting],
+            JobState::Cancelling,
+            Some(reason),
+        ) {
+            Ok(_) | Err(crate::store::StoreError::WrongState { .. }) => Ok(()),
+            Err(err) => Err(err),
         }
-        Ok(())
     }
 
     async fn hard_kill(&self, reason: &str, conductor: &Conductor, ladder: &mut Ladder) {
@@ -466,7 +469,11 @@ pub async fn record_end_durably(
             Ok(pending) => return Ok(pending),
             Err(err)
                 if tries < STORE_RETRIES
-                    && !matches!(err, crate::store::StoreError::Illegal(_)) =>
+                    && !matches!(
+                        err,
+                        crate::store::StoreError::Illegal(_)
+                            | crate::store::StoreError::WrongState { .. }
+                    ) =>
             {
                 if tries == 0 {
                     tracing::error!(job_id = %id, error = %err, "cannot record the job's end; retrying");

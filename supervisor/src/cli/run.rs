@@ -73,7 +73,7 @@ async fn run_job(
     let job_id = store.create_job(&spec, &args.file.display().to_string())?;
     println!("job {job_id} {}: {} task(s)", spec.name, spec.tasks.len());
     let started = tokio::time::Instant::now();
-    store.set_job_state(&job_id, JobState::Running, None)?;
+    store.transition_job(&job_id, &[JobState::Pending], JobState::Running, None)?;
     let launcher = Launcher {
         containment,
         store: store.clone(),

@@ -10,7 +10,7 @@ use shared::ids::JobId;
 use shared::protocol::PROTOCOL_VERSION;
 use shared::protocol::client::{ClientReply, ClientRequest, ErrorCode, LogLine};
 use shared::protocol::codec::{read_frame, write_frame};
-use shared::state::{JobState, TaskState};
+use shared::state::JobState;
 use std::time::Duration;
 use tokio::net::UnixStream;
 
@@ -113,8 +113,13 @@ async fn read_hello_and_request(stream: &mut UnixStream) -> Result<ClientRequest
 
 fn store_error(err: StoreError) -> (ErrorCode, String) {
     match err {
-        StoreError::UnknownJob(_) => (ErrorCode::UnknownJob, "no such job".into()),
-        StoreError::Illegal(err) => (ErrorCode::WrongState, err.to_string()),
+        StoreError::UnknownJob(_) | StoreError::BadJobId(_) => {
+            (ErrorCode::UnknownJob, "no such job".into())
+        }
+        err @ (StoreError::Illegal(_)
+        | StoreError::WrongState { .. }
+        | StoreError::NothingToRevert(_)
+        | StoreError::AlreadyReverting(_)) => (ErrorCode::WrongState, err.to_string()),
         other => (ErrorCode::Internal, other.to_string()),
     }
 }
@@ -176,58 +181,30 @@ async fn handle(jobs: &Jobs, request: ClientRequest) -> Reply {
         }
         ClientRequest::Revert { job } => {
             let id = find(jobs, &job)?;
-            let status = store.status(&id).map_err(store_error)?;
-            if !matches!(
-                status.state,
-                JobState::Killed | JobState::Crashed | JobState::RevertFailed
-            ) {
-                return Err((
-                    ErrorCode::WrongState,
-                    format!(
-                        "job {id} is {}: only a killed, crashed or revert_failed job can be reverted",
-                        status.state
-                    ),
-                ));
-            }
-            if !status.tasks.iter().any(|t| t.revert_pending) {
-                return Err((
-                    ErrorCode::WrongState,
-                    format!("job {id} has no pending revert"),
-                ));
-            }
             store
-                .set_job_state(&id, JobState::Reverting, Some("revert requested"))
-                .map_err(store_error)?;
+                .begin_revert(&id, "revert requested")
+                .map_err(|err| match err {
+                    StoreError::WrongState { state, .. } => (
+                        ErrorCode::WrongState,
+                        format!("job {id} is {state}: only a killed, crashed or revert_failed job can be reverted"),
+                    ),
+                    other => store_error(other),
+                })?;
             jobs.publish(&id, None, JobState::Reverting.as_str());
             jobs.launch_now(id, Purpose::Revert);
             Ok(ClientReply::Done)
         }
         ClientRequest::Resume { job } => {
             let id = find(jobs, &job)?;
-            let status = store.status(&id).map_err(store_error)?;
-            if !matches!(status.state, JobState::Killed | JobState::Crashed) {
-                return Err((
-                    ErrorCode::WrongState,
-                    format!(
-                        "job {id} is {}: only a killed or crashed job can be resumed",
-                        status.state
-                    ),
-                ));
-            }
-            if status.tasks.iter().any(|t| {
-                matches!(
-                    t.state,
-                    TaskState::Reverting | TaskState::Reverted | TaskState::RevertFailure
-                )
-            }) {
-                return Err((
-                    ErrorCode::WrongState,
-                    format!("job {id} already began reverting: use `supervisor revert {id}`"),
-                ));
-            }
             store
-                .set_job_state(&id, JobState::Running, Some("resume requested"))
-                .map_err(store_error)?;
+                .begin_resume(&id, "resume requested")
+                .map_err(|err| match err {
+                    StoreError::WrongState { state, .. } => (
+                        ErrorCode::WrongState,
+                        format!("job {id} is {state}: only a killed or crashed job can be resumed"),
+                    ),
+                    other => store_error(other),
+                })?;
             jobs.publish(&id, None, JobState::Running.as_str());
             jobs.launch_now(id, Purpose::Execute);
             Ok(ClientReply::Done)
@@ -270,7 +247,12 @@ async fn order_job(jobs: &Jobs, id: &JobId, order: Order, queued_end: JobState) 
     }
     if state == JobState::Pending {
         jobs.store()
-            .set_job_state(id, queued_end, Some("stopped before it started"))
+            .transition_job(
+                id,
+                &[JobState::Pending],
+                queued_end,
+                Some("stopped before it started"),
+            )
             .map_err(store_error)?;
         jobs.publish(id, None, queued_end.as_str());
         return Ok(ClientReply::Done);

@@ -149,7 +149,11 @@ impl Jobs {
             let alive = matches!((row.conductor_pid, row.conductor_start), (Some(pid), Some(start)) if process::is_same_process(pid, start));
             if alive {
                 tracing::info!(job_id = %row.id, pid = row.conductor_pid, "re-attaching to the conductor");
-                if let Err(err) = self.inner.store.claim(&row.id) {
+                if let Err(err) = self
+                    .inner
+                    .store
+                    .claim(&row.id, process::own_supervisor_id())
+                {
                     tracing::error!(job_id = %row.id, error = %err, "cannot record the re-attachment");
                 }
                 self.spawn_supervision(row.id.clone(), Attach::Reattach(Box::new(row)));
@@ -239,7 +243,11 @@ impl Jobs {
             .filter(|id| !self.live().contains_key(id))
             .take(room)
         {
-            if let Err(err) = self.inner.store.set_job_state(&id, JobState::Running, None) {
+            if let Err(err) =
+                self.inner
+                    .store
+                    .transition_job(&id, &[JobState::Pending], JobState::Running, None)
+            {
                 tracing::error!(job_id = %id, error = %err, "cannot start the job");
                 continue;
             }
