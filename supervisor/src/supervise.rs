@@ -371,6 +371,8 @@ impl Supervision {
                     .await
                     .map_err(|err| err.to_string())
             }
+            // A lost report: drop the link, the conductor sends again from its first unacked.
+            Err(err @ crate::store::StoreError::ReportGap { .. }) => Err(err.to_string()),
             Err(err) => {
                 if state.store_retry_at.is_none() {
                     tracing::error!(job_id = %self.job_id, error = %err, "cannot apply the conductor's reports; it waits until they are");
