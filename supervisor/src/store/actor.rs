@@ -48,7 +48,9 @@ impl StoreHandle {
     }
 
     /// Runs `f` on the store's thread and returns its result. Works on any tokio runtime
-    /// (multi-thread or current-thread): waiting is a oneshot, no blocking.
+    /// (multi-thread or current-thread): waiting is a oneshot, no blocking. Once sent, a call
+    /// runs to its end even if this future is dropped (its transaction commits or not as a
+    /// whole; only the answer is lost).
     pub async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,

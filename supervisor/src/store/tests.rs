@@ -452,6 +452,33 @@ fn schema_1_store_is_migrated() {
     Store::open(dir.path()).expect("reopen a current store");
 }
 
+/// Two processes upgrading at once: the second finds the store migrated, under the lock.
+#[test]
+fn concurrent_opens_migrate_once() {
+    let dir = TempDir::new();
+    Connection::open(dir.path().join("state.db"))
+        .expect("create")
+        .execute_batch(include_str!("fixtures/schema1.sql"))
+        .expect("fixture");
+    let opened: Vec<Result<Store>> = std::thread::scope(|scope| {
+        let openers: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| Store::open(dir.path())))
+            .collect();
+        openers
+            .into_iter()
+            .map(|o| o.join().expect("thread"))
+            .collect()
+    });
+    for store in opened {
+        let store = store.expect("open");
+        assert_eq!(
+            migrate::user_version(&store.conn()).expect("version"),
+            SCHEMA_VERSION
+        );
+        assert_eq!(store.list(true).expect("list").len(), 4);
+    }
+}
+
 /// The migrations end where a fresh store starts: the same columns, in the same order.
 #[test]
 fn migrated_schema_equals_the_fresh_schema() {
