@@ -283,6 +283,14 @@ pub fn start_time(pid: i32) -> Option<u64> {
     stat(pid).map(|s| s.start_time)
 }
 
+/// This process's identity as a job's supervisor, as the store records it.
+#[must_use]
+pub fn own_supervisor_id() -> crate::store::SupervisorId {
+    let pid = std::process::id();
+    let start_time = i32::try_from(pid).ok().and_then(start_time).unwrap_or(0);
+    crate::store::SupervisorId { pid, start_time }
+}
+
 /// True when `pid` is alive (not a zombie) and is still the process that started at `start`.
 #[must_use]
 pub fn is_same_process(pid: i32, start: u64) -> bool {

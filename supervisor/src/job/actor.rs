@@ -164,7 +164,8 @@ impl Actor {
         let alive = matches!((row.conductor_pid, row.conductor_start), (Some(pid), Some(start)) if process::is_same_process(pid, start));
         if alive {
             tracing::info!(pid = row.conductor_pid, "re-attaching to the conductor");
-            self.store(|s, id| s.claim(id)).await?;
+            self.store(|s, id| s.claim(id, process::own_supervisor_id()))
+                .await?;
             return Ok(Some(Next::Attach(Box::new(row), order)));
         }
         if row.state.is_live() {

@@ -121,7 +121,15 @@ impl Launcher {
         {
             let (job, socket) = (job_id.clone(), socket.clone());
             store
-                .call(move |s| s.set_conductor(&job, id.pid, id.start_time, &socket))
+                .call(move |s| {
+                    s.set_conductor(
+                        &job,
+                        id.pid,
+                        id.start_time,
+                        &socket,
+                        process::own_supervisor_id(),
+                    )
+                })
                 .await?;
         }
         let link = ConductorLink::connect(&socket, job_id).await?;

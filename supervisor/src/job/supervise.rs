@@ -531,6 +531,10 @@ impl Supervision {
                     self.drop_link(&err.to_string());
                 }
             }
+            Err(err @ StoreError::ReportGap { .. }) => {
+                // A report was lost on the way: the conductor sends them all again.
+                self.drop_link(&err.to_string());
+            }
             Err(err) => {
                 if self.state.store_retry_at.is_none() {
                     tracing::error!(error = %err, "cannot apply the conductor's reports; it waits until they are");

@@ -78,10 +78,10 @@ impl Harness {
         let start = wait_start_time(pid);
         let socket = state_dir.socket(&id);
         store
-            .set_conductor(&id, pid, start, &socket)
+            .set_conductor(&id, pid, start, &socket, process::own_supervisor_id())
             .expect("set conductor");
         let jobs = Jobs::new(JobsConfig {
-            store: StoreHandle::inline(store),
+            store: StoreHandle::in_place(store),
             launcher: Launcher {
                 state_dir,
                 worker: WorkerCommand {

@@ -6,17 +6,26 @@
 //! `SUPERVISOR_DURABILITY=normal` trades the fsyncs away: still safe against crashes of any
 //! process, not against a power loss or a kernel crash.
 //!
-//! Jobs, tasks, every state change with its time ([`transitions`](SCHEMA)), results, failure
+//! Every write is one `BEGIN IMMEDIATE` transaction: it takes the write lock before it reads,
+//! so a second process on the same store (a `supervisor run` beside a daemon) makes it wait
+//! (the busy timeout), never fail on a stale snapshot.
+//!
+//! Jobs, tasks, every state change with its time (the `transitions` table), results, failure
 //! reasons, and each job's task output. Every state change goes through the transition functions
-//! of `shared::state`; an illegal one is a [`StoreError::Illegal`], logged by the caller.
+//! of `shared::state`; a job's state changes only by compare-and-set ([`Store::transition_job`]
+//! and the guarded orders in `transitions.rs`), so a check and its change are one transaction.
+//! [`StoreHandle`] runs a `Store` on its own thread for async callers (ARCHITECTURE.md, Store).
 
-mod interim;
+mod actor;
+mod migrate;
 mod queries;
 mod reports;
+mod transitions;
 
-pub use interim::StoreHandle;
+pub use actor::StoreHandle;
+pub use reports::Applied;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use shared::ids::JobId;
 use shared::spec::JobSpec;
 use shared::state::{ExecOutcome, InvalidTransition, JobState, TaskState};
@@ -24,70 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The schema; `CREATE ... IF NOT EXISTS`, so opening an existing store is a no-op.
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id            TEXT PRIMARY KEY,
-    seq           INTEGER NOT NULL UNIQUE,   -- submission order
-    name          TEXT NOT NULL,
-    source        TEXT NOT NULL,             -- the job file as given
-    spec          TEXT NOT NULL,             -- the validated spec, JSON
-    state         TEXT NOT NULL,
-    reason        TEXT,                      -- why it ended as it did
-    created_ms    INTEGER NOT NULL,
-    started_ms    INTEGER,
-    ended_ms      INTEGER,
-    conductor_pid INTEGER,
-    conductor_start INTEGER,                 -- /proc start time, to recognise the pid later
-    supervisor_pid  INTEGER,                 -- the daemon or `run` that supervises it
-    supervisor_start INTEGER,
-    containment   TEXT,                      -- cgroup or session
-    cgroup        TEXT,                      -- the job's cgroup, in cgroup mode
-    unresponsive_ms INTEGER,                 -- since when the conductor has been silent
-    socket        TEXT,
-    last_report   INTEGER NOT NULL DEFAULT 0, -- highest report seq applied from this conductor
-    conductor_exited INTEGER NOT NULL DEFAULT 1 -- 0 from the spawn until the exit is seen
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    job_id        TEXT NOT NULL REFERENCES jobs(id),
-    idx           INTEGER NOT NULL,
-    name          TEXT NOT NULL,
-    has_revert    INTEGER NOT NULL,
-    state         TEXT NOT NULL,
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    exec_outcome  TEXT,
-    result        TEXT NOT NULL DEFAULT '',
-    error         TEXT,
-    pid           INTEGER,
-    started_ms    INTEGER,
-    ended_ms      INTEGER,
-    PRIMARY KEY (job_id, idx)
-);
-CREATE TABLE IF NOT EXISTS transitions (
-    id        INTEGER PRIMARY KEY,
-    job_id    TEXT NOT NULL,
-    task_idx  INTEGER,                       -- NULL: the job itself
-    from_state TEXT,
-    to_state  TEXT NOT NULL,
-    at_ms     INTEGER NOT NULL,
-    reason    TEXT
-);
-CREATE TABLE IF NOT EXISTS output (
-    id        INTEGER PRIMARY KEY,
-    job_id    TEXT NOT NULL,
-    task_idx  INTEGER NOT NULL,
-    phase     TEXT NOT NULL,
-    stream    TEXT NOT NULL,
-    line      TEXT NOT NULL,
-    at_ms     INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS output_by_job ON output(job_id, id);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
-CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions(job_id, id);
-";
-
-/// Bumped on every change of [`SCHEMA`]; a store of another version is refused, not guessed at.
-const SCHEMA_VERSION: i64 = 2;
+pub use migrate::SCHEMA_VERSION;
 
 /// How long a writer waits for another process's transaction (a `run` beside a daemon).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,21 +46,35 @@ pub enum StoreError {
     Illegal(#[from] InvalidTransition),
     #[error("no such job: {0}")]
     UnknownJob(JobId),
-    #[error("stored spec of job {0} is unreadable: {1}")]
-    BadSpec(JobId, serde_json::Error),
-    #[error(
-        "the store was made by another version of supervisor (schema {found}, this one reads {expected}): use another state dir"
-    )]
-    Schema { found: i64, expected: i64 },
-    #[error("stored state is unreadable: {0}")]
-    BadState(#[from] shared::state::UnknownState),
+    /// Text that is not a job id (8 hex digits), typed by a user or found in the store.
+    #[error("no such job: {0:?} is not a job id")]
+    BadJobId(String),
+    /// A compare-and-set found the job in a state it does not accept.
     #[error("job {id} is {state}")]
     WrongState { id: JobId, state: JobState },
     #[error("job {0} has no pending revert")]
     NothingToRevert(JobId),
     #[error("job {0} already began reverting: use `supervisor revert {0}`")]
     AlreadyReverting(JobId),
-    #[error("the store is unavailable: {0}")]
+    /// A batch of reports does not continue the reports held: one was lost on the way.
+    #[error("report gap: expected report {expected}, got {got}")]
+    ReportGap { expected: u64, got: u64 },
+    #[error("stored spec of job {0} is unreadable: {1}")]
+    BadSpec(JobId, serde_json::Error),
+    #[error("cannot encode the job's spec: {0}")]
+    UnencodableSpec(serde_json::Error),
+    #[error(
+        "the store was made by a newer version of supervisor (schema {found}, this one reads up to {supported}): use that version or another state dir"
+    )]
+    SchemaNewer { found: i64, supported: i64 },
+    #[error(
+        "the store has an unknown schema version {0}: it was not made by supervisor; use another state dir"
+    )]
+    SchemaUnknown(i64),
+    #[error("stored state is unreadable: {0}")]
+    BadState(#[from] shared::state::UnknownState),
+    /// The store's thread could not serve the call (it panicked in this call, or is gone).
+    #[error("store unavailable: {0}")]
     Unavailable(String),
 }
 
@@ -126,6 +86,14 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         matches!(self, Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
     }
+}
+
+/// The process (daemon or `supervisor run`) that supervises a job: its pid and its start time
+/// (as `/proc/PID/stat` gives it), which together recognise it later despite pid reuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SupervisorId {
+    pub pid: u32,
+    pub start_time: u64,
 }
 
 /// The store; cheap to share behind an `Arc`. Each call is one short transaction.
@@ -201,9 +169,9 @@ pub fn now_ms() -> i64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) `state.db` in `dir`.
+    /// Opens (creating if needed) `state.db` in `dir`, migrating an older schema forward.
     pub fn open(dir: &Path) -> Result<Self> {
-        let conn = Connection::open(dir.join("state.db"))?;
+        let mut conn = Connection::open(dir.join("state.db"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -213,23 +181,7 @@ impl Store {
         // can fill a small disk and then never be checkpointed).
         conn.pragma_update(None, "wal_autocheckpoint", 200)?;
         conn.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-        let has_jobs = conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if has_jobs && version != SCHEMA_VERSION {
-            return Err(StoreError::Schema {
-                found: version,
-                expected: SCHEMA_VERSION,
-            });
-        }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        migrate::prepare(&mut conn)?;
         let fsync = std::env::var("SUPERVISOR_DURABILITY").map_or(true, |mode| mode != "normal");
         Ok(Self {
             conn: Mutex::new(conn),
@@ -241,7 +193,8 @@ impl Store {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `write` in one transaction, fsynced at commit when `durable` (and fsyncs are on).
+    /// Runs `write` in one immediate transaction, fsynced at commit when `durable` (and fsyncs
+    /// are on). On a full disk, checkpoints the WAL so that a retry may find room.
     fn write<T>(
         &self,
         durable: bool,
@@ -252,13 +205,22 @@ impl Store {
         if full {
             conn.pragma_update(None, "synchronous", "FULL")?;
         }
-        let result = conn.transaction().map_err(StoreError::from).and_then(|tx| {
-            let value = write(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        });
+        let result = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)
+            .and_then(|tx| {
+                let value = write(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            });
         if full {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            // The commit's outcome stands either way: a connection left at FULL is only slower.
+            if let Err(err) = conn.pragma_update(None, "synchronous", "NORMAL") {
+                tracing::warn!(error = %err, "store: cannot set synchronous=NORMAL again");
+            }
+        }
+        if result.as_ref().is_err_and(StoreError::is_disk_full) {
+            checkpoint_truncate(&conn);
         }
         result
     }
@@ -266,63 +228,14 @@ impl Store {
     /// After a full disk: moves the WAL into the database and truncates it, which gives back
     /// the space the WAL held (it only grows until a checkpoint, and a full disk can stop those).
     pub fn reclaim_space(&self) {
-        let conn = self.conn();
-        let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-            row.get::<_, i64>(0)
-        });
-        tracing::info!(?result, "store: checkpointed the WAL to reclaim space");
+        checkpoint_truncate(&self.conn());
     }
 
     /// Stores a new `pending` job and its tasks; returns its fresh id.
     pub fn create_job(&self, spec: &JobSpec, source: &str) -> Result<JobId> {
-        let spec_json = serde_json::to_string(spec)
-            .map_err(|e| StoreError::BadSpec(JobId::from_random(0), e))?;
+        let spec_json = serde_json::to_string(spec).map_err(StoreError::UnencodableSpec)?;
         // Durable before `submit` answers with the id.
-        self.write(true, |tx| {
-        let now = now_ms();
-        let id = loop {
-            let id = JobId::from_random(random_u32());
-            let taken: bool = tx
-                .query_row(
-                    "SELECT 1 FROM jobs WHERE id = ?1",
-                    [id.as_str()],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
-            if !taken {
-                break id;
-            }
-        };
-        tx.execute(
-            "INSERT INTO jobs (id, seq, name, source, spec, state, created_ms)
-             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?2, ?3, ?4, ?5, ?6)",
-            params![
-                id.as_str(),
-                spec.name,
-                source,
-                spec_json,
-                JobState::Pending.as_str(),
-                now
-            ],
-        )?;
-        for (idx, task) in spec.tasks.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO tasks (job_id, idx, name, has_revert, state) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id.as_str(), u32::try_from(idx).unwrap_or(u32::MAX), task.name, task.body.has_revert(), TaskState::Pending.as_str()],
-            )?;
-        }
-        record_transition(
-            tx,
-            &id,
-            None,
-            None,
-            JobState::Pending.as_str(),
-            now,
-            Some("submitted"),
-        )?;
-        Ok(id)
-        })
+        self.write(true, |tx| insert_job(tx, spec, &spec_json, source))
     }
 
     /// The job's spec as it was validated at submission.
@@ -349,16 +262,7 @@ impl Store {
         task_rows(&conn, id)
     }
 
-    /// Moves the job to `to` through the transition table.
-    pub fn set_job_state(&self, id: &JobId, to: JobState, reason: Option<&str>) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        change_job_state(&tx, id, to, reason)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Records the conductor now serving the job, and this process as its supervisor; the
+    /// Records the conductor now serving the job, and `supervisor` as its supervisor; the
     /// conductor's reports are numbered afresh.
     pub fn set_conductor(
         &self,
@@ -366,90 +270,77 @@ impl Store {
         pid: i32,
         start_time: u64,
         socket: &Path,
+        supervisor: SupervisorId,
     ) -> Result<()> {
-        let (me, my_start) = own_identity();
-        self.conn().execute(
+        self.update_job(
+            id,
             "UPDATE jobs SET conductor_pid = ?2, conductor_start = ?3, socket = ?4, last_report = 0, conductor_exited = 0,
                              started_ms = COALESCE(started_ms, ?5), supervisor_pid = ?6, supervisor_start = ?7
              WHERE id = ?1",
             params![
                 id.as_str(),
                 pid,
-                i64::try_from(start_time).unwrap_or(i64::MAX),
+                to_sql_u64(start_time),
                 socket.to_string_lossy(),
                 now_ms(),
-                me,
-                my_start
+                supervisor.pid,
+                to_sql_u64(supervisor.start_time)
             ],
-        )?;
-        Ok(())
+        )
     }
 
     /// Records that the job's conductor is gone (seen exit, or found dead).
     pub fn set_conductor_exited(&self, id: &JobId) -> Result<()> {
-        self.conn().execute(
+        self.update_job(
+            id,
             "UPDATE jobs SET conductor_exited = 1 WHERE id = ?1",
-            [id.as_str()],
-        )?;
-        Ok(())
+            params![id.as_str()],
+        )
     }
 
     /// Records how the job is contained (`cgroup` with its path, or `session`).
     pub fn set_containment(&self, id: &JobId, mode: &str, cgroup: Option<&Path>) -> Result<()> {
-        self.conn().execute(
+        self.update_job(
+            id,
             "UPDATE jobs SET containment = ?2, cgroup = ?3 WHERE id = ?1",
             params![
                 id.as_str(),
                 mode,
                 cgroup.map(|p| p.to_string_lossy().into_owned())
             ],
-        )?;
-        Ok(())
+        )
     }
 
     /// Marks the conductor unresponsive since `since_ms`, or responsive again (`None`).
     pub fn set_unresponsive(&self, id: &JobId, since_ms: Option<i64>) -> Result<()> {
-        self.conn().execute(
+        self.update_job(
+            id,
             "UPDATE jobs SET unresponsive_ms = ?2 WHERE id = ?1",
             params![id.as_str(), since_ms],
-        )?;
-        Ok(())
+        )
     }
 
-    /// Records this process as the job's supervisor (so that no other one adopts it meanwhile).
-    pub fn claim(&self, id: &JobId) -> Result<()> {
-        let (me, my_start) = own_identity();
-        self.conn().execute(
+    /// Records `supervisor` as the job's supervisor (so that no other one adopts it meanwhile).
+    pub fn claim(&self, id: &JobId, supervisor: SupervisorId) -> Result<()> {
+        self.update_job(
+            id,
             "UPDATE jobs SET supervisor_pid = ?2, supervisor_start = ?3 WHERE id = ?1",
-            params![id.as_str(), me, my_start],
-        )?;
-        Ok(())
+            params![
+                id.as_str(),
+                supervisor.pid,
+                to_sql_u64(supervisor.start_time)
+            ],
+        )
     }
 
-    /// After a kill or a crash: a task killed mid-execute becomes `failure` (killed), one killed
-    /// mid-revert `revert_failure`; the job becomes `end` (killed or crashed). Returns the tasks
-    /// whose revert is pending, in the order they must be reverted (last first).
-    pub fn record_hard_end(&self, id: &JobId, end: JobState, reason: &str) -> Result<Vec<TaskRow>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let now = now_ms();
-        for task in task_rows(&tx, id)? {
-            let (to, outcome) = match task.state {
-                TaskState::Running => (TaskState::Failure, Some(ExecOutcome::Killed)),
-                TaskState::Reverting => (TaskState::RevertFailure, None),
-                _ => continue,
-            };
-            change_task_state(&tx, id, task.idx, task.state, to, Some(reason))?;
-            tx.execute(
-                "UPDATE tasks SET error = ?3, ended_ms = ?4, exec_outcome = COALESCE(?5, exec_outcome)
-                 WHERE job_id = ?1 AND idx = ?2",
-                params![id.as_str(), task.idx, reason, now, outcome.map(ExecOutcome::as_str)],
-            )?;
-        }
-        change_job_state(&tx, id, end, Some(reason))?;
-        let pending = pending_reverts(&task_rows(&tx, id)?);
-        tx.commit()?;
-        Ok(pending)
+    /// One non-durable update of the job's row; [`StoreError::UnknownJob`] if it has none.
+    fn update_job(&self, id: &JobId, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Result<()> {
+        self.write(false, |tx| {
+            match tx.prepare_cached(sql)?.execute(params)? {
+                0 => Err(StoreError::UnknownJob(id.clone())),
+                _ => Ok(()),
+            }
+        })
     }
 
     /// The job's output lines after the line numbered `after_id`, in order.
@@ -473,6 +364,92 @@ impl Store {
     }
 }
 
+/// Moves the WAL into the database and truncates it.
+fn checkpoint_truncate(conn: &Connection) {
+    let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        row.get::<_, i64>(0)
+    });
+    tracing::info!(?result, "store: checkpointed the WAL to reclaim space");
+}
+
+/// A `u64` (a start time) as SQLite's signed integer, saturating.
+fn to_sql_u64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Inserts a `pending` job with a fresh id, and its tasks.
+fn insert_job(
+    tx: &rusqlite::Transaction<'_>,
+    spec: &JobSpec,
+    spec_json: &str,
+    source: &str,
+) -> Result<JobId> {
+    let now = now_ms();
+    let id = loop {
+        let id = JobId::from_random(random_u32());
+        let taken = tx
+            .query_row(
+                "SELECT 1 FROM jobs WHERE id = ?1",
+                [id.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !taken {
+            break id;
+        }
+    };
+    tx.execute(
+        "INSERT INTO jobs (id, seq, name, source, spec, state, created_ms)
+         VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?2, ?3, ?4, ?5, ?6)",
+        params![
+            id.as_str(),
+            spec.name,
+            source,
+            spec_json,
+            JobState::Pending.as_str(),
+            now
+        ],
+    )?;
+    for (idx, task) in spec.tasks.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO tasks (job_id, idx, name, has_revert, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                id.as_str(),
+                u32::try_from(idx).unwrap_or(u32::MAX),
+                task.name,
+                task.body.has_revert(),
+                TaskState::Pending.as_str()
+            ],
+        )?;
+    }
+    record_transition(
+        tx,
+        &id,
+        None,
+        None,
+        JobState::Pending.as_str(),
+        now,
+        Some("submitted"),
+    )?;
+    Ok(id)
+}
+
+/// The live job states (a conductor runs or will run), from `JobState`'s own list.
+fn live_states() -> Vec<JobState> {
+    JobState::ALL.into_iter().filter(|s| s.is_live()).collect()
+}
+
+/// `states` as a SQL list of string literals, for `state IN (...)`; the names come from
+/// `as_str`, never from input, so they need no binding.
+fn sql_list(states: impl IntoIterator<Item = JobState>) -> String {
+    states
+        .into_iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The tasks whose revert is pending, last first: their execute began and their revert has not
 /// completed. Tasks without a revert command have nothing to compensate and are never pending.
 #[must_use]
@@ -483,16 +460,6 @@ pub fn pending_reverts(tasks: &[TaskRow]) -> Vec<TaskRow> {
         .filter(|t| t.revert_began_or_needed())
         .cloned()
         .collect()
-}
-
-/// This process's pid and start time, as stored for a supervisor.
-fn own_identity() -> (u32, i64) {
-    let me = std::process::id();
-    let start = i32::try_from(me)
-        .ok()
-        .and_then(crate::process::start_time)
-        .unwrap_or(0);
-    (me, i64::try_from(start).unwrap_or(i64::MAX))
 }
 
 fn random_u32() -> u32 {
@@ -617,37 +584,6 @@ fn record_transition(
     Ok(())
 }
 
-/// Moves the job through the transition table (no-op when it is already in `to`).
-fn change_job_state(
-    conn: &Connection,
-    id: &JobId,
-    to: JobState,
-    reason: Option<&str>,
-) -> Result<()> {
-    let from = job_row(conn, id)?
-        .ok_or_else(|| StoreError::UnknownJob(id.clone()))?
-        .state;
-    if from == to {
-        return Ok(());
-    }
-    from.transition(to)?;
-    let now = now_ms();
-    let ended = (!to.is_live()).then_some(now);
-    conn.execute(
-        "UPDATE jobs SET state = ?2, reason = COALESCE(?3, reason), ended_ms = ?4 WHERE id = ?1",
-        params![id.as_str(), to.as_str(), reason, ended],
-    )?;
-    record_transition(
-        conn,
-        id,
-        None,
-        Some(from.as_str()),
-        to.as_str(),
-        now,
-        reason,
-    )
-}
-
 /// Moves a task through the transition table.
 fn change_task_state(
     conn: &Connection,
@@ -670,3 +606,6 @@ fn change_task_state(
         reason,
     )
 }
+
+#[cfg(test)]
+mod tests;

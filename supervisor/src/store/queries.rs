@@ -1,16 +1,16 @@
 //! Read-side queries for the CLI: job lookup, `ls`, `status`.
 
-use super::{Result, Store, StoreError, TaskRow, job_row, task_rows};
+use super::{Result, Store, StoreError, TaskRow, job_row, live_states, sql_list, task_rows};
 use rusqlite::params;
 use shared::ids::JobId;
 use shared::protocol::client::{JobStatus, JobSummary, TaskStatus};
-use shared::state::JobState;
+use shared::state::{JobState, TaskState};
 
 impl Store {
-    /// The id of a job named by the user; [`StoreError::UnknownJob`] when there is none.
+    /// The id of a job named by the user; [`StoreError::BadJobId`] when the text is not an id,
+    /// [`StoreError::UnknownJob`] when there is no such job.
     pub fn find_job(&self, text: &str) -> Result<JobId> {
-        let id = JobId::parse(text.trim())
-            .ok_or_else(|| StoreError::UnknownJob(JobId::from_random(0)))?;
+        let id = parse_id(text.trim())?;
         let conn = self.conn();
         match job_row(&conn, &id)? {
             Some(_) => Ok(id),
@@ -21,14 +21,16 @@ impl Store {
     /// Jobs in submission order: the live ones, or all.
     pub fn list(&self, all: bool) -> Result<Vec<JobSummary>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT j.id, j.name, j.state, j.created_ms,
-                    (SELECT t.name FROM tasks t WHERE t.job_id = j.id AND t.state != 'pending'
+                    (SELECT t.name FROM tasks t WHERE t.job_id = j.id AND t.state != '{}'
                      ORDER BY t.started_ms DESC, t.idx DESC LIMIT 1)
              FROM jobs j
-             WHERE ?1 OR j.state IN ('pending', 'running', 'cancelling', 'reverting')
+             WHERE ?1 OR j.state IN ({})
              ORDER BY j.seq",
-        )?;
+            TaskState::Pending.as_str(),
+            sql_list(live_states()),
+        ))?;
         let rows = stmt
             .query_map(params![all], |row| {
                 Ok((
@@ -41,17 +43,15 @@ impl Store {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
-            .filter_map(|(id, name, state, created_ms, task)| {
-                let id = JobId::parse(&id)?;
-                Some(state.parse::<JobState>().map(|state| JobSummary {
-                    id,
+            .map(|(id, name, state, created_ms, task)| {
+                Ok(JobSummary {
+                    id: parse_id(&id)?,
                     name,
-                    state,
+                    state: state.parse()?,
                     task,
                     created_ms,
-                }))
+                })
             })
-            .map(|r| r.map_err(StoreError::from))
             .collect()
     }
 
@@ -89,28 +89,33 @@ impl Store {
     pub fn attached_jobs(&self) -> Result<Vec<super::JobRow>> {
         let ids: Vec<String> = {
             let conn = self.conn();
-            let mut stmt = conn.prepare_cached(
-                "SELECT id FROM jobs WHERE state IN ('running', 'cancelling', 'reverting') OR conductor_exited = 0 ORDER BY seq",
-            )?;
+            let attached = live_states()
+                .into_iter()
+                .filter(|s| *s != JobState::Pending);
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT id FROM jobs WHERE state IN ({}) OR conductor_exited = 0 ORDER BY seq",
+                sql_list(attached),
+            ))?;
             stmt.query_map([], |row| row.get(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?
         };
-        ids.iter()
-            .filter_map(|id| JobId::parse(id))
-            .map(|id| self.job(&id))
-            .collect()
+        ids.iter().map(|id| self.job(&parse_id(id)?)).collect()
     }
 
     /// Pending jobs in submission order.
     pub fn queued_jobs(&self) -> Result<Vec<JobId>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT id FROM jobs WHERE state = 'pending' ORDER BY seq")?;
+        let mut stmt = conn.prepare_cached("SELECT id FROM jobs WHERE state = ?1 ORDER BY seq")?;
         let ids = stmt
-            .query_map([], |row| row.get::<_, String>(0))?
+            .query_map([JobState::Pending.as_str()], |row| row.get::<_, String>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(ids.iter().filter_map(|id| JobId::parse(id)).collect())
+        ids.iter().map(|id| parse_id(id)).collect()
     }
+}
+
+/// A job id, typed by a user or stored; [`StoreError::BadJobId`] if it is not one.
+fn parse_id(text: &str) -> Result<JobId> {
+    JobId::parse(text).ok_or_else(|| StoreError::BadJobId(text.to_owned()))
 }
 
 fn task_status(task: TaskRow, accounting: bool) -> TaskStatus {

@@ -1,13 +1,15 @@
 //! Applying a conductor's numbered reports to the store: each once, in order, in one transaction
 //! per batch, so that the acknowledgement that follows means "durable".
 
-use super::{Result, Store, StoreError, change_job_state, change_task_state, now_ms};
-use rusqlite::{Connection, params};
+use super::transitions::{change_job_state, job_state};
+use super::{Result, Store, StoreError, change_task_state, now_ms};
+use rusqlite::{Connection, OptionalExtension, params};
 use shared::ids::JobId;
 use shared::protocol::conductor::{JobEvent, Phase, Report, StepOutcome};
 use shared::state::{ExecOutcome, JobState, TaskState};
 
 /// What a batch did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Applied {
     /// The highest report seq the store holds: the acknowledgement to send.
     pub held: u64,
@@ -19,16 +21,12 @@ impl Store {
     /// Applies `reports` (in seq order) that the store does not hold yet, in one transaction.
     ///
     /// A report that would make an illegal transition is logged and skipped, and still counts
-    /// as held: the conductor must not wait forever for it.
+    /// as held: the conductor must not wait forever for it. Reports already held (replays after
+    /// a reconnection) are skipped. A batch whose fresh reports do not continue the held ones
+    /// without a gap is refused whole ([`StoreError::ReportGap`]): a report was lost, and the
+    /// caller must drop the link so that the conductor sends again from its first unacknowledged
+    /// report. On a full disk, the WAL is checkpointed before the error returns.
     pub fn apply_reports(&self, id: &JobId, reports: &[Report]) -> Result<Applied> {
-        let applied = self.apply_reports_once(id, reports);
-        if applied.as_ref().is_err_and(StoreError::is_disk_full) {
-            self.reclaim_space();
-        }
-        applied
-    }
-
-    fn apply_reports_once(&self, id: &JobId, reports: &[Report]) -> Result<Applied> {
         // A write-ahead record, or the job's end, must be durable before it is acknowledged;
         // the rest rides along with the next such commit.
         let durable = reports.iter().any(|r| {
@@ -46,15 +44,19 @@ impl Store {
         id: &JobId,
         reports: &[Report],
     ) -> Result<Applied> {
-        let held: u64 = tx.query_row(
-            "SELECT last_report FROM jobs WHERE id = ?1",
-            [id.as_str()],
-            |row| row.get::<_, i64>(0).map(|v| u64::try_from(v).unwrap_or(0)),
-        )?;
+        let held: u64 = tx
+            .query_row(
+                "SELECT last_report FROM jobs WHERE id = ?1",
+                [id.as_str()],
+                |row| row.get::<_, i64>(0).map(|v| u64::try_from(v).unwrap_or(0)),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
         let fresh_from = reports
             .iter()
             .position(|r| r.seq > held)
             .unwrap_or(reports.len());
+        check_no_gap(held, &reports[fresh_from..])?;
         let mut last = held;
         for report in &reports[fresh_from..] {
             match apply_one(tx, id, &report.event) {
@@ -77,6 +79,21 @@ impl Store {
             fresh_from,
         })
     }
+}
+
+/// The fresh reports must number on from `held` one by one.
+fn check_no_gap(held: u64, fresh: &[Report]) -> Result<()> {
+    let mut expected = held.saturating_add(1);
+    for report in fresh {
+        if report.seq != expected {
+            return Err(StoreError::ReportGap {
+                expected,
+                got: report.seq,
+            });
+        }
+        expected = expected.saturating_add(1);
+    }
+    Ok(())
 }
 
 fn task_state(conn: &Connection, id: &JobId, task: u32) -> Result<TaskState> {
@@ -110,10 +127,14 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
                         "UPDATE tasks SET pid = NULL WHERE job_id = ?1 AND idx = ?2",
                     )?
                     .execute(params![id.as_str(), task])?;
-                    let job = super::job_row(conn, id)?
-                        .ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
-                    if job.state == JobState::Running {
-                        change_job_state(conn, id, JobState::Reverting, Some("reverting"))?;
+                    if job_state(conn, id)? == JobState::Running {
+                        change_job_state(
+                            conn,
+                            id,
+                            &[JobState::Running],
+                            JobState::Reverting,
+                            Some("reverting"),
+                        )?;
                     }
                 }
             }
@@ -139,14 +160,14 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
             outcome,
         } => finish_task(conn, id, *task, *phase, outcome, now)?,
         JobEvent::Cancelling { reason } => {
-            let job =
-                super::job_row(conn, id)?.ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
-            if matches!(job.state, JobState::Running | JobState::Reverting) {
-                change_job_state(conn, id, JobState::Cancelling, Some(reason))?;
+            let from = [JobState::Running, JobState::Reverting];
+            if from.contains(&job_state(conn, id)?) {
+                change_job_state(conn, id, &from, JobState::Cancelling, Some(reason))?;
             }
         }
         JobEvent::JobFinished { state } => {
-            change_job_state(conn, id, *state, None)?;
+            // Any state: the transition table decides (an illegal end is logged and held).
+            change_job_state(conn, id, &JobState::ALL, *state, None)?;
         }
     }
     Ok(())
@@ -208,7 +229,7 @@ mod tests {
         .expect("spec");
         let id = store.create_job(&spec, "t.toml").expect("create");
         store
-            .set_job_state(&id, JobState::Running, None)
+            .transition_job(&id, &[JobState::Pending], JobState::Running, None)
             .expect("running");
         (dir, store, id)
     }

@@ -1,0 +1,644 @@
+//! Store tests: compare-and-set, the guarded orders, two writers, migration, the actor.
+
+use super::*;
+use shared::protocol::conductor::{JobEvent, Phase, Report, StepOutcome};
+
+/// A throwaway directory, removed at drop.
+pub(super) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(super) fn new() -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "store-test-{}-{:08x}",
+            std::process::id(),
+            random_u32()
+        ));
+        std::fs::create_dir_all(&path).expect("mkdir");
+        Self(path)
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const TWO_TASKS: &str = "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert = \"true\"\n[[task]]\nname = \"b\"\nrun = \"true\"\nrevert = \"true\"\n";
+
+fn spec() -> JobSpec {
+    JobSpec::parse(TWO_TASKS, "t.toml", "t").expect("spec")
+}
+
+fn fresh() -> (TempDir, Store) {
+    let dir = TempDir::new();
+    let store = Store::open(dir.path()).expect("open");
+    (dir, store)
+}
+
+fn report(seq: u64, event: JobEvent) -> Report {
+    Report { seq, event }
+}
+
+fn starting(seq: u64, task: u32, phase: Phase) -> Report {
+    report(
+        seq,
+        JobEvent::TaskStarting {
+            task,
+            phase,
+            attempt: 1,
+        },
+    )
+}
+
+fn finished(seq: u64, task: u32, phase: Phase) -> Report {
+    report(
+        seq,
+        JobEvent::TaskFinished {
+            task,
+            phase,
+            outcome: StepOutcome::Success {
+                result: String::new(),
+            },
+        },
+    )
+}
+
+/// A job killed after task `a` succeeded: task `a`'s revert is pending.
+fn killed_with_pending_revert(store: &Store) -> JobId {
+    let id = store.create_job(&spec(), "t.toml").expect("create");
+    store
+        .transition_job(&id, &[JobState::Pending], JobState::Running, None)
+        .expect("running");
+    let batch = [
+        starting(1, 0, Phase::Execute),
+        finished(2, 0, Phase::Execute),
+    ];
+    store.apply_reports(&id, &batch).expect("apply");
+    store
+        .record_hard_end(&id, JobState::Killed, "kill requested")
+        .expect("kill");
+    id
+}
+
+fn job_transitions(store: &Store, id: &JobId) -> Vec<(Option<String>, String, Option<String>)> {
+    let conn = store.conn();
+    let mut stmt = conn
+        .prepare("SELECT from_state, to_state, reason FROM transitions WHERE job_id = ?1 AND task_idx IS NULL ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([id.as_str()], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    })
+    .expect("query")
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .expect("rows")
+}
+
+#[test]
+fn transition_is_compare_and_set() {
+    let (_dir, store) = fresh();
+    let id = store.create_job(&spec(), "t.toml").expect("create");
+    let was = store
+        .transition_job(&id, &[JobState::Pending], JobState::Running, Some("go"))
+        .expect("pending -> running");
+    assert_eq!(was, JobState::Pending);
+    // The same order again finds the job moved on: refused, not a no-op success.
+    let again = store.transition_job(&id, &[JobState::Pending], JobState::Running, None);
+    assert!(
+        matches!(
+            again,
+            Err(StoreError::WrongState {
+                state: JobState::Running,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    // from == to is no transition.
+    let same = store.transition_job(&id, &[JobState::Running], JobState::Running, None);
+    assert!(matches!(same, Err(StoreError::Illegal(_))), "{same:?}");
+    // Accepted by the caller, forbidden by the table.
+    let illegal = store.transition_job(&id, &[JobState::Running], JobState::Pending, None);
+    assert!(
+        matches!(illegal, Err(StoreError::Illegal(_))),
+        "{illegal:?}"
+    );
+    store
+        .transition_job(&id, &[JobState::Running], JobState::Killed, Some("kill"))
+        .expect("running -> killed");
+    let job = store.job(&id).expect("job");
+    assert_eq!(job.state, JobState::Killed);
+    assert_eq!(job.reason.as_deref(), Some("kill"));
+    assert!(job.ended_ms.is_some());
+    let refused = store
+        .transition_job(&id, &[JobState::Running], JobState::Cancelling, None)
+        .expect_err("killed is not running");
+    assert_eq!(refused.to_string(), format!("job {id} is killed"));
+    let unknown = JobId::from_random(1);
+    assert!(matches!(
+        store.transition_job(&unknown, &[JobState::Pending], JobState::Running, None),
+        Err(StoreError::UnknownJob(_))
+    ));
+    let recorded = job_transitions(&store, &id);
+    assert_eq!(
+        recorded,
+        [
+            (None, "pending".into(), Some("submitted".into())),
+            (Some("pending".into()), "running".into(), Some("go".into())),
+            (Some("running".into()), "killed".into(), Some("kill".into())),
+        ]
+    );
+}
+
+#[test]
+fn revert_needs_a_stopped_job_with_a_pending_revert() {
+    let (_dir, store) = fresh();
+    let id = killed_with_pending_revert(&store);
+    // A job killed before any task ran has nothing to revert.
+    let empty = store.create_job(&spec(), "t.toml").expect("create");
+    store
+        .record_hard_end(&empty, JobState::Killed, "kill requested")
+        .expect("kill pending");
+    assert!(matches!(
+        store.begin_revert(&empty, "revert requested"),
+        Err(StoreError::NothingToRevert(_))
+    ));
+    store.begin_revert(&id, "revert requested").expect("revert");
+    assert_eq!(store.job(&id).expect("job").state, JobState::Reverting);
+    // A second revert order finds it reverting.
+    assert!(matches!(
+        store.begin_revert(&id, "revert requested"),
+        Err(StoreError::WrongState {
+            state: JobState::Reverting,
+            ..
+        })
+    ));
+    // Nor can a reverting job be resumed.
+    assert!(matches!(
+        store.begin_resume(&id, "resume requested"),
+        Err(StoreError::WrongState { .. })
+    ));
+}
+
+#[test]
+fn resume_refuses_a_job_that_began_reverting() {
+    let (_dir, store) = fresh();
+    let id = killed_with_pending_revert(&store);
+    store.begin_resume(&id, "resume requested").expect("resume");
+    assert_eq!(store.job(&id).expect("job").state, JobState::Running);
+    assert!(matches!(
+        store.begin_resume(&id, "resume requested"),
+        Err(StoreError::WrongState { .. })
+    ));
+    // Its conductor starts reverting task a, and is killed: a is revert_failure.
+    store
+        .set_conductor(
+            &id,
+            1,
+            1,
+            Path::new("/nonexistent"),
+            SupervisorId {
+                pid: 1,
+                start_time: 1,
+            },
+        )
+        .expect("conductor");
+    store
+        .apply_reports(&id, &[starting(1, 0, Phase::Revert)])
+        .expect("apply");
+    store
+        .record_hard_end(&id, JobState::Killed, "kill requested")
+        .expect("kill");
+    let err = store
+        .begin_resume(&id, "resume requested")
+        .expect_err("began reverting");
+    assert!(matches!(err, StoreError::AlreadyReverting(_)), "{err:?}");
+    assert!(err.to_string().contains(&format!("supervisor revert {id}")));
+    assert_eq!(store.job(&id).expect("job").state, JobState::Killed);
+}
+
+#[test]
+fn hard_end_acts_only_on_a_live_job() {
+    let (_dir, store) = fresh();
+    let id = killed_with_pending_revert(&store);
+    let before = store.job(&id).expect("job");
+    let again = store.record_hard_end(&id, JobState::Crashed, "the conductor died");
+    assert!(
+        matches!(
+            again,
+            Err(StoreError::WrongState {
+                state: JobState::Killed,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    let after = store.job(&id).expect("job");
+    assert_eq!((after.state, after.reason), (before.state, before.reason));
+    let pending = store.create_job(&spec(), "t.toml").expect("create");
+    let reverts = store
+        .record_hard_end(&pending, JobState::Killed, "stopped before it started")
+        .expect("a pending job ends too");
+    assert!(reverts.is_empty());
+}
+
+/// Two orders on one job, from two processes' worth of connections at once: exactly one wins.
+#[test]
+fn racing_orders_on_one_job_start_it_once() {
+    let (dir, store) = fresh();
+    let id = killed_with_pending_revert(&store);
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..4)
+            .map(|n| {
+                let (dir, id) = (dir.path(), id.clone());
+                scope.spawn(move || {
+                    let store = Store::open(dir).expect("open");
+                    if n % 2 == 0 {
+                        store.begin_revert(&id, "revert requested")
+                    } else {
+                        store.begin_resume(&id, "resume requested")
+                    }
+                })
+            })
+            .collect();
+        racers
+            .into_iter()
+            .map(|r| r.join().expect("thread"))
+            .collect()
+    });
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{results:?}");
+    for result in &results {
+        assert!(
+            matches!(result, Ok(()) | Err(StoreError::WrongState { .. })),
+            "{result:?}"
+        );
+    }
+}
+
+/// A `run` beside a daemon: two `Store`s on one file, writing at once, never see SQLITE_BUSY.
+#[test]
+fn two_stores_on_one_file_write_concurrently() {
+    let dir = TempDir::new();
+    let stores = [
+        Store::open(dir.path()).expect("open 1"),
+        Store::open(dir.path()).expect("open 2"),
+    ];
+    std::thread::scope(|scope| {
+        for store in &stores {
+            scope.spawn(move || {
+                for _ in 0..15 {
+                    let id = store.create_job(&spec(), "t.toml").expect("create");
+                    store
+                        .transition_job(&id, &[JobState::Pending], JobState::Running, None)
+                        .expect("running");
+                    store
+                        .set_conductor(
+                            &id,
+                            1,
+                            1,
+                            Path::new("/x"),
+                            SupervisorId {
+                                pid: 1,
+                                start_time: 1,
+                            },
+                        )
+                        .expect("conductor");
+                    let batch = [
+                        starting(1, 0, Phase::Execute),
+                        finished(2, 0, Phase::Execute),
+                        report(
+                            3,
+                            JobEvent::JobFinished {
+                                state: JobState::Success,
+                            },
+                        ),
+                    ];
+                    store.apply_reports(&id, &batch).expect("reports");
+                    store.set_conductor_exited(&id).expect("exited");
+                }
+            });
+        }
+    });
+    let all = stores[0].list(true).expect("list");
+    assert_eq!(all.len(), 30);
+    assert!(all.iter().all(|j| j.state == JobState::Success));
+}
+
+#[test]
+fn a_gap_in_the_reports_is_refused_whole() {
+    let (_dir, store) = fresh();
+    let id = store.create_job(&spec(), "t.toml").expect("create");
+    store
+        .transition_job(&id, &[JobState::Pending], JobState::Running, None)
+        .expect("running");
+    store
+        .apply_reports(&id, &[starting(1, 0, Phase::Execute)])
+        .expect("first");
+    // Report 2 was lost: 3 must not be acknowledged.
+    let gap = store.apply_reports(&id, &[finished(3, 0, Phase::Execute)]);
+    assert!(
+        matches!(
+            gap,
+            Err(StoreError::ReportGap {
+                expected: 2,
+                got: 3
+            })
+        ),
+        "{gap:?}"
+    );
+    // A gap inside a batch refuses the reports before it too.
+    let inner = store.apply_reports(
+        &id,
+        &[
+            finished(2, 0, Phase::Execute),
+            starting(4, 1, Phase::Execute),
+        ],
+    );
+    assert!(
+        matches!(
+            inner,
+            Err(StoreError::ReportGap {
+                expected: 3,
+                got: 4
+            })
+        ),
+        "{inner:?}"
+    );
+    assert_eq!(
+        store.tasks(&id).expect("tasks")[0].state,
+        TaskState::Running
+    );
+    // The resent run, from a replay of 1, is applied.
+    let applied = store
+        .apply_reports(
+            &id,
+            &[
+                starting(1, 0, Phase::Execute),
+                finished(2, 0, Phase::Execute),
+                starting(3, 1, Phase::Execute),
+            ],
+        )
+        .expect("resent");
+    assert_eq!((applied.held, applied.fresh_from), (3, 1));
+    let tasks = store.tasks(&id).expect("tasks");
+    assert_eq!(
+        (tasks[0].state, tasks[1].state),
+        (TaskState::Success, TaskState::Running)
+    );
+}
+
+#[test]
+fn schema_1_store_is_migrated() {
+    let dir = TempDir::new();
+    {
+        let conn = Connection::open(dir.path().join("state.db")).expect("create");
+        conn.execute_batch(include_str!("fixtures/schema1.sql"))
+            .expect("fixture");
+    }
+    let store = Store::open(dir.path()).expect("open migrates");
+    let version = migrate::user_version(&store.conn()).expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
+    let state = |id: &str| {
+        store
+            .job(&JobId::parse(id).expect("id"))
+            .expect("job")
+            .state
+    };
+    assert_eq!(state("1a2b3c4d"), JobState::Success);
+    assert_eq!(state("5e6f7a8b"), JobState::Killed);
+    assert_eq!(state("9c0d1e2f"), JobState::Pending);
+    assert_eq!(state("0a1b2c3d"), JobState::Running);
+    let killed = JobId::parse("5e6f7a8b").expect("id");
+    let pending: Vec<_> = pending_reverts(&store.tasks(&killed).expect("tasks"))
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(pending, ["b", "a"]);
+    assert_eq!(store.spec(&killed).expect("spec").tasks.len(), 2);
+    let exited: Vec<(String, bool)> = {
+        let conn = store.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, conductor_exited FROM jobs ORDER BY seq")
+            .expect("prepare");
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    };
+    let expected = [
+        ("1a2b3c4d", true),
+        ("5e6f7a8b", true),
+        ("9c0d1e2f", true),
+        ("0a1b2c3d", false),
+    ];
+    assert_eq!(exited, expected.map(|(id, e)| (id.to_owned(), e)).to_vec());
+    let attached: Vec<_> = store
+        .attached_jobs()
+        .expect("attached")
+        .into_iter()
+        .map(|j| j.id.to_string())
+        .collect();
+    assert_eq!(attached, ["0a1b2c3d"]);
+    // The migrated store works as a fresh one does.
+    store
+        .begin_revert(&killed, "revert requested")
+        .expect("revert");
+    drop(store);
+    Store::open(dir.path()).expect("reopen a current store");
+}
+
+/// Two processes upgrading at once: the second finds the store migrated, under the lock.
+#[test]
+fn concurrent_opens_migrate_once() {
+    let dir = TempDir::new();
+    Connection::open(dir.path().join("state.db"))
+        .expect("create")
+        .execute_batch(include_str!("fixtures/schema1.sql"))
+        .expect("fixture");
+    let opened: Vec<Result<Store>> = std::thread::scope(|scope| {
+        let openers: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| Store::open(dir.path())))
+            .collect();
+        openers
+            .into_iter()
+            .map(|o| o.join().expect("thread"))
+            .collect()
+    });
+    for store in opened {
+        let store = store.expect("open");
+        assert_eq!(
+            migrate::user_version(&store.conn()).expect("version"),
+            SCHEMA_VERSION
+        );
+        assert_eq!(store.list(true).expect("list").len(), 4);
+    }
+}
+
+/// The migrations end where a fresh store starts: the same columns, in the same order.
+#[test]
+fn migrated_schema_equals_the_fresh_schema() {
+    let columns = |conn: &Connection| -> Vec<(String, String, String)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT m.name, p.name, p.type || ' ' || p.\"notnull\" || ' ' || COALESCE(p.dflt_value, '')
+                 FROM sqlite_master m, pragma_table_info(m.name) p
+                 WHERE m.type = 'table' ORDER BY m.name, p.cid",
+            )
+            .expect("prepare");
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    };
+    let (_fresh_dir, fresh) = fresh();
+    let old = TempDir::new();
+    Connection::open(old.path().join("state.db"))
+        .expect("create")
+        .execute_batch(include_str!("fixtures/schema1.sql"))
+        .expect("fixture");
+    let migrated = Store::open(old.path()).expect("migrate");
+    assert_eq!(columns(&migrated.conn()), columns(&fresh.conn()));
+}
+
+#[test]
+fn a_newer_store_is_refused() {
+    let dir = TempDir::new();
+    drop(Store::open(dir.path()).expect("create"));
+    Connection::open(dir.path().join("state.db"))
+        .expect("open")
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .expect("bump");
+    let err = Store::open(dir.path()).err().expect("refused");
+    assert!(matches!(err, StoreError::SchemaNewer { .. }), "{err:?}");
+    assert!(err.to_string().contains("newer version"), "{err}");
+}
+
+#[test]
+fn a_bad_job_id_is_its_own_error() {
+    let (_dir, store) = fresh();
+    let err = store.find_job("nope").expect_err("not an id");
+    assert!(
+        matches!(&err, StoreError::BadJobId(text) if text == "nope"),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("00000000"), "{err}");
+    assert!(matches!(
+        store.find_job("0000beef"),
+        Err(StoreError::UnknownJob(_))
+    ));
+}
+
+#[test]
+fn state_lists_follow_job_state() {
+    assert_eq!(
+        sql_list(live_states()),
+        "'pending', 'running', 'cancelling', 'reverting'"
+    );
+    let (_dir, store) = fresh();
+    let queued = store.create_job(&spec(), "t.toml").expect("create");
+    let done = killed_with_pending_revert(&store);
+    let live: Vec<_> = store
+        .list(false)
+        .expect("live")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(live, std::slice::from_ref(&queued));
+    assert_eq!(store.list(true).expect("all").len(), 2);
+    assert_eq!(store.queued_jobs().expect("queued"), [queued]);
+    assert!(
+        store
+            .attached_jobs()
+            .expect("attached")
+            .iter()
+            .all(|j| j.id != done)
+    );
+}
+
+fn actor_isolates_panics() -> impl std::future::Future<Output = ()> {
+    let dir = TempDir::new();
+    let handle = StoreHandle::open(dir.path()).expect("open");
+    async move {
+        let id = handle
+            .call(|store| store.create_job(&spec(), "t.toml"))
+            .await
+            .expect("create");
+        let panicked: Result<()> = handle
+            .call(|_| -> Result<()> { panic!("deliberate test panic") })
+            .await;
+        assert!(
+            matches!(&panicked, Err(StoreError::Unavailable(m)) if m.contains("deliberate")),
+            "{panicked:?}"
+        );
+        // The thread serves on, and a clone reaches the same store.
+        let other = handle.clone();
+        let (a, b) = {
+            let (id1, id2) = (id.clone(), id.clone());
+            let first = handle.call(move |store| store.job(&id1).map(|j| j.state));
+            let second = other.call(move |store| store.job(&id2).map(|j| j.state));
+            (first.await, second.await)
+        };
+        assert_eq!(
+            (a.expect("a"), b.expect("b")),
+            (JobState::Pending, JobState::Pending)
+        );
+        let blocking = handle.clone();
+        let state = tokio::task::spawn_blocking(move || {
+            blocking.call_blocking(move |store| store.job(&id).map(|j| j.state))
+        })
+        .await
+        .expect("join")
+        .expect("blocking call");
+        assert_eq!(state, JobState::Pending);
+        drop(dir);
+    }
+}
+
+#[test]
+fn actor_on_a_current_thread_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(actor_isolates_panics());
+}
+
+#[test]
+fn actor_on_a_multi_thread_runtime() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(actor_isolates_panics());
+}
+
+#[test]
+fn blocking_call_from_the_store_thread_is_refused() {
+    let dir = TempDir::new();
+    let handle = StoreHandle::open(dir.path()).expect("open");
+    let inner = handle.clone();
+    let nested = handle
+        .call_blocking(move |_| Ok(inner.call_blocking(|_| Ok(()))))
+        .expect("outer call");
+    assert!(
+        matches!(nested, Err(StoreError::Unavailable(_))),
+        "{nested:?}"
+    );
+}
+
+#[test]
+fn migrations_are_consecutive() {
+    for (i, migration) in migrate::MIGRATIONS.iter().enumerate() {
+        assert_eq!(migration.from, i64::try_from(i).expect("few") + 1);
+    }
+    assert_eq!(
+        SCHEMA_VERSION,
+        i64::try_from(migrate::MIGRATIONS.len()).expect("few") + 1
+    );
+}
