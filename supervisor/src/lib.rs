@@ -20,6 +20,7 @@
 //! - [`cli`] is the command line; only it maps outcomes to exit codes.
 
 pub mod cli;
+pub mod clock;
 pub mod clone3;
 pub mod containment;
 pub mod daemon;

@@ -72,6 +72,11 @@ impl StateDir {
 
     /// The job's conductor socket.
     #[must_use]
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("daemon.lock")
+    }
+
+    /// The socket of a job's conductor.
     pub fn socket(&self, id: &JobId) -> PathBuf {
         self.root.join("sock").join(id.as_str())
     }
@@ -81,4 +86,12 @@ impl StateDir {
     pub fn conductor_log(&self, id: &JobId) -> PathBuf {
         self.root.join("logs").join(format!("{id}.log"))
     }
+}
+
+/// A non-blocking `flock`; true when taken.
+#[must_use]
+pub fn try_flock(file: &std::fs::File, mode: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) == 0 }
 }

@@ -110,61 +110,8 @@ pub fn main(command: JobCommand, state_dir: Option<PathBuf>) -> i32 {
 
 async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
     match command {
-        JobCommand::Submit { file, wait } => {
-            let spec = super::load_spec(&file).map_err(|m| Failure::new(exit::INVALID_INPUT, m))?;
-            let source = std::fs::canonicalize(&file)
-                .unwrap_or(file)
-                .display()
-                .to_string();
-            let reply = Client::call(
-                dir.clone(),
-                &ClientRequest::Submit {
-                    spec: Box::new(spec),
-                    source,
-                },
-            )
-            .await?;
-            let ClientReply::Submitted { job } = reply else {
-                return Err(unexpected(&reply));
-            };
-            println!("{job}");
-            if wait {
-                wait_for_end(dir, job.as_str()).await
-            } else {
-                Ok(exit::SUCCESS)
-            }
-        }
-        JobCommand::Ls { all, json } => {
-            let reply = Client::call(dir, &ClientRequest::List { all }).await?;
-            let ClientReply::Jobs(jobs) = reply else {
-                return Err(unexpected(&reply));
-            };
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&jobs).unwrap_or_default()
-                );
-            } else {
-                println!(
-                    "{:<8}  {:<20}  {:<13}  {:<20}  AGE",
-                    "ID", "NAME", "STATE", "TASK"
-                );
-                let now = crate::store::now_ms();
-                for job in jobs {
-                    let age =
-                        Duration::from_millis(u64::try_from(now - job.created_ms).unwrap_or(0));
-                    println!(
-                        "{:<8}  {:<20}  {:<13}  {:<20}  {}",
-                        job.id,
-                        job.name,
-                        job.state.as_str(),
-                        job.task.unwrap_or_else(|| "-".into()),
-                        shared::duration::format_duration(Duration::from_secs(age.as_secs()))
-                    );
-                }
-            }
-            Ok(exit::SUCCESS)
-        }
+        JobCommand::Submit { file, wait } => submit(dir, file, wait).await,
+        JobCommand::Ls { all, json } => list(dir, all, json).await,
         JobCommand::Status { job, json } => {
             let status = status(dir, &job).await?;
             if json {
@@ -179,16 +126,11 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
         }
         JobCommand::Cancel { job, timeout, wait } => {
             let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-            simple(
-                dir,
-                ClientRequest::Cancel {
-                    job: job.clone(),
-                    timeout_ms,
-                },
-                &job,
-                wait,
-            )
-            .await
+            let request = ClientRequest::Cancel {
+                job: job.clone(),
+                timeout_ms,
+            };
+            simple(dir, request, &job, wait).await
         }
         JobCommand::Kill { job, wait } => {
             simple(dir, ClientRequest::Kill { job: job.clone() }, &job, wait).await
@@ -199,68 +141,129 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
         JobCommand::Resume { job, wait } => {
             simple(dir, ClientRequest::Resume { job: job.clone() }, &job, wait).await
         }
-        JobCommand::Logs { job, follow, task } => {
-            let mut client = Client::connect(dir).await?;
-            client
-                .send(&ClientRequest::Logs { job, task, follow })
-                .await?;
-            while let Some(reply) = client.next().await? {
-                match reply {
-                    ClientReply::Log(line) => {
-                        let phase = if line.phase == "revert" {
-                            " (revert)"
-                        } else {
-                            ""
-                        };
-                        println!("[{}{phase}] {}", line.task, line.line);
-                    }
-                    ClientReply::Done => break,
-                    other => return Err(unexpected(&other)),
-                }
-            }
-            Ok(exit::SUCCESS)
-        }
-        JobCommand::Events { json } => {
-            let mut client = Client::connect(dir).await?;
-            client.send(&ClientRequest::Events).await?;
-            while let Some(reply) = client.next().await? {
-                let ClientReply::Event(event) = reply else {
-                    return Err(unexpected(&reply));
-                };
-                if json {
-                    println!("{}", serde_json::to_string(&event).unwrap_or_default());
+        JobCommand::Logs { job, follow, task } => logs(dir, job, task, follow).await,
+        JobCommand::Events { json } => events(dir, json).await,
+        JobCommand::Shutdown { cancel } => shutdown(dir, cancel).await,
+    }
+}
+
+async fn submit(dir: Option<PathBuf>, file: PathBuf, wait: bool) -> Outcome<i32> {
+    let spec = super::load_spec(&file).map_err(|m| Failure::new(exit::INVALID_INPUT, m))?;
+    let source = std::fs::canonicalize(&file)
+        .unwrap_or(file)
+        .display()
+        .to_string();
+    let request = ClientRequest::Submit {
+        spec: Box::new(spec),
+        source,
+    };
+    let reply = Client::call(dir.clone(), &request).await?;
+    let ClientReply::Submitted { job } = reply else {
+        return Err(unexpected(&reply));
+    };
+    println!("{job}");
+    if wait {
+        wait_for_end(dir, job.as_str()).await
+    } else {
+        Ok(exit::SUCCESS)
+    }
+}
+
+async fn list(dir: Option<PathBuf>, all: bool, json: bool) -> Outcome<i32> {
+    let reply = Client::call(dir, &ClientRequest::List { all }).await?;
+    let ClientReply::Jobs(jobs) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&jobs).unwrap_or_default()
+        );
+        return Ok(exit::SUCCESS);
+    }
+    println!(
+        "{:<8}  {:<20}  {:<13}  {:<20}  AGE",
+        "ID", "NAME", "STATE", "TASK"
+    );
+    let now = crate::clock::now_ms();
+    for job in jobs {
+        let age = Duration::from_millis(u64::try_from(now - job.created_ms).unwrap_or(0));
+        println!(
+            "{:<8}  {:<20}  {:<13}  {:<20}  {}",
+            job.id,
+            job.name,
+            job.state.as_str(),
+            job.task.unwrap_or_else(|| "-".into()),
+            shared::duration::format_duration(Duration::from_secs(age.as_secs()))
+        );
+    }
+    Ok(exit::SUCCESS)
+}
+
+async fn logs(
+    dir: Option<PathBuf>,
+    job: String,
+    task: Option<String>,
+    follow: bool,
+) -> Outcome<i32> {
+    let mut client = Client::connect(dir).await?;
+    client
+        .send(&ClientRequest::Logs { job, task, follow })
+        .await?;
+    while let Some(reply) = client.next().await? {
+        match reply {
+            ClientReply::Log(line) => {
+                let phase = if line.phase == "revert" {
+                    " (revert)"
                 } else {
-                    match &event.task {
-                        Some(task) => {
-                            println!("{} {} task {task} {}", event.at_ms, event.job, event.state)
-                        }
-                        None => println!("{} {} job {}", event.at_ms, event.job, event.state),
-                    }
-                }
+                    ""
+                };
+                println!("[{}{phase}] {}", line.task, line.line);
             }
-            Ok(exit::SUCCESS)
-        }
-        JobCommand::Shutdown { cancel } => {
-            let reply = Client::call(dir.clone(), &ClientRequest::Shutdown { cancel }).await?;
-            let ClientReply::Done = reply else {
-                return Err(unexpected(&reply));
-            };
-            if cancel {
-                eprintln!("supervisor: cancelling every live job; waiting for the daemon to stop");
-            }
-            // Returns once the daemon process is gone (its lock is free): with --cancel, its jobs
-            // have settled; without, they go on in their conductors.
-            let state_dir = crate::state_dir::StateDir::resolve(dir)
-                .map_err(|e| Failure::new(exit::INVALID_INPUT, format!("{e:#}")))?;
-            let lock = std::fs::File::open(crate::daemon::lock_file(&state_dir));
-            if let Ok(lock) = lock {
-                while !crate::daemon::try_flock(&lock, libc::LOCK_SH) {
-                    tokio::time::sleep(WAIT_POLL).await;
-                }
-            }
-            Ok(exit::SUCCESS)
+            ClientReply::Done => break,
+            other => return Err(unexpected(&other)),
         }
     }
+    Ok(exit::SUCCESS)
+}
+
+async fn events(dir: Option<PathBuf>, json: bool) -> Outcome<i32> {
+    let mut client = Client::connect(dir).await?;
+    client.send(&ClientRequest::Events).await?;
+    while let Some(reply) = client.next().await? {
+        let ClientReply::Event(event) = reply else {
+            return Err(unexpected(&reply));
+        };
+        if json {
+            println!("{}", serde_json::to_string(&event).unwrap_or_default());
+            continue;
+        }
+        match &event.task {
+            Some(task) => println!("{} {} task {task} {}", event.at_ms, event.job, event.state),
+            None => println!("{} {} job {}", event.at_ms, event.job, event.state),
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Returns once the daemon process is gone (its lock is free): with `--cancel`, its jobs have
+/// settled; without, they go on in their conductors.
+async fn shutdown(dir: Option<PathBuf>, cancel: bool) -> Outcome<i32> {
+    let reply = Client::call(dir.clone(), &ClientRequest::Shutdown { cancel }).await?;
+    let ClientReply::Done = reply else {
+        return Err(unexpected(&reply));
+    };
+    if cancel {
+        eprintln!("supervisor: cancelling every live job; waiting for the daemon to stop");
+    }
+    let state_dir = crate::state_dir::StateDir::resolve(dir)
+        .map_err(|e| Failure::new(exit::INVALID_INPUT, format!("{e:#}")))?;
+    if let Ok(lock) = std::fs::File::open(state_dir.lock_file()) {
+        while !crate::state_dir::try_flock(&lock, libc::LOCK_SH) {
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    }
+    Ok(exit::SUCCESS)
 }
 
 async fn simple(
@@ -320,7 +323,7 @@ fn print_status(status: &JobStatus) {
     }
     if let Some(since) = status.unresponsive_since_ms {
         let silent =
-            Duration::from_millis(u64::try_from(crate::store::now_ms() - since).unwrap_or(0));
+            Duration::from_millis(u64::try_from(crate::clock::now_ms() - since).unwrap_or(0));
         println!(
             "  UNRESPONSIVE: the conductor has not answered for {}",
             shared::duration::format_duration(Duration::from_secs(silent.as_secs()))

@@ -142,36 +142,22 @@ fn raise_fd_limit() {
     }
 }
 
-/// The lock file a daemon holds (`flock`) for as long as it runs.
-#[must_use]
-pub fn lock_file(state_dir: &StateDir) -> std::path::PathBuf {
-    state_dir.root().join("daemon.lock")
-}
-
 /// Takes the state dir's daemon lock, or says that another daemon holds it.
 fn lock_state_dir(state_dir: &StateDir) -> anyhow::Result<std::fs::File> {
-    let path = lock_file(state_dir);
+    let path = state_dir.lock_file();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    if !try_flock(&file, libc::LOCK_EX) {
+    if !crate::state_dir::try_flock(&file, libc::LOCK_EX) {
         bail!(
             "a daemon already serves {} (stop it with `supervisor shutdown`)",
             state_dir.root().display()
         );
     }
     Ok(file)
-}
-
-/// A non-blocking `flock`; true when taken.
-#[must_use]
-pub fn try_flock(file: &std::fs::File, mode: libc::c_int) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own; no memory is passed.
-    unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) == 0 }
 }
 
 async fn bind_control(state_dir: &StateDir) -> anyhow::Result<UnixListener> {

@@ -3,7 +3,8 @@
 use super::actor::Actor;
 use super::launch::Launcher;
 use super::{Order, OrderError};
-use crate::store::{StoreHandle, now_ms};
+use crate::clock::now_ms;
+use crate::store::StoreHandle;
 use shared::ids::JobId;
 use shared::protocol::client::Event;
 use shared::protocol::conductor::JobEvent;

@@ -73,7 +73,7 @@ impl Actor {
                     cgroup: row.cgroup.clone().map(|path| JobCgroup { path }),
                 };
                 if let Some(started_ms) = row.started_ms {
-                    let ago = crate::store::now_ms().saturating_sub(started_ms);
+                    let ago = crate::clock::now_ms().saturating_sub(started_ms);
                     started_ago = Duration::from_millis(u64::try_from(ago).unwrap_or(0));
                 }
                 // The first connection is made by the loop, right away.
@@ -471,7 +471,7 @@ impl Supervision {
             kill = self.spec.kill_unresponsive,
             "conductor unresponsive"
         );
-        let since = crate::store::now_ms() - i64::try_from(silent_ms).unwrap_or(0);
+        let since = crate::clock::now_ms() - i64::try_from(silent_ms).unwrap_or(0);
         let id = self.id.clone();
         if let Err(err) = self
             .jobs

@@ -31,7 +31,7 @@ use shared::spec::JobSpec;
 use shared::state::{ExecOutcome, InvalidTransition, JobState, TaskState};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use migrate::SCHEMA_VERSION;
 
@@ -160,13 +160,7 @@ pub struct OutputLine {
     pub line: String,
 }
 
-/// Milliseconds since the Unix epoch.
-#[must_use]
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use crate::clock::now_ms;
 
 impl Store {
     /// Opens (creating if needed) `state.db` in `dir`, migrating an older schema forward.
