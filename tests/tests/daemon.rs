@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tests::{
     DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, cli_at, is_alive, send_signal, sigkill_run,
-    start_daemon_at, supervisor_bin, wait_for,
+    skip_unless_ci, start_daemon_at, supervisor_bin, wait_for,
 };
 
 /// The terminal job states.
@@ -781,7 +781,10 @@ fn events_stream_every_transition_in_order() {
 #[test]
 fn a_client_of_another_uid_is_refused_and_logged() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED a_client_of_another_uid_is_refused_and_logged: needs root");
+        skip_unless_ci(
+            "a_client_of_another_uid_is_refused_and_logged",
+            "needs root",
+        );
         return;
     }
     let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
@@ -789,7 +792,10 @@ fn a_client_of_another_uid_is_refused_and_logged() {
         .map(Path::new)
         .find(|p| p.exists())
     else {
-        eprintln!("SKIPPED a_client_of_another_uid_is_refused_and_logged: no setpriv on this host");
+        skip_unless_ci(
+            "a_client_of_another_uid_is_refused_and_logged",
+            "no setpriv on this host",
+        );
         return;
     };
     let env = TestEnv::new();
