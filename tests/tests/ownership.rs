@@ -342,43 +342,20 @@ fn check_orders(
         "won: {reverts} revert(s), {resumes} resume(s), {kills} kill(s); end {final_state}\norders {orders:#?}\nmarker {:#?}\nstatus {end:#}",
         env.lines("m-orders")
     );
+    eprintln!(
+        "orders: won {reverts} revert(s), {resumes} resume(s), {kills} kill(s); end {final_state}"
+    );
+    let after: Vec<(String, String, i32)> = parse_marker(&env.lines("m-orders"))
+        .into_iter()
+        .filter(|(_, _, ppid)| *ppid != first)
+        .collect();
+    let seen = check_conductors(&after, starts, &summary);
     // From `killed`, accepted orders alternate: start (revert or resume), kill, start, ...
     let expected_starts = kills + usize::from(final_state != "killed");
     assert_eq!(
         starts, expected_starts,
         "orders did not alternate\n{summary}"
     );
-
-    let after: Vec<(String, String, i32)> = parse_marker(&env.lines("m-orders"))
-        .into_iter()
-        .filter(|(_, _, ppid)| *ppid != first)
-        .collect();
-    // One conductor per accepted start, never two at once: each pid's lines are contiguous.
-    let mut seen: Vec<i32> = Vec::new();
-    for (_, _, ppid) in &after {
-        if seen.last() != Some(ppid) {
-            assert!(
-                !seen.contains(ppid),
-                "two conductors interleaved their steps\n{summary}"
-            );
-            seen.push(*ppid);
-        }
-    }
-    assert!(
-        seen.len() <= starts,
-        "{} conductors ran for {starts} accepted revert/resume order(s)\n{summary}",
-        seen.len()
-    );
-    let mut steps: BTreeMap<i32, BTreeSet<(String, String)>> = BTreeMap::new();
-    for (step, task, ppid) in &after {
-        assert!(
-            steps
-                .entry(*ppid)
-                .or_default()
-                .insert((step.clone(), task.clone())),
-            "conductor {ppid} ran `{step} {task}` twice\n{summary}"
-        );
-    }
     if kills > 0 {
         return;
     }
@@ -403,6 +380,34 @@ fn check_orders(
         after.iter().all(|(_, _, p)| *p == ppid),
         "more than one conductor ran\n{summary}"
     );
+}
+
+/// The conductors behind the steps run after the kill (`after`), in order of appearance; asserts
+/// that no two interleaved, none ran a step twice, and there are no more than `starts`.
+fn check_conductors(after: &[(String, String, i32)], starts: usize, summary: &str) -> Vec<i32> {
+    let mut seen: Vec<i32> = Vec::new();
+    for (_, _, ppid) in after {
+        if seen.last() != Some(ppid) {
+            assert!(
+                !seen.contains(ppid),
+                "two conductors interleaved their steps\n{summary}"
+            );
+            seen.push(*ppid);
+        }
+    }
+    let mut steps: BTreeMap<i32, BTreeSet<(&str, &str)>> = BTreeMap::new();
+    for (step, task, ppid) in after {
+        assert!(
+            steps.entry(*ppid).or_default().insert((step, task)),
+            "conductor {ppid} ran `{step} {task}` twice\n{summary}"
+        );
+    }
+    assert!(
+        seen.len() <= starts,
+        "{} conductors ran for {starts} accepted revert/resume order(s)\n{summary}",
+        seen.len()
+    );
+    seen
 }
 
 // ---------------------------------------------------------------------------------------------
