@@ -511,6 +511,12 @@ fn kill_racing_the_scheduler_on_200_queued_jobs() {
     wait_no_leftovers(&env, &[daemon.pid()], "once every job is terminal");
 
     let marker = env.lines("m-queued");
+    let refused = kills.iter().filter(|(_, c, _)| *c == 8).count();
+    let killed = states.values().filter(|s| *s == "killed").count();
+    eprintln!(
+        "kill race: {killed} of {QUEUED_JOBS} jobs killed, {} marker lines, {refused} kills refused",
+        marker.len()
+    );
     let store = env.store();
     let mut wrong = Vec::new();
     for id in &ids {
