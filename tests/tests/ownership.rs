@@ -670,11 +670,17 @@ fn hanging_revert_ends(name: &str, top: &str, a_extra: &str) {
 
 /// Race closed: nothing bounded a revert that runs after a task *failure* (the kill ladder was
 /// armed only by a cancel), so a hanging revert kept the job `reverting` forever while its
-/// heartbeats kept it "responsive". It must end at `revert_timeout` (1 s here), with that revert
-/// pending; and without `revert_timeout`, at `cancel_timeout` (its default).
+/// heartbeats kept it "responsive". It must end at the task's `revert_timeout` (1 s here), with
+/// that revert pending.
 #[test]
 fn hanging_revert_after_a_failure_ends_at_revert_timeout() {
     hanging_revert_ends("revert-timeout", "", "revert_timeout = \"1s\"");
+}
+
+/// The same race as [`hanging_revert_after_a_failure_ends_at_revert_timeout`], without a
+/// `revert_timeout`: its default is the job's `cancel_timeout` (2 s here).
+#[test]
+fn hanging_revert_without_revert_timeout_ends_at_cancel_timeout() {
     hanging_revert_ends("cancel-timeout", "cancel_timeout = \"2s\"", "");
 }
 
