@@ -244,6 +244,7 @@ impl TestEnv {
             .env(OWNER_VAR, &self.marker)
             .current_dir(&self.dir)
             .stdin(Stdio::null());
+        no_inherited_fds(&mut command);
         command
     }
 
@@ -332,6 +333,36 @@ impl Drop for TestEnv {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Makes every descriptor above 2 that the test runner leaked (a shell's, a CI agent's) close
+/// at the exec of `command`, so the binaries start as from a clean shell and a test of what a
+/// task inherits (`ownership.rs`, `task_sees_only_descriptors_0_1_2`) sees only what the
+/// supervisor itself passes on. std's own exec-error pipe is already close-on-exec.
+fn no_inherited_fds(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only makes raw syscalls (close_range, fcntl), which are
+    // async-signal-safe, and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            let all = libc::syscall(
+                libc::SYS_close_range,
+                3_u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if all != 0 {
+                // Kernels before 5.11: mark them one by one.
+                for fd in 3..1024 {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags >= 0 {
+                        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                    }
+                }
+            }
+            Ok(())
+        });
     }
 }
 
