@@ -178,9 +178,17 @@ fn oversized_plan_is_refused_before_anything_is_stored() {
         );
         let said = err.to_lowercase();
         assert!(
-            ["too large", "too long", "too big", "exceeds", "limit"]
-                .iter()
-                .any(|w| said.contains(w)),
+            [
+                "too large",
+                "too long",
+                "too big",
+                "exceed",
+                "limit",
+                "at most",
+                "maximum"
+            ]
+            .iter()
+            .any(|w| said.contains(w)),
             "`{}` must say the job is too large: stderr {err:?}",
             args[0]
         );
