@@ -10,6 +10,9 @@
 //!   fixed time.
 //! - [`Store`]: reads the SQLite store; [`processes_with_env`], [`session_members`],
 //!   [`thread_count`] read `/proc`.
+//! - [`skip_unless_ci`]: the one way a test skips (not root, no cgroup v2, no tmpfs...): a
+//!   printed `SKIPPED` line on a developer's machine, a failure under `CI=true`.
+//! - [`submit_at`], [`status_json_at`], [`ls_all_json_at`]: the daemon's CLI, parsed.
 //!
 //! The binaries are found through `$SUPERVISOR_BIN`, else next to the test executable's
 //! directory (`target/debug/deps/TEST` → `target/debug/`). `cargo test` does not build them:
@@ -241,6 +244,7 @@ impl TestEnv {
             .env(OWNER_VAR, &self.marker)
             .current_dir(&self.dir)
             .stdin(Stdio::null());
+        no_inherited_fds(&mut command);
         command
     }
 
@@ -329,6 +333,36 @@ impl Drop for TestEnv {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Makes every descriptor above 2 that the test runner leaked (a shell's, a CI agent's) close
+/// at the exec of `command`, so the binaries start as from a clean shell and a test of what a
+/// task inherits (`ownership.rs`, `task_sees_only_descriptors_0_1_2`) sees only what the
+/// supervisor itself passes on. std's own exec-error pipe is already close-on-exec.
+fn no_inherited_fds(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only makes raw syscalls (close_range, fcntl), which are
+    // async-signal-safe, and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            let all = libc::syscall(
+                libc::SYS_close_range,
+                3_u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if all != 0 {
+                // Kernels before 5.11: mark them one by one.
+                for fd in 3..1024 {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags >= 0 {
+                        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                    }
+                }
+            }
+            Ok(())
+        });
     }
 }
 
@@ -909,4 +943,62 @@ impl Store {
             .optional()
             .expect("job containment query runs")
     }
+}
+
+/// Whether the tests run under CI (`CI=true`, as `.ci/run` and most CI services set it).
+#[must_use]
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// The one way a test skips because this host cannot run it (not root, no writable cgroup v2,
+/// no tmpfs, ...). On a developer's machine it prints `SKIPPED TEST: REASON` and the caller
+/// returns; under CI ([`is_ci`]) it panics with the reason instead, because a skipped test
+/// passes without testing anything and CI runs where every test can run (as root).
+pub fn skip_unless_ci(test: &str, reason: &str) {
+    assert!(
+        !is_ci(),
+        "{test} cannot run here ({reason}), and CI=true forbids skipping it: run CI as root on a host with a writable cgroup v2"
+    );
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// `supervisor submit FILE --state-dir STATE_DIR`: the job id (asserting exit 0 and 8 hex digits).
+#[must_use]
+pub fn submit_at(env: &TestEnv, state_dir: &Path, file: &Path) -> String {
+    let (code, out, err) = cli_at(env, state_dir, &["submit", path_str(file)], DEADLINE);
+    assert_eq!(code, 0, "submit failed: stdout {out:?} stderr {err:?}");
+    let id = out.trim().to_owned();
+    assert!(
+        id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "submit printed {out:?}, not a job id"
+    );
+    id
+}
+
+/// `supervisor status JOB --json`, parsed (asserting exit 0).
+#[must_use]
+pub fn status_json_at(env: &TestEnv, state_dir: &Path, id: &str) -> serde_json::Value {
+    let (code, out, err) = cli_at(env, state_dir, &["status", id, "--json"], DEADLINE);
+    assert_eq!(code, 0, "status {id} failed: stdout {out:?} stderr {err:?}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON {out:?}: {e}"))
+}
+
+/// `supervisor ls --all --json`, parsed (asserting exit 0).
+#[must_use]
+pub fn ls_all_json_at(env: &TestEnv, state_dir: &Path) -> Vec<serde_json::Value> {
+    let (code, out, err) = cli_at(env, state_dir, &["ls", "--all", "--json"], DEADLINE);
+    assert_eq!(code, 0, "ls --all failed: stdout {out:?} stderr {err:?}");
+    let value: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ls JSON {out:?}: {e}"));
+    value
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("ls --json is not an array: {out}"))
+}
+
+/// Whether a job state (as `status --json` or the store spells it) is terminal.
+#[must_use]
+pub fn is_terminal(state: &str) -> bool {
+    JOB_TERMINAL_STATES.contains(&state)
 }

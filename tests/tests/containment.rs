@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use tests::{
     DEADLINE, GONE_DEADLINE, LONG_DEADLINE, Proc, Run, TestEnv, cli_at, is_alive, send_signal,
-    sigkill_run, wait_daemon_ready, wait_for,
+    sigkill_run, skip_unless_ci, wait_daemon_ready, wait_for,
 };
 
 /// The variable that forces the session fallback.
@@ -102,12 +102,13 @@ fn cgroup_base() -> Result<PathBuf, String> {
     }
 }
 
-/// The cgroup base, or `None` after printing why the test is skipped.
+/// The cgroup base, or `None` once [`skip_unless_ci`] said why the test is skipped (under
+/// `CI=true` it fails instead).
 fn require_cgroup(test: &str) -> Option<PathBuf> {
     match cgroup_base() {
         Ok(base) => Some(base),
         Err(reason) => {
-            eprintln!("SKIPPED {test}: no writable cgroup v2 here ({reason})");
+            skip_unless_ci(test, &format!("no writable cgroup v2 here ({reason})"));
             None
         }
     }
@@ -751,11 +752,11 @@ fn memory_limit_is_enforced_or_refused_with_a_clear_message() {
 #[test]
 fn user_limit_runs_the_tasks_as_that_user() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED user_limit_runs_the_tasks_as_that_user: not root");
+        skip_unless_ci("user_limit_runs_the_tasks_as_that_user", "not root");
         return;
     }
     let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
-        eprintln!("SKIPPED user_limit_runs_the_tasks_as_that_user: no user nobody");
+        skip_unless_ci("user_limit_runs_the_tasks_as_that_user", "no user nobody");
         return;
     };
     let env = TestEnv::new();
@@ -951,14 +952,13 @@ fn session_daemon_logs_its_containment_once() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Found while testing (see the report): these show bugs and fail until they are fixed.
+// Regressions: bugs found while testing, fixed since; these keep them fixed.
 // ---------------------------------------------------------------------------------------------
 
 /// A conductor that cannot start (here: one that exits at once, so the supervisor's connect is
 /// refused) ends the job `crashed` with exit 4, as documented; its cgroup, created before the
-/// spawn, must not be left behind. BUG: `Launcher::launch` creates `BASE/job-ID` and returns the
-/// error of `spawn_conductor`/`ConductorLink::connect` without removing it, and
-/// `record_launch_failure` does not either, so every failed launch leaks one cgroup directory.
+/// spawn, must not be left behind. Regression: a failed launch used to return the error of the
+/// spawn or the connect without removing `BASE/job-ID`, leaking one cgroup directory each.
 #[test]
 fn cgroup_of_a_failed_launch_is_removed() {
     let Some(base) = require_cgroup("cgroup_of_a_failed_launch_is_removed") else {
@@ -994,10 +994,11 @@ fn cgroup_of_a_failed_launch_is_removed() {
 
 /// A conductor that is silent when a new daemon re-attaches to it (SIGSTOPped while no daemon
 /// ran) is as silent as one that stops under the daemon's eyes: with `kill_unresponsive` it must
-/// be killed. BUG: the re-attaching daemon's handshake times out (5 s), the link stays `None`,
-/// and `Supervision::run` arms the silence timer only while a link exists (`if
-/// state.link.is_some()`): the daemon retries the connection forever, never marks the job
-/// unresponsive and never kills it.
+/// be killed. The re-attaching daemon's handshake times out (5 s) and the job starts without a
+/// link; the silence timer must run without a link too (regression: it used to be armed only
+/// while a link existed, so such a job was never marked unresponsive nor killed). The other
+/// half, a conductor that speaks again after that failed first connect and must be re-attached,
+/// is `ownership.rs`, `conductor_stopped_across_a_daemon_restart_then_succeeds`.
 #[test]
 fn conductor_silent_at_reattach_is_killed_with_kill_unresponsive() {
     let env = TestEnv::new();

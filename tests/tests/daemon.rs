@@ -14,8 +14,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tests::{
-    DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, cli_at, is_alive, send_signal, sigkill_run,
-    start_daemon_at, supervisor_bin, wait_for,
+    DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, cli_at, is_alive, ls_all_json_at, send_signal,
+    sigkill_run, skip_unless_ci, start_daemon_at, status_json_at, submit_at, supervisor_bin,
+    wait_for,
 };
 
 /// The terminal job states.
@@ -61,31 +62,17 @@ fn spawn_cli(env: &TestEnv, args: &[&str]) -> Run {
 
 /// `submit FILE`: the job id (asserting exit 0 and an 8-hex id).
 fn submit(env: &TestEnv, file: &Path) -> String {
-    let path = file.to_str().expect("test paths are UTF-8");
-    let (code, out, err) = cli(env, &["submit", path]);
-    assert_eq!(code, 0, "submit failed: stdout {out:?} stderr {err:?}");
-    let id = out.trim().to_owned();
-    assert!(
-        id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()),
-        "submit printed {out:?}, not a job id"
-    );
-    id
+    submit_at(env, &env.state_dir(), file)
 }
 
 /// `status JOB --json`, parsed (asserting exit 0).
 fn status(env: &TestEnv, id: &str) -> Value {
-    let (code, out, err) = cli(env, &["status", id, "--json"]);
-    assert_eq!(code, 0, "status {id} failed: stdout {out:?} stderr {err:?}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON {out:?}: {e}"))
+    status_json_at(env, &env.state_dir(), id)
 }
 
 /// `ls --all --json`, parsed.
 fn ls_all(env: &TestEnv) -> Vec<Value> {
-    let (code, out, err) = cli(env, &["ls", "--all", "--json"]);
-    assert_eq!(code, 0, "ls --all failed: stdout {out:?} stderr {err:?}");
-    let value: Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ls JSON {out:?}: {e}"));
-    value.as_array().cloned().expect("ls --json is an array")
+    ls_all_json_at(env, &env.state_dir())
 }
 
 fn job_state(status: &Value) -> String {
@@ -781,7 +768,10 @@ fn events_stream_every_transition_in_order() {
 #[test]
 fn a_client_of_another_uid_is_refused_and_logged() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED a_client_of_another_uid_is_refused_and_logged: needs root");
+        skip_unless_ci(
+            "a_client_of_another_uid_is_refused_and_logged",
+            "needs root",
+        );
         return;
     }
     let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
@@ -789,7 +779,10 @@ fn a_client_of_another_uid_is_refused_and_logged() {
         .map(Path::new)
         .find(|p| p.exists())
     else {
-        eprintln!("SKIPPED a_client_of_another_uid_is_refused_and_logged: no setpriv on this host");
+        skip_unless_ci(
+            "a_client_of_another_uid_is_refused_and_logged",
+            "no setpriv on this host",
+        );
         return;
     };
     let env = TestEnv::new();
