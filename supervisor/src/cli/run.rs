@@ -73,7 +73,10 @@ async fn run_job(
         let source = args.file.display().to_string();
         let (name, count) = (spec.name.clone(), spec.tasks.len());
         let spec = spec.clone();
-        let id = store.call(move |s| s.create_job(&spec, &source)).await?;
+        let owner = process::own_supervisor_id();
+        let id = store
+            .call(move |s| s.create_job(&spec, &source, Some(owner)))
+            .await?;
         (id, name, count)
     };
     println!("job {job_id} {name}: {count} task(s)");

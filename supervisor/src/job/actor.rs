@@ -105,6 +105,12 @@ impl Actor {
         }
         match order {
             Order::Start => {
+                if foreign_owner(&self.store(|s, id| s.job(id)).await?).is_some() {
+                    return Err(OrderError::WrongState(format!(
+                        "job {} belongs to a `supervisor run`",
+                        self.id
+                    )));
+                }
                 self.transition(&[JobState::Pending], JobState::Running, None)
                     .await?;
                 Ok(Some(Next::Launch(Purpose::Execute)))

@@ -297,6 +297,10 @@ impl Supervision {
 
     async fn on_command(&mut self, command: Command) {
         let answer = match command.order {
+            Order::Kill { .. } if self.ladder.is_over() => Err(OrderError::WrongState(format!(
+                "job {} is already being killed",
+                self.id
+            ))),
             Order::Cancel { .. } | Order::Kill { .. } => {
                 self.obey(command.order).await;
                 Ok(())

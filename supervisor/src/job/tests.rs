@@ -64,7 +64,7 @@ impl Harness {
         state_dir.create().expect("create state dir");
         let store = Store::open(&dir).expect("store");
         let spec = JobSpec::parse(spec, "t.toml", "t").expect("spec");
-        let id = store.create_job(&spec, "t.toml").expect("create");
+        let id = store.create_job(&spec, "t.toml", None).expect("create");
         store
             .transition_job(&id, &[JobState::Pending], JobState::Running, None)
             .expect("running");

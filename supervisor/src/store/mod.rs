@@ -226,10 +226,31 @@ impl Store {
     }
 
     /// Stores a new `pending` job and its tasks; returns its fresh id.
-    pub fn create_job(&self, spec: &JobSpec, source: &str) -> Result<JobId> {
+    ///
+    /// `owner` is the process that will run it (a `supervisor run`): a daemon on the same state
+    /// dir leaves such a job to it while it lives, instead of starting it from its queue.
+    pub fn create_job(
+        &self,
+        spec: &JobSpec,
+        source: &str,
+        owner: Option<SupervisorId>,
+    ) -> Result<JobId> {
         let spec_json = serde_json::to_string(spec).map_err(StoreError::UnencodableSpec)?;
         // Durable before `submit` answers with the id.
-        self.write(true, |tx| insert_job(tx, spec, &spec_json, source))
+        self.write(true, |tx| {
+            let id = insert_job(tx, spec, &spec_json, source)?;
+            if let Some(owner) = owner {
+                tx.execute(
+                    "UPDATE jobs SET supervisor_pid = ?2, supervisor_start = ?3 WHERE id = ?1",
+                    params![
+                        id.as_str(),
+                        owner.pid,
+                        i64::try_from(owner.start_time).unwrap_or(i64::MAX)
+                    ],
+                )?;
+            }
+            Ok(id)
+        })
     }
 
     /// The job's spec as it was validated at submission.

@@ -227,7 +227,7 @@ mod tests {
             "t",
         )
         .expect("spec");
-        let id = store.create_job(&spec, "t.toml").expect("create");
+        let id = store.create_job(&spec, "t.toml", None).expect("create");
         store
             .transition_job(&id, &[JobState::Pending], JobState::Running, None)
             .expect("running");

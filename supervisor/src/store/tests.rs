@@ -70,7 +70,7 @@ fn finished(seq: u64, task: u32, phase: Phase) -> Report {
 
 /// A job killed after task `a` succeeded: task `a`'s revert is pending.
 fn killed_with_pending_revert(store: &Store) -> JobId {
-    let id = store.create_job(&spec(), "t.toml").expect("create");
+    let id = store.create_job(&spec(), "t.toml", None).expect("create");
     store
         .transition_job(&id, &[JobState::Pending], JobState::Running, None)
         .expect("running");
@@ -101,7 +101,7 @@ fn job_transitions(store: &Store, id: &JobId) -> Vec<(Option<String>, String, Op
 #[test]
 fn transition_is_compare_and_set() {
     let (_dir, store) = fresh();
-    let id = store.create_job(&spec(), "t.toml").expect("create");
+    let id = store.create_job(&spec(), "t.toml", None).expect("create");
     let was = store
         .transition_job(&id, &[JobState::Pending], JobState::Running, Some("go"))
         .expect("pending -> running");
@@ -159,7 +159,7 @@ fn revert_needs_a_stopped_job_with_a_pending_revert() {
     let (_dir, store) = fresh();
     let id = killed_with_pending_revert(&store);
     // A job killed before any task ran has nothing to revert.
-    let empty = store.create_job(&spec(), "t.toml").expect("create");
+    let empty = store.create_job(&spec(), "t.toml", None).expect("create");
     store
         .record_hard_end(&empty, JobState::Killed, "kill requested")
         .expect("kill pending");
@@ -239,7 +239,7 @@ fn hard_end_acts_only_on_a_live_job() {
     );
     let after = store.job(&id).expect("job");
     assert_eq!((after.state, after.reason), (before.state, before.reason));
-    let pending = store.create_job(&spec(), "t.toml").expect("create");
+    let pending = store.create_job(&spec(), "t.toml", None).expect("create");
     let reverts = store
         .record_hard_end(&pending, JobState::Killed, "stopped before it started")
         .expect("a pending job ends too");
@@ -292,7 +292,7 @@ fn two_stores_on_one_file_write_concurrently() {
         for store in &stores {
             scope.spawn(move || {
                 for _ in 0..15 {
-                    let id = store.create_job(&spec(), "t.toml").expect("create");
+                    let id = store.create_job(&spec(), "t.toml", None).expect("create");
                     store
                         .transition_job(&id, &[JobState::Pending], JobState::Running, None)
                         .expect("running");
@@ -332,7 +332,7 @@ fn two_stores_on_one_file_write_concurrently() {
 #[test]
 fn a_gap_in_the_reports_is_refused_whole() {
     let (_dir, store) = fresh();
-    let id = store.create_job(&spec(), "t.toml").expect("create");
+    let id = store.create_job(&spec(), "t.toml", None).expect("create");
     store
         .transition_job(&id, &[JobState::Pending], JobState::Running, None)
         .expect("running");
@@ -540,7 +540,7 @@ fn state_lists_follow_job_state() {
         "'pending', 'running', 'cancelling', 'reverting'"
     );
     let (_dir, store) = fresh();
-    let queued = store.create_job(&spec(), "t.toml").expect("create");
+    let queued = store.create_job(&spec(), "t.toml", None).expect("create");
     let done = killed_with_pending_revert(&store);
     let live: Vec<_> = store
         .list(false)
@@ -565,7 +565,7 @@ fn actor_isolates_panics() -> impl std::future::Future<Output = ()> {
     let handle = StoreHandle::open(dir.path()).expect("open");
     async move {
         let id = handle
-            .call(|store| store.create_job(&spec(), "t.toml"))
+            .call(|store| store.create_job(&spec(), "t.toml", None))
             .await
             .expect("create");
         let panicked: Result<()> = handle

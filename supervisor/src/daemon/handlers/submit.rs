@@ -17,7 +17,7 @@ pub async fn handle(jobs: &Jobs, spec: JobSpec, source: String) -> Reply {
     let id = jobs
         .store()
         .call(move |s| {
-            s.create_job(&spec, &source).inspect_err(|e| {
+            s.create_job(&spec, &source, None).inspect_err(|e| {
                 if e.is_disk_full() {
                     s.reclaim_space();
                 }
