@@ -3,6 +3,7 @@
 //! exits with the codes of `supervisor run`.
 
 use super::client::{Client, Failure, Outcome};
+use super::escape::shown;
 use shared::exit;
 use shared::protocol::client::{ClientReply, ClientRequest, JobStatus};
 use std::path::PathBuf;
@@ -191,9 +192,9 @@ async fn list(dir: Option<PathBuf>, all: bool, json: bool) -> Outcome<i32> {
         println!(
             "{:<8}  {:<20}  {:<13}  {:<20}  {}",
             job.id,
-            job.name,
+            shown(&job.name),
             job.state.as_str(),
-            job.task.unwrap_or_else(|| "-".into()),
+            shown(job.task.as_deref().unwrap_or("-")),
             shared::duration::format_duration(Duration::from_secs(age.as_secs()))
         );
     }
@@ -218,7 +219,7 @@ async fn logs(
                 } else {
                     ""
                 };
-                println!("[{}{phase}] {}", line.task, line.line);
+                println!("[{}{phase}] {}", shown(&line.task), shown(&line.line));
             }
             ClientReply::Done => break,
             other => return Err(unexpected(&other)),
@@ -239,7 +240,13 @@ async fn events(dir: Option<PathBuf>, json: bool) -> Outcome<i32> {
             continue;
         }
         match &event.task {
-            Some(task) => println!("{} {} task {task} {}", event.at_ms, event.job, event.state),
+            Some(task) => println!(
+                "{} {} task {} {}",
+                event.at_ms,
+                event.job,
+                shown(task),
+                event.state
+            ),
             None => println!("{} {} job {}", event.at_ms, event.job, event.state),
         }
     }
@@ -310,11 +317,16 @@ async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32> {
 }
 
 fn print_status(status: &JobStatus) {
-    println!("job {} {}: {}", status.id, status.name, status.state);
+    println!(
+        "job {} {}: {}",
+        status.id,
+        shown(&status.name),
+        status.state
+    );
     if let Some(reason) = &status.reason {
-        println!("  reason: {reason}");
+        println!("  reason: {}", shown(reason));
     }
-    println!("  file: {}", status.source);
+    println!("  file: {}", shown(&status.source));
     if let Some(pid) = status.conductor_pid {
         println!("  conductor pid: {pid}");
     }
@@ -337,18 +349,18 @@ fn print_status(status: &JobStatus) {
         };
         println!(
             "  {:<20} {:<14} attempts {}{pending}",
-            task.name,
+            shown(&task.name),
             task.state.as_str(),
             task.attempts
         );
         if !task.result.is_empty() {
             println!(
                 "    result: {}",
-                task.result.lines().next().unwrap_or_default()
+                shown(task.result.lines().next().unwrap_or_default())
             );
         }
         if let Some(error) = &task.error {
-            println!("    error: {error}");
+            println!("    error: {}", shown(error));
         }
     }
     let pending: Vec<&str> = status

@@ -3,6 +3,7 @@
 
 mod client;
 mod daemon;
+mod escape;
 mod jobs;
 mod printer;
 mod run;

@@ -1,6 +1,7 @@
 //! Shows a job's progress on the terminal: each task as it starts and ends, its output prefixed
 //! by the task name (stdout lines on stdout, stderr lines on stderr).
 
+use super::escape::shown;
 use shared::protocol::conductor::{JobEvent, Phase, StepOutcome, Stream};
 use shared::spec::JobSpec;
 use std::io::Write;
@@ -11,9 +12,11 @@ use tokio::sync::mpsc;
 pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<JobEvent>) {
     let mut started: Vec<Option<Instant>> = vec![None; spec.tasks.len()];
     let name = |task: u32| {
-        spec.tasks
+        let name = spec
+            .tasks
             .get(task as usize)
-            .map_or("?", |t| t.name.as_str())
+            .map_or("?", |t| t.name.as_str());
+        shown(name).into_owned()
     };
     while let Some(event) = events.recv().await {
         let mut out = std::io::stdout().lock();
@@ -37,14 +40,19 @@ pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<Job
                 stream: Stream::Stdout,
                 line,
                 ..
-            } => writeln!(out, "[{}] {line}", name(*task)),
+            } => writeln!(out, "[{}] {}", name(*task), shown(line)),
             JobEvent::Output {
                 task,
                 stream: Stream::Stderr,
                 line,
                 ..
             } => {
-                writeln!(std::io::stderr().lock(), "[{}] {line}", name(*task))
+                writeln!(
+                    std::io::stderr().lock(),
+                    "[{}] {}",
+                    name(*task),
+                    shown(line)
+                )
             }
             JobEvent::TaskFinished {
                 task,
@@ -61,16 +69,16 @@ pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<Job
                 let what = match (phase, outcome) {
                     (Phase::Execute, StepOutcome::Success { .. }) => "success".to_owned(),
                     (Phase::Execute, StepOutcome::Failure { reason, .. }) => {
-                        format!("failure: {reason}")
+                        format!("failure: {}", shown(reason))
                     }
                     (Phase::Revert, StepOutcome::Success { .. }) => "reverted".to_owned(),
                     (Phase::Revert, StepOutcome::Failure { reason, .. }) => {
-                        format!("revert failed: {reason}")
+                        format!("revert failed: {}", shown(reason))
                     }
                 };
                 writeln!(out, "[{}] {what}{took}", name(*task))
             }
-            JobEvent::Cancelling { reason } => writeln!(out, "cancelling: {reason}"),
+            JobEvent::Cancelling { reason } => writeln!(out, "cancelling: {}", shown(reason)),
             JobEvent::TaskSpawned { .. } => Ok(()),
             JobEvent::JobFinished { .. } => return,
         };

@@ -58,6 +58,9 @@ pub enum Order {
 pub enum OrderError {
     #[error("no such job: {0}")]
     UnknownJob(JobId),
+    /// The order itself is wrong (e.g. a cancel timeout shorter than the term grace).
+    #[error("{0}")]
+    Invalid(String),
     /// The job's state does not allow the order (the message says why).
     #[error("{0}")]
     WrongState(String),

@@ -297,6 +297,14 @@ impl Supervision {
 
     async fn on_command(&mut self, command: Command) {
         let answer = match command.order {
+            Order::Cancel {
+                timeout: Some(timeout),
+                ..
+            } if timeout <= self.spec.term_grace => Err(OrderError::Invalid(format!(
+                "a cancel timeout of {} is not longer than the job's term_grace ({}): the running task could not be stopped softly and every revert would be skipped",
+                shared::duration::format_duration(timeout),
+                shared::duration::format_duration(self.spec.term_grace)
+            ))),
             Order::Kill { .. } if self.ladder.is_over() => Err(OrderError::WrongState(format!(
                 "job {} is already being killed",
                 self.id

@@ -495,3 +495,21 @@ async fn a_failure_revert_is_bounded_by_the_kill_timer() {
         Some("revert timeout expired")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_timeout_not_longer_than_term_grace_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::new(SPEC);
+    let listener = h.listen();
+    h.adopt().await;
+    let _fake = FakeConductor::accept(&listener, &h).await;
+    let cancel = Order::Cancel {
+        timeout: Some(Duration::from_millis(500)),
+        reason: "test".into(),
+    };
+    match h.jobs.ask(&h.id, cancel).await {
+        Err(OrderError::Invalid(message)) => assert!(message.contains("term_grace"), "{message}"),
+        other => panic!("a cancel timeout under term_grace must be refused, got {other:?}"),
+    }
+    assert_eq!(h.job().await.state, JobState::Running);
+}

@@ -156,6 +156,7 @@ fn store_refusal(err: StoreError) -> Refusal {
 fn order_refusal(err: OrderError) -> Refusal {
     let code = match &err {
         OrderError::UnknownJob(_) => ErrorCode::UnknownJob,
+        OrderError::Invalid(_) => ErrorCode::InvalidRequest,
         OrderError::WrongState(_) => ErrorCode::WrongState,
         OrderError::Unavailable(_) => ErrorCode::Unavailable,
         OrderError::Internal(_) | OrderError::Retry => ErrorCode::Internal,
