@@ -3,9 +3,12 @@
 //!
 //! The step's output is streamed line by line to the supervisor, its stdout kept (trimmed, at
 //! most [`MAX_RESULT_LEN`]) as the step's result. An execute is interrupted by the task timeout or
-//! a soft cancel: SIGTERM to its group, then SIGKILL after the term grace. When the step's process
-//! ends, whatever is left in its group (background children) is killed too.
+//! a soft cancel, a revert by the task's `revert_timeout` (never by a cancel): SIGTERM to its
+//! group, then SIGKILL after the term grace. When the step's process ends, whatever is left in its
+//! group (background children) is killed too, before the process is reaped
+//! ([`exit_watch`](crate::exit_watch)), so that the group id cannot have been reused.
 
+use crate::exit_watch;
 use crate::limits::TaskLimits;
 use crate::reaper::OwnedChildren;
 use crate::task::{Task, TaskContext, TaskError, TaskFuture};
@@ -31,6 +34,8 @@ pub struct CommandTask {
     /// The job's `[env]` and the task's `env` (the task's win).
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
+    /// Deadline of each revert step.
+    pub revert_timeout: Duration,
     pub term_grace: Duration,
     pub children: OwnedChildren,
     /// The job's rlimits and identity for each step's process.
@@ -79,10 +84,9 @@ impl CommandTask {
             args,
             cwd: self.cwd.as_deref(),
             env,
-            timeout: if ctx.phase() == Phase::Execute {
-                self.timeout
-            } else {
-                None
+            timeout: match ctx.phase() {
+                Phase::Execute => self.timeout,
+                Phase::Revert => Some(self.revert_timeout),
             },
             term_grace: self.term_grace,
         }
@@ -90,7 +94,7 @@ impl CommandTask {
 }
 
 /// Longest output line sent as one; longer lines are split.
-pub const MAX_LINE_LEN: usize = 16 * 1024;
+pub use shared::protocol::conductor::MAX_LINE_LEN;
 /// After the step's process ended, how long to wait for the rest of its output.
 pub const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 
@@ -100,7 +104,8 @@ struct StepCommand<'a> {
     pub args: Vec<&'a str>,
     pub cwd: Option<&'a str>,
     pub env: BTreeMap<String, String>,
-    /// Execute deadline, if any.
+    /// The step's deadline, if any (execute: the task's `timeout`; revert: its
+    /// `revert_timeout`).
     pub timeout: Option<Duration>,
     /// From SIGTERM to SIGKILL of the group when interrupted.
     pub term_grace: Duration,
@@ -114,7 +119,7 @@ enum Interrupt {
 }
 
 /// Runs the step to its end; its trimmed stdout on success. Only an execute listens to the
-/// cancel; a revert always runs out.
+/// cancel; a revert runs out, or up to its timeout.
 async fn run_step(
     command: StepCommand<'_>,
     ctx: &TaskContext,
@@ -148,6 +153,8 @@ async fn run_step(
     };
     let _owned = children.own(pid);
     let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    let leader_exited = exit_watch::exited(pgid);
+    tokio::pin!(leader_exited);
     tracing::info!(task, phase = phase.as_str(), pid, "step started");
     ctx.spawned(pid);
 
@@ -164,7 +171,7 @@ async fn run_step(
         kill_at = terminate(pgid, command.term_grace);
     }
 
-    let status = loop {
+    loop {
         tokio::select! {
             line = stdout.next_line() => {
                 if let Some(line) = line {
@@ -177,7 +184,7 @@ async fn run_step(
                     ctx.line(Stream::Stderr, line);
                 }
             }
-            status = child.wait() => break status,
+            () = &mut leader_exited => break,
             changed = cancel.changed(), if listens_to_cancel && interrupt.is_none() => {
                 if changed.is_ok() && cancel.borrow().is_some() {
                     interrupt = Some(Interrupt::Cancelled);
@@ -189,14 +196,16 @@ async fn run_step(
                 kill_at = terminate(pgid, command.term_grace);
             }
             () = sleep_until(kill_at) => {
-                tracing::warn!(task, phase = phase.as_str(), pgid = pid, grace_ms = command.term_grace.as_millis() as u64, "term grace expired, sending SIGKILL");
+                tracing::warn!(task, phase = phase.as_str(), pgid = pid, grace_ms = millis(command.term_grace), "term grace expired, sending SIGKILL");
                 let _ = killpg(pgid, Signal::SIGKILL);
                 kill_at = far;
             }
         }
-    };
-    // Nothing of the step outlives it: its background children go with it.
+    }
+    // Nothing of the step outlives it: its background children go with it. The leader has
+    // exited but is not reaped yet, so the group id is still its own.
     let _ = killpg(pgid, Signal::SIGKILL);
+    let status = child.wait().await;
     let drain_until = Instant::now() + OUTPUT_DRAIN;
     while !(stdout.is_done() && stderr.is_done()) {
         tokio::select! {
@@ -215,7 +224,7 @@ async fn run_step(
         }
     }
     let exit_status = status.as_ref().ok().copied();
-    outcome(status, interrupt, &result).map_err(|mut error| {
+    outcome(status, interrupt, phase, &result).map_err(|mut error| {
         if !error.cancelled {
             if let Some(limit) = limits.explain(before, exit_status) {
                 error.message = format!("{limit} ({})", error.message);
@@ -228,18 +237,15 @@ async fn run_step(
 fn outcome(
     status: std::io::Result<ExitStatus>,
     interrupt: Option<Interrupt>,
+    phase: Phase,
     result: &[u8],
 ) -> Result<String, TaskError> {
     let partial_result = trimmed_result(result);
     let (message, cancelled) = match (interrupt, status) {
         (Some(Interrupt::Cancelled), _) => ("interrupted by cancel".to_owned(), true),
-        (Some(Interrupt::TimedOut(limit)), _) => (
-            format!(
-                "timed out after {}",
-                shared::duration::format_duration(limit)
-            ),
-            false,
-        ),
+        (Some(Interrupt::TimedOut(limit)), _) => {
+            (TaskError::timed_out(phase, limit).message, false)
+        }
         (None, Err(err)) => (format!("cannot wait for the process: {err}"), false),
         (None, Ok(status)) if status.success() => return Ok(partial_result),
         (None, Ok(status)) => (describe_status(status), false),
@@ -273,11 +279,16 @@ pub fn describe_status(status: ExitStatus) -> String {
 fn terminate(pgid: Pid, grace: Duration) -> Instant {
     tracing::info!(
         pgid = pgid.as_raw(),
-        grace_ms = grace.as_millis() as u64,
+        grace_ms = millis(grace),
         "sending SIGTERM to the step"
     );
     let _ = killpg(pgid, Signal::SIGTERM);
     Instant::now() + grace
+}
+
+/// A duration in whole milliseconds, for log fields.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn keep_result(result: &mut Vec<u8>, line: &str) {

@@ -3,13 +3,13 @@
 
 use anyhow::{Context, bail};
 use shared::ids::JobId;
-use shared::protocol::PROTOCOL_VERSION;
 use shared::protocol::codec::{
-    FrameResult, encode_frame, read_frame, spawn_frame_reader, write_frame,
+    FrameResult, encode_frame, read_frame, spawn_frame_reader_with, write_frame,
 };
 use shared::protocol::conductor::{
     ConductorHello, FromConductor, JobEvent, JobPlan, Report, ToConductor,
 };
+use shared::protocol::{PROTOCOL_VERSION, negotiate, supported_versions};
 use std::collections::VecDeque;
 use std::os::fd::{FromRawFd, RawFd};
 use std::time::Duration;
@@ -31,10 +31,12 @@ pub struct LinkHandle {
 }
 
 impl LinkHandle {
-    /// Sends a report without waiting; it is kept until acknowledged.
+    /// Sends a report without waiting; it is kept until acknowledged. Its texts are bounded
+    /// first ([`JobEvent::bounded`]), so that it always fits in a frame.
     pub fn report(&mut self, event: JobEvent) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let event = event.bounded();
         tracing::debug!(seq, ?event, "report");
         // The link task lives as long as the runtime; a send can only fail during shutdown.
         let _ = self.reports.send(Report { seq, event });
@@ -66,8 +68,11 @@ pub struct Link {
     pub cancel_sender: watch::Sender<CancelReason>,
 }
 
-/// Takes over the inherited listening socket and starts serving it.
+/// Takes over the inherited listening socket and starts serving it. The socket becomes
+/// close-on-exec at once, so that no task inherits it.
 pub fn start(listen_fd: RawFd, job_id: JobId) -> anyhow::Result<Link> {
+    crate::fds::set_close_on_exec(listen_fd)
+        .with_context(|| format!("file descriptor {listen_fd} is not usable"))?;
     // SAFETY: the supervisor passes us this descriptor, open and owned by nobody else here.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(listen_fd) };
     std_listener
@@ -87,6 +92,9 @@ pub fn start(listen_fd: RawFd, job_id: JobId) -> anyhow::Result<Link> {
         acked: acked_tx,
         cancel: cancel_tx.clone(),
         plan: Some(plan_tx),
+        prior_results: Vec::new(),
+        version: PROTOCOL_VERSION,
+        health: Health::default(),
         heartbeat_every: heartbeat_every(shared::spec::DEFAULT_HEARTBEAT_TIMEOUT),
     };
     tokio::spawn(server.serve());
@@ -111,8 +119,61 @@ struct Server {
     acked: watch::Sender<u64>,
     cancel: watch::Sender<CancelReason>,
     plan: Option<oneshot::Sender<JobPlan>>,
+    /// Prior results received in this connection, for the plan that follows them.
+    prior_results: Vec<(u32, String)>,
+    /// The protocol version of the current connection (the lower of the two ends').
+    version: u32,
+    health: Health,
     /// A third of the job's `heartbeat_timeout`, once the plan is known.
     heartbeat_every: Duration,
+}
+
+/// Pause after a failed `accept`, so that a lasting error (EMFILE) does not spin the thread.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// How the link to the supervisor has been, so that a lasting problem is logged once at WARN
+/// (and then at debug for every further attempt), and its end once at INFO.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Health {
+    /// No supervisor has connected yet.
+    #[default]
+    Unknown,
+    /// A supervisor is connected.
+    Up,
+    /// A connection was lost or refused, and that was logged at WARN.
+    Down,
+}
+
+impl Health {
+    /// Logs a connection that was lost or refused: WARN when it changes the state, debug after.
+    fn failed(&mut self, what: &'static str, error: &anyhow::Error) {
+        if *self == Self::Down {
+            tracing::debug!(
+                error = format!("{error:#}"),
+                what,
+                "supervisor link still down"
+            );
+        } else {
+            tracing::warn!(error = format!("{error:#}"), what, "supervisor link down");
+        }
+        *self = Self::Down;
+    }
+
+    /// Logs a working handshake: INFO, saying whether the link is back after a failure.
+    fn connected(&mut self, version: u32) {
+        if *self == Self::Down {
+            tracing::info!(protocol_version = version, "supervisor link back");
+        } else {
+            tracing::info!(protocol_version = version, "supervisor connected");
+        }
+        *self = Self::Up;
+    }
+
+    /// Logs the supervisor closing the connection cleanly (a restart or a shutdown).
+    fn closed(&mut self) {
+        tracing::info!("supervisor disconnected");
+        *self = Self::Unknown;
+    }
 }
 
 /// Heartbeats go out three times per `heartbeat_timeout` (and at least every 10 ms apart).
@@ -126,19 +187,18 @@ impl Server {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
+                    self.health.failed("accept", &err.into());
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             };
             if let Err(err) = check_peer(&stream) {
-                tracing::warn!(error = format!("{err:#}"), "connection refused");
+                self.health.failed("connection refused", &err);
                 continue;
             }
             match self.session(stream).await {
-                Ok(()) => tracing::info!("supervisor disconnected"),
-                Err(err) => {
-                    tracing::warn!(error = format!("{err:#}"), "supervisor connection lost")
-                }
+                Ok(()) => self.health.closed(),
+                Err(err) => self.health.failed("connection lost", &err),
             }
         }
     }
@@ -149,18 +209,24 @@ impl Server {
             tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut reader))
                 .await
                 .context("no handshake in time")??;
+        let version = match &hello {
+            Some(ToConductor::Hello(theirs)) => negotiate(theirs.protocol_version),
+            _ => None,
+        };
         let ours = ConductorHello {
-            protocol_version: PROTOCOL_VERSION,
+            // The version both speak, so that an older supervisor sees its own.
+            protocol_version: version.unwrap_or(PROTOCOL_VERSION),
             job_id: self.job_id.clone(),
             pid: std::process::id(),
             has_plan: self.plan.is_none(),
         };
         write_frame(&mut writer, &FromConductor::Hello(ours)).await?;
         match hello {
-            Some(ToConductor::Hello(theirs)) if theirs.protocol_version != PROTOCOL_VERSION => {
+            Some(ToConductor::Hello(theirs)) if version.is_none() => {
                 bail!(
-                    "protocol version mismatch: supervisor speaks {}, conductor speaks {PROTOCOL_VERSION}",
-                    theirs.protocol_version
+                    "protocol version mismatch: supervisor speaks {}, conductor speaks {}",
+                    theirs.protocol_version,
+                    supported_versions()
                 )
             }
             Some(ToConductor::Hello(theirs)) if theirs.job_id != self.job_id => {
@@ -173,9 +239,12 @@ impl Server {
             Some(ToConductor::Hello(_)) => {}
             other => bail!("expected a hello, got {other:?}"),
         }
-        tracing::info!("supervisor connected");
+        self.version = version.unwrap_or(PROTOCOL_VERSION);
+        self.prior_results.clear();
+        self.health.connected(self.version);
 
-        let (mut frames, read_task) = spawn_frame_reader::<ToConductor, _>(reader, 16);
+        let (mut frames, read_task) =
+            spawn_frame_reader_with(reader, 16, ToConductor::decoder(self.version));
         let result = self.exchange(&mut writer, &mut frames).await;
         read_task.abort();
         let _ = writer.shutdown().await;
@@ -212,8 +281,10 @@ impl Server {
                 },
                 report = self.reports.recv() => {
                     let Some(report) = report else { return Ok(()) };
-                    let frame = encode_frame(&FromConductor::Report(report.clone()))?;
-                    self.outbox.push_back(report);
+                    // Kept first: whatever happens to this connection, the report is sent
+                    // again on the next one.
+                    self.outbox.push_back(report.clone());
+                    let frame = encode_frame(&FromConductor::Report(report))?;
                     writer.write_all(&frame).await?;
                 }
             }
@@ -240,13 +311,27 @@ impl Server {
                     first
                 });
             }
-            ToConductor::Start(plan) => match self.plan.take() {
-                Some(sender) => {
-                    self.heartbeat_every = heartbeat_every(plan.spec.heartbeat_timeout);
-                    let _ = sender.send(*plan);
+            ToConductor::PriorResult { task, result } if self.plan.is_some() => {
+                self.prior_results.push((task, result));
+            }
+            ToConductor::PriorResult { task, .. } => {
+                bail!("received a prior result (task {task}) after the plan")
+            }
+            ToConductor::Start(plan) => {
+                if self.plan.is_none() {
+                    bail!("received a second plan");
                 }
-                None => bail!("received a second plan"),
-            },
+                let mut plan = *plan;
+                for (task, result) in self.prior_results.drain(..) {
+                    if !plan.put_prior_result(task, result) {
+                        bail!("received a prior result for task {task}, which the plan lacks");
+                    }
+                }
+                self.heartbeat_every = heartbeat_every(plan.spec.heartbeat_timeout);
+                if let Some(sender) = self.plan.take() {
+                    let _ = sender.send(plan);
+                }
+            }
             ToConductor::Hello(_) => bail!("unexpected second hello"),
         }
         Ok(())

@@ -960,7 +960,17 @@ proptest! {
     fn generated_valid_file_parses_to_what_was_generated(job in job()) {
         let source = job.render();
         match parse_checked(&source, "gen.toml")? {
-            Ok(spec) => job.check(&spec)?,
+            Ok(spec) => {
+                job.check(&spec)?;
+                // What parse accepts, `JobSpec::check` accepts once paths are resolved.
+                let mut resolved = spec.clone();
+                for task in &mut resolved.tasks {
+                    if let Some(cwd) = &mut task.cwd {
+                        cwd.insert(0, '/');
+                    }
+                }
+                prop_assert_eq!(resolved.check(), Ok(()));
+            }
             Err(err) => prop_assert!(false, "{}\n--- source:\n{}", err, source),
         }
     }

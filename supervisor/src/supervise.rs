@@ -112,7 +112,7 @@ impl Supervision {
             groups: BTreeSet::new(),
         };
         if let (Some(link), Some(plan)) = (link.as_mut(), plan) {
-            link.send(&ToConductor::Start(Box::new(plan))).await?;
+            link.send_plan(plan).await?;
         }
         let far = Instant::now() + Duration::from_secs(86400 * 365);
         let job_deadline = self.spec.timeout.map(|t| self.started + t);

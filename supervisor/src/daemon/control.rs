@@ -7,9 +7,9 @@ use crate::launch::Purpose;
 use crate::store::StoreError;
 use crate::supervise::Order;
 use shared::ids::JobId;
-use shared::protocol::PROTOCOL_VERSION;
 use shared::protocol::client::{ClientReply, ClientRequest, ErrorCode, LogLine};
-use shared::protocol::codec::{read_frame, write_frame};
+use shared::protocol::codec::{read_frame, read_frame_with, write_frame};
+use shared::protocol::{negotiate, supported_versions};
 use shared::state::{JobState, TaskState};
 use std::time::Duration;
 use tokio::net::UnixStream;
@@ -83,27 +83,27 @@ pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
 }
 
 async fn read_hello_and_request(stream: &mut UnixStream) -> Result<ClientRequest, String> {
-    match read_frame::<ClientRequest, _>(stream).await {
-        Ok(Some(ClientRequest::Hello { protocol_version }))
-            if protocol_version == PROTOCOL_VERSION => {}
-        Ok(Some(ClientRequest::Hello { protocol_version })) => {
-            return Err(format!(
-                "protocol version mismatch: client {protocol_version}, daemon {PROTOCOL_VERSION}"
-            ));
-        }
+    let version = match read_frame::<ClientRequest, _>(stream).await {
+        Ok(Some(ClientRequest::Hello { protocol_version })) => negotiate(protocol_version)
+            .ok_or_else(|| {
+                format!(
+                    "protocol version mismatch: client {protocol_version}, daemon {}",
+                    supported_versions()
+                )
+            })?,
         Ok(Some(_)) => return Err("expected a hello first".into()),
         Ok(None) => return Err("closed before the hello".into()),
         Err(err) => return Err(err.to_string()),
-    }
+    };
     write_frame(
         stream,
         &ClientReply::Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: version,
         },
     )
     .await
     .map_err(|e| e.to_string())?;
-    match read_frame::<ClientRequest, _>(stream).await {
+    match read_frame_with(stream, ClientRequest::decoder(version)).await {
         Ok(Some(ClientRequest::Hello { .. })) => Err("a second hello".into()),
         Ok(Some(request)) => Ok(request),
         Ok(None) => Err("closed before the request".into()),
