@@ -142,37 +142,34 @@ enum Health {
     Up,
     /// A connection was lost or refused, and that was logged at WARN.
     Down,
+    /// The job's last report was acknowledged: the supervisor may go, nothing is missing.
+    Done,
 }
 
 impl Health {
-    /// Logs a connection that was lost or refused: WARN when it changes the state, debug after.
-    fn failed(&mut self, what: &'static str, error: &anyhow::Error) {
-        if *self == Self::Down {
-            tracing::debug!(
-                error = format!("{error:#}"),
-                what,
-                "supervisor link still down"
-            );
-        } else {
-            tracing::warn!(error = format!("{error:#}"), what, "supervisor link down");
+    /// Logs a connection that was lost or refused: WARN when it changes the state, debug after
+    /// (and once the job is done, a closed connection is expected).
+    fn failed(&mut self, what: &'static str, error: &dyn std::fmt::Display) {
+        match self {
+            Self::Down | Self::Done => {
+                tracing::debug!(error = %error, what, "supervisor link still down");
+            }
+            Self::Unknown | Self::Up => {
+                tracing::warn!(error = %error, what, "supervisor link down");
+                *self = Self::Down;
+            }
         }
-        *self = Self::Down;
     }
 
     /// Logs a working handshake: INFO, saying whether the link is back after a failure.
     fn connected(&mut self, version: u32) {
-        if *self == Self::Down {
-            tracing::info!(protocol_version = version, "supervisor link back");
-        } else {
-            tracing::info!(protocol_version = version, "supervisor connected");
+        match self {
+            Self::Down => tracing::info!(protocol_version = version, "supervisor link back"),
+            _ => tracing::info!(protocol_version = version, "supervisor connected"),
         }
-        *self = Self::Up;
-    }
-
-    /// Logs the supervisor closing the connection cleanly (a restart or a shutdown).
-    fn closed(&mut self) {
-        tracing::info!("supervisor disconnected");
-        *self = Self::Unknown;
+        if *self != Self::Done {
+            *self = Self::Up;
+        }
     }
 }
 
@@ -187,18 +184,23 @@ impl Server {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(err) => {
-                    self.health.failed("accept", &err.into());
+                    self.health.failed("accept", &err);
                     tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             };
             if let Err(err) = check_peer(&stream) {
-                self.health.failed("connection refused", &err);
+                self.health
+                    .failed("connection refused", &format_args!("{err:#}"));
                 continue;
             }
             match self.session(stream).await {
-                Ok(()) => self.health.closed(),
-                Err(err) => self.health.failed("connection lost", &err),
+                Ok(()) => self
+                    .health
+                    .failed("connection closed", &"the supervisor closed the connection"),
+                Err(err) => self
+                    .health
+                    .failed("connection lost", &format_args!("{err:#}")),
             }
         }
     }
@@ -296,7 +298,10 @@ impl Server {
         match message {
             ToConductor::Ack { seq } => {
                 while self.outbox.front().is_some_and(|r| r.seq <= seq) {
-                    self.outbox.pop_front();
+                    let acked = self.outbox.pop_front();
+                    if acked.is_some_and(|r| matches!(r.event, JobEvent::JobFinished { .. })) {
+                        self.health = Health::Done;
+                    }
                 }
                 self.acked.send_if_modified(|acked| {
                     let newer = seq > *acked;
@@ -352,5 +357,42 @@ fn check_peer(stream: &UnixStream) -> anyhow::Result<()> {
             creds.uid(),
             creds.pid()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One WARN per change of state: the first failure moves to `Down` (logged at WARN), later
+    /// ones stay there (debug); a handshake brings it back `Up`; once the job is done, a closed
+    /// connection is no failure at all.
+    #[test]
+    fn health_changes_state_once_per_failure_streak() {
+        let mut health = Health::default();
+        health.failed("connection refused", &"peer uid 1234");
+        assert_eq!(health, Health::Down);
+        health.failed("connection refused", &"peer uid 1234");
+        assert_eq!(health, Health::Down);
+        health.connected(PROTOCOL_VERSION);
+        assert_eq!(health, Health::Up);
+        health.failed("connection lost", &"reset");
+        assert_eq!(health, Health::Down);
+        health = Health::Done;
+        health.failed("connection closed", &"closed");
+        health.connected(PROTOCOL_VERSION);
+        assert_eq!(health, Health::Done);
+    }
+
+    #[test]
+    fn heartbeats_are_a_third_of_the_timeout_and_not_too_often() {
+        assert_eq!(
+            heartbeat_every(Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            heartbeat_every(Duration::from_millis(3)),
+            Duration::from_millis(10)
+        );
     }
 }

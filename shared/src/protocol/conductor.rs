@@ -197,10 +197,10 @@ pub enum StepOutcome {
 /// ones are cut at the source.
 pub const MAX_RESULT_LEN: usize = 64 * 1024;
 /// Longest output line sent in one report; a command's longer lines are split, a native task's
-/// are cut (with [`cut_marker`]).
+/// are cut (ending with [`cut_marker`], within this length).
 pub const MAX_LINE_LEN: usize = 16 * 1024;
-/// Longest failure or cancel reason sent in a report; longer ones are cut (with
-/// [`cut_marker`]).
+/// Longest failure or cancel reason sent in a report; longer ones are cut (ending with
+/// [`cut_marker`], within this length).
 pub const MAX_REASON_LEN: usize = 16 * 1024;
 
 /// What replaces the end of a cut line or reason: how many bytes were cut.
@@ -224,13 +224,16 @@ pub fn truncate_at_boundary(text: &mut String, max: usize) -> usize {
     cut
 }
 
-/// Cuts `text` to at most `max` bytes and says so at its end with [`cut_marker`] (the marker
-/// comes on top of `max`).
+/// Cuts `text` to at most `max` bytes, marker included, and says so at its end with
+/// [`cut_marker`]. A text already within `max` is left as is, so bounding twice changes nothing.
 pub fn bound_with_marker(text: &mut String, max: usize) {
-    let cut = truncate_at_boundary(text, max);
-    if cut > 0 {
-        text.push_str(&cut_marker(cut));
+    if text.len() <= max {
+        return;
     }
+    // The marker for the whole length is at least as long as the one finally written.
+    let keep = max.saturating_sub(cut_marker(text.len()).len());
+    let cut = truncate_at_boundary(text, keep);
+    text.push_str(&cut_marker(cut));
 }
 
 impl JobEvent {
@@ -355,11 +358,14 @@ mod tests {
         else {
             panic!("same variant")
         };
-        assert!(
-            reason.ends_with(&cut_marker(10)),
-            "{}",
-            &reason[MAX_REASON_LEN..]
-        );
+        // Marker included, the reason is within the limit; bounding it again changes nothing.
+        assert!(reason.len() <= MAX_REASON_LEN, "{}", reason.len());
+        let kept = reason.rfind(" [... ").expect("a marker");
+        assert!(reason.ends_with(&cut_marker(MAX_REASON_LEN + 10 - kept)));
+        let again = JobEvent::Cancelling {
+            reason: reason.clone(),
+        };
+        assert_eq!(again.clone().bounded(), again);
         assert!(result.len() <= MAX_RESULT_LEN && !result.contains("cut"));
         let short = JobEvent::Cancelling {
             reason: "why".into(),
