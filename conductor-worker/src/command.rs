@@ -23,7 +23,7 @@ use std::process::{ExitStatus, Stdio};
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
+use tokio::process::{ChildStderr, ChildStdout, Command};
 use tokio::time::{Instant, sleep_until};
 
 /// A task whose steps are commands.
@@ -127,7 +127,46 @@ async fn run_step(
     limits: &TaskLimits,
 ) -> Result<String, TaskError> {
     let (task, phase) = (ctx.index(), ctx.phase());
-    let mut cancel = ctx.cancel.clone();
+    let mut process = build_process(&command, limits);
+    let before = limits.counters();
+    let mut child = match process.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            return not_started(format!("cannot start {:?}: {err}", command.program));
+        }
+    };
+    let Some(pid) = child.id() else {
+        return not_started("the process vanished at spawn".into());
+    };
+    let _owned = children.own(pid);
+    let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    tracing::info!(task, phase = phase.as_str(), pid, "step started");
+    ctx.spawned(pid);
+
+    let mut output = StepOutput {
+        stdout: LineReader::new(child.stdout.take()),
+        stderr: LineReader::new(child.stderr.take()),
+        result: Vec::new(),
+    };
+    let interrupt = watch_step(&command, ctx, pgid, &mut output).await;
+    // Nothing of the step outlives it: its background children go with it. The leader has
+    // exited but is not reaped yet, so the group id is still its own.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let status = child.wait().await;
+    output.drain(ctx).await;
+    let exit_status = status.as_ref().ok().copied();
+    outcome(status, interrupt, phase, &output.result).map_err(|mut error| {
+        if !error.cancelled {
+            if let Some(limit) = limits.explain(before, exit_status) {
+                error.message = format!("{limit} ({})", error.message);
+            }
+        }
+        error
+    })
+}
+
+/// The step's process: its own process group, output piped, the job's limits applied.
+fn build_process(command: &StepCommand<'_>, limits: &TaskLimits) -> Command {
     let mut process = Command::new(command.program);
     process
         .args(&command.args)
@@ -141,26 +180,22 @@ async fn run_step(
         process.current_dir(cwd);
     }
     limits.apply(&mut process);
-    let before = limits.counters();
-    let mut child = match process.spawn() {
-        Ok(child) => child,
-        Err(err) => {
-            return not_started(format!("cannot start {:?}: {err}", command.program));
-        }
-    };
-    let Some(pid) = child.id() else {
-        return not_started("the process vanished at spawn".into());
-    };
-    let _owned = children.own(pid);
-    let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    process
+}
+
+/// Forwards the step's output until its process (the group leader `pgid`) exits, without
+/// reaping it; stops the group at the step's deadline or (an execute) at a cancel: SIGTERM,
+/// then SIGKILL after the term grace. Returns why the step was interrupted, if it was.
+async fn watch_step(
+    command: &StepCommand<'_>,
+    ctx: &TaskContext,
+    pgid: Pid,
+    output: &mut StepOutput,
+) -> Option<Interrupt> {
+    let (task, phase) = (ctx.index(), ctx.phase());
+    let mut cancel = ctx.cancel.clone();
     let leader_exited = exit_watch::exited(pgid);
     tokio::pin!(leader_exited);
-    tracing::info!(task, phase = phase.as_str(), pid, "step started");
-    ctx.spawned(pid);
-
-    let mut stdout = LineReader::new(child.stdout.take());
-    let mut stderr = LineReader::new(child.stderr.take());
-    let mut result = Vec::new();
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     let timeout_at = command.timeout.map_or(far, |t| Instant::now() + t);
     let mut interrupt: Option<Interrupt> = None;
@@ -170,21 +205,10 @@ async fn run_step(
         interrupt = Some(Interrupt::Cancelled);
         kill_at = terminate(pgid, command.term_grace);
     }
-
     loop {
         tokio::select! {
-            line = stdout.next_line() => {
-                if let Some(line) = line {
-                    keep_result(&mut result, &line);
-                    ctx.line(Stream::Stdout, line);
-                }
-            }
-            line = stderr.next_line() => {
-                if let Some(line) = line {
-                    ctx.line(Stream::Stderr, line);
-                }
-            }
-            () = &mut leader_exited => break,
+            () = output.forward_next(ctx) => {}
+            () = &mut leader_exited => return interrupt,
             changed = cancel.changed(), if listens_to_cancel && interrupt.is_none() => {
                 if changed.is_ok() && cancel.borrow().is_some() {
                     interrupt = Some(Interrupt::Cancelled);
@@ -196,42 +220,50 @@ async fn run_step(
                 kill_at = terminate(pgid, command.term_grace);
             }
             () = sleep_until(kill_at) => {
-                tracing::warn!(task, phase = phase.as_str(), pgid = pid, grace_ms = millis(command.term_grace), "term grace expired, sending SIGKILL");
+                tracing::warn!(task, phase = phase.as_str(), pgid = pgid.as_raw(), grace_ms = millis(command.term_grace), "term grace expired, sending SIGKILL");
                 let _ = killpg(pgid, Signal::SIGKILL);
                 kill_at = far;
             }
         }
     }
-    // Nothing of the step outlives it: its background children go with it. The leader has
-    // exited but is not reaped yet, so the group id is still its own.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let status = child.wait().await;
-    let drain_until = Instant::now() + OUTPUT_DRAIN;
-    while !(stdout.is_done() && stderr.is_done()) {
+}
+
+/// A step's two output pipes, and its stdout kept as its result.
+struct StepOutput {
+    stdout: LineReader<ChildStdout>,
+    stderr: LineReader<ChildStderr>,
+    result: Vec<u8>,
+}
+
+impl StepOutput {
+    /// Forwards the next line of either pipe (cancel-safe); pends once both are closed.
+    async fn forward_next(&mut self, ctx: &TaskContext) {
         tokio::select! {
-            line = stdout.next_line(), if !stdout.is_done() => {
+            line = self.stdout.next_line() => {
                 if let Some(line) = line {
-                    keep_result(&mut result, &line);
+                    keep_result(&mut self.result, &line);
                     ctx.line(Stream::Stdout, line);
                 }
             }
-            line = stderr.next_line(), if !stderr.is_done() => {
+            line = self.stderr.next_line() => {
                 if let Some(line) = line {
                     ctx.line(Stream::Stderr, line);
                 }
             }
-            () = sleep_until(drain_until) => break,
         }
     }
-    let exit_status = status.as_ref().ok().copied();
-    outcome(status, interrupt, phase, &result).map_err(|mut error| {
-        if !error.cancelled {
-            if let Some(limit) = limits.explain(before, exit_status) {
-                error.message = format!("{limit} ({})", error.message);
+
+    /// After the process ended: forwards what is left, for at most [`OUTPUT_DRAIN`] (a
+    /// background child that escaped the group may hold a pipe open).
+    async fn drain(&mut self, ctx: &TaskContext) {
+        let drain_until = Instant::now() + OUTPUT_DRAIN;
+        while !(self.stdout.is_done() && self.stderr.is_done()) {
+            tokio::select! {
+                () = self.forward_next(ctx) => {}
+                () = sleep_until(drain_until) => break,
             }
         }
-        error
-    })
+    }
 }
 
 fn outcome(

@@ -367,6 +367,37 @@ impl<'a> Runner<'a> {
         Ok(ok)
     }
 
+    /// What a step of task `index` gets: its params, the execute's result and outcome (for a
+    /// revert), the cancel signal, and where its notes go.
+    fn context(
+        &self,
+        index: usize,
+        phase: Phase,
+        attempt: u32,
+        notes: mpsc::UnboundedSender<Note>,
+    ) -> TaskContext {
+        let spec = &self.plan.spec.tasks[index];
+        let params = match &spec.body {
+            TaskBody::Native { params_json, .. } => {
+                serde_json::from_str(params_json).unwrap_or_default()
+            }
+            TaskBody::Command { .. } => serde_json::Value::Null,
+        };
+        let progress = &self.progress[index];
+        TaskContext {
+            job_id: self.plan.job_id.clone(),
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            name: spec.name.clone(),
+            phase,
+            attempt,
+            params,
+            result: progress.result.clone(),
+            execute_outcome: progress.exec_outcome,
+            cancel: self.cancel.clone(),
+            notes,
+        }
+    }
+
     /// Runs one step of one task, forwarding its notes; an interruptible execute is dropped at
     /// the cancel or at its timeout. Returns the step's result as stored.
     async fn step(
@@ -381,26 +412,8 @@ impl<'a> Runner<'a> {
         };
         let spec = &self.plan.spec.tasks[index];
         let task_index = u32::try_from(index).unwrap_or(u32::MAX);
-        let params = match &spec.body {
-            TaskBody::Native { params_json, .. } => {
-                serde_json::from_str(params_json).unwrap_or_default()
-            }
-            TaskBody::Command { .. } => serde_json::Value::Null,
-        };
         let (notes_tx, mut notes) = mpsc::unbounded_channel();
-        let progress = &self.progress[index];
-        let ctx = TaskContext {
-            job_id: self.plan.job_id.clone(),
-            index: task_index,
-            name: spec.name.clone(),
-            phase,
-            attempt,
-            params,
-            result: progress.result.clone(),
-            execute_outcome: progress.exec_outcome,
-            cancel: self.cancel.clone(),
-            notes: notes_tx,
-        };
+        let ctx = self.context(index, phase, attempt, notes_tx);
         // A cancel interrupts only an execute; the step's deadline (the execute's `timeout`,
         // the revert's `revert_timeout`) bounds both. Either drops the future of a task that
         // may be dropped; a command task applies them to its process itself.
