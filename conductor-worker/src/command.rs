@@ -402,6 +402,76 @@ fn take_line(buffer: &mut Vec<u8>, at_end: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::ids::JobId;
+    use tokio::sync::{mpsc, watch};
+
+    /// A command task with these steps, and a context for `phase`; the notes go nowhere.
+    fn task_and_context(run: &str, revert: &str, phase: Phase) -> (CommandTask, TaskContext) {
+        let limits = TaskLimits::new(&shared::limits::Limits::default()).expect("no limits");
+        let task = CommandTask {
+            run: CommandSpec::Shell(run.into()),
+            revert: Some(CommandSpec::Shell(revert.into())),
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout: None,
+            revert_timeout: Duration::from_millis(300),
+            term_grace: Duration::from_millis(200),
+            children: OwnedChildren::default(),
+            limits: Rc::new(limits),
+        };
+        let (notes, _) = mpsc::unbounded_channel();
+        let ctx = TaskContext {
+            job_id: JobId::from_random(1),
+            index: 0,
+            name: "t".into(),
+            phase,
+            attempt: 1,
+            params: serde_json::Value::Null,
+            result: String::new(),
+            execute_outcome: Some(ExecOutcome::Failure),
+            cancel: watch::channel(None).1,
+            notes,
+        };
+        (task, ctx)
+    }
+
+    /// Whether `pid` is gone (or a zombie nobody has reaped yet).
+    fn is_dead(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_s_background_children_die_with_it() {
+        let (task, ctx) = task_and_context("sleep 30 & echo $!", "true", Phase::Execute);
+        let started = std::time::Instant::now();
+        let result = task.execute(&ctx).await.expect("the step succeeds");
+        let pid = result.as_str().expect("a pid").to_owned();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !is_dead(&pid) {
+            assert!(std::time::Instant::now() < deadline, "{pid} still alive");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revert_past_its_timeout_is_stopped_and_fails() {
+        // It ignores SIGTERM: only the SIGKILL after the term grace ends it.
+        let (task, ctx) = task_and_context("true", "trap '' TERM; sleep 30", Phase::Revert);
+        let started = std::time::Instant::now();
+        let error = task.revert(&ctx).await.expect_err("timed out");
+        assert_eq!(error.message, "revert timed out (300ms)");
+        assert!(!error.cancelled);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+    }
 
     #[tokio::test]
     async fn line_reader_splits_lines_and_keeps_the_last_partial_one() {
