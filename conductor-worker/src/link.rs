@@ -363,6 +363,126 @@ fn check_peer(stream: &UnixStream) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::protocol::codec::decode_body;
+    use shared::protocol::conductor::{MAX_LINE_LEN, Phase, PlanAction, PriorTask, Stream};
+    use shared::protocol::{MIN_PROTOCOL_VERSION, conductor::SupervisorHello};
+    use shared::spec::JobSpec;
+    use std::os::fd::IntoRawFd;
+    use tokio::io::AsyncReadExt;
+
+    fn job() -> JobId {
+        JobId::from_random(0x5eed)
+    }
+
+    fn plan() -> JobPlan {
+        let spec = JobSpec::parse(
+            "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert_timeout = \"3s\"\n",
+            "j.toml",
+            "j",
+        )
+        .expect("valid");
+        JobPlan {
+            job_id: job(),
+            spec,
+            action: PlanAction::Revert { order: vec![0] },
+            prior: vec![PriorTask {
+                result: "kept".into(),
+                ..PriorTask::fresh()
+            }],
+        }
+    }
+
+    /// A conductor link on a fresh socket, and the path a supervisor connects to.
+    fn started() -> (Link, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("cw-link-{}-{}", std::process::id(), rand_suffix()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let link = start(listener.into_raw_fd(), job()).expect("start");
+        (link, path)
+    }
+
+    fn rand_suffix() -> u32 {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Connects as a supervisor announcing `version`; returns the stream and the answer.
+    async fn handshake(path: &std::path::Path, version: u32) -> (UnixStream, ConductorHello) {
+        let mut stream = UnixStream::connect(path).await.expect("connect");
+        let hello = ToConductor::Hello(SupervisorHello {
+            protocol_version: version,
+            job_id: job(),
+        });
+        write_frame(&mut stream, &hello).await.expect("hello");
+        match read_frame::<FromConductor, _>(&mut stream).await {
+            Ok(Some(FromConductor::Hello(answer))) => (stream, answer),
+            other => panic!("expected a hello, got {other:?}"),
+        }
+    }
+
+    /// The next report, skipping heartbeats.
+    async fn next_report(stream: &mut UnixStream) -> Report {
+        loop {
+            let len = stream.read_u32().await.expect("header");
+            let mut body = vec![0; usize::try_from(len).expect("fits")];
+            stream.read_exact(&mut body).await.expect("body");
+            match decode_body::<FromConductor>(&body).expect("decode") {
+                FromConductor::Report(report) => return report,
+                FromConductor::Heartbeat => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_1_supervisor_is_answered_in_version_1_and_its_plan_decoded() {
+        let (link, path) = started();
+        let (mut stream, answer) = handshake(&path, MIN_PROTOCOL_VERSION).await;
+        assert_eq!(answer.protocol_version, MIN_PROTOCOL_VERSION);
+        assert!(!answer.has_plan);
+        let frame = ToConductor::Start(Box::new(plan()))
+            .encode(MIN_PROTOCOL_VERSION)
+            .expect("v1");
+        stream.write_all(&frame).await.expect("start");
+        let got = link.plan.await.expect("the plan arrives");
+        let mut expected = plan();
+        expected.spec.tasks[0].revert_timeout = None;
+        assert_eq!(got, expected);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn version_2_prior_results_are_merged_into_the_plan_and_reports_are_bounded() {
+        let (mut link, path) = started();
+        let (mut stream, answer) = handshake(&path, PROTOCOL_VERSION).await;
+        assert_eq!(answer.protocol_version, PROTOCOL_VERSION);
+        let mut sent = plan();
+        for (task, result) in sent.take_prior_results() {
+            let frame = ToConductor::PriorResult { task, result }
+                .encode(PROTOCOL_VERSION)
+                .expect("v2");
+            stream.write_all(&frame).await.expect("prior");
+        }
+        let frame = ToConductor::Start(Box::new(sent))
+            .encode(PROTOCOL_VERSION)
+            .expect("v2");
+        stream.write_all(&frame).await.expect("start");
+        assert_eq!(link.plan.await.expect("the plan arrives"), plan());
+
+        link.handle.report(JobEvent::Output {
+            task: 0,
+            phase: Phase::Revert,
+            stream: Stream::Stdout,
+            line: "x".repeat(4 * MAX_LINE_LEN),
+        });
+        let report = next_report(&mut stream).await;
+        let JobEvent::Output { line, .. } = report.event else {
+            panic!("an output line")
+        };
+        assert!(line.len() <= MAX_LINE_LEN && line.ends_with("bytes cut]"));
+        let _ = std::fs::remove_file(&path);
+    }
 
     /// One WARN per change of state: the first failure moves to `Down` (logged at WARN), later
     /// ones stay there (debug); a handshake brings it back `Up`; once the job is done, a closed
