@@ -6,7 +6,7 @@
 //! a soft cancel, a revert by the task's `revert_timeout` (never by a cancel): SIGTERM to its
 //! group, then SIGKILL after the term grace. When the step's process ends, whatever is left in its
 //! group (background children) is killed too, before the process is reaped
-//! ([`exit_watch`](crate::exit_watch)), so that the group id cannot have been reused.
+//! ([`exit_watch`]), so that the group id cannot have been reused.
 
 use crate::exit_watch;
 use crate::limits::TaskLimits;
