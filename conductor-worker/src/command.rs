@@ -3,9 +3,12 @@
 //!
 //! The step's output is streamed line by line to the supervisor, its stdout kept (trimmed, at
 //! most [`MAX_RESULT_LEN`]) as the step's result. An execute is interrupted by the task timeout or
-//! a soft cancel: SIGTERM to its group, then SIGKILL after the term grace. When the step's process
-//! ends, whatever is left in its group (background children) is killed too.
+//! a soft cancel, a revert by the task's `revert_timeout` (never by a cancel): SIGTERM to its
+//! group, then SIGKILL after the term grace. When the step's process ends, whatever is left in its
+//! group (background children) is killed too, before the process is reaped
+//! ([`exit_watch`]), so that the group id cannot have been reused.
 
+use crate::exit_watch;
 use crate::limits::TaskLimits;
 use crate::reaper::OwnedChildren;
 use crate::task::{Task, TaskContext, TaskError, TaskFuture};
@@ -20,7 +23,7 @@ use std::process::{ExitStatus, Stdio};
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
+use tokio::process::{ChildStderr, ChildStdout, Command};
 use tokio::time::{Instant, sleep_until};
 
 /// A task whose steps are commands.
@@ -31,6 +34,8 @@ pub struct CommandTask {
     /// The job's `[env]` and the task's `env` (the task's win).
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
+    /// Deadline of each revert step.
+    pub revert_timeout: Duration,
     pub term_grace: Duration,
     pub children: OwnedChildren,
     /// The job's rlimits and identity for each step's process.
@@ -79,10 +84,9 @@ impl CommandTask {
             args,
             cwd: self.cwd.as_deref(),
             env,
-            timeout: if ctx.phase() == Phase::Execute {
-                self.timeout
-            } else {
-                None
+            timeout: match ctx.phase() {
+                Phase::Execute => self.timeout,
+                Phase::Revert => Some(self.revert_timeout),
             },
             term_grace: self.term_grace,
         }
@@ -90,7 +94,7 @@ impl CommandTask {
 }
 
 /// Longest output line sent as one; longer lines are split.
-pub const MAX_LINE_LEN: usize = 16 * 1024;
+pub use shared::protocol::conductor::MAX_LINE_LEN;
 /// After the step's process ended, how long to wait for the rest of its output.
 pub const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 
@@ -100,7 +104,8 @@ struct StepCommand<'a> {
     pub args: Vec<&'a str>,
     pub cwd: Option<&'a str>,
     pub env: BTreeMap<String, String>,
-    /// Execute deadline, if any.
+    /// The step's deadline, if any (execute: the task's `timeout`; revert: its
+    /// `revert_timeout`).
     pub timeout: Option<Duration>,
     /// From SIGTERM to SIGKILL of the group when interrupted.
     pub term_grace: Duration,
@@ -114,7 +119,7 @@ enum Interrupt {
 }
 
 /// Runs the step to its end; its trimmed stdout on success. Only an execute listens to the
-/// cancel; a revert always runs out.
+/// cancel; a revert runs out, or up to its timeout.
 async fn run_step(
     command: StepCommand<'_>,
     ctx: &TaskContext,
@@ -122,20 +127,7 @@ async fn run_step(
     limits: &TaskLimits,
 ) -> Result<String, TaskError> {
     let (task, phase) = (ctx.index(), ctx.phase());
-    let mut cancel = ctx.cancel.clone();
-    let mut process = Command::new(command.program);
-    process
-        .args(&command.args)
-        .envs(&command.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    if let Some(cwd) = command.cwd {
-        process.current_dir(cwd);
-    }
-    limits.apply(&mut process);
+    let mut process = build_process(&command, limits);
     let before = limits.counters();
     let mut child = match process.spawn() {
         Ok(child) => child,
@@ -151,9 +143,59 @@ async fn run_step(
     tracing::info!(task, phase = phase.as_str(), pid, "step started");
     ctx.spawned(pid);
 
-    let mut stdout = LineReader::new(child.stdout.take());
-    let mut stderr = LineReader::new(child.stderr.take());
-    let mut result = Vec::new();
+    let mut output = StepOutput {
+        stdout: LineReader::new(child.stdout.take()),
+        stderr: LineReader::new(child.stderr.take()),
+        result: Vec::new(),
+    };
+    let interrupt = watch_step(&command, ctx, pgid, &mut output).await;
+    // Nothing of the step outlives it: its background children go with it. The leader has
+    // exited but is not reaped yet, so the group id is still its own.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let status = child.wait().await;
+    output.drain(ctx).await;
+    let exit_status = status.as_ref().ok().copied();
+    outcome(status, interrupt, phase, &output.result).map_err(|mut error| {
+        if !error.cancelled {
+            if let Some(limit) = limits.explain(before, exit_status) {
+                error.message = format!("{limit} ({})", error.message);
+            }
+        }
+        error
+    })
+}
+
+/// The step's process: its own process group, output piped, the job's limits applied.
+fn build_process(command: &StepCommand<'_>, limits: &TaskLimits) -> Command {
+    let mut process = Command::new(command.program);
+    process
+        .args(&command.args)
+        .envs(&command.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(cwd) = command.cwd {
+        process.current_dir(cwd);
+    }
+    limits.apply(&mut process);
+    process
+}
+
+/// Forwards the step's output until its process (the group leader `pgid`) exits, without
+/// reaping it; stops the group at the step's deadline or (an execute) at a cancel: SIGTERM,
+/// then SIGKILL after the term grace. Returns why the step was interrupted, if it was.
+async fn watch_step(
+    command: &StepCommand<'_>,
+    ctx: &TaskContext,
+    pgid: Pid,
+    output: &mut StepOutput,
+) -> Option<Interrupt> {
+    let (task, phase) = (ctx.index(), ctx.phase());
+    let mut cancel = ctx.cancel.clone();
+    let leader_exited = exit_watch::exited(pgid);
+    tokio::pin!(leader_exited);
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     let timeout_at = command.timeout.map_or(far, |t| Instant::now() + t);
     let mut interrupt: Option<Interrupt> = None;
@@ -163,21 +205,10 @@ async fn run_step(
         interrupt = Some(Interrupt::Cancelled);
         kill_at = terminate(pgid, command.term_grace);
     }
-
-    let status = loop {
+    loop {
         tokio::select! {
-            line = stdout.next_line() => {
-                if let Some(line) = line {
-                    keep_result(&mut result, &line);
-                    ctx.line(Stream::Stdout, line);
-                }
-            }
-            line = stderr.next_line() => {
-                if let Some(line) = line {
-                    ctx.line(Stream::Stderr, line);
-                }
-            }
-            status = child.wait() => break status,
+            () = output.forward_next(ctx) => {}
+            () = &mut leader_exited => return interrupt,
             changed = cancel.changed(), if listens_to_cancel && interrupt.is_none() => {
                 if changed.is_ok() && cancel.borrow().is_some() {
                     interrupt = Some(Interrupt::Cancelled);
@@ -189,57 +220,64 @@ async fn run_step(
                 kill_at = terminate(pgid, command.term_grace);
             }
             () = sleep_until(kill_at) => {
-                tracing::warn!(task, phase = phase.as_str(), pgid = pid, grace_ms = command.term_grace.as_millis() as u64, "term grace expired, sending SIGKILL");
+                tracing::warn!(task, phase = phase.as_str(), pgid = pgid.as_raw(), grace_ms = millis(command.term_grace), "term grace expired, sending SIGKILL");
                 let _ = killpg(pgid, Signal::SIGKILL);
                 kill_at = far;
             }
         }
-    };
-    // Nothing of the step outlives it: its background children go with it.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let drain_until = Instant::now() + OUTPUT_DRAIN;
-    while !(stdout.is_done() && stderr.is_done()) {
+    }
+}
+
+/// A step's two output pipes, and its stdout kept as its result.
+struct StepOutput {
+    stdout: LineReader<ChildStdout>,
+    stderr: LineReader<ChildStderr>,
+    result: Vec<u8>,
+}
+
+impl StepOutput {
+    /// Forwards the next line of either pipe (cancel-safe); pends once both are closed.
+    async fn forward_next(&mut self, ctx: &TaskContext) {
         tokio::select! {
-            line = stdout.next_line(), if !stdout.is_done() => {
+            line = self.stdout.next_line() => {
                 if let Some(line) = line {
-                    keep_result(&mut result, &line);
+                    keep_result(&mut self.result, &line);
                     ctx.line(Stream::Stdout, line);
                 }
             }
-            line = stderr.next_line(), if !stderr.is_done() => {
+            line = self.stderr.next_line() => {
                 if let Some(line) = line {
                     ctx.line(Stream::Stderr, line);
                 }
             }
-            () = sleep_until(drain_until) => break,
         }
     }
-    let exit_status = status.as_ref().ok().copied();
-    outcome(status, interrupt, &result).map_err(|mut error| {
-        if !error.cancelled {
-            if let Some(limit) = limits.explain(before, exit_status) {
-                error.message = format!("{limit} ({})", error.message);
+
+    /// After the process ended: forwards what is left, for at most [`OUTPUT_DRAIN`] (a
+    /// background child that escaped the group may hold a pipe open).
+    async fn drain(&mut self, ctx: &TaskContext) {
+        let drain_until = Instant::now() + OUTPUT_DRAIN;
+        while !(self.stdout.is_done() && self.stderr.is_done()) {
+            tokio::select! {
+                () = self.forward_next(ctx) => {}
+                () = sleep_until(drain_until) => break,
             }
         }
-        error
-    })
+    }
 }
 
 fn outcome(
     status: std::io::Result<ExitStatus>,
     interrupt: Option<Interrupt>,
+    phase: Phase,
     result: &[u8],
 ) -> Result<String, TaskError> {
     let partial_result = trimmed_result(result);
     let (message, cancelled) = match (interrupt, status) {
         (Some(Interrupt::Cancelled), _) => ("interrupted by cancel".to_owned(), true),
-        (Some(Interrupt::TimedOut(limit)), _) => (
-            format!(
-                "timed out after {}",
-                shared::duration::format_duration(limit)
-            ),
-            false,
-        ),
+        (Some(Interrupt::TimedOut(limit)), _) => {
+            (TaskError::timed_out(phase, limit).message, false)
+        }
         (None, Err(err)) => (format!("cannot wait for the process: {err}"), false),
         (None, Ok(status)) if status.success() => return Ok(partial_result),
         (None, Ok(status)) => (describe_status(status), false),
@@ -273,11 +311,16 @@ pub fn describe_status(status: ExitStatus) -> String {
 fn terminate(pgid: Pid, grace: Duration) -> Instant {
     tracing::info!(
         pgid = pgid.as_raw(),
-        grace_ms = grace.as_millis() as u64,
+        grace_ms = millis(grace),
         "sending SIGTERM to the step"
     );
     let _ = killpg(pgid, Signal::SIGTERM);
     Instant::now() + grace
+}
+
+/// A duration in whole milliseconds, for log fields.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn keep_result(result: &mut Vec<u8>, line: &str) {
@@ -359,6 +402,76 @@ fn take_line(buffer: &mut Vec<u8>, at_end: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::ids::JobId;
+    use tokio::sync::{mpsc, watch};
+
+    /// A command task with these steps, and a context for `phase`; the notes go nowhere.
+    fn task_and_context(run: &str, revert: &str, phase: Phase) -> (CommandTask, TaskContext) {
+        let limits = TaskLimits::new(&shared::limits::Limits::default()).expect("no limits");
+        let task = CommandTask {
+            run: CommandSpec::Shell(run.into()),
+            revert: Some(CommandSpec::Shell(revert.into())),
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout: None,
+            revert_timeout: Duration::from_millis(300),
+            term_grace: Duration::from_millis(200),
+            children: OwnedChildren::default(),
+            limits: Rc::new(limits),
+        };
+        let (notes, _) = mpsc::unbounded_channel();
+        let ctx = TaskContext {
+            job_id: JobId::from_random(1),
+            index: 0,
+            name: "t".into(),
+            phase,
+            attempt: 1,
+            params: serde_json::Value::Null,
+            result: String::new(),
+            execute_outcome: Some(ExecOutcome::Failure),
+            cancel: watch::channel(None).1,
+            notes,
+        };
+        (task, ctx)
+    }
+
+    /// Whether `pid` is gone (or a zombie nobody has reaped yet).
+    fn is_dead(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_s_background_children_die_with_it() {
+        let (task, ctx) = task_and_context("sleep 30 & echo $!", "true", Phase::Execute);
+        let started = std::time::Instant::now();
+        let result = task.execute(&ctx).await.expect("the step succeeds");
+        let pid = result.as_str().expect("a pid").to_owned();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !is_dead(&pid) {
+            assert!(std::time::Instant::now() < deadline, "{pid} still alive");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revert_past_its_timeout_is_stopped_and_fails() {
+        // It ignores SIGTERM: only the SIGKILL after the term grace ends it.
+        let (task, ctx) = task_and_context("true", "trap '' TERM; sleep 30", Phase::Revert);
+        let started = std::time::Instant::now();
+        let error = task.revert(&ctx).await.expect_err("timed out");
+        assert_eq!(error.message, "revert timed out (300ms)");
+        assert!(!error.cancelled);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+    }
 
     #[tokio::test]
     async fn line_reader_splits_lines_and_keeps_the_last_partial_one() {

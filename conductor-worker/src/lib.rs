@@ -25,8 +25,14 @@
 //! A soft cancel is the supervisor's `Cancel` message, or SIGTERM/SIGINT sent to this process.
 //! A conductor that loses its supervisor keeps going until its next write-ahead point, waits
 //! there for a supervisor to connect again, and exits only once its last report is acknowledged.
+//! One that never receives its plan gives up after [`PLAN_TIMEOUT`].
+//!
+//! Nothing the conductor inherited beyond stdin, stdout and stderr reaches a task: [`fds`] makes
+//! every such descriptor close-on-exec at start, the listening socket first.
 
 pub mod command;
+pub mod exit_watch;
+pub mod fds;
 pub mod limits;
 pub mod link;
 pub mod reaper;
@@ -42,6 +48,7 @@ use anyhow::Context;
 use shared::ids::JobId;
 use std::io::Write;
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 /// The README's examples, compiled as doc tests (its "Writing tasks in Rust" section).
 #[cfg(doctest)]
@@ -55,35 +62,58 @@ pub struct Config {
     pub listen_fd: RawFd,
     /// The job this conductor is for; checked in the handshake.
     pub job_id: JobId,
+    /// How long to wait, from the start, for the job's plan before giving up
+    /// ([`PLAN_TIMEOUT`] unless a test says otherwise).
+    pub plan_timeout: Duration,
 }
 
 /// The file descriptor the supervisor puts the listening socket on.
 pub const DEFAULT_LISTEN_FD: RawFd = 3;
 
+/// How long a conductor waits for its plan, from its start. A supervisor that spawned it sends
+/// the plan at once; one that cannot (it died, or failed between the spawn and the handshake)
+/// would otherwise leave the conductor waiting forever, unsupervised.
+pub const PLAN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A bad command line (the conductor is started by the supervisor, not by hand).
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    #[error("{0} needs a value")]
+    MissingValue(&'static str),
+    #[error("--listen-fd takes a number, not {0:?}")]
+    BadListenFd(String),
+    #[error("bad job id {0:?}")]
+    BadJobId(String),
+    #[error(
+        "unknown argument {0:?} (usage: conductor-worker --job-id ID [--listen-fd N]; it is started by the supervisor)"
+    )]
+    Unknown(String),
+    #[error("--job-id is required (the conductor is started by the supervisor)")]
+    MissingJobId,
+}
+
 /// Parses the conductor's command line (`--job-id ID [--listen-fd N]`).
-pub fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Config> {
+pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, ArgsError> {
     let mut listen_fd = DEFAULT_LISTEN_FD;
     let mut job_id = None;
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match arg.as_str() {
             "--listen-fd" => {
-                listen_fd = value("--listen-fd")?
-                    .parse()
-                    .context("--listen-fd takes a number")?
+                let text = args.next().ok_or(ArgsError::MissingValue("--listen-fd"))?;
+                listen_fd = text.parse().map_err(|_| ArgsError::BadListenFd(text))?;
             }
             "--job-id" => {
-                let text = value("--job-id")?;
-                job_id = Some(JobId::parse(&text).with_context(|| format!("bad job id {text:?}"))?);
+                let text = args.next().ok_or(ArgsError::MissingValue("--job-id"))?;
+                job_id = Some(JobId::parse(&text).ok_or(ArgsError::BadJobId(text))?);
             }
-            other => anyhow::bail!(
-                "unknown argument {other:?} (usage: conductor-worker --job-id ID [--listen-fd N]; it is started by the supervisor)"
-            ),
+            other => return Err(ArgsError::Unknown(other.to_owned())),
         }
     }
-    let job_id =
-        job_id.context("--job-id is required (the conductor is started by the supervisor)")?;
-    Ok(Config { listen_fd, job_id })
+    Ok(Config {
+        listen_fd,
+        job_id: job_id.ok_or(ArgsError::MissingJobId)?,
+        plan_timeout: PLAN_TIMEOUT,
+    })
 }
 
 /// Runs the default conductor (command tasks only); the exit code is 0 when the job's end was
@@ -106,14 +136,20 @@ pub(crate) fn main_with(
         return std::process::ExitCode::SUCCESS;
     }
     init_logging();
-    let result = parse_args(args.into_iter()).and_then(|config| {
-        signals::install().context("cannot install the cancel signal handlers")?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot build the runtime")?;
-        runtime.block_on(runner::serve(config, &registry))
-    });
+    let result = parse_args(args.into_iter())
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            // Before the runtime: what is open now was inherited.
+            let changed = fds::close_inherited_on_exec()
+                .context("cannot make the inherited descriptors close-on-exec")?;
+            tracing::debug!(count = changed, "inherited descriptors made close-on-exec");
+            signals::install().context("cannot install the cancel signal handlers")?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot build the runtime")?;
+            runtime.block_on(runner::serve(config, &registry))
+        });
     match result {
         Ok(state) => {
             tracing::info!(state = %state, "conductor finished");

@@ -3,13 +3,13 @@
 
 use anyhow::{Context, bail};
 use shared::ids::JobId;
-use shared::protocol::PROTOCOL_VERSION;
 use shared::protocol::codec::{
-    FrameResult, encode_frame, read_frame, spawn_frame_reader, write_frame,
+    FrameResult, encode_frame, read_frame, spawn_frame_reader_with, write_frame,
 };
 use shared::protocol::conductor::{
     ConductorHello, FromConductor, JobEvent, JobPlan, Report, ToConductor,
 };
+use shared::protocol::{PROTOCOL_VERSION, negotiate, supported_versions};
 use std::collections::VecDeque;
 use std::os::fd::{FromRawFd, RawFd};
 use std::time::Duration;
@@ -31,10 +31,12 @@ pub struct LinkHandle {
 }
 
 impl LinkHandle {
-    /// Sends a report without waiting; it is kept until acknowledged.
+    /// Sends a report without waiting; it is kept until acknowledged. Its texts are bounded
+    /// first ([`JobEvent::bounded`]), so that it always fits in a frame.
     pub fn report(&mut self, event: JobEvent) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let event = event.bounded();
         tracing::debug!(seq, ?event, "report");
         // The link task lives as long as the runtime; a send can only fail during shutdown.
         let _ = self.reports.send(Report { seq, event });
@@ -66,8 +68,11 @@ pub struct Link {
     pub cancel_sender: watch::Sender<CancelReason>,
 }
 
-/// Takes over the inherited listening socket and starts serving it.
+/// Takes over the inherited listening socket and starts serving it. The socket becomes
+/// close-on-exec at once, so that no task inherits it.
 pub fn start(listen_fd: RawFd, job_id: JobId) -> anyhow::Result<Link> {
+    crate::fds::set_close_on_exec(listen_fd)
+        .with_context(|| format!("file descriptor {listen_fd} is not usable"))?;
     // SAFETY: the supervisor passes us this descriptor, open and owned by nobody else here.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(listen_fd) };
     std_listener
@@ -87,6 +92,9 @@ pub fn start(listen_fd: RawFd, job_id: JobId) -> anyhow::Result<Link> {
         acked: acked_tx,
         cancel: cancel_tx.clone(),
         plan: Some(plan_tx),
+        prior_results: Vec::new(),
+        version: PROTOCOL_VERSION,
+        health: Health::default(),
         heartbeat_every: heartbeat_every(shared::spec::DEFAULT_HEARTBEAT_TIMEOUT),
     };
     tokio::spawn(server.serve());
@@ -111,8 +119,58 @@ struct Server {
     acked: watch::Sender<u64>,
     cancel: watch::Sender<CancelReason>,
     plan: Option<oneshot::Sender<JobPlan>>,
+    /// Prior results received in this connection, for the plan that follows them.
+    prior_results: Vec<(u32, String)>,
+    /// The protocol version of the current connection (the lower of the two ends').
+    version: u32,
+    health: Health,
     /// A third of the job's `heartbeat_timeout`, once the plan is known.
     heartbeat_every: Duration,
+}
+
+/// Pause after a failed `accept`, so that a lasting error (EMFILE) does not spin the thread.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// How the link to the supervisor has been, so that a lasting problem is logged once at WARN
+/// (and then at debug for every further attempt), and its end once at INFO.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Health {
+    /// No supervisor has connected yet.
+    #[default]
+    Unknown,
+    /// A supervisor is connected.
+    Up,
+    /// A connection was lost or refused, and that was logged at WARN.
+    Down,
+    /// The job's last report was acknowledged: the supervisor may go, nothing is missing.
+    Done,
+}
+
+impl Health {
+    /// Logs a connection that was lost or refused: WARN when it changes the state, debug after
+    /// (and once the job is done, a closed connection is expected).
+    fn failed(&mut self, what: &'static str, error: &dyn std::fmt::Display) {
+        match self {
+            Self::Down | Self::Done => {
+                tracing::debug!(error = %error, what, "supervisor link still down");
+            }
+            Self::Unknown | Self::Up => {
+                tracing::warn!(error = %error, what, "supervisor link down");
+                *self = Self::Down;
+            }
+        }
+    }
+
+    /// Logs a working handshake: INFO, saying whether the link is back after a failure.
+    fn connected(&mut self, version: u32) {
+        match self {
+            Self::Down => tracing::info!(protocol_version = version, "supervisor link back"),
+            _ => tracing::info!(protocol_version = version, "supervisor connected"),
+        }
+        if *self != Self::Done {
+            *self = Self::Up;
+        }
+    }
 }
 
 /// Heartbeats go out three times per `heartbeat_timeout` (and at least every 10 ms apart).
@@ -126,19 +184,23 @@ impl Server {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
+                    self.health.failed("accept", &err);
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             };
             if let Err(err) = check_peer(&stream) {
-                tracing::warn!(error = format!("{err:#}"), "connection refused");
+                self.health
+                    .failed("connection refused", &format_args!("{err:#}"));
                 continue;
             }
             match self.session(stream).await {
-                Ok(()) => tracing::info!("supervisor disconnected"),
-                Err(err) => {
-                    tracing::warn!(error = format!("{err:#}"), "supervisor connection lost")
-                }
+                Ok(()) => self
+                    .health
+                    .failed("connection closed", &"the supervisor closed the connection"),
+                Err(err) => self
+                    .health
+                    .failed("connection lost", &format_args!("{err:#}")),
             }
         }
     }
@@ -149,18 +211,24 @@ impl Server {
             tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut reader))
                 .await
                 .context("no handshake in time")??;
+        let version = match &hello {
+            Some(ToConductor::Hello(theirs)) => negotiate(theirs.protocol_version),
+            _ => None,
+        };
         let ours = ConductorHello {
-            protocol_version: PROTOCOL_VERSION,
+            // The version both speak, so that an older supervisor sees its own.
+            protocol_version: version.unwrap_or(PROTOCOL_VERSION),
             job_id: self.job_id.clone(),
             pid: std::process::id(),
             has_plan: self.plan.is_none(),
         };
         write_frame(&mut writer, &FromConductor::Hello(ours)).await?;
         match hello {
-            Some(ToConductor::Hello(theirs)) if theirs.protocol_version != PROTOCOL_VERSION => {
+            Some(ToConductor::Hello(theirs)) if version.is_none() => {
                 bail!(
-                    "protocol version mismatch: supervisor speaks {}, conductor speaks {PROTOCOL_VERSION}",
-                    theirs.protocol_version
+                    "protocol version mismatch: supervisor speaks {}, conductor speaks {}",
+                    theirs.protocol_version,
+                    supported_versions()
                 )
             }
             Some(ToConductor::Hello(theirs)) if theirs.job_id != self.job_id => {
@@ -173,9 +241,12 @@ impl Server {
             Some(ToConductor::Hello(_)) => {}
             other => bail!("expected a hello, got {other:?}"),
         }
-        tracing::info!("supervisor connected");
+        self.version = version.unwrap_or(PROTOCOL_VERSION);
+        self.prior_results.clear();
+        self.health.connected(self.version);
 
-        let (mut frames, read_task) = spawn_frame_reader::<ToConductor, _>(reader, 16);
+        let (mut frames, read_task) =
+            spawn_frame_reader_with(reader, 16, ToConductor::decoder(self.version));
         let result = self.exchange(&mut writer, &mut frames).await;
         read_task.abort();
         let _ = writer.shutdown().await;
@@ -212,8 +283,10 @@ impl Server {
                 },
                 report = self.reports.recv() => {
                     let Some(report) = report else { return Ok(()) };
-                    let frame = encode_frame(&FromConductor::Report(report.clone()))?;
-                    self.outbox.push_back(report);
+                    // Kept first: whatever happens to this connection, the report is sent
+                    // again on the next one.
+                    self.outbox.push_back(report.clone());
+                    let frame = encode_frame(&FromConductor::Report(report))?;
                     writer.write_all(&frame).await?;
                 }
             }
@@ -225,7 +298,10 @@ impl Server {
         match message {
             ToConductor::Ack { seq } => {
                 while self.outbox.front().is_some_and(|r| r.seq <= seq) {
-                    self.outbox.pop_front();
+                    let acked = self.outbox.pop_front();
+                    if acked.is_some_and(|r| matches!(r.event, JobEvent::JobFinished { .. })) {
+                        self.health = Health::Done;
+                    }
                 }
                 self.acked.send_if_modified(|acked| {
                     let newer = seq > *acked;
@@ -240,13 +316,27 @@ impl Server {
                     first
                 });
             }
-            ToConductor::Start(plan) => match self.plan.take() {
-                Some(sender) => {
-                    self.heartbeat_every = heartbeat_every(plan.spec.heartbeat_timeout);
-                    let _ = sender.send(*plan);
+            ToConductor::PriorResult { task, result } if self.plan.is_some() => {
+                self.prior_results.push((task, result));
+            }
+            ToConductor::PriorResult { task, .. } => {
+                bail!("received a prior result (task {task}) after the plan")
+            }
+            ToConductor::Start(plan) => {
+                if self.plan.is_none() {
+                    bail!("received a second plan");
                 }
-                None => bail!("received a second plan"),
-            },
+                let mut plan = *plan;
+                for (task, result) in self.prior_results.drain(..) {
+                    if !plan.put_prior_result(task, result) {
+                        bail!("received a prior result for task {task}, which the plan lacks");
+                    }
+                }
+                self.heartbeat_every = heartbeat_every(plan.spec.heartbeat_timeout);
+                if let Some(sender) = self.plan.take() {
+                    let _ = sender.send(plan);
+                }
+            }
             ToConductor::Hello(_) => bail!("unexpected second hello"),
         }
         Ok(())
@@ -267,5 +357,162 @@ fn check_peer(stream: &UnixStream) -> anyhow::Result<()> {
             creds.uid(),
             creds.pid()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::protocol::codec::decode_body;
+    use shared::protocol::conductor::{MAX_LINE_LEN, Phase, PlanAction, PriorTask, Stream};
+    use shared::protocol::{MIN_PROTOCOL_VERSION, conductor::SupervisorHello};
+    use shared::spec::JobSpec;
+    use std::os::fd::IntoRawFd;
+    use tokio::io::AsyncReadExt;
+
+    fn job() -> JobId {
+        JobId::from_random(0x5eed)
+    }
+
+    fn plan() -> JobPlan {
+        let spec = JobSpec::parse(
+            "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert_timeout = \"3s\"\n",
+            "j.toml",
+            "j",
+        )
+        .expect("valid");
+        JobPlan {
+            job_id: job(),
+            spec,
+            action: PlanAction::Revert { order: vec![0] },
+            prior: vec![PriorTask {
+                result: "kept".into(),
+                ..PriorTask::fresh()
+            }],
+        }
+    }
+
+    /// A conductor link on a fresh socket, and the path a supervisor connects to.
+    fn started() -> (Link, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("cw-link-{}-{}", std::process::id(), rand_suffix()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let link = start(listener.into_raw_fd(), job()).expect("start");
+        (link, path)
+    }
+
+    fn rand_suffix() -> u32 {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Connects as a supervisor announcing `version`; returns the stream and the answer.
+    async fn handshake(path: &std::path::Path, version: u32) -> (UnixStream, ConductorHello) {
+        let mut stream = UnixStream::connect(path).await.expect("connect");
+        let hello = ToConductor::Hello(SupervisorHello {
+            protocol_version: version,
+            job_id: job(),
+        });
+        write_frame(&mut stream, &hello).await.expect("hello");
+        match read_frame::<FromConductor, _>(&mut stream).await {
+            Ok(Some(FromConductor::Hello(answer))) => (stream, answer),
+            other => panic!("expected a hello, got {other:?}"),
+        }
+    }
+
+    /// The next report, skipping heartbeats.
+    async fn next_report(stream: &mut UnixStream) -> Report {
+        loop {
+            let len = stream.read_u32().await.expect("header");
+            let mut body = vec![0; usize::try_from(len).expect("fits")];
+            stream.read_exact(&mut body).await.expect("body");
+            match decode_body::<FromConductor>(&body).expect("decode") {
+                FromConductor::Report(report) => return report,
+                FromConductor::Heartbeat => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_1_supervisor_is_answered_in_version_1_and_its_plan_decoded() {
+        let (link, path) = started();
+        let (mut stream, answer) = handshake(&path, MIN_PROTOCOL_VERSION).await;
+        assert_eq!(answer.protocol_version, MIN_PROTOCOL_VERSION);
+        assert!(!answer.has_plan);
+        let frame = ToConductor::Start(Box::new(plan()))
+            .encode(MIN_PROTOCOL_VERSION)
+            .expect("v1");
+        stream.write_all(&frame).await.expect("start");
+        let got = link.plan.await.expect("the plan arrives");
+        let mut expected = plan();
+        expected.spec.tasks[0].revert_timeout = None;
+        assert_eq!(got, expected);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn version_2_prior_results_are_merged_into_the_plan_and_reports_are_bounded() {
+        let (mut link, path) = started();
+        let (mut stream, answer) = handshake(&path, PROTOCOL_VERSION).await;
+        assert_eq!(answer.protocol_version, PROTOCOL_VERSION);
+        let mut sent = plan();
+        for (task, result) in sent.take_prior_results() {
+            let frame = ToConductor::PriorResult { task, result }
+                .encode(PROTOCOL_VERSION)
+                .expect("v2");
+            stream.write_all(&frame).await.expect("prior");
+        }
+        let frame = ToConductor::Start(Box::new(sent))
+            .encode(PROTOCOL_VERSION)
+            .expect("v2");
+        stream.write_all(&frame).await.expect("start");
+        assert_eq!(link.plan.await.expect("the plan arrives"), plan());
+
+        link.handle.report(JobEvent::Output {
+            task: 0,
+            phase: Phase::Revert,
+            stream: Stream::Stdout,
+            line: "x".repeat(4 * MAX_LINE_LEN),
+        });
+        let report = next_report(&mut stream).await;
+        let JobEvent::Output { line, .. } = report.event else {
+            panic!("an output line")
+        };
+        assert!(line.len() <= MAX_LINE_LEN && line.ends_with("bytes cut]"));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// One WARN per change of state: the first failure moves to `Down` (logged at WARN), later
+    /// ones stay there (debug); a handshake brings it back `Up`; once the job is done, a closed
+    /// connection is no failure at all.
+    #[test]
+    fn health_changes_state_once_per_failure_streak() {
+        let mut health = Health::default();
+        health.failed("connection refused", &"peer uid 1234");
+        assert_eq!(health, Health::Down);
+        health.failed("connection refused", &"peer uid 1234");
+        assert_eq!(health, Health::Down);
+        health.connected(PROTOCOL_VERSION);
+        assert_eq!(health, Health::Up);
+        health.failed("connection lost", &"reset");
+        assert_eq!(health, Health::Down);
+        health = Health::Done;
+        health.failed("connection closed", &"closed");
+        health.connected(PROTOCOL_VERSION);
+        assert_eq!(health, Health::Done);
+    }
+
+    #[test]
+    fn heartbeats_are_a_third_of_the_timeout_and_not_too_often() {
+        assert_eq!(
+            heartbeat_every(Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            heartbeat_every(Duration::from_millis(3)),
+            Duration::from_millis(10)
+        );
     }
 }

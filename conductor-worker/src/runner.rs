@@ -10,17 +10,23 @@ use crate::link::{self, CancelReason, Link, LinkHandle};
 use crate::reaper::{self, OwnedChildren};
 use crate::registry::Registry;
 use crate::task::{Note, Task, TaskContext, TaskError};
-use anyhow::Context;
-use shared::protocol::conductor::{JobEvent, JobPlan, Phase, PlanAction, StepOutcome};
+use anyhow::{Context, bail};
+use shared::duration::format_duration;
+use shared::protocol::conductor::{
+    JobEvent, JobPlan, MAX_RESULT_LEN, Phase, PlanAction, StepOutcome, truncate_at_boundary,
+};
 use shared::spec::{TaskBody, TaskSpec};
 use shared::state::{ExecOutcome, JobState, TaskState};
 use std::rc::Rc;
+use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
+use tracing::Instrument;
 
 /// Serves one job from handshake to the acknowledged end; returns the job's final state.
 pub async fn serve(config: Config, registry: &Registry) -> anyhow::Result<JobState> {
+    let plan_deadline = Instant::now() + config.plan_timeout;
     let children = OwnedChildren::default();
     reaper::start(children.clone()).context("cannot become a subreaper")?;
     let Link {
@@ -30,11 +36,7 @@ pub async fn serve(config: Config, registry: &Registry) -> anyhow::Result<JobSta
         cancel_sender,
     } = link::start(config.listen_fd, config.job_id)?;
     cancel_on_signals(&cancel_sender)?;
-    let mut waiting = cancel.clone();
-    let plan = tokio::select! {
-        plan = plan => plan.context("the link stopped before the job arrived")?,
-        _ = waiting.wait_for(Option::is_some) => anyhow::bail!("cancelled before the job arrived"),
-    };
+    let plan = wait_for_plan(plan, cancel.clone(), plan_deadline, config.plan_timeout).await?;
     tracing::info!(job_id = %plan.job_id, job = %plan.spec.name, "job received");
     let limits = TaskLimits::new(&plan.spec.limits).map(Rc::new);
     let tasks = plan
@@ -54,6 +56,24 @@ pub async fn serve(config: Config, registry: &Registry) -> anyhow::Result<JobSta
     Ok(state)
 }
 
+/// Waits for the job's plan until `deadline` (`timeout` after the start): a conductor whose
+/// supervisor never sends it exits instead of waiting forever, unsupervised.
+async fn wait_for_plan(
+    plan: oneshot::Receiver<JobPlan>,
+    mut cancel: watch::Receiver<CancelReason>,
+    deadline: Instant,
+    timeout: Duration,
+) -> anyhow::Result<JobPlan> {
+    tokio::select! {
+        plan = plan => plan.context("the link stopped before the job arrived"),
+        _ = cancel.wait_for(Option::is_some) => bail!("cancelled before the job arrived"),
+        () = sleep_until(deadline) => bail!(
+            "no job arrived within {} of the start: the supervisor that spawned this conductor never sent it",
+            format_duration(timeout)
+        ),
+    }
+}
+
 fn build_task(
     plan: &JobPlan,
     spec: &TaskSpec,
@@ -71,6 +91,7 @@ fn build_task(
                 cwd: spec.cwd.clone(),
                 env,
                 timeout: spec.timeout,
+                revert_timeout: plan.spec.revert_timeout(spec),
                 term_grace: plan.spec.term_grace,
                 children: children.clone(),
                 limits: limits.clone()?,
@@ -219,10 +240,15 @@ impl<'a> Runner<'a> {
     }
 
     async fn execute(&mut self, index: usize) -> anyhow::Result<Walk> {
+        let name = &self.plan.spec.tasks[index].name;
+        let span = tracing::info_span!("task", task_name = %name, phase = "execute");
+        self.execute_attempts(index).instrument(span).await
+    }
+
+    /// Executes task `index` until an attempt succeeds, the retries run out, or a cancel.
+    async fn execute_attempts(&mut self, index: usize) -> anyhow::Result<Walk> {
         let spec = &self.plan.spec.tasks[index];
         let task = u32::try_from(index).context("too many tasks")?;
-        let _span =
-            tracing::info_span!("task", task_name = %spec.name, phase = "execute").entered();
         for try_number in 0..=spec.retries {
             if self.is_cancelled() {
                 return Ok(Walk::Cancelled);
@@ -296,45 +322,80 @@ impl<'a> Runner<'a> {
     async fn revert(&mut self, order: &[usize]) -> anyhow::Result<bool> {
         let mut all_ok = true;
         for &index in order {
-            let spec = &self.plan.spec.tasks[index];
-            let task = u32::try_from(index).context("too many tasks")?;
-            let _span =
-                tracing::info_span!("task", task_name = %spec.name, phase = "revert").entered();
-            self.link
-                .write_ahead(JobEvent::TaskStarting {
-                    task,
-                    phase: Phase::Revert,
-                    attempt: 1,
-                })
-                .await?;
-            self.progress[index].state = TaskState::Reverting;
-            let outcome = match self.step(index, Phase::Revert, 1).await {
-                Ok(_) => StepOutcome::Success {
-                    result: String::new(),
-                },
-                Err(error) => {
-                    tracing::warn!(task, reason = %error, "revert failed");
-                    StepOutcome::Failure {
-                        reason: error.message,
-                        cancelled: false,
-                        result: String::new(),
-                    }
-                }
-            };
-            let ok = matches!(outcome, StepOutcome::Success { .. });
-            self.progress[index].state = if ok {
-                TaskState::Reverted
-            } else {
-                TaskState::RevertFailure
-            };
-            all_ok &= ok;
-            self.link.report(JobEvent::TaskFinished {
-                task,
-                phase: Phase::Revert,
-                outcome,
-            });
+            let name = &self.plan.spec.tasks[index].name;
+            let span = tracing::info_span!("task", task_name = %name, phase = "revert");
+            all_ok &= self.revert_one(index).instrument(span).await?;
         }
         Ok(all_ok)
+    }
+
+    /// Reverts task `index`; true when the revert succeeded.
+    async fn revert_one(&mut self, index: usize) -> anyhow::Result<bool> {
+        let task = u32::try_from(index).context("too many tasks")?;
+        self.link
+            .write_ahead(JobEvent::TaskStarting {
+                task,
+                phase: Phase::Revert,
+                attempt: 1,
+            })
+            .await?;
+        self.progress[index].state = TaskState::Reverting;
+        let outcome = match self.step(index, Phase::Revert, 1).await {
+            Ok(_) => StepOutcome::Success {
+                result: String::new(),
+            },
+            Err(error) => {
+                tracing::warn!(task, reason = %error, "revert failed");
+                StepOutcome::Failure {
+                    reason: error.message,
+                    cancelled: false,
+                    result: String::new(),
+                }
+            }
+        };
+        let ok = matches!(outcome, StepOutcome::Success { .. });
+        self.progress[index].state = if ok {
+            TaskState::Reverted
+        } else {
+            TaskState::RevertFailure
+        };
+        self.link.report(JobEvent::TaskFinished {
+            task,
+            phase: Phase::Revert,
+            outcome,
+        });
+        Ok(ok)
+    }
+
+    /// What a step of task `index` gets: its params, the execute's result and outcome (for a
+    /// revert), the cancel signal, and where its notes go.
+    fn context(
+        &self,
+        index: usize,
+        phase: Phase,
+        attempt: u32,
+        notes: mpsc::UnboundedSender<Note>,
+    ) -> TaskContext {
+        let spec = &self.plan.spec.tasks[index];
+        let params = match &spec.body {
+            TaskBody::Native { params_json, .. } => {
+                serde_json::from_str(params_json).unwrap_or_default()
+            }
+            TaskBody::Command { .. } => serde_json::Value::Null,
+        };
+        let progress = &self.progress[index];
+        TaskContext {
+            job_id: self.plan.job_id.clone(),
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            name: spec.name.clone(),
+            phase,
+            attempt,
+            params,
+            result: progress.result.clone(),
+            execute_outcome: progress.exec_outcome,
+            cancel: self.cancel.clone(),
+            notes,
+        }
     }
 
     /// Runs one step of one task, forwarding its notes; an interruptible execute is dropped at
@@ -351,31 +412,19 @@ impl<'a> Runner<'a> {
         };
         let spec = &self.plan.spec.tasks[index];
         let task_index = u32::try_from(index).unwrap_or(u32::MAX);
-        let params = match &spec.body {
-            TaskBody::Native { params_json, .. } => {
-                serde_json::from_str(params_json).unwrap_or_default()
-            }
-            TaskBody::Command { .. } => serde_json::Value::Null,
-        };
         let (notes_tx, mut notes) = mpsc::unbounded_channel();
-        let progress = &self.progress[index];
-        let ctx = TaskContext {
-            job_id: self.plan.job_id.clone(),
-            index: task_index,
-            name: spec.name.clone(),
-            phase,
-            attempt,
-            params,
-            result: progress.result.clone(),
-            execute_outcome: progress.exec_outcome,
-            cancel: self.cancel.clone(),
-            notes: notes_tx,
-        };
-        let interruptible = phase == Phase::Execute && task.is_interruptible();
-        let deadline = spec
-            .timeout
-            .filter(|_| interruptible)
-            .map(|t| Instant::now() + t);
+        let ctx = self.context(index, phase, attempt, notes_tx);
+        // A cancel interrupts only an execute; the step's deadline (the execute's `timeout`,
+        // the revert's `revert_timeout`) bounds both. Either drops the future of a task that
+        // may be dropped; a command task applies them to its process itself.
+        let droppable = task.is_interruptible();
+        let interruptible = phase == Phase::Execute && droppable;
+        let limit = match phase {
+            Phase::Execute => spec.timeout,
+            Phase::Revert => Some(self.plan.spec.revert_timeout(spec)),
+        }
+        .filter(|_| droppable);
+        let deadline = limit.map(|t| Instant::now() + t);
         let link = &mut self.link;
         let mut cancel = self.cancel.clone();
         let ended = {
@@ -391,8 +440,7 @@ impl<'a> Runner<'a> {
                     Some(note) = notes.recv() => forward(link, task_index, phase, note),
                     _ = cancel.wait_for(Option::is_some), if interruptible => break Err(TaskError::cancelled()),
                     () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                        let limit = spec.timeout.unwrap_or_default();
-                        break Err(TaskError::new(format!("timed out after {}", shared::duration::format_duration(limit))));
+                        break Err(TaskError::timed_out(phase, limit.unwrap_or_default()));
                     }
                 }
             }
@@ -401,11 +449,22 @@ impl<'a> Runner<'a> {
         while let Ok(note) = notes.try_recv() {
             forward(link, task_index, phase, note);
         }
-        ended.map(|value| match value {
-            serde_json::Value::Null => String::new(),
-            serde_json::Value::String(text) => text,
-            other => other.to_string(),
-        })
+        // Cut at the source, as a command's stdout is: what the revert gets is what is stored.
+        let bound = |mut text: String| {
+            truncate_at_boundary(&mut text, MAX_RESULT_LEN);
+            text
+        };
+        match ended {
+            Ok(value) => Ok(bound(match value {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(text) => text,
+                other => other.to_string(),
+            })),
+            Err(mut error) => {
+                error.partial_result = bound(error.partial_result);
+                Err(error)
+            }
+        }
     }
 }
 
@@ -422,5 +481,53 @@ fn forward(link: &mut LinkHandle, task: u32, phase: Phase, note: Note) {
         Note::Spawned(pid) => {
             link.report(JobEvent::TaskSpawned { task, phase, pid });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::ids::JobId;
+    use shared::spec::JobSpec;
+
+    fn plan() -> JobPlan {
+        JobPlan {
+            job_id: JobId::from_random(7),
+            spec: JobSpec::parse("[[task]]\nname = \"a\"\nrun = \"true\"\n", "j", "j")
+                .expect("valid"),
+            action: PlanAction::Execute { from: 0 },
+            prior: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plan_that_never_comes_ends_the_wait_at_the_timeout() {
+        let (_sender, plan_rx) = oneshot::channel::<JobPlan>();
+        let (_cancel_tx, cancel) = watch::channel(None);
+        let timeout = crate::PLAN_TIMEOUT;
+        let started = Instant::now();
+        let err = wait_for_plan(plan_rx, cancel, started + timeout, timeout)
+            .await
+            .expect_err("no plan");
+        assert_eq!(started.elapsed(), timeout);
+        assert!(
+            err.to_string().contains("no job arrived within 1m"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plan_in_time_is_returned() {
+        let (sender, plan_rx) = oneshot::channel();
+        let (_cancel_tx, cancel) = watch::channel(None);
+        let timeout = crate::PLAN_TIMEOUT;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout / 2).await;
+            let _ = sender.send(plan());
+        });
+        let got = wait_for_plan(plan_rx, cancel, Instant::now() + timeout, timeout)
+            .await
+            .expect("plan");
+        assert_eq!(got, plan());
     }
 }

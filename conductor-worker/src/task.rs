@@ -10,11 +10,13 @@
 //! waiting on, and its revert runs next (`TASK_OUTCOME` = cancelled). A task that computes
 //! without awaiting should check [`TaskContext::is_cancelled`] now and then and return
 //! [`TaskError::cancelled`]; one that ignores the cancel is SIGKILLed with the whole job at the
-//! job's `cancel_timeout`, and its revert is recorded as skipped. Reverts are never interrupted.
+//! job's `cancel_timeout`, and its revert is recorded as skipped. Reverts are never interrupted
+//! by a cancel; each is bounded by the task's `revert_timeout` (its future is dropped there, and
+//! the revert fails).
 
 use serde::de::DeserializeOwned;
 use shared::ids::JobId;
-use shared::protocol::conductor::{Phase, Stream};
+use shared::protocol::conductor::{MAX_LINE_LEN, Phase, Stream, bound_with_marker};
 use shared::state::ExecOutcome;
 use std::fmt;
 use std::future::Future;
@@ -60,6 +62,17 @@ impl TaskError {
             cancelled: false,
             partial_result: String::new(),
         }
+    }
+
+    /// The step ran past its deadline: an execute's `timeout` ("timed out after 5s"), or a
+    /// revert's `revert_timeout` ("revert timed out (5s)").
+    #[must_use]
+    pub fn timed_out(phase: Phase, limit: std::time::Duration) -> Self {
+        let limit = shared::duration::format_duration(limit);
+        Self::new(match phase {
+            Phase::Execute => format!("timed out after {limit}"),
+            Phase::Revert => format!("revert timed out ({limit})"),
+        })
     }
 
     /// The step gave up because the job is being cancelled.
@@ -181,17 +194,19 @@ impl TaskContext {
         }
     }
 
-    /// Reports a progress line (shown with the task's name, stored in the job's log).
+    /// Reports a progress line (shown with the task's name, stored in the job's log). A line
+    /// longer than [`MAX_LINE_LEN`] is cut, and ends with how many bytes were cut.
     pub fn log(&self, line: impl Into<String>) {
-        let _ = self.notes.send(Note::Line(Stream::Stdout, line.into()));
+        self.line(Stream::Stdout, line.into());
     }
 
-    /// Reports a line on the task's error stream.
+    /// Reports a line on the task's error stream (cut as in [`TaskContext::log`]).
     pub fn log_error(&self, line: impl Into<String>) {
-        let _ = self.notes.send(Note::Line(Stream::Stderr, line.into()));
+        self.line(Stream::Stderr, line.into());
     }
 
-    pub(crate) fn line(&self, stream: Stream, line: String) {
+    pub(crate) fn line(&self, stream: Stream, mut line: String) {
+        bound_with_marker(&mut line, MAX_LINE_LEN);
         let _ = self.notes.send(Note::Line(stream, line));
     }
 

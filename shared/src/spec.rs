@@ -20,6 +20,12 @@ pub const DEFAULT_TERM_GRACE: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest task name.
 pub const MAX_TASK_NAME_LEN: usize = 64;
+/// Longest duration a job file may set (about 100 years): far enough for any real deadline,
+/// and near enough that adding it to the clock never overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+mod check;
+pub use check::{MAX_PLAN_FRAME_LEN, SPEC_FRAME_ROOM};
 
 /// Asks a worker program (named as in the job file) which native kinds it provides.
 pub type ListKinds<'a> = dyn Fn(&str) -> Result<Vec<String>, String> + 'a;
@@ -58,6 +64,11 @@ pub struct TaskSpec {
     pub body: TaskBody,
     /// Execute deadline; exceeding it is a failure.
     pub timeout: Option<Duration>,
+    /// Deadline of each revert step; exceeding it is a revert failure. `None`: the job's
+    /// `cancel_timeout` (see [`JobSpec::revert_timeout`]); specs stored before this field
+    /// existed read as `None` too.
+    #[serde(default)]
+    pub revert_timeout: Option<Duration>,
     /// Extra attempts of execute after a failure.
     pub retries: u32,
     pub cwd: Option<String>,
@@ -143,6 +154,7 @@ impl fmt::Debug for TaskSpec {
             .field("name", &self.name)
             .field("body", &self.body)
             .field("timeout", &self.timeout)
+            .field("revert_timeout", &self.revert_timeout)
             .field("retries", &self.retries)
             .field("cwd", &self.cwd)
             .field("env_keys", &EnvKeys(&self.env))
@@ -200,12 +212,32 @@ struct RawTask {
     kind: Option<Spanned<String>>,
     params: Option<Spanned<toml::Table>>,
     timeout: Option<Spanned<String>>,
+    revert_timeout: Option<Spanned<String>>,
     retries: Option<u32>,
     cwd: Option<Spanned<String>>,
     env: Option<BTreeMap<String, String>>,
 }
 
 impl JobSpec {
+    /// Makes every task's relative `cwd` absolute, against `dir` (the job file's directory), so
+    /// a job runs the same whether the daemon or a foreground `run` starts it.
+    pub fn resolve_cwds(&mut self, dir: &std::path::Path) {
+        for task in &mut self.tasks {
+            if let Some(cwd) = &mut task.cwd {
+                if !std::path::Path::new(cwd.as_str()).is_absolute() {
+                    *cwd = dir.join(&*cwd).display().to_string();
+                }
+            }
+        }
+    }
+
+    /// How long each revert step of `task` may run: its `revert_timeout`, else the job's
+    /// `cancel_timeout`.
+    #[must_use]
+    pub fn revert_timeout(&self, task: &TaskSpec) -> Duration {
+        task.revert_timeout.unwrap_or(self.cancel_timeout)
+    }
+
     /// Parses and validates a job file. `origin` names it in errors; `default_name` is the job's
     /// name when the file sets none (the file name without `.toml`). Native kinds are not
     /// checked against the worker: see [`JobSpec::parse_checked`].
@@ -490,6 +522,10 @@ fn parse_task(
         .timeout
         .map(|d| positive_duration(d, "timeout", at))
         .transpose()?;
+    let revert_timeout = raw
+        .revert_timeout
+        .map(|d| positive_duration(d, "revert_timeout", at))
+        .transpose()?;
     let cwd = match raw.cwd {
         Some(cwd) if cwd.get_ref().is_empty() => {
             return Err(at(cwd.span(), "cwd must not be empty".into()));
@@ -500,6 +536,7 @@ fn parse_task(
         name,
         body,
         timeout,
+        revert_timeout,
         retries: raw.retries.unwrap_or(0),
         cwd,
         env: raw.env.unwrap_or_default(),
@@ -575,6 +612,13 @@ fn positive_duration(
     let span = text.span();
     match parse_duration(text.get_ref()) {
         Ok(d) if d.is_zero() => Err(at(span, format!("`{field}` must be longer than zero"))),
+        Ok(d) if d > MAX_DURATION => Err(at(
+            span,
+            format!(
+                "`{field}` must be at most {}",
+                crate::duration::format_duration(MAX_DURATION)
+            ),
+        )),
         Ok(d) => Ok(d),
         Err(problem) => Err(at(span, format!("`{field}`: {problem}"))),
     }
@@ -787,6 +831,44 @@ run = ["true"]
         let broken = |_: &str| Err("cannot run it".to_owned());
         let err = JobSpec::parse_checked(src, "j.toml", "j", &broken).expect_err("no worker");
         assert_eq!((err.line, err.message.as_str()), (1, "cannot run it"));
+    }
+
+    #[test]
+    fn revert_timeout_defaults_to_the_cancel_timeout() {
+        let spec = parse(
+            "cancel_timeout = \"40s\"\n[[task]]\nname = \"a\"\nrun = \"true\"\nrevert_timeout = \"2s\"\n[[task]]\nname = \"b\"\nrun = \"true\"\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.tasks[0].revert_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(spec.revert_timeout(&spec.tasks[0]), Duration::from_secs(2));
+        assert_eq!(spec.tasks[1].revert_timeout, None);
+        assert_eq!(spec.revert_timeout(&spec.tasks[1]), Duration::from_secs(40));
+        for (src, needle) in [
+            (
+                "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert_timeout = \"0s\"\n",
+                "longer than zero",
+            ),
+            (
+                "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert_timeout = \"999999999h\"\n",
+                "at most",
+            ),
+        ] {
+            let (line, _, message) = err_at(src);
+            assert_eq!(line, 4, "{message}");
+            assert!(message.contains(needle), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_spec_stored_before_revert_timeout_existed_still_reads() {
+        let spec = parse("[[task]]\nname = \"a\"\nrun = \"true\"\n").expect("valid");
+        let mut json: serde_json::Value = serde_json::to_value(&spec).expect("json");
+        let removed = json["tasks"][0]
+            .as_object_mut()
+            .and_then(|task| task.remove("revert_timeout"));
+        assert!(removed.is_some());
+        let old: JobSpec = serde_json::from_value(json).expect("reads");
+        assert_eq!(old, spec);
     }
 
     #[test]

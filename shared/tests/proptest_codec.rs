@@ -17,8 +17,8 @@ use shared::protocol::codec::{
     FrameError, MAX_FRAME_LEN, decode_body, encode_frame, read_frame, write_frame,
 };
 use shared::protocol::conductor::{
-    ConductorHello, FromConductor, JobEvent, JobPlan, Phase, PlanAction, PriorTask, Report,
-    StepOutcome, Stream, SupervisorHello, ToConductor,
+    ConductorHello, FromConductor, JobEvent, JobPlan, MAX_REASON_LEN, Phase, PlanAction, PriorTask,
+    Report, StepOutcome, Stream, SupervisorHello, ToConductor,
 };
 use shared::spec::{CommandSpec, JobSpec, TaskBody, TaskSpec};
 use shared::state::{ExecOutcome, JobState, TaskState};
@@ -224,18 +224,22 @@ fn task_spec() -> BoxedStrategy<TaskSpec> {
         short_text(),
         task_body(),
         proptest::option::of(duration()),
+        proptest::option::of(duration()),
         any::<u32>(),
         proptest::option::of(short_text()),
         env(),
     )
-        .prop_map(|(name, body, timeout, retries, cwd, env)| TaskSpec {
-            name,
-            body,
-            timeout,
-            retries,
-            cwd,
-            env,
-        })
+        .prop_map(
+            |(name, body, timeout, revert_timeout, retries, cwd, env)| TaskSpec {
+                name,
+                body,
+                timeout,
+                revert_timeout,
+                retries,
+                cwd,
+                env,
+            },
+        )
         .boxed()
 }
 
@@ -350,7 +354,19 @@ fn to_conductor() -> impl Strategy<Value = ToConductor> {
         job_plan().prop_map(|plan| ToConductor::Start(Box::new(plan))),
         any::<u64>().prop_map(|seq| ToConductor::Ack { seq }),
         text().prop_map(|reason| ToConductor::Cancel { reason }),
+        (any::<u32>(), text()).prop_map(|(task, result)| ToConductor::PriorResult { task, result }),
     ]
+}
+
+/// What a version 1 peer receives of `message`: the same, without any `revert_timeout`.
+fn as_v1(message: &ToConductor) -> ToConductor {
+    let mut message = message.clone();
+    if let ToConductor::Start(plan) = &mut message {
+        for task in &mut plan.spec.tasks {
+            task.revert_timeout = None;
+        }
+    }
+    message
 }
 
 fn step_outcome() -> impl Strategy<Value = StepOutcome> {
@@ -729,6 +745,56 @@ proptest! {
     #[test]
     fn to_conductor_round_trips(message in to_conductor()) {
         check_round_trip(&message)?;
+    }
+
+    #[test]
+    fn to_conductor_round_trips_in_version_1(message in to_conductor()) {
+        let encoded = message.encode(1);
+        if matches!(message, ToConductor::PriorResult { .. }) {
+            prop_assert!(matches!(encoded, Err(FrameError::NotInVersion { .. })), "{encoded:?}");
+        } else if let Ok(frame) = encoded {
+            let decoded = ToConductor::decode_v1(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(decoded, as_v1(&message));
+        }
+    }
+
+    #[test]
+    fn client_request_round_trips_in_version_1(message in client_request()) {
+        if let Ok(frame) = message.encode(1) {
+            let decoded = ClientRequest::decode_v1(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let expected = match message {
+                ClientRequest::Submit { mut spec, source } => {
+                    for task in &mut spec.tasks {
+                        task.revert_timeout = None;
+                    }
+                    ClientRequest::Submit { spec, source }
+                }
+                other => other,
+            };
+            prop_assert_eq!(decoded, expected);
+        }
+    }
+
+    #[test]
+    fn a_bounded_event_always_fits_in_a_frame(
+        event in job_event(),
+        extra in prop::sample::select(vec![0usize, 100, 2 * MAX_REASON_LEN, MAX_FRAME_LEN, 3 * MAX_FRAME_LEN]),
+        seq in any::<u64>(),
+    ) {
+        let big = "\u{e9}".repeat(extra / 2);
+        let event = match event {
+            JobEvent::Output { task, phase, stream, line } => JobEvent::Output { task, phase, stream, line: line + &big },
+            JobEvent::TaskFinished { task, phase, outcome: StepOutcome::Failure { reason, cancelled, result } } => JobEvent::TaskFinished {
+                task, phase, outcome: StepOutcome::Failure { reason: reason + &big, cancelled, result: result + &big },
+            },
+            JobEvent::TaskFinished { task, phase, outcome: StepOutcome::Success { result } } => JobEvent::TaskFinished {
+                task, phase, outcome: StepOutcome::Success { result: result + &big },
+            },
+            JobEvent::Cancelling { reason } => JobEvent::Cancelling { reason: reason + &big },
+            other => other,
+        };
+        let report = FromConductor::Report(Report { seq, event: event.bounded() });
+        prop_assert!(encode_frame(&report).is_ok());
     }
 
     #[test]

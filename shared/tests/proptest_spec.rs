@@ -234,6 +234,7 @@ struct GenTask {
     name: String,
     body: GenBody,
     timeout: Option<(String, Duration)>,
+    revert_timeout: Option<(String, Duration)>,
     retries: Option<u32>,
     cwd: Option<String>,
     env: BTreeMap<String, String>,
@@ -258,7 +259,10 @@ fn task(native: bool) -> BoxedStrategy<GenTask> {
     (
         task_name(),
         body,
-        proptest::option::of(duration()),
+        (
+            proptest::option::of(duration()),
+            proptest::option::of(duration()),
+        ),
         proptest::option::of(any::<u32>()),
         proptest::option::of(any_text().prop_filter("cwd not empty", |c| !c.is_empty())),
         env(),
@@ -266,15 +270,18 @@ fn task(native: bool) -> BoxedStrategy<GenTask> {
         style(),
     )
         .prop_map(
-            |(name, body, timeout, retries, cwd, env, env_as_table, style)| GenTask {
-                name,
-                body,
-                timeout,
-                retries,
-                cwd,
-                env,
-                env_as_table,
-                style,
+            |(name, body, (timeout, revert_timeout), retries, cwd, env, env_as_table, style)| {
+                GenTask {
+                    name,
+                    body,
+                    timeout,
+                    revert_timeout,
+                    retries,
+                    cwd,
+                    env,
+                    env_as_table,
+                    style,
+                }
             },
         )
         .boxed()
@@ -584,6 +591,14 @@ impl GenJob {
                 }
             }
             prop_assert_eq!(got.timeout, want.timeout.as_ref().map(|(_, d)| *d));
+            prop_assert_eq!(
+                got.revert_timeout,
+                want.revert_timeout.as_ref().map(|(_, d)| *d)
+            );
+            prop_assert_eq!(
+                spec.revert_timeout(got),
+                got.revert_timeout.unwrap_or(spec.cancel_timeout)
+            );
             prop_assert_eq!(got.retries, want.retries.unwrap_or(0));
             prop_assert_eq!(&got.cwd, &want.cwd);
             prop_assert_eq!(&got.env, &want.env);
@@ -608,6 +623,9 @@ impl GenTask {
         }
         if let Some((text, _)) = &self.timeout {
             s.line(out, "timeout", &s.string(text));
+        }
+        if let Some((text, _)) = &self.revert_timeout {
+            s.line(out, "revert_timeout", &s.string(text));
         }
         if let Some(retries) = self.retries {
             s.line(out, "retries", &retries.to_string());
@@ -667,6 +685,7 @@ const TOKENS: &[&str] = &[
     "params",
     "worker",
     "timeout",
+    "revert_timeout",
     "cancel_timeout",
     "term_grace",
     "retries",
@@ -733,6 +752,7 @@ fn plausible_lines() -> impl Strategy<Value = String> {
         "params",
         "worker",
         "timeout",
+        "revert_timeout",
         "cancel_timeout",
         "term_grace",
         "retries",
@@ -960,7 +980,17 @@ proptest! {
     fn generated_valid_file_parses_to_what_was_generated(job in job()) {
         let source = job.render();
         match parse_checked(&source, "gen.toml")? {
-            Ok(spec) => job.check(&spec)?,
+            Ok(spec) => {
+                job.check(&spec)?;
+                // What parse accepts, `JobSpec::check` accepts once paths are resolved.
+                let mut resolved = spec.clone();
+                for task in &mut resolved.tasks {
+                    if let Some(cwd) = &mut task.cwd {
+                        cwd.insert(0, '/');
+                    }
+                }
+                prop_assert_eq!(resolved.check(), Ok(()));
+            }
             Err(err) => prop_assert!(false, "{}\n--- source:\n{}", err, source),
         }
     }

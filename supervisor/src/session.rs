@@ -1,14 +1,18 @@
-//! The supervisor's end of a job socket: connect, check the peer, handshake, then frames.
+//! The supervisor's end of a job socket: connect, check the peer, handshake (agreeing on the
+//! protocol version, see [`shared::protocol`]), then frames.
 
 use anyhow::{Context, bail};
 use shared::ids::JobId;
-use shared::protocol::PROTOCOL_VERSION;
 use shared::protocol::codec::{
     FrameError, FrameResult, read_frame, spawn_frame_reader, write_frame,
 };
-use shared::protocol::conductor::{ConductorHello, FromConductor, SupervisorHello, ToConductor};
+use shared::protocol::conductor::{
+    ConductorHello, FromConductor, JobPlan, SupervisorHello, ToConductor,
+};
+use shared::protocol::{PROTOCOL_VERSION, negotiate, supported_versions};
 use std::path::Path;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -20,14 +24,45 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A live connection to one conductor.
 pub struct ConductorLink {
     pub hello: ConductorHello,
+    /// The protocol version of this connection: the lower of the two ends'.
+    pub version: u32,
     writer: OwnedWriteHalf,
     frames: mpsc::Receiver<FrameResult<FromConductor>>,
     reader: JoinHandle<()>,
 }
 
 impl ConductorLink {
-    /// Connects to the conductor of `job_id` listening at `socket` and handshakes.
+    /// Connects to the conductor of `job_id` listening at `socket` and handshakes. A conductor
+    /// of an older version answers with its own and (version 1) closes the connection, so this
+    /// connects once more announcing that version.
     pub async fn connect(socket: &Path, job_id: &JobId) -> anyhow::Result<Self> {
+        let link = Self::connect_speaking(socket, job_id, PROTOCOL_VERSION).await?;
+        if link.version == PROTOCOL_VERSION {
+            return Ok(link);
+        }
+        let version = link.version;
+        drop(link);
+        tracing::info!(
+            protocol_version = version,
+            "the conductor speaks an older protocol; connecting again in it"
+        );
+        let link = Self::connect_speaking(socket, job_id, version).await?;
+        if link.version != version {
+            bail!(
+                "the conductor at {} answered version {} after {version}",
+                socket.display(),
+                link.version
+            );
+        }
+        Ok(link)
+    }
+
+    /// One connection and handshake, announcing protocol `announce`.
+    async fn connect_speaking(
+        socket: &Path,
+        job_id: &JobId,
+        announce: u32,
+    ) -> anyhow::Result<Self> {
         let stream = UnixStream::connect(socket)
             .await
             .with_context(|| format!("cannot connect to the conductor at {}", socket.display()))?;
@@ -44,7 +79,7 @@ impl ConductorLink {
         }
         let (mut reader, mut writer) = stream.into_split();
         let hello = SupervisorHello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: announce,
             job_id: job_id.clone(),
         };
         write_frame(&mut writer, &ToConductor::Hello(hello)).await?;
@@ -60,12 +95,13 @@ impl ConductorLink {
             Some(other) => bail!("expected the conductor's hello, got {other:?}"),
             None => bail!("the conductor closed the connection during the handshake"),
         };
-        if hello.protocol_version != PROTOCOL_VERSION {
+        let Some(version) = negotiate(hello.protocol_version).map(|v| v.min(announce)) else {
             bail!(
-                "protocol version mismatch: the conductor speaks {}, this supervisor {PROTOCOL_VERSION} (is the conductor-worker binary from another build?)",
-                hello.protocol_version
+                "protocol version mismatch: the conductor speaks {}, this supervisor {} (is the conductor-worker binary from another build?)",
+                hello.protocol_version,
+                supported_versions()
             );
-        }
+        };
         if hello.job_id != *job_id {
             bail!(
                 "the conductor at {} runs job {}, not {job_id}",
@@ -76,15 +112,31 @@ impl ConductorLink {
         let (frames, reader) = spawn_frame_reader::<FromConductor, _>(reader, 256);
         Ok(Self {
             hello,
+            version,
             writer,
             frames,
             reader,
         })
     }
 
+    /// Sends one message, encoded in the connection's version.
     pub async fn send(&mut self, message: &ToConductor) -> Result<(), FrameError> {
         tracing::debug!(?message, "to conductor");
-        write_frame(&mut self.writer, message).await
+        let frame = message.encode(self.version)?;
+        self.writer.write_all(&frame).await.map_err(FrameError::Io)
+    }
+
+    /// Sends the job's plan to a conductor that holds none. From version 2, each prior result
+    /// goes in a frame of its own before `Start`, so that no frame has to carry them all; a
+    /// version 1 conductor gets them inline.
+    pub async fn send_plan(&mut self, mut plan: JobPlan) -> Result<(), FrameError> {
+        if self.version >= 2 {
+            for (task, result) in plan.take_prior_results() {
+                self.send(&ToConductor::PriorResult { task, result })
+                    .await?;
+            }
+        }
+        self.send(&ToConductor::Start(Box::new(plan))).await
     }
 
     /// The next frame; `None` once the connection ended (cleanly or not).
@@ -108,5 +160,164 @@ impl ConductorLink {
 impl Drop for ConductorLink {
     fn drop(&mut self) {
         self.reader.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::protocol::codec::decode_body;
+    use shared::protocol::conductor::{PlanAction, PriorTask};
+    use shared::spec::JobSpec;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::UnixListener;
+
+    /// A socket path of our own, short enough for `sun_path`; its directory goes on drop.
+    struct SocketDir(std::path::PathBuf);
+
+    impl SocketDir {
+        fn new() -> Self {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "sv-sess-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            Self(dir)
+        }
+
+        fn socket(&self) -> std::path::PathBuf {
+            self.0.join("s")
+        }
+    }
+
+    impl Drop for SocketDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn job() -> JobId {
+        JobId::from_random(0xabcd)
+    }
+
+    fn plan() -> JobPlan {
+        let spec = JobSpec::parse(
+            "[[task]]\nname = \"a\"\nrun = \"true\"\n[[task]]\nname = \"b\"\nrun = \"true\"\n",
+            "j.toml",
+            "j",
+        )
+        .expect("valid");
+        let done = PriorTask {
+            result: "r".repeat(1000),
+            ..PriorTask::fresh()
+        };
+        JobPlan {
+            job_id: job(),
+            spec,
+            action: PlanAction::Revert { order: vec![1, 0] },
+            prior: vec![done.clone(), done],
+        }
+    }
+
+    /// Reads one raw frame body.
+    async fn body(stream: &mut UnixStream) -> Vec<u8> {
+        let len = stream.read_u32().await.expect("header");
+        let mut body = vec![0; usize::try_from(len).expect("fits")];
+        stream.read_exact(&mut body).await.expect("body");
+        body
+    }
+
+    /// Accepts one connection, answers the hello with `answer`; returns the stream and the
+    /// version the supervisor announced.
+    async fn accept_hello(listener: &UnixListener, answer: u32) -> (UnixStream, u32) {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let announced = match decode_body::<ToConductor>(&body(&mut stream).await) {
+            Ok(ToConductor::Hello(hello)) => hello.protocol_version,
+            other => panic!("expected a hello, got {other:?}"),
+        };
+        let hello = ConductorHello {
+            protocol_version: answer,
+            job_id: job(),
+            pid: 1,
+            has_plan: false,
+        };
+        write_frame(&mut stream, &FromConductor::Hello(hello))
+            .await
+            .expect("answer");
+        (stream, announced)
+    }
+
+    #[tokio::test]
+    async fn version_2_sends_each_prior_result_in_its_own_frame_before_the_plan() {
+        let dir = SocketDir::new();
+        let listener = UnixListener::bind(dir.socket()).expect("bind");
+        let conductor = tokio::spawn(async move {
+            let (mut stream, announced) = accept_hello(&listener, PROTOCOL_VERSION).await;
+            let mut frames = Vec::new();
+            for _ in 0..3 {
+                frames.push(decode_body::<ToConductor>(&body(&mut stream).await).expect("v2"));
+            }
+            (announced, frames)
+        });
+        let mut link = ConductorLink::connect(&dir.socket(), &job())
+            .await
+            .expect("connect");
+        assert_eq!(link.version, PROTOCOL_VERSION);
+        link.send_plan(plan()).await.expect("send");
+        let (announced, frames) = conductor.await.expect("fake conductor");
+        assert_eq!(announced, PROTOCOL_VERSION);
+        let mut rebuilt = None;
+        let mut results = Vec::new();
+        for frame in frames {
+            match frame {
+                ToConductor::PriorResult { task, result } => results.push((task, result)),
+                ToConductor::Start(plan) if rebuilt.is_none() => rebuilt = Some(*plan),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut rebuilt = rebuilt.expect("a plan, last");
+        assert!(rebuilt.prior.iter().all(|p| p.result.is_empty()));
+        for (task, result) in results {
+            assert!(rebuilt.put_prior_result(task, result));
+        }
+        assert_eq!(rebuilt, plan());
+    }
+
+    #[tokio::test]
+    async fn a_version_1_conductor_is_reached_again_in_version_1_and_gets_the_plan_inline() {
+        let dir = SocketDir::new();
+        let listener = UnixListener::bind(dir.socket()).expect("bind");
+        let conductor = tokio::spawn(async move {
+            // As version 1 does: answer with its own version, and close on a mismatch.
+            let (first, announced_first) = accept_hello(&listener, 1).await;
+            drop(first);
+            let (mut stream, announced) = accept_hello(&listener, 1).await;
+            let start = ToConductor::decode_v1(&body(&mut stream).await).expect("v1");
+            (announced_first, announced, start)
+        });
+        let mut link = ConductorLink::connect(&dir.socket(), &job())
+            .await
+            .expect("connect");
+        assert_eq!(link.version, 1);
+        link.send_plan(plan()).await.expect("send");
+        let (first, second, start) = conductor.await.expect("fake conductor");
+        assert_eq!((first, second), (PROTOCOL_VERSION, 1));
+        assert_eq!(start, ToConductor::Start(Box::new(plan())));
+    }
+
+    #[tokio::test]
+    async fn a_conductor_older_than_supported_is_refused() {
+        let dir = SocketDir::new();
+        let listener = UnixListener::bind(dir.socket()).expect("bind");
+        let conductor = tokio::spawn(async move { accept_hello(&listener, 0).await });
+        let err = ConductorLink::connect(&dir.socket(), &job())
+            .await
+            .err()
+            .expect("refused");
+        assert!(format!("{err:#}").contains("mismatch"), "{err:#}");
+        drop(conductor.await);
     }
 }

@@ -447,7 +447,7 @@ kind = "nope"
         assert_eq!(run.stdout(), "", "`{}`: nothing runs", args[0]);
         let stderr = run.stderr();
         let expected = format!(
-            "{file_str}:{kind_line}:8: unknown kind \"nope\": worker \"test-worker\" provides echo, fail, sleep, spin"
+            "{file_str}:{kind_line}:8: unknown kind \"nope\": worker \"test-worker\" provides big, echo, fail, sleep, spin, stuck_revert"
         );
         assert!(
             stderr.lines().any(|l| l == expected),

@@ -1,10 +1,14 @@
 //! Messages between the CLI and the daemon, over the control socket.
 //!
-//! Each connection starts with [`ClientRequest::Hello`] / [`ClientReply::Hello`] (version check),
-//! then carries one request. Most requests get exactly one reply; `Logs { follow: true }` and
+//! Each connection starts with [`ClientRequest::Hello`] / [`ClientReply::Hello`] (version check:
+//! the daemon answers with the version both speak, [`negotiate`](super::negotiate), and decodes
+//! the request in it with [`ClientRequest::decoder`]), then carries one request. Replies have the
+//! same layout in every supported version. Most requests get exactly one reply; `Logs { follow: true }` and
 //! `Events` get a stream of replies that ends when the daemon closes the connection.
 
 use crate::ids::JobId;
+use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
+use crate::protocol::v1::ClientRequestV1;
 use crate::spec::JobSpec;
 use crate::state::{ExecOutcome, JobState, TaskState};
 use serde::{Deserialize, Serialize};
@@ -48,6 +52,32 @@ pub enum ClientRequest {
     Shutdown {
         cancel: bool,
     },
+}
+
+impl ClientRequest {
+    /// Encodes the request as a whole frame in protocol `version`.
+    pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
+        if version >= 2 {
+            encode_frame(self)
+        } else {
+            encode_frame(&ClientRequestV1::from(self.clone()))
+        }
+    }
+
+    /// Decodes a frame body of protocol version 1.
+    pub fn decode_v1(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body::<ClientRequestV1>(body).map(Self::from)
+    }
+
+    /// The decoder of frame bodies for protocol `version`.
+    #[must_use]
+    pub fn decoder(version: u32) -> Decoder<Self> {
+        if version >= 2 {
+            decode_body::<Self>
+        } else {
+            Self::decode_v1
+        }
+    }
 }
 
 /// Daemon to CLI.

@@ -19,6 +19,8 @@ pub enum FrameError {
     Malformed(#[source] postcard::Error),
     #[error("i/o error on the socket: {0}")]
     Io(#[source] std::io::Error),
+    #[error("{what} cannot be sent in protocol version {version}")]
+    NotInVersion { what: &'static str, version: u32 },
 }
 
 /// Encodes one message as a whole frame (header included).
@@ -35,6 +37,12 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     Ok(frame)
 }
 
+/// The length of a message's frame body, without the limit: to check ahead that a message
+/// fits, or by how much it does not.
+pub fn encoded_len<T: Serialize>(message: &T) -> Result<usize, FrameError> {
+    postcard::experimental::serialized_size(message).map_err(FrameError::Malformed)
+}
+
 /// Decodes a frame's body (without its header).
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     postcard::from_bytes(body).map_err(FrameError::Malformed)
@@ -44,6 +52,21 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 pub async fn read_frame<T, R>(reader: &mut R) -> Result<Option<T>, FrameError>
 where
     T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    read_frame_with(reader, decode_body).await
+}
+
+/// A decoder of frame bodies, for messages whose layout depends on the negotiated version.
+pub type Decoder<T> = fn(&[u8]) -> Result<T, FrameError>;
+
+/// Reads one frame and decodes its body with `decode`. `Ok(None)` on a clean end of stream
+/// between frames.
+pub async fn read_frame_with<T, R>(
+    reader: &mut R,
+    decode: Decoder<T>,
+) -> Result<Option<T>, FrameError>
+where
     R: AsyncRead + Unpin,
 {
     let mut header = [0u8; 4];
@@ -74,7 +97,7 @@ where
             std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
             _ => FrameError::Io(err),
         })?;
-    decode_body(&body).map(Some)
+    decode(&body).map(Some)
 }
 
 /// Writes one message as a frame.
@@ -94,7 +117,7 @@ pub type FrameResult<T> = Result<Option<T>, FrameError>;
 /// cancel-safe, so a `select!` loop must receive whole frames instead. The channel ends after
 /// the end of the stream or the first error; abort the task to stop reading early.
 pub fn spawn_frame_reader<T, R>(
-    mut reader: R,
+    reader: R,
     capacity: usize,
 ) -> (
     tokio::sync::mpsc::Receiver<FrameResult<T>>,
@@ -104,10 +127,26 @@ where
     T: DeserializeOwned + Send + 'static,
     R: AsyncRead + Unpin + Send + 'static,
 {
+    spawn_frame_reader_with(reader, capacity, decode_body::<T>)
+}
+
+/// [`spawn_frame_reader`] with a decoder of its own (see [`read_frame_with`]).
+pub fn spawn_frame_reader_with<T, R>(
+    mut reader: R,
+    capacity: usize,
+    decode: Decoder<T>,
+) -> (
+    tokio::sync::mpsc::Receiver<FrameResult<T>>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    T: Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+{
     let (tx, frames) = tokio::sync::mpsc::channel(capacity);
     let task = tokio::spawn(async move {
         loop {
-            let frame = read_frame::<T, _>(&mut reader).await;
+            let frame = read_frame_with(&mut reader, decode).await;
             let end = !matches!(frame, Ok(Some(_)));
             if tx.send(frame).await.is_err() || end {
                 return;

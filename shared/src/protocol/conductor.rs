@@ -5,7 +5,14 @@
 //! 1. The supervisor connects and sends [`ToConductor::Hello`]; the conductor answers
 //!    [`FromConductor::Hello`] (its version, job id, pid, and whether it already holds a plan). A
 //!    version mismatch on either side ends the connection with a clear error.
-//! 2. If the conductor holds no plan yet, the supervisor sends [`ToConductor::Start`].
+//!    Both then speak the lower of the two versions ([`negotiate`](super::negotiate)); a
+//!    version 1 conductor closes the connection when the versions differ, so the supervisor
+//!    connects again announcing version 1.
+//! 2. If the conductor holds no plan yet, the supervisor sends the plan: from version 2, each
+//!    non-empty prior result in a [`ToConductor::PriorResult`] frame of its own, then
+//!    [`ToConductor::Start`] with those results left empty (so that no frame carries them all;
+//!    see [`JobPlan::take_prior_results`]); in version 1, `Start` alone with every result
+//!    inline. The conductor puts the results back into the plan.
 //! 3. The conductor sends [`Report`]s, numbered from 1 without gaps for the life of the conductor.
 //!    On a new connection it first sends again every report not yet acknowledged, in order.
 //! 4. The supervisor applies each report to the store once (it ignores a `seq` it already holds)
@@ -18,6 +25,8 @@
 //! is [`JobEvent::JobFinished`]; the conductor exits once it is acknowledged.
 
 use crate::ids::JobId;
+use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
+use crate::protocol::v1::ToConductorV1;
 use crate::spec::JobSpec;
 use crate::state::{ExecOutcome, JobState, TaskState};
 use serde::{Deserialize, Serialize};
@@ -33,6 +42,40 @@ pub enum ToConductor {
     Ack { seq: u64 },
     /// Soft cancel: start no new task, interrupt the running one, revert what began.
     Cancel { reason: String },
+    /// (Version 2.) The result an earlier conductor left for task `task`, sent before `Start`,
+    /// whose `prior[task].result` is then empty.
+    PriorResult { task: u32, result: String },
+}
+
+impl ToConductor {
+    /// Encodes the message as a whole frame in protocol `version`.
+    pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
+        if version >= 2 {
+            return encode_frame(self);
+        }
+        match ToConductorV1::try_from(self.clone()) {
+            Ok(v1) => encode_frame(&v1),
+            Err(_) => Err(FrameError::NotInVersion {
+                what: "a prior result in a frame of its own",
+                version,
+            }),
+        }
+    }
+
+    /// Decodes a frame body of protocol version 1.
+    pub fn decode_v1(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body::<ToConductorV1>(body).map(Self::from)
+    }
+
+    /// The decoder of frame bodies for protocol `version`.
+    #[must_use]
+    pub fn decoder(version: u32) -> Decoder<Self> {
+        if version >= 2 {
+            decode_body::<Self>
+        } else {
+            Self::decode_v1
+        }
+    }
 }
 
 /// The supervisor's half of the handshake.
@@ -150,8 +193,71 @@ pub enum StepOutcome {
     },
 }
 
-/// Longest `TASK_RESULT` kept from an execute's stdout.
+/// Longest result kept from an execute (a command's stdout, a native task's value); longer
+/// ones are cut at the source.
 pub const MAX_RESULT_LEN: usize = 64 * 1024;
+/// Longest output line sent in one report; a command's longer lines are split, a native task's
+/// are cut (ending with [`cut_marker`], within this length).
+pub const MAX_LINE_LEN: usize = 16 * 1024;
+/// Longest failure or cancel reason sent in a report; longer ones are cut (ending with
+/// [`cut_marker`], within this length).
+pub const MAX_REASON_LEN: usize = 16 * 1024;
+
+/// What replaces the end of a cut line or reason: how many bytes were cut.
+#[must_use]
+pub fn cut_marker(cut: usize) -> String {
+    format!(" [... {cut} bytes cut]")
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary; returns how many bytes were
+/// cut.
+pub fn truncate_at_boundary(text: &mut String, max: usize) -> usize {
+    if text.len() <= max {
+        return 0;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    cut
+}
+
+/// Cuts `text` to at most `max` bytes, marker included, and says so at its end with
+/// [`cut_marker`]. A text already within `max` is left as is, so bounding twice changes nothing.
+pub fn bound_with_marker(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    // The marker for the whole length is at least as long as the one finally written.
+    let keep = max.saturating_sub(cut_marker(text.len()).len());
+    let cut = truncate_at_boundary(text, keep);
+    text.push_str(&cut_marker(cut));
+}
+
+impl JobEvent {
+    /// Bounds every text the event carries (results to [`MAX_RESULT_LEN`], lines to
+    /// [`MAX_LINE_LEN`], reasons to [`MAX_REASON_LEN`]), so that no report can exceed a frame.
+    #[must_use]
+    pub fn bounded(mut self) -> Self {
+        match &mut self {
+            Self::Output { line, .. } => bound_with_marker(line, MAX_LINE_LEN),
+            Self::TaskFinished { outcome, .. } => match outcome {
+                StepOutcome::Success { result } => {
+                    truncate_at_boundary(result, MAX_RESULT_LEN);
+                }
+                StepOutcome::Failure { reason, result, .. } => {
+                    bound_with_marker(reason, MAX_REASON_LEN);
+                    truncate_at_boundary(result, MAX_RESULT_LEN);
+                }
+            },
+            Self::Cancelling { reason } => bound_with_marker(reason, MAX_REASON_LEN),
+            Self::TaskStarting { .. } | Self::TaskSpawned { .. } | Self::JobFinished { .. } => {}
+        }
+        self
+    }
+}
 
 /// The job as the conductor must run it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +287,41 @@ pub struct PriorTask {
     pub result: String,
 }
 
+impl JobPlan {
+    /// Moves every non-empty prior result out of the plan, as `(task, result)`, each cut to
+    /// [`MAX_RESULT_LEN`]: what version 2 sends in [`ToConductor::PriorResult`] frames.
+    pub fn take_prior_results(&mut self) -> Vec<(u32, String)> {
+        let mut results = Vec::new();
+        for (index, prior) in self.prior.iter_mut().enumerate() {
+            if prior.result.is_empty() {
+                continue;
+            }
+            let mut result = std::mem::take(&mut prior.result);
+            truncate_at_boundary(&mut result, MAX_RESULT_LEN);
+            // A plan has far fewer than 2^32 tasks (its spec fits in a frame).
+            if let Ok(task) = u32::try_from(index) {
+                results.push((task, result));
+            }
+        }
+        results
+    }
+
+    /// Puts a result received in a [`ToConductor::PriorResult`] back; false when the plan has
+    /// no such task.
+    pub fn put_prior_result(&mut self, task: u32, result: String) -> bool {
+        let slot = usize::try_from(task)
+            .ok()
+            .and_then(|index| self.prior.get_mut(index));
+        match slot {
+            Some(prior) => {
+                prior.result = result;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl PriorTask {
     /// A task that never ran.
     #[must_use]
@@ -191,5 +332,77 @@ impl PriorTask {
             exec_outcome: None,
             result: String::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_and_reasons_are_cut_with_a_marker_and_results_without() {
+        let event = JobEvent::TaskFinished {
+            task: 0,
+            phase: Phase::Execute,
+            outcome: StepOutcome::Failure {
+                reason: "r".repeat(MAX_REASON_LEN + 10),
+                cancelled: false,
+                result: "é".repeat(MAX_RESULT_LEN),
+            },
+        }
+        .bounded();
+        let JobEvent::TaskFinished {
+            outcome: StepOutcome::Failure { reason, result, .. },
+            ..
+        } = event
+        else {
+            panic!("same variant")
+        };
+        // Marker included, the reason is within the limit; bounding it again changes nothing.
+        assert!(reason.len() <= MAX_REASON_LEN, "{}", reason.len());
+        let kept = reason.rfind(" [... ").expect("a marker");
+        assert!(reason.ends_with(&cut_marker(MAX_REASON_LEN + 10 - kept)));
+        let again = JobEvent::Cancelling {
+            reason: reason.clone(),
+        };
+        assert_eq!(again.clone().bounded(), again);
+        assert!(result.len() <= MAX_RESULT_LEN && !result.contains("cut"));
+        let short = JobEvent::Cancelling {
+            reason: "why".into(),
+        };
+        assert_eq!(short.clone().bounded(), short);
+    }
+
+    #[test]
+    fn prior_results_travel_apart_and_come_back() {
+        let mut plan = JobPlan {
+            job_id: JobId::from_random(1),
+            spec: JobSpec::parse("[[task]]\nname = \"a\"\nrun = \"true\"\n", "j", "j")
+                .expect("valid"),
+            action: PlanAction::Execute { from: 0 },
+            prior: vec![
+                PriorTask::fresh(),
+                PriorTask {
+                    result: "x".repeat(MAX_RESULT_LEN + 1),
+                    ..PriorTask::fresh()
+                },
+            ],
+        };
+        let results = plan.take_prior_results();
+        assert!(plan.prior.iter().all(|p| p.result.is_empty()));
+        assert_eq!(results.len(), 1);
+        assert_eq!((results[0].0, results[0].1.len()), (1, MAX_RESULT_LEN));
+        assert!(plan.put_prior_result(1, "back".into()));
+        assert!(!plan.put_prior_result(2, "no such task".into()));
+        assert_eq!(plan.prior[1].result, "back");
+        let prior = ToConductor::PriorResult {
+            task: 1,
+            result: "r".into(),
+        };
+        assert!(matches!(
+            prior.encode(1),
+            Err(FrameError::NotInVersion { version: 1, .. })
+        ));
+        assert!(prior.encode(2).is_ok());
     }
 }

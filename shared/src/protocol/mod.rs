@@ -1,9 +1,58 @@
 //! The wire protocol: length-prefixed postcard frames ([`codec`]) carrying the messages between
-//! the supervisor and a conductor ([`conductor`]).
+//! the supervisor and a conductor ([`conductor`]), and between the CLI and the daemon
+//! ([`client`]).
+//!
+//! # Versions
+//!
+//! Every connection opens with a hello that carries the sender's [`PROTOCOL_VERSION`]. Both
+//! ends accept a peer that speaks any version from [`MIN_PROTOCOL_VERSION`] to their own, and
+//! then both speak the lower of the two ([`negotiate`]); the messages of an older version are
+//! decoded and encoded through their wire mirrors ([`v1`]). So a conductor that outlives an
+//! upgrade of the supervisor, or a custom conductor built against the previous release, still
+//! works. The hellos themselves never change layout: their version is their first field.
 
 pub mod client;
 pub mod codec;
 pub mod conductor;
+pub mod v1;
 
-/// Bumped on every incompatible change of any message; checked in every handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// This build's version; bumped on every incompatible change of any message.
+/// Version 2: `TaskSpec::revert_timeout`, and prior results in frames of their own
+/// (`ToConductor::PriorResult`).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// The version to speak with a peer that announced `peer`: the lower of the two, or `None` when
+/// the peer's is older than [`MIN_PROTOCOL_VERSION`].
+#[must_use]
+pub const fn negotiate(peer: u32) -> Option<u32> {
+    if peer < MIN_PROTOCOL_VERSION {
+        None
+    } else if peer < PROTOCOL_VERSION {
+        Some(peer)
+    } else {
+        Some(PROTOCOL_VERSION)
+    }
+}
+
+/// The versions this build speaks, for error messages ("1..=2").
+#[must_use]
+pub fn supported_versions() -> String {
+    format!("{MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lower_version_wins_within_the_supported_range() {
+        assert_eq!(negotiate(0), None);
+        assert_eq!(negotiate(MIN_PROTOCOL_VERSION), Some(MIN_PROTOCOL_VERSION));
+        assert_eq!(negotiate(PROTOCOL_VERSION), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(PROTOCOL_VERSION + 5), Some(PROTOCOL_VERSION));
+        assert_eq!(supported_versions(), "1..=2");
+    }
+}

@@ -4,6 +4,7 @@
 mod client;
 mod daemon;
 mod escape;
+mod job_file;
 mod jobs;
 mod printer;
 mod run;
@@ -107,17 +108,12 @@ pub fn main() -> i32 {
 }
 
 /// Reads and validates a job file, checking its native kinds against its worker; the error is
-/// already the message to print (exit 2). The spec's `worker` comes back as an absolute path.
+/// already the message to print (exit 2). The spec comes back as it is stored: `worker` and
+/// every task's `cwd` are absolute paths (relative ones are relative to the job file), and it
+/// passed [`JobSpec::check`](shared::spec::JobSpec::check), the check the daemon repeats on
+/// every submitted spec.
 pub fn load_spec(file: &std::path::Path) -> Result<shared::spec::JobSpec, String> {
-    let source =
-        std::fs::read(file).map_err(|err| format!("{}: cannot read: {err}", file.display()))?;
-    let source = String::from_utf8(source).map_err(|err| {
-        format!(
-            "{}: not UTF-8 text (first bad byte at offset {})",
-            file.display(),
-            err.utf8_error().valid_up_to()
-        )
-    })?;
+    let source = job_file::read_job_file(file)?;
     let default_name = file
         .file_stem()
         .map_or_else(|| "job".to_owned(), |s| s.to_string_lossy().into_owned());
@@ -138,5 +134,51 @@ pub fn load_spec(file: &std::path::Path) -> Result<shared::spec::JobSpec, String
             .map_err(|e| format!("{}: {e:#}", file.display()))?;
         spec.worker = Some(program.display().to_string());
     }
+    if spec.tasks.iter().any(|task| task.cwd.is_some()) {
+        let dir = job_file::job_file_dir(file)?;
+        spec.resolve_cwds(&dir);
+    }
+    spec.check()
+        .map_err(|problem| format!("{}: {problem}", file.display()))?;
     Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job file whose plan cannot fit in a frame is refused before anything runs or is
+    /// stored, with exit 2 and a message that names the file and the size.
+    #[test]
+    fn validate_refuses_a_huge_job_file_with_exit_2() {
+        let dir = job_file::tests::TempDir::new();
+        let file = dir.0.join("huge.toml");
+        let run = "x".repeat(5 * 1024 * 1024);
+        std::fs::write(&file, format!("[[task]]\nname = \"a\"\nrun = \"{run}\"\n")).expect("write");
+        let args = validate::ValidateArgs { file: file.clone() };
+        assert_eq!(validate::main(&args), exit::INVALID_INPUT);
+        let problem = load_spec(&file).expect_err("refused");
+        assert!(
+            problem.starts_with(&file.display().to_string()),
+            "{problem}"
+        );
+        assert!(problem.contains("too large"), "{problem}");
+    }
+
+    #[test]
+    fn a_loaded_spec_holds_absolute_cwds() {
+        let dir = job_file::tests::TempDir::new();
+        let file = dir.0.join("job.toml");
+        std::fs::write(
+            &file,
+            "[[task]]\nname = \"a\"\nrun = \"true\"\ncwd = \"sub\"\n",
+        )
+        .expect("write");
+        let spec = load_spec(&file).expect("valid");
+        let want = std::fs::canonicalize(&dir.0).expect("dir").join("sub");
+        assert_eq!(
+            spec.tasks[0].cwd.as_deref(),
+            Some(want.to_str().expect("utf-8"))
+        );
+    }
 }

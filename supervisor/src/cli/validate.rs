@@ -33,7 +33,18 @@ pub fn main(args: &ValidateArgs) -> i32 {
                     TaskBody::Command { revert: None, .. } => "command, no revert".to_owned(),
                     TaskBody::Native { kind, .. } => format!("native kind {kind:?}"),
                 };
-                println!("  {} ({what}, {} retries)", task.name, task.retries);
+                let revert_timeout = if task.body.has_revert() {
+                    format!(
+                        ", revert_timeout {}",
+                        format_duration(spec.revert_timeout(task))
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {} ({what}, {} retries{revert_timeout})",
+                    task.name, task.retries
+                );
             }
             exit::SUCCESS
         }

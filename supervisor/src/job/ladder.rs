@@ -96,7 +96,7 @@ pub fn revert_deadline(spec: &JobSpec, now: Instant) -> Instant {
     let per_task: Duration = spec
         .tasks
         .iter()
-        .map(|_task| spec.cancel_timeout + spec.term_grace)
+        .map(|task| spec.revert_timeout(task) + spec.term_grace)
         .sum();
     now + per_task + REVERT_SLACK
 }

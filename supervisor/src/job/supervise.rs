@@ -283,7 +283,7 @@ impl Supervision {
             self.plan = Some(plan);
             return;
         };
-        match link.send(&ToConductor::Start(Box::new(plan.clone()))).await {
+        match link.send_plan(plan.clone()).await {
             Ok(()) => {}
             Err(err @ (FrameError::TooLarge { .. } | FrameError::Malformed(_))) => {
                 self.give_up(&format!("cannot send the plan: {err}")).await;

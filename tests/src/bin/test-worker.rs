@@ -15,6 +15,11 @@
 //!   checking the cancel; result `{"spun": true}`. Only a SIGKILL stops it.
 //! - `echo` `{value, marker}`: the result is `value` (any JSON).
 //! - `fail` `{marker}`: fails with "failed on purpose".
+//! - `big` `{bytes, fail, marker}`: logs one line of `bytes` bytes, then returns a result of
+//!   `bytes` bytes, or with `fail = true` fails with a reason of `bytes` bytes (what must be cut
+//!   at the source so that no report exceeds a frame).
+//! - `stuck_revert` `{marker}`: the execute succeeds; the revert records its line, then awaits
+//!   forever (only the task's `revert_timeout` ends it).
 
 use conductor_worker::{Registry, Task, TaskContext, TaskError, TaskFuture};
 use serde::Deserialize;
@@ -158,12 +163,61 @@ impl Task for Fail {
     }
 }
 
+/// `{bytes, fail, marker}`.
+#[derive(Deserialize)]
+struct BigParams {
+    bytes: usize,
+    #[serde(default)]
+    fail: bool,
+}
+
+struct Big;
+
+impl Task for Big {
+    fn execute<'a>(&'a self, ctx: &'a TaskContext) -> TaskFuture<'a, serde_json::Value> {
+        Box::pin(async move {
+            record_execute(ctx)?;
+            let BigParams { bytes, fail } = ctx.params()?;
+            ctx.log("l".repeat(bytes));
+            if fail {
+                return Err(TaskError::new("f".repeat(bytes)));
+            }
+            Ok(serde_json::Value::String("r".repeat(bytes)))
+        })
+    }
+
+    fn revert<'a>(&'a self, ctx: &'a TaskContext) -> TaskFuture<'a, ()> {
+        Box::pin(async move { record_revert(ctx) })
+    }
+}
+
+struct StuckRevert;
+
+impl Task for StuckRevert {
+    fn execute<'a>(&'a self, ctx: &'a TaskContext) -> TaskFuture<'a, serde_json::Value> {
+        Box::pin(async move {
+            record_execute(ctx)?;
+            Ok(serde_json::Value::Null)
+        })
+    }
+
+    fn revert<'a>(&'a self, ctx: &'a TaskContext) -> TaskFuture<'a, ()> {
+        Box::pin(async move {
+            record_revert(ctx)?;
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let mut registry = Registry::new();
     registry
         .register("sleep", |_params| Ok(Sleep))
         .register("spin", |_params| Ok(Spin))
         .register("echo", |_params| Ok(Echo))
-        .register("fail", |_params| Ok(Fail));
+        .register("fail", |_params| Ok(Fail))
+        .register("big", |_params| Ok(Big))
+        .register("stuck_revert", |_params| Ok(StuckRevert));
     conductor_worker::main_with_registry(registry)
 }

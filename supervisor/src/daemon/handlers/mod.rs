@@ -18,9 +18,9 @@ mod submit;
 use crate::job::{Jobs, OrderError};
 use crate::store::StoreError;
 use shared::ids::JobId;
-use shared::protocol::PROTOCOL_VERSION;
 use shared::protocol::client::{ClientReply, ClientRequest, ErrorCode};
-use shared::protocol::codec::{read_frame, write_frame};
+use shared::protocol::codec::{read_frame, read_frame_with, write_frame};
+use shared::protocol::{negotiate, supported_versions};
 use std::time::Duration;
 use tokio::net::UnixStream;
 
@@ -110,25 +110,25 @@ async fn dispatch(jobs: &Jobs, request: ClientRequest) -> Reply {
 }
 
 async fn read_hello_and_request(stream: &mut UnixStream) -> Result<ClientRequest, String> {
-    match read_frame::<ClientRequest, _>(stream).await {
-        Ok(Some(ClientRequest::Hello { protocol_version }))
-            if protocol_version == PROTOCOL_VERSION => {}
-        Ok(Some(ClientRequest::Hello { protocol_version })) => {
-            return Err(format!(
-                "protocol version mismatch: client {protocol_version}, daemon {PROTOCOL_VERSION}"
-            ));
-        }
+    let version = match read_frame::<ClientRequest, _>(stream).await {
+        Ok(Some(ClientRequest::Hello { protocol_version })) => negotiate(protocol_version)
+            .ok_or_else(|| {
+                format!(
+                    "protocol version mismatch: client {protocol_version}, daemon {}",
+                    supported_versions()
+                )
+            })?,
         Ok(Some(_)) => return Err("expected a hello first".into()),
         Ok(None) => return Err("closed before the hello".into()),
         Err(err) => return Err(err.to_string()),
-    }
+    };
     let hello = ClientReply::Hello {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: version,
     };
     write_frame(stream, &hello)
         .await
         .map_err(|e| e.to_string())?;
-    match read_frame::<ClientRequest, _>(stream).await {
+    match read_frame_with(stream, ClientRequest::decoder(version)).await {
         Ok(Some(ClientRequest::Hello { .. })) => Err("a second hello".into()),
         Ok(Some(request)) => Ok(request),
         Ok(None) => Err("closed before the request".into()),

@@ -11,8 +11,15 @@ pub async fn handle(jobs: &Jobs, spec: JobSpec, source: String) -> Reply {
     if jobs.is_stopping() {
         return Err((ErrorCode::Unavailable, "the daemon is shutting down".into()));
     }
-    crate::job::check_runnable(&spec, jobs.containment())
-        .map_err(|problem| (ErrorCode::InvalidRequest, problem))?;
+    let mut spec = spec;
+    // A client may send any bytes: the spec is checked again as a whole. A relative `cwd`
+    // (from an older CLI) resolves against the job file's directory, as the CLI does.
+    if let Some(dir) = std::path::Path::new(&source).parent() {
+        spec.resolve_cwds(dir);
+    }
+    spec.check()
+        .and_then(|()| crate::job::check_runnable(&spec, jobs.containment()))
+        .map_err(|problem| (ErrorCode::InvalidRequest, format!("{source}: {problem}")))?;
     let name = spec.name.clone();
     let id = jobs
         .store()
