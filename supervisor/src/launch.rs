@@ -2,7 +2,7 @@
 //! build the plan it must run from what the store knows.
 
 use crate::containment::Containment;
-use crate::process::{self, WorkerCommand};
+use crate::process::{self, TaskGroups, WorkerCommand};
 use crate::session::ConductorLink;
 use crate::state_dir::StateDir;
 use crate::store::Store;
@@ -61,28 +61,28 @@ impl Launcher {
             cgroup.as_ref().map(|c| c.path.as_path()),
         )?;
         let started = async {
-            let spawned = process::spawn_conductor(
-                &worker,
-                job_id.as_str(),
-                &listener,
+            let config = crate::spawn::SpawnConfig::new(
+                &worker.program,
+                &worker.conductor_args(job_id.as_str()),
+                std::os::fd::AsFd::as_fd(&listener),
                 &self.state_dir.conductor_log(job_id),
                 cgroup.as_ref().map(|c| c.path.as_path()),
             )?;
+            let spawned = crate::spawn::spawn_conductor(&config)?;
             let conductor = Conductor {
-                pid: spawned.pid,
-                start_time: spawned.start_time,
+                pid: spawned.id.pid,
+                start_time: spawned.id.start_time,
                 socket: socket.clone(),
                 cgroup: cgroup.clone(),
             };
-            tracing::info!(job_id = %job_id, pid = spawned.pid, "conductor started");
+            tracing::info!(job_id = %job_id, pid = spawned.id.pid, "conductor started");
             self.store
-                .set_conductor(job_id, spawned.pid, spawned.start_time, &socket)?;
+                .set_conductor(job_id, spawned.id.pid, spawned.id.start_time, &socket)?;
             match ConductorLink::connect(&socket, job_id).await {
                 Ok(link) => Ok((conductor, link)),
                 Err(err) => {
                     // Started but unreachable: it must not run on unsupervised.
-                    process::kill_job(&conductor.id(), &std::collections::BTreeSet::new()).await;
-                    process::forget_conductor(conductor.pid);
+                    process::kill_job(conductor.id(), &TaskGroups::new(conductor.id())).await;
                     let _ = self.store.set_conductor_exited(job_id);
                     Err(err)
                 }

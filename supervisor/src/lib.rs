@@ -20,13 +20,13 @@
 //! - [`cli`] is the command line; only it maps outcomes to exit codes.
 
 pub mod cli;
-pub mod clone3;
 pub mod containment;
 pub mod daemon;
 pub mod launch;
 pub mod logging;
 pub mod process;
 pub mod session;
+pub mod spawn;
 pub mod state_dir;
 pub mod store;
 pub mod supervise;

@@ -8,14 +8,13 @@
 //! leaves the job `crashed`, with the same accounting.
 
 use crate::containment::JobCgroup;
-use crate::process::{self, ExitWatch};
+use crate::process::{self, Pidfd, TaskGroups};
 use crate::session::ConductorLink;
 use crate::store::Store;
 use shared::ids::JobId;
 use shared::protocol::conductor::{FromConductor, JobEvent, JobPlan, Report, ToConductor};
 use shared::spec::JobSpec;
 use shared::state::JobState;
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,7 +90,7 @@ struct Ladder {
     cancel_deadline: Option<Instant>,
     killed: Option<String>,
     finished: Option<JobState>,
-    groups: BTreeSet<i32>,
+    groups: TaskGroups,
 }
 
 impl Supervision {
@@ -103,13 +102,14 @@ impl Supervision {
         plan: Option<JobPlan>,
         mut orders: mpsc::Receiver<Order>,
     ) -> anyhow::Result<JobState> {
-        let exit = ExitWatch::new(conductor.pid);
+        // None: the conductor is already gone (or its pid names another process now).
+        let exit = Pidfd::open(conductor.id()).ok();
         let mut link = link;
         let mut ladder = Ladder {
             cancel_deadline: None,
             killed: None,
             finished: None,
-            groups: BTreeSet::new(),
+            groups: TaskGroups::new(conductor.id()),
         };
         if let (Some(link), Some(plan)) = (link.as_mut(), plan) {
             link.send(&ToConductor::Start(Box::new(plan))).await?;
@@ -131,7 +131,7 @@ impl Supervision {
             tokio::select! {
                 biased;
                 frame = next_frame(&mut state.link) => self.on_frame(frame, &mut state, &mut ladder, &conductor).await,
-                () = exit.exited() => break,
+                () = exited(exit.as_ref()) => break,
                 order = orders.recv(), if orders_open => match order {
                     Some(order) => self.obey(order, &conductor, &mut state.link, &mut ladder).await,
                     None => orders_open = false,
@@ -185,14 +185,13 @@ impl Supervision {
                 0
             }
             (cgroup, _) => {
-                let leftovers = process::kill_job(&conductor.id(), &ladder.groups).await;
+                let leftovers = process::kill_job(conductor.id(), &ladder.groups).await;
                 if let Some(cgroup) = cgroup {
                     cgroup.kill_and_remove().await;
                 }
                 leftovers
             }
         };
-        process::forget_conductor(conductor.pid);
         if leftovers > 0 {
             tracing::warn!(job_id = %self.job_id, count = leftovers, "killed processes the conductor left behind");
         }
@@ -325,7 +324,7 @@ impl Supervision {
         if let Some(cgroup) = &conductor.cgroup {
             cgroup.kill();
         }
-        let count = process::kill_job(&conductor.id(), &ladder.groups).await;
+        let count = process::kill_job(conductor.id(), &ladder.groups).await;
         tracing::info!(job_id = %self.job_id, pid = conductor.pid, count, reason, "job killed");
     }
 
@@ -486,6 +485,12 @@ async fn next_connection(connecting: &mut Option<Connecting>) -> anyhow::Result<
     match connecting {
         Some(attempt) => attempt.await,
         None => std::future::pending().await,
+    }
+}
+
+async fn exited(pidfd: Option<&Pidfd>) {
+    if let Some(pidfd) = pidfd {
+        pidfd.exited().await;
     }
 }
 

@@ -12,7 +12,7 @@ use shared::ids::JobId;
 use shared::protocol::client::Event;
 use shared::protocol::conductor::{JobEvent, Phase, StepOutcome};
 use shared::state::JobState;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
@@ -181,8 +181,8 @@ impl Jobs {
     async fn record_crash(&self, row: &JobRow) {
         if let (Some(pid), Some(start_time)) = (row.conductor_pid, row.conductor_start) {
             // Its tasks may have outlived it: nothing of the job may survive.
-            let groups = BTreeSet::new();
-            process::kill_job(&process::ConductorId { pid, start_time }, &groups).await;
+            let id = process::ConductorId { pid, start_time };
+            process::kill_job(id, &process::TaskGroups::new(id)).await;
         }
         if let Some(path) = &row.cgroup {
             JobCgroup { path: path.clone() }.kill_and_remove().await;
