@@ -153,14 +153,26 @@ fn spawn(config: &SpawnConfig) -> anyhow::Result<Spawned> {
     let start_time = crate::process::start_time(pid);
     drop(children);
     drop(report_write);
-    let start_time = start_time.context("the new conductor has no /proc entry")?;
-    let id = ConductorId { pid, start_time };
+    // Named by its pid alone until the start time is known; only used to kill it on failure.
+    let id = ConductorId {
+        pid,
+        start_time: start_time.unwrap_or(0),
+    };
     let pidfd = Pidfd::from_owned(pidfd, id);
-    if let Some(errno) = read_exec_report(&report_read)? {
-        // The reaper collects the child, and forgets its registration then.
-        bail!(std::io::Error::from_raw_os_error(errno));
+    let exec = match start_time {
+        Some(_) => read_exec_report(&report_read),
+        None => Err(anyhow::anyhow!("the new conductor has no /proc entry")),
+    };
+    match exec {
+        Ok(None) => Ok(Spawned { id, pidfd }),
+        // It exits with 127 by itself; the reaper collects it and forgets its registration.
+        Ok(Some(errno)) => Err(std::io::Error::from_raw_os_error(errno).into()),
+        Err(err) => {
+            // Nobody would own it: it must not run on.
+            let _ = pidfd.signal(nix::sys::signal::Signal::SIGKILL);
+            Err(err)
+        }
     }
-    Ok(Spawned { id, pidfd })
 }
 
 /// Tries the ways to spawn in order (see the module doc), with the registry lock held.
