@@ -2,6 +2,7 @@
 //! own child).
 
 use super::*;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,23 +39,25 @@ impl Drop for Scratch {
 }
 
 /// Spawns `sh -c script` as a conductor, waits for it through its pidfd, reaps it, and returns
-/// its log.
-fn run_script(
+/// its log. `adjust` may change the config before the spawn.
+fn run_script_with(
     scratch: &Scratch,
     script: &str,
     cgroup: Option<&Path>,
+    adjust: impl FnOnce(&mut SpawnConfig),
 ) -> anyhow::Result<(Spawned, String)> {
     let listener =
         std::os::unix::net::UnixListener::bind(scratch.dir.join("s")).expect("bind the socket");
     let log = scratch.dir.join("log");
     let args = ["-c".to_owned(), script.to_owned()];
-    let config = SpawnConfig::new(
+    let mut config = SpawnConfig::new(
         Path::new("/bin/sh"),
         &args,
         std::os::fd::AsFd::as_fd(&listener),
         &log,
         cgroup,
     )?;
+    adjust(&mut config);
     let spawned = spawn_conductor(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -71,16 +74,95 @@ fn run_script(
     ))
 }
 
+fn run_script(
+    scratch: &Scratch,
+    script: &str,
+    cgroup: Option<&Path>,
+) -> anyhow::Result<(Spawned, String)> {
+    run_script_with(scratch, script, cgroup, |_| {})
+}
+
+/// Prints, on the log, what the shell has at 0, 1 and 3. Read in a command substitution: a
+/// redirection of the reading command would show up in the shell's own descriptors.
+const SHOW_FDS: &str =
+    "fds=$(readlink /proc/$$/fd/0 /proc/$$/fd/1 /proc/$$/fd/3); echo \"$fds\" >&2";
+
+/// Set (in a re-run of this test binary) to run [`low_fd_sources_helper`] for real.
+const LOW_FDS_HELPER: &str = "SUPERVISOR_TEST_LOW_FDS_HELPER";
+
+/// Moves `fd` to the number `target` (close-on-exec, as every source is).
+fn move_to(fd: &mut OwnedFd, target: i32) {
+    if fd.as_raw_fd() == target {
+        return;
+    }
+    // SAFETY: dup3 onto a number this process (a re-run of the tests, with one test) gives up.
+    let rc = unsafe { libc::dup3(fd.as_raw_fd(), target, libc::O_CLOEXEC) };
+    assert_eq!(rc, target, "dup3");
+    // SAFETY: `target` now holds a descriptor that nothing else owns; the old one closes.
+    *fd = unsafe { OwnedFd::from_raw_fd(target) };
+}
+
+/// Sources numbered 0 to 3 (the listener at 0, /dev/null at 3): a `dup2` of the listener onto 3
+/// first would overwrite /dev/null. Runs only in its own process (it takes over fd 0 and 3).
+#[test]
+fn low_fd_sources_helper() {
+    if std::env::var_os(LOW_FDS_HELPER).is_none() {
+        return;
+    }
+    // Hold 3 first (the lowest free number, as nothing else runs here), to give it up to the
+    // moved /dev/null below: else the test's own listener would get it.
+    let placeholder = std::fs::File::open("/dev/null").expect("open /dev/null");
+    assert_eq!(
+        placeholder.as_raw_fd(),
+        3,
+        "fd 3 is taken in the helper process"
+    );
+    let _given_up = std::os::fd::IntoRawFd::into_raw_fd(placeholder);
+    let scratch = Scratch::new("lowfd");
+    let (_spawned, log) = run_script_with(&scratch, SHOW_FDS, None, |config| {
+        move_to(&mut config.listener, 0);
+        move_to(&mut config.null, 3);
+    })
+    .expect("spawn");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.first(), Some(&"/dev/null"), "stdin: {log}");
+    assert_eq!(lines.get(1), Some(&"/dev/null"), "stdout: {log}");
+    assert!(
+        lines.get(2).is_some_and(|l| l.starts_with("socket:")),
+        "fd 3 is the listener: {log}"
+    );
+}
+
+#[test]
+fn descriptors_numbered_0_to_3_are_placed_right() {
+    let me = std::env::current_exe().expect("own test binary");
+    let output = std::process::Command::new(me)
+        .args([
+            "--exact",
+            "spawn::tests::low_fd_sources_helper",
+            "--test-threads=1",
+        ])
+        .env(LOW_FDS_HELPER, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("re-run the test binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn the_conductor_gets_its_descriptors_session_and_signals() {
     let scratch = Scratch::new("fds");
-    // The shell's own descriptors (`$$`), read in a command substitution: a redirection of
-    // the reading command would show up in them.
-    let script = "fds=$(readlink /proc/$$/fd/0 /proc/$$/fd/1 /proc/$$/fd/3); echo \"$fds\" >&2; \
-                  cut -d' ' -f6 /proc/$$/stat >&2; echo $$ >&2; \
+    let script = format!(
+        "{SHOW_FDS}; cut -d' ' -f6 /proc/$$/stat >&2; echo $$ >&2; \
                   grep -E '^Sig(Blk|Ign)' /proc/self/status >&2; \
-                  exec ls /proc/self/fd >&2";
-    let (spawned, log) = run_script(&scratch, script, None).expect("spawn");
+                  exec ls /proc/self/fd >&2"
+    );
+    let (spawned, log) = run_script(&scratch, &script, None).expect("spawn");
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.first(), Some(&"/dev/null"), "stdin: {log}");
     assert_eq!(lines.get(1), Some(&"/dev/null"), "stdout: {log}");
