@@ -248,4 +248,116 @@ mod tests {
         all.clear();
         assert!(groups.verified(&all).is_empty(), "no leader, no group");
     }
+
+    /// Set (in a re-run of this test binary) to run [`kill_job_helper`] for real.
+    const KILL_HELPER: &str = "SUPERVISOR_TEST_KILL_HELPER";
+    /// How long the helper waits for anything.
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    /// Polls `probe` until it gives a value, at most [`DEADLINE`].
+    fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(value) = probe() {
+                return value;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The pid the shell printed after `task ` on `log`.
+    fn task_pid(log: &std::path::Path) -> Option<i32> {
+        let text = std::fs::read_to_string(log).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("task ")?.trim().parse().ok())
+    }
+
+    /// A conductor (a shell in its own session) with a task in its own process group, and a
+    /// stranger group outside the session: `kill_job` kills the conductor and the task, and
+    /// never the stranger, even when the stranger's pgid is recorded with a wrong start time.
+    /// Runs only in its own process: `kill_job` also kills children of this process that are
+    /// not conductors (orphans), which other tests' children would be.
+    #[tokio::test]
+    async fn kill_job_helper() {
+        if std::env::var_os(KILL_HELPER).is_none() {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("kj-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let listener =
+            std::os::unix::net::UnixListener::bind(dir.join("s")).expect("bind the socket");
+        let log = dir.join("log");
+        // bash, not sh: its job control puts a background job in its own group without a tty.
+        let script = "set -m; sleep 60 & echo task $! >&2; wait".to_owned();
+        let config = crate::spawn::SpawnConfig::new(
+            std::path::Path::new("/bin/bash"),
+            &["-c".to_owned(), script],
+            std::os::fd::AsFd::as_fd(&listener),
+            &log,
+            None,
+        )
+        .expect("config");
+        let conductor = crate::spawn::spawn_conductor(&config).expect("spawn");
+        let task = wait_for("the task's pid", || task_pid(&log));
+        // The stranger: its own session and group, re-parented away from us.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "setsid sleep 63 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .expect("start the stranger");
+        let stranger: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("pid");
+        let stranger = wait_for("the stranger's own group", || {
+            ConductorId::of(stranger).filter(|_| stat(stranger).is_some_and(|s| s.pgrp == stranger))
+        });
+        let mut groups = TaskGroups::new(conductor.id);
+        assert!(
+            groups.insert(task),
+            "the task leads its group in the conductor's session"
+        );
+        assert!(
+            !groups.insert(stranger.pid),
+            "another session's group is refused"
+        );
+        groups.leaders.insert(stranger.pid, stranger.start_time + 1);
+        let task_id = ConductorId::of(task).expect("task stat");
+        let killed = kill_job(conductor.id, &groups).await;
+        assert!(killed >= 2, "conductor and task killed: {killed}");
+        tokio::time::timeout(DEADLINE, conductor.pidfd.exited())
+            .await
+            .expect("conductor gone");
+        wait_for("the task's end", || (!task_id.is_alive()).then_some(()));
+        assert!(stranger.is_alive(), "the stranger survives");
+        if let Ok(pidfd) = Pidfd::open(stranger) {
+            let _ = pidfd.signal(Signal::SIGKILL);
+        }
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(conductor.id.pid), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn kill_job_kills_the_job_and_never_a_stranger() {
+        let me = std::env::current_exe().expect("own test binary");
+        let output = std::process::Command::new(me)
+            .args([
+                "--exact",
+                "process::kill::tests::kill_job_helper",
+                "--test-threads=1",
+            ])
+            .env(KILL_HELPER, "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("re-run the test binary");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
