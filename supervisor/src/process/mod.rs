@@ -1,7 +1,9 @@
 //! Linux process details, kept in one place: recognising a process again (`/proc` stat and
 //! start time), naming it for good (pidfd), killing everything of a job in session mode, reaping
 //! as a child subreaper, and which program runs as a conductor. Spawning lives in
-//! [`crate::spawn`], which uses only the identity types from here.
+//! [`crate::spawn`], which uses from here only the identity types ([`ConductorId`], [`Pidfd`])
+//! and the registry lock it shares with the reaper ([`reaper`]); nothing here uses it outside
+//! tests.
 
 pub mod kill;
 pub mod pidfd;

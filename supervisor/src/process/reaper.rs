@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 static CONDUCTORS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
 /// The registry, locked: while it is held, no child is reaped and no orphan scan decides.
-pub struct Children {
+pub(crate) struct Children {
     guard: MutexGuard<'static, BTreeSet<i32>>,
 }
 

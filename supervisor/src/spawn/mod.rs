@@ -1,5 +1,5 @@
 //! Spawning a conductor: everything it needs is prepared before the fork ([`SpawnConfig`]), the
-//! child runs only async-signal-safe system calls on it ([`child`]), and the parent gets a pidfd
+//! child runs only async-signal-safe system calls on it (module `child`), and the parent gets a pidfd
 //! from the spawn itself, so that no exit, reap and pid reuse can come between the birth and the
 //! handle that names it.
 //!
@@ -10,7 +10,7 @@
 //! 2. `clone3(CLONE_PIDFD)` when the kernel refuses `CLONE_INTO_CGROUP`: the child joins the
 //!    cgroup (`cgroup.procs`) before it execs, so nothing of the job ever runs outside it.
 //! 3. `fork` when `clone3` is missing (`ENOSYS`, also what container seccomp profiles answer):
-//!    see [`fork`] for how its pidfd is opened without a race.
+//!    see module `fork` for how its pidfd is opened without a race.
 //!
 //! This module depends on [`crate::process`] only for the identity types and the registry lock
 //! that the reaper and the orphan scan share; nothing there depends on it.
