@@ -21,12 +21,12 @@
 
 pub mod cli;
 pub mod clock;
-pub mod clone3;
 pub mod containment;
 pub mod daemon;
 pub mod job;
 pub mod logging;
 pub mod process;
 pub mod session;
+pub mod spawn;
 pub mod state_dir;
 pub mod store;

@@ -133,7 +133,7 @@ fn raise_fd_limit() {
         if soft < hard {
             match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
                 Ok(()) => {
-                    process::remember_nofile_soft_limit(soft);
+                    crate::spawn::remember_nofile_soft_limit(soft);
                     tracing::info!(from = soft, to = hard, "raised the open files limit");
                 }
                 Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),

@@ -2,6 +2,7 @@
 //! timer of the cancellation ladder, the bound on reverting, the job's own timeout, and the
 //! backoff between reconnection attempts (ARCHITECTURE.md, The cancellation ladder).
 
+use crate::process::{ConductorId, TaskGroups};
 use shared::spec::JobSpec;
 use shared::state::JobState;
 use std::collections::BTreeMap;
@@ -45,7 +46,7 @@ impl Backoff {
 }
 
 /// Where the job stands on its ladder.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ladder {
     /// When the whole job is SIGKILLed if its conductor has not ended (a cancel, or reverting),
     /// and why.
@@ -57,12 +58,44 @@ pub struct Ladder {
     pub crashed: Option<String>,
     /// The end the conductor reported.
     pub finished: Option<JobState>,
-    /// The process group of each step running now (session mode), by task index; forgotten
-    /// when the step ends, so that a recycled group id is never signalled.
-    pub groups: BTreeMap<u32, i32>,
+    /// The process groups of the steps running now (session mode), with their leaders'
+    /// identities; each is forgotten when its step ends, so a recycled group id is never
+    /// signalled.
+    pub groups: TaskGroups,
+    /// Which group each running step leads, by task index.
+    pub steps: BTreeMap<u32, i32>,
 }
 
 impl Ladder {
+    #[must_use]
+    pub const fn new(conductor: ConductorId) -> Self {
+        Self {
+            kill_deadline: None,
+            killed: None,
+            crashed: None,
+            finished: None,
+            groups: TaskGroups::new(conductor),
+            steps: BTreeMap::new(),
+        }
+    }
+
+    /// A step's process group, as the conductor reported it (refused when its leader is not a
+    /// process of this job's session).
+    pub fn step_spawned(&mut self, task: u32, pgid: i32) -> bool {
+        let taken = self.groups.insert(pgid);
+        if taken {
+            self.steps.insert(task, pgid);
+        }
+        taken
+    }
+
+    /// A step ended: its group is forgotten.
+    pub fn step_finished(&mut self, task: u32) {
+        if let Some(pgid) = self.steps.remove(&task) {
+            self.groups.remove(pgid);
+        }
+    }
+
     /// Arms the kill timer at `deadline`, or keeps an earlier one.
     pub fn arm(&mut self, deadline: Instant, why: &'static str) {
         match self.kill_deadline {
@@ -127,7 +160,10 @@ mod tests {
     #[test]
     fn the_earliest_kill_deadline_wins() {
         let now = Instant::now();
-        let mut ladder = Ladder::default();
+        let mut ladder = Ladder::new(ConductorId {
+            pid: 1,
+            start_time: 1,
+        });
         ladder.arm(now + Duration::from_secs(10), "revert");
         ladder.arm(now + Duration::from_secs(20), "cancel");
         assert_eq!(
@@ -143,7 +179,10 @@ mod tests {
 
     #[test]
     fn a_crash_outranks_a_kill() {
-        let mut ladder = Ladder::default();
+        let mut ladder = Ladder::new(ConductorId {
+            pid: 1,
+            start_time: 1,
+        });
         assert_eq!(ladder.hard_end().0, JobState::Crashed);
         ladder.killed = Some("kill requested".into());
         assert_eq!(ladder.hard_end().0, JobState::Killed);

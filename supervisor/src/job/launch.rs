@@ -4,13 +4,15 @@
 
 use super::Purpose;
 use crate::containment::{Containment, JobCgroup};
-use crate::process::{self, ConductorId, WorkerCommand};
+use crate::process::{self, ConductorId, Pidfd, WorkerCommand};
 use crate::session::ConductorLink;
+use crate::spawn::{SpawnConfig, spawn_conductor};
 use crate::state_dir::StateDir;
 use crate::store::{Store, StoreHandle};
 use anyhow::Context;
 use shared::ids::JobId;
 use shared::protocol::conductor::{JobPlan, PlanAction, PriorTask};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
@@ -30,9 +32,11 @@ pub struct Conductor {
     pub cgroup: Option<JobCgroup>,
 }
 
-/// A conductor that was started, its connection, and the plan it must be sent.
+/// A conductor that was started, its pidfd from the spawn, its connection, and the plan it
+/// must be sent.
 pub struct Launched {
     pub conductor: Conductor,
+    pub pidfd: Pidfd,
     pub link: ConductorLink,
     pub plan: JobPlan,
 }
@@ -40,14 +44,14 @@ pub struct Launched {
 /// Kills a spawned conductor (and its cgroup) unless disarmed: held from the spawn until the
 /// supervision owns the conductor.
 struct SpawnGuard {
-    conductor: Option<ConductorId>,
+    conductor: Option<Pidfd>,
     cgroup: Option<JobCgroup>,
 }
 
 impl SpawnGuard {
-    fn disarm(mut self) {
-        self.conductor = None;
+    fn disarm(mut self) -> Option<Pidfd> {
         self.cgroup = None;
+        self.conductor.take()
     }
 }
 
@@ -56,15 +60,9 @@ impl Drop for SpawnGuard {
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill();
         }
-        if let Some(id) = self.conductor {
+        if let Some(pidfd) = &self.conductor {
             // A conductor without a plan has started no task: killing it is killing the job.
-            if process::is_same_process(id.pid, id.start_time) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(id.pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            process::forget_conductor(id.pid);
+            let _ = pidfd.signal(nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -89,6 +87,7 @@ impl Launcher {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
         let cgroup = self.containment.create_job(job_id, &plan.spec.limits)?;
+        let worker = self.worker_for(&plan);
         let mut guard = SpawnGuard {
             conductor: None,
             cgroup: cgroup.clone(),
@@ -103,18 +102,19 @@ impl Launcher {
                 .call(move |s| s.set_containment(&id, mode, path.as_deref()))
                 .await?;
         }
-        let spawned = process::spawn_conductor(
-            &self.worker_for(&plan),
-            job_id.as_str(),
-            &listener,
+        let config = SpawnConfig::new(
+            &worker.program,
+            &worker.conductor_args(job_id.as_str()),
+            listener.as_fd(),
             &self.state_dir.conductor_log(job_id),
             cgroup.as_ref().map(|c| c.path.as_path()),
         )?;
-        let id = ConductorId {
-            pid: spawned.pid,
-            start_time: spawned.start_time,
-        };
-        guard.conductor = Some(id);
+        // fork/clone and the exec report are blocking: off the async workers.
+        let spawned = tokio::task::spawn_blocking(move || spawn_conductor(&config))
+            .await
+            .context("the spawn task failed")??;
+        let id = spawned.id;
+        guard.conductor = Some(spawned.pidfd);
         // The conductor holds the listener now; ours closes.
         drop(listener);
         tracing::info!(job_id = %job_id, pid = id.pid, "conductor started");
@@ -133,9 +133,12 @@ impl Launcher {
                 .await?;
         }
         let link = ConductorLink::connect(&socket, job_id).await?;
-        guard.disarm();
+        let pidfd = guard
+            .disarm()
+            .context("INVARIANT: the guard holds the spawned conductor")?;
         Ok(Launched {
             conductor: Conductor { id, socket, cgroup },
+            pidfd,
             link,
             plan,
         })

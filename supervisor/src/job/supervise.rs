@@ -15,7 +15,7 @@ use super::launch::{Conductor, Launched};
 use super::registry::{Command, Jobs};
 use super::{Order, OrderError, Purpose};
 use crate::containment::JobCgroup;
-use crate::process::{self, ConductorId, ExitWatch};
+use crate::process::{self, ConductorId, Pidfd, TaskGroups};
 use crate::session::ConductorLink;
 use crate::store::{JobRow, StoreError};
 use shared::ids::JobId;
@@ -46,15 +46,23 @@ impl Actor {
             Err(err) => return self.unsupervisable(next, &err.to_string()).await,
         };
         let mut started_ago = Duration::ZERO;
-        let (conductor, link, plan, first, purpose) = match next {
+        let (conductor, pidfd, link, plan, first, purpose) = match next {
             Next::Launch(purpose) => {
                 let launcher = &self.jobs.inner.launcher;
                 match launcher.launch(self.jobs.store(), &self.id, purpose).await {
                     Ok(Launched {
                         conductor,
+                        pidfd,
                         link,
                         plan,
-                    }) => (conductor, Some(link), Some(plan), None, purpose),
+                    }) => (
+                        conductor,
+                        Some(pidfd),
+                        Some(link),
+                        Some(plan),
+                        None,
+                        purpose,
+                    ),
                     Err(err) => return self.launch_failed(&err).await,
                 }
             }
@@ -76,15 +84,17 @@ impl Actor {
                     let ago = crate::clock::now_ms().saturating_sub(started_ms);
                     started_ago = Duration::from_millis(u64::try_from(ago).unwrap_or(0));
                 }
+                // None: the conductor is gone already (or its pid names another process now).
+                let pidfd = Pidfd::open(conductor.id).ok();
                 // The first connection is made by the loop, right away.
-                (conductor, None, None, order, purpose)
+                (conductor, pidfd, None, None, order, purpose)
             }
         };
         let mut supervision = Supervision::new(
             self.jobs.clone(),
             self.id.clone(),
             spec,
-            conductor,
+            (conductor, pidfd),
             purpose,
             started_ago,
         );
@@ -135,7 +145,9 @@ struct Supervision {
     spec: JobSpec,
     conductor: Conductor,
     purpose: Purpose,
-    exit: ExitWatch,
+    /// The conductor's pidfd (from its spawn, or opened and checked at re-attachment); `None`
+    /// when it was already gone.
+    pidfd: Option<Pidfd>,
     state: LinkState,
     ladder: Ladder,
     job_deadline: Option<Instant>,
@@ -153,12 +165,12 @@ impl Supervision {
         jobs: Jobs,
         id: JobId,
         spec: JobSpec,
-        conductor: Conductor,
+        (conductor, pidfd): (Conductor, Option<Pidfd>),
         purpose: Purpose,
         started_ago: Duration,
     ) -> Self {
         let now = Instant::now();
-        let mut ladder = Ladder::default();
+        let mut ladder = Ladder::new(conductor.id);
         if purpose == Purpose::Revert {
             ladder.arm(
                 ladder::revert_deadline(&spec, now),
@@ -166,7 +178,7 @@ impl Supervision {
             );
         }
         Self {
-            exit: ExitWatch::new(conductor.id.pid),
+            pidfd,
             job_deadline: ladder::job_deadline(&spec, now, started_ago),
             jobs,
             id,
@@ -211,7 +223,7 @@ impl Supervision {
             tokio::select! {
                 biased;
                 frame = next_frame(&mut self.state.link) => self.on_frame(frame).await,
-                () = self.exit.exited() => break,
+                () = exited(self.pidfd.as_ref()) => break,
                 Some(command) = inbox.recv() => self.on_command(command).await,
                 () = super::registry::detached(&mut detach) => return,
                 () = sleep_until(self.ladder.kill_deadline.map_or(far, |(at, _)| at)), if !over => {
@@ -373,11 +385,10 @@ impl Supervision {
         }
     }
 
-    /// Signals the conductor, if it is still the process we started.
+    /// Signals the conductor through its pidfd: never a recycled pid.
     fn signal(&self, signal: nix::sys::signal::Signal) {
-        let ConductorId { pid, start_time } = self.conductor.id;
-        if process::is_same_process(pid, start_time) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        if let Some(pidfd) = &self.pidfd {
+            let _ = pidfd.signal(signal);
         }
     }
 
@@ -409,8 +420,7 @@ impl Supervision {
         match &self.conductor.cgroup {
             Some(cgroup) => cgroup.kill(),
             None => {
-                let groups = self.ladder.groups.values().copied().collect();
-                let count = process::kill_job(&self.conductor.id, &groups).await;
+                let count = process::kill_job(self.conductor.id, &self.ladder.groups).await;
                 tracing::debug!(count, "killed the job's processes");
             }
         }
@@ -560,13 +570,17 @@ impl Supervision {
     fn observe(&mut self, event: &JobEvent) {
         match event {
             JobEvent::TaskSpawned { task, pid, .. } => {
-                if let Ok(pgid) = i32::try_from(*pid) {
-                    self.ladder.groups.insert(*task, pgid);
+                let recorded =
+                    i32::try_from(*pid).is_ok_and(|pgid| self.ladder.step_spawned(*task, pgid));
+                if !recorded && self.conductor.cgroup.is_none() {
+                    tracing::warn!(
+                        task,
+                        pid,
+                        "refused a step's process group outside the job's session"
+                    );
                 }
             }
-            JobEvent::TaskFinished { task, .. } => {
-                self.ladder.groups.remove(task);
-            }
+            JobEvent::TaskFinished { task, .. } => self.ladder.step_finished(*task),
             JobEvent::TaskStarting {
                 phase: Phase::Revert,
                 ..
@@ -628,8 +642,7 @@ impl Supervision {
                 cgroup.kill_and_remove().await;
             }
             None => {
-                let groups = self.ladder.groups.values().copied().collect();
-                let leftovers = process::kill_job(&self.conductor.id, &groups).await;
+                let leftovers = process::kill_job(self.conductor.id, &self.ladder.groups).await;
                 if leftovers > 0 {
                     tracing::warn!(
                         count = leftovers,
@@ -638,7 +651,6 @@ impl Supervision {
                 }
             }
         }
-        process::forget_conductor(self.conductor.id.pid);
         let id = self.id.clone();
         if let Err(err) = self
             .jobs
@@ -755,7 +767,8 @@ pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
         JobCgroup { path: path.clone() }.kill_and_remove().await;
     } else if let (Some(pid), Some(start_time)) = (row.conductor_pid, row.conductor_start) {
         // Its tasks may have outlived it: nothing of the job may survive.
-        process::kill_job(&ConductorId { pid, start_time }, &Default::default()).await;
+        let id = ConductorId { pid, start_time };
+        process::kill_job(id, &TaskGroups::new(id)).await;
     }
     record_end(
         jobs,
@@ -771,6 +784,13 @@ pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
         .await
     {
         tracing::error!(job_id = %row.id, error = %err, "cannot record the conductor's exit");
+    }
+}
+
+/// Resolves when the conductor has exited (at once when it was gone already).
+async fn exited(pidfd: Option<&Pidfd>) {
+    if let Some(pidfd) = pidfd {
+        pidfd.exited().await;
     }
 }
 

@@ -2,9 +2,11 @@
 //! jumps to the next timer whenever every task waits), and the store runs in place, so the
 //! ladder's timers, heartbeats and reconnects are exercised without a real wait.
 //!
-//! The "conductor" process is a `sleep` in its own session (ignoring SIGUSR1 and SIGTERM), which the supervision watches and
-//! kills like a real one; the fake conductor speaks the protocol on the job's socket. The tests
-//! run one at a time: a session-mode kill also takes the supervisor's own stray children.
+//! The "conductor" process is a `sleep` in its own session (ignoring SIGUSR1 and SIGTERM), which
+//! the supervision watches and kills like a real one; the fake conductor speaks the protocol on
+//! the job's socket. The tests run one at a time, in a re-run of the test binary of their own
+//! ([`job_actor_tests_in_their_own_process`]): a session-mode kill also takes the supervisor's
+//! unregistered children, which other tests' children would be.
 
 use super::{Jobs, JobsConfig, Launcher, Order, OrderError};
 use crate::containment::Containment;
@@ -24,7 +26,31 @@ use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::Instant;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Set (in a re-run of this test binary) to run the actor tests for real.
+const OWN_PROCESS: &str = "SUPERVISOR_TEST_JOB_ACTOR";
+
+/// The actor tests run in a process of their own, one at a time.
+#[test]
+fn job_actor_tests_in_their_own_process() {
+    let me = std::env::current_exe().expect("own test binary");
+    let output = std::process::Command::new(me)
+        .args(["job::tests::actor_", "--test-threads=1"])
+        .env(OWN_PROCESS, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("re-run the test binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("test result: ok"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Whether this process runs the actor tests (see [`OWN_PROCESS`]).
+fn in_own_process() -> bool {
+    std::env::var_os(OWN_PROCESS).is_some()
+}
 
 /// Longer than any test: a wait that reaches it is a failure, not a hang.
 const NEVER: Duration = Duration::from_secs(6 * 3600);
@@ -288,8 +314,10 @@ fn finished(task: u32, phase: Phase, ok: bool) -> JobEvent {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_cancel_reaches_the_conductor_and_its_reverted_end_is_recorded() {
-    let _serial = SERIAL.lock().await;
+async fn actor_a_cancel_reaches_the_conductor_and_its_reverted_end_is_recorded() {
+    if !in_own_process() {
+        return;
+    }
     let mut h = Harness::new(SPEC);
     let listener = h.listen();
     h.adopt().await;
@@ -323,8 +351,10 @@ async fn a_cancel_reaches_the_conductor_and_its_reverted_end_is_recorded() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_kill_timer_fires_at_cancel_timeout_when_the_conductor_ignores_the_cancel() {
-    let _serial = SERIAL.lock().await;
+async fn actor_the_kill_timer_fires_at_cancel_timeout_when_the_conductor_ignores_the_cancel() {
+    if !in_own_process() {
+        return;
+    }
     let mut h = Harness::new(SPEC);
     let listener = h.listen();
     h.adopt().await;
@@ -359,8 +389,10 @@ async fn the_kill_timer_fires_at_cancel_timeout_when_the_conductor_ignores_the_c
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_kill_order_ends_the_job_at_once_and_a_second_one_is_refused() {
-    let _serial = SERIAL.lock().await;
+async fn actor_a_kill_order_ends_the_job_at_once_and_a_second_one_is_refused() {
+    if !in_own_process() {
+        return;
+    }
     let mut h = Harness::new(SPEC);
     let listener = h.listen();
     h.adopt().await;
@@ -384,8 +416,10 @@ async fn a_kill_order_ends_the_job_at_once_and_a_second_one_is_refused() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn start_revert_and_resume_are_refused_while_a_conductor_lives() {
-    let _serial = SERIAL.lock().await;
+async fn actor_start_revert_and_resume_are_refused_while_a_conductor_lives() {
+    if !in_own_process() {
+        return;
+    }
     let h = Harness::new(SPEC);
     let listener = h.listen();
     h.adopt().await;
@@ -405,8 +439,10 @@ async fn start_revert_and_resume_are_refused_while_a_conductor_lives() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_conductor_unreachable_at_reattach_is_retried_with_backoff_until_it_answers() {
-    let _serial = SERIAL.lock().await;
+async fn actor_a_conductor_unreachable_at_reattach_is_retried_with_backoff_until_it_answers() {
+    if !in_own_process() {
+        return;
+    }
     let h = Harness::new(SPEC);
     // No socket yet: every connection attempt fails.
     h.adopt().await;
@@ -423,8 +459,10 @@ async fn a_conductor_unreachable_at_reattach_is_retried_with_backoff_until_it_an
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_silent_conductor_is_marked_unresponsive_then_responsive_again() {
-    let _serial = SERIAL.lock().await;
+async fn actor_a_silent_conductor_is_marked_unresponsive_then_responsive_again() {
+    if !in_own_process() {
+        return;
+    }
     let h = Harness::new(SPEC);
     let listener = h.listen();
     h.adopt().await;
@@ -445,8 +483,10 @@ async fn a_silent_conductor_is_marked_unresponsive_then_responsive_again() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_conductor_that_dies_without_an_end_leaves_the_job_crashed() {
-    let _serial = SERIAL.lock().await;
+async fn actor_a_conductor_that_dies_without_an_end_leaves_the_job_crashed() {
+    if !in_own_process() {
+        return;
+    }
     let mut h = Harness::new(SPEC);
     let listener = h.listen();
     h.adopt().await;
@@ -458,8 +498,10 @@ async fn a_conductor_that_dies_without_an_end_leaves_the_job_crashed() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failure_revert_is_bounded_by_the_kill_timer() {
-    let _serial = SERIAL.lock().await;
+async fn actor_a_failure_revert_is_bounded_by_the_kill_timer() {
+    if !in_own_process() {
+        return;
+    }
     let h = Harness::new(SPEC);
     let listener = h.listen();
     h.adopt().await;
@@ -497,8 +539,10 @@ async fn a_failure_revert_is_bounded_by_the_kill_timer() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_cancel_timeout_not_longer_than_term_grace_is_refused() {
-    let _serial = SERIAL.lock().await;
+async fn actor_a_cancel_timeout_not_longer_than_term_grace_is_refused() {
+    if !in_own_process() {
+        return;
+    }
     let h = Harness::new(SPEC);
     let listener = h.listen();
     h.adopt().await;

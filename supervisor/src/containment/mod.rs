@@ -1,21 +1,24 @@
-//! Containment (DESIGN.md section 6): one cgroup v2 per job where a writable unified hierarchy
-//! exists, else sessions and process groups.
+//! Containment (ARCHITECTURE.md, Containment): one cgroup v2 per job where a writable unified
+//! hierarchy exists, else sessions and process groups.
 //!
-//! In cgroup mode each job gets `BASE/job-ID`; its conductor joins it between fork and exec, so
-//! every process of the job (double-forked and `setsid` ones too) is in it. A hard kill writes
-//! `1` to `cgroup.kill`; the job is gone once `cgroup.events` says `populated 0`; the cgroup is
-//! removed afterwards. The job's `memory`, `pids` and `cpu` limits are set on that cgroup when the
+//! In cgroup mode each job gets `BASE/job-ID`; its conductor is born in it (or joins it before
+//! it execs), so every process of the job (double-forked and `setsid` ones too) is in it. A
+//! hard kill writes `1` to `cgroup.kill`; the job is gone once `cgroup.events` says
+//! `populated 0` (watched with inotify, see [`JobCgroup::wait_empty`]); the cgroup is removed
+//! afterwards. The job's `memory`, `pids` and `cpu` limits are set on that cgroup when the
 //! controllers are enabled for it; a limit that cannot be enforced is refused, never ignored.
+
+mod job;
+#[cfg(test)]
+mod tests;
+
+pub use job::{EMPTY_TIMEOUT, JobCgroup};
 
 use anyhow::{Context, bail};
 use shared::ids::JobId;
 use shared::limits::Limits;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-/// How long to wait for a killed cgroup to become empty.
-pub const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The containment this supervisor gives its jobs.
 #[derive(Clone, Debug)]
@@ -140,104 +143,41 @@ impl Containment {
         }
     }
 
-    /// Creates the job's cgroup with its limits (cgroup mode only).
+    /// Creates the job's cgroup with its limits (cgroup mode only). A leftover `job-ID` cgroup
+    /// of an earlier conductor is removed and made afresh when empty (no stale limits), and
+    /// refused while it still holds processes: two conductors of one job must never share it.
     pub fn create_job(&self, id: &JobId, limits: &Limits) -> anyhow::Result<Option<JobCgroup>> {
         let Self::Cgroup { base, .. } = self else {
             return Ok(None);
         };
         self.check(limits).map_err(anyhow::Error::msg)?;
-        let path = base.join(format!("job-{id}"));
-        match std::fs::create_dir(&path) {
+        let cgroup = JobCgroup {
+            path: base.join(format!("job-{id}")),
+        };
+        match std::fs::create_dir(&cgroup.path) {
             Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                cgroup.replace_leftover()?;
+            }
             Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("cannot create the job's cgroup {}", path.display()));
+                return Err(err).with_context(|| {
+                    format!("cannot create the job's cgroup {}", cgroup.path.display())
+                });
             }
         }
-        let cgroup = JobCgroup { path };
         cgroup.apply(limits)?;
         Ok(Some(cgroup))
     }
 }
 
-/// One job's cgroup.
-#[derive(Clone, Debug)]
-pub struct JobCgroup {
-    pub path: PathBuf,
-}
-
-impl JobCgroup {
-    fn apply(&self, limits: &Limits) -> anyhow::Result<()> {
-        let write = |file: &str, value: String| {
-            std::fs::write(self.path.join(file), &value)
-                .with_context(|| format!("cannot set {file} = {value} on {}", self.path.display()))
-        };
-        if let Some(memory) = limits.memory {
-            write("memory.max", memory.to_string())?;
-            // No swap to hide in: the limit is the limit.
-            let _ = std::fs::write(self.path.join("memory.swap.max"), "0");
-        }
-        if let Some(pids) = limits.pids {
-            write("pids.max", pids.to_string())?;
-        }
-        if let Some(millis) = limits.cpu_millis {
-            const PERIOD_US: u64 = 100_000;
-            write(
-                "cpu.max",
-                format!("{} {PERIOD_US}", u64::from(millis) * PERIOD_US / 1000),
-            )?;
-        }
-        Ok(())
-    }
-
-    /// True while any process is in it.
-    #[must_use]
-    pub fn is_populated(&self) -> bool {
-        std::fs::read_to_string(self.path.join("cgroup.events"))
-            .map(|events| events.lines().any(|l| l.trim() == "populated 1"))
-            .unwrap_or(false)
-    }
-
-    /// SIGKILLs everything in it (`cgroup.kill`).
-    pub fn kill(&self) {
-        if let Err(err) = std::fs::write(self.path.join("cgroup.kill"), "1") {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(cgroup = %self.path.display(), error = %err, "cgroup.kill failed");
-            }
-        }
-    }
-
-    /// Kills everything in it, waits until it is empty, and removes it. False when it did not
-    /// empty in time (it is then left for the next attempt).
-    pub async fn kill_and_remove(&self) -> bool {
-        if !self.path.exists() {
-            return true;
-        }
-        self.kill();
-        let deadline = tokio::time::Instant::now() + EMPTY_TIMEOUT;
-        while self.is_populated() {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::error!(cgroup = %self.path.display(), "the job's cgroup did not empty after cgroup.kill");
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if let Err(err) = std::fs::remove_dir(&self.path) {
-            tracing::warn!(cgroup = %self.path.display(), error = %err, "cannot remove the job's cgroup");
-        }
-        true
-    }
-}
-
 /// The cgroup v2 mount point, from `/proc/self/mountinfo`.
-fn unified_mount() -> Option<PathBuf> {
+pub(crate) fn unified_mount() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     shared::cgroup::unified_mount(&mountinfo).map(PathBuf::from)
 }
 
 /// This process's cgroup v2 path.
-fn own_cgroup() -> Option<String> {
+pub(crate) fn own_cgroup() -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     shared::cgroup::own_cgroup(&text).map(str::to_owned)
 }
@@ -246,4 +186,60 @@ fn read_words(path: &Path) -> BTreeSet<String> {
     std::fs::read_to_string(path)
         .map(|t| t.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default()
+}
+
+/// A scratch cgroup for tests, killed and removed on drop.
+#[cfg(test)]
+pub(crate) struct TestCgroup(JobCgroup);
+
+#[cfg(test)]
+impl TestCgroup {
+    pub(crate) fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    pub(crate) fn cgroup(&self) -> &JobCgroup {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        self.0.kill();
+        let deadline = std::time::Instant::now() + EMPTY_TIMEOUT;
+        while self.0.is_populated() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = std::fs::remove_dir(&self.0.path);
+    }
+}
+
+/// A writable scratch cgroup under this process's own cgroup v2, found as [`Containment`]
+/// finds one. `None` (with the reason printed) where there is none; under `CI=true` a missing
+/// cgroup fails the test instead, so that CI cannot pass without running it.
+#[cfg(test)]
+pub(crate) fn test_cgroup(name: &str) -> Option<TestCgroup> {
+    let made = unified_mount()
+        .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_owned())
+        .and_then(|mount| {
+            let own = own_cgroup().ok_or_else(|| "cannot read /proc/self/cgroup".to_owned())?;
+            let path = mount
+                .join(own.trim_start_matches('/'))
+                .join(format!("t-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir(&path);
+            std::fs::create_dir(&path)
+                .map_err(|err| format!("cannot create {}: {err}", path.display()))?;
+            Ok(TestCgroup(JobCgroup { path }))
+        });
+    match made {
+        Ok(cgroup) => Some(cgroup),
+        Err(reason) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true needs a writable cgroup v2: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("SKIPPED: no writable cgroup v2 ({reason})");
+            None
+        }
+    }
 }

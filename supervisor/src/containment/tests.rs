@@ -1,0 +1,70 @@
+//! Cgroup tests on the real hierarchy (root, cgroup v2); see [`super::test_cgroup`] for when
+//! they skip.
+
+use super::*;
+use std::time::Duration;
+
+/// Starts `sleep 60` and moves it into `cgroup`.
+fn sleeper_in(cgroup: &JobCgroup) -> std::process::Child {
+    let child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("spawn sleep");
+    std::fs::write(cgroup.path.join("cgroup.procs"), child.id().to_string())
+        .expect("move the sleeper into the cgroup");
+    child
+}
+
+#[tokio::test]
+async fn wait_empty_sees_the_cgroup_empty_after_a_kill() {
+    let Some(scratch) = test_cgroup("wait") else {
+        return;
+    };
+    let cgroup = scratch.cgroup();
+    assert!(cgroup.wait_empty(Duration::ZERO).await, "empty at first");
+    let mut child = sleeper_in(cgroup);
+    assert!(cgroup.is_populated());
+    assert!(
+        !cgroup.wait_empty(Duration::from_millis(50)).await,
+        "a populated cgroup is not empty at the deadline"
+    );
+    cgroup.kill();
+    assert!(
+        cgroup.wait_empty(EMPTY_TIMEOUT).await,
+        "inotify reports populated 0 after cgroup.kill"
+    );
+    child.wait().expect("reap");
+}
+
+#[tokio::test]
+async fn create_job_refuses_a_populated_leftover() {
+    let Some(scratch) = test_cgroup("leftover") else {
+        return;
+    };
+    let containment = Containment::Cgroup {
+        base: scratch.path().to_path_buf(),
+        controllers: BTreeSet::new(),
+    };
+    let id = JobId::parse("0123abcd").expect("job id");
+    let limits = Limits::default();
+    let first = containment
+        .create_job(&id, &limits)
+        .expect("create")
+        .expect("cgroup mode");
+    // An empty leftover is taken again.
+    let again = containment
+        .create_job(&id, &limits)
+        .expect("an empty leftover is reused")
+        .expect("cgroup mode");
+    assert_eq!(again.path, first.path);
+    let mut child = sleeper_in(&first);
+    let err = containment
+        .create_job(&id, &limits)
+        .expect_err("a populated leftover is refused");
+    assert!(
+        format!("{err:#}").contains("still holds processes"),
+        "{err:#}"
+    );
+    assert!(first.kill_and_remove().await, "killed and removed");
+    child.wait().expect("reap");
+}
