@@ -1,4 +1,4 @@
-//! Job and task states and their one transition function each (DESIGN.md section 5).
+//! Job and task states and their one transition function each (ARCHITECTURE.md, States).
 //!
 //! ```mermaid
 //! stateDiagram-v2
@@ -254,7 +254,7 @@ impl ExecOutcome {
 mod tests {
     use super::*;
 
-    /// Every (from, to) pair of the task table, as DESIGN.md section 5 lists it.
+    /// Every (from, to) pair of the task table, as ARCHITECTURE.md (States) lists it.
     #[test]
     fn task_table_is_exactly_the_design() {
         use TaskState::*;

@@ -1,22 +1,21 @@
 //! The supervisor: spawns one conductor process per job, supervises it over the job's socket,
 //! and owns the store.
 //!
-//! # Theory of operation
+//! # Theory of operation (ARCHITECTURE.md has the whole picture)
 //!
+//! - [`job`] is the job actor: exactly one owner per job, from `pending` to terminal. The daemon's
+//!   handlers and scheduler, and `supervisor run`, only send it orders ([`job::Jobs::ask`]); it
+//!   alone changes the job's state (compare-and-set in the store) and talks to its conductor:
+//!   launch, write-ahead acknowledgements, the cancellation ladder, reconnection, the end.
+//! - [`store`] is SQLite (WAL) on a thread of its own ([`store::StoreHandle`]): every write one
+//!   immediate transaction, older schemas migrated forward at open.
+//! - [`spawn`] starts a conductor in a new session, born in its cgroup, with the job's listening
+//!   socket as fd 3 and a pidfd from the clone; [`process`] holds the rest of the Linux details:
+//!   `/proc` stat and start times, pidfds, session-mode kills, reaping as a child subreaper.
+//! - [`containment`] is one cgroup v2 per job (or sessions and process groups as a fallback).
+//! - [`session`] is the supervisor's end of a job socket: handshake (versions N and N-1), frames.
+//! - [`daemon`] is the control socket (one handler per request), the scheduler and re-attachment.
 //! - [`state_dir`] lays out the state dir (0700): the store, one socket per job, conductor logs.
-//! - [`store`] is SQLite (WAL, `synchronous=FULL`): the single truth. Every state change goes
-//!   through `shared::state`'s transition functions.
-//! - [`launch`] binds a job's socket (0600) *before* spawning its conductor, which inherits the
-//!   listener as fd 3 ([`process`] spawns it in a new session, so a terminal's Ctrl-C never
-//!   reaches it). Because the conductor owns a listening socket at a known path, a supervisor can
-//!   connect to it again after a restart.
-//! - [`session`] is the supervisor's end of that socket: peer uid check, version handshake, frames.
-//! - [`supervise`] applies the conductor's numbered reports to the store and acknowledges them
-//!   (write-ahead), and runs the cancellation ladder: soft cancel, then at `cancel_timeout`
-//!   SIGKILL of the conductor and every process of the job, with the skipped reverts recorded and
-//!   logged at WARN (`revert skipped`).
-//! - [`process`] holds the Linux details: spawn, `/proc` stat and start time, pidfd exit watch,
-//!   killing a job's process tree, and reaping as a child subreaper.
 //! - [`cli`] is the command line; only it maps outcomes to exit codes.
 
 pub mod cli;

@@ -10,7 +10,7 @@
 //! - The actor alone changes its job's state, and each change is a compare-and-set in the store
 //!   (one immediate transaction, one row changed or refused), so that even a second process
 //!   writing the same store (a `supervisor run` beside the daemon) cannot make two owners.
-//! - The actor alone talks to the job's conductor ([`supervise`]): it applies the conductor's
+//! - The actor alone talks to the job's conductor (`supervise.rs`): it applies the conductor's
 //!   numbered reports (write-ahead acknowledgements), runs the cancellation ladder, reconnects
 //!   with a capped exponential backoff for as long as the conductor lives, and bounds reverts.
 //! - No supervision ends without an end: whatever fails after a spawn, the actor hard-kills the
