@@ -116,23 +116,34 @@ async fn run_job(
             eprintln!("supervisor: {reason}");
         }
     }
-    if matches!(
+    print_pending_reverts(&store, &job_id, state).await?;
+    Ok(exit::for_job_state(state).unwrap_or(exit::INTERNAL))
+}
+
+/// After a hard end or a failed revert: the reverts still to run, and how to run them.
+async fn print_pending_reverts(
+    store: &StoreHandle,
+    job_id: &JobId,
+    state: JobState,
+) -> anyhow::Result<()> {
+    if !matches!(
         state,
         JobState::Killed | JobState::Crashed | JobState::RevertFailed
     ) {
-        let id = job_id.clone();
-        let pending: Vec<String> = pending_reverts(&store.call(move |s| s.tasks(&id)).await?)
-            .into_iter()
-            .map(|t| t.name)
-            .collect();
-        if !pending.is_empty() {
-            println!(
-                "reverts pending: {} (run them later with: supervisor revert {job_id})",
-                pending.join(", ")
-            );
-        }
+        return Ok(());
     }
-    Ok(exit::for_job_state(state).unwrap_or(exit::INTERNAL))
+    let id = job_id.clone();
+    let pending: Vec<String> = pending_reverts(&store.call(move |s| s.tasks(&id)).await?)
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    if !pending.is_empty() {
+        println!(
+            "reverts pending: {} (run them later with: supervisor revert {job_id})",
+            pending.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// How long to wait for the last lines of output to be printed after the job's end.
