@@ -81,14 +81,14 @@ impl Actor {
         };
         if next.is_some() {
             // Counted before the answer, so that the scheduler never overfills.
-            self.jobs.supervision_began();
+            self.jobs.supervision_began(&self.id);
         }
         if let Some(reply) = command.reply {
             let _ = reply.send(answer);
         }
         if let Some(next) = next {
             self.supervise(next).await;
-            self.jobs.supervision_ended();
+            self.jobs.supervision_ended(&self.id);
         }
     }
 
@@ -137,6 +137,9 @@ impl Actor {
     /// is taken up first.
     async fn stop(&mut self, order: Order) -> Result<Option<Next>, OrderError> {
         let row = self.store(|s, id| s.job(id)).await?;
+        if let Some(owner) = foreign_owner(&row) {
+            return leave_to_owner(&self.id, owner, Some(&order));
+        }
         match row.state {
             JobState::Pending => {
                 let end = if matches!(order, Order::Kill { .. }) {

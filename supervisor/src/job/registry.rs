@@ -9,8 +9,8 @@ use shared::ids::JobId;
 use shared::protocol::client::Event;
 use shared::protocol::conductor::JobEvent;
 use shared::state::JobState;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -47,8 +47,11 @@ pub(super) struct Inner {
     actors: Mutex<HashMap<JobId, (u64, mpsc::Sender<Command>)>>,
     generation: AtomicU64,
     tasks: Mutex<JoinSet<()>>,
-    /// Actors that hold a conductor (or are launching one): the scheduler's measure of load.
-    supervising: AtomicUsize,
+    /// Jobs whose actor holds a conductor (or is launching one): the scheduler's measure of
+    /// load, and what `shutdown --cancel` cancels.
+    supervising: Mutex<HashSet<JobId>>,
+    /// Notified each time a supervision ends.
+    ended: Notify,
     /// Wakes the scheduler: a job was queued or a slot freed.
     wake: Notify,
     events: broadcast::Sender<Event>,
@@ -70,7 +73,8 @@ impl Jobs {
                 actors: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 tasks: Mutex::new(JoinSet::new()),
-                supervising: AtomicUsize::new(0),
+                supervising: Mutex::new(HashSet::new()),
+                ended: Notify::new(),
                 wake: Notify::new(),
                 events: broadcast::channel(4096).0,
                 stopping: AtomicBool::new(false),
@@ -166,15 +170,23 @@ impl Jobs {
     /// How many jobs hold (or are starting) a conductor.
     #[must_use]
     pub fn supervising(&self) -> usize {
-        self.inner.supervising.load(Ordering::SeqCst)
+        self.supervised().len()
     }
 
-    pub(super) fn supervision_began(&self) {
-        self.inner.supervising.fetch_add(1, Ordering::SeqCst);
+    fn supervised(&self) -> MutexGuard<'_, HashSet<JobId>> {
+        self.inner
+            .supervising
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(super) fn supervision_ended(&self) {
-        self.inner.supervising.fetch_sub(1, Ordering::SeqCst);
+    pub(super) fn supervision_began(&self, id: &JobId) {
+        self.supervised().insert(id.clone());
+    }
+
+    pub(super) fn supervision_ended(&self, id: &JobId) {
+        self.supervised().remove(id);
+        self.inner.ended.notify_waiters();
         self.wake();
     }
 
@@ -230,12 +242,13 @@ impl Jobs {
     }
 
     /// Stops supervising. With `cancel`, every supervised job is soft-cancelled first and
-    /// awaited (each within its own ladder); without, the conductors keep running for the next
-    /// daemon, and every actor ends at its next await point outside a kill.
+    /// awaited (each within its own ladder; queued jobs stay queued for the next daemon);
+    /// without, the conductors keep running for the next daemon. Then every actor ends at its
+    /// next await point outside a kill.
     pub async fn stop(&self, cancel: bool) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         if cancel {
-            let ids: Vec<JobId> = self.actors().keys().cloned().collect();
+            let ids: Vec<JobId> = self.supervised().iter().cloned().collect();
             for id in ids {
                 let order = Order::Cancel {
                     timeout: None,
@@ -245,9 +258,15 @@ impl Jobs {
                     tracing::debug!(job_id = %id, error = %err, "not cancelled at shutdown");
                 }
             }
-        } else {
-            self.inner.detach.send_replace(true);
+            loop {
+                let ended = self.inner.ended.notified();
+                if self.supervising() == 0 {
+                    break;
+                }
+                ended.await;
+            }
         }
+        self.inner.detach.send_replace(true);
         let mut tasks = std::mem::take(&mut *self.tasks());
         while tasks.join_next().await.is_some() {}
     }
