@@ -29,3 +29,5 @@ pub mod session;
 pub mod spawn;
 pub mod state_dir;
 pub mod store;
+#[cfg(test)]
+mod test_support;

@@ -32,24 +32,12 @@ const OWN_PROCESS: &str = "SUPERVISOR_TEST_JOB_ACTOR";
 /// The actor tests run in a process of their own, one at a time.
 #[test]
 fn job_actor_tests_in_their_own_process() {
-    let me = std::env::current_exe().expect("own test binary");
-    let output = std::process::Command::new(me)
-        .args(["job::tests::actor_", "--test-threads=1"])
-        .env(OWN_PROCESS, "1")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("re-run the test binary");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("test result: ok"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::test_support::run_in_own_process("job::tests::actor_", false, OWN_PROCESS);
 }
 
 /// Whether this process runs the actor tests (see [`OWN_PROCESS`]).
 fn in_own_process() -> bool {
-    std::env::var_os(OWN_PROCESS).is_some()
+    crate::test_support::in_own_process(OWN_PROCESS)
 }
 
 /// Longer than any test: a wait that reaches it is a failure, not a hang.
@@ -133,6 +121,13 @@ impl Harness {
 
     fn listen(&self) -> UnixListener {
         UnixListener::bind(&self.socket).expect("bind the job socket")
+    }
+
+    /// Adopts the job and accepts the supervisor's first connection.
+    async fn attach(&self) -> FakeConductor {
+        let listener = self.listen();
+        self.adopt().await;
+        FakeConductor::accept(listener, self).await
     }
 
     async fn adopt(&self) {
@@ -229,11 +224,13 @@ fn wait_ignoring_usr1(pid: i32) {
 struct FakeConductor {
     stream: UnixStream,
     seq: u64,
+    /// Kept open: the supervision may connect again.
+    _listener: UnixListener,
 }
 
 impl FakeConductor {
     /// Accepts the supervisor's connection and answers its hello.
-    async fn accept(listener: &UnixListener, h: &Harness) -> Self {
+    async fn accept(listener: UnixListener, h: &Harness) -> Self {
         let (mut stream, _) = tokio::time::timeout(NEVER, listener.accept())
             .await
             .expect("the supervisor never connected")
@@ -251,7 +248,11 @@ impl FakeConductor {
         write_frame(&mut stream, &FromConductor::Hello(hello))
             .await
             .expect("hello");
-        Self { stream, seq: 0 }
+        Self {
+            stream,
+            seq: 0,
+            _listener: listener,
+        }
     }
 
     /// Sends the next numbered report.
@@ -319,9 +320,7 @@ async fn actor_a_cancel_reaches_the_conductor_and_its_reverted_end_is_recorded()
         return;
     }
     let mut h = Harness::new(SPEC);
-    let listener = h.listen();
-    h.adopt().await;
-    let mut fake = FakeConductor::accept(&listener, &h).await;
+    let mut fake = h.attach().await;
     fake.write_ahead(starting(0, Phase::Execute)).await;
     h.jobs
         .ask(
@@ -356,9 +355,7 @@ async fn actor_the_kill_timer_fires_at_cancel_timeout_when_the_conductor_ignores
         return;
     }
     let mut h = Harness::new(SPEC);
-    let listener = h.listen();
-    h.adopt().await;
-    let mut fake = FakeConductor::accept(&listener, &h).await;
+    let mut fake = h.attach().await;
     fake.write_ahead(starting(0, Phase::Execute)).await;
     let asked = Instant::now();
     let cancel = Order::Cancel {
@@ -394,9 +391,7 @@ async fn actor_a_kill_order_ends_the_job_at_once_and_a_second_one_is_refused() {
         return;
     }
     let mut h = Harness::new(SPEC);
-    let listener = h.listen();
-    h.adopt().await;
-    let mut fake = FakeConductor::accept(&listener, &h).await;
+    let mut fake = h.attach().await;
     fake.write_ahead(starting(0, Phase::Execute)).await;
     let asked = Instant::now();
     let kill = || Order::Kill {
@@ -421,9 +416,7 @@ async fn actor_start_revert_and_resume_are_refused_while_a_conductor_lives() {
         return;
     }
     let h = Harness::new(SPEC);
-    let listener = h.listen();
-    h.adopt().await;
-    let _fake = FakeConductor::accept(&listener, &h).await;
+    let _fake = h.attach().await;
     let reason = || "test".to_owned();
     for order in [
         Order::Start,
@@ -449,7 +442,7 @@ async fn actor_a_conductor_unreachable_at_reattach_is_retried_with_backoff_until
     tokio::time::sleep(Duration::from_secs(60)).await;
     let listener = h.listen();
     let bound = Instant::now();
-    let _fake = FakeConductor::accept(&listener, &h).await;
+    let _fake = FakeConductor::accept(listener, &h).await;
     assert!(
         bound.elapsed() <= super::ladder::RECONNECT_MAX,
         "reconnected {:?} after the conductor became reachable",
@@ -464,9 +457,7 @@ async fn actor_a_silent_conductor_is_marked_unresponsive_then_responsive_again()
         return;
     }
     let h = Harness::new(SPEC);
-    let listener = h.listen();
-    h.adopt().await;
-    let mut fake = FakeConductor::accept(&listener, &h).await;
+    let mut fake = h.attach().await;
     tokio::time::sleep(Duration::from_secs(31)).await;
     assert!(
         h.job().await.unresponsive_ms.is_some(),
@@ -488,9 +479,7 @@ async fn actor_a_conductor_that_dies_without_an_end_leaves_the_job_crashed() {
         return;
     }
     let mut h = Harness::new(SPEC);
-    let listener = h.listen();
-    h.adopt().await;
-    let mut fake = FakeConductor::accept(&listener, &h).await;
+    let mut fake = h.attach().await;
     fake.write_ahead(starting(0, Phase::Execute)).await;
     h.conductor_exits();
     h.wait_state(JobState::Crashed).await;
@@ -503,9 +492,7 @@ async fn actor_a_failure_revert_is_bounded_by_the_kill_timer() {
         return;
     }
     let h = Harness::new(SPEC);
-    let listener = h.listen();
-    h.adopt().await;
-    let mut fake = FakeConductor::accept(&listener, &h).await;
+    let mut fake = h.attach().await;
     fake.write_ahead(starting(0, Phase::Execute)).await;
     fake.report(finished(0, Phase::Execute, true)).await;
     let began = Instant::now();
@@ -544,9 +531,7 @@ async fn actor_a_cancel_timeout_not_longer_than_term_grace_is_refused() {
         return;
     }
     let h = Harness::new(SPEC);
-    let listener = h.listen();
-    h.adopt().await;
-    let _fake = FakeConductor::accept(&listener, &h).await;
+    let _fake = h.attach().await;
     let cancel = Order::Cancel {
         timeout: Some(Duration::from_millis(500)),
         reason: "test".into(),

@@ -342,22 +342,10 @@ mod tests {
 
     #[test]
     fn kill_job_kills_the_job_and_never_a_stranger() {
-        let me = std::env::current_exe().expect("own test binary");
-        let output = std::process::Command::new(me)
-            .args([
-                "--exact",
-                "process::kill::tests::kill_job_helper",
-                "--test-threads=1",
-            ])
-            .env(KILL_HELPER, "1")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("re-run the test binary");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains("1 passed"),
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
+        crate::test_support::run_in_own_process(
+            "process::kill::tests::kill_job_helper",
+            true,
+            KILL_HELPER,
         );
     }
 }

@@ -135,22 +135,10 @@ fn low_fd_sources_helper() {
 
 #[test]
 fn descriptors_numbered_0_to_3_are_placed_right() {
-    let me = std::env::current_exe().expect("own test binary");
-    let output = std::process::Command::new(me)
-        .args([
-            "--exact",
-            "spawn::tests::low_fd_sources_helper",
-            "--test-threads=1",
-        ])
-        .env(LOW_FDS_HELPER, "1")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("re-run the test binary");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+    crate::test_support::run_in_own_process(
+        "spawn::tests::low_fd_sources_helper",
+        true,
+        LOW_FDS_HELPER,
     );
 }
 
