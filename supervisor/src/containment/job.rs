@@ -16,6 +16,10 @@ use tokio::time::Instant;
 pub const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often to read `cgroup.events` when inotify is unavailable (out of inotify instances).
 const FALLBACK_POLL: Duration = Duration::from_millis(10);
+/// The kernel's minimum interval between two notifications of one cgroup file.
+const NOTIFY_MIN_INTERVAL: Duration = Duration::from_millis(20);
+/// The first pause between the quick reads of `cgroup.events` (doubled each time).
+const QUICK_LOOK_FIRST: Duration = Duration::from_micros(250);
 
 /// One job's cgroup.
 #[derive(Clone, Debug)]
@@ -98,14 +102,28 @@ impl JobCgroup {
                 }
             })
             .ok();
+        // The kernel sends at most one `cgroup.events` notification per file every 20 ms
+        // (CGROUP_FILE_NOTIFY_MIN_INTV): the `populated 0` of a job that started less than
+        // 20 ms ago comes late. A few quick reads over those first 20 ms catch the common case
+        // at once; after that, the notification alone is timely.
+        let mut quick_look = QUICK_LOOK_FIRST;
+        let quick_until = Instant::now() + NOTIFY_MIN_INTERVAL;
         loop {
             if !self.is_populated() {
                 return true;
             }
+            let look_again = (Instant::now() < quick_until).then(|| {
+                let pause = quick_look;
+                quick_look *= 2;
+                pause
+            });
             let changed = async {
-                match &watch {
-                    Some(watch) => watch.changed().await,
-                    None => tokio::time::sleep(FALLBACK_POLL).await,
+                match (&watch, look_again) {
+                    (Some(watch), Some(pause)) => {
+                        let _ = tokio::time::timeout(pause, watch.changed()).await;
+                    }
+                    (Some(watch), None) => watch.changed().await,
+                    (None, _) => tokio::time::sleep(FALLBACK_POLL).await,
                 }
             };
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
