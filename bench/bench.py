@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import platform
 import resource
 import select
@@ -561,7 +562,11 @@ def job_log_marks(daemon, job):
                 parts = line.split(None, 2)
                 if len(parts) < 3 or not parts[0].endswith("Z"):
                     continue
-                msg = parts[2].split(" job_id=")[0].strip()
+                msg = parts[2]
+                # A span prefix (`job{job_id=...}: `) comes before the message; fields after it.
+                if msg.startswith("job{") and "}: " in msg:
+                    msg = msg.split("}: ", 1)[1]
+                msg = re.split(r" \w+=", msg, maxsplit=1)[0].strip()
                 marks.append((iso_ns(parts[0]), "daemon", msg, None))
     with contextlib.suppress(OSError):
         with open(os.path.join(daemon.dir, "logs", f"{job}.log"), errors="replace") as f:

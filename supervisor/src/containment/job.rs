@@ -92,9 +92,26 @@ impl JobCgroup {
 
     /// Waits until no process is in it (`populated 0`, or the cgroup is gone), at most
     /// `timeout`; true if it is empty.
+    ///
+    /// Most waits are over at once (a conductor that ended has emptied its cgroup) or within a
+    /// few milliseconds (the kernel delivering a `cgroup.kill`): a few quick reads over the
+    /// first [`NOTIFY_MIN_INTERVAL`] see those. Only a longer wait sets up an inotify watch on
+    /// `cgroup.events`: it costs a blocking close of several milliseconds (the kernel waits for
+    /// a grace period), done on a blocking thread; and the kernel sends at most one
+    /// notification per file every 20 ms (CGROUP_FILE_NOTIFY_MIN_INTV), so a watch alone would
+    /// make a short job's end late.
     pub async fn wait_empty(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        // Watching before the first read: a change between the read and the wait is not lost.
+        let quick_until = (Instant::now() + NOTIFY_MIN_INTERVAL).min(deadline);
+        let mut pause = QUICK_LOOK_FIRST;
+        while Instant::now() < quick_until {
+            if !self.is_populated() {
+                return true;
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        // Watching before the next read: a change between the read and the wait is not lost.
         let watch = EventsWatch::new(&self.path.join("cgroup.events"))
             .inspect_err(|err| {
                 if err.kind() != std::io::ErrorKind::NotFound {
@@ -102,34 +119,24 @@ impl JobCgroup {
                 }
             })
             .ok();
-        // The kernel sends at most one `cgroup.events` notification per file every 20 ms
-        // (CGROUP_FILE_NOTIFY_MIN_INTV): the `populated 0` of a job that started less than
-        // 20 ms ago comes late. A few quick reads over those first 20 ms catch the common case
-        // at once; after that, the notification alone is timely.
-        let mut quick_look = QUICK_LOOK_FIRST;
-        let quick_until = Instant::now() + NOTIFY_MIN_INTERVAL;
-        loop {
+        let empty = loop {
             if !self.is_populated() {
-                return true;
+                break true;
             }
-            let look_again = (Instant::now() < quick_until).then(|| {
-                let pause = quick_look;
-                quick_look *= 2;
-                pause
-            });
             let changed = async {
-                match (&watch, look_again) {
-                    (Some(watch), Some(pause)) => {
-                        let _ = tokio::time::timeout(pause, watch.changed()).await;
-                    }
-                    (Some(watch), None) => watch.changed().await,
-                    (None, _) => tokio::time::sleep(FALLBACK_POLL).await,
+                match &watch {
+                    Some(watch) => watch.changed().await,
+                    None => tokio::time::sleep(FALLBACK_POLL).await,
                 }
             };
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return !self.is_populated();
+                break !self.is_populated();
             }
+        };
+        if let Some(watch) = watch {
+            tokio::task::spawn_blocking(move || drop(watch));
         }
+        empty
     }
 
     /// Kills everything in it, waits until it is empty, and removes it. False when it did not
@@ -143,7 +150,12 @@ impl JobCgroup {
             tracing::error!(cgroup = %self.path.display(), "the job's cgroup did not empty after cgroup.kill");
             return false;
         }
-        if let Err(err) = std::fs::remove_dir(&self.path) {
+        // rmdir waits in the kernel until the conductor's zombie is released, which needs our
+        // reaper to run: never on an async worker (the reaper's wake-up may sit in this
+        // worker's slot), always on a blocking thread.
+        let path = self.path.clone();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir(path)).await;
+        if let Ok(Err(err)) | Err(err) = removed.map_err(std::io::Error::other) {
             tracing::warn!(cgroup = %self.path.display(), error = %err, "cannot remove the job's cgroup");
         }
         true

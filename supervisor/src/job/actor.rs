@@ -105,14 +105,23 @@ impl Actor {
         }
         match order {
             Order::Start => {
-                if foreign_owner(&self.store(|s, id| s.job(id)).await?).is_some() {
+                // One store call: the owner check and the compare-and-set.
+                let started = self
+                    .store(|s, id| {
+                        let owner = foreign_owner(&s.job(id)?);
+                        if owner.is_none() {
+                            s.transition_job(id, &[JobState::Pending], JobState::Running, None)?;
+                        }
+                        Ok(owner)
+                    })
+                    .await?;
+                if started.is_some() {
                     return Err(OrderError::WrongState(format!(
                         "job {} belongs to a `supervisor run`",
                         self.id
                     )));
                 }
-                self.transition(&[JobState::Pending], JobState::Running, None)
-                    .await?;
+                self.jobs.publish_state(&self.id, JobState::Running);
                 Ok(Some(Next::Launch(Purpose::Execute)))
             }
             Order::Revert { reason } => {

@@ -76,9 +76,17 @@ impl Launcher {
         job_id: &JobId,
         purpose: Purpose,
     ) -> anyhow::Result<Launched> {
+        // One store call: the plan, and how the job is contained (recorded before the spawn, so
+        // that a restarted daemon finds the cgroup of a conductor it never heard of).
         let plan = {
-            let id = job_id.clone();
-            store.call(move |s| plan(s, &id, purpose)).await?
+            let (id, mode) = (job_id.clone(), self.containment.mode());
+            let path = self.containment.job_cgroup(job_id).map(|c| c.path);
+            store
+                .call(move |s| {
+                    s.set_containment(&id, mode, path.as_deref())?;
+                    plan(s, &id, purpose)
+                })
+                .await?
         };
         let socket = self.state_dir.socket(job_id);
         let _ = std::fs::remove_file(&socket);
@@ -92,16 +100,6 @@ impl Launcher {
             conductor: None,
             cgroup: cgroup.clone(),
         };
-        {
-            let (id, mode, path) = (
-                job_id.clone(),
-                self.containment.mode(),
-                cgroup.as_ref().map(|c| c.path.clone()),
-            );
-            store
-                .call(move |s| s.set_containment(&id, mode, path.as_deref()))
-                .await?;
-        }
         let config = SpawnConfig::new(
             &worker.program,
             &worker.conductor_args(job_id.as_str()),

@@ -251,8 +251,11 @@ impl Supervision {
                 }
             }
         }
+        tracing::debug!(pid = self.conductor.id.pid, "conductor exited");
         self.drain_after_exit().await;
+        tracing::debug!("last reports drained");
         self.clean_up().await;
+        tracing::debug!("conductor cleaned up");
         self.record_outcome().await;
     }
 
