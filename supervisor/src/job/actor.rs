@@ -79,17 +79,18 @@ impl Actor {
             Ok(next) => (Ok(()), next),
             Err(err) => (Err(err), None),
         };
-        if next.is_some() {
-            // Counted before the answer, so that the scheduler never overfills.
-            self.jobs.supervision_began(&self.id);
-        }
+        // Counted before the answer, so that the scheduler never overfills; uncounted when the
+        // supervision ends, even by a panic.
+        let counted = next
+            .is_some()
+            .then(|| Supervising::new(&self.jobs, &self.id));
         if let Some(reply) = command.reply {
             let _ = reply.send(answer);
         }
         if let Some(next) = next {
             self.supervise(next).await;
-            self.jobs.supervision_ended(&self.id);
         }
+        drop(counted);
     }
 
     /// Carries out `order` on a job that no conductor serves for this actor yet.
@@ -263,5 +264,27 @@ fn leave_to_owner(
         Some(_) => Err(OrderError::WrongState(format!(
             "job {id} is supervised by `supervisor run` (pid {owner}): stop it there (Ctrl-C cancels, a second Ctrl-C kills)"
         ))),
+    }
+}
+
+/// A job counted among the supervised ones for as long as this lives.
+struct Supervising {
+    jobs: Jobs,
+    id: JobId,
+}
+
+impl Supervising {
+    fn new(jobs: &Jobs, id: &JobId) -> Self {
+        jobs.supervision_began(id);
+        Self {
+            jobs: jobs.clone(),
+            id: id.clone(),
+        }
+    }
+}
+
+impl Drop for Supervising {
+    fn drop(&mut self) {
+        self.jobs.supervision_ended(&self.id);
     }
 }
