@@ -182,6 +182,14 @@ pub(crate) fn own_cgroup() -> Option<String> {
     shared::cgroup::own_cgroup(&text).map(str::to_owned)
 }
 
+/// The cgroup (absolute path under the unified mount) process `pid` is in now, if it lives.
+#[must_use]
+pub fn cgroup_of(pid: i32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let relative = shared::cgroup::own_cgroup(&text)?;
+    Some(unified_mount()?.join(relative.trim_start_matches('/')))
+}
+
 fn read_words(path: &Path) -> BTreeSet<String> {
     std::fs::read_to_string(path)
         .map(|t| t.split_whitespace().map(str::to_owned).collect())
