@@ -113,6 +113,10 @@ pub enum ErrorCode {
     /// The daemon refuses new work (shutting down, or the store is full).
     Unavailable,
     Internal,
+    /// The client's uid is neither the daemon's nor root's. Added after version 2's first
+    /// release, at the end so that every other code keeps its wire number; an older CLI cannot
+    /// decode it (it reports a malformed answer, and still fails).
+    PermissionDenied,
 }
 
 /// One line of `ls`.

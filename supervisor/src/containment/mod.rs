@@ -137,7 +137,7 @@ impl Containment {
     pub fn job_cgroup(&self, id: &JobId) -> Option<JobCgroup> {
         match self {
             Self::Cgroup { base, .. } => Some(JobCgroup {
-                path: base.join(format!("job-{id}")),
+                path: base.join(job_cgroup_name(id)),
             }),
             Self::Session { .. } => None,
         }
@@ -152,7 +152,7 @@ impl Containment {
         };
         self.check(limits).map_err(anyhow::Error::msg)?;
         let cgroup = JobCgroup {
-            path: base.join(format!("job-{id}")),
+            path: base.join(job_cgroup_name(id)),
         };
         match std::fs::create_dir(&cgroup.path) {
             Ok(()) => {}
@@ -168,6 +168,11 @@ impl Containment {
         cgroup.apply(limits)?;
         Ok(Some(cgroup))
     }
+}
+
+/// `job-ID`: the id checked as a path component ([`crate::state_dir::path_component`]).
+fn job_cgroup_name(id: &JobId) -> String {
+    format!("job-{}", crate::state_dir::path_component(id))
 }
 
 /// The cgroup v2 mount point, from `/proc/self/mountinfo`.

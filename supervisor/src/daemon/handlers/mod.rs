@@ -47,7 +47,7 @@ pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
             "client refused: another user"
         );
         let refusal = ClientReply::Error {
-            code: ErrorCode::InvalidRequest,
+            code: ErrorCode::PermissionDenied,
             message: format!("permission denied: this daemon serves uid {ours} (and root) only"),
         };
         let _ = write_frame(&mut stream, &refusal).await;
