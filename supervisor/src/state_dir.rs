@@ -113,6 +113,14 @@ pub fn path_component(id: &JobId) -> String {
         .collect()
 }
 
+/// A non-blocking `flock`; true when taken.
+#[must_use]
+pub fn try_flock(file: &std::fs::File, mode: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) == 0 }
+}
+
 #[cfg(test)]
 mod id_tests {
     use super::*;
@@ -130,12 +138,4 @@ mod id_tests {
         let log = dir.conductor_log(&bad);
         assert_eq!(log.parent(), Some(Path::new("/s/logs")));
     }
-}
-
-/// A non-blocking `flock`; true when taken.
-#[must_use]
-pub fn try_flock(file: &std::fs::File, mode: libc::c_int) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own; no memory is passed.
-    unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) == 0 }
 }

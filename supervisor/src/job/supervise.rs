@@ -670,6 +670,7 @@ impl Supervision {
                 }
             }
         }
+        remove_socket(&self.conductor.socket);
         let id = self.id.clone();
         if let Err(err) = self
             .jobs
@@ -781,6 +782,18 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, end: JobState, reason: &
 
 /// A live job whose conductor is gone while nobody watched: whatever it left is killed, and the
 /// job is `crashed` with its pending reverts.
+/// The job's socket file, once its conductor (the only process listening on it) is gone: the
+/// file would otherwise stay for ever, one per job.
+fn remove_socket(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove the job's socket")
+        }
+    }
+}
+
 pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
     if let Some(path) = &row.cgroup {
         JobCgroup { path: path.clone() }.kill_and_remove().await;
@@ -796,6 +809,7 @@ pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
         "the conductor died while no supervisor watched",
     )
     .await;
+    remove_socket(&jobs.state_dir().socket(&row.id));
     let id = row.id.clone();
     if let Err(err) = jobs
         .store()

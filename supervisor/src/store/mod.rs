@@ -20,6 +20,7 @@ mod actor;
 mod migrate;
 mod queries;
 mod reports;
+mod retention;
 mod transitions;
 
 pub use actor::StoreHandle;
@@ -167,6 +168,9 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self> {
         let mut conn = Connection::open(dir.join("state.db"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Before anything else: it only takes effect on a database without tables (a fresh
+        // store); see `retention.rs` for why incremental.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
