@@ -391,3 +391,28 @@ fn hole7_a_daemon_alone_in_its_cgroup_moves_into_a_leaf_and_jobs_go_beside_it() 
     });
     sigkill_run(&mut daemon);
 }
+
+/// Hole 1: a task holds only descriptors 0, 1 and 2 (not the job's listening socket, nor
+/// anything else of the conductor's).
+#[test]
+fn hole1_a_task_sees_only_descriptors_0_1_2() {
+    let env = TestEnv::new();
+    let _daemon = start_daemon(&env, &[]);
+    let file = job(
+        &env,
+        "fds",
+        "",
+        // `ls` runs as a child of the shell and lists the shell's descriptors, not its own.
+        "[[task]]\nname = \"list\"\nrun = 'ls -l /proc/$$/fd/'\n",
+    );
+    let id = submit_at(&env, &env.state_dir(), &file);
+    wait_state(&env, &id, "success");
+    let (code, out, err) = cli(&env, &["logs", &id]);
+    assert_eq!(code, 0, "{err}");
+    // `... 64 Dec  3 06:55 0 -> /dev/null`: the name before the arrow.
+    let fds: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once(" -> ")?.0.split_whitespace().last())
+        .collect();
+    assert_eq!(fds, ["0", "1", "2"], "{out}");
+}
