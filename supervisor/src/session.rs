@@ -174,6 +174,12 @@ impl Drop for ConductorLink {
     }
 }
 
+/// The job actor's unit tests (in a process of their own) answer for a stand-in conductor (a
+/// `sleep`) from the test process itself, and set this to be let in. Test builds only.
+#[cfg(test)]
+pub(crate) static TRUST_OWN_PROCESS_IN_TESTS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Refuses an answer that does not come from the job's conductor: the kernel-checked sender
 /// must be `expected`'s pid, and that pid must still be the process started at `expected`'s
 /// start time (not a reused pid). Logged at WARN with the pids: it is an attack or a bug.
@@ -184,6 +190,10 @@ fn authenticate(
     expected: ConductorId,
 ) -> anyhow::Result<()> {
     let genuine = sender.pid() == expected.pid && ConductorId::of(sender.pid()) == Some(expected);
+    #[cfg(test)]
+    let genuine = genuine
+        || (TRUST_OWN_PROCESS_IN_TESTS.load(std::sync::atomic::Ordering::SeqCst)
+            && u32::try_from(sender.pid()).is_ok_and(|pid| pid == std::process::id()));
     if genuine {
         return Ok(());
     }
