@@ -361,26 +361,6 @@ impl Store {
             }
         })
     }
-
-    /// The job's output lines after the line numbered `after_id`, in order.
-    pub fn output(&self, id: &JobId, after_id: i64) -> Result<Vec<OutputLine>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, task_idx, phase, stream, line FROM output WHERE job_id = ?1 AND id > ?2 ORDER BY id",
-        )?;
-        let rows = stmt
-            .query_map(params![id.as_str(), after_id], |row| {
-                Ok(OutputLine {
-                    id: row.get(0)?,
-                    task: row.get(1)?,
-                    phase: row.get(2)?,
-                    stream: row.get(3)?,
-                    line: row.get(4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
-    }
 }
 
 /// Moves the WAL into the database and truncates it.
