@@ -175,16 +175,14 @@ fn wait_server_up(env: &TestEnv, server: &Server) -> i32 {
     })
 }
 
-/// One scenario: the server started by a task, the job ended by `end`, nothing left.
-fn scenario(server: &Server, mode: Mode, end: End) {
-    let env = TestEnv::new();
-    let mut supervisor = daemon(&env, mode);
+/// The job file: a task that starts the server and returns once its pid file is written
+/// (after it forked away), then `check` (a normal end) or `hold` (a long step to end early).
+fn job_file(env: &TestEnv, server: &Server, end: End) -> PathBuf {
     let hold = if matches!(end, End::Normal) {
         "[[task]]\nname = \"check\"\nrun = \"true\"\n"
     } else {
         "[[task]]\nname = \"hold\"\nrun = \"sleep 300\"\n"
     };
-    // The start task returns once the server has written its pid file (after it forked away).
     let start = format!(
         "{} && for i in $(seq 400); do test -s {pid} && exit 0; sleep 0.05; done; exit 1",
         (server.start)(env.dir()),
@@ -196,37 +194,37 @@ fn scenario(server: &Server, mode: Mode, end: End) {
         env.marker(),
         start.replace('"', "\\\""),
     );
-    let file = env.write("job.toml", &contents);
-    let id = submit_at(&env, &env.state_dir(), &file);
-    let server_pid = if matches!(end, End::Normal) {
-        None
-    } else {
-        Some(wait_server_up(&env, server))
-    };
-    let wait_hold = || {
+    env.write("job.toml", &contents)
+}
+
+/// Ends the job as `end` says (the `hold` step running first); returns the state expected.
+fn end_job(env: &TestEnv, id: &str, end: End, mode: Mode, supervisor: &mut Run) -> &'static str {
+    if !matches!(end, End::Normal) {
         wait_for(DEADLINE, "the hold task to run", || {
-            let s = status(&env, &id);
-            let running = s["tasks"][1]["state"] == "running";
-            if running { Ok(()) } else { Err(s) }
+            let s = status(env, id);
+            if s["tasks"][1]["state"] == "running" {
+                Ok(())
+            } else {
+                Err(s)
+            }
         });
+    }
+    let order = |verb: &str, code: i32| {
+        let (got, _, err) = cli(env, &[verb, id, "--wait"]);
+        assert_eq!(got, code, "{verb}: {err}");
     };
-    let expected = match end {
+    match end {
         End::Normal => "success",
         End::Cancel => {
-            wait_hold();
-            let (code, _, err) = cli(&env, &["cancel", &id, "--wait"]);
-            assert_eq!(code, 3, "{err}");
+            order("cancel", 3);
             "cancelled"
         }
         End::Kill => {
-            wait_hold();
-            let (code, _, err) = cli(&env, &["kill", &id, "--wait"]);
-            assert_eq!(code, 4, "{err}");
+            order("kill", 4);
             "killed"
         }
         End::ConductorSigkill => {
-            wait_hold();
-            let conductor = status(&env, &id)["conductor_pid"]
+            let conductor = status(env, id)["conductor_pid"]
                 .as_i64()
                 .and_then(|p| i32::try_from(p).ok())
                 .expect("a conductor pid");
@@ -234,14 +232,25 @@ fn scenario(server: &Server, mode: Mode, end: End) {
             "crashed"
         }
         End::RestartThenKill => {
-            wait_hold();
-            sigkill_run(&mut supervisor);
-            supervisor = daemon(&env, mode);
-            let (code, _, err) = cli(&env, &["kill", &id, "--wait"]);
-            assert_eq!(code, 4, "{err}");
+            sigkill_run(supervisor);
+            *supervisor = daemon(env, mode);
+            order("kill", 4);
             "killed"
         }
+    }
+}
+
+/// One scenario: the server started by a task, the job ended by `end`, nothing left.
+fn scenario(server: &Server, mode: Mode, end: End) {
+    let env = TestEnv::new();
+    let mut supervisor = daemon(&env, mode);
+    let id = submit_at(&env, &env.state_dir(), &job_file(&env, server, end));
+    let server_pid = if matches!(end, End::Normal) {
+        None
+    } else {
+        Some(wait_server_up(&env, server))
     };
+    let expected = end_job(&env, &id, end, mode, &mut supervisor);
     wait_for(LONG_DEADLINE, &format!("job {id} {expected}"), || {
         let s = status(&env, &id);
         if s["state"] == expected {
@@ -250,27 +259,24 @@ fn scenario(server: &Server, mode: Mode, end: End) {
             Err(s)
         }
     });
-    wait_for(
-        GONE_DEADLINE,
-        &format!(
-            "every {} process to be gone ({mode:?}, {end:?})",
-            server.name
-        ),
-        || {
-            let left = server.processes(&env);
-            // The pid file outlives a SIGKILLed server: the pid it names must be gone too.
-            let named = server_pid.or_else(|| {
-                std::fs::read_to_string(server.pid_file(env.dir()))
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-            });
-            if left.is_empty() && !named.is_some_and(tests::is_alive) {
-                Ok(())
-            } else {
-                Err(left)
-            }
-        },
+    let what = format!(
+        "every {} process to be gone ({mode:?}, {end:?})",
+        server.name
     );
+    wait_for(GONE_DEADLINE, &what, || {
+        let left = server.processes(&env);
+        // The pid file outlives a SIGKILLed server: the pid it names must be gone too.
+        let named = server_pid.or_else(|| {
+            std::fs::read_to_string(server.pid_file(env.dir()))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+        });
+        if left.is_empty() && !named.is_some_and(tests::is_alive) {
+            Ok(())
+        } else {
+            Err(left)
+        }
+    });
     // The daemon carries the test's owner marker too: gone first, then nothing of the job.
     sigkill_run(&mut supervisor);
     env.assert_no_job_process_left();
