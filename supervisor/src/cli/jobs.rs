@@ -468,3 +468,26 @@ fn unexpected(reply: &ClientReply) -> Failure {
         format!("unexpected answer from the daemon: {reply:?}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_ages_take_days_then_the_usual_units() {
+        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert_eq!(
+            parse_age("1d12h"),
+            Ok(Duration::from_secs(86400 + 12 * 3600))
+        );
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(90 * 60)));
+        assert_eq!(parse_age("0s"), Ok(Duration::ZERO));
+        assert!(parse_age("d").is_err());
+        assert!(parse_age("3x").is_err());
+        assert!(parse_finished_state("running").is_err());
+        assert_eq!(
+            parse_finished_state("killed"),
+            Ok(shared::state::JobState::Killed)
+        );
+    }
+}
