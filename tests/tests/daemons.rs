@@ -240,9 +240,23 @@ fn end_job(env: &TestEnv, id: &str, end: End, mode: Mode, supervisor: &mut Run) 
     }
 }
 
+/// Kills the server's processes of this test when dropped: a failing test must not leave a
+/// server behind (redis rewrites its environment area with its title, so the test env's
+/// marker scan would miss it).
+struct Reap<'a>(&'a Server, &'a TestEnv);
+
+impl Drop for Reap<'_> {
+    fn drop(&mut self) {
+        for pid in self.0.processes(self.1) {
+            send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// One scenario: the server started by a task, the job ended by `end`, nothing left.
 fn scenario(server: &Server, mode: Mode, end: End) {
     let env = TestEnv::new();
+    let _reap = Reap(server, &env);
     let mut supervisor = daemon(&env, mode);
     let id = submit_at(&env, &env.state_dir(), &job_file(&env, server, end));
     let server_pid = if matches!(end, End::Normal) {
