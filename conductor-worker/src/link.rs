@@ -3,9 +3,7 @@
 
 use anyhow::{Context, bail};
 use shared::ids::JobId;
-use shared::protocol::codec::{
-    FrameResult, encode_frame, read_frame, spawn_frame_reader_with, write_frame,
-};
+use shared::protocol::codec::{FrameResult, encode_frame, read_frame, spawn_frame_reader_with};
 use shared::protocol::conductor::{
     ConductorHello, FromConductor, JobEvent, JobPlan, Report, ToConductor,
 };
@@ -205,10 +203,9 @@ impl Server {
         }
     }
 
-    async fn session(&mut self, stream: UnixStream) -> anyhow::Result<()> {
-        let (mut reader, mut writer) = stream.into_split();
+    async fn session(&mut self, mut stream: UnixStream) -> anyhow::Result<()> {
         let hello: Option<ToConductor> =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut reader))
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream))
                 .await
                 .context("no handshake in time")??;
         let version = match &hello {
@@ -222,7 +219,8 @@ impl Server {
             pid: std::process::id(),
             has_plan: self.plan.is_none(),
         };
-        write_frame(&mut writer, &FromConductor::Hello(ours)).await?;
+        send_with_credentials(&stream, &encode_frame(&FromConductor::Hello(ours))?).await?;
+        let (reader, mut writer) = stream.into_split();
         match hello {
             Some(ToConductor::Hello(theirs)) if version.is_none() => {
                 bail!(
@@ -343,6 +341,37 @@ impl Server {
     }
 }
 
+/// Sends `frame` with this process's `SCM_CREDENTIALS`: the supervisor authenticates the
+/// conductor by the kernel-checked pid of its hello (ARCHITECTURE.md, Security). The kernel
+/// would attach them anyway to a receiver that set `SO_PASSCRED`; sending them explicitly says
+/// so here and does not depend on it.
+async fn send_with_credentials(stream: &UnixStream, frame: &[u8]) -> anyhow::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixCredentials, sendmsg};
+    use std::os::fd::AsRawFd;
+    let creds = UnixCredentials::new();
+    let mut sent = 0;
+    while sent < frame.len() {
+        stream.writable().await?;
+        let chunk = &frame[sent..];
+        let written = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[std::io::IoSlice::new(chunk)],
+                &[ControlMessage::ScmCredentials(&creds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match written {
+            Ok(written) => sent += written,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err).context("cannot send the hello"),
+        }
+    }
+    Ok(())
+}
+
 /// Only our own user or root may talk to the conductor.
 fn check_peer(stream: &UnixStream) -> anyhow::Result<()> {
     let creds = stream
@@ -363,7 +392,7 @@ fn check_peer(stream: &UnixStream) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::protocol::codec::decode_body;
+    use shared::protocol::codec::{decode_body, write_frame};
     use shared::protocol::conductor::{MAX_LINE_LEN, Phase, PlanAction, PriorTask, Stream};
     use shared::protocol::{MIN_PROTOCOL_VERSION, conductor::SupervisorHello};
     use shared::spec::JobSpec;

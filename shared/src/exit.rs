@@ -21,6 +21,8 @@ pub const DAEMON_NOT_RUNNING: i32 = 7;
 /// The request does not fit the job's state (e.g. `revert` of a live job), or the daemon refuses
 /// new work.
 pub const REFUSED: i32 = 8;
+/// The daemon refused the client: its uid is neither the daemon's nor root's.
+pub const PERMISSION_DENIED: i32 = 9;
 /// Another error (store, spawn, I/O) kept the command from doing its work.
 pub const INTERNAL: i32 = 10;
 

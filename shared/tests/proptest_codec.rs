@@ -491,6 +491,7 @@ fn client_reply() -> BoxedStrategy<ClientReply> {
         ErrorCode::WrongState,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::PermissionDenied,
     ]);
     let summary = (
         job_id(),

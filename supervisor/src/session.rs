@@ -1,18 +1,32 @@
-//! The supervisor's end of a job socket: connect, check the peer, handshake (agreeing on the
-//! protocol version, see [`shared::protocol`]), then frames.
+//! The supervisor's end of a job socket: connect, handshake (agreeing on the protocol version,
+//! see [`shared::protocol`]), authenticate the answer, then frames.
+//!
+//! Authentication (ARCHITECTURE.md, Security): the job's listening socket is held by its
+//! conductor, and any process that ever held a copy of it could accept our connection, so the
+//! socket proves nothing (nor does `SO_PEERCRED` on this, the connecting, side: it names whoever
+//! called `listen()`). The conductor's hello is therefore read with `recvmsg` and its
+//! `SCM_CREDENTIALS`: the kernel checks the pid it carries (only a process with
+//! `CAP_SYS_ADMIN` may claim another), and the pid must be the job's recorded conductor with
+//! the recorded start time. Anything else is refused at WARN and the connection dropped.
 
+use crate::process::ConductorId;
 use anyhow::{Context, bail};
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
+};
 use shared::ids::JobId;
 use shared::protocol::codec::{
-    FrameError, FrameResult, read_frame, spawn_frame_reader, write_frame,
+    FrameError, FrameResult, MAX_FRAME_LEN, decode_body, spawn_frame_reader, write_frame,
 };
 use shared::protocol::conductor::{
     ConductorHello, FromConductor, JobPlan, SupervisorHello, ToConductor,
 };
 use shared::protocol::{PROTOCOL_VERSION, negotiate, supported_versions};
+use std::io::IoSliceMut;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -32,11 +46,16 @@ pub struct ConductorLink {
 }
 
 impl ConductorLink {
-    /// Connects to the conductor of `job_id` listening at `socket` and handshakes. A conductor
-    /// of an older version answers with its own and (version 1) closes the connection, so this
+    /// Connects to the conductor of `job_id` listening at `socket` and handshakes; the answer
+    /// must come from `conductor` (kernel-checked pid, and its start time). A conductor of an
+    /// older version answers with its own and (version 1) closes the connection, so this
     /// connects once more announcing that version.
-    pub async fn connect(socket: &Path, job_id: &JobId) -> anyhow::Result<Self> {
-        let link = Self::connect_speaking(socket, job_id, PROTOCOL_VERSION).await?;
+    pub async fn connect(
+        socket: &Path,
+        job_id: &JobId,
+        conductor: ConductorId,
+    ) -> anyhow::Result<Self> {
+        let link = Self::connect_speaking(socket, job_id, conductor, PROTOCOL_VERSION).await?;
         if link.version == PROTOCOL_VERSION {
             return Ok(link);
         }
@@ -46,7 +65,7 @@ impl ConductorLink {
             protocol_version = version,
             "the conductor speaks an older protocol; connecting again in it"
         );
-        let link = Self::connect_speaking(socket, job_id, version).await?;
+        let link = Self::connect_speaking(socket, job_id, conductor, version).await?;
         if link.version != version {
             bail!(
                 "the conductor at {} answered version {} after {version}",
@@ -61,40 +80,32 @@ impl ConductorLink {
     async fn connect_speaking(
         socket: &Path,
         job_id: &JobId,
+        conductor: ConductorId,
         announce: u32,
     ) -> anyhow::Result<Self> {
-        let stream = UnixStream::connect(socket)
+        let mut stream = UnixStream::connect(socket)
             .await
             .with_context(|| format!("cannot connect to the conductor at {}", socket.display()))?;
-        let creds = stream
-            .peer_cred()
-            .context("cannot read the conductor's credentials")?;
-        let ours = nix::unistd::geteuid().as_raw();
-        if creds.uid() != ours && creds.uid() != 0 {
-            bail!(
-                "the process behind {} runs as uid {}, not {ours} or root",
-                socket.display(),
-                creds.uid()
-            );
-        }
-        let (mut reader, mut writer) = stream.into_split();
+        // Before our hello: the peer answers only after reading it, and the kernel attaches
+        // credentials to what it sends from then on.
+        setsockopt(&stream, sockopt::PassCred, &true)
+            .context("cannot ask for the conductor's credentials (SO_PASSCRED)")?;
         let hello = SupervisorHello {
             protocol_version: announce,
             job_id: job_id.clone(),
         };
-        write_frame(&mut writer, &ToConductor::Hello(hello)).await?;
-        let answer = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            read_frame::<FromConductor, _>(&mut reader),
-        )
-        .await
-        .context("the conductor did not answer the handshake in time")?
-        .context("handshake with the conductor failed")?;
+        write_frame(&mut stream, &ToConductor::Hello(hello)).await?;
+        let (answer, sender) =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, read_credentialed_frame(&mut stream))
+                .await
+                .context("the conductor did not answer the handshake in time")?
+                .context("handshake with the conductor failed")?;
         let hello = match answer {
-            Some(FromConductor::Hello(hello)) => hello,
-            Some(other) => bail!("expected the conductor's hello, got {other:?}"),
-            None => bail!("the conductor closed the connection during the handshake"),
+            FromConductor::Hello(hello) => hello,
+            other => bail!("expected the conductor's hello, got {other:?}"),
         };
+        authenticate(socket, &sender, hello.pid, conductor)?;
+        let (reader, writer) = stream.into_split();
         let Some(version) = negotiate(hello.protocol_version).map(|v| v.min(announce)) else {
             bail!(
                 "protocol version mismatch: the conductor speaks {}, this supervisor {} (is the conductor-worker binary from another build?)",
@@ -161,6 +172,105 @@ impl Drop for ConductorLink {
     fn drop(&mut self) {
         self.reader.abort();
     }
+}
+
+/// The job actor's unit tests (in a process of their own) answer for a stand-in conductor (a
+/// `sleep`) from the test process itself, and set this to be let in. Test builds only.
+#[cfg(test)]
+pub(crate) static TRUST_OWN_PROCESS_IN_TESTS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Refuses an answer that does not come from the job's conductor: the kernel-checked sender
+/// must be `expected`'s pid, and that pid must still be the process started at `expected`'s
+/// start time (not a reused pid). Logged at WARN with the pids: it is an attack or a bug.
+fn authenticate(
+    socket: &Path,
+    sender: &UnixCredentials,
+    claimed: u32,
+    expected: ConductorId,
+) -> anyhow::Result<()> {
+    let genuine = sender.pid() == expected.pid && ConductorId::of(sender.pid()) == Some(expected);
+    #[cfg(test)]
+    let genuine = genuine
+        || (TRUST_OWN_PROCESS_IN_TESTS.load(std::sync::atomic::Ordering::SeqCst)
+            && u32::try_from(sender.pid()).is_ok_and(|pid| pid == std::process::id()));
+    if genuine {
+        return Ok(());
+    }
+    tracing::warn!(
+        socket = %socket.display(),
+        sender_pid = sender.pid(),
+        sender_uid = sender.uid(),
+        claimed_pid = claimed,
+        expected_pid = expected.pid,
+        expected_start = expected.start_time,
+        "refused a connection: the answer does not come from the job's conductor"
+    );
+    bail!(
+        "refused: the process answering at {} is pid {} (claiming {claimed}), not the job's conductor (pid {})",
+        socket.display(),
+        sender.pid(),
+        expected.pid
+    )
+}
+
+/// Reads one frame whose first bytes carry the sender's `SCM_CREDENTIALS` (which the kernel
+/// attaches once `SO_PASSCRED` is set); every chunk of the header must come from one sender.
+async fn read_credentialed_frame(
+    stream: &mut UnixStream,
+) -> anyhow::Result<(FromConductor, UnixCredentials)> {
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    let mut sender: Option<UnixCredentials> = None;
+    while got < header.len() {
+        stream.readable().await?;
+        let fd = stream.as_raw_fd();
+        let chunk = stream.try_io(Interest::READABLE, || {
+            recv_with_credentials(fd, &mut header[got..]).map_err(std::io::Error::from)
+        });
+        let (read, creds) = match chunk {
+            Ok(chunk) => chunk,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err).context("cannot read the conductor's hello"),
+        };
+        if read == 0 {
+            bail!("the conductor closed the connection during the handshake");
+        }
+        let Some(creds) = creds else {
+            bail!("the conductor's hello carried no credentials");
+        };
+        if sender.is_some_and(|first| first != creds) {
+            bail!("the conductor's hello came from two processes");
+        }
+        sender = Some(creds);
+        got += read;
+    }
+    let sender = sender.context("INVARIANT: a header was read, with its credentials")?;
+    let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
+    if len > MAX_FRAME_LEN {
+        bail!(FrameError::TooLarge { len });
+    }
+    let mut body = vec![0; len];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|_| FrameError::Truncated)?;
+    Ok((decode_body(&body)?, sender))
+}
+
+/// One `recvmsg` into `buf`: the bytes read and the credentials that came with them.
+fn recv_with_credentials(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> nix::Result<(usize, Option<UnixCredentials>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let message = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let creds = message.cmsgs()?.find_map(|cmsg| match cmsg {
+        ControlMessageOwned::ScmCredentials(creds) => Some(creds),
+        _ => None,
+    });
+    Ok((message.bytes, creds))
 }
 
 #[cfg(test)]
@@ -250,6 +360,45 @@ mod tests {
         (stream, announced)
     }
 
+    /// This process: the fake conductors below are tasks of the test itself.
+    fn me() -> ConductorId {
+        crate::process::own_id().expect("own stat")
+    }
+
+    #[tokio::test]
+    async fn an_answer_from_another_process_than_the_conductor_is_refused() {
+        let dir = SocketDir::new();
+        let listener = UnixListener::bind(dir.socket()).expect("bind");
+        let conductor =
+            tokio::spawn(async move { accept_hello(&listener, PROTOCOL_VERSION).await });
+        let mut expected = me();
+        expected.pid += 1;
+        let err = ConductorLink::connect(&dir.socket(), &job(), expected)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            format!("{err:#}").contains("not the job's conductor"),
+            "{err:#}"
+        );
+        drop(conductor.await);
+        // The same pid with another start time (a reused pid) is refused too.
+        let listener = UnixListener::bind(dir.socket().with_extension("2")).expect("bind");
+        let conductor =
+            tokio::spawn(async move { accept_hello(&listener, PROTOCOL_VERSION).await });
+        let mut expected = me();
+        expected.start_time += 1;
+        let err = ConductorLink::connect(&dir.socket().with_extension("2"), &job(), expected)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            format!("{err:#}").contains("not the job's conductor"),
+            "{err:#}"
+        );
+        drop(conductor.await);
+    }
+
     #[tokio::test]
     async fn version_2_sends_each_prior_result_in_its_own_frame_before_the_plan() {
         let dir = SocketDir::new();
@@ -262,7 +411,7 @@ mod tests {
             }
             (announced, frames)
         });
-        let mut link = ConductorLink::connect(&dir.socket(), &job())
+        let mut link = ConductorLink::connect(&dir.socket(), &job(), me())
             .await
             .expect("connect");
         assert_eq!(link.version, PROTOCOL_VERSION);
@@ -298,7 +447,7 @@ mod tests {
             let start = ToConductor::decode_v1(&body(&mut stream).await).expect("v1");
             (announced_first, announced, start)
         });
-        let mut link = ConductorLink::connect(&dir.socket(), &job())
+        let mut link = ConductorLink::connect(&dir.socket(), &job(), me())
             .await
             .expect("connect");
         assert_eq!(link.version, 1);
@@ -313,7 +462,7 @@ mod tests {
         let dir = SocketDir::new();
         let listener = UnixListener::bind(dir.socket()).expect("bind");
         let conductor = tokio::spawn(async move { accept_hello(&listener, 0).await });
-        let err = ConductorLink::connect(&dir.socket(), &job())
+        let err = ConductorLink::connect(&dir.socket(), &job(), me())
             .await
             .err()
             .expect("refused");

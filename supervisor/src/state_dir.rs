@@ -78,14 +78,39 @@ impl StateDir {
 
     /// The socket of a job's conductor.
     pub fn socket(&self, id: &JobId) -> PathBuf {
-        self.root.join("sock").join(id.as_str())
+        self.root.join("sock").join(path_component(id))
     }
 
     /// The conductor's own log.
     #[must_use]
     pub fn conductor_log(&self, id: &JobId) -> PathBuf {
-        self.root.join("logs").join(format!("{id}.log"))
+        self.root
+            .join("logs")
+            .join(format!("{}.log", path_component(id)))
     }
+}
+
+/// A job id as a file name. Ids are 8 hex digits wherever they come from (made here, parsed
+/// from the CLI, refused at deserialization otherwise), so this is a second line: an id of any
+/// other form is a bug, logged at ERROR, and every character outside `[0-9a-f]` becomes `_`, so
+/// that it can never name a path outside its directory (`..`, `/`, NUL).
+#[must_use]
+pub fn path_component(id: &JobId) -> String {
+    let text = id.as_str();
+    if JobId::parse(text).is_some_and(|parsed| parsed.as_str() == text) {
+        return text.to_owned();
+    }
+    tracing::error!(job_id = ?text, "INVARIANT: a job id that is not 8 hex digits builds a path");
+    text.chars()
+        .take(shared::ids::JOB_ID_LEN * 4)
+        .map(|c| {
+            if c.is_ascii_digit() || ('a'..='f').contains(&c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// A non-blocking `flock`; true when taken.
@@ -94,4 +119,23 @@ pub fn try_flock(file: &std::fs::File, mode: libc::c_int) -> bool {
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor we own; no memory is passed.
     unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) == 0 }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_job_id_cannot_leave_its_directory() {
+        let dir = StateDir {
+            root: PathBuf::from("/s"),
+        };
+        let good = JobId::from_random(0xab);
+        assert_eq!(dir.socket(&good), PathBuf::from("/s/sock/000000ab"));
+        let bad: JobId = serde_json::from_str("\"../../etc/x\"").expect("a string");
+        let socket = dir.socket(&bad);
+        assert_eq!(socket.parent(), Some(Path::new("/s/sock")));
+        let log = dir.conductor_log(&bad);
+        assert_eq!(log.parent(), Some(Path::new("/s/logs")));
+    }
 }

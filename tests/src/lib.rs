@@ -1002,3 +1002,32 @@ pub fn ls_all_json_at(env: &TestEnv, state_dir: &Path) -> Vec<serde_json::Value>
 pub fn is_terminal(state: &str) -> bool {
     JOB_TERMINAL_STATES.contains(&state)
 }
+
+impl TestEnv {
+    /// Starts `supervisor ARGS` like [`TestEnv::spawn`], born in the cgroup v2 directory
+    /// `cgroup` (it moves itself there between fork and exec, as systemd starts a service in
+    /// its own cgroup).
+    #[must_use]
+    pub fn spawn_in_cgroup(&self, args: &[&str], cgroup: &Path) -> Run {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
+            .expect("a cgroup path has no NUL");
+        let mut command = self.command(args);
+        // SAFETY: between fork and exec only async-signal-safe calls (open, write, close) run,
+        // on memory prepared before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let error = std::io::Error::last_os_error();
+                libc::close(fd);
+                if written == 1 { Ok(()) } else { Err(error) }
+            });
+        }
+        Run::spawn(command, args, &self.dir, &self.state_dir())
+    }
+}

@@ -821,6 +821,11 @@ fn a_client_of_another_uid_is_refused_and_logged() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "another uid listed jobs: {out:?}");
     assert!(stderr.contains("permission denied"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "exit 9 is permission denied: {stderr}"
+    );
     wait_for(DEADLINE, "the daemon to log the refusal", || {
         let log = daemon.stderr_plain();
         if log.contains("client refused: another user") {

@@ -52,6 +52,15 @@ pub enum ClientRequest {
     Shutdown {
         cancel: bool,
     },
+    /// `prune`: deletes finished jobs that ended more than `older_than_ms` ago (see
+    /// `Store::prune` for which), their logs and sockets, and reclaims the space; `vacuum`
+    /// rewrites the whole database too. Added after version 2's first release, at the end: a
+    /// daemon that predates it answers a malformed request.
+    Prune {
+        older_than_ms: u64,
+        states: Vec<JobState>,
+        vacuum: bool,
+    },
 }
 
 impl ClientRequest {
@@ -60,7 +69,13 @@ impl ClientRequest {
         if version >= 2 {
             encode_frame(self)
         } else {
-            encode_frame(&ClientRequestV1::from(self.clone()))
+            match ClientRequestV1::try_from(self.clone()) {
+                Ok(v1) => encode_frame(&v1),
+                Err(_) => Err(FrameError::NotInVersion {
+                    what: "this request",
+                    version,
+                }),
+            }
         }
     }
 
@@ -101,6 +116,18 @@ pub enum ClientReply {
         code: ErrorCode,
         message: String,
     },
+    /// The answer to `Prune` (added at the end, as `Prune` was).
+    Pruned(PruneSummary),
+}
+
+/// What `prune` did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneSummary {
+    /// The jobs deleted, in submission order.
+    pub jobs: Vec<JobId>,
+    /// The store's size on disk (database and WAL) before and after.
+    pub store_bytes_before: u64,
+    pub store_bytes_after: u64,
 }
 
 /// Why a request failed; each maps to a documented exit code of the CLI.
@@ -113,6 +140,10 @@ pub enum ErrorCode {
     /// The daemon refuses new work (shutting down, or the store is full).
     Unavailable,
     Internal,
+    /// The client's uid is neither the daemon's nor root's. Added after version 2's first
+    /// release, at the end so that every other code keeps its wire number; an older CLI cannot
+    /// decode it (it reports a malformed answer, and still fails).
+    PermissionDenied,
 }
 
 /// One line of `ls`.

@@ -230,10 +230,13 @@ impl From<ClientRequestV1> for ClientRequest {
     }
 }
 
-impl From<ClientRequest> for ClientRequestV1 {
-    fn from(request: ClientRequest) -> Self {
+/// A request that version 1 has no word for comes back as the error.
+impl TryFrom<ClientRequest> for ClientRequestV1 {
+    type Error = ClientRequest;
+
+    fn try_from(request: ClientRequest) -> Result<Self, ClientRequest> {
         use ClientRequest as R;
-        match request {
+        Ok(match request {
             R::Hello { protocol_version } => Self::Hello { protocol_version },
             R::Submit { spec, source } => Self::Submit {
                 spec: Box::new((*spec).into()),
@@ -248,6 +251,7 @@ impl From<ClientRequest> for ClientRequestV1 {
             R::Resume { job } => Self::Resume { job },
             R::Events => Self::Events,
             R::Shutdown { cancel } => Self::Shutdown { cancel },
-        }
+            other @ R::Prune { .. } => return Err(other),
+        })
     }
 }

@@ -102,6 +102,7 @@ fn failure(code: ErrorCode, message: String) -> Failure {
         ErrorCode::UnknownJob => exit::NO_SUCH_JOB,
         ErrorCode::WrongState | ErrorCode::Unavailable => exit::REFUSED,
         ErrorCode::Internal => exit::INTERNAL,
+        ErrorCode::PermissionDenied => exit::PERMISSION_DENIED,
     };
     Failure::new(exit_code, message)
 }

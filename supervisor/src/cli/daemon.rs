@@ -22,6 +22,11 @@ pub struct DaemonArgs {
     /// The conductor program [default: conductor-worker next to this binary, else this binary]
     #[arg(long, env = "SUPERVISOR_CONDUCTOR_BIN", value_name = "PATH")]
     pub conductor_bin: Option<PathBuf>,
+
+    /// Delete finished jobs (rows, logs, sockets) that ended longer ago than DUR, at start and
+    /// then hourly, as `supervisor prune --older-than DUR` does [default: keep everything]
+    #[arg(long, value_name = "DUR", value_parser = super::jobs::parse_age)]
+    pub keep: Option<std::time::Duration>,
 }
 
 pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
@@ -37,6 +42,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
                 max_jobs: args.max_jobs,
                 worker,
                 cgroup_root: args.cgroup_root,
+                keep: args.keep,
             };
             let mut terminate = signal(SignalKind::terminate())?;
             let mut interrupt = signal(SignalKind::interrupt())?;

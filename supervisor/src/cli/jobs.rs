@@ -1,5 +1,5 @@
 //! The daemon's client commands: submit, ls, status, cancel, kill, logs, revert, resume, events,
-//! shutdown. Each is one request on the control socket; `--wait` follows the job to its end and
+//! shutdown, prune. Each is one request on the control socket; `--wait` follows the job to its end and
 //! exits with the codes of `supervisor run`.
 
 use super::client::{Client, Failure, Outcome};
@@ -83,10 +83,55 @@ pub enum JobCommand {
         #[arg(long)]
         cancel: bool,
     },
+    /// Delete finished jobs that ended more than DUR ago (rows, output, logs, sockets) and give
+    /// the space back; jobs that still owe reverts stay unless --state names their state
+    Prune {
+        /// e.g. 30d, 12h, 90m
+        #[arg(long, value_name = "DUR", value_parser = parse_age)]
+        older_than: Duration,
+        /// Only jobs in this finished state (repeatable): success, reverted, cancelled,
+        /// revert_failed, killed, crashed
+        #[arg(long = "state", value_name = "STATE", value_parser = parse_finished_state)]
+        states: Vec<shared::state::JobState>,
+        /// Also rewrite the whole database (VACUUM): slower, needs free space the size of it
+        #[arg(long)]
+        vacuum: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     shared::duration::parse_duration(text)
+}
+
+/// A retention age: a duration, optionally led by whole days (`30d`, `1d12h`).
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits > 0 && text[digits..].starts_with('d') {
+        let days: u64 = text[..digits]
+            .parse()
+            .map_err(|_| format!("bad duration {text:?}: number too large"))?;
+        let rest = &text[digits + 1..];
+        let rest = if rest.is_empty() {
+            Duration::ZERO
+        } else {
+            parse_duration(rest)?
+        };
+        return Ok(Duration::from_secs(days.saturating_mul(86400)).saturating_add(rest));
+    }
+    parse_duration(text)
+}
+
+fn parse_finished_state(text: &str) -> Result<shared::state::JobState, String> {
+    let state: shared::state::JobState = text.parse().map_err(|e| format!("{e}"))?;
+    if state.is_live() {
+        return Err(format!(
+            "{state} is a live state: only finished jobs can be pruned"
+        ));
+    }
+    Ok(state)
 }
 
 pub fn main(command: JobCommand, state_dir: Option<PathBuf>) -> i32 {
@@ -145,7 +190,45 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
         JobCommand::Logs { job, follow, task } => logs(dir, job, task, follow).await,
         JobCommand::Events { json } => events(dir, json).await,
         JobCommand::Shutdown { cancel } => shutdown(dir, cancel).await,
+        JobCommand::Prune {
+            older_than,
+            states,
+            vacuum,
+            json,
+        } => prune(dir, older_than, states, vacuum, json).await,
     }
+}
+
+async fn prune(
+    dir: Option<PathBuf>,
+    older_than: Duration,
+    states: Vec<shared::state::JobState>,
+    vacuum: bool,
+    json: bool,
+) -> Outcome<i32> {
+    let request = ClientRequest::Prune {
+        older_than_ms: u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX),
+        states,
+        vacuum,
+    };
+    let reply = Client::call(dir, &request).await?;
+    let ClientReply::Pruned(summary) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "pruned {} job(s); store {} -> {} bytes",
+            summary.jobs.len(),
+            summary.store_bytes_before,
+            summary.store_bytes_after
+        );
+    }
+    Ok(exit::SUCCESS)
 }
 
 async fn submit(dir: Option<PathBuf>, file: PathBuf, wait: bool) -> Outcome<i32> {
@@ -384,4 +467,27 @@ fn unexpected(reply: &ClientReply) -> Failure {
         exit::INTERNAL,
         format!("unexpected answer from the daemon: {reply:?}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_ages_take_days_then_the_usual_units() {
+        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert_eq!(
+            parse_age("1d12h"),
+            Ok(Duration::from_secs(86400 + 12 * 3600))
+        );
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(90 * 60)));
+        assert_eq!(parse_age("0s"), Ok(Duration::ZERO));
+        assert!(parse_age("d").is_err());
+        assert!(parse_age("3x").is_err());
+        assert!(parse_finished_state("running").is_err());
+        assert_eq!(
+            parse_finished_state("killed"),
+            Ok(shared::state::JobState::Killed)
+        );
+    }
 }

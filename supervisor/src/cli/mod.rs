@@ -29,6 +29,7 @@ Exit codes (other commands; --wait exits with the codes of run):
   6  no such job
   7  the daemon is not running
   8  refused: the job's state does not allow it, or the daemon takes no new work
+  9  permission denied: the daemon serves its own uid and root only
   10 another error";
 
 /// Runs jobs of tasks, each job in its own single-threaded conductor process. A cancel is soft

@@ -73,6 +73,13 @@ impl JobCgroup {
             })
     }
 
+    /// True if `cgroup` (an absolute path, as [`super::cgroup_of`] gives) is this cgroup or
+    /// one beneath it.
+    #[must_use]
+    pub fn contains(&self, cgroup: &std::path::Path) -> bool {
+        cgroup.starts_with(&self.path)
+    }
+
     /// True while any process is in it.
     #[must_use]
     pub fn is_populated(&self) -> bool {

@@ -8,10 +8,12 @@
 //! afterwards. The job's `memory`, `pids` and `cpu` limits are set on that cgroup when the
 //! controllers are enabled for it; a limit that cannot be enforced is refused, never ignored.
 
+mod delegate;
 mod job;
 #[cfg(test)]
 mod tests;
 
+pub use delegate::{DAEMON_LEAF, Placement};
 pub use job::{EMPTY_TIMEOUT, JobCgroup};
 
 use anyhow::{Context, bail};
@@ -33,9 +35,10 @@ pub enum Containment {
 }
 
 impl Containment {
-    /// Finds a writable cgroup v2 hierarchy: `explicit` (the daemon's `--cgroup-root`), else a
-    /// `supervisor` child of this process's own cgroup (under systemd with `Delegate=yes`, the
-    /// delegated subtree).
+    /// Finds a writable cgroup v2 hierarchy: `explicit` (the daemon's `--cgroup-root`), else
+    /// this process's own cgroup as [`Placement`] decides: alone in it (systemd's
+    /// `Delegate=yes`), the daemon moves into its `daemon` leaf and the jobs go beside it;
+    /// otherwise they go in a `supervisor` child.
     /// `SUPERVISOR_CONTAINMENT=session` forces the fallback (to test it, or where cgroups
     /// misbehave).
     #[must_use]
@@ -59,7 +62,8 @@ impl Containment {
             None => {
                 let mount = unified_mount().context("no cgroup v2 hierarchy is mounted")?;
                 let own = own_cgroup().context("cannot read /proc/self/cgroup")?;
-                mount.join(own.trim_start_matches('/')).join("supervisor")
+                let own_path = mount.join(own.trim_start_matches('/'));
+                place_self(&own_path, own.trim_matches('/').is_empty())
             }
         };
         std::fs::create_dir_all(&base)
@@ -76,15 +80,7 @@ impl Containment {
             );
         }
         // Offer the job cgroups what the base may have; keep whatever the kernel accepts.
-        let available = read_words(&base.join("cgroup.controllers"));
-        for controller in ["memory", "pids", "cpu"] {
-            if available.contains(controller) {
-                let _ = std::fs::write(
-                    base.join("cgroup.subtree_control"),
-                    format!("+{controller}"),
-                );
-            }
-        }
+        delegate::enable_controllers(&base, &CONTROLLERS);
         let controllers = read_words(&base.join("cgroup.subtree_control"));
         Ok(Self::Cgroup { base, controllers })
     }
@@ -137,7 +133,7 @@ impl Containment {
     pub fn job_cgroup(&self, id: &JobId) -> Option<JobCgroup> {
         match self {
             Self::Cgroup { base, .. } => Some(JobCgroup {
-                path: base.join(format!("job-{id}")),
+                path: base.join(job_cgroup_name(id)),
             }),
             Self::Session { .. } => None,
         }
@@ -152,7 +148,7 @@ impl Containment {
         };
         self.check(limits).map_err(anyhow::Error::msg)?;
         let cgroup = JobCgroup {
-            path: base.join(format!("job-{id}")),
+            path: base.join(job_cgroup_name(id)),
         };
         match std::fs::create_dir(&cgroup.path) {
             Ok(()) => {}
@@ -170,6 +166,42 @@ impl Containment {
     }
 }
 
+/// Decides where the job cgroups go (and moves the daemon into its leaf when that is the
+/// decision); a move that fails falls back to a `supervisor` child, logged.
+fn place_self(own: &Path, at_root: bool) -> PathBuf {
+    let pid = std::process::id();
+    let placement = Placement::decide(own, at_root, pid);
+    match placement.settle(pid, &CONTROLLERS) {
+        Ok(enabled) => {
+            if matches!(placement, Placement::Beside { .. }) {
+                tracing::info!(
+                    base = %placement.base().display(),
+                    leaf = DAEMON_LEAF,
+                    controllers = enabled.join(","),
+                    "moved the daemon into a leaf of its delegated cgroup; jobs go beside it"
+                );
+            }
+            placement.base().to_path_buf()
+        }
+        Err(err) => {
+            tracing::warn!(
+                cgroup = %own.display(),
+                error = %err,
+                "cannot move the daemon into a leaf of its cgroup; job cgroups go beneath it"
+            );
+            own.join("supervisor")
+        }
+    }
+}
+
+/// The controllers job limits need.
+const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// `job-ID`: the id checked as a path component ([`crate::state_dir::path_component`]).
+fn job_cgroup_name(id: &JobId) -> String {
+    format!("job-{}", crate::state_dir::path_component(id))
+}
+
 /// The cgroup v2 mount point, from `/proc/self/mountinfo`.
 pub(crate) fn unified_mount() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -180,6 +212,14 @@ pub(crate) fn unified_mount() -> Option<PathBuf> {
 pub(crate) fn own_cgroup() -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     shared::cgroup::own_cgroup(&text).map(str::to_owned)
+}
+
+/// The cgroup (absolute path under the unified mount) process `pid` is in now, if it lives.
+#[must_use]
+pub fn cgroup_of(pid: i32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let relative = shared::cgroup::own_cgroup(&text)?;
+    Some(unified_mount()?.join(relative.trim_start_matches('/')))
 }
 
 fn read_words(path: &Path) -> BTreeSet<String> {

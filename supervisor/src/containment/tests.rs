@@ -68,3 +68,22 @@ async fn create_job_refuses_a_populated_leftover() {
     assert!(first.kill_and_remove().await, "killed and removed");
     child.wait().expect("reap");
 }
+
+/// The cgroup-mode check of a reported `TaskSpawned` pid: a process in the job's cgroup is
+/// inside it, one elsewhere (this test process) is not.
+#[test]
+fn cgroup_of_tells_a_process_inside_the_job_from_one_outside() {
+    let Some(scratch) = test_cgroup("of") else {
+        return;
+    };
+    let cgroup = scratch.cgroup();
+    let mut child = sleeper_in(cgroup);
+    let pid = i32::try_from(child.id()).expect("pid");
+    let inside = cgroup_of(pid).expect("the sleeper's cgroup");
+    assert!(cgroup.contains(&inside), "{}", inside.display());
+    let me = i32::try_from(std::process::id()).expect("pid");
+    let outside = cgroup_of(me).expect("our cgroup");
+    assert!(!cgroup.contains(&outside), "{}", outside.display());
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -28,6 +28,8 @@ pub struct DaemonConfig {
     pub worker: WorkerCommand,
     /// The base cgroup for job cgroups (`--cgroup-root`); `None`: found automatically.
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// `--keep`: prune jobs finished longer ago than this, at start and hourly; `None`: never.
+    pub keep: Option<std::time::Duration>,
 }
 
 /// Runs the daemon until `shutdown` resolves or a client asks it to stop.
@@ -67,6 +69,9 @@ pub async fn run(
     });
     reattach_all(&jobs).await;
     tokio::spawn(scheduler::run(jobs.clone(), config.max_jobs.max(1)));
+    if let Some(keep) = config.keep {
+        tokio::spawn(handlers::prune::keep(jobs.clone(), keep));
+    }
     tracing::info!(state_dir = %config.state_dir.root().display(), max_jobs = config.max_jobs, "daemon ready");
 
     tokio::pin!(shutdown);

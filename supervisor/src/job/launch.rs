@@ -130,7 +130,7 @@ impl Launcher {
                 })
                 .await?;
         }
-        let link = ConductorLink::connect(&socket, job_id).await?;
+        let link = ConductorLink::connect(&socket, job_id, id).await?;
         let pidfd = guard
             .disarm()
             .context("INVARIANT: the guard holds the spawned conductor")?;

@@ -95,6 +95,12 @@ impl Jobs {
         &self.inner.launcher.containment
     }
 
+    /// The state dir (for the files of a job: its socket and its conductor's log).
+    #[must_use]
+    pub fn state_dir(&self) -> &crate::state_dir::StateDir {
+        &self.inner.launcher.state_dir
+    }
+
     /// Asks the job's actor (started if there is none) to carry out `order`, and awaits its
     /// answer.
     pub async fn ask(&self, id: &JobId, order: Order) -> Result<(), OrderError> {

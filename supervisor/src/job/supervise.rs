@@ -239,8 +239,8 @@ impl Supervision {
                 }
                 () = sleep_until(silent_at), if !self.state.unresponsive && !over => self.on_silence().await,
                 () = sleep_until(self.state.reconnect_at), if self.state.link.is_none() && self.state.connecting.is_none() => {
-                    let (socket, id) = (self.conductor.socket.clone(), self.id.clone());
-                    self.state.connecting = Some(Box::pin(async move { ConductorLink::connect(&socket, &id).await }));
+                    let (socket, id, conductor) = (self.conductor.socket.clone(), self.id.clone(), self.conductor.id);
+                    self.state.connecting = Some(Box::pin(async move { ConductorLink::connect(&socket, &id, conductor).await }));
                 }
                 connected = next_connection(&mut self.state.connecting) => {
                     self.state.connecting = None;
@@ -573,14 +573,33 @@ impl Supervision {
     fn observe(&mut self, event: &JobEvent) {
         match event {
             JobEvent::TaskSpawned { task, pid, .. } => {
-                let recorded =
-                    i32::try_from(*pid).is_ok_and(|pgid| self.ladder.step_spawned(*task, pgid));
-                if !recorded && self.conductor.cgroup.is_none() {
-                    tracing::warn!(
-                        task,
-                        pid,
-                        "refused a step's process group outside the job's session"
-                    );
+                if let Some(cgroup) = &self.conductor.cgroup {
+                    // A pid outside the job's cgroup is refused; one that already exited
+                    // cannot be checked, and is not recorded either (nothing is signalled
+                    // by group in cgroup mode: the cgroup is killed whole).
+                    let pgid = i32::try_from(*pid).ok();
+                    match pgid.and_then(|pgid| Some((pgid, crate::containment::cgroup_of(pgid)?))) {
+                        Some((pgid, path)) if cgroup.contains(&path) => {
+                            let _ = self.ladder.step_spawned(*task, pgid);
+                        }
+                        Some((_, path)) => tracing::warn!(
+                            task,
+                            pid,
+                            cgroup = %path.display(),
+                            "refused a step's process outside the job's cgroup"
+                        ),
+                        None => {}
+                    }
+                } else {
+                    let recorded =
+                        i32::try_from(*pid).is_ok_and(|pgid| self.ladder.step_spawned(*task, pgid));
+                    if !recorded {
+                        tracing::warn!(
+                            task,
+                            pid,
+                            "refused a step's process group outside the job's session"
+                        );
+                    }
                 }
             }
             JobEvent::TaskFinished { task, .. } => self.ladder.step_finished(*task),
@@ -654,6 +673,7 @@ impl Supervision {
                 }
             }
         }
+        remove_socket(&self.conductor.socket);
         let id = self.id.clone();
         if let Err(err) = self
             .jobs
@@ -765,6 +785,18 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, end: JobState, reason: &
 
 /// A live job whose conductor is gone while nobody watched: whatever it left is killed, and the
 /// job is `crashed` with its pending reverts.
+/// The job's socket file, once its conductor (the only process listening on it) is gone: the
+/// file would otherwise stay for ever, one per job.
+fn remove_socket(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove the job's socket")
+        }
+    }
+}
+
 pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
     if let Some(path) = &row.cgroup {
         JobCgroup { path: path.clone() }.kill_and_remove().await;
@@ -780,6 +812,7 @@ pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
         "the conductor died while no supervisor watched",
     )
     .await;
+    remove_socket(&jobs.state_dir().socket(&row.id));
     let id = row.id.clone();
     if let Err(err) = jobs
         .store()

@@ -69,6 +69,8 @@ struct Harness {
 impl Harness {
     /// A running job whose recorded conductor is a `sleep` in its own session.
     fn new(spec: &str) -> Self {
+        // The fake conductor answers from this process for the stand-in `sleep`.
+        crate::session::TRUST_OWN_PROCESS_IN_TESTS.store(true, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!(
             "actor-{}-{}",
             std::process::id(),

@@ -20,6 +20,7 @@ mod actor;
 mod migrate;
 mod queries;
 mod reports;
+mod retention;
 mod transitions;
 
 pub use actor::StoreHandle;
@@ -167,6 +168,9 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self> {
         let mut conn = Connection::open(dir.join("state.db"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Before anything else: it only takes effect on a database without tables (a fresh
+        // store); see `retention.rs` for why incremental.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -356,26 +360,6 @@ impl Store {
                 _ => Ok(()),
             }
         })
-    }
-
-    /// The job's output lines after the line numbered `after_id`, in order.
-    pub fn output(&self, id: &JobId, after_id: i64) -> Result<Vec<OutputLine>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, task_idx, phase, stream, line FROM output WHERE job_id = ?1 AND id > ?2 ORDER BY id",
-        )?;
-        let rows = stmt
-            .query_map(params![id.as_str(), after_id], |row| {
-                Ok(OutputLine {
-                    id: row.get(0)?,
-                    task: row.get(1)?,
-                    phase: row.get(2)?,
-                    stream: row.get(3)?,
-                    line: row.get(4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
     }
 }
 

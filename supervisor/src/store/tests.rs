@@ -642,3 +642,104 @@ fn migrations_are_consecutive() {
         i64::try_from(migrate::MIGRATIONS.len()).expect("few") + 1
     );
 }
+
+/// Retention: finished jobs go with every row; live ones, recent ones and those that still owe
+/// reverts stay (the latter go when their state is named); a fresh store vacuums incrementally.
+#[test]
+fn prune_deletes_finished_jobs_and_keeps_live_recent_and_owing_ones() {
+    let (_dir, store) = fresh();
+    let auto_vacuum: i64 = store
+        .conn()
+        .query_row("PRAGMA auto_vacuum", [], |row| row.get(0))
+        .expect("pragma");
+    assert_eq!(auto_vacuum, 2, "a fresh store vacuums incrementally");
+    let done = store.create_job(&spec(), "t.toml", None).expect("create");
+    store
+        .transition_job(&done, &[JobState::Pending], JobState::Running, None)
+        .expect("running");
+    store
+        .apply_reports(&done, &[starting(1, 0, Phase::Execute)])
+        .expect("apply");
+    store
+        .transition_job(&done, &[JobState::Running], JobState::Success, None)
+        .expect("success");
+    let live = store.create_job(&spec(), "t.toml", None).expect("create");
+    let owing = killed_with_pending_revert(&store);
+    for id in [&done, &owing] {
+        store.set_conductor_exited(id).expect("exited");
+    }
+    let count = |table: &str, id: &JobId| -> i64 {
+        store
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT COUNT(*) FROM {table} WHERE {} = ?1",
+                    if table == "jobs" { "id" } else { "job_id" }
+                ),
+                [id.as_str()],
+                |row| row.get(0),
+            )
+            .expect("count")
+    };
+    assert!(count("transitions", &done) > 0);
+    // Nothing ended before a cutoff in the past.
+    assert!(store.prune(0, &[]).expect("prune").is_empty());
+    let future = now_ms() + 1000;
+    assert_eq!(store.prune(future, &[]).expect("prune"), vec![done.clone()]);
+    for table in ["jobs", "tasks", "transitions", "output"] {
+        assert_eq!(count(table, &done), 0, "{table} still has rows");
+    }
+    assert_eq!(count("jobs", &live), 1);
+    assert_eq!(
+        count("jobs", &owing),
+        1,
+        "a job that owes reverts stays by default"
+    );
+    // Naming a live state prunes nothing; naming `killed` takes the owing job.
+    assert!(
+        store
+            .prune(future, &[JobState::Pending])
+            .expect("prune")
+            .is_empty()
+    );
+    assert_eq!(
+        store.prune(future, &[JobState::Killed]).expect("prune"),
+        vec![owing.clone()]
+    );
+    assert_eq!(count("jobs", &live), 1);
+    store.reclaim(false).expect("reclaim");
+    store.reclaim(true).expect("vacuum");
+}
+
+#[test]
+fn output_pages_are_bounded_and_continue_where_they_stopped() {
+    let (_dir, store) = fresh();
+    let id = store.create_job(&spec(), "t.toml", None).expect("create");
+    store
+        .transition_job(&id, &[JobState::Pending], JobState::Running, None)
+        .expect("running");
+    let mut batch = vec![starting(1, 0, Phase::Execute)];
+    for seq in 2..12 {
+        batch.push(report(
+            seq,
+            JobEvent::Output {
+                task: 0,
+                phase: Phase::Execute,
+                stream: shared::protocol::conductor::Stream::Stdout,
+                line: format!("line {seq}"),
+            },
+        ));
+    }
+    store.apply_reports(&id, &batch).expect("apply");
+    let mut after = 0;
+    let mut lines = Vec::new();
+    loop {
+        let page = store.output_page(&id, after, 3).expect("page");
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        lines.extend(page.into_iter().map(|l| l.line));
+    }
+    assert_eq!(lines.len(), 10);
+    assert_eq!(lines.first().map(String::as_str), Some("line 2"));
+}

@@ -11,6 +11,9 @@ use tokio::net::UnixStream;
 
 /// How often `logs --follow` looks for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+/// Lines read from the store at a time: the output of a job is sent a page at a time, never
+/// held whole in memory.
+const PAGE: u32 = 512;
 
 pub async fn stream(
     jobs: &Jobs,
@@ -38,9 +41,15 @@ pub async fn stream(
         let (job, from) = (id.clone(), after);
         let read = jobs
             .store()
-            .call(move |s| Ok((s.job(&job)?.state.is_live(), s.output(&job, from)?)))
+            .call(move |s| {
+                Ok((
+                    s.job(&job)?.state.is_live(),
+                    s.output_page(&job, from, PAGE)?,
+                ))
+            })
             .await;
         let (live, lines) = read.unwrap_or((false, Vec::new()));
+        let full_page = lines.len() >= PAGE as usize;
         for output in lines {
             after = output.id;
             let name = usize::try_from(output.task)
@@ -60,6 +69,10 @@ pub async fn stream(
             if write_frame(stream, &reply).await.is_err() {
                 return;
             }
+        }
+        if full_page {
+            // More may be stored already: the next page at once.
+            continue;
         }
         if !follow || !live {
             let _ = write_frame(stream, &ClientReply::Done).await;

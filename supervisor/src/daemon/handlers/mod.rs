@@ -9,6 +9,7 @@ mod events;
 mod kill;
 mod list;
 mod logs;
+pub mod prune;
 mod resume;
 mod revert;
 mod shutdown;
@@ -47,7 +48,7 @@ pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
             "client refused: another user"
         );
         let refusal = ClientReply::Error {
-            code: ErrorCode::InvalidRequest,
+            code: ErrorCode::PermissionDenied,
             message: format!("permission denied: this daemon serves uid {ours} (and root) only"),
         };
         let _ = write_frame(&mut stream, &refusal).await;
@@ -103,6 +104,11 @@ async fn dispatch(jobs: &Jobs, request: ClientRequest) -> Reply {
         ClientRequest::Revert { job } => revert::handle(jobs, &job).await,
         ClientRequest::Resume { job } => resume::handle(jobs, &job).await,
         ClientRequest::Shutdown { cancel } => shutdown::handle(jobs, cancel),
+        ClientRequest::Prune {
+            older_than_ms,
+            states,
+            vacuum,
+        } => prune::handle(jobs, older_than_ms, states, vacuum).await,
         ClientRequest::Hello { .. } | ClientRequest::Logs { .. } | ClientRequest::Events => {
             Err((ErrorCode::InvalidRequest, "unexpected request".into()))
         }

@@ -1,0 +1,96 @@
+//! `prune --older-than DUR [--state S]... [--vacuum]`, and the daemon's `--keep DUR`: finished
+//! jobs are deleted with their rows (jobs, tasks, transitions, output), their conductor's log
+//! and their socket, and the space is given back (README, Retention).
+
+use super::Reply;
+use crate::job::Jobs;
+use shared::ids::JobId;
+use shared::protocol::client::{ClientReply, ErrorCode, PruneSummary};
+use shared::state::JobState;
+use std::time::Duration;
+
+/// How often `--keep` prunes (and once at start).
+pub const KEEP_EVERY: Duration = Duration::from_secs(3600);
+
+pub async fn handle(jobs: &Jobs, older_than_ms: u64, states: Vec<JobState>, vacuum: bool) -> Reply {
+    if let Some(live) = states.iter().find(|s| s.is_live()) {
+        return Err((
+            ErrorCode::InvalidRequest,
+            format!("{live} is a live state: only finished jobs can be pruned"),
+        ));
+    }
+    let older_than = Duration::from_millis(older_than_ms);
+    prune(jobs, older_than, states, vacuum)
+        .await
+        .map(ClientReply::Pruned)
+        .map_err(|err| (ErrorCode::Internal, format!("{err:#}")))
+}
+
+/// Deletes the finished jobs that ended more than `older_than` ago (which ones:
+/// `Store::prune`), then their files, then reclaims the store's space.
+pub async fn prune(
+    jobs: &Jobs,
+    older_than: Duration,
+    states: Vec<JobState>,
+    vacuum: bool,
+) -> anyhow::Result<PruneSummary> {
+    let before = store_bytes(jobs);
+    let cutoff = crate::clock::now_ms()
+        .saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
+    let pruned = jobs.store().call(move |s| s.prune(cutoff, &states)).await?;
+    for id in &pruned {
+        remove_files(jobs, id);
+    }
+    if !pruned.is_empty() || vacuum {
+        jobs.store().call(move |s| s.reclaim(vacuum)).await?;
+    }
+    let summary = PruneSummary {
+        jobs: pruned,
+        store_bytes_before: before,
+        store_bytes_after: store_bytes(jobs),
+    };
+    tracing::info!(
+        count = summary.jobs.len(),
+        store_bytes_before = summary.store_bytes_before,
+        store_bytes_after = summary.store_bytes_after,
+        "pruned finished jobs"
+    );
+    Ok(summary)
+}
+
+/// The daemon's `--keep`: prunes jobs finished more than `keep` ago now and every
+/// [`KEEP_EVERY`], for as long as the daemon runs.
+pub async fn keep(jobs: Jobs, keep: Duration) {
+    let mut every = tokio::time::interval(KEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(err) = prune(&jobs, keep, Vec::new(), false).await {
+            tracing::error!(error = %format!("{err:#}"), "cannot prune finished jobs");
+        }
+    }
+}
+
+/// A pruned job's conductor log and socket (gone already if its end removed it).
+fn remove_files(jobs: &Jobs, id: &JobId) {
+    let dir = jobs.state_dir();
+    for path in [dir.conductor_log(id), dir.socket(id)] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(job_id = %id, path = %path.display(), error = %err, "cannot remove a pruned job's file")
+            }
+        }
+    }
+}
+
+/// The store's size on disk: the database and its WAL.
+fn store_bytes(jobs: &Jobs) -> u64 {
+    let root = jobs.state_dir().root();
+    ["state.db", "state.db-wal"]
+        .iter()
+        .filter_map(|name| std::fs::metadata(root.join(name)).ok())
+        .map(|m| m.len())
+        .sum()
+}
