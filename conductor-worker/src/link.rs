@@ -25,7 +25,7 @@ pub type CancelReason = Option<String>;
 
 /// The most output reports kept unacknowledged (sent, or waiting to be): past it, output lines
 /// are dropped and counted until the supervisor catches up ([`LinkHandle::report`]).
-pub const MAX_UNACKED_OUTPUT: usize = 4096;
+pub const MAX_UNACKED_OUTPUT: usize = 65536;
 
 /// The most output bytes kept unacknowledged (the same bound, in bytes).
 pub const MAX_UNACKED_OUTPUT_BYTES: u64 = 8 << 20;
@@ -90,6 +90,21 @@ impl LinkHandle {
             self.push(behind_line(behind));
         }
         self.push(event)
+    }
+
+    /// [`LinkHandle::report`], after waiting until the output queue has room: for the lines
+    /// that must not be dropped (a step's tail and the line saying what its cap dropped).
+    pub async fn report_when_room(&mut self, event: JobEvent) -> u64 {
+        loop {
+            self.forget_acked();
+            if !self.output_is_full() {
+                break;
+            }
+            if self.acked.changed().await.is_err() {
+                break;
+            }
+        }
+        self.report(event)
     }
 
     fn output_is_full(&self) -> bool {
@@ -360,23 +375,25 @@ impl Server {
         result
     }
 
+    /// Serves one connection after its handshake: sends the reports (those not yet
+    /// acknowledged first) and heartbeats, applies the supervisor's messages. Writing never
+    /// stops reading: a supervisor blocked sending an acknowledgement while the conductor is
+    /// blocked sending a report would otherwise wait on each other for ever. The bytes not yet
+    /// written are bounded: no new report is taken while [`WRITE_AHEAD`] bytes wait.
     async fn exchange(
         &mut self,
         writer: &mut tokio::net::unix::OwnedWriteHalf,
         frames: &mut mpsc::Receiver<FrameResult<ToConductor>>,
     ) -> anyhow::Result<()> {
-        let mut backlog = Vec::new();
+        let mut out = Outgoing::default();
         for report in &self.outbox {
-            backlog.extend(encode_frame(&FromConductor::Report(report.clone()))?);
+            out.push(&FromConductor::Report(report.clone()))?;
         }
-        writer.write_all(&backlog).await?;
         let mut heartbeat = tokio::time::interval(self.heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = heartbeat.tick() => {
-                    writer.write_all(&encode_frame(&FromConductor::Heartbeat)?).await?;
-                }
+                _ = heartbeat.tick() => out.push(&FromConductor::Heartbeat)?,
                 frame = frames.recv() => match frame {
                     Some(Ok(Some(message))) => {
                         self.handle(message)?;
@@ -388,13 +405,19 @@ impl Server {
                     Some(Ok(None)) | None => return Ok(()),
                     Some(Err(err)) => return Err(err.into()),
                 },
-                report = self.reports.recv() => {
+                report = self.reports.recv(), if out.has_room() => {
                     let Some(report) = report else { return Ok(()) };
                     // Kept first: whatever happens to this connection, the report is sent
                     // again on the next one.
                     self.outbox.push_back(report.clone());
-                    let frame = encode_frame(&FromConductor::Report(report))?;
-                    writer.write_all(&frame).await?;
+                    out.push(&FromConductor::Report(report))?;
+                }
+                // Cancel-safe: when another branch wins, nothing was written.
+                written = writer.write(out.pending()), if !out.is_empty() => {
+                    match written? {
+                        0 => bail!("the supervisor's end is closed"),
+                        n => out.advance(n),
+                    }
                 }
             }
         }
@@ -447,6 +470,47 @@ impl Server {
             ToConductor::Hello(_) => bail!("unexpected second hello"),
         }
         Ok(())
+    }
+}
+
+/// Most bytes of encoded frames waiting to be written before the link takes no new report.
+const WRITE_AHEAD: usize = 256 * 1024;
+
+/// Encoded frames waiting to be written to the supervisor.
+#[derive(Default)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    /// How many of `bytes` are written.
+    written: usize,
+}
+
+impl Outgoing {
+    fn push(&mut self, message: &FromConductor) -> anyhow::Result<()> {
+        self.bytes.extend(encode_frame(message)?);
+        Ok(())
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.bytes[self.written..]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.written == self.bytes.len()
+    }
+
+    fn has_room(&self) -> bool {
+        self.bytes.len() - self.written < WRITE_AHEAD
+    }
+
+    fn advance(&mut self, written: usize) {
+        self.written = (self.written + written).min(self.bytes.len());
+        if self.is_empty() {
+            self.bytes.clear();
+            self.written = 0;
+        } else if self.written >= WRITE_AHEAD {
+            self.bytes.drain(..self.written);
+            self.written = 0;
+        }
     }
 }
 

@@ -472,13 +472,15 @@ impl<'a> Runner<'a> {
             );
             sink.forward(link, Note::Line(Stream::Stderr, line));
         }
+        // The tail waits for room rather than be dropped: it is the end of the step's output.
         for (stream, line) in cap.finish() {
-            link.report(JobEvent::Output {
+            let event = JobEvent::Output {
                 task: task_index,
                 phase,
                 stream,
                 line,
-            });
+            };
+            link.report_when_room(event).await;
         }
         // Cut at the source, as a command's stdout is: what the revert gets is what is stored.
         let bound = |mut text: String| {
