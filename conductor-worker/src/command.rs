@@ -249,8 +249,10 @@ impl StepOutput {
     /// the next read); pends once both are closed. Waits while the engine's notes are full, so
     /// that a step printing faster than its output is taken waits on its pipe.
     async fn forward_next(&mut self, ctx: &TaskContext) {
-        if let Some((stream, line)) = self.pending.take() {
-            return ctx.send_line(stream, line).await;
+        if let Some((stream, line)) = self.pending.clone() {
+            ctx.send_line(stream, line).await;
+            self.pending = None;
+            return;
         }
         let next = tokio::select! {
             line = self.stdout.next_line() => line.map(|line| {

@@ -1,6 +1,6 @@
 //! The environment a task process starts with. The conductor inherits the daemon's whole
 //! environment (`SUPERVISOR_*`, `RUST_LOG`, systemd's variables, any secret the daemon was given);
-//! none of it reaches a task unless listed here (ARCHITECTURE.md, What a task sees):
+//! none of it reaches a task unless listed here (ARCHITECTURE.md, Security):
 //!
 //! 1. from the conductor's environment, only [`ALLOWED`] and the `LC_*` variables;
 //! 2. the login of the user the task runs as (HOME, USER, LOGNAME, SHELL from its password

@@ -49,7 +49,7 @@ pub struct JobSpec {
     /// Environment for every task.
     pub env: BTreeMap<String, String>,
     /// Variables of the conductor's environment that tasks get besides the default allow-list
-    /// (ARCHITECTURE.md, What a task sees). Specs stored before it existed read as empty.
+    /// (ARCHITECTURE.md, Security). Specs stored before it existed read as empty.
     #[serde(default)]
     pub inherit_env: Vec<String>,
     /// The default `max_output` of the job's tasks; `None`: [`DEFAULT_MAX_OUTPUT`].
