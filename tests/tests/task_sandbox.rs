@@ -288,6 +288,44 @@ fn with_user_a_task_gets_that_user_s_login_groups_and_only_descriptors_0_1_2() {
     assert_eq!(fds, ["0", "1", "2"], "{}", run.report());
 }
 
+/// Hole 1 closed, with `user` too: a task running as `nobody` under the daemon lists its own
+/// descriptors and sees only 0, 1 and 2 (not the job's socket, nor any pipe, pidfd or log of
+/// the conductor).
+#[test]
+fn a_task_as_nobody_sees_only_descriptors_0_1_2() {
+    const TEST: &str = "a_task_as_nobody_sees_only_descriptors_0_1_2";
+    if !is_root() {
+        skip_unless_ci(TEST, "not root");
+        return;
+    }
+    if nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        skip_unless_ci(TEST, "no user nobody");
+        return;
+    }
+    let env = TestEnv::new();
+    let _daemon = start_daemon_with_env(&env, &[]);
+    let file = job(
+        &env,
+        "fds-nobody",
+        "[limits]\nuser = \"nobody\"",
+        "[[task]]\nname = \"fds\"\nrun = 'id -un; ls /proc/$$/fd; true'\n",
+    );
+    let id = submit_and_wait(&env, &file, LONG_DEADLINE);
+    let lines: Vec<String> = logs(&env, &id)
+        .iter()
+        .map(|l| l.trim_end().to_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        ["[fds] nobody", "[fds] 0", "[fds] 1", "[fds] 2"],
+        "the task as nobody saw other descriptors"
+    );
+}
+
 /// Hole 3 closed: `group` without `user` kept uid 0 (a task ran as root with another group).
 /// Now it is refused at validation: exit 2, at the `group` key, saying why.
 #[test]
