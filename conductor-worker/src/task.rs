@@ -241,3 +241,41 @@ impl TaskContext {
         self.dropped.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(notes: mpsc::Sender<Note>) -> TaskContext {
+        TaskContext {
+            job_id: JobId::from_random(1),
+            index: 0,
+            name: "t".into(),
+            phase: Phase::Execute,
+            attempt: 1,
+            params: serde_json::Value::Null,
+            result: String::new(),
+            execute_outcome: None,
+            cancel: watch::channel(None).1,
+            notes,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// A native task that logs without awaiting cannot block the conductor's one thread: past
+    /// the notes' capacity its lines are dropped and counted, never queued without bound.
+    #[test]
+    fn log_past_the_notes_capacity_drops_and_counts() {
+        let (notes, mut queue) = mpsc::channel(NOTES_CAPACITY);
+        let ctx = context(notes);
+        for n in 0..NOTES_CAPACITY + 44 {
+            ctx.log(format!("line {n}"));
+        }
+        assert_eq!(ctx.dropped_lines(), 44);
+        let mut kept = 0;
+        while queue.try_recv().is_ok() {
+            kept += 1;
+        }
+        assert_eq!(kept, NOTES_CAPACITY);
+    }
+}

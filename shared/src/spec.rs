@@ -409,16 +409,7 @@ impl JobSpec {
             .map(|l| parse_limits(l, &at))
             .transpose()?
             .unwrap_or_default();
-        let inherit_env = raw
-            .inherit_env
-            .unwrap_or_default()
-            .into_iter()
-            .map(|name| {
-                let span = name.span();
-                let name = name.into_inner();
-                env_name_problem(&name).map_or(Ok(name), |problem| Err(at(span, problem)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let inherit_env = parse_inherit_env(raw.inherit_env.unwrap_or_default(), &at)?;
         let max_output = raw
             .max_output
             .map(|v| parse_max_output(v, &at))
@@ -505,6 +496,21 @@ pub fn env_name_problem(name: &str) -> Option<String> {
              starting with a digit, at most {MAX_ENV_NAME_LEN} characters)"
         )
     })
+}
+
+/// The `inherit_env` names, each a variable name.
+fn parse_inherit_env(
+    names: Vec<Spanned<String>>,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<Vec<String>, SpecError> {
+    names
+        .into_iter()
+        .map(|name| {
+            let span = name.span();
+            let name = name.into_inner();
+            env_name_problem(&name).map_or(Ok(name), |problem| Err(at(span, problem)))
+        })
+        .collect()
 }
 
 /// Why a `max_output` is not allowed, or `None`.
