@@ -424,11 +424,10 @@ impl<'a> Runner<'a> {
         let task_index = u32::try_from(index).unwrap_or(u32::MAX);
         let (notes_tx, mut notes) = mpsc::channel(NOTES_CAPACITY);
         let ctx = self.context(index, phase, attempt, notes_tx);
-        let mut cap = OutputCap::new(self.plan.spec.max_output(spec));
         let mut sink = StepSink {
             task: task_index,
             phase,
-            cap: &mut cap,
+            cap: OutputCap::new(self.plan.spec.max_output(spec)),
         };
         // A cancel interrupts only an execute; the step's deadline (the execute's `timeout`,
         // the revert's `revert_timeout`) bounds both. Either drops the future of a task that
@@ -463,25 +462,7 @@ impl<'a> Runner<'a> {
         };
         let dropped_lines = ctx.dropped_lines();
         drop(ctx);
-        while let Ok(note) = notes.try_recv() {
-            sink.forward(link, note);
-        }
-        if dropped_lines > 0 {
-            let line = format!(
-                "[... {dropped_lines} lines dropped: the task logged faster than the conductor could take them ...]"
-            );
-            sink.forward(link, Note::Line(Stream::Stderr, line));
-        }
-        // The tail waits for room rather than be dropped: it is the end of the step's output.
-        for (stream, line) in cap.finish() {
-            let event = JobEvent::Output {
-                task: task_index,
-                phase,
-                stream,
-                line,
-            };
-            link.report_when_room(event).await;
-        }
+        sink.finish(link, &mut notes, dropped_lines).await;
         // Cut at the source, as a command's stdout is: what the revert gets is what is stored.
         let bound = |mut text: String| {
             truncate_at_boundary(&mut text, MAX_RESULT_LEN);
@@ -502,13 +483,42 @@ impl<'a> Runner<'a> {
 }
 
 /// Where a step's notes go: its lines through its output cap, then to the link.
-struct StepSink<'c> {
+struct StepSink {
     task: u32,
     phase: Phase,
-    cap: &'c mut OutputCap,
+    cap: OutputCap,
 }
 
-impl StepSink<'_> {
+impl StepSink {
+    /// At the step's end: the notes still queued, a line counting those a native task dropped
+    /// (`dropped_lines`), then the held tail of its output, which waits for room in the link
+    /// rather than be dropped: it is the end of the step's output.
+    async fn finish(
+        mut self,
+        link: &mut LinkHandle,
+        notes: &mut mpsc::Receiver<Note>,
+        dropped_lines: u64,
+    ) {
+        while let Ok(note) = notes.try_recv() {
+            self.forward(link, note);
+        }
+        if dropped_lines > 0 {
+            let line = format!(
+                "[... {dropped_lines} lines dropped: the task logged faster than the conductor could take them ...]"
+            );
+            self.forward(link, Note::Line(Stream::Stderr, line));
+        }
+        for (stream, line) in self.cap.finish() {
+            let event = JobEvent::Output {
+                task: self.task,
+                phase: self.phase,
+                stream,
+                line,
+            };
+            link.report_when_room(event).await;
+        }
+    }
+
     fn forward(&mut self, link: &mut LinkHandle, note: Note) {
         let (task, phase) = (self.task, self.phase);
         match note {
