@@ -505,6 +505,14 @@ fn an_output_flood_grows_the_store_by_about_the_cap() {
     );
     assert!(grown < 64 << 20, "the store grew by {grown} bytes");
     let lines = logs(&env, &id);
+    let behind = lines
+        .iter()
+        .filter(|l| l.contains("the supervisor was not taking them"))
+        .count();
+    eprintln!(
+        "flood: {} lines in `logs`, {behind} of them say the supervisor fell behind",
+        lines.len()
+    );
     let dropped = lines
         .iter()
         .find(|l| l.contains("bytes of output dropped"))
