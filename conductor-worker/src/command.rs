@@ -31,7 +31,8 @@ pub struct CommandTask {
     pub run: CommandSpec,
     pub revert: Option<CommandSpec>,
     pub cwd: Option<String>,
-    /// The job's `[env]` and the task's `env` (the task's win).
+    /// The task's whole environment but the step's own variables ([`crate::task_env`]): the
+    /// process starts with this and nothing else of the conductor's.
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
     /// Deadline of each revert step.
@@ -127,7 +128,12 @@ async fn run_step(
     limits: &TaskLimits,
 ) -> Result<String, TaskError> {
     let (task, phase) = (ctx.index(), ctx.phase());
-    let mut process = build_process(&command, limits);
+    let mut process = match build_process(&command, limits) {
+        Ok(process) => process,
+        Err(problem) => {
+            return not_started(format!("cannot start {:?}: {problem}", command.program));
+        }
+    };
     let before = limits.counters();
     let mut child = match process.spawn() {
         Ok(child) => child,
@@ -141,12 +147,13 @@ async fn run_step(
     let _owned = children.own(pid);
     let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
     tracing::info!(task, phase = phase.as_str(), pid, "step started");
-    ctx.spawned(pid);
+    ctx.spawned(pid).await;
 
     let mut output = StepOutput {
         stdout: LineReader::new(child.stdout.take()),
         stderr: LineReader::new(child.stderr.take()),
         result: Vec::new(),
+        pending: None,
     };
     let interrupt = watch_step(&command, ctx, pgid, &mut output).await;
     // Nothing of the step outlives it: its background children go with it. The leader has
@@ -165,22 +172,22 @@ async fn run_step(
     })
 }
 
-/// The step's process: its own process group, output piped, the job's limits applied.
-fn build_process(command: &StepCommand<'_>, limits: &TaskLimits) -> Command {
+/// The step's process: its own process group, its own environment only, output piped (the
+/// pipes' conductor ends are close-on-exec, as every descriptor the conductor opens), the
+/// job's limits applied.
+fn build_process(command: &StepCommand<'_>, limits: &TaskLimits) -> Result<Command, String> {
     let mut process = Command::new(command.program);
     process
         .args(&command.args)
+        .env_clear()
         .envs(&command.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    if let Some(cwd) = command.cwd {
-        process.current_dir(cwd);
-    }
-    limits.apply(&mut process);
-    process
+    limits.apply(&mut process, command.cwd)?;
+    Ok(process)
 }
 
 /// Forwards the step's output until its process (the group leader `pgid`) exits, without
@@ -233,23 +240,32 @@ struct StepOutput {
     stdout: LineReader<ChildStdout>,
     stderr: LineReader<ChildStderr>,
     result: Vec<u8>,
+    /// A line read but not yet handed to the engine.
+    pending: Option<(Stream, String)>,
 }
 
 impl StepOutput {
-    /// Forwards the next line of either pipe (cancel-safe); pends once both are closed.
+    /// Forwards the next line of either pipe (cancel-safe: a line read is forwarded before
+    /// the next read); pends once both are closed. Waits while the engine's notes are full, so
+    /// that a step printing faster than its output is taken waits on its pipe.
     async fn forward_next(&mut self, ctx: &TaskContext) {
-        tokio::select! {
-            line = self.stdout.next_line() => {
-                if let Some(line) = line {
-                    keep_result(&mut self.result, &line);
-                    ctx.line(Stream::Stdout, line);
-                }
-            }
-            line = self.stderr.next_line() => {
-                if let Some(line) = line {
-                    ctx.line(Stream::Stderr, line);
-                }
-            }
+        if let Some((stream, line)) = self.pending.clone() {
+            ctx.send_line(stream, line).await;
+            self.pending = None;
+            return;
+        }
+        let next = tokio::select! {
+            line = self.stdout.next_line() => line.map(|line| {
+                keep_result(&mut self.result, &line);
+                (Stream::Stdout, line)
+            }),
+            line = self.stderr.next_line() => line.map(|line| (Stream::Stderr, line)),
+        };
+        if let Some((stream, line)) = next {
+            // Kept until sent: a `select!` that drops this future mid-send loses nothing.
+            self.pending = Some((stream, line.clone()));
+            ctx.send_line(stream, line).await;
+            self.pending = None;
         }
     }
 
@@ -257,7 +273,7 @@ impl StepOutput {
     /// background child that escaped the group may hold a pipe open).
     async fn drain(&mut self, ctx: &TaskContext) {
         let drain_until = Instant::now() + OUTPUT_DRAIN;
-        while !(self.stdout.is_done() && self.stderr.is_done()) {
+        while !(self.stdout.is_done() && self.stderr.is_done() && self.pending.is_none()) {
             tokio::select! {
                 () = self.forward_next(ctx) => {}
                 () = sleep_until(drain_until) => break,
@@ -419,7 +435,8 @@ mod tests {
             children: OwnedChildren::default(),
             limits: Rc::new(limits),
         };
-        let (notes, _) = mpsc::unbounded_channel();
+        let (notes, mut sink) = mpsc::channel(crate::task::NOTES_CAPACITY);
+        tokio::spawn(async move { while sink.recv().await.is_some() {} });
         let ctx = TaskContext {
             job_id: JobId::from_random(1),
             index: 0,
@@ -431,6 +448,7 @@ mod tests {
             execute_outcome: Some(ExecOutcome::Failure),
             cancel: watch::channel(None).1,
             notes,
+            dropped: std::sync::Arc::default(),
         };
         (task, ctx)
     }

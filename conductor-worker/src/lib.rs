@@ -35,11 +35,13 @@ pub mod exit_watch;
 pub mod fds;
 pub mod limits;
 pub mod link;
+pub mod output_cap;
 pub mod reaper;
 pub mod registry;
 pub mod runner;
 pub mod signals;
 pub mod task;
+pub mod task_env;
 
 pub use registry::{Registry, main_with_registry};
 pub use task::{Task, TaskContext, TaskError, TaskFuture};

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use shared::ids::JobId;
 use shared::protocol::codec::{FrameResult, encode_frame, read_frame, spawn_frame_reader_with};
 use shared::protocol::conductor::{
-    ConductorHello, FromConductor, JobEvent, JobPlan, Report, ToConductor,
+    ConductorHello, FromConductor, JobEvent, JobPlan, Phase, Report, Stream, ToConductor,
 };
 use shared::protocol::{PROTOCOL_VERSION, negotiate, supported_versions};
 use std::collections::VecDeque;
@@ -21,23 +21,125 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the job is being cancelled, once it is.
 pub type CancelReason = Option<String>;
 
+/// The most output reports kept unacknowledged (sent, or waiting to be): past it, output lines
+/// are dropped and counted until the supervisor catches up ([`LinkHandle::report`]).
+pub const MAX_UNACKED_OUTPUT: usize = 65536;
+
+/// The most output bytes kept unacknowledged (the same bound, in bytes).
+pub const MAX_UNACKED_OUTPUT_BYTES: u64 = 8 << 20;
+
+/// Room in the reports queue beyond [`MAX_UNACKED_OUTPUT`], for the reports that are never
+/// dropped. Few can be unacknowledged at once: every step waits for the acknowledgement of its
+/// `TaskStarting`, so at most its `TaskSpawned`, its `TaskFinished`, a `Cancelling`, the
+/// `JobFinished` and the lines saying what was dropped are pending beside the output.
+const STATE_ROOM: usize = 64;
+
 /// The runner's side of the link.
 pub struct LinkHandle {
-    reports: mpsc::UnboundedSender<Report>,
+    /// Bounded: [`MAX_UNACKED_OUTPUT`] output reports and [`STATE_ROOM`] others.
+    reports: mpsc::Sender<Report>,
     acked: watch::Receiver<u64>,
     next_seq: u64,
+    /// The unacknowledged output reports: (seq, bytes), oldest first.
+    unacked_output: VecDeque<(u64, u64)>,
+    unacked_output_bytes: u64,
+    /// Output dropped while the supervisor was behind, not yet reported.
+    behind: Option<Behind>,
+}
+
+/// Output lines dropped because the supervisor was behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Behind {
+    task: u32,
+    phase: Phase,
+    lines: u64,
+    bytes: u64,
 }
 
 impl LinkHandle {
     /// Sends a report without waiting; it is kept until acknowledged. Its texts are bounded
     /// first ([`JobEvent::bounded`]), so that it always fits in a frame.
+    ///
+    /// An output line that finds [`MAX_UNACKED_OUTPUT`] lines (or
+    /// [`MAX_UNACKED_OUTPUT_BYTES`]) unacknowledged is dropped and counted instead (it gets no
+    /// seq; the returned one is the last report's), and the next report that goes out is
+    /// preceded by one line saying how many were dropped. Every other report always goes out:
+    /// a state change is never lost.
     pub fn report(&mut self, event: JobEvent) -> u64 {
+        let event = event.bounded();
+        self.forget_acked();
+        if let JobEvent::Output {
+            task, phase, line, ..
+        } = &event
+        {
+            if self.output_is_full() {
+                let behind = self.behind.get_or_insert(Behind {
+                    task: *task,
+                    phase: *phase,
+                    lines: 0,
+                    bytes: 0,
+                });
+                behind.lines += 1;
+                behind.bytes += u64::try_from(line.len()).unwrap_or(u64::MAX) + 1;
+                return self.next_seq - 1;
+            }
+        }
+        if let Some(behind) = self.behind.take() {
+            self.push(behind_line(behind));
+        }
+        self.push(event)
+    }
+
+    /// [`LinkHandle::report`], after waiting until the output queue has room: for the lines
+    /// that must not be dropped (a step's tail and the line saying what its cap dropped).
+    pub async fn report_when_room(&mut self, event: JobEvent) -> u64 {
+        loop {
+            self.forget_acked();
+            if !self.output_is_full() {
+                break;
+            }
+            if self.acked.changed().await.is_err() {
+                break;
+            }
+        }
+        self.report(event)
+    }
+
+    fn output_is_full(&self) -> bool {
+        self.unacked_output.len() >= MAX_UNACKED_OUTPUT
+            || self.unacked_output_bytes >= MAX_UNACKED_OUTPUT_BYTES
+    }
+
+    /// Forgets the output reports the supervisor has acknowledged.
+    fn forget_acked(&mut self) {
+        let acked = *self.acked.borrow();
+        while let Some(&(seq, bytes)) = self.unacked_output.front() {
+            if seq > acked {
+                break;
+            }
+            self.unacked_output.pop_front();
+            self.unacked_output_bytes -= bytes;
+        }
+    }
+
+    fn push(&mut self, event: JobEvent) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let event = event.bounded();
+        if let JobEvent::Output { line, .. } = &event {
+            let bytes = u64::try_from(line.len()).unwrap_or(u64::MAX) + 1;
+            self.unacked_output.push_back((seq, bytes));
+            self.unacked_output_bytes += bytes;
+        }
         tracing::debug!(seq, ?event, "report");
-        // The link task lives as long as the runtime; a send can only fail during shutdown.
-        let _ = self.reports.send(Report { seq, event });
+        match self.reports.try_send(Report { seq, event }) {
+            Ok(()) => {}
+            // The link task lives as long as the runtime: closed only during shutdown.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(report)) => {
+                // Cannot happen: the queue has room for every report that can be pending.
+                tracing::error!(seq = report.seq, "the reports queue is full, report lost");
+            }
+        }
         seq
     }
 
@@ -78,7 +180,7 @@ pub fn start(listen_fd: RawFd, job_id: JobId) -> anyhow::Result<Link> {
         .context("the inherited socket is not usable")?;
     let listener = UnixListener::from_std(std_listener)
         .with_context(|| format!("file descriptor {listen_fd} is not a listening Unix socket"))?;
-    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let (reports_tx, reports_rx) = mpsc::channel(MAX_UNACKED_OUTPUT + STATE_ROOM);
     let (acked_tx, acked_rx) = watch::channel(0);
     let (cancel_tx, cancel_rx) = watch::channel(None);
     let (plan_tx, plan_rx) = oneshot::channel();
@@ -101,6 +203,9 @@ pub fn start(listen_fd: RawFd, job_id: JobId) -> anyhow::Result<Link> {
             reports: reports_tx,
             acked: acked_rx,
             next_seq: 1,
+            unacked_output: VecDeque::new(),
+            unacked_output_bytes: 0,
+            behind: None,
         },
         plan: plan_rx,
         cancel: cancel_rx,
@@ -111,8 +216,10 @@ pub fn start(listen_fd: RawFd, job_id: JobId) -> anyhow::Result<Link> {
 struct Server {
     listener: UnixListener,
     job_id: JobId,
-    reports: mpsc::UnboundedReceiver<Report>,
-    /// Sent (or to be sent) and not yet acknowledged, in order.
+    reports: mpsc::Receiver<Report>,
+    /// Sent (or to be sent) and not yet acknowledged, in order. Bounded as the reports queue
+    /// is: a report leaves the queue only into the outbox, and the runner's handle admits no
+    /// output past [`MAX_UNACKED_OUTPUT`] unacknowledged reports.
     outbox: VecDeque<Report>,
     acked: watch::Sender<u64>,
     cancel: watch::Sender<CancelReason>,
@@ -126,8 +233,17 @@ struct Server {
     heartbeat_every: Duration,
 }
 
-/// Pause after a failed `accept`, so that a lasting error (EMFILE) does not spin the thread.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// First pause after a failed `accept`, doubled after each further failure up to
+/// [`ACCEPT_RETRY_MAX`], so that a lasting error (EMFILE) does not spin the thread.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+/// Longest pause between two `accept`s that fail.
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The pause after a failed `accept` that follows `previous` (`None`: the first failure).
+fn accept_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(ACCEPT_RETRY, |pause| (pause * 2).min(ACCEPT_RETRY_MAX))
+}
 
 /// How the link to the supervisor has been, so that a lasting problem is logged once at WARN
 /// (and then at debug for every further attempt), and its end once at INFO.
@@ -178,12 +294,18 @@ fn heartbeat_every(timeout: Duration) -> Duration {
 
 impl Server {
     async fn serve(mut self) {
+        let mut backoff = None;
         loop {
             let stream = match self.listener.accept().await {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    backoff = None;
+                    stream
+                }
                 Err(err) => {
                     self.health.failed("accept", &err);
-                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    let pause = accept_backoff(backoff);
+                    backoff = Some(pause);
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             };
@@ -251,23 +373,25 @@ impl Server {
         result
     }
 
+    /// Serves one connection after its handshake: sends the reports (those not yet
+    /// acknowledged first) and heartbeats, applies the supervisor's messages. Writing never
+    /// stops reading: a supervisor blocked sending an acknowledgement while the conductor is
+    /// blocked sending a report would otherwise wait on each other for ever. The bytes not yet
+    /// written are bounded: no new report is taken while [`WRITE_AHEAD`] bytes wait.
     async fn exchange(
         &mut self,
         writer: &mut tokio::net::unix::OwnedWriteHalf,
         frames: &mut mpsc::Receiver<FrameResult<ToConductor>>,
     ) -> anyhow::Result<()> {
-        let mut backlog = Vec::new();
+        let mut out = Outgoing::default();
         for report in &self.outbox {
-            backlog.extend(encode_frame(&FromConductor::Report(report.clone()))?);
+            out.push(&FromConductor::Report(report.clone()))?;
         }
-        writer.write_all(&backlog).await?;
         let mut heartbeat = tokio::time::interval(self.heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = heartbeat.tick() => {
-                    writer.write_all(&encode_frame(&FromConductor::Heartbeat)?).await?;
-                }
+                _ = heartbeat.tick() => out.push(&FromConductor::Heartbeat)?,
                 frame = frames.recv() => match frame {
                     Some(Ok(Some(message))) => {
                         self.handle(message)?;
@@ -279,13 +403,19 @@ impl Server {
                     Some(Ok(None)) | None => return Ok(()),
                     Some(Err(err)) => return Err(err.into()),
                 },
-                report = self.reports.recv() => {
+                report = self.reports.recv(), if out.has_room() => {
                     let Some(report) = report else { return Ok(()) };
                     // Kept first: whatever happens to this connection, the report is sent
                     // again on the next one.
                     self.outbox.push_back(report.clone());
-                    let frame = encode_frame(&FromConductor::Report(report))?;
-                    writer.write_all(&frame).await?;
+                    out.push(&FromConductor::Report(report))?;
+                }
+                // Cancel-safe: when another branch wins, nothing was written.
+                written = writer.write(out.pending()), if !out.is_empty() => {
+                    match written? {
+                        0 => bail!("the supervisor's end is closed"),
+                        n => out.advance(n),
+                    }
                 }
             }
         }
@@ -372,6 +502,60 @@ async fn send_with_credentials(stream: &UnixStream, frame: &[u8]) -> anyhow::Res
     Ok(())
 }
 
+/// Most bytes of encoded frames waiting to be written before the link takes no new report.
+const WRITE_AHEAD: usize = 256 * 1024;
+
+/// Encoded frames waiting to be written to the supervisor.
+#[derive(Default)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    /// How many of `bytes` are written.
+    written: usize,
+}
+
+impl Outgoing {
+    fn push(&mut self, message: &FromConductor) -> anyhow::Result<()> {
+        self.bytes.extend(encode_frame(message)?);
+        Ok(())
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.bytes[self.written..]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.written == self.bytes.len()
+    }
+
+    fn has_room(&self) -> bool {
+        self.bytes.len() - self.written < WRITE_AHEAD
+    }
+
+    fn advance(&mut self, written: usize) {
+        self.written = (self.written + written).min(self.bytes.len());
+        if self.is_empty() {
+            self.bytes.clear();
+            self.written = 0;
+        } else if self.written >= WRITE_AHEAD {
+            self.bytes.drain(..self.written);
+            self.written = 0;
+        }
+    }
+}
+
+/// The line that stands for output dropped while the supervisor was behind.
+fn behind_line(behind: Behind) -> JobEvent {
+    JobEvent::Output {
+        task: behind.task,
+        phase: behind.phase,
+        stream: Stream::Stderr,
+        line: format!(
+            "[... {} lines ({} bytes) of output dropped: the supervisor was not taking them fast enough ...]",
+            behind.lines, behind.bytes
+        ),
+    }
+}
+
 /// Only our own user or root may talk to the conductor.
 fn check_peer(stream: &UnixStream) -> anyhow::Result<()> {
     let creds = stream
@@ -393,7 +577,7 @@ fn check_peer(stream: &UnixStream) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use shared::protocol::codec::{decode_body, write_frame};
-    use shared::protocol::conductor::{MAX_LINE_LEN, Phase, PlanAction, PriorTask, Stream};
+    use shared::protocol::conductor::{MAX_LINE_LEN, PlanAction, PriorTask};
     use shared::protocol::{MIN_PROTOCOL_VERSION, conductor::SupervisorHello};
     use shared::spec::JobSpec;
     use std::os::fd::IntoRawFd;
@@ -531,6 +715,61 @@ mod tests {
         health.failed("connection closed", &"closed");
         health.connected(PROTOCOL_VERSION);
         assert_eq!(health, Health::Done);
+    }
+
+    #[test]
+    fn accept_failures_back_off_up_to_a_second() {
+        let mut pause = None;
+        let mut pauses = Vec::new();
+        for _ in 0..10 {
+            let next = accept_backoff(pause);
+            pauses.push(next);
+            pause = Some(next);
+        }
+        assert_eq!(pauses[0], ACCEPT_RETRY);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+        assert_eq!(pauses.last().copied(), Some(ACCEPT_RETRY_MAX));
+    }
+
+    /// A handle whose supervisor acknowledges nothing: output past the bound is dropped and
+    /// counted, state changes always go out, and the count goes out before the next report.
+    #[tokio::test]
+    async fn output_past_the_unacked_bound_is_dropped_and_counted_but_state_changes_never_are() {
+        let (reports, mut queue) = mpsc::channel(MAX_UNACKED_OUTPUT + STATE_ROOM);
+        let (acked_tx, acked) = watch::channel(0);
+        let mut handle = LinkHandle {
+            reports,
+            acked,
+            next_seq: 1,
+            unacked_output: VecDeque::new(),
+            unacked_output_bytes: 0,
+            behind: None,
+        };
+        let line = |n: usize| JobEvent::Output {
+            task: 0,
+            phase: Phase::Execute,
+            stream: Stream::Stdout,
+            line: format!("line {n}"),
+        };
+        for n in 0..MAX_UNACKED_OUTPUT + 100 {
+            handle.report(line(n));
+        }
+        let finished = handle.report(JobEvent::Cancelling {
+            reason: "test".into(),
+        });
+        let sent: Vec<Report> = std::iter::from_fn(|| queue.try_recv().ok()).collect();
+        assert_eq!(sent.len(), MAX_UNACKED_OUTPUT + 2);
+        assert!(sent.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        let JobEvent::Output { line: marker, .. } = &sent[MAX_UNACKED_OUTPUT].event else {
+            panic!("the drop count comes before the state change")
+        };
+        assert!(marker.contains("100 lines"), "{marker}");
+        assert_eq!(sent[MAX_UNACKED_OUTPUT + 1].seq, finished);
+        // Once acknowledged, output flows again.
+        acked_tx.send_replace(finished);
+        let seq = handle.report(line(0));
+        assert_eq!(seq, finished + 1);
+        assert!(queue.try_recv().is_ok());
     }
 
     #[test]

@@ -7,13 +7,15 @@ use crate::Config;
 use crate::command::CommandTask;
 use crate::limits::TaskLimits;
 use crate::link::{self, CancelReason, Link, LinkHandle};
+use crate::output_cap::OutputCap;
 use crate::reaper::{self, OwnedChildren};
 use crate::registry::Registry;
-use crate::task::{Note, Task, TaskContext, TaskError};
+use crate::task::{NOTES_CAPACITY, Note, Task, TaskContext, TaskError};
+use crate::task_env::{EnvSources, task_env};
 use anyhow::{Context, bail};
 use shared::duration::format_duration;
 use shared::protocol::conductor::{
-    JobEvent, JobPlan, MAX_RESULT_LEN, Phase, PlanAction, StepOutcome, truncate_at_boundary,
+    JobEvent, JobPlan, MAX_RESULT_LEN, Phase, PlanAction, StepOutcome, Stream, truncate_at_boundary,
 };
 use shared::spec::{TaskBody, TaskSpec};
 use shared::state::{ExecOutcome, JobState, TaskState};
@@ -83,8 +85,15 @@ fn build_task(
 ) -> Result<Box<dyn Task>, String> {
     match &spec.body {
         TaskBody::Command { run, revert } => {
-            let mut env = plan.spec.env.clone();
-            env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let limits = limits.clone()?;
+            let env = task_env(&EnvSources {
+                conductor: std::env::vars_os().collect(),
+                login: limits.login(),
+                switches_user: limits.switches_user(),
+                inherit: &plan.spec.inherit_env,
+                job: &plan.spec.env,
+                task: &spec.env,
+            });
             Ok(Box::new(CommandTask {
                 run: run.clone(),
                 revert: revert.clone(),
@@ -94,7 +103,7 @@ fn build_task(
                 revert_timeout: plan.spec.revert_timeout(spec),
                 term_grace: plan.spec.term_grace,
                 children: children.clone(),
-                limits: limits.clone()?,
+                limits,
             }))
         }
         TaskBody::Native { kind, params_json } => {
@@ -374,7 +383,7 @@ impl<'a> Runner<'a> {
         index: usize,
         phase: Phase,
         attempt: u32,
-        notes: mpsc::UnboundedSender<Note>,
+        notes: mpsc::Sender<Note>,
     ) -> TaskContext {
         let spec = &self.plan.spec.tasks[index];
         let params = match &spec.body {
@@ -395,6 +404,7 @@ impl<'a> Runner<'a> {
             execute_outcome: progress.exec_outcome,
             cancel: self.cancel.clone(),
             notes,
+            dropped: std::sync::Arc::default(),
         }
     }
 
@@ -412,8 +422,13 @@ impl<'a> Runner<'a> {
         };
         let spec = &self.plan.spec.tasks[index];
         let task_index = u32::try_from(index).unwrap_or(u32::MAX);
-        let (notes_tx, mut notes) = mpsc::unbounded_channel();
+        let (notes_tx, mut notes) = mpsc::channel(NOTES_CAPACITY);
         let ctx = self.context(index, phase, attempt, notes_tx);
+        let mut sink = StepSink {
+            task: task_index,
+            phase,
+            cap: OutputCap::new(self.plan.spec.max_output(spec)),
+        };
         // A cancel interrupts only an execute; the step's deadline (the execute's `timeout`,
         // the revert's `revert_timeout`) bounds both. Either drops the future of a task that
         // may be dropped; a command task applies them to its process itself.
@@ -437,7 +452,7 @@ impl<'a> Runner<'a> {
             loop {
                 tokio::select! {
                     ended = &mut running => break ended,
-                    Some(note) = notes.recv() => forward(link, task_index, phase, note),
+                    Some(note) = notes.recv() => sink.forward(link, note),
                     _ = cancel.wait_for(Option::is_some), if interruptible => break Err(TaskError::cancelled()),
                     () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                         break Err(TaskError::timed_out(phase, limit.unwrap_or_default()));
@@ -445,10 +460,9 @@ impl<'a> Runner<'a> {
                 }
             }
         };
+        let dropped_lines = ctx.dropped_lines();
         drop(ctx);
-        while let Ok(note) = notes.try_recv() {
-            forward(link, task_index, phase, note);
-        }
+        sink.finish(link, &mut notes, dropped_lines).await;
         // Cut at the source, as a command's stdout is: what the revert gets is what is stored.
         let bound = |mut text: String| {
             truncate_at_boundary(&mut text, MAX_RESULT_LEN);
@@ -468,18 +482,59 @@ impl<'a> Runner<'a> {
     }
 }
 
-fn forward(link: &mut LinkHandle, task: u32, phase: Phase, note: Note) {
-    match note {
-        Note::Line(stream, line) => {
-            link.report(JobEvent::Output {
-                task,
-                phase,
+/// Where a step's notes go: its lines through its output cap, then to the link.
+struct StepSink {
+    task: u32,
+    phase: Phase,
+    cap: OutputCap,
+}
+
+impl StepSink {
+    /// At the step's end: the notes still queued, a line counting those a native task dropped
+    /// (`dropped_lines`), then the held tail of its output, which waits for room in the link
+    /// rather than be dropped: it is the end of the step's output.
+    async fn finish(
+        mut self,
+        link: &mut LinkHandle,
+        notes: &mut mpsc::Receiver<Note>,
+        dropped_lines: u64,
+    ) {
+        while let Ok(note) = notes.try_recv() {
+            self.forward(link, note);
+        }
+        if dropped_lines > 0 {
+            let line = format!(
+                "[... {dropped_lines} lines dropped: the task logged faster than the conductor could take them ...]"
+            );
+            self.forward(link, Note::Line(Stream::Stderr, line));
+        }
+        for (stream, line) in self.cap.finish() {
+            let event = JobEvent::Output {
+                task: self.task,
+                phase: self.phase,
                 stream,
                 line,
-            });
+            };
+            link.report_when_room(event).await;
         }
-        Note::Spawned(pid) => {
-            link.report(JobEvent::TaskSpawned { task, phase, pid });
+    }
+
+    fn forward(&mut self, link: &mut LinkHandle, note: Note) {
+        let (task, phase) = (self.task, self.phase);
+        match note {
+            Note::Line(stream, line) => {
+                if let Some((stream, line)) = self.cap.admit(stream, line) {
+                    link.report(JobEvent::Output {
+                        task,
+                        phase,
+                        stream,
+                        line,
+                    });
+                }
+            }
+            Note::Spawned(pid) => {
+                link.report(JobEvent::TaskSpawned { task, phase, pid });
+            }
         }
     }
 }

@@ -21,6 +21,8 @@ use shared::state::ExecOutcome;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, watch};
 
 use crate::link::CancelReason;
@@ -101,6 +103,11 @@ pub(crate) enum Note {
     Spawned(u32),
 }
 
+/// How many notes a step may have waiting for the engine. A command step waits for room (its
+/// process then waits on its full pipe); a native task's [`TaskContext::log`] cannot wait, so a
+/// line that finds no room is dropped and counted ([`TaskContext::dropped_lines`]).
+pub(crate) const NOTES_CAPACITY: usize = 256;
+
 /// Everything a task step gets from the engine.
 pub struct TaskContext {
     pub(crate) job_id: JobId,
@@ -112,7 +119,9 @@ pub struct TaskContext {
     pub(crate) result: String,
     pub(crate) execute_outcome: Option<ExecOutcome>,
     pub(crate) cancel: watch::Receiver<CancelReason>,
-    pub(crate) notes: mpsc::UnboundedSender<Note>,
+    pub(crate) notes: mpsc::Sender<Note>,
+    /// Lines [`TaskContext::log`] dropped because the notes were full.
+    pub(crate) dropped: Arc<AtomicU64>,
 }
 
 impl TaskContext {
@@ -205,12 +214,68 @@ impl TaskContext {
         self.line(Stream::Stderr, line.into());
     }
 
+    /// Sends a line without waiting: one that finds the notes full is dropped and counted.
     pub(crate) fn line(&self, stream: Stream, mut line: String) {
         bound_with_marker(&mut line, MAX_LINE_LEN);
-        let _ = self.notes.send(Note::Line(stream, line));
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.notes.try_send(Note::Line(stream, line))
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    pub(crate) fn spawned(&self, pid: u32) {
-        let _ = self.notes.send(Note::Spawned(pid));
+    /// Sends a line, waiting for room (a command step: its process waits on its pipe meanwhile).
+    pub(crate) async fn send_line(&self, stream: Stream, mut line: String) {
+        bound_with_marker(&mut line, MAX_LINE_LEN);
+        let _ = self.notes.send(Note::Line(stream, line)).await;
+    }
+
+    /// Reports the step's process group leader; never dropped (it waits for room).
+    pub(crate) async fn spawned(&self, pid: u32) {
+        let _ = self.notes.send(Note::Spawned(pid)).await;
+    }
+
+    /// How many lines [`TaskContext::log`] and [`TaskContext::log_error`] dropped because the
+    /// engine had not taken the previous ones yet.
+    pub(crate) fn dropped_lines(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(notes: mpsc::Sender<Note>) -> TaskContext {
+        TaskContext {
+            job_id: JobId::from_random(1),
+            index: 0,
+            name: "t".into(),
+            phase: Phase::Execute,
+            attempt: 1,
+            params: serde_json::Value::Null,
+            result: String::new(),
+            execute_outcome: None,
+            cancel: watch::channel(None).1,
+            notes,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// A native task that logs without awaiting cannot block the conductor's one thread: past
+    /// the notes' capacity its lines are dropped and counted, never queued without bound.
+    #[test]
+    fn log_past_the_notes_capacity_drops_and_counts() {
+        let (notes, mut queue) = mpsc::channel(NOTES_CAPACITY);
+        let ctx = context(notes);
+        for n in 0..NOTES_CAPACITY + 44 {
+            ctx.log(format!("line {n}"));
+        }
+        assert_eq!(ctx.dropped_lines(), 44);
+        let mut kept = 0;
+        while queue.try_recv().is_ok() {
+            kept += 1;
+        }
+        assert_eq!(kept, NOTES_CAPACITY);
     }
 }

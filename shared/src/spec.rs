@@ -20,6 +20,12 @@ pub const DEFAULT_TERM_GRACE: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest task name.
 pub const MAX_TASK_NAME_LEN: usize = 64;
+/// Default `max_output`: how much of one step's output is kept (head and tail).
+pub const DEFAULT_MAX_OUTPUT: u64 = 16 << 20;
+/// Smallest `max_output` (room for a head, a tail and the line saying what was dropped).
+pub const MIN_MAX_OUTPUT: u64 = 1024;
+/// Longest name in `inherit_env`.
+pub const MAX_ENV_NAME_LEN: usize = 256;
 /// Longest duration a job file may set (about 100 years): far enough for any real deadline,
 /// and near enough that adding it to the clock never overflows.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -42,6 +48,13 @@ pub struct JobSpec {
     pub term_grace: Duration,
     /// Environment for every task.
     pub env: BTreeMap<String, String>,
+    /// Variables of the conductor's environment that tasks get besides the default allow-list
+    /// (ARCHITECTURE.md, Security). Specs stored before it existed read as empty.
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
+    /// The default `max_output` of the job's tasks; `None`: [`DEFAULT_MAX_OUTPUT`].
+    #[serde(default)]
+    pub max_output: Option<u64>,
     /// A custom conductor program (built on the conductor-worker library) that provides the
     /// native task kinds; `None`: the default conductor (command tasks only). A bare name is
     /// looked up next to the supervisor binary; a path is relative to the job file.
@@ -73,6 +86,10 @@ pub struct TaskSpec {
     pub retries: u32,
     pub cwd: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// How much of one step's output is kept, in bytes (head and tail; the rest is dropped and
+    /// counted); `None`: the job's. See [`JobSpec::max_output`].
+    #[serde(default)]
+    pub max_output: Option<u64>,
 }
 
 /// What a task runs.
@@ -139,6 +156,8 @@ impl fmt::Debug for JobSpec {
             .field("cancel_timeout", &self.cancel_timeout)
             .field("term_grace", &self.term_grace)
             .field("env_keys", &EnvKeys(&self.env))
+            .field("inherit_env", &self.inherit_env)
+            .field("max_output", &self.max_output)
             .field("worker", &self.worker)
             .field("limits", &self.limits)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
@@ -158,6 +177,7 @@ impl fmt::Debug for TaskSpec {
             .field("retries", &self.retries)
             .field("cwd", &self.cwd)
             .field("env_keys", &EnvKeys(&self.env))
+            .field("max_output", &self.max_output)
             .finish()
     }
 }
@@ -183,6 +203,8 @@ struct RawJob {
     cancel_timeout: Option<Spanned<String>>,
     term_grace: Option<Spanned<String>>,
     env: Option<BTreeMap<String, String>>,
+    inherit_env: Option<Vec<Spanned<String>>>,
+    max_output: Option<Spanned<toml::Value>>,
     worker: Option<Spanned<String>>,
     limits: Option<RawLimits>,
     heartbeat_timeout: Option<Spanned<String>>,
@@ -216,6 +238,7 @@ struct RawTask {
     retries: Option<u32>,
     cwd: Option<Spanned<String>>,
     env: Option<BTreeMap<String, String>>,
+    max_output: Option<Spanned<toml::Value>>,
 }
 
 impl JobSpec {
@@ -229,6 +252,15 @@ impl JobSpec {
                 }
             }
         }
+    }
+
+    /// How much of one step's output of `task` is kept: its `max_output`, else the job's, else
+    /// [`DEFAULT_MAX_OUTPUT`].
+    #[must_use]
+    pub fn max_output(&self, task: &TaskSpec) -> u64 {
+        task.max_output
+            .or(self.max_output)
+            .unwrap_or(DEFAULT_MAX_OUTPUT)
     }
 
     /// How long each revert step of `task` may run: its `revert_timeout`, else the job's
@@ -369,11 +401,19 @@ impl JobSpec {
                 ));
             }
         }
+        if let Some(raw_limits) = &raw.limits {
+            check_identity_limits(raw_limits, &tasks, &at)?;
+        }
         let limits = raw
             .limits
             .map(|l| parse_limits(l, &at))
             .transpose()?
             .unwrap_or_default();
+        let inherit_env = parse_inherit_env(raw.inherit_env.unwrap_or_default(), &at)?;
+        let max_output = raw
+            .max_output
+            .map(|v| parse_max_output(v, &at))
+            .transpose()?;
         let heartbeat_timeout = raw
             .heartbeat_timeout
             .map(|d| positive_duration(d, "heartbeat_timeout", &at))
@@ -385,6 +425,8 @@ impl JobSpec {
             cancel_timeout,
             term_grace,
             env: raw.env.unwrap_or_default(),
+            inherit_env,
+            max_output,
             worker: worker.map(Spanned::into_inner),
             limits,
             heartbeat_timeout,
@@ -392,6 +434,105 @@ impl JobSpec {
             tasks,
         })
     }
+}
+
+/// The `[limits]` keys that act on each task process (rlimits and identity): a native task runs
+/// inside the conductor, which runs as the supervisor's user, so none of them could apply to
+/// it; and `group` alone would keep the supervisor's user (root).
+fn check_identity_limits(
+    raw: &RawLimits,
+    tasks: &[TaskSpec],
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<(), SpecError> {
+    if let (Some(group), None) = (&raw.group, &raw.user) {
+        return Err(at(
+            group.span(),
+            "`group` needs `user`: alone it would leave the tasks running as the supervisor's \
+             user (root) with another group; set `user` (its own group is the default)"
+                .into(),
+        ));
+    }
+    let per_process = [
+        ("user", raw.user.as_ref().map(Spanned::span)),
+        ("group", raw.group.as_ref().map(Spanned::span)),
+        ("nofile", raw.nofile.as_ref().map(Spanned::span)),
+        ("core", raw.core.as_ref().map(Spanned::span)),
+        ("cpu_time", raw.cpu_time.as_ref().map(Spanned::span)),
+    ];
+    let native = tasks.iter().find_map(|task| match &task.body {
+        TaskBody::Native { kind, .. } => Some((task.name.as_str(), kind.as_str())),
+        TaskBody::Command { .. } => None,
+    });
+    if let Some((name, kind)) = native {
+        if let Some((field, Some(span))) = per_process.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(at(span, native_limit_problem(field, name, kind)));
+        }
+    }
+    Ok(())
+}
+
+/// Why a per-process limit cannot go with a native task.
+fn native_limit_problem(field: &str, task: &str, kind: &str) -> String {
+    format!(
+        "`{field}` cannot apply to native task {task:?} (kind {kind:?}): native tasks run inside \
+         the conductor, which runs as the supervisor's user; remove `{field}` or make the task a \
+         command"
+    )
+}
+
+/// Why a name cannot be in `inherit_env`, or `None`: a variable name as the shell writes them.
+#[must_use]
+pub fn env_name_problem(name: &str) -> Option<String> {
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    let ok = first_ok
+        && name.len() <= MAX_ENV_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    (!ok).then(|| {
+        format!(
+            "`inherit_env`: {name:?} is not a variable name (letters, digits and '_', not \
+             starting with a digit, at most {MAX_ENV_NAME_LEN} characters)"
+        )
+    })
+}
+
+/// The `inherit_env` names, each a variable name.
+fn parse_inherit_env(
+    names: Vec<Spanned<String>>,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<Vec<String>, SpecError> {
+    names
+        .into_iter()
+        .map(|name| {
+            let span = name.span();
+            let name = name.into_inner();
+            env_name_problem(&name).map_or(Ok(name), |problem| Err(at(span, problem)))
+        })
+        .collect()
+}
+
+/// Why a `max_output` is not allowed, or `None`.
+fn max_output_problem(bytes: u64) -> Option<String> {
+    (bytes < MIN_MAX_OUTPUT)
+        .then(|| format!("`max_output` must be at least {MIN_MAX_OUTPUT} bytes"))
+}
+
+fn parse_max_output(
+    value: Spanned<toml::Value>,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<u64, SpecError> {
+    let span = value.span();
+    let bytes = match value.into_inner() {
+        toml::Value::Integer(n) => {
+            u64::try_from(n).map_err(|_| "`max_output` must not be negative".to_owned())
+        }
+        toml::Value::String(text) => parse_size(&text).map_err(|p| format!("`max_output`: {p}")),
+        _ => Err("`max_output` must be a size like \"16M\" or a number of bytes".to_owned()),
+    }
+    .map_err(|problem| at(span.clone(), problem))?;
+    max_output_problem(bytes).map_or(Ok(bytes), |problem| Err(at(span, problem)))
 }
 
 fn parse_limits(
@@ -540,6 +681,10 @@ fn parse_task(
         retries: raw.retries.unwrap_or(0),
         cwd,
         env: raw.env.unwrap_or_default(),
+        max_output: raw
+            .max_output
+            .map(|v| parse_max_output(v, at))
+            .transpose()?,
     };
     Ok((task, name_span, kind_span))
 }
@@ -869,6 +1014,95 @@ run = ["true"]
         assert!(removed.is_some());
         let old: JobSpec = serde_json::from_value(json).expect("reads");
         assert_eq!(old, spec);
+    }
+
+    #[test]
+    fn native_tasks_refuse_per_process_limits_where_they_stand() {
+        let native = "[[task]]\nname = \"n\"\nkind = \"k\"\n";
+        for (limit, column) in [
+            ("user = \"deploy\"", 8),
+            ("nofile = 64", 10),
+            ("core = 0", 8),
+            ("cpu_time = \"1s\"", 12),
+        ] {
+            let src = format!("worker = \"w\"\n[limits]\nmemory = \"1G\"\n{limit}\n{native}");
+            let (line, col, message) = err_at(&src);
+            assert_eq!((line, col), (4, column), "{limit}: {message}");
+            assert!(
+                message.contains("native task \"n\"") && message.contains("supervisor's user"),
+                "{message}"
+            );
+        }
+        // Cgroup limits are the whole job's: a native task is inside them too.
+        let src = format!("worker = \"w\"\n[limits]\nmemory = \"1G\"\npids = 10\n{native}");
+        assert!(parse(&src).is_ok());
+    }
+
+    #[test]
+    fn group_alone_is_refused() {
+        let (line, column, message) =
+            err_at("[limits]\ngroup = \"adm\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n");
+        assert_eq!((line, column), (2, 9));
+        assert!(message.contains("`group` needs `user`"), "{message}");
+        let spec = parse(
+            "[limits]\nuser = \"nobody\"\ngroup = \"adm\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.limits.group.as_deref(), Some("adm"));
+    }
+
+    #[test]
+    fn inherit_env_takes_variable_names() {
+        let spec = parse(
+            "inherit_env = [\"HTTP_PROXY\", \"_X1\"]\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.inherit_env, ["HTTP_PROXY", "_X1"]);
+        for bad in ["\"\"", "\"A=B\"", "\"1X\"", "\"A B\"", "\"\u{e9}\""] {
+            let src =
+                format!("inherit_env = [\"OK\", {bad}]\n[[task]]\nname = \"a\"\nrun = \"true\"\n");
+            let (line, column, message) = err_at(&src);
+            assert_eq!((line, column), (1, 22), "{bad}: {message}");
+            assert!(message.contains("not a variable name"), "{message}");
+        }
+    }
+
+    #[test]
+    fn max_output_is_a_size_at_job_and_task_level() {
+        let spec = parse(
+            "max_output = \"1M\"\n[[task]]\nname = \"a\"\nrun = \"true\"\nmax_output = 4096\n[[task]]\nname = \"b\"\nrun = \"true\"\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.max_output(&spec.tasks[0]), 4096);
+        assert_eq!(spec.max_output(&spec.tasks[1]), 1 << 20);
+        let plain = parse("[[task]]\nname = \"a\"\nrun = \"true\"\n").expect("valid");
+        assert_eq!(plain.max_output(&plain.tasks[0]), DEFAULT_MAX_OUTPUT);
+        for (src, line, needle) in [
+            (
+                "max_output = \"lots\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+                1,
+                "bad size",
+            ),
+            (
+                "max_output = -1\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+                1,
+                "negative",
+            ),
+            (
+                "[[task]]\nname = \"a\"\nrun = \"true\"\nmax_output = 10\n",
+                4,
+                "at least",
+            ),
+            (
+                "[[task]]\nname = \"a\"\nrun = \"true\"\nmax_output = true\n",
+                4,
+                "size",
+            ),
+        ] {
+            let (got, _, message) = err_at(src);
+            assert_eq!(got, line, "{src:?}: {message}");
+            assert!(message.contains(needle), "{src:?}: {message}");
+        }
     }
 
     #[test]

@@ -238,6 +238,7 @@ fn task_spec() -> BoxedStrategy<TaskSpec> {
                 retries,
                 cwd,
                 env,
+                max_output: None,
             },
         )
         .boxed()

@@ -454,6 +454,21 @@ fn job() -> BoxedStrategy<GenJob> {
                     .map_or(DEFAULT_CANCEL_TIMEOUT, |(_, d)| *d);
                 // A grace that is not shorter than the cancel timeout is an error: leave it out.
                 let term_grace = term_grace.filter(|(_, grace)| *grace < cancel);
+                // `group` without `user` is an error, and so is a per-process limit (rlimits,
+                // identity) in a job with a native task: leave them out.
+                let has_native = tasks
+                    .iter()
+                    .any(|t| matches!(t.body, GenBody::Native { .. }));
+                let limits = limits.map(|mut l| {
+                    if l.user.is_none() {
+                        l.group = None;
+                    }
+                    if has_native {
+                        (l.user, l.group, l.nofile, l.core, l.cpu_time) =
+                            (None, None, None, None, None);
+                    }
+                    l
+                });
                 GenJob {
                     name,
                     timeout,

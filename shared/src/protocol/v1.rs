@@ -108,6 +108,7 @@ impl From<TaskSpecV1> for TaskSpec {
             retries: v1.retries,
             cwd: v1.cwd,
             env: v1.env,
+            max_output: None,
         }
     }
 }
@@ -134,6 +135,8 @@ impl From<JobSpecV1> for JobSpec {
             cancel_timeout: v1.cancel_timeout,
             term_grace: v1.term_grace,
             env: v1.env,
+            inherit_env: Vec::new(),
+            max_output: None,
             worker: v1.worker,
             limits: v1.limits,
             heartbeat_timeout: v1.heartbeat_timeout,

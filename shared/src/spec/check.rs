@@ -2,7 +2,10 @@
 //! deserialized one, sent by a client that may be hostile), and the size bound that makes every
 //! frame carrying the spec fit the codec's limit.
 
-use super::{CommandSpec, JobSpec, MAX_DURATION, TaskBody, TaskSpec, task_name_problem};
+use super::{
+    CommandSpec, JobSpec, MAX_DURATION, TaskBody, TaskSpec, env_name_problem, max_output_problem,
+    native_limit_problem, task_name_problem,
+};
 use crate::duration::format_duration;
 use crate::ids::JobId;
 use crate::limits::Limits;
@@ -45,6 +48,14 @@ impl JobSpec {
             return Err("`worker` must not be empty".into());
         }
         check_limits(&self.limits)?;
+        for name in &self.inherit_env {
+            if let Some(problem) = env_name_problem(name) {
+                return Err(problem);
+            }
+        }
+        if let Some(problem) = self.max_output.and_then(max_output_problem) {
+            return Err(problem);
+        }
         if self.tasks.is_empty() {
             return Err("the job has no tasks: add at least one [[task]]".into());
         }
@@ -81,6 +92,9 @@ impl JobSpec {
                 if kind.trim().is_empty() {
                     return Err(format!("task {name:?}: `kind` must not be empty"));
                 }
+                if let Some(field) = per_process_limit(&self.limits) {
+                    return Err(native_limit_problem(field, name, kind));
+                }
                 if self.worker.is_none() {
                     return Err(format!(
                         "task {name:?} has a native `kind` but the job names no `worker` program"
@@ -92,6 +106,9 @@ impl JobSpec {
                     return Err(format!("task {name:?}: params must be a table"));
                 }
             }
+        }
+        if let Some(problem) = task.max_output.and_then(max_output_problem) {
+            return Err(format!("task {name:?}: {problem}"));
         }
         for (value, field) in [
             (task.timeout, "timeout"),
@@ -163,7 +180,27 @@ fn check_command(command: &CommandSpec, field: &str) -> Result<(), String> {
     }
 }
 
+/// The first `[limits]` key set that acts on each task process (rlimits, identity), if any.
+fn per_process_limit(limits: &Limits) -> Option<&'static str> {
+    [
+        (limits.user.is_some(), "user"),
+        (limits.group.is_some(), "group"),
+        (limits.nofile.is_some(), "nofile"),
+        (limits.core.is_some(), "core"),
+        (limits.cpu_time.is_some(), "cpu_time"),
+    ]
+    .into_iter()
+    .find_map(|(set, field)| set.then_some(field))
+}
+
 fn check_limits(limits: &Limits) -> Result<(), String> {
+    if limits.group.is_some() && limits.user.is_none() {
+        return Err(
+            "`group` needs `user`: alone it would leave the tasks running as the \
+                    supervisor's user (root) with another group"
+                .into(),
+        );
+    }
     for (value, field) in [(limits.pids, "pids"), (limits.nofile, "nofile")] {
         if value == Some(0) {
             return Err(format!("`{field}` must be a positive number"));
@@ -205,7 +242,7 @@ mod tests {
     #[test]
     fn hostile_specs_are_refused_with_a_reason() {
         type Break = fn(&mut JobSpec);
-        let cases: [(Break, &str); 16] = [
+        let cases: [(Break, &str); 21] = [
             (|s| s.name = " ".into(), "name"),
             (|s| s.tasks.clear(), "no tasks"),
             (|s| s.cancel_timeout = Duration::ZERO, "cancel_timeout"),
@@ -249,6 +286,11 @@ mod tests {
             ),
             (|s| s.limits.pids = Some(0), "pids"),
             (|s| s.limits.user = Some(String::new()), "user"),
+            (|s| s.limits.group = Some("g".into()), "needs `user`"),
+            (|s| s.limits.nofile = Some(64), "native task"),
+            (|s| s.inherit_env = vec!["A=B".into()], "inherit_env"),
+            (|s| s.max_output = Some(1), "max_output"),
+            (|s| s.tasks[0].max_output = Some(0), "max_output"),
         ];
         for (break_it, needle) in cases {
             let mut spec = valid();
