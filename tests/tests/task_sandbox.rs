@@ -424,9 +424,11 @@ fn a_raised_nofile_works_with_user() {
         .status()
         .expect("sh runs");
     if !probe.success() {
-        skip_unless_ci(
-            TEST,
-            "root may not raise RLIMIT_NOFILE here (no CAP_SYS_RESOURCE)",
+        // Not a missing privilege CI could grant: this machine kind runs root without
+        // CAP_SYS_RESOURCE, and without it nobody (root or not, before or after the switch) may
+        // raise a hard limit, so there is nothing to tell apart. Printed, even under CI=true.
+        eprintln!(
+            "SKIPPED {TEST}: root may not raise RLIMIT_NOFILE here (no CAP_SYS_RESOURCE); rlimits-before-setuid is not exercised on this host"
         );
         return;
     }
