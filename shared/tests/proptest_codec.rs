@@ -11,7 +11,8 @@ use proptest::prelude::*;
 use shared::ids::JobId;
 use shared::limits::Limits;
 use shared::protocol::client::{
-    ClientReply, ClientRequest, ErrorCode, Event, JobStatus, JobSummary, LogLine, TaskStatus,
+    Action, ClientReply, ClientRequest, ErrorCode, Event, JobStatus, JobSummary, LogLine,
+    Requester, TaskStatus,
 };
 use shared::protocol::codec::{
     FrameError, MAX_FRAME_LEN, decode_body, encode_frame, read_frame, write_frame,
@@ -452,6 +453,17 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         short_text().prop_map(|job| ClientRequest::Resume { job }),
         Just(ClientRequest::Events),
         any::<bool>().prop_map(|cancel| ClientRequest::Shutdown { cancel }),
+        (
+            short_text(),
+            prop_oneof![Just(Action::Pause), Just(Action::Continue)],
+            proptest::option::of(short_text()),
+        )
+            .prop_map(|(job, action, reason)| ClientRequest::Operate {
+                job,
+                action,
+                reason,
+                timeout_ms: None,
+            }),
     ]
 }
 
@@ -505,6 +517,7 @@ fn client_reply() -> BoxedStrategy<ClientReply> {
             state,
             task,
             created_ms,
+            paused_since_ms: Some(created_ms),
         });
     let status = (
         (
@@ -545,6 +558,15 @@ fn client_reply() -> BoxedStrategy<ClientReply> {
                 containment,
                 unresponsive_since_ms,
                 tasks,
+                last_order: Some(Requester {
+                    action: Action::Cancel,
+                    uid: 0,
+                    pid: 1,
+                    command: "supervisor cancel".into(),
+                    at_ms: created_ms,
+                    reason: Some("because".into()),
+                }),
+                paused_since_ms: unresponsive_since_ms,
             },
         );
     prop_oneof![
@@ -572,6 +594,7 @@ fn client_reply() -> BoxedStrategy<ClientReply> {
                 task,
                 state,
                 at_ms,
+                by: None,
             })),
         (error_code, text()).prop_map(|(code, message)| ClientReply::Error { code, message }),
     ]

@@ -8,6 +8,7 @@
 
 use crate::ids::JobId;
 use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
+pub use crate::protocol::operator::{Action, Requester};
 use crate::protocol::v1::ClientRequestV1;
 use crate::spec::JobSpec;
 use crate::state::{ExecOutcome, JobState, TaskState};
@@ -52,6 +53,14 @@ pub enum ClientRequest {
     Shutdown {
         cancel: bool,
     },
+    /// An operator's order with its reason (version 2 only; `Cancel`, `Kill`, `Revert` and
+    /// `Resume` above are kept for older clients). `timeout_ms` applies to a cancel.
+    Operate {
+        job: String,
+        action: Action,
+        reason: Option<String>,
+        timeout_ms: Option<u64>,
+    },
 }
 
 impl ClientRequest {
@@ -59,6 +68,17 @@ impl ClientRequest {
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
         if version >= 2 {
             encode_frame(self)
+        } else if matches!(
+            self,
+            Self::Operate {
+                action: Action::Pause | Action::Continue,
+                ..
+            }
+        ) {
+            Err(FrameError::NotInVersion {
+                what: "pause and continue",
+                version,
+            })
         } else {
             encode_frame(&ClientRequestV1::from(self.clone()))
         }
@@ -124,6 +144,8 @@ pub struct JobSummary {
     /// The task that runs (or last ran).
     pub task: Option<String>,
     pub created_ms: i64,
+    /// Since when the job is paused (frozen), if it is.
+    pub paused_since_ms: Option<i64>,
 }
 
 /// `status`: the job and each task.
@@ -143,6 +165,10 @@ pub struct JobStatus {
     /// Since when (ms since the epoch) the conductor has not answered, if it has not.
     pub unresponsive_since_ms: Option<i64>,
     pub tasks: Vec<TaskStatus>,
+    /// The last operator's order on the job: who, when and why.
+    pub last_order: Option<Requester>,
+    /// Since when the job is paused (frozen), if it is.
+    pub paused_since_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,4 +202,6 @@ pub struct Event {
     pub task: Option<String>,
     pub state: String,
     pub at_ms: i64,
+    /// The operator whose order caused the change, if one did.
+    pub by: Option<Requester>,
 }

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod codec;
 pub mod conductor;
+pub mod operator;
 pub mod v1;
 
 /// This build's version; bumped on every incompatible change of any message.

@@ -7,7 +7,7 @@
 
 use crate::ids::JobId;
 use crate::limits::Limits;
-use crate::protocol::client::ClientRequest;
+use crate::protocol::client::{Action, ClientRequest};
 use crate::protocol::conductor::{JobPlan, PlanAction, PriorTask, SupervisorHello, ToConductor};
 use crate::spec::{JobSpec, TaskBody, TaskSpec};
 use serde::{Deserialize, Serialize};
@@ -248,6 +248,19 @@ impl From<ClientRequest> for ClientRequestV1 {
             R::Resume { job } => Self::Resume { job },
             R::Events => Self::Events,
             R::Shutdown { cancel } => Self::Shutdown { cancel },
+            R::Operate {
+                job,
+                action,
+                timeout_ms,
+                ..
+            } => match action {
+                Action::Cancel => Self::Cancel { job, timeout_ms },
+                Action::Kill => Self::Kill { job },
+                Action::Revert => Self::Revert { job },
+                Action::Resume => Self::Resume { job },
+                // `ClientRequest::encode` refuses these in version 1; never reached there.
+                Action::Pause | Action::Continue => Self::Status { job },
+            },
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::client::{Client, Failure, Outcome};
 use super::escape::shown;
 use shared::exit;
-use shared::protocol::client::{ClientReply, ClientRequest, JobStatus};
+use shared::protocol::client::{Action, ClientReply, ClientRequest, JobStatus};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,12 +43,18 @@ pub enum JobCommand {
         timeout: Option<Duration>,
         #[arg(long)]
         wait: bool,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// SIGKILL a job now; its reverts are recorded as skipped
     Kill {
         job: String,
         #[arg(long)]
         wait: bool,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Print a job's task output
     Logs {
@@ -65,12 +71,18 @@ pub enum JobCommand {
         job: String,
         #[arg(long)]
         wait: bool,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Continue a killed or crashed job from its first unfinished task
     Resume {
         job: String,
         #[arg(long)]
         wait: bool,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Follow every job and task transition as it happens
     Events {
@@ -125,22 +137,27 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
             }
             Ok(exit::SUCCESS)
         }
-        JobCommand::Cancel { job, timeout, wait } => {
+        JobCommand::Cancel {
+            job,
+            timeout,
+            wait,
+            reason,
+        } => {
             let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-            let request = ClientRequest::Cancel {
-                job: job.clone(),
-                timeout_ms,
-            };
+            let request = super::operators::order(&job, Action::Cancel, reason, timeout_ms);
             simple(dir, request, &job, wait).await
         }
-        JobCommand::Kill { job, wait } => {
-            simple(dir, ClientRequest::Kill { job: job.clone() }, &job, wait).await
+        JobCommand::Kill { job, wait, reason } => {
+            let request = super::operators::order(&job, Action::Kill, reason, None);
+            simple(dir, request, &job, wait).await
         }
-        JobCommand::Revert { job, wait } => {
-            simple(dir, ClientRequest::Revert { job: job.clone() }, &job, wait).await
+        JobCommand::Revert { job, wait, reason } => {
+            let request = super::operators::order(&job, Action::Revert, reason, None);
+            simple(dir, request, &job, wait).await
         }
-        JobCommand::Resume { job, wait } => {
-            simple(dir, ClientRequest::Resume { job: job.clone() }, &job, wait).await
+        JobCommand::Resume { job, wait, reason } => {
+            let request = super::operators::order(&job, Action::Resume, reason, None);
+            simple(dir, request, &job, wait).await
         }
         JobCommand::Logs { job, follow, task } => logs(dir, job, task, follow).await,
         JobCommand::Events { json } => events(dir, json).await,
@@ -341,6 +358,7 @@ fn print_status(status: &JobStatus) {
             shared::duration::format_duration(Duration::from_secs(silent.as_secs()))
         );
     }
+    super::operators::print_operator_lines(status);
     for task in &status.tasks {
         let pending = if task.revert_pending {
             "  REVERT PENDING"

@@ -6,6 +6,7 @@ mod daemon;
 mod escape;
 mod job_file;
 mod jobs;
+mod operators;
 mod printer;
 mod run;
 mod validate;

@@ -161,11 +161,13 @@ async fn forward_interrupts(jobs: Jobs, job_id: JobId) {
             Order::Cancel {
                 timeout: None,
                 reason: format!("{name} received"),
+                by: None,
             }
         } else {
             eprintln!("supervisor: {name} again: killing the job");
             Order::Kill {
                 reason: format!("{name} received twice"),
+                by: None,
             }
         };
         if let Err(err) = jobs.ask(&job_id, order).await {

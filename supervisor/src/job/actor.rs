@@ -115,14 +115,20 @@ impl Actor {
                     .await?;
                 Ok(Some(Next::Launch(Purpose::Execute)))
             }
-            Order::Revert { reason } => {
-                self.store(move |s, id| s.begin_revert(id, &reason)).await?;
-                self.jobs.publish_state(&self.id, JobState::Reverting);
+            Order::Revert { reason, by } => {
+                let who = by.clone();
+                self.store(move |s, id| s.begin_revert_by(id, &reason, who.as_ref()))
+                    .await?;
+                self.jobs
+                    .publish_by(&self.id, JobState::Reverting.as_str(), by);
                 Ok(Some(Next::Launch(Purpose::Revert)))
             }
-            Order::Resume { reason } => {
-                self.store(move |s, id| s.begin_resume(id, &reason)).await?;
-                self.jobs.publish_state(&self.id, JobState::Running);
+            Order::Resume { reason, by } => {
+                let who = by.clone();
+                self.store(move |s, id| s.begin_resume_by(id, &reason, who.as_ref()))
+                    .await?;
+                self.jobs
+                    .publish_by(&self.id, JobState::Running.as_str(), by);
                 Ok(Some(Next::Launch(Purpose::Execute)))
             }
             Order::Cancel { .. } | Order::Kill { .. } => self.stop(order).await,
@@ -139,13 +145,23 @@ impl Actor {
         let row = self.store(|s, id| s.job(id)).await?;
         match row.state {
             JobState::Pending => {
-                let end = if matches!(order, Order::Kill { .. }) {
-                    JobState::Killed
-                } else {
-                    JobState::Cancelled
+                let (end, by) = match order {
+                    Order::Kill { by, .. } => (JobState::Killed, by),
+                    Order::Cancel { by, .. } => (JobState::Cancelled, by),
+                    _ => (JobState::Cancelled, None),
                 };
-                self.transition(&[JobState::Pending], end, Some("stopped before it started"))
-                    .await?;
+                let who = by.clone();
+                self.store(move |s, id| {
+                    s.transition_job_by(
+                        id,
+                        &[JobState::Pending],
+                        end,
+                        Some("stopped before it started"),
+                        who.as_ref(),
+                    )
+                })
+                .await?;
+                self.jobs.publish_by(&self.id, end.as_str(), by);
                 Ok(None)
             }
             state if state.is_live() => self.adopt(row, Some(order)).await,

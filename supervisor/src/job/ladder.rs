@@ -3,6 +3,7 @@
 //! backoff between reconnection attempts (ARCHITECTURE.md, The cancellation ladder).
 
 use crate::process::{ConductorId, TaskGroups};
+use shared::protocol::client::Requester;
 use shared::spec::JobSpec;
 use shared::state::JobState;
 use std::collections::BTreeMap;
@@ -53,6 +54,11 @@ pub struct Ladder {
     pub kill_deadline: Option<(Instant, &'static str)>,
     /// Why we hard-killed the job, once we did: it ends `killed`.
     pub killed: Option<String>,
+    /// Who or what caused the hard kill or the cancel before it: `operator`, `kill timer`,
+    /// `job timeout`, `kill_unresponsive`, `signal`, `shutdown`; logged with `revert skipped`.
+    pub cause: &'static str,
+    /// The operator whose order (a kill, or the cancel whose timer ran out) ended the job.
+    pub by: Option<Requester>,
     /// Why the supervision could not go on (a plan that cannot be sent, a store that refuses the
     /// conductor): we killed the job and it ends `crashed`.
     pub crashed: Option<String>,
@@ -72,6 +78,8 @@ impl Ladder {
         Self {
             kill_deadline: None,
             killed: None,
+            cause: "conductor died",
+            by: None,
             crashed: None,
             finished: None,
             groups: TaskGroups::new(conductor),

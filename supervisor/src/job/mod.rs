@@ -32,7 +32,11 @@ pub use registry::{Jobs, JobsConfig};
 use shared::ids::JobId;
 use std::time::Duration;
 
-/// What may be asked of a job's actor.
+pub use shared::protocol::client::Requester;
+
+/// What may be asked of a job's actor. `by` names the operator who asked (from the control
+/// socket's peer credentials), `None` for the daemon's own orders (a job timeout, shutdown) and
+/// `supervisor run`'s Ctrl-C; the actor records it with the transition the order causes.
 #[derive(Clone, Debug)]
 pub enum Order {
     /// From the scheduler: a `pending` job gets its conductor.
@@ -41,13 +45,23 @@ pub enum Order {
     Cancel {
         timeout: Option<Duration>,
         reason: String,
+        by: Option<Requester>,
     },
     /// SIGKILL of everything of the job now; the reverts that did not complete become pending.
-    Kill { reason: String },
+    Kill {
+        reason: String,
+        by: Option<Requester>,
+    },
     /// Run the pending reverts of a killed, crashed or revert_failed job in a new conductor.
-    Revert { reason: String },
+    Revert {
+        reason: String,
+        by: Option<Requester>,
+    },
     /// Run a killed or crashed job again from its first task that did not succeed.
-    Resume { reason: String },
+    Resume {
+        reason: String,
+        by: Option<Requester>,
+    },
     /// At start-up, or for a live job nobody supervises: take up its conductor, or record that
     /// it is gone.
     Adopt,

@@ -6,7 +6,7 @@ use super::{Order, OrderError};
 use crate::clock::now_ms;
 use crate::store::StoreHandle;
 use shared::ids::JobId;
-use shared::protocol::client::Event;
+use shared::protocol::client::{Event, Requester};
 use shared::protocol::conductor::JobEvent;
 use shared::state::JobState;
 use std::collections::HashMap;
@@ -185,11 +185,24 @@ impl Jobs {
             task,
             state: state.to_owned(),
             at_ms: now_ms(),
+            by: None,
         });
     }
 
     pub(super) fn publish_state(&self, job: &JobId, state: JobState) {
         self.publish(job, None, state.as_str());
+    }
+
+    /// Publishes a job's state change caused by an operator's order (`by`), or a flag change
+    /// such as `paused` (`state` is then the flag's name).
+    pub(super) fn publish_by(&self, job: &JobId, state: &str, by: Option<Requester>) {
+        let _ = self.inner.events.send(Event {
+            job: job.clone(),
+            task: None,
+            state: state.to_owned(),
+            at_ms: now_ms(),
+            by,
+        });
     }
 
     #[must_use]
@@ -240,6 +253,7 @@ impl Jobs {
                 let order = Order::Cancel {
                     timeout: None,
                     reason: "daemon shutdown --cancel".into(),
+                    by: None,
                 };
                 if let Err(err) = self.ask(&id, order).await {
                     tracing::debug!(job_id = %id, error = %err, "not cancelled at shutdown");

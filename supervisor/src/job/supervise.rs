@@ -13,7 +13,7 @@ use super::actor::{Actor, Next};
 use super::ladder::{self, Backoff, Ladder};
 use super::launch::{Conductor, Launched};
 use super::registry::{Command, Jobs};
-use super::{Order, OrderError, Purpose};
+use super::{Order, OrderError, Purpose, Requester};
 use crate::containment::JobCgroup;
 use crate::process::{self, ConductorId, Pidfd, TaskGroups};
 use crate::session::ConductorLink;
@@ -108,7 +108,8 @@ impl Actor {
             record_crash(&self.jobs, &row).await;
         } else {
             let reason = format!("cannot read the job's spec: {why}");
-            record_end(&self.jobs, &self.id, JobState::Crashed, &reason).await;
+            let end = HardEnd::crashed(&reason, "supervision failed");
+            record_end(&self.jobs, &self.id, end).await;
         }
     }
 
@@ -118,7 +119,8 @@ impl Actor {
         if let Some(cgroup) = self.jobs.inner.launcher.containment.job_cgroup(&self.id) {
             cgroup.kill_and_remove().await;
         }
-        record_end(&self.jobs, &self.id, JobState::Crashed, &reason).await;
+        let end = HardEnd::crashed(&reason, "supervision failed");
+        record_end(&self.jobs, &self.id, end).await;
     }
 }
 
@@ -229,10 +231,16 @@ impl Supervision {
                 () = sleep_until(self.ladder.kill_deadline.map_or(far, |(at, _)| at)), if !over => {
                     let why = self.ladder.kill_deadline.map_or("kill timer", |(_, why)| why);
                     tracing::warn!(pid = self.conductor.id.pid, reason = why, "killing the job");
-                    self.hard_kill(why).await;
+                    let cause = match self.ladder.cause {
+                        "operator" => "kill timer after an operator's cancel",
+                        "job timeout" => "kill timer after the job timeout",
+                        _ => "kill timer",
+                    };
+                    let by = self.ladder.by.clone();
+                    self.hard_kill(why, cause, by).await;
                 }
                 () = sleep_until(self.job_deadline.unwrap_or(far)), if self.ladder.kill_deadline.is_none() && !over => {
-                    self.cancel(None, "job timeout reached".into()).await;
+                    self.cancel(None, "job timeout reached".into(), "job timeout", None).await;
                 }
                 () = sleep_until(self.state.store_retry_at.unwrap_or(far)), if self.state.store_retry_at.is_some() => {
                     self.take_reports(None).await;
@@ -340,35 +348,71 @@ impl Supervision {
 
     async fn obey(&mut self, order: Order) {
         match order {
-            Order::Cancel { timeout, reason } => self.cancel(timeout, reason).await,
-            Order::Kill { reason } => self.hard_kill(&reason).await,
+            Order::Cancel {
+                timeout,
+                reason,
+                by,
+            } => {
+                let cause = if by.is_some() {
+                    "operator"
+                } else {
+                    "supervisor"
+                };
+                self.cancel(timeout, reason, cause, by).await;
+            }
+            Order::Kill { reason, by } => {
+                let cause = if by.is_some() {
+                    "operator"
+                } else {
+                    "supervisor"
+                };
+                self.hard_kill(&reason, cause, by).await;
+            }
             _ => {}
         }
     }
 
-    /// The soft cancel: `cancelling`, `Cancel` to the conductor, the kill timer armed.
-    async fn cancel(&mut self, timeout: Option<Duration>, reason: String) {
+    /// The soft cancel: `cancelling`, `Cancel` to the conductor, the kill timer armed. `cause`
+    /// and `by` say who asked, for the record and for the kill timer's WARN if it fires.
+    async fn cancel(
+        &mut self,
+        timeout: Option<Duration>,
+        reason: String,
+        cause: &'static str,
+        by: Option<Requester>,
+    ) {
         let timeout = timeout.unwrap_or(self.spec.cancel_timeout);
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(reason, timeout_ms, "cancelling");
+        let by_text = by.as_ref().map(Requester::who);
+        tracing::info!(reason, timeout_ms, cause, by = by_text, "cancelling");
         self.ladder
             .arm(Instant::now() + timeout, "cancel timeout expired");
+        if !self.ladder.is_over() {
+            self.ladder.cause = cause;
+            if by.is_some() {
+                self.ladder.by.clone_from(&by);
+            }
+        }
         let why = reason.clone();
         let id = self.id.clone();
+        let who = by.clone();
         match self
             .jobs
             .store()
             .call(move |s| {
-                s.transition_job(
+                s.transition_job_by(
                     &id,
                     &[JobState::Running, JobState::Reverting],
                     JobState::Cancelling,
                     Some(&why),
+                    who.as_ref(),
                 )
             })
             .await
         {
-            Ok(_) => self.jobs.publish_state(&self.id, JobState::Cancelling),
+            Ok(_) => self
+                .jobs
+                .publish_by(&self.id, JobState::Cancelling.as_str(), by),
             Err(StoreError::WrongState { .. }) => {}
             Err(err) => tracing::error!(error = %err, "cannot record the cancel"),
         }
@@ -392,13 +436,18 @@ impl Supervision {
         }
     }
 
-    /// SIGKILL of everything of the job.
-    async fn hard_kill(&mut self, reason: &str) {
+    /// SIGKILL of everything of the job; `cause` and `by` say who or what asked (recorded with
+    /// the end, and named by the `revert skipped` WARN).
+    async fn hard_kill(&mut self, reason: &str, cause: &'static str, by: Option<Requester>) {
         if !self.ladder.is_over() {
             self.ladder.killed = Some(reason.to_owned());
+            self.ladder.cause = cause;
+            if by.is_some() {
+                self.ladder.by = by;
+            }
         }
         self.kill_tree().await;
-        tracing::info!(pid = self.conductor.id.pid, reason, "job killed");
+        tracing::info!(pid = self.conductor.id.pid, reason, cause, "job killed");
     }
 
     /// This supervision cannot go on: the job is killed and ends `crashed`.
@@ -504,7 +553,8 @@ impl Supervision {
             tracing::error!(error = %err, "cannot record the unresponsive conductor");
         }
         if self.spec.kill_unresponsive {
-            self.hard_kill("conductor unresponsive").await;
+            self.hard_kill("conductor unresponsive", "kill_unresponsive", None)
+                .await;
         }
     }
 
@@ -677,8 +727,18 @@ impl Supervision {
                 self.jobs.publish_state(&self.id, row.state);
             }
             _ => {
-                let (end, reason) = self.ladder.hard_end();
-                record_end(&self.jobs, &self.id, end, &reason).await;
+                let (state, reason) = self.ladder.hard_end();
+                let end = HardEnd {
+                    state,
+                    reason,
+                    cause: if state == JobState::Crashed && self.ladder.crashed.is_some() {
+                        "supervision failed"
+                    } else {
+                        self.ladder.cause
+                    },
+                    by: self.ladder.by.clone(),
+                };
+                record_end(&self.jobs, &self.id, end).await;
             }
         }
     }
@@ -724,21 +784,46 @@ fn publish_event(jobs: &Jobs, id: &JobId, spec: &JobSpec, event: &JobEvent) {
     jobs.publish(id, task, state);
 }
 
+/// A job's hard end: its state (killed or crashed), why, and who or what caused it.
+pub(super) struct HardEnd {
+    pub state: JobState,
+    pub reason: String,
+    /// `operator`, `kill timer`, `job timeout`, `kill_unresponsive`, `conductor died`, ...
+    pub cause: &'static str,
+    /// The operator whose order caused it, if one did.
+    pub by: Option<Requester>,
+}
+
+impl HardEnd {
+    fn crashed(reason: &str, cause: &'static str) -> Self {
+        Self {
+            state: JobState::Crashed,
+            reason: reason.to_owned(),
+            cause,
+            by: None,
+        }
+    }
+}
+
 /// Records a job's hard end (killed or crashed), retrying while the store refuses (a full disk
-/// gets freed), and logs the skipped reverts at WARN; gives up loudly after a while.
-pub(super) async fn record_end(jobs: &Jobs, id: &JobId, end: JobState, reason: &str) {
+/// gets freed), and logs the skipped reverts at WARN with who or what caused the end; gives up
+/// loudly after a while.
+pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
+    let end = hard.state;
+    let reason = hard.reason.as_str();
     for attempt in 0..=STORE_RETRIES {
-        let (job, why) = (id.clone(), reason.to_owned());
+        let (job, why, by) = (id.clone(), reason.to_owned(), hard.by.clone());
         match jobs
             .store()
-            .call(move |s| s.record_hard_end(&job, end, &why))
+            .call(move |s| s.record_hard_end_by(&job, end, &why, by.as_ref()))
             .await
         {
             Ok(pending) => {
                 let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
-                tracing::warn!(job_id = %id, state = end.as_str(), tasks = tasks.join(","), count = tasks.len(), reason, "revert skipped");
+                let by = hard.by.as_ref().map(Requester::who);
+                tracing::warn!(job_id = %id, state = end.as_str(), tasks = tasks.join(","), count = tasks.len(), reason, cause = hard.cause, by, "revert skipped");
                 jobs.observe(&JobEvent::JobFinished { state: end });
-                jobs.publish_state(id, end);
+                jobs.publish_by(id, end.as_str(), hard.by);
                 return;
             }
             Err(
@@ -770,13 +855,11 @@ pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
         let id = ConductorId { pid, start_time };
         process::kill_job(id, &TaskGroups::new(id)).await;
     }
-    record_end(
-        jobs,
-        &row.id,
-        JobState::Crashed,
+    let end = HardEnd::crashed(
         "the conductor died while no supervisor watched",
-    )
-    .await;
+        "conductor gone while no supervisor watched",
+    );
+    record_end(jobs, &row.id, end).await;
     let id = row.id.clone();
     if let Err(err) = jobs
         .store()

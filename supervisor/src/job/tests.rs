@@ -329,6 +329,7 @@ async fn actor_a_cancel_reaches_the_conductor_and_its_reverted_end_is_recorded()
             Order::Cancel {
                 timeout: None,
                 reason: "test".into(),
+                by: None,
             },
         )
         .await
@@ -364,6 +365,7 @@ async fn actor_the_kill_timer_fires_at_cancel_timeout_when_the_conductor_ignores
     let cancel = Order::Cancel {
         timeout: None,
         reason: "test".into(),
+        by: None,
     };
     h.jobs.ask(&h.id, cancel).await.expect("cancel");
     h.wait_state(JobState::Killed).await;
@@ -401,6 +403,7 @@ async fn actor_a_kill_order_ends_the_job_at_once_and_a_second_one_is_refused() {
     let asked = Instant::now();
     let kill = || Order::Kill {
         reason: "kill requested".into(),
+        by: None,
     };
     h.jobs.ask(&h.id, kill()).await.expect("kill");
     h.wait_state(JobState::Killed).await;
@@ -427,8 +430,14 @@ async fn actor_start_revert_and_resume_are_refused_while_a_conductor_lives() {
     let reason = || "test".to_owned();
     for order in [
         Order::Start,
-        Order::Revert { reason: reason() },
-        Order::Resume { reason: reason() },
+        Order::Revert {
+            reason: reason(),
+            by: None,
+        },
+        Order::Resume {
+            reason: reason(),
+            by: None,
+        },
     ] {
         match h.jobs.ask(&h.id, order.clone()).await {
             Err(OrderError::WrongState(_)) => {}
@@ -550,6 +559,7 @@ async fn actor_a_cancel_timeout_not_longer_than_term_grace_is_refused() {
     let cancel = Order::Cancel {
         timeout: Some(Duration::from_millis(500)),
         reason: "test".into(),
+        by: None,
     };
     match h.jobs.ask(&h.id, cancel).await {
         Err(OrderError::Invalid(message)) => assert!(message.contains("term_grace"), "{message}"),

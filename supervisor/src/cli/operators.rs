@@ -1,0 +1,37 @@
+//! What operators reach for beyond the basic commands: orders with a reason, and how `status`
+//! shows who asked and whether the job is paused.
+
+use super::escape::shown;
+use shared::protocol::client::{Action, ClientRequest, JobStatus};
+use std::time::Duration;
+
+/// The request for an operator's order; the daemon adds who asked.
+pub fn order(
+    job: &str,
+    action: Action,
+    reason: Option<String>,
+    timeout_ms: Option<u64>,
+) -> ClientRequest {
+    ClientRequest::Operate {
+        job: job.to_owned(),
+        action,
+        reason,
+        timeout_ms,
+    }
+}
+
+/// `status` lines for the last order (who, when, why) and a pause.
+pub fn print_operator_lines(status: &JobStatus) {
+    if let Some(since) = status.paused_since_ms {
+        let paused =
+            Duration::from_millis(u64::try_from(crate::clock::now_ms() - since).unwrap_or(0));
+        println!(
+            "  PAUSED: frozen for {} (supervisor continue {} thaws it)",
+            shared::duration::format_duration(Duration::from_secs(paused.as_secs())),
+            status.id
+        );
+    }
+    if let Some(order) = &status.last_order {
+        println!("  {}", shown(&order.to_string()));
+    }
+}
