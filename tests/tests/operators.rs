@@ -172,3 +172,170 @@ fn revert_skipped_names_who_caused_the_kill() {
     );
     assert!(line.contains("by=\"uid "), "WARN line: {line}");
 }
+
+/// How the daemon contains jobs in a pause test.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Cgroup,
+    Session,
+}
+
+/// Starts a daemon in `mode` (cgroup mode only where a writable cgroup v2 is; else `None`,
+/// after [`tests::skip_unless_ci`] said why).
+fn daemon_in(env: &TestEnv, mode: Mode, test: &str) -> Option<Run> {
+    let dir = env.state_dir();
+    let args = [
+        "daemon",
+        "--state-dir",
+        dir.to_str().expect("UTF-8 test paths"),
+    ];
+    let mut daemon = match mode {
+        Mode::Session => env.spawn_with_env(&args, &[("SUPERVISOR_CONTAINMENT", "session")], &[]),
+        Mode::Cgroup => {
+            if let Err(reason) = writable_cgroup() {
+                tests::skip_unless_ci(test, &format!("no writable cgroup v2 here ({reason})"));
+                return None;
+            }
+            env.spawn_with_env(&args, &[], &["SUPERVISOR_CONTAINMENT"])
+        }
+    };
+    tests::wait_daemon_ready(env, &dir, &mut daemon);
+    Some(daemon)
+}
+
+/// Whether this host gives the tests a writable cgroup v2 with `cgroup.freeze` (as root).
+fn writable_cgroup() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("not running as root".into());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let mount = shared::cgroup::unified_mount(&mountinfo).ok_or("no cgroup2 hierarchy")?;
+    let own_text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let own = shared::cgroup::own_cgroup(&own_text).ok_or("no 0:: line in /proc/self/cgroup")?;
+    let base = Path::new(mount).join(own.trim_start_matches('/'));
+    let probe = base.join(format!("svt-freeze-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).map_err(|e| format!("cannot create a cgroup: {e}"))?;
+    let ok = probe.join("cgroup.freeze").exists() && probe.join("cgroup.kill").exists();
+    let _ = std::fs::remove_dir(&probe);
+    if ok {
+        Ok(())
+    } else {
+        Err("no cgroup.freeze or cgroup.kill".into())
+    }
+}
+
+/// A job whose task appends a line to `ticks-NAME` every 20 ms until stopped; its revert
+/// writes `undo-NAME`.
+fn ticker(env: &TestEnv, name: &str, top: &str) -> std::path::PathBuf {
+    let tasks = format!(
+        "[[task]]\nname = \"tick\"\nrun = \"while true; do echo x >> \\\"$SVT_DIR/ticks-{name}\\\"; sleep 0.02; done\"\nrevert = \"echo undone > \\\"$SVT_DIR/undo-{name}\\\"\"\n"
+    );
+    env.job(
+        &format!("{name}.toml"),
+        &format!("name = \"{name}\"\n{top}"),
+        &tasks,
+    )
+}
+
+fn ticks(env: &TestEnv, name: &str) -> usize {
+    env.lines(&format!("ticks-{name}")).len()
+}
+
+fn wait_ticking(env: &TestEnv, name: &str, more_than: usize) {
+    wait_for(DEADLINE, "the task to tick", || {
+        let n = ticks(env, name);
+        if n > more_than { Ok(()) } else { Err(n) }
+    });
+}
+
+/// The `at_ms` of the first `events --json` line for `id` whose state is `state`.
+fn event_at(events: &Run, id: &str, state: &str) -> i64 {
+    wait_for(DEADLINE, "the event", || {
+        let out = events.stdout();
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["job"] == id && e["state"] == state && e["task"].is_null())
+            .and_then(|e| e["at_ms"].as_i64())
+            .ok_or_else(|| format!("no {state} event for {id} in:\n{out}"))
+    })
+}
+
+/// Issue 13, pause and continue: a paused job's processes stop (no tick while paused), it is
+/// never marked unresponsive (heartbeat_timeout 1s, kill_unresponsive on), its job timeout
+/// stops counting, and `continue` thaws it; a paused job can be cancelled (thawed, then the
+/// ladder: its revert runs) or killed (nothing is left).
+fn pause_and_continue(mode: Mode, test: &str) {
+    let env = TestEnv::new();
+    let Some(_daemon) = daemon_in(&env, mode, test) else {
+        return;
+    };
+    let events = spawn_cli(&env, &["events", "--json"]);
+    let top = "timeout = \"3s\"\nheartbeat_timeout = \"1s\"\nkill_unresponsive = true\n";
+    let id = submit(&env, &ticker(&env, "p", top));
+    wait_ticking(&env, "p", 0);
+
+    let (code, out, err) = cli(&env, &["pause", &id, "--reason", "look at it"]);
+    assert_eq!(code, 0, "pause: {out} {err}");
+    let paused_at = event_at(&events, &id, "paused");
+    let frozen = ticks(&env, "p");
+    let st = status(&env, &id);
+    assert!(st["paused_since_ms"].is_i64(), "{st:#}");
+    assert_eq!(st["last_order"]["action"], "pause", "{st:#}");
+    let (_, ls, _) = cli(&env, &["ls"]);
+    assert!(ls.contains("running PAUSED"), "ls:\n{ls}");
+    let (code, _, _) = cli(&env, &["pause", &id]);
+    assert_eq!(code, 8, "a second pause is refused");
+
+    // Longer than the job timeout and three heartbeat timeouts: nothing may happen.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    assert_eq!(ticks(&env, "p"), frozen, "the task ticked while paused");
+    let st = status(&env, &id);
+    assert_eq!(st["state"], "running", "{st:#}");
+    assert!(st["unresponsive_since_ms"].is_null(), "{st:#}");
+
+    let (code, out, err) = cli(&env, &["continue", &id]);
+    assert_eq!(code, 0, "continue: {out} {err}");
+    let continued_at = event_at(&events, &id, "continued");
+    assert!(status(&env, &id)["paused_since_ms"].is_null());
+    wait_ticking(&env, "p", frozen);
+    // The job timeout resumes where it stopped: what was left of its 3 s when it was paused.
+    let cancelling_at = event_at(&events, &id, "cancelling");
+    let ran_before = paused_at - status(&env, &id)["started_ms"].as_i64().unwrap_or(0);
+    assert!(
+        cancelling_at - continued_at >= 3000 - ran_before - 300,
+        "the timeout counted the pause: ran {ran_before} ms, paused at {paused_at}, continued at {continued_at}, cancelled at {cancelling_at}"
+    );
+
+    // Cancel of a paused job: thawed, then the ladder (the revert runs).
+    let id = submit(&env, &ticker(&env, "c", ""));
+    wait_ticking(&env, "c", 0);
+    assert_eq!(cli(&env, &["pause", &id]).0, 0);
+    let (code, out, err) = cli(&env, &["cancel", &id, "--wait"]);
+    assert_eq!(code, 3, "cancel of a paused job: {out} {err}");
+    assert_eq!(env.read("undo-c").trim(), "undone");
+    assert!(status(&env, &id)["paused_since_ms"].is_null());
+
+    // Kill of a paused job: nothing is left.
+    let id = submit(&env, &ticker(&env, "k", ""));
+    wait_ticking(&env, "k", 0);
+    assert_eq!(cli(&env, &["pause", &id]).0, 0);
+    let (code, out, err) = cli(&env, &["kill", &id, "--wait"]);
+    assert_eq!(code, 4, "kill of a paused job: {out} {err}");
+    let st = status(&env, &id);
+    assert!(st["paused_since_ms"].is_null(), "{st:#}");
+    wait_for(DEADLINE, "no process of the killed job left", || {
+        let left = env.marked_processes();
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    });
+    events.signal(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn pause_and_continue_in_session_mode() {
+    pause_and_continue(Mode::Session, "pause_and_continue_in_session_mode");
+}
+
+#[test]
+fn pause_and_continue_in_cgroup_mode() {
+    pause_and_continue(Mode::Cgroup, "pause_and_continue_in_cgroup_mode");
+}

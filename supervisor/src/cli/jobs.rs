@@ -95,6 +95,20 @@ pub enum JobCommand {
         #[arg(long)]
         cancel: bool,
     },
+    /// Freeze every process of a running or reverting job (its deadlines stop counting)
+    Pause {
+        job: String,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Thaw a paused job
+    Continue {
+        job: String,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -162,6 +176,14 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
         JobCommand::Logs { job, follow, task } => logs(dir, job, task, follow).await,
         JobCommand::Events { json } => events(dir, json).await,
         JobCommand::Shutdown { cancel } => shutdown(dir, cancel).await,
+        JobCommand::Pause { job, reason } => {
+            let request = super::operators::order(&job, Action::Pause, reason, None);
+            simple(dir, request, &job, false).await
+        }
+        JobCommand::Continue { job, reason } => {
+            let request = super::operators::order(&job, Action::Continue, reason, None);
+            simple(dir, request, &job, false).await
+        }
     }
 }
 
@@ -210,7 +232,7 @@ async fn list(dir: Option<PathBuf>, all: bool, json: bool) -> Outcome<i32> {
             "{:<8}  {:<20}  {:<13}  {:<20}  {}",
             job.id,
             shown(&job.name),
-            job.state.as_str(),
+            super::operators::shown_state(job.state, job.paused_since_ms),
             shown(job.task.as_deref().unwrap_or("-")),
             shared::duration::format_duration(Duration::from_secs(age.as_secs()))
         );

@@ -35,3 +35,12 @@ pub fn print_operator_lines(status: &JobStatus) {
         println!("  {}", shown(&order.to_string()));
     }
 }
+
+/// A job's state for `ls`: `running PAUSED` while it is frozen.
+pub fn shown_state(state: shared::state::JobState, paused_since_ms: Option<i64>) -> String {
+    if paused_since_ms.is_some() {
+        format!("{} PAUSED", state.as_str())
+    } else {
+        state.as_str().to_owned()
+    }
+}

@@ -8,10 +8,12 @@
 //! afterwards. The job's `memory`, `pids` and `cpu` limits are set on that cgroup when the
 //! controllers are enabled for it; a limit that cannot be enforced is refused, never ignored.
 
+mod freeze;
 mod job;
 #[cfg(test)]
 mod tests;
 
+pub use freeze::FREEZE_TIMEOUT;
 pub use job::{EMPTY_TIMEOUT, JobCgroup};
 
 use anyhow::{Context, bail};

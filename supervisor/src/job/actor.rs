@@ -132,6 +132,7 @@ impl Actor {
                 Ok(Some(Next::Launch(Purpose::Execute)))
             }
             Order::Cancel { .. } | Order::Kill { .. } => self.stop(order).await,
+            Order::Pause { .. } | Order::Continue { .. } => self.pause_unattached(order).await,
             Order::Adopt => {
                 let row = self.store(|s, id| s.job(id)).await?;
                 self.adopt(row, None).await
@@ -167,6 +168,21 @@ impl Actor {
             state if state.is_live() => self.adopt(row, Some(order)).await,
             state => Err(OrderError::WrongState(format!(
                 "job {} is {state}: nothing to stop",
+                self.id
+            ))),
+        }
+    }
+
+    /// A pause or continue of a job without a conductor here: a live one is taken up first;
+    /// any other has nothing to freeze.
+    async fn pause_unattached(&mut self, order: Order) -> Result<Option<Next>, OrderError> {
+        let row = self.store(|s, id| s.job(id)).await?;
+        match row.state {
+            JobState::Running | JobState::Reverting | JobState::Cancelling => {
+                self.adopt(row, Some(order)).await
+            }
+            state => Err(OrderError::WrongState(format!(
+                "job {} is {state}: it has no process to pause or continue",
                 self.id
             ))),
         }

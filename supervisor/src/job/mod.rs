@@ -65,6 +65,11 @@ pub enum Order {
     /// At start-up, or for a live job nobody supervises: take up its conductor, or record that
     /// it is gone.
     Adopt,
+    /// Freeze every process of a running or reverting job (cgroup.freeze, or SIGSTOP in session
+    /// mode); its deadlines stop counting until [`Order::Continue`].
+    Pause { by: Option<Requester> },
+    /// Thaw a paused job; its deadlines count again from where they stopped.
+    Continue { by: Option<Requester> },
 }
 
 /// Why an order was not carried out.

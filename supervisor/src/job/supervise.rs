@@ -9,6 +9,8 @@
 //! skipped`). A conductor that dies on its own, or one this supervision cannot go on with (a
 //! plan that cannot be sent), leaves the job `crashed`, with the same accounting.
 
+mod pause;
+
 use super::actor::{Actor, Next};
 use super::ladder::{self, Backoff, Ladder};
 use super::launch::{Conductor, Launched};
@@ -46,6 +48,7 @@ impl Actor {
             Err(err) => return self.unsupervisable(next, &err.to_string()).await,
         };
         let mut started_ago = Duration::ZERO;
+        let was_paused = matches!(&next, Next::Attach(row, _) if row.paused_ms.is_some());
         let (conductor, pidfd, link, plan, first, purpose) = match next {
             Next::Launch(purpose) => {
                 let launcher = &self.jobs.inner.launcher;
@@ -98,6 +101,10 @@ impl Actor {
             purpose,
             started_ago,
         );
+        if was_paused {
+            // Frozen under an earlier supervisor: still frozen, so its deadlines stand still.
+            supervision.paused = Some(Instant::now());
+        }
         supervision.run(&mut self.inbox, link, plan, first).await;
     }
 
@@ -155,6 +162,8 @@ struct Supervision {
     job_deadline: Option<Instant>,
     /// The plan, until the conductor has it.
     plan: Option<JobPlan>,
+    /// Since when the job is paused (frozen), if it is: its deadlines stand still meanwhile.
+    paused: Option<Instant>,
 }
 
 /// A time far enough away to never come.
@@ -200,6 +209,7 @@ impl Supervision {
             },
             ladder,
             plan: None,
+            paused: None,
         }
     }
 
@@ -222,13 +232,14 @@ impl Supervision {
             let far = far();
             let silent_at = self.state.last_heard + self.spec.heartbeat_timeout;
             let over = self.ladder.is_over();
+            let ticking = !over && self.paused.is_none();
             tokio::select! {
                 biased;
                 frame = next_frame(&mut self.state.link) => self.on_frame(frame).await,
                 () = exited(self.pidfd.as_ref()) => break,
                 Some(command) = inbox.recv() => self.on_command(command).await,
                 () = super::registry::detached(&mut detach) => return,
-                () = sleep_until(self.ladder.kill_deadline.map_or(far, |(at, _)| at)), if !over => {
+                () = sleep_until(self.ladder.kill_deadline.map_or(far, |(at, _)| at)), if ticking => {
                     let why = self.ladder.kill_deadline.map_or("kill timer", |(_, why)| why);
                     tracing::warn!(pid = self.conductor.id.pid, reason = why, "killing the job");
                     let cause = match self.ladder.cause {
@@ -239,13 +250,13 @@ impl Supervision {
                     let by = self.ladder.by.clone();
                     self.hard_kill(why, cause, by).await;
                 }
-                () = sleep_until(self.job_deadline.unwrap_or(far)), if self.ladder.kill_deadline.is_none() && !over => {
+                () = sleep_until(self.job_deadline.unwrap_or(far)), if self.ladder.kill_deadline.is_none() && ticking => {
                     self.cancel(None, "job timeout reached".into(), "job timeout", None).await;
                 }
                 () = sleep_until(self.state.store_retry_at.unwrap_or(far)), if self.state.store_retry_at.is_some() => {
                     self.take_reports(None).await;
                 }
-                () = sleep_until(silent_at), if !self.state.unresponsive && !over => self.on_silence().await,
+                () = sleep_until(silent_at), if !self.state.unresponsive && ticking => self.on_silence().await,
                 () = sleep_until(self.state.reconnect_at), if self.state.link.is_none() && self.state.connecting.is_none() => {
                     let (socket, id) = (self.conductor.socket.clone(), self.id.clone());
                     self.state.connecting = Some(Box::pin(async move { ConductorLink::connect(&socket, &id).await }));
@@ -260,6 +271,7 @@ impl Supervision {
             }
         }
         self.drain_after_exit().await;
+        self.forget_pause().await;
         self.clean_up().await;
         self.record_outcome().await;
     }
@@ -334,6 +346,8 @@ impl Supervision {
                 Ok(())
             }
             Order::Adopt => Ok(()),
+            Order::Pause { by } => self.pause(by).await,
+            Order::Continue { by } => self.resume_from_pause(by).await,
             Order::Start | Order::Revert { .. } | Order::Resume { .. } => {
                 Err(OrderError::WrongState(format!(
                     "job {} has a live conductor (pid {}): wait for it to end, or cancel or kill it",
@@ -353,6 +367,12 @@ impl Supervision {
                 reason,
                 by,
             } => {
+                if self.paused.is_some() {
+                    // Thawed first: a frozen conductor cannot stop its task or revert.
+                    if let Err(err) = self.thaw(None).await {
+                        tracing::error!(error = %err, "cannot thaw the job to cancel it");
+                    }
+                }
                 let cause = if by.is_some() {
                     "operator"
                 } else {
@@ -368,7 +388,17 @@ impl Supervision {
                 };
                 self.hard_kill(&reason, cause, by).await;
             }
-            _ => {}
+            Order::Pause { by } => {
+                if let Err(err) = self.pause(by).await {
+                    tracing::warn!(error = %err, "pause refused");
+                }
+            }
+            Order::Continue { by } => {
+                if let Err(err) = self.resume_from_pause(by).await {
+                    tracing::warn!(error = %err, "continue refused");
+                }
+            }
+            Order::Start | Order::Revert { .. } | Order::Resume { .. } | Order::Adopt => {}
         }
     }
 
