@@ -229,13 +229,25 @@ fn task_spec() -> BoxedStrategy<TaskSpec> {
         any::<u32>(),
         proptest::option::of(short_text()),
         env(),
+        (any::<u32>(), duration()),
     )
         .prop_map(
-            |(name, body, timeout, revert_timeout, retries, cwd, env)| TaskSpec {
+            |(
                 name,
                 body,
                 timeout,
                 revert_timeout,
+                retries,
+                cwd,
+                env,
+                (revert_retries, revert_retry_delay),
+            )| TaskSpec {
+                name,
+                body,
+                timeout,
+                revert_timeout,
+                revert_retries,
+                revert_retry_delay,
                 retries,
                 cwd,
                 env,
@@ -365,6 +377,8 @@ fn as_v1(message: &ToConductor) -> ToConductor {
     if let ToConductor::Start(plan) = &mut message {
         for task in &mut plan.spec.tasks {
             task.revert_timeout = None;
+            task.revert_retries = 0;
+            task.revert_retry_delay = Duration::ZERO;
         }
     }
     message
@@ -789,6 +803,8 @@ proptest! {
                 ClientRequest::Submit { mut spec, source } => {
                     for task in &mut spec.tasks {
                         task.revert_timeout = None;
+                        task.revert_retries = 0;
+                        task.revert_retry_delay = Duration::ZERO;
                     }
                     ClientRequest::Submit { spec, source }
                 }
@@ -796,6 +812,38 @@ proptest! {
             };
             prop_assert_eq!(decoded, expected);
         }
+    }
+
+    #[test]
+    fn client_request_round_trips_in_version_2(message in client_request()) {
+        let frame = message.encode(2).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let decoded = ClientRequest::decoder(2)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let expected = match message {
+            ClientRequest::Submit { mut spec, source } => {
+                for task in &mut spec.tasks {
+                    task.revert_retries = 0;
+                    task.revert_retry_delay = Duration::ZERO;
+                }
+                spec.hooks = shared::spec::Hooks::default();
+                ClientRequest::Submit { spec, source }
+            }
+            other => other,
+        };
+        prop_assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn to_conductor_round_trips_in_version_2(message in to_conductor()) {
+        let frame = message.encode(2).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let decoded = ToConductor::decoder(2)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut expected = message;
+        if let ToConductor::Start(plan) = &mut expected {
+            for task in &mut plan.spec.tasks {
+                task.revert_retries = 0;
+                task.revert_retry_delay = Duration::ZERO;
+            }
+        }
+        prop_assert_eq!(decoded, expected);
     }
 
     #[test]

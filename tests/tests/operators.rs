@@ -339,3 +339,53 @@ fn pause_and_continue_in_session_mode() {
 fn pause_and_continue_in_cgroup_mode() {
     pause_and_continue(Mode::Cgroup, "pause_and_continue_in_cgroup_mode");
 }
+
+/// Issue 13, compensation retries: a revert that fails twice is tried again after
+/// `revert_retry_delay` and succeeds on its third attempt (the job ends `reverted`, each attempt
+/// was written ahead and reported); one that keeps failing gives up after `revert_retries`
+/// extra attempts (`revert_failed`).
+#[test]
+fn a_failed_revert_is_retried_before_the_job_gives_up() {
+    let env = TestEnv::new();
+    let _daemon = start_daemon(&env, &[]);
+    let events = spawn_cli(&env, &["events", "--json"]);
+    // The revert fails until its third attempt (it counts them in a file).
+    let flaky = |name: &str, succeed_at: u32| {
+        let tasks = format!(
+            "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert = \"n=$(cat \\\"$SVT_DIR/n-{name}\\\" 2>/dev/null || echo 0); n=$((n+1)); echo $n > \\\"$SVT_DIR/n-{name}\\\"; [ $n -ge {succeed_at} ]\"\nrevert_retries = 2\nrevert_retry_delay = \"50ms\"\n[[task]]\nname = \"b\"\nrun = \"false\"\n"
+        );
+        env.job(
+            &format!("{name}.toml"),
+            &format!("name = \"{name}\""),
+            &tasks,
+        )
+    };
+
+    let id = submit(&env, &flaky("third", 3));
+    let (code, out, err) = cli(&env, &["wait", &id]);
+    assert_eq!(code, 1, "the task failed and every revert ran: {out} {err}");
+    let st = status(&env, &id);
+    assert_eq!(st["state"], "reverted", "{st:#}");
+    assert_eq!(env.read("n-third").trim(), "3");
+    let reverting = wait_for(DEADLINE, "three revert attempts in the events", || {
+        let out = events.stdout();
+        let n = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["job"] == id.as_str() && e["task"] == "a" && e["state"] == "reverting")
+            .count();
+        if n == 3 { Ok(n) } else { Err(out) }
+    });
+    assert_eq!(reverting, 3);
+
+    let id = submit(&env, &flaky("never", 99));
+    let (code, out, err) = cli(&env, &["wait", &id]);
+    assert_eq!(code, 5, "a revert failed for good: {out} {err}");
+    assert_eq!(status(&env, &id)["state"], "revert_failed");
+    assert_eq!(
+        env.read("n-never").trim(),
+        "3",
+        "one attempt and two retries"
+    );
+    events.signal(nix::sys::signal::Signal::SIGTERM);
+}

@@ -10,6 +10,7 @@ use crate::ids::JobId;
 use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
 pub use crate::protocol::operator::{Action, Requester};
 use crate::protocol::v1::ClientRequestV1;
+use crate::protocol::v2::ClientRequestV2;
 use crate::spec::JobSpec;
 use crate::state::{ExecOutcome, JobState, TaskState};
 use serde::{Deserialize, Serialize};
@@ -66,8 +67,10 @@ pub enum ClientRequest {
 impl ClientRequest {
     /// Encodes the request as a whole frame in protocol `version`.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
-        if version >= 2 {
+        if version >= 3 {
             encode_frame(self)
+        } else if version == 2 {
+            encode_frame(&ClientRequestV2::from(self.clone()))
         } else if matches!(
             self,
             Self::Operate {
@@ -92,11 +95,16 @@ impl ClientRequest {
     /// The decoder of frame bodies for protocol `version`.
     #[must_use]
     pub fn decoder(version: u32) -> Decoder<Self> {
-        if version >= 2 {
-            decode_body::<Self>
-        } else {
-            Self::decode_v1
+        match version {
+            3.. => decode_body::<Self>,
+            2 => Self::decode_v2,
+            _ => Self::decode_v1,
         }
+    }
+
+    /// Decodes a frame body of protocol version 2.
+    pub fn decode_v2(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body::<ClientRequestV2>(body).map(Self::from)
     }
 }
 

@@ -105,6 +105,8 @@ impl From<TaskSpecV1> for TaskSpec {
             body: v1.body,
             timeout: v1.timeout,
             revert_timeout: None,
+            revert_retries: 0,
+            revert_retry_delay: std::time::Duration::ZERO,
             retries: v1.retries,
             cwd: v1.cwd,
             env: v1.env,
@@ -139,6 +141,7 @@ impl From<JobSpecV1> for JobSpec {
             heartbeat_timeout: v1.heartbeat_timeout,
             kill_unresponsive: v1.kill_unresponsive,
             tasks: v1.tasks.into_iter().map(TaskSpec::from).collect(),
+            hooks: crate::spec::Hooks::default(),
         }
     }
 }

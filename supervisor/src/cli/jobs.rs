@@ -109,6 +109,11 @@ pub enum JobCommand {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+    /// Wait for jobs to end; exit with the code of `run` for the worst of them
+    Wait {
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -184,6 +189,7 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
             let request = super::operators::order(&job, Action::Continue, reason, None);
             simple(dir, request, &job, false).await
         }
+        JobCommand::Wait { jobs } => super::operators::wait_all(dir, &jobs).await,
     }
 }
 
@@ -344,7 +350,7 @@ async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
 }
 
 /// Polls the job until it is terminal; the exit code of `run` for its state.
-async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32> {
+pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32> {
     loop {
         let status = status(dir.clone(), job).await?;
         if let Some(code) = exit::for_job_state(status.state) {

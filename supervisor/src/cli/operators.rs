@@ -44,3 +44,16 @@ pub fn shown_state(state: shared::state::JobState, paused_since_ms: Option<i64>)
         state.as_str().to_owned()
     }
 }
+
+/// `supervisor wait JOB...`: each job to its end, in turn; the exit code of `run` for the worst
+/// end (the highest code: a revert that failed outranks a kill, a kill a cancel, and so on).
+pub async fn wait_all(
+    dir: Option<std::path::PathBuf>,
+    jobs: &[String],
+) -> super::client::Outcome<i32> {
+    let mut worst = shared::exit::SUCCESS;
+    for job in jobs {
+        worst = worst.max(super::jobs::wait_for_end(dir.clone(), job).await?);
+    }
+    Ok(worst)
+}

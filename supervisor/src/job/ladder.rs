@@ -129,15 +129,20 @@ impl Ladder {
     }
 }
 
-/// The kill deadline once a job enters `reverting` (whatever the reason): every revert may take
-/// its own `revert_timeout` plus the term grace in which the conductor stops it; past their sum,
-/// the conductor itself is stuck and the whole job is killed.
+/// The kill deadline once a job enters `reverting` (whatever the reason): every attempt of every
+/// revert may take its own `revert_timeout` plus the term grace in which the conductor stops it,
+/// and each retry waits its `revert_retry_delay` first; past their sum, the conductor itself is
+/// stuck and the whole job is killed.
 #[must_use]
 pub fn revert_deadline(spec: &JobSpec, now: Instant) -> Instant {
     let per_task: Duration = spec
         .tasks
         .iter()
-        .map(|task| spec.revert_timeout(task) + spec.term_grace)
+        .map(|task| {
+            let attempts = task.revert_retries.saturating_add(1);
+            (spec.revert_timeout(task) + spec.term_grace).saturating_mul(attempts)
+                + task.revert_retry_delay.saturating_mul(task.revert_retries)
+        })
         .sum();
     now + per_task + REVERT_SLACK
 }
