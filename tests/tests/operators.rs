@@ -389,3 +389,83 @@ fn a_failed_revert_is_retried_before_the_job_gives_up() {
     );
     events.signal(nix::sys::signal::Signal::SIGTERM);
 }
+
+/// Issue 13, hooks: the job's `[hooks]` and the daemon's `--hook-end` / `--hook-revert-skipped`
+/// run when a job ends (with its status JSON on stdin and JOB_ID, JOB_STATE, JOB_REASON), once
+/// each; a hanging hook delays nothing.
+#[test]
+fn hooks_run_once_at_the_end_with_the_status() {
+    let env = TestEnv::new();
+    let dir = env.dir().display().to_string();
+    let daemon_end = format!(
+        "cat > \"{dir}/daemon-end-$JOB_ID.json\"; echo \"$JOB_STATE\" >> \"{dir}/daemon-ends\""
+    );
+    let daemon_skipped =
+        format!("echo \"$JOB_ID $JOB_STATE $JOB_REASON\" >> \"{dir}/daemon-skipped\"");
+    let _daemon = start_daemon(
+        &env,
+        &[
+            "--hook-end",
+            &daemon_end,
+            "--hook-revert-skipped",
+            &daemon_skipped,
+        ],
+    );
+
+    // A job with its own hooks: one that records, one that hangs (and must delay nothing).
+    let hooks = format!(
+        "[hooks]\non_end = \"echo $JOB_STATE >> '{dir}/job-end'; exec sleep 600\"\non_revert_skipped = \"echo $JOB_STATE >> '{dir}/job-skipped'\"\n"
+    );
+    let ok = env.job(
+        "ok.toml",
+        &format!("name = \"ok\"\n{hooks}"),
+        "[[task]]\nname = \"a\"\nrun = \"true\"\n",
+    );
+    let id = submit(&env, &ok);
+    let (code, out, err) = cli(&env, &["wait", &id]);
+    assert_eq!(code, 0, "{out} {err}");
+    let json = wait_for(DEADLINE, "the daemon's end hook", || {
+        let text = env.read(&format!("daemon-end-{id}.json"));
+        serde_json::from_str::<Value>(&text).map_err(|e| (e.to_string(), text))
+    });
+    assert_eq!(json["id"], id.as_str(), "{json:#}");
+    assert_eq!(json["state"], "success", "{json:#}");
+    wait_for(DEADLINE, "the job's end hook", || {
+        let lines = env.lines("job-end");
+        if lines == ["success"] {
+            Ok(())
+        } else {
+            Err(lines)
+        }
+    });
+
+    // A killed job: the revert_skipped hooks run too, with the state and the reason.
+    let killed = sleeper(&env, "k", &hooks, false);
+    let id2 = submit(&env, &killed);
+    wait_started(&env, &id2, "started-k");
+    let (code, _, _) = cli(&env, &["kill", &id2, "--wait"]);
+    assert_eq!(code, 4);
+    let line = wait_for(DEADLINE, "the daemon's revert_skipped hook", || {
+        let lines = env.lines("daemon-skipped");
+        lines.first().cloned().ok_or(lines)
+    });
+    assert!(line.starts_with(&format!("{id2} killed ")), "{line}");
+    assert!(line.contains("kill requested"), "{line}");
+    wait_for(DEADLINE, "the job's hooks for the kill", || {
+        let (ends, skipped) = (env.lines("job-end"), env.lines("job-skipped"));
+        if ends == ["success", "killed"] && skipped == ["killed"] {
+            Ok(())
+        } else {
+            Err((ends, skipped))
+        }
+    });
+    wait_for(DEADLINE, "the daemon's end hooks", || {
+        let ends = env.lines("daemon-ends");
+        if ends == ["success", "killed"] {
+            Ok(())
+        } else {
+            Err(ends)
+        }
+    });
+    assert_eq!(env.lines("daemon-skipped").len(), 1, "run once");
+}

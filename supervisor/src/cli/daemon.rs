@@ -22,6 +22,9 @@ pub struct DaemonArgs {
     /// The conductor program [default: conductor-worker next to this binary, else this binary]
     #[arg(long, env = "SUPERVISOR_CONDUCTOR_BIN", value_name = "PATH")]
     pub conductor_bin: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub operators: super::operators::DaemonOperatorArgs,
 }
 
 pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
@@ -37,6 +40,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
                 max_jobs: args.max_jobs,
                 worker,
                 cgroup_root: args.cgroup_root,
+                operators: args.operators.options()?,
             };
             let mut terminate = signal(SignalKind::terminate())?;
             let mut interrupt = signal(SignalKind::interrupt())?;

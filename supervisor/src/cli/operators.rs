@@ -57,3 +57,39 @@ pub async fn wait_all(
     }
     Ok(worst)
 }
+
+/// The daemon's flags for operators.
+#[derive(clap::Args, Debug)]
+pub struct DaemonOperatorArgs {
+    /// Run CMD (by /bin/sh -c) when any job ends: the job's status as JSON on stdin, JOB_ID,
+    /// JOB_STATE, JOB_REASON in the environment; killed after 30 s; never run twice per job
+    #[arg(long, value_name = "CMD")]
+    pub hook_end: Option<String>,
+
+    /// Run CMD when a job ends with reverts skipped (killed or crashed), like --hook-end
+    #[arg(long, value_name = "CMD")]
+    pub hook_revert_skipped: Option<String>,
+}
+
+impl DaemonOperatorArgs {
+    /// The daemon's options, checked.
+    pub fn options(self) -> anyhow::Result<crate::daemon::OperatorOptions> {
+        for (hook, field) in [
+            (&self.hook_end, "end"),
+            (&self.hook_revert_skipped, "revert_skipped"),
+        ] {
+            if let Some(problem) = hook
+                .as_deref()
+                .and_then(|h| shared::spec::hook_problem(h, field))
+            {
+                anyhow::bail!("--hook-{}: {problem}", field.replace('_', "-"));
+            }
+        }
+        Ok(crate::daemon::OperatorOptions {
+            hooks: crate::job::DaemonHooks {
+                on_end: self.hook_end,
+                on_revert_skipped: self.hook_revert_skipped,
+            },
+        })
+    }
+}

@@ -89,6 +89,7 @@ async fn run_job(
             containment,
         },
         observer: Some(events_tx),
+        hooks: crate::job::DaemonHooks::default(),
     });
     let mut states = jobs.subscribe();
     let printer = tokio::spawn(super::printer::print_events(spec, events));

@@ -28,6 +28,14 @@ pub struct DaemonConfig {
     pub worker: WorkerCommand,
     /// The base cgroup for job cgroups (`--cgroup-root`); `None`: found automatically.
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// What operators add: alert hooks, metrics.
+    pub operators: OperatorOptions,
+}
+
+/// The daemon's options for operators (issue 13): its own alert hooks.
+#[derive(Clone, Debug, Default)]
+pub struct OperatorOptions {
+    pub hooks: crate::job::DaemonHooks,
 }
 
 /// Runs the daemon until `shutdown` resolves or a client asks it to stop.
@@ -64,6 +72,7 @@ pub async fn run(
             containment,
         },
         observer: None,
+        hooks: config.operators.hooks.clone(),
     });
     reattach_all(&jobs).await;
     tokio::spawn(scheduler::run(jobs.clone(), config.max_jobs.max(1)));

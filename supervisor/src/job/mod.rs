@@ -21,11 +21,13 @@
 //!   [`Jobs::ask`], so none is lost and no two actors ever own one job.
 
 mod actor;
+mod hooks;
 mod ladder;
 mod launch;
 mod registry;
 mod supervise;
 
+pub use hooks::{DaemonHooks, HOOK_TIMEOUT};
 pub use launch::{Launcher, check_runnable};
 pub use registry::{Jobs, JobsConfig};
 

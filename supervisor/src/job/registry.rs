@@ -31,6 +31,8 @@ pub struct JobsConfig {
     pub launcher: Launcher,
     /// Every report of every job, for a foreground printer (`supervisor run`).
     pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
+    /// The daemon's own alert hooks, run for every job's end.
+    pub hooks: super::DaemonHooks,
 }
 
 /// The registry; cheap to clone, shared by the accept loop, the scheduler and every handler.
@@ -43,6 +45,7 @@ pub(super) struct Inner {
     pub store: StoreHandle,
     pub launcher: Launcher,
     pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
+    pub hooks: super::DaemonHooks,
     /// Each job's actor, with the generation that tells a retiring actor from its successor.
     actors: Mutex<HashMap<JobId, (u64, mpsc::Sender<Command>)>>,
     generation: AtomicU64,
@@ -67,6 +70,7 @@ impl Jobs {
                 store: config.store,
                 launcher: config.launcher,
                 observer: config.observer,
+                hooks: config.hooks,
                 actors: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 tasks: Mutex::new(JoinSet::new()),

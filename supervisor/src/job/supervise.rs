@@ -747,6 +747,7 @@ impl Supervision {
         if let Some(state) = self.ladder.finished {
             tracing::info!(state = state.as_str(), "job ended");
             self.jobs.publish_state(&self.id, state);
+            self.jobs.job_ended(&self.id, state, false);
             return;
         }
         let id = self.id.clone();
@@ -755,6 +756,8 @@ impl Supervision {
             Ok(row) if !row.state.is_live() => {
                 tracing::info!(state = row.state.as_str(), "job ended");
                 self.jobs.publish_state(&self.id, row.state);
+                // Hooks the previous daemon ran already are recorded, and not run again.
+                self.jobs.job_ended(&self.id, row.state, false);
             }
             _ => {
                 let (state, reason) = self.ladder.hard_end();
@@ -854,6 +857,7 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
                 tracing::warn!(job_id = %id, state = end.as_str(), tasks = tasks.join(","), count = tasks.len(), reason, cause = hard.cause, by, "revert skipped");
                 jobs.observe(&JobEvent::JobFinished { state: end });
                 jobs.publish_by(id, end.as_str(), hard.by);
+                jobs.job_ended(id, end, !pending.is_empty());
                 return;
             }
             Err(
