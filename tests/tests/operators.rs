@@ -412,9 +412,9 @@ fn hooks_run_once_at_the_end_with_the_status() {
         ],
     );
 
-    // A job with its own hooks: one that records, one that hangs (and must delay nothing).
+    // A job with its own hooks: one that records, one that hangs for 20 s (and must delay nothing).
     let hooks = format!(
-        "[hooks]\non_end = \"echo $JOB_STATE >> '{dir}/job-end'; exec sleep 600\"\non_revert_skipped = \"echo $JOB_STATE >> '{dir}/job-skipped'\"\n"
+        "[hooks]\non_end = \"echo $JOB_STATE >> '{dir}/job-end'; exec sleep 20\"\non_revert_skipped = \"echo $JOB_STATE >> '{dir}/job-skipped'\"\n"
     );
     let ok = env.job(
         "ok.toml",
