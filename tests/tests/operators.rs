@@ -469,3 +469,114 @@ fn hooks_run_once_at_the_end_with_the_status() {
     });
     assert_eq!(env.lines("daemon-skipped").len(), 1, "run once");
 }
+
+/// `GET PATH` on `addr` with a plain HTTP/1.1 client over a `TcpStream`: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name` (with its labels, as exposed) in an exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Issue 13, metrics: `--metrics 127.0.0.1:0` serves the exposition at /metrics, read here by
+/// a real HTTP client; the figures move as jobs run, end and are killed. A public address
+/// without `--metrics-public` is refused (exit 2).
+#[test]
+fn metrics_are_served_and_move() {
+    let env = TestEnv::new();
+    let dir = env.state_dir();
+    let dir = dir.to_str().expect("UTF-8");
+    let mut refused = env.spawn(&["daemon", "--state-dir", dir, "--metrics", "0.0.0.0:9464"]);
+    assert_eq!(refused.wait_exit(DEADLINE), 2, "{}", refused.report());
+    assert!(
+        refused.stderr().contains("--metrics-public"),
+        "{}",
+        refused.report()
+    );
+
+    let daemon = start_daemon(&env, &["--metrics", "127.0.0.1:0"]);
+    let addr = wait_for(DEADLINE, "the metrics address in the daemon's log", || {
+        let err = daemon.stderr_plain();
+        err.lines()
+            .find(|l| l.contains("metrics served"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+            .ok_or(err)
+    });
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("supervisor_build_info{version=\""), "{body}");
+    assert_eq!(
+        sample(&body, "supervisor_live_conductors"),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(http_get(&addr, "/").0, 404);
+
+    let ok = env.job(
+        "ok.toml",
+        "name = \"ok\"",
+        "[[task]]\nname = \"a\"\nrun = \"true\"\n",
+    );
+    let id = submit(&env, &ok);
+    assert_eq!(cli(&env, &["wait", &id]).0, 0);
+    let id = submit(&env, &sleeper(&env, "k", "", false));
+    wait_started(&env, &id, "started-k");
+    let (_, during) = http_get(&addr, "/metrics");
+    assert_eq!(
+        sample(&during, "supervisor_live_conductors"),
+        Some(1.0),
+        "{during}"
+    );
+    assert_eq!(
+        sample(&during, "supervisor_jobs{state=\"running\"}"),
+        Some(1.0),
+        "{during}"
+    );
+    assert_eq!(cli(&env, &["kill", &id, "--wait"]).0, 4);
+
+    let (_, after) = http_get(&addr, "/metrics");
+    for (name, want) in [
+        ("supervisor_jobs_ended_total{state=\"success\"}", 1.0),
+        ("supervisor_jobs_ended_total{state=\"killed\"}", 1.0),
+        ("supervisor_jobs{state=\"success\"}", 1.0),
+        ("supervisor_jobs{state=\"killed\"}", 1.0),
+        ("supervisor_kills_total{cause=\"operator\"}", 1.0),
+        ("supervisor_reverts_skipped_total", 1.0),
+        ("supervisor_tasks_started_total", 2.0),
+        ("supervisor_kill_to_gone_seconds_count", 1.0),
+        ("supervisor_live_conductors", 0.0),
+    ] {
+        assert_eq!(sample(&after, name), Some(want), "{name} in:\n{after}");
+    }
+    assert!(
+        sample(&after, "supervisor_store_bytes").is_some_and(|b| b > 0.0),
+        "{after}"
+    );
+}

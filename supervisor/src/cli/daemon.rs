@@ -28,6 +28,13 @@ pub struct DaemonArgs {
 }
 
 pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
+    let operators = match args.operators.options() {
+        Ok(operators) => operators,
+        Err(err) => {
+            eprintln!("supervisor daemon: {err:#}");
+            return exit::INVALID_INPUT;
+        }
+    };
     let result = (|| {
         let state_dir = StateDir::resolve(state_dir)?;
         let worker = WorkerCommand::locate(args.conductor_bin)?;
@@ -40,7 +47,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
                 max_jobs: args.max_jobs,
                 worker,
                 cgroup_root: args.cgroup_root,
-                operators: args.operators.options()?,
+                operators,
             };
             let mut terminate = signal(SignalKind::terminate())?;
             let mut interrupt = signal(SignalKind::interrupt())?;

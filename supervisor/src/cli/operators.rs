@@ -69,6 +69,15 @@ pub struct DaemonOperatorArgs {
     /// Run CMD when a job ends with reverts skipped (killed or crashed), like --hook-end
     #[arg(long, value_name = "CMD")]
     pub hook_revert_skipped: Option<String>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); loopback only
+    /// unless --metrics-public
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Allow --metrics on an address that is not loopback
+    #[arg(long, requires = "metrics")]
+    pub metrics_public: bool,
 }
 
 impl DaemonOperatorArgs {
@@ -85,11 +94,19 @@ impl DaemonOperatorArgs {
                 anyhow::bail!("--hook-{}: {problem}", field.replace('_', "-"));
             }
         }
+        if let Some(addr) = self.metrics {
+            if !addr.ip().is_loopback() && !self.metrics_public {
+                anyhow::bail!(
+                    "--metrics {addr} is not a loopback address: anyone who reaches it reads the host's job figures; add --metrics-public to mean it"
+                );
+            }
+        }
         Ok(crate::daemon::OperatorOptions {
             hooks: crate::job::DaemonHooks {
                 on_end: self.hook_end,
                 on_revert_skipped: self.hook_revert_skipped,
             },
+            metrics: self.metrics,
         })
     }
 }

@@ -151,6 +151,16 @@ impl Actor {
                     Order::Cancel { by, .. } => (JobState::Cancelled, by),
                     _ => (JobState::Cancelled, None),
                 };
+                let cause = if by.is_some() {
+                    "operator"
+                } else {
+                    "supervisor"
+                };
+                if end == JobState::Killed {
+                    crate::metrics::METRICS.killed(cause);
+                } else {
+                    crate::metrics::METRICS.cancelled(cause);
+                }
                 let who = by.clone();
                 self.store(move |s, id| {
                     s.transition_job_by(

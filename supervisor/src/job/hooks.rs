@@ -60,6 +60,7 @@ impl Jobs {
     /// A job reached the terminal `state`; `skipped` says whether reverts were skipped. Starts
     /// its hooks in the background and returns at once.
     pub(super) fn job_ended(&self, id: &JobId, state: JobState, skipped: bool) {
+        crate::metrics::METRICS.job_ended(state);
         let daemon = self.inner.hooks.clone();
         let no_daemon_hooks = daemon.on_end.is_none() && daemon.on_revert_skipped.is_none();
         let (jobs, id) = (self.clone(), id.clone());

@@ -17,6 +17,7 @@ use super::launch::{Conductor, Launched};
 use super::registry::{Command, Jobs};
 use super::{Order, OrderError, Purpose, Requester};
 use crate::containment::JobCgroup;
+use crate::metrics::METRICS;
 use crate::process::{self, ConductorId, Pidfd, TaskGroups};
 use crate::session::ConductorLink;
 use crate::store::{JobRow, StoreError};
@@ -164,6 +165,9 @@ struct Supervision {
     plan: Option<JobPlan>,
     /// Since when the job is paused (frozen), if it is: its deadlines stand still meanwhile.
     paused: Option<Instant>,
+    /// When the first cancel and the hard kill came, for the latency metrics.
+    cancelled_at: Option<Instant>,
+    killed_at: Option<Instant>,
 }
 
 /// A time far enough away to never come.
@@ -210,6 +214,8 @@ impl Supervision {
             ladder,
             plan: None,
             paused: None,
+            cancelled_at: None,
+            killed_at: None,
         }
     }
 
@@ -273,7 +279,17 @@ impl Supervision {
         self.drain_after_exit().await;
         self.forget_pause().await;
         self.clean_up().await;
+        if let Some(at) = self.killed_at {
+            METRICS
+                .kill_to_gone
+                .observe(crate::metrics::seconds(at.elapsed()));
+        }
         self.record_outcome().await;
+        if let Some(at) = self.cancelled_at {
+            METRICS
+                .cancel_to_end
+                .observe(crate::metrics::seconds(at.elapsed()));
+        }
     }
 
     /// A new connection: send the plan if the conductor has none yet.
@@ -423,6 +439,8 @@ impl Supervision {
                 self.ladder.by.clone_from(&by);
             }
         }
+        METRICS.cancelled(cause);
+        self.cancelled_at.get_or_insert_with(Instant::now);
         let why = reason.clone();
         let id = self.id.clone();
         let who = by.clone();
@@ -470,6 +488,8 @@ impl Supervision {
     /// the end, and named by the `revert skipped` WARN).
     async fn hard_kill(&mut self, reason: &str, cause: &'static str, by: Option<Requester>) {
         if !self.ladder.is_over() {
+            METRICS.killed(cause);
+            self.killed_at = Some(Instant::now());
             self.ladder.killed = Some(reason.to_owned());
             self.ladder.cause = cause;
             if by.is_some() {
@@ -660,7 +680,27 @@ impl Supervision {
                     );
                 }
             }
-            JobEvent::TaskFinished { task, .. } => self.ladder.step_finished(*task),
+            JobEvent::TaskFinished {
+                task,
+                phase,
+                outcome,
+            } => {
+                self.ladder.step_finished(*task);
+                let ok = matches!(outcome, StepOutcome::Success { .. });
+                match (phase, ok) {
+                    (Phase::Execute, false) => {
+                        METRICS.tasks_failed.inc();
+                    }
+                    (Phase::Execute, true) => {}
+                    (Phase::Revert, ok) => METRICS.reverted(ok),
+                }
+            }
+            JobEvent::TaskStarting {
+                phase: Phase::Execute,
+                ..
+            } => {
+                METRICS.tasks_started.inc();
+            }
             JobEvent::TaskStarting {
                 phase: Phase::Revert,
                 ..
@@ -853,6 +893,9 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
         {
             Ok(pending) => {
                 let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
+                METRICS
+                    .reverts_skipped
+                    .inc_by(u64::try_from(tasks.len()).unwrap_or(0));
                 let by = hard.by.as_ref().map(Requester::who);
                 tracing::warn!(job_id = %id, state = end.as_str(), tasks = tasks.join(","), count = tasks.len(), reason, cause = hard.cause, by, "revert skipped");
                 jobs.observe(&JobEvent::JobFinished { state: end });

@@ -24,6 +24,7 @@ mod reports;
 mod transitions;
 
 pub use actor::StoreHandle;
+pub use operators::MetricsCounts;
 pub use reports::Applied;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};

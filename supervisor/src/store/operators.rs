@@ -71,6 +71,46 @@ impl Store {
     }
 }
 
+/// What the metrics read at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsCounts {
+    /// Jobs per state.
+    pub by_state: Vec<(JobState, i64)>,
+    /// Live jobs whose conductor is unresponsive.
+    pub unresponsive: i64,
+    /// Live jobs paused.
+    pub paused: i64,
+}
+
+impl Store {
+    /// The counts the metrics show at each scrape: one read transaction.
+    pub fn metrics_counts(&self) -> Result<MetricsCounts> {
+        let conn = self.conn();
+        let by_state = conn
+            .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .filter_map(|(state, n)| Some((state.parse().ok()?, n)))
+            .collect();
+        let live = super::sql_list(super::live_states());
+        let (unresponsive, paused) = conn.query_row(
+            &format!(
+                "SELECT COUNT(unresponsive_ms), COUNT(paused_ms) FROM jobs WHERE state IN ({live})"
+            ),
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok(MetricsCounts {
+            by_state,
+            unresponsive,
+            paused,
+        })
+    }
+}
+
 /// Stamps the transition just recorded in this transaction with the order that caused it, and
 /// makes it the job's last order. Nothing without an order.
 pub(super) fn stamp_order(conn: &Connection, id: &JobId, by: Option<&Requester>) -> Result<()> {
