@@ -580,3 +580,98 @@ fn metrics_are_served_and_move() {
         "{after}"
     );
 }
+
+/// Issue 13: `examples/deploy.toml` works for any user on a shared host and any number of runs:
+/// its paths are the user's and the job's own (two runs in a row both succeed, in two
+/// directories named by the uid and the job id).
+#[test]
+fn the_deploy_example_runs_twice_in_paths_of_its_own() {
+    let env = TestEnv::new();
+    let _daemon = start_daemon(&env, &[]);
+    let file = tests::examples_dir().join("deploy.toml");
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let id = submit(&env, &file);
+        let (code, out, err) = cli(&env, &["wait", &id]);
+        assert_eq!(code, 0, "the deploy example: {out} {err}");
+        let st = status(&env, &id);
+        let prepared = st["tasks"][0]["result"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        assert!(
+            prepared.ends_with(&format!("supervisor-example-{}/deploy-{id}", my_uid())),
+            "{st:#}"
+        );
+        dirs.push(prepared);
+    }
+    assert_ne!(dirs[0], dirs[1]);
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Issue 13, everyday CLI: `ls --state --name --since --limit`, `status` of several jobs,
+/// `revert --wait` of a killed job exits 0 once every pending revert ran.
+#[test]
+fn everyday_commands() {
+    let env = TestEnv::new();
+    let _daemon = start_daemon(&env, &[]);
+    let quick = |name: &str| {
+        let file = env.job(
+            &format!("{name}.toml"),
+            &format!("name = \"{name}\""),
+            "[[task]]\nname = \"a\"\nrun = \"true\"\n",
+        );
+        let id = submit(&env, &file);
+        assert_eq!(cli(&env, &["wait", &id]).0, 0);
+        id
+    };
+    let web1 = quick("deploy-web");
+    let db = quick("deploy-db");
+    let web2 = quick("deploy-web");
+    let killed = submit(&env, &sleeper(&env, "k", "", false));
+    wait_started(&env, &killed, "started-k");
+    assert_eq!(cli(&env, &["kill", &killed, "--wait"]).0, 4);
+
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut full = vec!["ls", "--json"];
+        full.extend_from_slice(args);
+        let (code, out, err) = cli(&env, &full);
+        assert_eq!(code, 0, "ls {args:?}: {err}");
+        let jobs: Value = serde_json::from_str(&out).expect("ls JSON");
+        jobs.as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|j| j["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        ids(&["--state", "success", "--name", "deploy-web"]),
+        [web1.clone(), web2.clone()]
+    );
+    assert_eq!(
+        ids(&["--name", "deploy-*", "--limit", "2"]),
+        [db.clone(), web2.clone()]
+    );
+    assert_eq!(ids(&["--state", "killed,crashed"]), vec![killed.clone()]);
+    assert_eq!(ids(&["--since", "1h"]).len(), 4);
+    assert_eq!(cli(&env, &["ls", "--state", "bogus"]).0, 2);
+
+    let (code, out, _) = cli(&env, &["status", &web1, &db, "--json"]);
+    assert_eq!(code, 0);
+    let both: Value = serde_json::from_str(&out).expect("status JSON");
+    assert_eq!(both.as_array().map(Vec::len), Some(2), "{both:#}");
+    assert_eq!(both[1]["id"], db.as_str());
+    let (code, text, _) = cli(&env, &["status", &web1, &killed]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains(&format!("job {web1}")) && text.contains(&format!("job {killed}")),
+        "{text}"
+    );
+
+    let (code, out, err) = cli(&env, &["revert", &killed, "--wait"]);
+    assert_eq!(code, 0, "revert --wait of a killed job: {out} {err}");
+    assert_eq!(status(&env, &killed)["state"], "reverted");
+}

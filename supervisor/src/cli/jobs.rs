@@ -28,10 +28,14 @@ pub enum JobCommand {
         all: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: super::operators::ListFilter,
     },
-    /// Show a job and each task: state, times, result, error, pending revert
+    /// Show jobs and each task: state, times, result, error, pending revert, last order
     Status {
-        job: String,
+        #[arg(required = true)]
+        jobs: Vec<String>,
+        /// One JSON object (an array for several jobs)
         #[arg(long)]
         json: bool,
     },
@@ -143,16 +147,23 @@ pub fn main(command: JobCommand, state_dir: Option<PathBuf>) -> i32 {
 async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
     match command {
         JobCommand::Submit { file, wait } => submit(dir, file, wait).await,
-        JobCommand::Ls { all, json } => list(dir, all, json).await,
-        JobCommand::Status { job, json } => {
-            let status = status(dir, &job).await?;
+        JobCommand::Ls { all, json, filter } => list(dir, all, json, &filter).await,
+        JobCommand::Status { jobs, json } => {
+            let mut all = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                all.push(status(dir.clone(), job).await?);
+            }
+            let text = match all.as_slice() {
+                [one] if json => serde_json::to_string_pretty(one).unwrap_or_default(),
+                _ if json => serde_json::to_string_pretty(&all).unwrap_or_default(),
+                _ => String::new(),
+            };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).unwrap_or_default()
-                );
+                println!("{text}");
             } else {
-                print_status(&status);
+                for status in &all {
+                    print_status(status);
+                }
             }
             Ok(exit::SUCCESS)
         }
@@ -172,7 +183,13 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
         }
         JobCommand::Revert { job, wait, reason } => {
             let request = super::operators::order(&job, Action::Revert, reason, None);
-            simple(dir, request, &job, wait).await
+            let code = simple(dir, request, &job, wait).await?;
+            // Every pending revert ran: what `revert` was asked to do is done.
+            Ok(if wait && code == exit::TASK_FAILED {
+                exit::SUCCESS
+            } else {
+                code
+            })
         }
         JobCommand::Resume { job, wait, reason } => {
             let request = super::operators::order(&job, Action::Resume, reason, None);
@@ -215,11 +232,18 @@ async fn submit(dir: Option<PathBuf>, file: PathBuf, wait: bool) -> Outcome<i32>
     }
 }
 
-async fn list(dir: Option<PathBuf>, all: bool, json: bool) -> Outcome<i32> {
+async fn list(
+    dir: Option<PathBuf>,
+    all: bool,
+    json: bool,
+    filter: &super::operators::ListFilter,
+) -> Outcome<i32> {
+    let all = all || filter.is_set();
     let reply = Client::call(dir, &ClientRequest::List { all }).await?;
     let ClientReply::Jobs(jobs) = reply else {
         return Err(unexpected(&reply));
     };
+    let jobs = filter.apply(jobs)?;
     if json {
         println!(
             "{}",

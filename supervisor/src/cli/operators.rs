@@ -110,3 +110,115 @@ impl DaemonOperatorArgs {
         })
     }
 }
+
+/// `ls` filters; any of them lists every job, not only the live ones.
+#[derive(clap::Args, Debug, Default)]
+pub struct ListFilter {
+    /// Only jobs in these states (repeat, or separate with commas: --state killed,crashed)
+    #[arg(long, value_name = "STATE", value_delimiter = ',')]
+    pub state: Vec<String>,
+
+    /// Only jobs whose name matches GLOB (`*` any text, `?` one character)
+    #[arg(long, value_name = "GLOB")]
+    pub name: Option<String>,
+
+    /// Only jobs submitted within DUR (e.g. 1h)
+    #[arg(long, value_name = "DUR", value_parser = shared::duration::parse_duration)]
+    pub since: Option<Duration>,
+
+    /// At most N jobs: the most recent
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+impl ListFilter {
+    /// Whether any filter is given.
+    pub fn is_set(&self) -> bool {
+        !self.state.is_empty()
+            || self.name.is_some()
+            || self.since.is_some()
+            || self.limit.is_some()
+    }
+
+    /// The jobs (in submission order) that pass; an unknown state is invalid input.
+    pub fn apply(
+        &self,
+        jobs: Vec<shared::protocol::client::JobSummary>,
+    ) -> super::client::Outcome<Vec<shared::protocol::client::JobSummary>> {
+        let states = self
+            .state
+            .iter()
+            .map(|s| {
+                s.trim().parse::<shared::state::JobState>().map_err(|_| {
+                    super::client::Failure::new(
+                        shared::exit::INVALID_INPUT,
+                        format!("--state {s:?}: not a job state"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let after = self.since.map(|since| {
+            crate::clock::now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+        let mut kept: Vec<_> = jobs
+            .into_iter()
+            .filter(|job| states.is_empty() || states.contains(&job.state))
+            .filter(|job| {
+                self.name
+                    .as_deref()
+                    .is_none_or(|glob| glob_matches(glob, &job.name))
+            })
+            .filter(|job| after.is_none_or(|after| job.created_ms >= after))
+            .collect();
+        if let Some(limit) = self.limit {
+            let skip = kept.len().saturating_sub(limit);
+            kept.drain(..skip);
+        }
+        Ok(kept)
+    }
+}
+
+/// Whether `text` matches `glob` (`*` any run of characters, `?` one character).
+pub fn glob_matches(glob: &str, text: &str) -> bool {
+    let (glob, text): (Vec<char>, Vec<char>) = (glob.chars().collect(), text.chars().collect());
+    // Iterative matching with one backtrack point (the last `*`): linear in practice.
+    let (mut g, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match glob.get(g) {
+            Some('*') => {
+                star = Some((g, t));
+                g += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                g += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sg, st)) => {
+                    g = sg + 1;
+                    t = st + 1;
+                    star = Some((sg, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    glob[g..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_matches;
+
+    #[test]
+    fn globs_match_as_a_shell_does() {
+        assert!(glob_matches("deploy-*", "deploy-web"));
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("d?ploy", "deploy"));
+        assert!(glob_matches("*web*", "deploy-web-2"));
+        assert!(!glob_matches("deploy-*", "build"));
+        assert!(!glob_matches("a?", "a"));
+        assert!(glob_matches("a*b*c", "aXbYbZc"));
+    }
+}
