@@ -675,3 +675,73 @@ fn everyday_commands() {
     assert_eq!(code, 0, "revert --wait of a killed job: {out} {err}");
     assert_eq!(status(&env, &killed)["state"], "reverted");
 }
+
+/// Issue 13: `run` draws a progress line (task i of n, elapsed) on a terminal, and only there:
+/// with stderr a pseudo-terminal the line is redrawn in place; with stderr a pipe, plain lines.
+#[test]
+fn run_draws_a_progress_line_only_on_a_terminal() {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let env = TestEnv::new();
+    let file = env.job(
+        "p.toml",
+        "name = \"p\"",
+        "[[task]]\nname = \"one\"\nrun = \"true\"\n[[task]]\nname = \"two\"\nrun = \"true\"\n",
+    );
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the integers given; no name, no settings.
+    let opened = unsafe {
+        libc::openpty(
+            &raw mut master,
+            &raw mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "openpty");
+    // SAFETY: both descriptors were just opened by openpty and are owned here alone.
+    let (mut master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let state_dir = env.state_dir();
+    let mut command = env.command(&[
+        "run",
+        "--state-dir",
+        state_dir.to_str().expect("UTF-8"),
+        file.to_str().expect("UTF-8"),
+    ]);
+    command.stdout(std::process::Stdio::null()).stderr(slave);
+    let mut child = command.spawn().expect("spawn run");
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once the last writer (the run and its children) closed the terminal.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let status = wait_for(DEADLINE, "the run to end", || {
+        child.try_wait().expect("try_wait").ok_or("running")
+    });
+    assert!(status.success(), "{status:?}");
+    drop(command);
+    let seen = reader.join().expect("reader");
+    assert!(
+        seen.contains("\r\x1b[2Ktask 2/2 two: execute, "),
+        "{seen:?}"
+    );
+    assert!(seen.contains("s elapsed"), "{seen:?}");
+
+    let mut piped = env.spawn_run(&file);
+    assert_eq!(piped.wait_exit(DEADLINE), 0);
+    assert!(!piped.stderr().contains("\x1b[2K"), "{}", piped.stderr());
+    assert!(!piped.stderr().contains("elapsed"), "{}", piped.stderr());
+}

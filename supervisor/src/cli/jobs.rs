@@ -375,11 +375,16 @@ async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
 
 /// Polls the job until it is terminal; the exit code of `run` for its state.
 pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32> {
+    let mut progress = super::progress::ProgressLine::new();
     loop {
         let status = status(dir.clone(), job).await?;
         if let Some(code) = exit::for_job_state(status.state) {
+            progress.clear();
             eprintln!("job {} ended: {}", status.id, status.state);
             return Ok(code);
+        }
+        if progress.is_due() {
+            super::operators::draw_status(&mut progress, &status);
         }
         tokio::time::sleep(WAIT_POLL).await;
     }

@@ -8,6 +8,7 @@ mod job_file;
 mod jobs;
 mod operators;
 mod printer;
+mod progress;
 mod run;
 mod validate;
 

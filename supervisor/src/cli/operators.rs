@@ -111,6 +111,33 @@ impl DaemonOperatorArgs {
     }
 }
 
+/// The progress line of a job followed by polling its status (`submit --wait`, `wait`): the
+/// step running now (task i of n), or the job's state.
+pub fn draw_status(progress: &mut super::progress::ProgressLine, status: &JobStatus) {
+    use shared::state::TaskState;
+    let n = status.tasks.len();
+    let running = status
+        .tasks
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, t)| matches!(t.state, TaskState::Running | TaskState::Reverting));
+    let what = |state: &str| {
+        if status.paused_since_ms.is_some() {
+            format!("{state} (paused)")
+        } else {
+            state.to_owned()
+        }
+    };
+    match running {
+        Some((i, task)) => progress.draw(
+            Some((i + 1, n, &shown(&task.name))),
+            &what(task.state.as_str()),
+        ),
+        None => progress.draw(None, &format!("job {}", what(status.state.as_str()))),
+    }
+}
+
 /// `ls` filters; any of them lists every job, not only the live ones.
 #[derive(clap::Args, Debug, Default)]
 pub struct ListFilter {
