@@ -478,6 +478,14 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
                 reason,
                 timeout_ms: None,
             }),
+        (short_text(), any::<bool>(), any::<i64>()).prop_map(|(job, follow, since_ms)| {
+            ClientRequest::LogsSince {
+                job,
+                task: None,
+                follow,
+                since_ms,
+            }
+        }),
     ]
 }
 
@@ -816,6 +824,11 @@ proptest! {
 
     #[test]
     fn client_request_round_trips_in_version_2(message in client_request()) {
+        if matches!(message, ClientRequest::LogsSince { .. }) {
+            let refused = matches!(message.encode(2), Err(FrameError::NotInVersion { .. }));
+            prop_assert!(refused, "logs --since is refused before version 3");
+            return Ok(());
+        }
         let frame = message.encode(2).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let decoded = ClientRequest::decoder(2)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let expected = match message {

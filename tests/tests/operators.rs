@@ -745,3 +745,33 @@ fn run_draws_a_progress_line_only_on_a_terminal() {
     assert!(!piped.stderr().contains("\x1b[2K"), "{}", piped.stderr());
     assert!(!piped.stderr().contains("elapsed"), "{}", piped.stderr());
 }
+
+/// Issue 13: `logs --since DUR` prints only the lines written within DUR.
+#[test]
+fn logs_since_leaves_out_older_lines() {
+    let env = TestEnv::new();
+    let _daemon = start_daemon(&env, &[]);
+    let file = env.job(
+        "l.toml",
+        "name = \"l\"",
+        "[[task]]\nname = \"a\"\nrun = \"echo early; while [ ! -e \\\"$SVT_DIR/go\\\" ]; do sleep 0.02; done; echo late\"\n",
+    );
+    let id = submit(&env, &file);
+    wait_for(DEADLINE, "the early line", || {
+        let (_, out, _) = cli(&env, &["logs", &id]);
+        if out.contains("early") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    // Two seconds between the lines: the one bound `--since 1s` falls between.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    env.write("go", "");
+    assert_eq!(cli(&env, &["wait", &id]).0, 0);
+    let (code, out, err) = cli(&env, &["logs", &id, "--since", "1s"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("late") && !out.contains("early"), "{out}");
+    let (_, all, _) = cli(&env, &["logs", &id]);
+    assert!(all.contains("early") && all.contains("late"), "{all}");
+}

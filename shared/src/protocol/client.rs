@@ -62,6 +62,14 @@ pub enum ClientRequest {
         reason: Option<String>,
         timeout_ms: Option<u64>,
     },
+    /// `logs --since`: like `Logs`, from the first line written at or after `since_ms` (ms
+    /// since the epoch). Version 3 only.
+    LogsSince {
+        job: String,
+        task: Option<String>,
+        follow: bool,
+        since_ms: i64,
+    },
 }
 
 impl ClientRequest {
@@ -69,6 +77,11 @@ impl ClientRequest {
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
         if version >= 3 {
             encode_frame(self)
+        } else if matches!(self, Self::LogsSince { .. }) {
+            Err(FrameError::NotInVersion {
+                what: "logs --since",
+                version,
+            })
         } else if version == 2 {
             encode_frame(&ClientRequestV2::from(self.clone()))
         } else if matches!(

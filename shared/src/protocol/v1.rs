@@ -247,6 +247,10 @@ impl From<ClientRequest> for ClientRequestV1 {
             R::Cancel { job, timeout_ms } => Self::Cancel { job, timeout_ms },
             R::Kill { job } => Self::Kill { job },
             R::Logs { job, task, follow } => Self::Logs { job, task, follow },
+            // `ClientRequest::encode` refuses it before version 3; never reached there.
+            R::LogsSince {
+                job, task, follow, ..
+            } => Self::Logs { job, task, follow },
             R::Revert { job } => Self::Revert { job },
             R::Resume { job } => Self::Resume { job },
             R::Events => Self::Events,

@@ -69,6 +69,9 @@ pub enum JobCommand {
         /// Only this task's output
         #[arg(long, value_name = "NAME")]
         task: Option<String>,
+        /// Only lines written within DUR (e.g. 10m)
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        since: Option<Duration>,
     },
     /// Run the pending reverts of a killed, crashed or revert_failed job, last first
     Revert {
@@ -195,7 +198,12 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
             let request = super::operators::order(&job, Action::Resume, reason, None);
             simple(dir, request, &job, wait).await
         }
-        JobCommand::Logs { job, follow, task } => logs(dir, job, task, follow).await,
+        JobCommand::Logs {
+            job,
+            follow,
+            task,
+            since,
+        } => logs(dir, job, task, follow, since).await,
         JobCommand::Events { json } => events(dir, json).await,
         JobCommand::Shutdown { cancel } => shutdown(dir, cancel).await,
         JobCommand::Pause { job, reason } => {
@@ -275,10 +283,11 @@ async fn logs(
     job: String,
     task: Option<String>,
     follow: bool,
+    since: Option<Duration>,
 ) -> Outcome<i32> {
     let mut client = Client::connect(dir).await?;
     client
-        .send(&ClientRequest::Logs { job, task, follow })
+        .send(&super::operators::logs_request(job, task, follow, since))
         .await?;
     while let Some(reply) = client.next().await? {
         match reply {

@@ -20,6 +20,25 @@ pub fn order(
     }
 }
 
+/// The `logs` request: with `--since`, from the lines written within that duration.
+pub fn logs_request(
+    job: String,
+    task: Option<String>,
+    follow: bool,
+    since: Option<Duration>,
+) -> ClientRequest {
+    match since {
+        Some(since) => ClientRequest::LogsSince {
+            job,
+            task,
+            follow,
+            since_ms: crate::clock::now_ms()
+                .saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX)),
+        },
+        None => ClientRequest::Logs { job, task, follow },
+    }
+}
+
 /// `status` lines for the last order (who, when, why) and a pause.
 pub fn print_operator_lines(status: &JobStatus) {
     if let Some(since) = status.paused_since_ms {

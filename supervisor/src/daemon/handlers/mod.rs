@@ -85,6 +85,12 @@ pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
         ClientRequest::Logs { job, task, follow } => {
             logs::stream(&jobs, &mut stream, &job, task.as_deref(), follow).await;
         }
+        ClientRequest::LogsSince {
+            job,
+            task,
+            follow,
+            since_ms,
+        } => logs::stream_since(&jobs, &mut stream, &job, task.as_deref(), follow, since_ms).await,
         ClientRequest::Events => events::stream(&jobs, &mut stream).await,
         order if operate::is_order(&order) => {
             let reply = operate::handle(&jobs, peer, order)
@@ -115,6 +121,7 @@ async fn dispatch(jobs: &Jobs, request: ClientRequest) -> Reply {
         | ClientRequest::Operate { .. }
         | ClientRequest::Hello { .. }
         | ClientRequest::Logs { .. }
+        | ClientRequest::LogsSince { .. }
         | ClientRequest::Events => Err((ErrorCode::InvalidRequest, "unexpected request".into())),
     }
 }
