@@ -568,3 +568,47 @@ async fn actor_a_cancel_timeout_not_longer_than_term_grace_is_refused() {
     }
     assert_eq!(h.job().await.state, JobState::Running);
 }
+
+/// Issue 13: a paused job is never marked unresponsive (its conductor is frozen on purpose),
+/// and its heartbeat watch counts again from `continue`.
+#[tokio::test(start_paused = true)]
+async fn actor_a_paused_job_is_never_marked_unresponsive() {
+    if !in_own_process() {
+        return;
+    }
+    let h = Harness::new(SPEC);
+    let listener = h.listen();
+    h.adopt().await;
+    let _fake = FakeConductor::accept(&listener, &h).await;
+    h.jobs
+        .ask(&h.id, Order::Pause { by: None })
+        .await
+        .expect("pause");
+    assert!(h.job().await.paused_ms.is_some());
+    match h.jobs.ask(&h.id, Order::Pause { by: None }).await {
+        Err(OrderError::WrongState(message)) => assert!(message.contains("paused"), "{message}"),
+        other => panic!("a second pause must be refused, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let job = h.job().await;
+    assert!(
+        job.unresponsive_ms.is_none(),
+        "a paused job was marked unresponsive"
+    );
+    assert_eq!(job.state, JobState::Running);
+    h.jobs
+        .ask(&h.id, Order::Continue { by: None })
+        .await
+        .expect("continue");
+    assert!(h.job().await.paused_ms.is_none());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        h.job().await.unresponsive_ms.is_none(),
+        "the heartbeat watch did not restart at continue"
+    );
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(
+        h.job().await.unresponsive_ms.is_some(),
+        "silence after continue not noticed"
+    );
+}
