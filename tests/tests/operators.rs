@@ -775,3 +775,19 @@ fn logs_since_leaves_out_older_lines() {
     let (_, all, _) = cli(&env, &["logs", &id]);
     assert!(all.contains("early") && all.contains("late"), "{all}");
 }
+
+/// Issue 13: `supervisor run` runs the job's hooks and waits for them before it exits (which
+/// would otherwise kill them).
+#[test]
+fn run_waits_for_the_jobs_hooks() {
+    let env = TestEnv::new();
+    let dir = env.dir().display().to_string();
+    let file = env.job(
+        "h.toml",
+        &format!("name = \"h\"\n[hooks]\non_end = \"sleep 0.3; echo $JOB_STATE > '{dir}/ran'\"\n"),
+        "[[task]]\nname = \"a\"\nrun = \"true\"\n",
+    );
+    let mut run = env.spawn_run(&file);
+    assert_eq!(run.wait_exit(DEADLINE), 0, "{}", run.report());
+    assert_eq!(env.read("ran").trim(), "success");
+}

@@ -109,6 +109,9 @@ async fn run_job(
     };
     // Every event of the job is in the printer's channel by now; it stops at the job's end.
     let _ = tokio::time::timeout(PRINTER_DRAIN, printer).await;
+    // The job's hooks would die with this process: they have their own bound.
+    let hooks_bound = crate::job::HOOK_TIMEOUT + std::time::Duration::from_secs(1);
+    let _ = tokio::time::timeout(hooks_bound, crate::job::hooks_settled()).await;
 
     println!("job {job_id} ended: {state}");
     if state == JobState::Crashed {

@@ -172,8 +172,8 @@ impl Actor {
                     )
                 })
                 .await?;
-                self.jobs.publish_by(&self.id, end.as_str(), by);
                 self.jobs.job_ended(&self.id, end, false);
+                self.jobs.publish_by(&self.id, end.as_str(), by);
                 Ok(None)
             }
             state if state.is_live() => self.adopt(row, Some(order)).await,

@@ -13,14 +13,16 @@
 //!   A daemon that dies between the record and the start loses that hook (at most once, never
 //!   twice).
 //! - At most [`MAX_RUNNING_HOOKS`] run at once; the others wait their turn.
+//! - `supervisor run` waits for its job's hooks before it exits ([`hooks_settled`]).
 
 use super::registry::Jobs;
 use shared::ids::JobId;
 use shared::state::JobState;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// How long a hook may run before it is killed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,6 +34,39 @@ pub const MAX_RUNNING_HOOKS: usize = 16;
 const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 static RUNNING: Semaphore = Semaphore::const_new(MAX_RUNNING_HOOKS);
+/// Job ends whose hooks are not done yet (looked up, waiting, or running).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static SETTLED: Notify = Notify::const_new();
+
+/// Counts one job end's hooks as in flight until dropped.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if IN_FLIGHT.fetch_sub(1, Ordering::SeqCst) == 1 {
+            SETTLED.notify_waiters();
+        }
+    }
+}
+
+/// Resolves once no hook of this process is pending or running: `supervisor run` waits for its
+/// job's hooks (each bounded by [`HOOK_TIMEOUT`]) before it exits, which would kill them.
+pub async fn hooks_settled() {
+    loop {
+        let settled = SETTLED.notified();
+        if IN_FLIGHT.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        settled.await;
+    }
+}
 
 /// The daemon's own hooks (`--hook-end`, `--hook-revert-skipped`), run for every job.
 #[derive(Clone, Debug, Default)]
@@ -64,7 +99,9 @@ impl Jobs {
         let daemon = self.inner.hooks.clone();
         let no_daemon_hooks = daemon.on_end.is_none() && daemon.on_revert_skipped.is_none();
         let (jobs, id) = (self.clone(), id.clone());
+        let in_flight = InFlight::new();
         tokio::spawn(async move {
+            let _in_flight = in_flight;
             let spec = jobs.store().call({
                 let id = id.clone();
                 move |s| s.spec(&id)
@@ -91,7 +128,9 @@ impl Jobs {
                 if let Some(command) = command {
                     let jobs = jobs.clone();
                     let id = id.clone();
+                    let in_flight = InFlight::new();
                     tokio::spawn(async move {
+                        let _in_flight = in_flight;
                         run_once(&jobs, &id, state, event, origin, command).await;
                     });
                 }

@@ -27,7 +27,7 @@ mod launch;
 mod registry;
 mod supervise;
 
-pub use hooks::{DaemonHooks, HOOK_TIMEOUT};
+pub use hooks::{DaemonHooks, HOOK_TIMEOUT, hooks_settled};
 pub use launch::{Launcher, check_runnable};
 pub use registry::{Jobs, JobsConfig};
 

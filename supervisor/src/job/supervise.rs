@@ -786,8 +786,9 @@ impl Supervision {
     async fn record_outcome(&mut self) {
         if let Some(state) = self.ladder.finished {
             tracing::info!(state = state.as_str(), "job ended");
-            self.jobs.publish_state(&self.id, state);
+            // Hooks counted before the end is published (`supervisor run` waits for them).
             self.jobs.job_ended(&self.id, state, false);
+            self.jobs.publish_state(&self.id, state);
             return;
         }
         let id = self.id.clone();
@@ -795,9 +796,9 @@ impl Supervision {
             // Re-attached only to acknowledge an end the store already held.
             Ok(row) if !row.state.is_live() => {
                 tracing::info!(state = row.state.as_str(), "job ended");
-                self.jobs.publish_state(&self.id, row.state);
                 // Hooks the previous daemon ran already are recorded, and not run again.
                 self.jobs.job_ended(&self.id, row.state, false);
+                self.jobs.publish_state(&self.id, row.state);
             }
             _ => {
                 let (state, reason) = self.ladder.hard_end();
@@ -899,8 +900,8 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
                 let by = hard.by.as_ref().map(Requester::who);
                 tracing::warn!(job_id = %id, state = end.as_str(), tasks = tasks.join(","), count = tasks.len(), reason, cause = hard.cause, by, "revert skipped");
                 jobs.observe(&JobEvent::JobFinished { state: end });
-                jobs.publish_by(id, end.as_str(), hard.by);
                 jobs.job_ended(id, end, !pending.is_empty());
+                jobs.publish_by(id, end.as_str(), hard.by);
                 return;
             }
             Err(
