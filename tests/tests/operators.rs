@@ -791,3 +791,34 @@ fn run_waits_for_the_jobs_hooks() {
     assert_eq!(run.wait_exit(DEADLINE), 0, "{}", run.report());
     assert_eq!(env.read("ran").trim(), "success");
 }
+
+/// Issue 13: a job paused when its daemon dies stays paused under the next daemon, which
+/// re-attaches to it without marking it unresponsive, and `continue` thaws it.
+#[test]
+fn a_paused_job_stays_paused_across_a_daemon_restart() {
+    let env = TestEnv::new();
+    let Some(mut daemon) = daemon_in(&env, Mode::Session, "restart") else {
+        return;
+    };
+    let top = "heartbeat_timeout = \"1s\"\nkill_unresponsive = true\n";
+    let id = submit(&env, &ticker(&env, "r", top));
+    wait_ticking(&env, "r", 0);
+    assert_eq!(cli(&env, &["pause", &id]).0, 0);
+    let frozen = ticks(&env, "r");
+    tests::sigkill_run(&mut daemon);
+    let Some(_daemon) = daemon_in(&env, Mode::Session, "restart") else {
+        return;
+    };
+    // Past the heartbeat timeout under the new daemon: still paused, still running.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let st = status(&env, &id);
+    assert!(st["paused_since_ms"].is_i64(), "{st:#}");
+    assert!(st["unresponsive_since_ms"].is_null(), "{st:#}");
+    assert_eq!(st["state"], "running", "{st:#}");
+    assert_eq!(ticks(&env, "r"), frozen, "the task ticked while paused");
+    let (code, out, err) = cli(&env, &["continue", &id]);
+    assert_eq!(code, 0, "continue under the new daemon: {out} {err}");
+    wait_ticking(&env, "r", frozen);
+    let (code, out, err) = cli(&env, &["cancel", &id, "--wait"]);
+    assert_eq!(code, 3, "{out} {err}");
+}
