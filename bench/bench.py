@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import platform
 import resource
 import select
@@ -212,6 +213,9 @@ class Daemon:
         self.dir = state_dir
         os.makedirs(state_dir, exist_ok=True)
         self.log = open(log_path, "ab")
+        # SVBENCH_DAEMON_ARGS: extra daemon flags for a comparison run (e.g. "--metrics
+        # 127.0.0.1:0" to measure what the metrics cost).
+        extra = [*extra, *shlex.split(os.environ.get("SVBENCH_DAEMON_ARGS", ""))]
         self.proc = subprocess.Popen(
             [sv, "daemon", "--state-dir", state_dir, "--max-jobs", str(max_jobs), *extra],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,

@@ -338,23 +338,48 @@ impl<'a> Runner<'a> {
         Ok(all_ok)
     }
 
-    /// Reverts task `index`; true when the revert succeeded.
+    /// Reverts task `index`, with its `revert_retries` extra attempts (each `revert_retry_delay`
+    /// after the failure before it, each written ahead and reported as an execute attempt is);
+    /// true when an attempt succeeded.
     async fn revert_one(&mut self, index: usize) -> anyhow::Result<bool> {
+        let (retries, delay) = {
+            let spec = &self.plan.spec.tasks[index];
+            (spec.revert_retries, spec.revert_retry_delay)
+        };
+        for attempt in 1..=retries.saturating_add(1) {
+            if attempt > 1 {
+                tracing::info!(
+                    task = index,
+                    attempt,
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "retrying the revert"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            if self.revert_attempt(index, attempt).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One attempt of task `index`'s revert; true when it succeeded.
+    async fn revert_attempt(&mut self, index: usize, attempt: u32) -> anyhow::Result<bool> {
         let task = u32::try_from(index).context("too many tasks")?;
         self.link
             .write_ahead(JobEvent::TaskStarting {
                 task,
                 phase: Phase::Revert,
-                attempt: 1,
+                attempt,
             })
             .await?;
         self.progress[index].state = TaskState::Reverting;
-        let outcome = match self.step(index, Phase::Revert, 1).await {
+        let outcome = match self.step(index, Phase::Revert, attempt).await {
             Ok(_) => StepOutcome::Success {
                 result: String::new(),
             },
             Err(error) => {
-                tracing::warn!(task, reason = %error, "revert failed");
+                tracing::warn!(task, attempt, reason = %error, "revert failed");
                 StepOutcome::Failure {
                     reason: error.message,
                     cancelled: false,

@@ -31,7 +31,13 @@ pub const MAX_ENV_NAME_LEN: usize = 256;
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 mod check;
+mod operators;
+
 pub use check::{MAX_PLAN_FRAME_LEN, SPEC_FRAME_ROOM};
+pub use operators::{
+    DEFAULT_REVERT_RETRY_DELAY, Hooks, MAX_HOOK_LEN, MAX_REVERT_RETRIES, MAX_REVERT_RETRY_DELAY,
+    hook_problem,
+};
 
 /// Asks a worker program (named as in the job file) which native kinds it provides.
 pub type ListKinds<'a> = dyn Fn(&str) -> Result<Vec<String>, String> + 'a;
@@ -67,6 +73,10 @@ pub struct JobSpec {
     pub kill_unresponsive: bool,
     /// The tasks, in file order (the order they execute in).
     pub tasks: Vec<TaskSpec>,
+    /// `[hooks]`: alert commands the daemon runs (never the conductor). Specs stored before
+    /// this field existed read as no hooks.
+    #[serde(default)]
+    pub hooks: Hooks,
 }
 
 /// A validated task.
@@ -82,6 +92,13 @@ pub struct TaskSpec {
     /// existed read as `None` too.
     #[serde(default)]
     pub revert_timeout: Option<Duration>,
+    /// Extra attempts of a failed revert before the task is `revert_failure` (0 for specs
+    /// stored before this field existed).
+    #[serde(default)]
+    pub revert_retries: u32,
+    /// The pause before each extra attempt of the revert.
+    #[serde(default)]
+    pub revert_retry_delay: Duration,
     /// Extra attempts of execute after a failure.
     pub retries: u32,
     pub cwd: Option<String>,
@@ -163,6 +180,7 @@ impl fmt::Debug for JobSpec {
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("kill_unresponsive", &self.kill_unresponsive)
             .field("tasks", &self.tasks)
+            .field("hooks", &self.hooks)
             .finish()
     }
 }
@@ -174,6 +192,8 @@ impl fmt::Debug for TaskSpec {
             .field("body", &self.body)
             .field("timeout", &self.timeout)
             .field("revert_timeout", &self.revert_timeout)
+            .field("revert_retries", &self.revert_retries)
+            .field("revert_retry_delay", &self.revert_retry_delay)
             .field("retries", &self.retries)
             .field("cwd", &self.cwd)
             .field("env_keys", &EnvKeys(&self.env))
@@ -210,6 +230,7 @@ struct RawJob {
     heartbeat_timeout: Option<Spanned<String>>,
     kill_unresponsive: Option<bool>,
     task: Option<Spanned<Vec<Spanned<RawTask>>>>,
+    hooks: Option<operators::RawHooks>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +256,8 @@ struct RawTask {
     params: Option<Spanned<toml::Table>>,
     timeout: Option<Spanned<String>>,
     revert_timeout: Option<Spanned<String>>,
+    revert_retries: Option<Spanned<u32>>,
+    revert_retry_delay: Option<Spanned<String>>,
     retries: Option<u32>,
     cwd: Option<Spanned<String>>,
     env: Option<BTreeMap<String, String>>,
@@ -432,6 +455,11 @@ impl JobSpec {
             heartbeat_timeout,
             kill_unresponsive: raw.kill_unresponsive.unwrap_or(false),
             tasks,
+            hooks: raw
+                .hooks
+                .map(|h| parse_hooks(h, &at))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -667,6 +695,8 @@ fn parse_task(
         .revert_timeout
         .map(|d| positive_duration(d, "revert_timeout", at))
         .transpose()?;
+    let (revert_retries, revert_retry_delay) =
+        parse_revert_retries(raw.revert_retries, raw.revert_retry_delay, at)?;
     let cwd = match raw.cwd {
         Some(cwd) if cwd.get_ref().is_empty() => {
             return Err(at(cwd.span(), "cwd must not be empty".into()));
@@ -678,6 +708,8 @@ fn parse_task(
         body,
         timeout,
         revert_timeout,
+        revert_retries,
+        revert_retry_delay,
         retries: raw.retries.unwrap_or(0),
         cwd,
         env: raw.env.unwrap_or_default(),
@@ -767,6 +799,57 @@ fn positive_duration(
         Ok(d) => Ok(d),
         Err(problem) => Err(at(span, format!("`{field}`: {problem}"))),
     }
+}
+
+/// `revert_retries` and `revert_retry_delay` (zero allowed: retry at once; the default is
+/// [`DEFAULT_REVERT_RETRY_DELAY`]).
+fn parse_revert_retries(
+    retries: Option<Spanned<u32>>,
+    delay: Option<Spanned<String>>,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<(u32, Duration), SpecError> {
+    let (count, count_span) = retries.map_or((0, 0..0), |r| (*r.get_ref(), r.span()));
+    let delay = match delay {
+        None => DEFAULT_REVERT_RETRY_DELAY,
+        Some(text) => {
+            let span = text.span();
+            let delay = parse_duration(text.get_ref())
+                .map_err(|problem| at(span.clone(), format!("`revert_retry_delay`: {problem}")))?;
+            if let Some(problem) = operators::revert_retry_problem(0, delay) {
+                return Err(at(span, problem));
+            }
+            delay
+        }
+    };
+    if let Some(problem) = operators::revert_retry_problem(count, Duration::ZERO) {
+        return Err(at(count_span, problem));
+    }
+    // Without retries there is no delay: every spec without them reads the same, whatever
+    // version of the wire or the store it came through.
+    Ok((count, if count == 0 { Duration::ZERO } else { delay }))
+}
+
+fn parse_hooks(
+    raw: operators::RawHooks,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<Hooks, SpecError> {
+    let mut hooks = Hooks::default();
+    for (slot, value, field) in [
+        (&mut hooks.on_end, raw.on_end, "on_end"),
+        (
+            &mut hooks.on_revert_skipped,
+            raw.on_revert_skipped,
+            "on_revert_skipped",
+        ),
+    ] {
+        if let Some(value) = value {
+            if let Some(problem) = hook_problem(value.get_ref(), field) {
+                return Err(at(value.span(), problem));
+            }
+            *slot = Some(value.into_inner());
+        }
+    }
+    Ok(hooks)
 }
 
 /// Turns a byte offset into the 1-based line and column of an error.
@@ -976,6 +1059,56 @@ run = ["true"]
         let broken = |_: &str| Err("cannot run it".to_owned());
         let err = JobSpec::parse_checked(src, "j.toml", "j", &broken).expect_err("no worker");
         assert_eq!((err.line, err.message.as_str()), (1, "cannot run it"));
+    }
+
+    #[test]
+    fn revert_retries_parse_with_their_delay() {
+        let spec = JobSpec::parse(
+            "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert = \"true\"\nrevert_retries = 3\nrevert_retry_delay = \"250ms\"\n[[task]]\nname = \"b\"\nrun = \"true\"\nrevert = \"true\"\nrevert_retries = 1\n[[task]]\nname = \"c\"\nrun = \"true\"\n",
+            "t.toml",
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(spec.tasks[0].revert_retries, 3);
+        assert_eq!(spec.tasks[0].revert_retry_delay, Duration::from_millis(250));
+        assert_eq!(spec.tasks[1].revert_retry_delay, DEFAULT_REVERT_RETRY_DELAY);
+        assert_eq!(spec.tasks[2].revert_retries, 0);
+        assert_eq!(spec.tasks[2].revert_retry_delay, Duration::ZERO);
+        assert!(spec.check().is_ok());
+        let err = JobSpec::parse(
+            "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert_retries = 1000\n",
+            "t.toml",
+            "t",
+        )
+        .expect_err("too many");
+        assert!(err.message.contains("revert_retries"), "{err}");
+    }
+
+    #[test]
+    fn hooks_parse_and_are_checked() {
+        let spec = JobSpec::parse(
+            "[hooks]\non_end = \"logger ended\"\non_revert_skipped = \"page-oncall\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+            "t.toml",
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(spec.hooks.on_end.as_deref(), Some("logger ended"));
+        assert_eq!(spec.hooks.on_revert_skipped.as_deref(), Some("page-oncall"));
+        let err = JobSpec::parse(
+            "[hooks]\non_end = \" \"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+            "t.toml",
+            "t",
+        )
+        .expect_err("empty hook");
+        assert!(err.message.contains("hooks.on_end"), "{err}");
+        assert!(
+            JobSpec::parse(
+                "[hooks]\non_start = \"x\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n",
+                "t.toml",
+                "t",
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use proptest::prelude::*;
 use shared::ids::JobId;
 use shared::limits::Limits;
 use shared::protocol::client::{
-    ClientReply, ClientRequest, ErrorCode, Event, JobStatus, JobSummary, LogLine, TaskStatus,
+    Action, ClientReply, ClientRequest, ErrorCode, Event, JobStatus, JobSummary, LogLine,
+    Requester, TaskStatus,
 };
 use shared::protocol::codec::{
     FrameError, MAX_FRAME_LEN, decode_body, encode_frame, read_frame, write_frame,
@@ -228,13 +229,25 @@ fn task_spec() -> BoxedStrategy<TaskSpec> {
         any::<u32>(),
         proptest::option::of(short_text()),
         env(),
+        (any::<u32>(), duration()),
     )
         .prop_map(
-            |(name, body, timeout, revert_timeout, retries, cwd, env)| TaskSpec {
+            |(
                 name,
                 body,
                 timeout,
                 revert_timeout,
+                retries,
+                cwd,
+                env,
+                (revert_retries, revert_retry_delay),
+            )| TaskSpec {
+                name,
+                body,
+                timeout,
+                revert_timeout,
+                revert_retries,
+                revert_retry_delay,
                 retries,
                 cwd,
                 env,
@@ -365,6 +378,8 @@ fn as_v1(message: &ToConductor) -> ToConductor {
     if let ToConductor::Start(plan) = &mut message {
         for task in &mut plan.spec.tasks {
             task.revert_timeout = None;
+            task.revert_retries = 0;
+            task.revert_retry_delay = Duration::ZERO;
         }
     }
     message
@@ -453,6 +468,25 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         short_text().prop_map(|job| ClientRequest::Resume { job }),
         Just(ClientRequest::Events),
         any::<bool>().prop_map(|cancel| ClientRequest::Shutdown { cancel }),
+        (
+            short_text(),
+            prop_oneof![Just(Action::Pause), Just(Action::Continue)],
+            proptest::option::of(short_text()),
+        )
+            .prop_map(|(job, action, reason)| ClientRequest::Operate {
+                job,
+                action,
+                reason,
+                timeout_ms: None,
+            }),
+        (short_text(), any::<bool>(), any::<i64>()).prop_map(|(job, follow, since_ms)| {
+            ClientRequest::LogsSince {
+                job,
+                task: None,
+                follow,
+                since_ms,
+            }
+        }),
     ]
 }
 
@@ -507,6 +541,7 @@ fn client_reply() -> BoxedStrategy<ClientReply> {
             state,
             task,
             created_ms,
+            paused_since_ms: Some(created_ms),
         });
     let status = (
         (
@@ -547,6 +582,15 @@ fn client_reply() -> BoxedStrategy<ClientReply> {
                 containment,
                 unresponsive_since_ms,
                 tasks,
+                last_order: Some(Requester {
+                    action: Action::Cancel,
+                    uid: 0,
+                    pid: 1,
+                    command: "supervisor cancel".into(),
+                    at_ms: created_ms,
+                    reason: Some("because".into()),
+                }),
+                paused_since_ms: unresponsive_since_ms,
             },
         );
     prop_oneof![
@@ -574,6 +618,7 @@ fn client_reply() -> BoxedStrategy<ClientReply> {
                 task,
                 state,
                 at_ms,
+                by: None,
             })),
         (error_code, text()).prop_map(|(code, message)| ClientReply::Error { code, message }),
     ]
@@ -768,6 +813,8 @@ proptest! {
                 ClientRequest::Submit { mut spec, source } => {
                     for task in &mut spec.tasks {
                         task.revert_timeout = None;
+                        task.revert_retries = 0;
+                        task.revert_retry_delay = Duration::ZERO;
                     }
                     ClientRequest::Submit { spec, source }
                 }
@@ -775,6 +822,43 @@ proptest! {
             };
             prop_assert_eq!(decoded, expected);
         }
+    }
+
+    #[test]
+    fn client_request_round_trips_in_version_2(message in client_request()) {
+        if matches!(message, ClientRequest::LogsSince { .. }) {
+            let refused = matches!(message.encode(2), Err(FrameError::NotInVersion { .. }));
+            prop_assert!(refused, "logs --since is refused before version 3");
+            return Ok(());
+        }
+        let frame = message.encode(2).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let decoded = ClientRequest::decoder(2)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let expected = match message {
+            ClientRequest::Submit { mut spec, source } => {
+                for task in &mut spec.tasks {
+                    task.revert_retries = 0;
+                    task.revert_retry_delay = Duration::ZERO;
+                }
+                spec.hooks = shared::spec::Hooks::default();
+                ClientRequest::Submit { spec, source }
+            }
+            other => other,
+        };
+        prop_assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn to_conductor_round_trips_in_version_2(message in to_conductor()) {
+        let frame = message.encode(2).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let decoded = ToConductor::decoder(2)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut expected = message;
+        if let ToConductor::Start(plan) = &mut expected {
+            for task in &mut plan.spec.tasks {
+                task.revert_retries = 0;
+                task.revert_retry_delay = Duration::ZERO;
+            }
+        }
+        prop_assert_eq!(decoded, expected);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod containment;
 pub mod daemon;
 pub mod job;
 pub mod logging;
+pub mod metrics;
 pub mod process;
 pub mod session;
 pub mod spawn;

@@ -8,7 +8,9 @@
 
 use crate::ids::JobId;
 use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
+pub use crate::protocol::operator::{Action, Requester};
 use crate::protocol::v1::ClientRequestV1;
+use crate::protocol::v2::ClientRequestV2;
 use crate::spec::JobSpec;
 use crate::state::{ExecOutcome, JobState, TaskState};
 use serde::{Deserialize, Serialize};
@@ -54,20 +56,58 @@ pub enum ClientRequest {
     },
     /// `prune`: deletes finished jobs that ended more than `older_than_ms` ago (see
     /// `Store::prune` for which), their logs and sockets, and reclaims the space; `vacuum`
-    /// rewrites the whole database too. Added after version 2's first release, at the end: a
-    /// daemon that predates it answers a malformed request.
+    /// rewrites the whole database too. Version 3 only.
     Prune {
         older_than_ms: u64,
         states: Vec<JobState>,
         vacuum: bool,
+    },
+    /// An operator's order with its reason (version 2 only; `Cancel`, `Kill`, `Revert` and
+    /// `Resume` above are kept for older clients). `timeout_ms` applies to a cancel.
+    Operate {
+        job: String,
+        action: Action,
+        reason: Option<String>,
+        timeout_ms: Option<u64>,
+    },
+    /// `logs --since`: like `Logs`, from the first line written at or after `since_ms` (ms
+    /// since the epoch). Version 3 only.
+    LogsSince {
+        job: String,
+        task: Option<String>,
+        follow: bool,
+        since_ms: i64,
     },
 }
 
 impl ClientRequest {
     /// Encodes the request as a whole frame in protocol `version`.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
-        if version >= 2 {
+        if version >= 3 {
             encode_frame(self)
+        } else if matches!(self, Self::LogsSince { .. }) {
+            Err(FrameError::NotInVersion {
+                what: "logs --since",
+                version,
+            })
+        } else if matches!(self, Self::Prune { .. }) {
+            Err(FrameError::NotInVersion {
+                what: "prune",
+                version,
+            })
+        } else if version == 2 {
+            encode_frame(&ClientRequestV2::from(self.clone()))
+        } else if matches!(
+            self,
+            Self::Operate {
+                action: Action::Pause | Action::Continue,
+                ..
+            }
+        ) {
+            Err(FrameError::NotInVersion {
+                what: "pause and continue",
+                version,
+            })
         } else {
             match ClientRequestV1::try_from(self.clone()) {
                 Ok(v1) => encode_frame(&v1),
@@ -87,11 +127,16 @@ impl ClientRequest {
     /// The decoder of frame bodies for protocol `version`.
     #[must_use]
     pub fn decoder(version: u32) -> Decoder<Self> {
-        if version >= 2 {
-            decode_body::<Self>
-        } else {
-            Self::decode_v1
+        match version {
+            3.. => decode_body::<Self>,
+            2 => Self::decode_v2,
+            _ => Self::decode_v1,
         }
+    }
+
+    /// Decodes a frame body of protocol version 2.
+    pub fn decode_v2(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body::<ClientRequestV2>(body).map(Self::from)
     }
 }
 
@@ -155,6 +200,8 @@ pub struct JobSummary {
     /// The task that runs (or last ran).
     pub task: Option<String>,
     pub created_ms: i64,
+    /// Since when the job is paused (frozen), if it is.
+    pub paused_since_ms: Option<i64>,
 }
 
 /// `status`: the job and each task.
@@ -174,6 +221,10 @@ pub struct JobStatus {
     /// Since when (ms since the epoch) the conductor has not answered, if it has not.
     pub unresponsive_since_ms: Option<i64>,
     pub tasks: Vec<TaskStatus>,
+    /// The last operator's order on the job: who, when and why.
+    pub last_order: Option<Requester>,
+    /// Since when the job is paused (frozen), if it is.
+    pub paused_since_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,4 +258,6 @@ pub struct Event {
     pub task: Option<String>,
     pub state: String,
     pub at_ms: i64,
+    /// The operator whose order caused the change, if one did.
+    pub by: Option<Requester>,
 }

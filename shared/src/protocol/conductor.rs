@@ -27,6 +27,7 @@
 use crate::ids::JobId;
 use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
 use crate::protocol::v1::ToConductorV1;
+use crate::protocol::v2::ToConductorV2;
 use crate::spec::JobSpec;
 use crate::state::{ExecOutcome, JobState, TaskState};
 use serde::{Deserialize, Serialize};
@@ -50,8 +51,11 @@ pub enum ToConductor {
 impl ToConductor {
     /// Encodes the message as a whole frame in protocol `version`.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
-        if version >= 2 {
+        if version >= 3 {
             return encode_frame(self);
+        }
+        if version == 2 {
+            return encode_frame(&ToConductorV2::from(self.clone()));
         }
         match ToConductorV1::try_from(self.clone()) {
             Ok(v1) => encode_frame(&v1),
@@ -70,11 +74,16 @@ impl ToConductor {
     /// The decoder of frame bodies for protocol `version`.
     #[must_use]
     pub fn decoder(version: u32) -> Decoder<Self> {
-        if version >= 2 {
-            decode_body::<Self>
-        } else {
-            Self::decode_v1
+        match version {
+            3.. => decode_body::<Self>,
+            2 => Self::decode_v2,
+            _ => Self::decode_v1,
         }
+    }
+
+    /// Decodes a frame body of protocol version 2.
+    pub fn decode_v2(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body::<ToConductorV2>(body).map(Self::from)
     }
 }
 

@@ -14,12 +14,15 @@
 pub mod client;
 pub mod codec;
 pub mod conductor;
+pub mod operator;
 pub mod v1;
+pub mod v2;
 
 /// This build's version; bumped on every incompatible change of any message.
 /// Version 2: `TaskSpec::revert_timeout`, and prior results in frames of their own
-/// (`ToConductor::PriorResult`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// (`ToConductor::PriorResult`). Version 3: `TaskSpec::revert_retries` and
+/// `revert_retry_delay`, `JobSpec::hooks` ([`v2`] mirrors version 2).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -37,7 +40,7 @@ pub const fn negotiate(peer: u32) -> Option<u32> {
     }
 }
 
-/// The versions this build speaks, for error messages ("1..=2").
+/// The versions this build speaks, for error messages ("1..=3").
 #[must_use]
 pub fn supported_versions() -> String {
     format!("{MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}")
@@ -53,6 +56,6 @@ mod tests {
         assert_eq!(negotiate(MIN_PROTOCOL_VERSION), Some(MIN_PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION + 5), Some(PROTOCOL_VERSION));
-        assert_eq!(supported_versions(), "1..=2");
+        assert_eq!(supported_versions(), "1..=3");
     }
 }

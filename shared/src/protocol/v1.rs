@@ -7,7 +7,7 @@
 
 use crate::ids::JobId;
 use crate::limits::Limits;
-use crate::protocol::client::ClientRequest;
+use crate::protocol::client::{Action, ClientRequest};
 use crate::protocol::conductor::{JobPlan, PlanAction, PriorTask, SupervisorHello, ToConductor};
 use crate::spec::{JobSpec, TaskBody, TaskSpec};
 use serde::{Deserialize, Serialize};
@@ -105,6 +105,8 @@ impl From<TaskSpecV1> for TaskSpec {
             body: v1.body,
             timeout: v1.timeout,
             revert_timeout: None,
+            revert_retries: 0,
+            revert_retry_delay: std::time::Duration::ZERO,
             retries: v1.retries,
             cwd: v1.cwd,
             env: v1.env,
@@ -142,6 +144,7 @@ impl From<JobSpecV1> for JobSpec {
             heartbeat_timeout: v1.heartbeat_timeout,
             kill_unresponsive: v1.kill_unresponsive,
             tasks: v1.tasks.into_iter().map(TaskSpec::from).collect(),
+            hooks: crate::spec::Hooks::default(),
         }
     }
 }
@@ -250,11 +253,28 @@ impl TryFrom<ClientRequest> for ClientRequestV1 {
             R::Cancel { job, timeout_ms } => Self::Cancel { job, timeout_ms },
             R::Kill { job } => Self::Kill { job },
             R::Logs { job, task, follow } => Self::Logs { job, task, follow },
+            // `ClientRequest::encode` refuses it before version 3; never reached there.
+            R::LogsSince {
+                job, task, follow, ..
+            } => Self::Logs { job, task, follow },
             R::Revert { job } => Self::Revert { job },
             R::Resume { job } => Self::Resume { job },
             R::Events => Self::Events,
             R::Shutdown { cancel } => Self::Shutdown { cancel },
             other @ R::Prune { .. } => return Err(other),
+            R::Operate {
+                job,
+                action,
+                timeout_ms,
+                ..
+            } => match action {
+                Action::Cancel => Self::Cancel { job, timeout_ms },
+                Action::Kill => Self::Kill { job },
+                Action::Revert => Self::Revert { job },
+                Action::Resume => Self::Resume { job },
+                // `ClientRequest::encode` refuses these in version 1; never reached there.
+                Action::Pause | Action::Continue => Self::Status { job },
+            },
         })
     }
 }

@@ -59,6 +59,9 @@ impl JobSpec {
         if self.tasks.is_empty() {
             return Err("the job has no tasks: add at least one [[task]]".into());
         }
+        if let Some(problem) = self.hooks.problem() {
+            return Err(problem);
+        }
         let mut seen = HashSet::new();
         for task in &self.tasks {
             if !seen.insert(task.name.as_str()) {
@@ -117,6 +120,11 @@ impl JobSpec {
             if let Some(value) = value {
                 check_duration(value, field).map_err(|p| format!("task {name:?}: {p}"))?;
             }
+        }
+        if let Some(problem) =
+            super::operators::revert_retry_problem(task.revert_retries, task.revert_retry_delay)
+        {
+            return Err(format!("task {name:?}: {problem}"));
         }
         match task.cwd.as_deref() {
             Some("") => Err(format!("task {name:?}: cwd must not be empty")),

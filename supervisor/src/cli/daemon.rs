@@ -27,9 +27,18 @@ pub struct DaemonArgs {
     /// then hourly, as `supervisor prune --older-than DUR` does [default: keep everything]
     #[arg(long, value_name = "DUR", value_parser = super::jobs::parse_age)]
     pub keep: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub operators: super::operators::DaemonOperatorArgs,
 }
 
 pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
+    let operators = match args.operators.options() {
+        Ok(operators) => operators,
+        Err(err) => {
+            eprintln!("supervisor daemon: {err:#}");
+            return exit::INVALID_INPUT;
+        }
+    };
     let result = (|| {
         let state_dir = StateDir::resolve(state_dir)?;
         let worker = WorkerCommand::locate(args.conductor_bin)?;
@@ -43,6 +52,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
                 worker,
                 cgroup_root: args.cgroup_root,
                 keep: args.keep,
+                operators,
             };
             let mut terminate = signal(SignalKind::terminate())?;
             let mut interrupt = signal(SignalKind::interrupt())?;

@@ -5,7 +5,7 @@
 use super::client::{Client, Failure, Outcome};
 use super::escape::shown;
 use shared::exit;
-use shared::protocol::client::{ClientReply, ClientRequest, JobStatus};
+use shared::protocol::client::{Action, ClientReply, ClientRequest, JobStatus};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,10 +28,14 @@ pub enum JobCommand {
         all: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: super::operators::ListFilter,
     },
-    /// Show a job and each task: state, times, result, error, pending revert
+    /// Show jobs and each task: state, times, result, error, pending revert, last order
     Status {
-        job: String,
+        #[arg(required = true)]
+        jobs: Vec<String>,
+        /// One JSON object (an array for several jobs)
         #[arg(long)]
         json: bool,
     },
@@ -43,12 +47,18 @@ pub enum JobCommand {
         timeout: Option<Duration>,
         #[arg(long)]
         wait: bool,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// SIGKILL a job now; its reverts are recorded as skipped
     Kill {
         job: String,
         #[arg(long)]
         wait: bool,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Print a job's task output
     Logs {
@@ -59,18 +69,27 @@ pub enum JobCommand {
         /// Only this task's output
         #[arg(long, value_name = "NAME")]
         task: Option<String>,
+        /// Only lines written within DUR (e.g. 10m)
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        since: Option<Duration>,
     },
     /// Run the pending reverts of a killed, crashed or revert_failed job, last first
     Revert {
         job: String,
         #[arg(long)]
         wait: bool,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Continue a killed or crashed job from its first unfinished task
     Resume {
         job: String,
         #[arg(long)]
         wait: bool,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Follow every job and task transition as it happens
     Events {
@@ -98,6 +117,25 @@ pub enum JobCommand {
         vacuum: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Freeze every process of a running or reverting job (its deadlines stop counting)
+    Pause {
+        job: String,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Thaw a paused job
+    Continue {
+        job: String,
+        /// Why (recorded with who asked; shown by status and events)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Wait for jobs to end; exit with the code of `run` for the worst of them
+    Wait {
+        #[arg(required = true)]
+        jobs: Vec<String>,
     },
 }
 
@@ -157,37 +195,60 @@ pub fn main(command: JobCommand, state_dir: Option<PathBuf>) -> i32 {
 async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
     match command {
         JobCommand::Submit { file, wait } => submit(dir, file, wait).await,
-        JobCommand::Ls { all, json } => list(dir, all, json).await,
-        JobCommand::Status { job, json } => {
-            let status = status(dir, &job).await?;
+        JobCommand::Ls { all, json, filter } => list(dir, all, json, &filter).await,
+        JobCommand::Status { jobs, json } => {
+            let mut all = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                all.push(status(dir.clone(), job).await?);
+            }
+            let text = match all.as_slice() {
+                [one] if json => serde_json::to_string_pretty(one).unwrap_or_default(),
+                _ if json => serde_json::to_string_pretty(&all).unwrap_or_default(),
+                _ => String::new(),
+            };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).unwrap_or_default()
-                );
+                println!("{text}");
             } else {
-                print_status(&status);
+                for status in &all {
+                    print_status(status);
+                }
             }
             Ok(exit::SUCCESS)
         }
-        JobCommand::Cancel { job, timeout, wait } => {
+        JobCommand::Cancel {
+            job,
+            timeout,
+            wait,
+            reason,
+        } => {
             let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-            let request = ClientRequest::Cancel {
-                job: job.clone(),
-                timeout_ms,
-            };
+            let request = super::operators::order(&job, Action::Cancel, reason, timeout_ms);
             simple(dir, request, &job, wait).await
         }
-        JobCommand::Kill { job, wait } => {
-            simple(dir, ClientRequest::Kill { job: job.clone() }, &job, wait).await
+        JobCommand::Kill { job, wait, reason } => {
+            let request = super::operators::order(&job, Action::Kill, reason, None);
+            simple(dir, request, &job, wait).await
         }
-        JobCommand::Revert { job, wait } => {
-            simple(dir, ClientRequest::Revert { job: job.clone() }, &job, wait).await
+        JobCommand::Revert { job, wait, reason } => {
+            let request = super::operators::order(&job, Action::Revert, reason, None);
+            let code = simple(dir, request, &job, wait).await?;
+            // Every pending revert ran: what `revert` was asked to do is done.
+            Ok(if wait && code == exit::TASK_FAILED {
+                exit::SUCCESS
+            } else {
+                code
+            })
         }
-        JobCommand::Resume { job, wait } => {
-            simple(dir, ClientRequest::Resume { job: job.clone() }, &job, wait).await
+        JobCommand::Resume { job, wait, reason } => {
+            let request = super::operators::order(&job, Action::Resume, reason, None);
+            simple(dir, request, &job, wait).await
         }
-        JobCommand::Logs { job, follow, task } => logs(dir, job, task, follow).await,
+        JobCommand::Logs {
+            job,
+            follow,
+            task,
+            since,
+        } => logs(dir, job, task, follow, since).await,
         JobCommand::Events { json } => events(dir, json).await,
         JobCommand::Shutdown { cancel } => shutdown(dir, cancel).await,
         JobCommand::Prune {
@@ -196,6 +257,15 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
             vacuum,
             json,
         } => prune(dir, older_than, states, vacuum, json).await,
+        JobCommand::Pause { job, reason } => {
+            let request = super::operators::order(&job, Action::Pause, reason, None);
+            simple(dir, request, &job, false).await
+        }
+        JobCommand::Continue { job, reason } => {
+            let request = super::operators::order(&job, Action::Continue, reason, None);
+            simple(dir, request, &job, false).await
+        }
+        JobCommand::Wait { jobs } => super::operators::wait_all(dir, &jobs).await,
     }
 }
 
@@ -253,11 +323,18 @@ async fn submit(dir: Option<PathBuf>, file: PathBuf, wait: bool) -> Outcome<i32>
     }
 }
 
-async fn list(dir: Option<PathBuf>, all: bool, json: bool) -> Outcome<i32> {
+async fn list(
+    dir: Option<PathBuf>,
+    all: bool,
+    json: bool,
+    filter: &super::operators::ListFilter,
+) -> Outcome<i32> {
+    let all = all || filter.is_set();
     let reply = Client::call(dir, &ClientRequest::List { all }).await?;
     let ClientReply::Jobs(jobs) = reply else {
         return Err(unexpected(&reply));
     };
+    let jobs = filter.apply(jobs)?;
     if json {
         println!(
             "{}",
@@ -276,7 +353,7 @@ async fn list(dir: Option<PathBuf>, all: bool, json: bool) -> Outcome<i32> {
             "{:<8}  {:<20}  {:<13}  {:<20}  {}",
             job.id,
             shown(&job.name),
-            job.state.as_str(),
+            super::operators::shown_state(job.state, job.paused_since_ms),
             shown(job.task.as_deref().unwrap_or("-")),
             shared::duration::format_duration(Duration::from_secs(age.as_secs()))
         );
@@ -289,10 +366,11 @@ async fn logs(
     job: String,
     task: Option<String>,
     follow: bool,
+    since: Option<Duration>,
 ) -> Outcome<i32> {
     let mut client = Client::connect(dir).await?;
     client
-        .send(&ClientRequest::Logs { job, task, follow })
+        .send(&super::operators::logs_request(job, task, follow, since))
         .await?;
     while let Some(reply) = client.next().await? {
         match reply {
@@ -388,12 +466,17 @@ async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
 }
 
 /// Polls the job until it is terminal; the exit code of `run` for its state.
-async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32> {
+pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32> {
+    let mut progress = super::progress::ProgressLine::new();
     loop {
         let status = status(dir.clone(), job).await?;
         if let Some(code) = exit::for_job_state(status.state) {
+            progress.clear();
             eprintln!("job {} ended: {}", status.id, status.state);
             return Ok(code);
+        }
+        if progress.is_due() {
+            super::operators::draw_status(&mut progress, &status);
         }
         tokio::time::sleep(WAIT_POLL).await;
     }
@@ -424,6 +507,7 @@ fn print_status(status: &JobStatus) {
             shared::duration::format_duration(Duration::from_secs(silent.as_secs()))
         );
     }
+    super::operators::print_operator_lines(status);
     for task in &status.tasks {
         let pending = if task.revert_pending {
             "  REVERT PENDING"

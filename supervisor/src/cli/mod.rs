@@ -6,7 +6,9 @@ mod daemon;
 mod escape;
 mod job_file;
 mod jobs;
+mod operators;
 mod printer;
+mod progress;
 mod run;
 mod validate;
 

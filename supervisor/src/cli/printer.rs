@@ -2,13 +2,15 @@
 //! by the task name (stdout lines on stdout, stderr lines on stderr).
 
 use super::escape::shown;
+use super::progress::{ProgressLine, REDRAW_EVERY};
 use shared::protocol::conductor::{JobEvent, Phase, StepOutcome, Stream};
 use shared::spec::JobSpec;
 use std::io::Write;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// Prints events until the job's end (or until the channel closes).
+/// Prints events until the job's end (or until the channel closes); on a terminal, a progress
+/// line (task i of n, elapsed) stays below them.
 pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<JobEvent>) {
     let mut started: Vec<Option<Instant>> = vec![None; spec.tasks.len()];
     let name = |task: u32| {
@@ -18,7 +20,29 @@ pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<Job
             .map_or("?", |t| t.name.as_str());
         shown(name).into_owned()
     };
-    while let Some(event) = events.recv().await {
+    let mut progress = ProgressLine::new();
+    let mut current: Option<(u32, &'static str)> = None;
+    let mut tick = tokio::time::interval(REDRAW_EVERY);
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = tick.tick(), if progress.is_enabled() => {
+                draw(&mut progress, current, &spec, &name);
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        progress.clear();
+        if let JobEvent::TaskStarting { task, phase, .. } = &event {
+            current = Some((
+                *task,
+                if *phase == Phase::Revert {
+                    "revert"
+                } else {
+                    "execute"
+                },
+            ));
+        }
         let mut out = std::io::stdout().lock();
         let _ = match &event {
             JobEvent::TaskStarting {
@@ -83,5 +107,24 @@ pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<Job
             JobEvent::JobFinished { .. } => return,
         };
         let _ = out.flush();
+        drop(out);
+        draw(&mut progress, current, &spec, &name);
+    }
+}
+
+/// Redraws the progress line for the step running now.
+fn draw(
+    progress: &mut ProgressLine,
+    current: Option<(u32, &str)>,
+    spec: &JobSpec,
+    name: &impl Fn(u32) -> String,
+) {
+    match current {
+        Some((task, phase)) => {
+            let n = spec.tasks.len();
+            let name = name(task);
+            progress.draw(Some((task as usize + 1, n, &name)), phase);
+        }
+        None => progress.draw(None, "starting"),
     }
 }

@@ -89,6 +89,7 @@ async fn run_job(
             containment,
         },
         observer: Some(events_tx),
+        hooks: crate::job::DaemonHooks::default(),
     });
     let mut states = jobs.subscribe();
     let printer = tokio::spawn(super::printer::print_events(spec, events));
@@ -108,6 +109,9 @@ async fn run_job(
     };
     // Every event of the job is in the printer's channel by now; it stops at the job's end.
     let _ = tokio::time::timeout(PRINTER_DRAIN, printer).await;
+    // The job's hooks would die with this process: they have their own bound.
+    let hooks_bound = crate::job::HOOK_TIMEOUT + std::time::Duration::from_secs(1);
+    let _ = tokio::time::timeout(hooks_bound, crate::job::hooks_settled()).await;
 
     println!("job {job_id} ended: {state}");
     if state == JobState::Crashed {
@@ -172,11 +176,13 @@ async fn forward_interrupts(jobs: Jobs, job_id: JobId) {
             Order::Cancel {
                 timeout: None,
                 reason: format!("{name} received"),
+                by: None,
             }
         } else {
             eprintln!("supervisor: {name} again: killing the job");
             Order::Kill {
                 reason: format!("{name} received twice"),
+                by: None,
             }
         };
         if let Err(err) = jobs.ask(&job_id, order).await {

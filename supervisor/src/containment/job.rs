@@ -15,7 +15,7 @@ use tokio::time::Instant;
 /// How long to wait for a killed cgroup to become empty.
 pub const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often to read `cgroup.events` when inotify is unavailable (out of inotify instances).
-const FALLBACK_POLL: Duration = Duration::from_millis(10);
+pub(super) const FALLBACK_POLL: Duration = Duration::from_millis(10);
 /// The kernel's minimum interval between two notifications of one cgroup file.
 const NOTIFY_MIN_INTERVAL: Duration = Duration::from_millis(20);
 /// The first pause between the quick reads of `cgroup.events` (doubled each time).
@@ -166,7 +166,7 @@ impl JobCgroup {
 }
 
 /// An inotify watch on one `cgroup.events` file, registered with the runtime.
-struct EventsWatch {
+pub(super) struct EventsWatch {
     fd: AsyncFd<InotifyFd>,
 }
 
@@ -180,7 +180,7 @@ impl AsRawFd for InotifyFd {
 }
 
 impl EventsWatch {
-    fn new(events: &std::path::Path) -> std::io::Result<Self> {
+    pub(super) fn new(events: &std::path::Path) -> std::io::Result<Self> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         inotify.add_watch(events, AddWatchFlags::IN_MODIFY)?;
         Ok(Self {
@@ -193,7 +193,7 @@ impl EventsWatch {
     }
 
     /// Resolves once the file has changed (or the watch ended) since the last call.
-    async fn changed(&self) {
+    pub(super) async fn changed(&self) {
         loop {
             let Ok(mut ready) = self.fd.readable().await else {
                 // The reactor refused: wait as the fallback does rather than spin.

@@ -9,11 +9,13 @@
 //! controllers are enabled for it; a limit that cannot be enforced is refused, never ignored.
 
 mod delegate;
+mod freeze;
 mod job;
 #[cfg(test)]
 mod tests;
 
 pub use delegate::{DAEMON_LEAF, Placement};
+pub use freeze::FREEZE_TIMEOUT;
 pub use job::{EMPTY_TIMEOUT, JobCgroup};
 
 use anyhow::{Context, bail};

@@ -9,6 +9,7 @@
 //!   --cancel` soft-cancels every live job first and waits for them within their ladders.
 
 mod handlers;
+mod metrics_server;
 mod scheduler;
 
 use crate::containment::Containment;
@@ -30,6 +31,17 @@ pub struct DaemonConfig {
     pub cgroup_root: Option<std::path::PathBuf>,
     /// `--keep`: prune jobs finished longer ago than this, at start and hourly; `None`: never.
     pub keep: Option<std::time::Duration>,
+    /// What operators add: alert hooks, metrics.
+    pub operators: OperatorOptions,
+}
+
+/// The daemon's options for operators (issue 13): its own alert hooks, and where it serves
+/// its metrics.
+#[derive(Clone, Debug, Default)]
+pub struct OperatorOptions {
+    pub hooks: crate::job::DaemonHooks,
+    /// `--metrics ADDR` (checked: loopback unless `--metrics-public`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs the daemon until `shutdown` resolves or a client asks it to stop.
@@ -66,7 +78,16 @@ pub async fn run(
             containment,
         },
         observer: None,
+        hooks: config.operators.hooks.clone(),
     });
+    if let Some(addr) = config.operators.metrics {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(addr = %metrics.local_addr().unwrap_or(addr), "metrics served at /metrics");
+        let root = config.state_dir.root().to_path_buf();
+        tokio::spawn(metrics_server::serve(metrics, jobs.clone(), root));
+    }
     reattach_all(&jobs).await;
     tokio::spawn(scheduler::run(jobs.clone(), config.max_jobs.max(1)));
     if let Some(keep) = config.keep {

@@ -125,17 +125,24 @@ impl Actor {
                 self.jobs.publish_state(&self.id, JobState::Running);
                 Ok(Some(Next::Launch(Purpose::Execute)))
             }
-            Order::Revert { reason } => {
-                self.store(move |s, id| s.begin_revert(id, &reason)).await?;
-                self.jobs.publish_state(&self.id, JobState::Reverting);
+            Order::Revert { reason, by } => {
+                let who = by.clone();
+                self.store(move |s, id| s.begin_revert_by(id, &reason, who.as_ref()))
+                    .await?;
+                self.jobs
+                    .publish_by(&self.id, JobState::Reverting.as_str(), by);
                 Ok(Some(Next::Launch(Purpose::Revert)))
             }
-            Order::Resume { reason } => {
-                self.store(move |s, id| s.begin_resume(id, &reason)).await?;
-                self.jobs.publish_state(&self.id, JobState::Running);
+            Order::Resume { reason, by } => {
+                let who = by.clone();
+                self.store(move |s, id| s.begin_resume_by(id, &reason, who.as_ref()))
+                    .await?;
+                self.jobs
+                    .publish_by(&self.id, JobState::Running.as_str(), by);
                 Ok(Some(Next::Launch(Purpose::Execute)))
             }
             Order::Cancel { .. } | Order::Kill { .. } => self.stop(order).await,
+            Order::Pause { .. } | Order::Continue { .. } => self.pause_unattached(order).await,
             Order::Adopt => {
                 let row = self.store(|s, id| s.job(id)).await?;
                 self.adopt(row, None).await
@@ -152,18 +159,54 @@ impl Actor {
         }
         match row.state {
             JobState::Pending => {
-                let end = if matches!(order, Order::Kill { .. }) {
-                    JobState::Killed
-                } else {
-                    JobState::Cancelled
+                let (end, by) = match order {
+                    Order::Kill { by, .. } => (JobState::Killed, by),
+                    Order::Cancel { by, .. } => (JobState::Cancelled, by),
+                    _ => (JobState::Cancelled, None),
                 };
-                self.transition(&[JobState::Pending], end, Some("stopped before it started"))
-                    .await?;
+                let cause = if by.is_some() {
+                    "operator"
+                } else {
+                    "supervisor"
+                };
+                if end == JobState::Killed {
+                    crate::metrics::METRICS.killed(cause);
+                } else {
+                    crate::metrics::METRICS.cancelled(cause);
+                }
+                let who = by.clone();
+                self.store(move |s, id| {
+                    s.transition_job_by(
+                        id,
+                        &[JobState::Pending],
+                        end,
+                        Some("stopped before it started"),
+                        who.as_ref(),
+                    )
+                })
+                .await?;
+                self.jobs.job_ended(&self.id, end, false);
+                self.jobs.publish_by(&self.id, end.as_str(), by);
                 Ok(None)
             }
             state if state.is_live() => self.adopt(row, Some(order)).await,
             state => Err(OrderError::WrongState(format!(
                 "job {} is {state}: nothing to stop",
+                self.id
+            ))),
+        }
+    }
+
+    /// A pause or continue of a job without a conductor here: a live one is taken up first;
+    /// any other has nothing to freeze.
+    async fn pause_unattached(&mut self, order: Order) -> Result<Option<Next>, OrderError> {
+        let row = self.store(|s, id| s.job(id)).await?;
+        match row.state {
+            JobState::Running | JobState::Reverting | JobState::Cancelling => {
+                self.adopt(row, Some(order)).await
+            }
+            state => Err(OrderError::WrongState(format!(
+                "job {} is {state}: it has no process to pause or continue",
                 self.id
             ))),
         }
@@ -205,20 +248,6 @@ impl Actor {
             }
         }
         Ok(None)
-    }
-
-    /// Compare-and-set of the job's state, published when it took.
-    pub(super) async fn transition(
-        &self,
-        from: &[JobState],
-        to: JobState,
-        reason: Option<&str>,
-    ) -> Result<(), OrderError> {
-        let (from, reason) = (from.to_vec(), reason.map(str::to_owned));
-        self.store(move |s, id| s.transition_job(id, &from, to, reason.as_deref()))
-            .await?;
-        self.jobs.publish_state(&self.id, to);
-        Ok(())
     }
 
     /// Runs `f` on the store's thread with this job's id.

@@ -3,6 +3,7 @@
 //! backoff between reconnection attempts (ARCHITECTURE.md, The cancellation ladder).
 
 use crate::process::{ConductorId, TaskGroups};
+use shared::protocol::client::Requester;
 use shared::spec::JobSpec;
 use shared::state::JobState;
 use std::collections::BTreeMap;
@@ -53,6 +54,11 @@ pub struct Ladder {
     pub kill_deadline: Option<(Instant, &'static str)>,
     /// Why we hard-killed the job, once we did: it ends `killed`.
     pub killed: Option<String>,
+    /// Who or what caused the hard kill or the cancel before it: `operator`, `kill timer`,
+    /// `job timeout`, `kill_unresponsive`, `signal`, `shutdown`; logged with `revert skipped`.
+    pub cause: &'static str,
+    /// The operator whose order (a kill, or the cancel whose timer ran out) ended the job.
+    pub by: Option<Requester>,
     /// Why the supervision could not go on (a plan that cannot be sent, a store that refuses the
     /// conductor): we killed the job and it ends `crashed`.
     pub crashed: Option<String>,
@@ -72,6 +78,8 @@ impl Ladder {
         Self {
             kill_deadline: None,
             killed: None,
+            cause: "conductor died",
+            by: None,
             crashed: None,
             finished: None,
             groups: TaskGroups::new(conductor),
@@ -121,15 +129,20 @@ impl Ladder {
     }
 }
 
-/// The kill deadline once a job enters `reverting` (whatever the reason): every revert may take
-/// its own `revert_timeout` plus the term grace in which the conductor stops it; past their sum,
-/// the conductor itself is stuck and the whole job is killed.
+/// The kill deadline once a job enters `reverting` (whatever the reason): every attempt of every
+/// revert may take its own `revert_timeout` plus the term grace in which the conductor stops it,
+/// and each retry waits its `revert_retry_delay` first; past their sum, the conductor itself is
+/// stuck and the whole job is killed.
 #[must_use]
 pub fn revert_deadline(spec: &JobSpec, now: Instant) -> Instant {
     let per_task: Duration = spec
         .tasks
         .iter()
-        .map(|task| spec.revert_timeout(task) + spec.term_grace)
+        .map(|task| {
+            let attempts = task.revert_retries.saturating_add(1);
+            (spec.revert_timeout(task) + spec.term_grace).saturating_mul(attempts)
+                + task.revert_retry_delay.saturating_mul(task.revert_retries)
+        })
         .sum();
     now + per_task + REVERT_SLACK
 }

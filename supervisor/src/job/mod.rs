@@ -21,18 +21,24 @@
 //!   [`Jobs::ask`], so none is lost and no two actors ever own one job.
 
 mod actor;
+mod hooks;
 mod ladder;
 mod launch;
 mod registry;
 mod supervise;
 
+pub use hooks::{DaemonHooks, HOOK_TIMEOUT, hooks_settled};
 pub use launch::{Launcher, check_runnable};
 pub use registry::{Jobs, JobsConfig};
 
 use shared::ids::JobId;
 use std::time::Duration;
 
-/// What may be asked of a job's actor.
+pub use shared::protocol::client::Requester;
+
+/// What may be asked of a job's actor. `by` names the operator who asked (from the control
+/// socket's peer credentials), `None` for the daemon's own orders (a job timeout, shutdown) and
+/// `supervisor run`'s Ctrl-C; the actor records it with the transition the order causes.
 #[derive(Clone, Debug)]
 pub enum Order {
     /// From the scheduler: a `pending` job gets its conductor.
@@ -41,16 +47,31 @@ pub enum Order {
     Cancel {
         timeout: Option<Duration>,
         reason: String,
+        by: Option<Requester>,
     },
     /// SIGKILL of everything of the job now; the reverts that did not complete become pending.
-    Kill { reason: String },
+    Kill {
+        reason: String,
+        by: Option<Requester>,
+    },
     /// Run the pending reverts of a killed, crashed or revert_failed job in a new conductor.
-    Revert { reason: String },
+    Revert {
+        reason: String,
+        by: Option<Requester>,
+    },
     /// Run a killed or crashed job again from its first task that did not succeed.
-    Resume { reason: String },
+    Resume {
+        reason: String,
+        by: Option<Requester>,
+    },
     /// At start-up, or for a live job nobody supervises: take up its conductor, or record that
     /// it is gone.
     Adopt,
+    /// Freeze every process of a running or reverting job (cgroup.freeze, or SIGSTOP in session
+    /// mode); its deadlines stop counting until [`Order::Continue`].
+    Pause { by: Option<Requester> },
+    /// Thaw a paused job; its deadlines count again from where they stopped.
+    Continue { by: Option<Requester> },
 }
 
 /// Why an order was not carried out.

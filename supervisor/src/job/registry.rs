@@ -6,7 +6,7 @@ use super::{Order, OrderError};
 use crate::clock::now_ms;
 use crate::store::StoreHandle;
 use shared::ids::JobId;
-use shared::protocol::client::Event;
+use shared::protocol::client::{Event, Requester};
 use shared::protocol::conductor::JobEvent;
 use shared::state::JobState;
 use std::collections::{HashMap, HashSet};
@@ -31,6 +31,8 @@ pub struct JobsConfig {
     pub launcher: Launcher,
     /// Every report of every job, for a foreground printer (`supervisor run`).
     pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
+    /// The daemon's own alert hooks, run for every job's end.
+    pub hooks: super::DaemonHooks,
 }
 
 /// The registry; cheap to clone, shared by the accept loop, the scheduler and every handler.
@@ -43,6 +45,7 @@ pub(super) struct Inner {
     pub store: StoreHandle,
     pub launcher: Launcher,
     pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
+    pub hooks: super::DaemonHooks,
     /// Each job's actor, with the generation that tells a retiring actor from its successor.
     actors: Mutex<HashMap<JobId, (u64, mpsc::Sender<Command>)>>,
     generation: AtomicU64,
@@ -70,6 +73,7 @@ impl Jobs {
                 store: config.store,
                 launcher: config.launcher,
                 observer: config.observer,
+                hooks: config.hooks,
                 actors: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 tasks: Mutex::new(JoinSet::new()),
@@ -203,11 +207,24 @@ impl Jobs {
             task,
             state: state.to_owned(),
             at_ms: now_ms(),
+            by: None,
         });
     }
 
     pub(super) fn publish_state(&self, job: &JobId, state: JobState) {
         self.publish(job, None, state.as_str());
+    }
+
+    /// Publishes a job's state change caused by an operator's order (`by`), or a flag change
+    /// such as `paused` (`state` is then the flag's name).
+    pub(super) fn publish_by(&self, job: &JobId, state: &str, by: Option<Requester>) {
+        let _ = self.inner.events.send(Event {
+            job: job.clone(),
+            task: None,
+            state: state.to_owned(),
+            at_ms: now_ms(),
+            by,
+        });
     }
 
     #[must_use]
@@ -259,6 +276,7 @@ impl Jobs {
                 let order = Order::Cancel {
                     timeout: None,
                     reason: "daemon shutdown --cancel".into(),
+                    by: None,
                 };
                 if let Err(err) = self.ask(&id, order).await {
                     tracing::debug!(job_id = %id, error = %err, "not cancelled at shutdown");

@@ -9,12 +9,15 @@
 //! skipped`). A conductor that dies on its own, or one this supervision cannot go on with (a
 //! plan that cannot be sent), leaves the job `crashed`, with the same accounting.
 
+mod pause;
+
 use super::actor::{Actor, Next};
 use super::ladder::{self, Backoff, Ladder};
 use super::launch::{Conductor, Launched};
 use super::registry::{Command, Jobs};
-use super::{Order, OrderError, Purpose};
+use super::{Order, OrderError, Purpose, Requester};
 use crate::containment::JobCgroup;
+use crate::metrics::METRICS;
 use crate::process::{self, ConductorId, Pidfd, TaskGroups};
 use crate::session::ConductorLink;
 use crate::store::{JobRow, StoreError};
@@ -46,6 +49,7 @@ impl Actor {
             Err(err) => return self.unsupervisable(next, &err.to_string()).await,
         };
         let mut started_ago = Duration::ZERO;
+        let was_paused = matches!(&next, Next::Attach(row, _) if row.paused_ms.is_some());
         let (conductor, pidfd, link, plan, first, purpose) = match next {
             Next::Launch(purpose) => {
                 let launcher = &self.jobs.inner.launcher;
@@ -98,6 +102,10 @@ impl Actor {
             purpose,
             started_ago,
         );
+        if was_paused {
+            // Frozen under an earlier supervisor: still frozen, so its deadlines stand still.
+            supervision.paused = Some(Instant::now());
+        }
         supervision.run(&mut self.inbox, link, plan, first).await;
     }
 
@@ -108,7 +116,8 @@ impl Actor {
             record_crash(&self.jobs, &row).await;
         } else {
             let reason = format!("cannot read the job's spec: {why}");
-            record_end(&self.jobs, &self.id, JobState::Crashed, &reason).await;
+            let end = HardEnd::crashed(&reason, "supervision failed");
+            record_end(&self.jobs, &self.id, end).await;
         }
     }
 
@@ -118,7 +127,8 @@ impl Actor {
         if let Some(cgroup) = self.jobs.inner.launcher.containment.job_cgroup(&self.id) {
             cgroup.kill_and_remove().await;
         }
-        record_end(&self.jobs, &self.id, JobState::Crashed, &reason).await;
+        let end = HardEnd::crashed(&reason, "supervision failed");
+        record_end(&self.jobs, &self.id, end).await;
     }
 }
 
@@ -153,6 +163,11 @@ struct Supervision {
     job_deadline: Option<Instant>,
     /// The plan, until the conductor has it.
     plan: Option<JobPlan>,
+    /// Since when the job is paused (frozen), if it is: its deadlines stand still meanwhile.
+    paused: Option<Instant>,
+    /// When the first cancel and the hard kill came, for the latency metrics.
+    cancelled_at: Option<Instant>,
+    killed_at: Option<Instant>,
 }
 
 /// A time far enough away to never come.
@@ -198,6 +213,9 @@ impl Supervision {
             },
             ladder,
             plan: None,
+            paused: None,
+            cancelled_at: None,
+            killed_at: None,
         }
     }
 
@@ -220,24 +238,31 @@ impl Supervision {
             let far = far();
             let silent_at = self.state.last_heard + self.spec.heartbeat_timeout;
             let over = self.ladder.is_over();
+            let ticking = !over && self.paused.is_none();
             tokio::select! {
                 biased;
                 frame = next_frame(&mut self.state.link) => self.on_frame(frame).await,
                 () = exited(self.pidfd.as_ref()) => break,
                 Some(command) = inbox.recv() => self.on_command(command).await,
                 () = super::registry::detached(&mut detach) => return,
-                () = sleep_until(self.ladder.kill_deadline.map_or(far, |(at, _)| at)), if !over => {
+                () = sleep_until(self.ladder.kill_deadline.map_or(far, |(at, _)| at)), if ticking => {
                     let why = self.ladder.kill_deadline.map_or("kill timer", |(_, why)| why);
                     tracing::warn!(pid = self.conductor.id.pid, reason = why, "killing the job");
-                    self.hard_kill(why).await;
+                    let cause = match self.ladder.cause {
+                        "operator" => "kill timer after an operator's cancel",
+                        "job timeout" => "kill timer after the job timeout",
+                        _ => "kill timer",
+                    };
+                    let by = self.ladder.by.clone();
+                    self.hard_kill(why, cause, by).await;
                 }
-                () = sleep_until(self.job_deadline.unwrap_or(far)), if self.ladder.kill_deadline.is_none() && !over => {
-                    self.cancel(None, "job timeout reached".into()).await;
+                () = sleep_until(self.job_deadline.unwrap_or(far)), if self.ladder.kill_deadline.is_none() && ticking => {
+                    self.cancel(None, "job timeout reached".into(), "job timeout", None).await;
                 }
                 () = sleep_until(self.state.store_retry_at.unwrap_or(far)), if self.state.store_retry_at.is_some() => {
                     self.take_reports(None).await;
                 }
-                () = sleep_until(silent_at), if !self.state.unresponsive && !over => self.on_silence().await,
+                () = sleep_until(silent_at), if !self.state.unresponsive && ticking => self.on_silence().await,
                 () = sleep_until(self.state.reconnect_at), if self.state.link.is_none() && self.state.connecting.is_none() => {
                     let (socket, id, conductor) = (self.conductor.socket.clone(), self.id.clone(), self.conductor.id);
                     self.state.connecting = Some(Box::pin(async move { ConductorLink::connect(&socket, &id, conductor).await }));
@@ -254,9 +279,20 @@ impl Supervision {
         tracing::debug!(pid = self.conductor.id.pid, "conductor exited");
         self.drain_after_exit().await;
         tracing::debug!("last reports drained");
+        self.forget_pause().await;
         self.clean_up().await;
         tracing::debug!("conductor cleaned up");
+        if let Some(at) = self.killed_at {
+            METRICS
+                .kill_to_gone
+                .observe(crate::metrics::seconds(at.elapsed()));
+        }
         self.record_outcome().await;
+        if let Some(at) = self.cancelled_at {
+            METRICS
+                .cancel_to_end
+                .observe(crate::metrics::seconds(at.elapsed()));
+        }
     }
 
     /// A new connection: send the plan if the conductor has none yet.
@@ -329,6 +365,8 @@ impl Supervision {
                 Ok(())
             }
             Order::Adopt => Ok(()),
+            Order::Pause { by } => self.pause(by).await,
+            Order::Continue { by } => self.resume_from_pause(by).await,
             Order::Start | Order::Revert { .. } | Order::Resume { .. } => {
                 Err(OrderError::WrongState(format!(
                     "job {} has a live conductor (pid {}): wait for it to end, or cancel or kill it",
@@ -343,35 +381,89 @@ impl Supervision {
 
     async fn obey(&mut self, order: Order) {
         match order {
-            Order::Cancel { timeout, reason } => self.cancel(timeout, reason).await,
-            Order::Kill { reason } => self.hard_kill(&reason).await,
-            _ => {}
+            Order::Cancel {
+                timeout,
+                reason,
+                by,
+            } => {
+                if self.paused.is_some() {
+                    // Thawed first: a frozen conductor cannot stop its task or revert.
+                    if let Err(err) = self.thaw(None).await {
+                        tracing::error!(error = %err, "cannot thaw the job to cancel it");
+                    }
+                }
+                let cause = if by.is_some() {
+                    "operator"
+                } else {
+                    "supervisor"
+                };
+                self.cancel(timeout, reason, cause, by).await;
+            }
+            Order::Kill { reason, by } => {
+                let cause = if by.is_some() {
+                    "operator"
+                } else {
+                    "supervisor"
+                };
+                self.hard_kill(&reason, cause, by).await;
+            }
+            Order::Pause { by } => {
+                if let Err(err) = self.pause(by).await {
+                    tracing::warn!(error = %err, "pause refused");
+                }
+            }
+            Order::Continue { by } => {
+                if let Err(err) = self.resume_from_pause(by).await {
+                    tracing::warn!(error = %err, "continue refused");
+                }
+            }
+            Order::Start | Order::Revert { .. } | Order::Resume { .. } | Order::Adopt => {}
         }
     }
 
-    /// The soft cancel: `cancelling`, `Cancel` to the conductor, the kill timer armed.
-    async fn cancel(&mut self, timeout: Option<Duration>, reason: String) {
+    /// The soft cancel: `cancelling`, `Cancel` to the conductor, the kill timer armed. `cause`
+    /// and `by` say who asked, for the record and for the kill timer's WARN if it fires.
+    async fn cancel(
+        &mut self,
+        timeout: Option<Duration>,
+        reason: String,
+        cause: &'static str,
+        by: Option<Requester>,
+    ) {
         let timeout = timeout.unwrap_or(self.spec.cancel_timeout);
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(reason, timeout_ms, "cancelling");
+        let by_text = by.as_ref().map(Requester::who);
+        tracing::info!(reason, timeout_ms, cause, by = by_text, "cancelling");
         self.ladder
             .arm(Instant::now() + timeout, "cancel timeout expired");
+        if !self.ladder.is_over() {
+            self.ladder.cause = cause;
+            if by.is_some() {
+                self.ladder.by.clone_from(&by);
+            }
+        }
+        METRICS.cancelled(cause);
+        self.cancelled_at.get_or_insert_with(Instant::now);
         let why = reason.clone();
         let id = self.id.clone();
+        let who = by.clone();
         match self
             .jobs
             .store()
             .call(move |s| {
-                s.transition_job(
+                s.transition_job_by(
                     &id,
                     &[JobState::Running, JobState::Reverting],
                     JobState::Cancelling,
                     Some(&why),
+                    who.as_ref(),
                 )
             })
             .await
         {
-            Ok(_) => self.jobs.publish_state(&self.id, JobState::Cancelling),
+            Ok(_) => self
+                .jobs
+                .publish_by(&self.id, JobState::Cancelling.as_str(), by),
             Err(StoreError::WrongState { .. }) => {}
             Err(err) => tracing::error!(error = %err, "cannot record the cancel"),
         }
@@ -395,13 +487,20 @@ impl Supervision {
         }
     }
 
-    /// SIGKILL of everything of the job.
-    async fn hard_kill(&mut self, reason: &str) {
+    /// SIGKILL of everything of the job; `cause` and `by` say who or what asked (recorded with
+    /// the end, and named by the `revert skipped` WARN).
+    async fn hard_kill(&mut self, reason: &str, cause: &'static str, by: Option<Requester>) {
         if !self.ladder.is_over() {
+            METRICS.killed(cause);
+            self.killed_at = Some(Instant::now());
             self.ladder.killed = Some(reason.to_owned());
+            self.ladder.cause = cause;
+            if by.is_some() {
+                self.ladder.by = by;
+            }
         }
         self.kill_tree().await;
-        tracing::info!(pid = self.conductor.id.pid, reason, "job killed");
+        tracing::info!(pid = self.conductor.id.pid, reason, cause, "job killed");
     }
 
     /// This supervision cannot go on: the job is killed and ends `crashed`.
@@ -507,7 +606,8 @@ impl Supervision {
             tracing::error!(error = %err, "cannot record the unresponsive conductor");
         }
         if self.spec.kill_unresponsive {
-            self.hard_kill("conductor unresponsive").await;
+            self.hard_kill("conductor unresponsive", "kill_unresponsive", None)
+                .await;
         }
     }
 
@@ -602,7 +702,27 @@ impl Supervision {
                     }
                 }
             }
-            JobEvent::TaskFinished { task, .. } => self.ladder.step_finished(*task),
+            JobEvent::TaskFinished {
+                task,
+                phase,
+                outcome,
+            } => {
+                self.ladder.step_finished(*task);
+                let ok = matches!(outcome, StepOutcome::Success { .. });
+                match (phase, ok) {
+                    (Phase::Execute, false) => {
+                        METRICS.tasks_failed.inc();
+                    }
+                    (Phase::Execute, true) => {}
+                    (Phase::Revert, ok) => METRICS.reverted(ok),
+                }
+            }
+            JobEvent::TaskStarting {
+                phase: Phase::Execute,
+                ..
+            } => {
+                METRICS.tasks_started.inc();
+            }
             JobEvent::TaskStarting {
                 phase: Phase::Revert,
                 ..
@@ -689,6 +809,8 @@ impl Supervision {
     async fn record_outcome(&mut self) {
         if let Some(state) = self.ladder.finished {
             tracing::info!(state = state.as_str(), "job ended");
+            // Hooks counted before the end is published (`supervisor run` waits for them).
+            self.jobs.job_ended(&self.id, state, false);
             self.jobs.publish_state(&self.id, state);
             return;
         }
@@ -697,11 +819,23 @@ impl Supervision {
             // Re-attached only to acknowledge an end the store already held.
             Ok(row) if !row.state.is_live() => {
                 tracing::info!(state = row.state.as_str(), "job ended");
+                // Hooks the previous daemon ran already are recorded, and not run again.
+                self.jobs.job_ended(&self.id, row.state, false);
                 self.jobs.publish_state(&self.id, row.state);
             }
             _ => {
-                let (end, reason) = self.ladder.hard_end();
-                record_end(&self.jobs, &self.id, end, &reason).await;
+                let (state, reason) = self.ladder.hard_end();
+                let end = HardEnd {
+                    state,
+                    reason,
+                    cause: if state == JobState::Crashed && self.ladder.crashed.is_some() {
+                        "supervision failed"
+                    } else {
+                        self.ladder.cause
+                    },
+                    by: self.ladder.by.clone(),
+                };
+                record_end(&self.jobs, &self.id, end).await;
             }
         }
     }
@@ -747,21 +881,50 @@ fn publish_event(jobs: &Jobs, id: &JobId, spec: &JobSpec, event: &JobEvent) {
     jobs.publish(id, task, state);
 }
 
+/// A job's hard end: its state (killed or crashed), why, and who or what caused it.
+pub(super) struct HardEnd {
+    pub state: JobState,
+    pub reason: String,
+    /// `operator`, `kill timer`, `job timeout`, `kill_unresponsive`, `conductor died`, ...
+    pub cause: &'static str,
+    /// The operator whose order caused it, if one did.
+    pub by: Option<Requester>,
+}
+
+impl HardEnd {
+    fn crashed(reason: &str, cause: &'static str) -> Self {
+        Self {
+            state: JobState::Crashed,
+            reason: reason.to_owned(),
+            cause,
+            by: None,
+        }
+    }
+}
+
 /// Records a job's hard end (killed or crashed), retrying while the store refuses (a full disk
-/// gets freed), and logs the skipped reverts at WARN; gives up loudly after a while.
-pub(super) async fn record_end(jobs: &Jobs, id: &JobId, end: JobState, reason: &str) {
+/// gets freed), and logs the skipped reverts at WARN with who or what caused the end; gives up
+/// loudly after a while.
+pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
+    let end = hard.state;
+    let reason = hard.reason.as_str();
     for attempt in 0..=STORE_RETRIES {
-        let (job, why) = (id.clone(), reason.to_owned());
+        let (job, why, by) = (id.clone(), reason.to_owned(), hard.by.clone());
         match jobs
             .store()
-            .call(move |s| s.record_hard_end(&job, end, &why))
+            .call(move |s| s.record_hard_end_by(&job, end, &why, by.as_ref()))
             .await
         {
             Ok(pending) => {
                 let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
-                tracing::warn!(job_id = %id, state = end.as_str(), tasks = tasks.join(","), count = tasks.len(), reason, "revert skipped");
+                METRICS
+                    .reverts_skipped
+                    .inc_by(u64::try_from(tasks.len()).unwrap_or(0));
+                let by = hard.by.as_ref().map(Requester::who);
+                tracing::warn!(job_id = %id, state = end.as_str(), tasks = tasks.join(","), count = tasks.len(), reason, cause = hard.cause, by, "revert skipped");
                 jobs.observe(&JobEvent::JobFinished { state: end });
-                jobs.publish_state(id, end);
+                jobs.job_ended(id, end, !pending.is_empty());
+                jobs.publish_by(id, end.as_str(), hard.by);
                 return;
             }
             Err(
@@ -805,13 +968,11 @@ pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
         let id = ConductorId { pid, start_time };
         process::kill_job(id, &TaskGroups::new(id)).await;
     }
-    record_end(
-        jobs,
-        &row.id,
-        JobState::Crashed,
+    let end = HardEnd::crashed(
         "the conductor died while no supervisor watched",
-    )
-    .await;
+        "conductor gone while no supervisor watched",
+    );
+    record_end(jobs, &row.id, end).await;
     remove_socket(&jobs.state_dir().socket(&row.id));
     let id = row.id.clone();
     if let Err(err) = jobs

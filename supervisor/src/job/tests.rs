@@ -109,6 +109,7 @@ impl Harness {
                 },
             },
             observer: None,
+            hooks: crate::job::DaemonHooks::default(),
         });
         let events = jobs.subscribe();
         Self {
@@ -330,6 +331,7 @@ async fn actor_a_cancel_reaches_the_conductor_and_its_reverted_end_is_recorded()
             Order::Cancel {
                 timeout: None,
                 reason: "test".into(),
+                by: None,
             },
         )
         .await
@@ -363,6 +365,7 @@ async fn actor_the_kill_timer_fires_at_cancel_timeout_when_the_conductor_ignores
     let cancel = Order::Cancel {
         timeout: None,
         reason: "test".into(),
+        by: None,
     };
     h.jobs.ask(&h.id, cancel).await.expect("cancel");
     h.wait_state(JobState::Killed).await;
@@ -398,6 +401,7 @@ async fn actor_a_kill_order_ends_the_job_at_once_and_a_second_one_is_refused() {
     let asked = Instant::now();
     let kill = || Order::Kill {
         reason: "kill requested".into(),
+        by: None,
     };
     h.jobs.ask(&h.id, kill()).await.expect("kill");
     h.wait_state(JobState::Killed).await;
@@ -422,8 +426,14 @@ async fn actor_start_revert_and_resume_are_refused_while_a_conductor_lives() {
     let reason = || "test".to_owned();
     for order in [
         Order::Start,
-        Order::Revert { reason: reason() },
-        Order::Resume { reason: reason() },
+        Order::Revert {
+            reason: reason(),
+            by: None,
+        },
+        Order::Resume {
+            reason: reason(),
+            by: None,
+        },
     ] {
         match h.jobs.ask(&h.id, order.clone()).await {
             Err(OrderError::WrongState(_)) => {}
@@ -537,10 +547,53 @@ async fn actor_a_cancel_timeout_not_longer_than_term_grace_is_refused() {
     let cancel = Order::Cancel {
         timeout: Some(Duration::from_millis(500)),
         reason: "test".into(),
+        by: None,
     };
     match h.jobs.ask(&h.id, cancel).await {
         Err(OrderError::Invalid(message)) => assert!(message.contains("term_grace"), "{message}"),
         other => panic!("a cancel timeout under term_grace must be refused, got {other:?}"),
     }
     assert_eq!(h.job().await.state, JobState::Running);
+}
+
+/// Issue 13: a paused job is never marked unresponsive (its conductor is frozen on purpose),
+/// and its heartbeat watch counts again from `continue`.
+#[tokio::test(start_paused = true)]
+async fn actor_a_paused_job_is_never_marked_unresponsive() {
+    if !in_own_process() {
+        return;
+    }
+    let h = Harness::new(SPEC);
+    let _fake = h.attach().await;
+    h.jobs
+        .ask(&h.id, Order::Pause { by: None })
+        .await
+        .expect("pause");
+    assert!(h.job().await.paused_ms.is_some());
+    match h.jobs.ask(&h.id, Order::Pause { by: None }).await {
+        Err(OrderError::WrongState(message)) => assert!(message.contains("paused"), "{message}"),
+        other => panic!("a second pause must be refused, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let job = h.job().await;
+    assert!(
+        job.unresponsive_ms.is_none(),
+        "a paused job was marked unresponsive"
+    );
+    assert_eq!(job.state, JobState::Running);
+    h.jobs
+        .ask(&h.id, Order::Continue { by: None })
+        .await
+        .expect("continue");
+    assert!(h.job().await.paused_ms.is_none());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        h.job().await.unresponsive_ms.is_none(),
+        "the heartbeat watch did not restart at continue"
+    );
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(
+        h.job().await.unresponsive_ms.is_some(),
+        "silence after continue not noticed"
+    );
 }

@@ -72,7 +72,7 @@ impl TaskGroups {
     }
 
     /// The recorded groups whose leader is, in this scan, still the recorded process.
-    fn verified(&self, all: &BTreeMap<i32, ProcStat>) -> BTreeSet<i32> {
+    pub(super) fn verified(&self, all: &BTreeMap<i32, ProcStat>) -> BTreeSet<i32> {
         self.leaders
             .iter()
             .filter(|&(pgid, start)| {
@@ -128,7 +128,7 @@ fn kill_job_blocking(conductor: ConductorId, groups: &TaskGroups) -> usize {
 }
 
 /// Every live process on this host, with its stat.
-fn all_processes() -> BTreeMap<i32, ProcStat> {
+pub(super) fn all_processes() -> BTreeMap<i32, ProcStat> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return BTreeMap::new();
     };
@@ -144,7 +144,7 @@ fn all_processes() -> BTreeMap<i32, ProcStat> {
 /// and every descendant of those (a task that left its group or session still has a parent in
 /// the job). `known` (found earlier) count as long as they live with the same start time,
 /// whatever their parent is now.
-fn job_processes(
+pub(super) fn job_processes(
     conductor: ConductorId,
     groups: &BTreeSet<i32>,
     known: &BTreeMap<i32, u64>,

@@ -5,12 +5,14 @@
 //! and the registry lock it shares with the reaper ([`reaper`]); nothing here uses it outside
 //! tests.
 
+pub mod freeze;
 pub mod kill;
 pub mod pidfd;
 pub mod reaper;
 pub mod stat;
 pub mod worker;
 
+pub use freeze::stop_job;
 pub use kill::{TaskGroups, kill_job};
 pub use pidfd::Pidfd;
 pub use reaper::start_reaper;

@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     unresponsive_ms INTEGER,                 -- since when the conductor has been silent
     socket        TEXT,
     last_report   INTEGER NOT NULL DEFAULT 0, -- highest report seq applied from this conductor
-    conductor_exited INTEGER NOT NULL DEFAULT 1 -- 0 from the spawn until the exit is seen
+    conductor_exited INTEGER NOT NULL DEFAULT 1, -- 0 from the spawn until the exit is seen
+    last_order    TEXT,                      -- the last operator's order (who, when, why), JSON
+    paused_ms     INTEGER                    -- since when the job is frozen, if it is
 );
 CREATE TABLE IF NOT EXISTS tasks (
     job_id        TEXT NOT NULL REFERENCES jobs(id),
@@ -58,7 +60,15 @@ CREATE TABLE IF NOT EXISTS transitions (
     from_state TEXT,
     to_state  TEXT NOT NULL,
     at_ms     INTEGER NOT NULL,
-    reason    TEXT
+    reason    TEXT,
+    by_order  TEXT                           -- the operator's order that caused it, JSON
+);
+CREATE TABLE IF NOT EXISTS hook_runs (
+    job_id    TEXT NOT NULL,
+    event     TEXT NOT NULL,                 -- end, revert_skipped
+    hook      TEXT NOT NULL,                 -- job or daemon
+    started_ms INTEGER NOT NULL,
+    PRIMARY KEY (job_id, event, hook)
 );
 CREATE TABLE IF NOT EXISTS output (
     id        INTEGER PRIMARY KEY,
@@ -91,6 +101,24 @@ pub(super) const MIGRATIONS: &[Migration] = &[
 ALTER TABLE jobs ADD COLUMN conductor_exited INTEGER NOT NULL DEFAULT 1;
 UPDATE jobs SET conductor_exited = 0
  WHERE conductor_pid IS NOT NULL AND state IN ('running', 'cancelling', 'reverting');
+",
+    },
+    // 2 -> 3: who ordered what and why (the job's last order, and the order behind each
+    // transition), whether the job is paused, and which alert hooks were started (so that a
+    // restarted daemon never runs one twice).
+    Migration {
+        from: 2,
+        sql: "
+ALTER TABLE jobs ADD COLUMN last_order TEXT;
+ALTER TABLE jobs ADD COLUMN paused_ms INTEGER;
+ALTER TABLE transitions ADD COLUMN by_order TEXT;
+CREATE TABLE IF NOT EXISTS hook_runs (
+    job_id    TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    hook      TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    PRIMARY KEY (job_id, event, hook)
+);
 ",
     },
 ];

@@ -18,12 +18,14 @@
 
 mod actor;
 mod migrate;
+mod operators;
 mod queries;
 mod reports;
 mod retention;
 mod transitions;
 
 pub use actor::StoreHandle;
+pub use operators::MetricsCounts;
 pub use reports::Applied;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -125,6 +127,8 @@ pub struct JobRow {
     pub cgroup: Option<PathBuf>,
     /// Since when the conductor has been silent, if it is.
     pub unresponsive_ms: Option<i64>,
+    /// Since when the job is paused (frozen), if it is.
+    pub paused_ms: Option<i64>,
 }
 
 /// A task's row.
@@ -479,7 +483,7 @@ fn job_row(conn: &Connection, id: &JobId) -> Result<Option<JobRow>> {
         .query_row(
             "SELECT name, source, state, reason, created_ms, started_ms, ended_ms,
                     conductor_pid, conductor_start, supervisor_pid, supervisor_start,
-                    containment, cgroup, unresponsive_ms
+                    containment, cgroup, unresponsive_ms, paused_ms
              FROM jobs WHERE id = ?1",
             [id.as_str()],
             |row| {
@@ -503,6 +507,7 @@ fn job_row(conn: &Connection, id: &JobId) -> Result<Option<JobRow>> {
                     containment: row.get(11)?,
                     cgroup: row.get::<_, Option<String>>(12)?.map(PathBuf::from),
                     unresponsive_ms: row.get(13)?,
+                    paused_ms: row.get(14)?,
                 };
                 Ok((job, state))
             },

@@ -22,7 +22,7 @@ impl Store {
     pub fn list(&self, all: bool) -> Result<Vec<JobSummary>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT j.id, j.name, j.state, j.created_ms,
+            "SELECT j.id, j.name, j.state, j.created_ms, j.paused_ms,
                     (SELECT t.name FROM tasks t WHERE t.job_id = j.id AND t.state != '{}'
                      ORDER BY t.started_ms DESC, t.idx DESC LIMIT 1)
              FROM jobs j
@@ -38,18 +38,20 @@ impl Store {
                     row.get::<_, String>(1)?,
                     row.get::<_, String>(2)?,
                     row.get::<_, i64>(3)?,
-                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
-            .map(|(id, name, state, created_ms, task)| {
+            .map(|(id, name, state, created_ms, paused_since_ms, task)| {
                 Ok(JobSummary {
                     id: parse_id(&id)?,
                     name,
                     state: state.parse()?,
                     task,
                     created_ms,
+                    paused_since_ms,
                 })
             })
             .collect()
@@ -60,6 +62,9 @@ impl Store {
         let conn = self.conn();
         let job = job_row(&conn, id)?.ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
         let tasks = task_rows(&conn, id)?;
+        let last_order: Option<String> = conn
+            .prepare_cached("SELECT last_order FROM jobs WHERE id = ?1")?
+            .query_row([id.as_str()], |row| row.get(0))?;
         let accounting = matches!(
             job.state,
             JobState::Killed | JobState::Crashed | JobState::RevertFailed
@@ -76,6 +81,8 @@ impl Store {
             conductor_pid: job.conductor_pid,
             containment: job.containment,
             unresponsive_since_ms: job.unresponsive_ms,
+            last_order: super::operators::decode(last_order.as_deref()),
+            paused_since_ms: job.paused_ms,
             tasks: tasks
                 .into_iter()
                 .map(|t| task_status(t, accounting))

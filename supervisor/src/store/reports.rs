@@ -122,7 +122,9 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
                     .execute(params![id.as_str(), task, attempt, now])?;
                 }
                 Phase::Revert => {
-                    change_task_state(conn, id, *task, from, TaskState::Reverting, None)?;
+                    // Each attempt of a revert with `revert_retries` is its own transition.
+                    let why = (*attempt > 1).then(|| format!("revert attempt {attempt}"));
+                    change_task_state(conn, id, *task, from, TaskState::Reverting, why.as_deref())?;
                     conn.prepare_cached(
                         "UPDATE tasks SET pid = NULL WHERE job_id = ?1 AND idx = ?2",
                     )?

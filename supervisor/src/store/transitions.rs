@@ -2,12 +2,14 @@
 //! transaction, so that two orders racing on one job cannot both pass (review H4: two
 //! concurrent `revert`s used to start two conductors).
 
+use super::operators::stamp_order;
 use super::{
     Result, Store, StoreError, TaskRow, change_task_state, live_states, now_ms, pending_reverts,
     record_transition, task_rows,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use shared::ids::JobId;
+use shared::protocol::client::Requester;
 use shared::state::{ExecOutcome, JobState, TaskState};
 
 impl Store {
@@ -30,6 +32,11 @@ impl Store {
     /// revert becomes `reverting`. Otherwise [`StoreError::WrongState`] or
     /// [`StoreError::NothingToRevert`].
     pub fn begin_revert(&self, id: &JobId, reason: &str) -> Result<()> {
+        self.begin_revert_by(id, reason, None)
+    }
+
+    /// [`Store::begin_revert`], recording the operator who asked.
+    pub fn begin_revert_by(&self, id: &JobId, reason: &str, by: Option<&Requester>) -> Result<()> {
         self.write(false, |tx| {
             let state = job_state(tx, id)?;
             let from = [JobState::Killed, JobState::Crashed, JobState::RevertFailed];
@@ -37,7 +44,8 @@ impl Store {
             if pending_reverts(&task_rows(tx, id)?).is_empty() {
                 return Err(StoreError::NothingToRevert(id.clone()));
             }
-            change_job_state(tx, id, &from, JobState::Reverting, Some(reason)).map(drop)
+            change_job_state(tx, id, &from, JobState::Reverting, Some(reason))?;
+            stamp_order(tx, id, by)
         })
     }
 
@@ -45,6 +53,11 @@ impl Store {
     /// becomes `running`. Otherwise [`StoreError::WrongState`] or
     /// [`StoreError::AlreadyReverting`] (such a job can only be reverted).
     pub fn begin_resume(&self, id: &JobId, reason: &str) -> Result<()> {
+        self.begin_resume_by(id, reason, None)
+    }
+
+    /// [`Store::begin_resume`], recording the operator who asked.
+    pub fn begin_resume_by(&self, id: &JobId, reason: &str, by: Option<&Requester>) -> Result<()> {
         self.write(false, |tx| {
             let state = job_state(tx, id)?;
             let from = [JobState::Killed, JobState::Crashed];
@@ -58,7 +71,8 @@ impl Store {
             if began_reverting {
                 return Err(StoreError::AlreadyReverting(id.clone()));
             }
-            change_job_state(tx, id, &from, JobState::Running, Some(reason)).map(drop)
+            change_job_state(tx, id, &from, JobState::Running, Some(reason))?;
+            stamp_order(tx, id, by)
         })
     }
 
@@ -68,6 +82,18 @@ impl Store {
     /// the order they must be reverted (last first). A job already ended is refused
     /// ([`StoreError::WrongState`]) and left as it is.
     pub fn record_hard_end(&self, id: &JobId, end: JobState, reason: &str) -> Result<Vec<TaskRow>> {
+        self.record_hard_end_by(id, end, reason, None)
+    }
+
+    /// [`Store::record_hard_end`], recording the operator whose order caused it (a kill, or the
+    /// cancel whose timer ran out).
+    pub fn record_hard_end_by(
+        &self,
+        id: &JobId,
+        end: JobState,
+        reason: &str,
+        by: Option<&Requester>,
+    ) -> Result<Vec<TaskRow>> {
         self.write(true, |tx| {
             let live = live_states();
             refuse_unless(id, job_state(tx, id)?, &live)?;
@@ -86,6 +112,7 @@ impl Store {
                 )?;
             }
             change_job_state(tx, id, &live, end, Some(reason))?;
+            stamp_order(tx, id, by)?;
             Ok(pending_reverts(&task_rows(tx, id)?))
         })
     }

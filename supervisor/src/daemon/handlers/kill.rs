@@ -1,11 +1,12 @@
-//! `kill JOB`: SIGKILL of everything of the job, carried out by the job's actor.
+//! `kill JOB [--reason]`: SIGKILL of everything of the job, carried out by the job's actor.
 
 use super::Reply;
-use crate::job::{Jobs, Order};
+use crate::job::{Jobs, Order, Requester};
 
-pub async fn handle(jobs: &Jobs, job: &str) -> Reply {
+pub async fn handle(jobs: &Jobs, job: &str, by: Requester) -> Reply {
     let order = Order::Kill {
         reason: "kill requested".into(),
+        by: Some(by),
     };
     super::order(jobs, job, order).await
 }

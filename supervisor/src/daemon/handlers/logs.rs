@@ -22,6 +22,29 @@ pub async fn stream(
     task: Option<&str>,
     follow: bool,
 ) {
+    stream_from(jobs, stream, job, task, follow, None).await;
+}
+
+/// `logs --since`: from the first line written at or after `since_ms`.
+pub async fn stream_since(
+    jobs: &Jobs,
+    stream: &mut UnixStream,
+    job: &str,
+    task: Option<&str>,
+    follow: bool,
+    since_ms: i64,
+) {
+    stream_from(jobs, stream, job, task, follow, Some(since_ms)).await;
+}
+
+async fn stream_from(
+    jobs: &Jobs,
+    stream: &mut UnixStream,
+    job: &str,
+    task: Option<&str>,
+    follow: bool,
+    since_ms: Option<i64>,
+) {
     let id = match find(jobs, job).await {
         Ok(id) => id,
         Err((code, message)) => {
@@ -36,7 +59,17 @@ pub async fn stream(
         let _ = write_frame(stream, &ClientReply::Error { code, message }).await;
         return;
     }
-    let mut after = 0;
+    let mut after = match since_ms {
+        Some(since) => {
+            let job = id.clone();
+            let first = jobs
+                .store()
+                .call(move |s| s.output_before(&job, since))
+                .await;
+            first.unwrap_or(0)
+        }
+        None => 0,
+    };
     loop {
         let (job, from) = (id.clone(), after);
         let read = jobs

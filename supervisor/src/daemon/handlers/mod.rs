@@ -9,6 +9,8 @@ mod events;
 mod kill;
 mod list;
 mod logs;
+mod operate;
+mod pause;
 pub mod prune;
 mod resume;
 mod revert;
@@ -84,7 +86,19 @@ pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
         ClientRequest::Logs { job, task, follow } => {
             logs::stream(&jobs, &mut stream, &job, task.as_deref(), follow).await;
         }
+        ClientRequest::LogsSince {
+            job,
+            task,
+            follow,
+            since_ms,
+        } => logs::stream_since(&jobs, &mut stream, &job, task.as_deref(), follow, since_ms).await,
         ClientRequest::Events => events::stream(&jobs, &mut stream).await,
+        order if operate::is_order(&order) => {
+            let reply = operate::handle(&jobs, peer, order)
+                .await
+                .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
+            let _ = write_frame(&mut stream, &reply).await;
+        }
         other => {
             let reply = dispatch(&jobs, other)
                 .await
@@ -99,19 +113,22 @@ async fn dispatch(jobs: &Jobs, request: ClientRequest) -> Reply {
         ClientRequest::Submit { spec, source } => submit::handle(jobs, *spec, source).await,
         ClientRequest::List { all } => list::handle(jobs, all).await,
         ClientRequest::Status { job } => status::handle(jobs, &job).await,
-        ClientRequest::Cancel { job, timeout_ms } => cancel::handle(jobs, &job, timeout_ms).await,
-        ClientRequest::Kill { job } => kill::handle(jobs, &job).await,
-        ClientRequest::Revert { job } => revert::handle(jobs, &job).await,
-        ClientRequest::Resume { job } => resume::handle(jobs, &job).await,
         ClientRequest::Shutdown { cancel } => shutdown::handle(jobs, cancel),
         ClientRequest::Prune {
             older_than_ms,
             states,
             vacuum,
         } => prune::handle(jobs, older_than_ms, states, vacuum).await,
-        ClientRequest::Hello { .. } | ClientRequest::Logs { .. } | ClientRequest::Events => {
-            Err((ErrorCode::InvalidRequest, "unexpected request".into()))
-        }
+        // Orders are served with the peer's credentials (`operate`), streams by `serve_client`.
+        ClientRequest::Cancel { .. }
+        | ClientRequest::Kill { .. }
+        | ClientRequest::Revert { .. }
+        | ClientRequest::Resume { .. }
+        | ClientRequest::Operate { .. }
+        | ClientRequest::Hello { .. }
+        | ClientRequest::Logs { .. }
+        | ClientRequest::LogsSince { .. }
+        | ClientRequest::Events => Err((ErrorCode::InvalidRequest, "unexpected request".into())),
     }
 }
 

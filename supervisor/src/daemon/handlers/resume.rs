@@ -1,12 +1,13 @@
-//! `resume JOB`: a killed or crashed job runs again from its first task that did not succeed.
-//! The actor checks and changes the state in one transaction.
+//! `resume JOB [--reason]`: a killed or crashed job runs again from its first task that did not
+//! succeed. The actor checks and changes the state in one transaction.
 
 use super::Reply;
-use crate::job::{Jobs, Order};
+use crate::job::{Jobs, Order, Requester};
 
-pub async fn handle(jobs: &Jobs, job: &str) -> Reply {
+pub async fn handle(jobs: &Jobs, job: &str, by: Requester) -> Reply {
     let order = Order::Resume {
         reason: "resume requested".into(),
+        by: Some(by),
     };
     super::order(jobs, job, order).await
 }

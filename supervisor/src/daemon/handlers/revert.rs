@@ -1,12 +1,13 @@
-//! `revert JOB`: the pending reverts of a killed, crashed or revert_failed job, in a new
-//! conductor. The actor checks and changes the state in one transaction.
+//! `revert JOB [--reason]`: the pending reverts of a killed, crashed or revert_failed job, in a
+//! new conductor. The actor checks and changes the state in one transaction.
 
 use super::Reply;
-use crate::job::{Jobs, Order};
+use crate::job::{Jobs, Order, Requester};
 
-pub async fn handle(jobs: &Jobs, job: &str) -> Reply {
+pub async fn handle(jobs: &Jobs, job: &str, by: Requester) -> Reply {
     let order = Order::Revert {
         reason: "revert requested".into(),
+        by: Some(by),
     };
     super::order(jobs, job, order).await
 }
