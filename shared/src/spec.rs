@@ -323,17 +323,7 @@ impl JobSpec {
             locate(source, origin, start, err.message().trim_end().to_owned())
         })?;
 
-        let name = match raw.name {
-            Some(name) => {
-                let span = name.span();
-                let name = name.into_inner();
-                if name.trim().is_empty() {
-                    return Err(at(span, "job name must not be empty".into()));
-                }
-                name
-            }
-            None => default_name.to_owned(),
-        };
+        let name = parse_job_name(raw.name, default_name, &at)?;
         let timeout = raw
             .timeout
             .map(|d| positive_duration(d, "timeout", &at))
@@ -343,87 +333,15 @@ impl JobSpec {
             .map(|d| positive_duration(d, "cancel_timeout", &at))
             .transpose()?
             .unwrap_or(DEFAULT_CANCEL_TIMEOUT);
-        let term_grace = match raw.term_grace {
-            Some(d) => {
-                let span = d.span();
-                let grace = positive_duration(d, "term_grace", &at)?;
-                if grace >= cancel_timeout {
-                    return Err(at(
-                        span,
-                        format!(
-                            "term_grace ({}) must be shorter than cancel_timeout ({})",
-                            crate::duration::format_duration(grace),
-                            crate::duration::format_duration(cancel_timeout)
-                        ),
-                    ));
-                }
-                grace
-            }
-            None if DEFAULT_TERM_GRACE < cancel_timeout => DEFAULT_TERM_GRACE,
-            // A short cancel_timeout with no term_grace: leave the conductor half of it.
-            None => cancel_timeout / 2,
-        };
+        let term_grace = parse_term_grace(raw.term_grace, cancel_timeout, &at)?;
 
-        let Some(raw_tasks) = raw.task else {
-            return Err(at(
-                0..0,
-                "the job has no tasks: add at least one [[task]]".into(),
-            ));
-        };
-        let tasks_span = raw_tasks.span();
-        let raw_tasks = raw_tasks.into_inner();
-        if raw_tasks.is_empty() {
-            return Err(at(
-                tasks_span,
-                "the job has no tasks: add at least one [[task]]".into(),
-            ));
-        }
         let worker = match raw.worker {
             Some(worker) if worker.get_ref().trim().is_empty() => {
                 return Err(at(worker.span(), "`worker` must not be empty".into()));
             }
             other => other,
         };
-        let mut seen: HashMap<String, ()> = HashMap::new();
-        let mut tasks = Vec::with_capacity(raw_tasks.len());
-        let mut kinds = Vec::new();
-        for raw_task in raw_tasks {
-            let task_span = raw_task.span();
-            let (task, name_span, kind_span) = parse_task(raw_task.into_inner(), &at)?;
-            if seen.insert(task.name.clone(), ()).is_some() {
-                return Err(at(
-                    name_span,
-                    format!("duplicate task name {:?}", task.name),
-                ));
-            }
-            if let TaskBody::Native { kind, .. } = &task.body {
-                if worker.is_none() {
-                    return Err(at(
-                        task_span,
-                        format!(
-                            "task {:?} has a native `kind` but the job names no `worker` program",
-                            task.name
-                        ),
-                    ));
-                }
-                kinds.push((kind.clone(), kind_span));
-            }
-            tasks.push(task);
-        }
-        if let (Some(list_kinds), Some(worker), false) = (list_kinds, &worker, kinds.is_empty()) {
-            let known =
-                list_kinds(worker.get_ref()).map_err(|problem| at(worker.span(), problem))?;
-            if let Some((kind, span)) = kinds.iter().find(|(kind, _)| !known.contains(kind)) {
-                return Err(at(
-                    span.clone(),
-                    format!(
-                        "unknown kind {kind:?}: worker {:?} provides {}",
-                        worker.get_ref(),
-                        known.join(", ")
-                    ),
-                ));
-            }
-        }
+        let tasks = parse_tasks(raw.task, worker.as_ref(), list_kinds, &at)?;
         if let Some(raw_limits) = &raw.limits {
             check_identity_limits(raw_limits, &tasks, &at)?;
         }
@@ -462,6 +380,112 @@ impl JobSpec {
                 .unwrap_or_default(),
         })
     }
+}
+
+/// The job's `name`, or `default_name` (the file's stem) when it sets none.
+fn parse_job_name(
+    raw: Option<Spanned<String>>,
+    default_name: &str,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<String, SpecError> {
+    match raw {
+        Some(name) => {
+            let span = name.span();
+            let name = name.into_inner();
+            if name.trim().is_empty() {
+                return Err(at(span, "job name must not be empty".into()));
+            }
+            Ok(name)
+        }
+        None => Ok(default_name.to_owned()),
+    }
+}
+
+/// `term_grace`: shorter than `cancel_timeout`, or a default that leaves the conductor time.
+fn parse_term_grace(
+    raw: Option<Spanned<String>>,
+    cancel_timeout: Duration,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<Duration, SpecError> {
+    Ok(match raw {
+        Some(d) => {
+            let span = d.span();
+            let grace = positive_duration(d, "term_grace", at)?;
+            if grace >= cancel_timeout {
+                return Err(at(
+                    span,
+                    format!(
+                        "term_grace ({}) must be shorter than cancel_timeout ({})",
+                        crate::duration::format_duration(grace),
+                        crate::duration::format_duration(cancel_timeout)
+                    ),
+                ));
+            }
+            grace
+        }
+        None if DEFAULT_TERM_GRACE < cancel_timeout => DEFAULT_TERM_GRACE,
+        // A short cancel_timeout with no term_grace: leave the conductor half of it.
+        None => cancel_timeout / 2,
+    })
+}
+
+/// The `[[task]]` tables: at least one, unique names, native kinds only with a `worker` that
+/// provides them (asked with `list_kinds` when given).
+fn parse_tasks(
+    raw: Option<Spanned<Vec<Spanned<RawTask>>>>,
+    worker: Option<&Spanned<String>>,
+    list_kinds: Option<&ListKinds<'_>>,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<Vec<TaskSpec>, SpecError> {
+    let no_tasks = "the job has no tasks: add at least one [[task]]";
+    let Some(raw_tasks) = raw else {
+        return Err(at(0..0, no_tasks.into()));
+    };
+    let tasks_span = raw_tasks.span();
+    let raw_tasks = raw_tasks.into_inner();
+    if raw_tasks.is_empty() {
+        return Err(at(tasks_span, no_tasks.into()));
+    }
+    let mut seen: HashMap<String, ()> = HashMap::new();
+    let mut tasks = Vec::with_capacity(raw_tasks.len());
+    let mut kinds = Vec::new();
+    for raw_task in raw_tasks {
+        let task_span = raw_task.span();
+        let (task, name_span, kind_span) = parse_task(raw_task.into_inner(), at)?;
+        if seen.insert(task.name.clone(), ()).is_some() {
+            return Err(at(
+                name_span,
+                format!("duplicate task name {:?}", task.name),
+            ));
+        }
+        if let TaskBody::Native { kind, .. } = &task.body {
+            if worker.is_none() {
+                return Err(at(
+                    task_span,
+                    format!(
+                        "task {:?} has a native `kind` but the job names no `worker` program",
+                        task.name
+                    ),
+                ));
+            }
+            kinds.push((kind.clone(), kind_span));
+        }
+        tasks.push(task);
+    }
+    if let (Some(list_kinds), Some(worker), false) = (list_kinds, worker, kinds.is_empty()) {
+        let known = list_kinds(worker.get_ref()).map_err(|problem| at(worker.span(), problem))?;
+        if let Some((kind, span)) = kinds.iter().find(|(kind, _)| !known.contains(kind)) {
+            return Err(at(
+                span.clone(),
+                format!(
+                    "unknown kind {kind:?}: worker {:?} provides {}",
+                    worker.get_ref(),
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(tasks)
 }
 
 /// The `[limits]` keys that act on each task process (rlimits and identity): a native task runs
