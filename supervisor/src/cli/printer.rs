@@ -13,13 +13,7 @@ use tokio::sync::mpsc;
 /// line (task i of n, elapsed) stays below them.
 pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<JobEvent>) {
     let mut started: Vec<Option<Instant>> = vec![None; spec.tasks.len()];
-    let name = |task: u32| {
-        let name = spec
-            .tasks
-            .get(task as usize)
-            .map_or("?", |t| t.name.as_str());
-        shown(name).into_owned()
-    };
+    let name = |task: u32| task_name(&spec, task);
     let mut progress = ProgressLine::new();
     let mut current: Option<(u32, &'static str)> = None;
     let mut tick = tokio::time::interval(REDRAW_EVERY);
@@ -34,81 +28,88 @@ pub async fn print_events(spec: JobSpec, mut events: mpsc::UnboundedReceiver<Job
         let Some(event) = event else { break };
         progress.clear();
         if let JobEvent::TaskStarting { task, phase, .. } = &event {
-            current = Some((
-                *task,
-                if *phase == Phase::Revert {
-                    "revert"
-                } else {
-                    "execute"
-                },
-            ));
+            let step = if *phase == Phase::Revert {
+                "revert"
+            } else {
+                "execute"
+            };
+            current = Some((*task, step));
         }
-        let mut out = std::io::stdout().lock();
-        let _ = match &event {
-            JobEvent::TaskStarting {
-                task,
-                phase,
-                attempt,
-            } => {
-                if let Some(slot) = started.get_mut(*task as usize) {
-                    *slot = Some(Instant::now());
-                }
-                match (phase, attempt) {
-                    (Phase::Execute, 1) => writeln!(out, "[{}] execute", name(*task)),
-                    (Phase::Execute, n) => writeln!(out, "[{}] execute (attempt {n})", name(*task)),
-                    (Phase::Revert, _) => writeln!(out, "[{}] revert", name(*task)),
-                }
-            }
-            JobEvent::Output {
-                task,
-                stream: Stream::Stdout,
-                line,
-                ..
-            } => writeln!(out, "[{}] {}", name(*task), shown(line)),
-            JobEvent::Output {
-                task,
-                stream: Stream::Stderr,
-                line,
-                ..
-            } => {
-                writeln!(
-                    std::io::stderr().lock(),
-                    "[{}] {}",
-                    name(*task),
-                    shown(line)
-                )
-            }
-            JobEvent::TaskFinished {
-                task,
-                phase,
-                outcome,
-            } => {
-                let took = started
-                    .get(*task as usize)
-                    .copied()
-                    .flatten()
-                    .map_or(String::new(), |t| {
-                        format!(" ({:.2}s)", t.elapsed().as_secs_f64())
-                    });
-                let what = match (phase, outcome) {
-                    (Phase::Execute, StepOutcome::Success { .. }) => "success".to_owned(),
-                    (Phase::Execute, StepOutcome::Failure { reason, .. }) => {
-                        format!("failure: {}", shown(reason))
-                    }
-                    (Phase::Revert, StepOutcome::Success { .. }) => "reverted".to_owned(),
-                    (Phase::Revert, StepOutcome::Failure { reason, .. }) => {
-                        format!("revert failed: {}", shown(reason))
-                    }
-                };
-                writeln!(out, "[{}] {what}{took}", name(*task))
-            }
-            JobEvent::Cancelling { reason } => writeln!(out, "cancelling: {}", shown(reason)),
-            JobEvent::TaskSpawned { .. } => Ok(()),
-            JobEvent::JobFinished { .. } => return,
-        };
-        let _ = out.flush();
-        drop(out);
+        if matches!(event, JobEvent::JobFinished { .. }) {
+            return;
+        }
+        print_event(&event, &spec, &mut started);
         draw(&mut progress, current, &spec, &name);
+    }
+}
+
+/// A task's name as shown on a terminal.
+fn task_name(spec: &JobSpec, task: u32) -> String {
+    let name = spec
+        .tasks
+        .get(task as usize)
+        .map_or("?", |t| t.name.as_str());
+    shown(name).into_owned()
+}
+
+/// One line for one event: stdout lines on stdout, stderr lines on stderr.
+fn print_event(event: &JobEvent, spec: &JobSpec, started: &mut [Option<Instant>]) {
+    let name = |task: &u32| task_name(spec, *task);
+    let mut out = std::io::stdout().lock();
+    let _ = match event {
+        JobEvent::TaskStarting {
+            task,
+            phase,
+            attempt,
+        } => {
+            if let Some(slot) = started.get_mut(*task as usize) {
+                *slot = Some(Instant::now());
+            }
+            match (phase, attempt) {
+                (Phase::Execute, 1) => writeln!(out, "[{}] execute", name(task)),
+                (Phase::Execute, n) => writeln!(out, "[{}] execute (attempt {n})", name(task)),
+                (Phase::Revert, _) => writeln!(out, "[{}] revert", name(task)),
+            }
+        }
+        JobEvent::Output {
+            task, stream, line, ..
+        } => match stream {
+            Stream::Stdout => writeln!(out, "[{}] {}", name(task), shown(line)),
+            Stream::Stderr => {
+                writeln!(std::io::stderr().lock(), "[{}] {}", name(task), shown(line))
+            }
+        },
+        JobEvent::TaskFinished {
+            task,
+            phase,
+            outcome,
+        } => {
+            let took = started
+                .get(*task as usize)
+                .copied()
+                .flatten()
+                .map_or(String::new(), |t| {
+                    format!(" ({:.2}s)", t.elapsed().as_secs_f64())
+                });
+            writeln!(out, "[{}] {}{took}", name(task), step_end(*phase, outcome))
+        }
+        JobEvent::Cancelling { reason } => writeln!(out, "cancelling: {}", shown(reason)),
+        JobEvent::TaskSpawned { .. } | JobEvent::JobFinished { .. } => Ok(()),
+    };
+    let _ = out.flush();
+}
+
+/// How a step ended, in words.
+fn step_end(phase: Phase, outcome: &StepOutcome) -> String {
+    match (phase, outcome) {
+        (Phase::Execute, StepOutcome::Success { .. }) => "success".to_owned(),
+        (Phase::Execute, StepOutcome::Failure { reason, .. }) => {
+            format!("failure: {}", shown(reason))
+        }
+        (Phase::Revert, StepOutcome::Success { .. }) => "reverted".to_owned(),
+        (Phase::Revert, StepOutcome::Failure { reason, .. }) => {
+            format!("revert failed: {}", shown(reason))
+        }
     }
 }
 
