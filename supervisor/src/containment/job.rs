@@ -102,7 +102,7 @@ impl JobCgroup {
     ///
     /// Most waits are over at once (a conductor that ended has emptied its cgroup) or within a
     /// few milliseconds (the kernel delivering a `cgroup.kill`): a few quick reads over the
-    /// first [`NOTIFY_MIN_INTERVAL`] see those. Only a longer wait sets up an inotify watch on
+    /// first 20 ms (`NOTIFY_MIN_INTERVAL`) see those. Only a longer wait sets up an inotify watch on
     /// `cgroup.events`: it costs a blocking close of several milliseconds (the kernel waits for
     /// a grace period), done on a blocking thread; and the kernel sends at most one
     /// notification per file every 20 ms (CGROUP_FILE_NOTIFY_MIN_INTV), so a watch alone would

@@ -73,7 +73,7 @@ impl Store {
 
 impl Store {
     /// The number of the job's last output line written before `since_ms` (0 if none): pass
-    /// it to [`Store::output`] for the lines written since.
+    /// it to [`Store::output_page`] for the lines written since.
     pub fn output_before(&self, id: &JobId, since_ms: i64) -> Result<i64> {
         Ok(self.conn().query_row(
             "SELECT COALESCE(MAX(id), 0) FROM output WHERE job_id = ?1 AND at_ms < ?2",
