@@ -650,6 +650,32 @@ fn parse_limits(
 }
 
 /// A task, its name's place, and its kind's place (the name's for command tasks).
+/// A native task's body: its `kind` and `[task.params]` (no `revert`: the kind has its own).
+fn parse_native(
+    kind: Spanned<String>,
+    params: Option<Spanned<toml::Table>>,
+    revert: Option<Spanned<toml::Value>>,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<TaskBody, SpecError> {
+    if let Some(revert) = revert {
+        return Err(at(
+            revert.span(),
+            "a native task's revert is its kind's own: remove `revert`".into(),
+        ));
+    }
+    let kind_span = kind.span();
+    if kind.get_ref().trim().is_empty() {
+        return Err(at(kind_span, "`kind` must not be empty".into()));
+    }
+    let params = params.map(Spanned::into_inner).unwrap_or_default();
+    let params_json = serde_json::to_string(&params)
+        .map_err(|err| at(kind_span, format!("params cannot be represented: {err}")))?;
+    Ok(TaskBody::Native {
+        kind: kind.into_inner(),
+        params_json,
+    })
+}
+
 fn parse_task(
     raw: RawTask,
     at: &impl Fn(Range<usize>, String) -> SpecError,
@@ -688,27 +714,8 @@ fn parse_task(
             TaskBody::Command { run, revert }
         }
         (None, Some(kind)) => {
-            if let Some(revert) = raw.revert {
-                return Err(at(
-                    revert.span(),
-                    "a native task's revert is its kind's own: remove `revert`".into(),
-                ));
-            }
             kind_span = kind.span();
-            if kind.get_ref().trim().is_empty() {
-                return Err(at(kind_span, "`kind` must not be empty".into()));
-            }
-            let params = raw.params.map(Spanned::into_inner).unwrap_or_default();
-            let params_json = serde_json::to_string(&params).map_err(|err| {
-                at(
-                    kind_span.clone(),
-                    format!("params cannot be represented: {err}"),
-                )
-            })?;
-            TaskBody::Native {
-                kind: kind.into_inner(),
-                params_json,
-            }
+            parse_native(kind, raw.params, raw.revert, at)?
         }
     };
     let timeout = raw
