@@ -206,3 +206,89 @@ fn list_params(query: &ListQuery) -> (Option<String>, Option<i64>) {
     let name = query.name.as_ref().map(|glob| glob.replace('[', "[[]"));
     (name, query.since_ms)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::TempDir;
+    use super::*;
+
+    fn store_with(names: &[&str]) -> (TempDir, Store, Vec<JobId>) {
+        let dir = TempDir::new();
+        let store = Store::open(dir.path()).expect("open");
+        let ids = names
+            .iter()
+            .map(|name| {
+                let text = format!("name = \"{name}\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n");
+                let spec = shared::spec::JobSpec::parse(&text, "t.toml", "t").expect("spec");
+                store.create_job(&spec, "t.toml", None).expect("create")
+            })
+            .collect();
+        (dir, store, ids)
+    }
+
+    #[test]
+    fn live_jobs_are_read_by_the_state_index() {
+        let (_dir, store, _) = store_with(&["a"]);
+        let conn = store.conn();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT j.seq FROM jobs j WHERE {} ORDER BY j.seq LIMIT ?4",
+            list_filter(false, &ListQuery::default())
+        );
+        let mut stmt = conn.prepare(&sql).expect("prepare");
+        let plan: Vec<String> = stmt
+            .query_map(params![0_i64, None::<String>, None::<i64>, 500], |row| {
+                row.get::<_, String>(3)
+            })
+            .expect("plan")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert!(
+            plan.iter().any(|step| step.contains("jobs_by_state")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn pages_limits_and_globs() {
+        let (_dir, store, ids) = store_with(&["a1", "a2", "b[1]", "a3", "a4"]);
+        let all = |query: &ListQuery| {
+            let mut after = store.list_start(true, query).expect("start");
+            let mut got = Vec::new();
+            loop {
+                let (page, last) = store.list_page(true, query, after, 2).expect("page");
+                let more = page.len() == 2;
+                got.extend(page.into_iter().map(|j| j.id));
+                after = last;
+                if !more {
+                    return got;
+                }
+            }
+        };
+        assert_eq!(all(&ListQuery::default()), ids);
+        let limited = ListQuery {
+            limit: Some(2),
+            ..ListQuery::default()
+        };
+        assert_eq!(store.list_start(true, &limited).expect("start"), 3);
+        let named = |glob: &str, limit| ListQuery {
+            name: Some(glob.into()),
+            limit,
+            ..ListQuery::default()
+        };
+        assert_eq!(
+            all(&named("a?", Some(3))),
+            [1, 3, 4].map(|i| ids[i].clone())
+        );
+        assert_eq!(all(&named("b[1]", None)), [ids[2].clone()]);
+        assert_eq!(all(&named("b1", None)), Vec::<JobId>::new());
+        let none = ListQuery {
+            limit: Some(0),
+            ..ListQuery::default()
+        };
+        assert_eq!(all(&none), Vec::<JobId>::new());
+    }
+}
