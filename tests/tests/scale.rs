@@ -6,6 +6,10 @@
 //! Build the binaries first: `cargo build --workspace --bins`.
 
 use rusqlite::Connection;
+use shared::protocol::client::{ClientReply, ClientRequest, ListQuery};
+use shared::protocol::codec::decode_body;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tests::{DEADLINE, LONG_DEADLINE, TestEnv, cli_at, start_daemon_at, submit_at, wait_for};
@@ -89,6 +93,42 @@ fn timed(env: &TestEnv, args: &[&str], runs: usize) -> (Duration, Duration) {
     (times[runs / 2], times[runs * 9 / 10])
 }
 
+/// `List { all }` as a version 2 client sends it, on a raw connection: the one reply.
+fn list_in_version_2(env: &TestEnv, all: bool) -> ClientReply {
+    let mut socket = UnixStream::connect(env.state_dir().join("control.sock")).expect("connect");
+    socket
+        .set_read_timeout(Some(LONG_DEADLINE))
+        .expect("read timeout");
+    let hello = ClientRequest::Hello {
+        protocol_version: 2,
+    };
+    socket
+        .write_all(&hello.encode(2).expect("hello"))
+        .expect("send the hello");
+    assert_eq!(
+        read_reply(&mut socket),
+        ClientReply::Hello {
+            protocol_version: 2
+        }
+    );
+    let list = ClientRequest::List {
+        all,
+        query: ListQuery::default(),
+    };
+    socket
+        .write_all(&list.encode(2).expect("list"))
+        .expect("send the request");
+    read_reply(&mut socket)
+}
+
+fn read_reply(socket: &mut UnixStream) -> ClientReply {
+    let mut header = [0_u8; 4];
+    socket.read_exact(&mut header).expect("a reply header");
+    let mut body = vec![0_u8; u32::from_be_bytes(header) as usize];
+    socket.read_exact(&mut body).expect("a reply body");
+    decode_body(&body).expect("a reply")
+}
+
 #[test]
 fn ls_streams_a_history_larger_than_a_frame() {
     let env = TestEnv::new();
@@ -156,6 +196,16 @@ fn ls_streams_a_history_larger_than_a_frame() {
         out.lines().count(),
         HISTORY + 2,
         "a header and one line a job"
+    );
+
+    // A version 2 client gets its one frame, or an error that says what to do.
+    match list_in_version_2(&env, true) {
+        ClientReply::Error { message, .. } => assert!(message.contains("upgrade"), "{message}"),
+        other => panic!("ls --all in version 2 of {HISTORY} jobs: {other:?}"),
+    }
+    assert_eq!(
+        list_in_version_2(&env, false),
+        ClientReply::Jobs(Vec::new())
     );
 
     for args in [
