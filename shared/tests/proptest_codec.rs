@@ -848,6 +848,11 @@ proptest! {
             prop_assert!(refused, "logs --since is refused before version 3");
             return Ok(());
         }
+        if matches!(&message, ClientRequest::List { query, .. } if *query != ListQuery::default()) {
+            let refused = matches!(message.encode(2), Err(FrameError::NotInVersion { .. }));
+            prop_assert!(refused, "ls filters are refused before version 3");
+            return Ok(());
+        }
         let frame = message.encode(2).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let decoded = ClientRequest::decoder(2)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let expected = match message {

@@ -95,6 +95,11 @@ impl ClientRequest {
                 what: "logs --since",
                 version,
             })
+        } else if matches!(self, Self::List { query, .. } if *query != ListQuery::default()) {
+            Err(FrameError::NotInVersion {
+                what: "ls filters",
+                version,
+            })
         } else if matches!(self, Self::Prune { .. }) {
             Err(FrameError::NotInVersion {
                 what: "prune",

@@ -525,6 +525,7 @@ pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32
         Some(other) => return Err(unexpected(&other)),
         None => return Err(closed()),
     }
+    let mut events = events.into_replies();
     let mut status = status(dir.clone(), job).await?;
     let check = if progress.is_enabled() {
         super::progress::REDRAW_EVERY
