@@ -43,11 +43,15 @@ async fn pages(
 ) -> Result<Option<ClientReply>, Refusal> {
     let query = std::sync::Arc::new(query);
     let start_query = std::sync::Arc::clone(&query);
-    let mut after = jobs
-        .store()
-        .call(move |s| s.list_start(all, &start_query))
-        .await
-        .map_err(store_refusal)?;
+    // Without a limit the list starts at the first job: no store round trip for that.
+    let mut after = if query.limit.is_none() {
+        0
+    } else {
+        jobs.store()
+            .call(move |s| s.list_start(all, &start_query))
+            .await
+            .map_err(store_refusal)?
+    };
     // Jobs submitted while we page are not counted twice against the limit.
     let mut left = query.limit.unwrap_or(u64::MAX);
     while left > 0 {
