@@ -52,7 +52,7 @@ async fn pages(
             .await
             .map_err(store_refusal)?
     };
-    // Jobs submitted while we page are not counted twice against the limit.
+    // The limit holds even when jobs are submitted while we page.
     let mut left = query.limit.unwrap_or(u64::MAX);
     while left > 0 {
         let page_query = std::sync::Arc::clone(&query);
