@@ -11,8 +11,8 @@ use proptest::prelude::*;
 use shared::ids::JobId;
 use shared::limits::Limits;
 use shared::protocol::client::{
-    Action, ClientReply, ClientRequest, ErrorCode, Event, JobStatus, JobSummary, LogLine,
-    Requester, TaskStatus,
+    Action, ClientReply, ClientRequest, ErrorCode, Event, JobStatus, JobSummary, ListQuery,
+    LogLine, Requester, TaskStatus,
 };
 use shared::protocol::codec::{
     FrameError, MAX_FRAME_LEN, decode_body, encode_frame, read_frame, write_frame,
@@ -446,6 +446,21 @@ fn from_conductor() -> impl Strategy<Value = FromConductor> {
     ]
 }
 
+fn list_query() -> impl Strategy<Value = ListQuery> {
+    (
+        proptest::collection::vec(job_state(), 0..3),
+        proptest::option::of(short_text()),
+        proptest::option::of(any::<i64>()),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(states, name, since_ms, limit)| ListQuery {
+            states,
+            name,
+            since_ms,
+            limit,
+        })
+}
+
 fn client_request() -> impl Strategy<Value = ClientRequest> {
     prop_oneof![
         any::<u32>().prop_map(|protocol_version| ClientRequest::Hello { protocol_version }),
@@ -453,7 +468,7 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
             spec: Box::new(spec),
             source,
         }),
-        any::<bool>().prop_map(|all| ClientRequest::List { all }),
+        (any::<bool>(), list_query()).prop_map(|(all, query)| ClientRequest::List { all, query }),
         short_text().prop_map(|job| ClientRequest::Status { job }),
         (short_text(), proptest::option::of(any::<u64>()))
             .prop_map(|(job, timeout_ms)| ClientRequest::Cancel { job, timeout_ms }),
@@ -818,6 +833,8 @@ proptest! {
                     }
                     ClientRequest::Submit { spec, source }
                 }
+                // Version 1 carries `all` alone.
+                ClientRequest::List { all, .. } => ClientRequest::List { all, query: ListQuery::default() },
                 other => other,
             };
             prop_assert_eq!(decoded, expected);
@@ -831,6 +848,11 @@ proptest! {
             prop_assert!(refused, "logs --since is refused before version 3");
             return Ok(());
         }
+        if matches!(&message, ClientRequest::List { query, .. } if *query != ListQuery::default()) {
+            let refused = matches!(message.encode(2), Err(FrameError::NotInVersion { .. }));
+            prop_assert!(refused, "ls filters are refused before version 3");
+            return Ok(());
+        }
         let frame = message.encode(2).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let decoded = ClientRequest::decoder(2)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let expected = match message {
@@ -842,6 +864,8 @@ proptest! {
                 spec.hooks = shared::spec::Hooks::default();
                 ClientRequest::Submit { spec, source }
             }
+            // Version 2 carries `all` alone.
+            ClientRequest::List { all, .. } => ClientRequest::List { all, query: ListQuery::default() },
             other => other,
         };
         prop_assert_eq!(decoded, expected);

@@ -4,7 +4,8 @@
 //! the daemon answers with the version both speak, [`negotiate`](super::negotiate), and decodes
 //! the request in it with [`ClientRequest::decoder`]), then carries one request. Replies have the
 //! same layout in every supported version. Most requests get exactly one reply; `Logs { follow: true }` and
-//! `Events` get a stream of replies that ends when the daemon closes the connection.
+//! `Events` get a stream of replies that ends when the daemon closes the connection; in version
+//! 3, `List` gets pages of jobs and a `Done`.
 
 use crate::ids::JobId;
 use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
@@ -26,8 +27,12 @@ pub enum ClientRequest {
         spec: Box<JobSpec>,
         source: String,
     },
+    /// `ls`. In version 3 the daemon answers with pages, [`ClientReply::Jobs`] each, then
+    /// [`ClientReply::Done`]; before, with one `Jobs` (which must fit in one frame). `query`
+    /// is version 3's: older versions carry `all` alone and read it as `ListQuery::default()`.
     List {
         all: bool,
+        query: ListQuery,
     },
     Status {
         job: String,
@@ -90,6 +95,11 @@ impl ClientRequest {
                 what: "logs --since",
                 version,
             })
+        } else if matches!(self, Self::List { query, .. } if *query != ListQuery::default()) {
+            Err(FrameError::NotInVersion {
+                what: "ls filters",
+                version,
+            })
         } else if matches!(self, Self::Prune { .. }) {
             Err(FrameError::NotInVersion {
                 what: "prune",
@@ -149,9 +159,11 @@ pub enum ClientReply {
     Submitted {
         job: JobId,
     },
+    /// `ls`: the whole list (versions 1 and 2) or one page of it (version 3, then `Done`).
     Jobs(Vec<JobSummary>),
     Status(Box<JobStatus>),
-    /// The request was carried out.
+    /// The request was carried out; in version 3 also the end of `ls`'s pages, and the first
+    /// frame of `Events` (the subscription is in place: no later change is missed).
     Done,
     /// One line of a job's output.
     Log(LogLine),
@@ -189,6 +201,20 @@ pub enum ErrorCode {
     /// release, at the end so that every other code keeps its wire number; an older CLI cannot
     /// decode it (it reports a malformed answer, and still fails).
     PermissionDenied,
+}
+
+/// The filters of `ls` (version 3): every one given must hold. The daemon applies them while
+/// it pages through the store, so that no list is ever whole in memory or in one frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListQuery {
+    /// Only jobs in these states (any state, not only the live ones, when given).
+    pub states: Vec<JobState>,
+    /// Only jobs whose name matches this glob (`*` any text, `?` one character).
+    pub name: Option<String>,
+    /// Only jobs submitted at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// At most this many jobs: the most recent that pass, still sent in submission order.
+    pub limit: Option<u64>,
 }
 
 /// One line of `ls`.

@@ -5,7 +5,7 @@ use crate::state_dir::StateDir;
 use shared::exit;
 use shared::protocol::PROTOCOL_VERSION;
 use shared::protocol::client::{ClientReply, ClientRequest, ErrorCode};
-use shared::protocol::codec::{read_frame, write_frame};
+use shared::protocol::codec::{FrameResult, read_frame, spawn_frame_reader, write_frame};
 use std::path::PathBuf;
 use tokio::net::UnixStream;
 
@@ -85,6 +85,13 @@ impl Client {
         }
     }
 
+    /// The replies from here on, read by a task of their own: unlike [`Client::next`],
+    /// receiving one is cancel-safe (a timeout around it loses no frame).
+    pub fn into_replies(self) -> Replies {
+        let (frames, reader) = spawn_frame_reader::<ClientReply, _>(self.stream, 16);
+        Replies { frames, reader }
+    }
+
     /// Sends one request and returns its one reply.
     pub async fn call(state_dir: Option<PathBuf>, request: &ClientRequest) -> Outcome<ClientReply> {
         let mut client = Self::connect(state_dir).await?;
@@ -93,6 +100,33 @@ impl Client {
             .next()
             .await?
             .ok_or_else(|| Failure::new(exit::INTERNAL, "the daemon closed the connection"))
+    }
+}
+
+/// A stream of replies (see [`Client::into_replies`]); the reading task ends with it.
+pub struct Replies {
+    frames: tokio::sync::mpsc::Receiver<FrameResult<ClientReply>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Replies {
+    /// The next reply, as [`Client::next`] gives it; cancel-safe.
+    pub async fn next(&mut self) -> Outcome<Option<ClientReply>> {
+        match self.frames.recv().await {
+            None | Some(Ok(None)) => Ok(None),
+            Some(Ok(Some(ClientReply::Error { code, message }))) => Err(failure(code, message)),
+            Some(Ok(Some(reply))) => Ok(Some(reply)),
+            Some(Err(e)) => Err(Failure::new(
+                exit::INTERNAL,
+                format!("daemon connection: {e}"),
+            )),
+        }
+    }
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 

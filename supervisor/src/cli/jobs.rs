@@ -6,11 +6,16 @@ use super::client::{Client, Failure, Outcome};
 use super::escape::shown;
 use shared::exit;
 use shared::protocol::client::{Action, ClientReply, ClientRequest, JobStatus};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How often `--wait` looks at the job.
+/// How often `shutdown` looks whether the daemon is gone.
 const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// How often `--wait` reads the job's status although no event came (a guard against a missed
+/// event: the end itself comes by event).
+const WAIT_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(clap::Subcommand, Debug)]
 pub enum JobCommand {
@@ -323,6 +328,8 @@ async fn submit(dir: Option<PathBuf>, file: PathBuf, wait: bool) -> Outcome<i32>
     }
 }
 
+/// Prints the jobs as their pages arrive: a table, or one JSON array (the same text as a
+/// pretty-printed array of the whole list).
 async fn list(
     dir: Option<PathBuf>,
     all: bool,
@@ -330,35 +337,70 @@ async fn list(
     filter: &super::operators::ListFilter,
 ) -> Outcome<i32> {
     let all = all || filter.is_set();
-    let reply = Client::call(dir, &ClientRequest::List { all }).await?;
-    let ClientReply::Jobs(jobs) = reply else {
-        return Err(unexpected(&reply));
-    };
-    let jobs = filter.apply(jobs)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&jobs).unwrap_or_default()
+    let query = filter.query()?;
+    let mut client = Client::connect(dir).await?;
+    client.send(&ClientRequest::List { all, query }).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut printed = 0_usize;
+    if !json {
+        let _ = writeln!(
+            out,
+            "{:<8}  {:<20}  {:<13}  {:<20}  AGE",
+            "ID", "NAME", "STATE", "TASK"
         );
-        return Ok(exit::SUCCESS);
     }
-    println!(
-        "{:<8}  {:<20}  {:<13}  {:<20}  AGE",
-        "ID", "NAME", "STATE", "TASK"
-    );
     let now = crate::clock::now_ms();
-    for job in jobs {
-        let age = Duration::from_millis(u64::try_from(now - job.created_ms).unwrap_or(0));
-        println!(
-            "{:<8}  {:<20}  {:<13}  {:<20}  {}",
-            job.id,
-            shown(&job.name),
-            super::operators::shown_state(job.state, job.paused_since_ms),
-            shown(job.task.as_deref().unwrap_or("-")),
-            shared::duration::format_duration(Duration::from_secs(age.as_secs()))
-        );
+    loop {
+        match client.next().await? {
+            Some(ClientReply::Jobs(page)) => {
+                for job in &page {
+                    if json {
+                        print_json_item(&mut out, job, printed == 0);
+                    } else {
+                        print_row(&mut out, job, now);
+                    }
+                    printed += 1;
+                }
+                let _ = out.flush();
+            }
+            Some(ClientReply::Done) => break,
+            Some(other) => return Err(unexpected(&other)),
+            None => {
+                return Err(Failure::new(
+                    exit::INTERNAL,
+                    "the daemon closed the connection before the end of the list",
+                ));
+            }
+        }
     }
+    if json {
+        let _ = writeln!(out, "{}", if printed == 0 { "[]" } else { "\n]" });
+    }
+    let _ = out.flush();
     Ok(exit::SUCCESS)
+}
+
+/// One element of `ls --json`'s array, indented as `to_string_pretty` of the array does.
+fn print_json_item(out: &mut impl Write, job: &shared::protocol::client::JobSummary, first: bool) {
+    let text = serde_json::to_string_pretty(job).unwrap_or_default();
+    let _ = write!(out, "{}", if first { "[\n" } else { ",\n" });
+    for (i, line) in text.lines().enumerate() {
+        let sep = if i == 0 { "" } else { "\n" };
+        let _ = write!(out, "{sep}  {line}");
+    }
+}
+
+fn print_row(out: &mut impl Write, job: &shared::protocol::client::JobSummary, now: i64) {
+    let age = Duration::from_millis(u64::try_from(now - job.created_ms).unwrap_or(0));
+    let _ = writeln!(
+        out,
+        "{:<8}  {:<20}  {:<13}  {:<20}  {}",
+        job.id,
+        shown(&job.name),
+        super::operators::shown_state(job.state, job.paused_since_ms),
+        shown(job.task.as_deref().unwrap_or("-")),
+        shared::duration::format_duration(Duration::from_secs(age.as_secs()))
+    );
 }
 
 async fn logs(
@@ -393,6 +435,10 @@ async fn events(dir: Option<PathBuf>, json: bool) -> Outcome<i32> {
     let mut client = Client::connect(dir).await?;
     client.send(&ClientRequest::Events).await?;
     while let Some(reply) = client.next().await? {
+        if reply == ClientReply::Done {
+            // The subscription is in place (version 3): nothing to print.
+            continue;
+        }
         let ClientReply::Event(event) = reply else {
             return Err(unexpected(&reply));
         };
@@ -465,11 +511,28 @@ async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
     }
 }
 
-/// Polls the job until it is terminal; the exit code of `run` for its state.
+/// Follows the job to its end; the exit code of `run` for its state. It subscribes to the
+/// daemon's events first, then reads the status once (the job may be over already), then waits
+/// for the job's terminal event and reads the final status once: it returns as soon as the
+/// daemon publishes the end. A slow status read (every [`WAIT_CHECK`], or each redraw of the
+/// progress line) guards against a missed event (a lagging subscriber).
 pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32> {
     let mut progress = super::progress::ProgressLine::new();
+    let mut events = Client::connect(dir.clone()).await?;
+    events.send(&ClientRequest::Events).await?;
+    match events.next().await? {
+        Some(ClientReply::Done) => {}
+        Some(other) => return Err(unexpected(&other)),
+        None => return Err(closed()),
+    }
+    let mut events = events.into_replies();
+    let mut status = status(dir.clone(), job).await?;
+    let check = if progress.is_enabled() {
+        super::progress::REDRAW_EVERY
+    } else {
+        WAIT_CHECK
+    };
     loop {
-        let status = status(dir.clone(), job).await?;
         if let Some(code) = exit::for_job_state(status.state) {
             progress.clear();
             eprintln!("job {} ended: {}", status.id, status.state);
@@ -478,8 +541,35 @@ pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32
         if progress.is_due() {
             super::operators::draw_status(&mut progress, &status);
         }
-        tokio::time::sleep(WAIT_POLL).await;
+        let event = match tokio::time::timeout(check, events.next()).await {
+            Ok(Ok(Some(ClientReply::Event(event)))) => event,
+            Ok(Ok(Some(other))) => return Err(unexpected(&other)),
+            Ok(Ok(None)) => return Err(closed()),
+            Ok(Err(failure)) => return Err(failure),
+            Err(_) => {
+                status = self::status(dir.clone(), job).await?;
+                continue;
+            }
+        };
+        if event.job != status.id {
+            continue;
+        }
+        let ended = event.task.is_none()
+            && event
+                .state
+                .parse::<shared::state::JobState>()
+                .is_ok_and(|state| exit::for_job_state(state).is_some());
+        if ended || progress.is_enabled() {
+            status = self::status(dir.clone(), job).await?;
+        }
     }
+}
+
+fn closed() -> Failure {
+    Failure::new(
+        exit::INTERNAL,
+        "the daemon closed the connection before the job ended",
+    )
 }
 
 fn print_status(status: &JobStatus) {

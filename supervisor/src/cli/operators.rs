@@ -186,11 +186,9 @@ impl ListFilter {
             || self.limit.is_some()
     }
 
-    /// The jobs (in submission order) that pass; an unknown state is invalid input.
-    pub fn apply(
-        &self,
-        jobs: Vec<shared::protocol::client::JobSummary>,
-    ) -> super::client::Outcome<Vec<shared::protocol::client::JobSummary>> {
+    /// The query the daemon applies while it pages through the store; an unknown state is
+    /// invalid input.
+    pub fn query(&self) -> super::client::Outcome<shared::protocol::client::ListQuery> {
         let states = self
             .state
             .iter()
@@ -203,68 +201,14 @@ impl ListFilter {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let after = self.since.map(|since| {
+        let since_ms = self.since.map(|since| {
             crate::clock::now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
         });
-        let mut kept: Vec<_> = jobs
-            .into_iter()
-            .filter(|job| states.is_empty() || states.contains(&job.state))
-            .filter(|job| {
-                self.name
-                    .as_deref()
-                    .is_none_or(|glob| glob_matches(glob, &job.name))
-            })
-            .filter(|job| after.is_none_or(|after| job.created_ms >= after))
-            .collect();
-        if let Some(limit) = self.limit {
-            let skip = kept.len().saturating_sub(limit);
-            kept.drain(..skip);
-        }
-        Ok(kept)
-    }
-}
-
-/// Whether `text` matches `glob` (`*` any run of characters, `?` one character).
-pub fn glob_matches(glob: &str, text: &str) -> bool {
-    let (glob, text): (Vec<char>, Vec<char>) = (glob.chars().collect(), text.chars().collect());
-    // Iterative matching with one backtrack point (the last `*`): linear in practice.
-    let (mut g, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match glob.get(g) {
-            Some('*') => {
-                star = Some((g, t));
-                g += 1;
-            }
-            Some(&c) if c == '?' || c == text[t] => {
-                g += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sg, st)) => {
-                    g = sg + 1;
-                    t = st + 1;
-                    star = Some((sg, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    glob[g..].iter().all(|c| *c == '*')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_matches;
-
-    #[test]
-    fn globs_match_as_a_shell_does() {
-        assert!(glob_matches("deploy-*", "deploy-web"));
-        assert!(glob_matches("*", ""));
-        assert!(glob_matches("d?ploy", "deploy"));
-        assert!(glob_matches("*web*", "deploy-web-2"));
-        assert!(!glob_matches("deploy-*", "build"));
-        assert!(!glob_matches("a?", "a"));
-        assert!(glob_matches("a*b*c", "aXbYbZc"));
+        Ok(shared::protocol::client::ListQuery {
+            states,
+            name: self.name.clone(),
+            since_ms,
+            limit: self.limit.map(|n| u64::try_from(n).unwrap_or(u64::MAX)),
+        })
     }
 }

@@ -3,7 +3,7 @@
 use super::{Result, Store, StoreError, TaskRow, job_row, live_states, sql_list, task_rows};
 use rusqlite::params;
 use shared::ids::JobId;
-use shared::protocol::client::{JobStatus, JobSummary, TaskStatus};
+use shared::protocol::client::{JobStatus, JobSummary, ListQuery, TaskStatus};
 use shared::state::{JobState, TaskState};
 
 impl Store {
@@ -18,33 +18,73 @@ impl Store {
         }
     }
 
-    /// Jobs in submission order: the live ones, or all.
+    /// Jobs in submission order: the live ones, or all, whole (tests and small stores; the
+    /// daemon pages with [`Store::list_page`]).
     pub fn list(&self, all: bool) -> Result<Vec<JobSummary>> {
+        Ok(self.list_page(all, &ListQuery::default(), 0, u32::MAX)?.0)
+    }
+
+    /// The `seq` after which the jobs of `query` begin: 0, or with a limit of N, just before
+    /// the N-th most recent job that passes (an index walk backwards, not a scan of history).
+    pub fn list_start(&self, all: bool, query: &ListQuery) -> Result<i64> {
+        let Some(limit) = query.limit else {
+            return Ok(0);
+        };
+        if limit == 0 {
+            return Ok(i64::MAX);
+        }
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT j.id, j.name, j.state, j.created_ms, j.paused_ms,
+            "SELECT j.seq FROM jobs j WHERE {} ORDER BY j.seq DESC LIMIT 1 OFFSET ?4",
+            list_filter(all, query)
+        ))?;
+        let offset = i64::try_from(limit - 1).unwrap_or(i64::MAX);
+        let (name, since) = list_params(query);
+        let mut rows = stmt.query(params![0_i64, name, since, offset])?;
+        match rows.next()? {
+            Some(row) => Ok(row.get::<_, i64>(0)? - 1),
+            None => Ok(0),
+        }
+    }
+
+    /// At most `page` jobs of `query` with `seq` above `after`, in submission order, and the
+    /// `seq` of the last one (where the next page starts).
+    pub fn list_page(
+        &self,
+        all: bool,
+        query: &ListQuery,
+        after: i64,
+        page: u32,
+    ) -> Result<(Vec<JobSummary>, i64)> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT j.seq, j.id, j.name, j.state, j.created_ms, j.paused_ms,
                     (SELECT t.name FROM tasks t WHERE t.job_id = j.id AND t.state != '{}'
                      ORDER BY t.started_ms DESC, t.idx DESC LIMIT 1)
              FROM jobs j
-             WHERE ?1 OR j.state IN ({})
-             ORDER BY j.seq",
+             WHERE {}
+             ORDER BY j.seq LIMIT ?4",
             TaskState::Pending.as_str(),
-            sql_list(live_states()),
+            list_filter(all, query),
         ))?;
+        let (name, since) = list_params(query);
         let rows = stmt
-            .query_map(params![all], |row| {
+            .query_map(params![after, name, since, page], |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, Option<i64>>(4)?,
-                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, Option<i64>>(5)?,
+                    row.get::<_, Option<String>>(6)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(id, name, state, created_ms, paused_since_ms, task)| {
+        let last = rows.last().map_or(after, |row| row.0);
+        let jobs = rows
+            .into_iter()
+            .map(|(_, id, name, state, created_ms, paused_since_ms, task)| {
                 Ok(JobSummary {
                     id: parse_id(&id)?,
                     name,
@@ -54,7 +94,8 @@ impl Store {
                     paused_since_ms,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((jobs, last))
     }
 
     /// The job and each of its tasks.
@@ -137,5 +178,117 @@ fn task_status(task: TaskRow, accounting: bool) -> TaskStatus {
         error: task.error,
         started_ms: task.started_ms,
         ended_ms: task.ended_ms,
+    }
+}
+
+/// The `WHERE` clause of `ls`: `?1` the `seq` to start after, `?2` the name glob, `?3` the
+/// earliest `created_ms`. The states are inlined (names from `as_str`, never input) so that the
+/// planner sees them and walks `jobs_by_state` for the live jobs instead of the whole table.
+fn list_filter(all: bool, query: &ListQuery) -> String {
+    let states = if !query.states.is_empty() {
+        format!(
+            "j.state IN ({}) AND ",
+            sql_list(query.states.iter().copied())
+        )
+    } else if all {
+        String::new()
+    } else {
+        format!("j.state IN ({}) AND ", sql_list(live_states()))
+    };
+    format!(
+        "{states}j.seq > ?1 AND (?2 IS NULL OR j.name GLOB ?2) AND (?3 IS NULL OR j.created_ms >= ?3)"
+    )
+}
+
+/// The bound values of [`list_filter`]: the name glob in SQLite's syntax, the earliest time.
+fn list_params(query: &ListQuery) -> (Option<String>, Option<i64>) {
+    // `ls --name` knows `*` and `?` only: a `[` is a literal, which GLOB spells `[[]`.
+    let name = query.name.as_ref().map(|glob| glob.replace('[', "[[]"));
+    (name, query.since_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::TempDir;
+    use super::*;
+
+    fn store_with(names: &[&str]) -> (TempDir, Store, Vec<JobId>) {
+        let dir = TempDir::new();
+        let store = Store::open(dir.path()).expect("open");
+        let ids = names
+            .iter()
+            .map(|name| {
+                let text = format!("name = \"{name}\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n");
+                let spec = shared::spec::JobSpec::parse(&text, "t.toml", "t").expect("spec");
+                store.create_job(&spec, "t.toml", None).expect("create")
+            })
+            .collect();
+        (dir, store, ids)
+    }
+
+    #[test]
+    fn live_jobs_are_read_by_the_state_index() {
+        let (_dir, store, _) = store_with(&["a"]);
+        let conn = store.conn();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT j.seq FROM jobs j WHERE {} ORDER BY j.seq LIMIT ?4",
+            list_filter(false, &ListQuery::default())
+        );
+        let mut stmt = conn.prepare(&sql).expect("prepare");
+        let plan: Vec<String> = stmt
+            .query_map(params![0_i64, None::<String>, None::<i64>, 500], |row| {
+                row.get::<_, String>(3)
+            })
+            .expect("plan")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert!(
+            plan.iter().any(|step| step.contains("jobs_by_state")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn pages_limits_and_globs() {
+        let (_dir, store, ids) = store_with(&["a1", "a2", "b[1]", "a3", "a4"]);
+        let all = |query: &ListQuery| {
+            let mut after = store.list_start(true, query).expect("start");
+            let mut got = Vec::new();
+            loop {
+                let (page, last) = store.list_page(true, query, after, 2).expect("page");
+                let more = page.len() == 2;
+                got.extend(page.into_iter().map(|j| j.id));
+                after = last;
+                if !more {
+                    return got;
+                }
+            }
+        };
+        assert_eq!(all(&ListQuery::default()), ids);
+        let limited = ListQuery {
+            limit: Some(2),
+            ..ListQuery::default()
+        };
+        assert_eq!(store.list_start(true, &limited).expect("start"), 3);
+        let named = |glob: &str, limit| ListQuery {
+            name: Some(glob.into()),
+            limit,
+            ..ListQuery::default()
+        };
+        assert_eq!(
+            all(&named("a?", Some(3))),
+            [1, 3, 4].map(|i| ids[i].clone())
+        );
+        assert_eq!(all(&named("b[1]", None)), [ids[2].clone()]);
+        assert_eq!(all(&named("b1", None)), Vec::<JobId>::new());
+        let none = ListQuery {
+            limit: Some(0),
+            ..ListQuery::default()
+        };
+        assert_eq!(all(&none), Vec::<JobId>::new());
     }
 }

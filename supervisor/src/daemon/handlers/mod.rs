@@ -56,9 +56,9 @@ pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
         let _ = write_frame(&mut stream, &refusal).await;
         return;
     }
-    let request =
+    let (version, request) =
         match tokio::time::timeout(REQUEST_TIMEOUT, read_hello_and_request(&mut stream)).await {
-            Ok(Ok(request)) => request,
+            Ok(Ok(versioned)) => versioned,
             Ok(Err(reason)) => {
                 tracing::warn!(pid = peer.pid(), reason, "client dropped");
                 let code = ErrorCode::InvalidRequest;
@@ -92,7 +92,10 @@ pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
             follow,
             since_ms,
         } => logs::stream_since(&jobs, &mut stream, &job, task.as_deref(), follow, since_ms).await,
-        ClientRequest::Events => events::stream(&jobs, &mut stream).await,
+        ClientRequest::Events => events::stream(&jobs, &mut stream, version).await,
+        ClientRequest::List { all, query } => {
+            list::stream(&jobs, &mut stream, version, all, query).await;
+        }
         order if operate::is_order(&order) => {
             let reply = operate::handle(&jobs, peer, order)
                 .await
@@ -111,7 +114,6 @@ pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
 async fn dispatch(jobs: &Jobs, request: ClientRequest) -> Reply {
     match request {
         ClientRequest::Submit { spec, source } => submit::handle(jobs, *spec, source).await,
-        ClientRequest::List { all } => list::handle(jobs, all).await,
         ClientRequest::Status { job } => status::handle(jobs, &job).await,
         ClientRequest::Shutdown { cancel } => shutdown::handle(jobs, cancel),
         ClientRequest::Prune {
@@ -126,13 +128,15 @@ async fn dispatch(jobs: &Jobs, request: ClientRequest) -> Reply {
         | ClientRequest::Resume { .. }
         | ClientRequest::Operate { .. }
         | ClientRequest::Hello { .. }
+        | ClientRequest::List { .. }
         | ClientRequest::Logs { .. }
         | ClientRequest::LogsSince { .. }
         | ClientRequest::Events => Err((ErrorCode::InvalidRequest, "unexpected request".into())),
     }
 }
 
-async fn read_hello_and_request(stream: &mut UnixStream) -> Result<ClientRequest, String> {
+/// The version both speak and the request.
+async fn read_hello_and_request(stream: &mut UnixStream) -> Result<(u32, ClientRequest), String> {
     let version = match read_frame::<ClientRequest, _>(stream).await {
         Ok(Some(ClientRequest::Hello { protocol_version })) => negotiate(protocol_version)
             .ok_or_else(|| {
@@ -153,7 +157,7 @@ async fn read_hello_and_request(stream: &mut UnixStream) -> Result<ClientRequest
         .map_err(|e| e.to_string())?;
     match read_frame_with(stream, ClientRequest::decoder(version)).await {
         Ok(Some(ClientRequest::Hello { .. })) => Err("a second hello".into()),
-        Ok(Some(request)) => Ok(request),
+        Ok(Some(request)) => Ok((version, request)),
         Ok(None) => Err("closed before the request".into()),
         Err(err) => Err(err.to_string()),
     }
