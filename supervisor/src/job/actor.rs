@@ -185,7 +185,7 @@ impl Actor {
                     )
                 })
                 .await?;
-                self.jobs.job_ended(&self.id, end, false);
+                self.jobs.job_ended(&self.id, end, false, None);
                 self.jobs.publish_by(&self.id, end.as_str(), by);
                 Ok(None)
             }

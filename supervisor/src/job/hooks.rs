@@ -93,8 +93,15 @@ impl HookEvent {
 
 impl Jobs {
     /// A job reached the terminal `state`; `skipped` says whether reverts were skipped. Starts
-    /// its hooks in the background and returns at once.
-    pub(super) fn job_ended(&self, id: &JobId, state: JobState, skipped: bool) {
+    /// its hooks in the background and returns at once. `known` are the job's own hooks when
+    /// the caller holds its spec (else they are read from the store).
+    pub(super) fn job_ended(
+        &self,
+        id: &JobId,
+        state: JobState,
+        skipped: bool,
+        known: Option<shared::spec::Hooks>,
+    ) {
         crate::metrics::METRICS.job_ended(state);
         let daemon = self.inner.hooks.clone();
         let no_daemon_hooks = daemon.on_end.is_none() && daemon.on_revert_skipped.is_none();
@@ -102,15 +109,17 @@ impl Jobs {
         let in_flight = InFlight::new();
         tokio::spawn(async move {
             let _in_flight = in_flight;
-            let spec = jobs.store().call({
-                let id = id.clone();
-                move |s| s.spec(&id)
-            });
-            let job_hooks = match spec.await {
-                Ok(spec) => spec.hooks,
-                Err(err) => {
-                    tracing::warn!(job_id = %id, error = %err, "hooks: cannot read the job's spec");
-                    shared::spec::Hooks::default()
+            let job_hooks = match known {
+                Some(hooks) => hooks,
+                None => {
+                    let job = id.clone();
+                    match jobs.store().call(move |s| s.spec(&job)).await {
+                        Ok(spec) => spec.hooks,
+                        Err(err) => {
+                            tracing::warn!(job_id = %id, error = %err, "hooks: cannot read the job's spec");
+                            shared::spec::Hooks::default()
+                        }
+                    }
                 }
             };
             if no_daemon_hooks && job_hooks == shared::spec::Hooks::default() {

@@ -810,7 +810,8 @@ impl Supervision {
         if let Some(state) = self.ladder.finished {
             tracing::info!(state = state.as_str(), "job ended");
             // Hooks counted before the end is published (`supervisor run` waits for them).
-            self.jobs.job_ended(&self.id, state, false);
+            self.jobs
+                .job_ended(&self.id, state, false, Some(self.spec.hooks.clone()));
             self.jobs.publish_state(&self.id, state);
             return;
         }
@@ -820,7 +821,8 @@ impl Supervision {
             Ok(row) if !row.state.is_live() => {
                 tracing::info!(state = row.state.as_str(), "job ended");
                 // Hooks the previous daemon ran already are recorded, and not run again.
-                self.jobs.job_ended(&self.id, row.state, false);
+                self.jobs
+                    .job_ended(&self.id, row.state, false, Some(self.spec.hooks.clone()));
                 self.jobs.publish_state(&self.id, row.state);
             }
             _ => {
@@ -923,7 +925,7 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
                 let by = hard.by.as_ref().map(Requester::who);
                 tracing::warn!(job_id = %id, state = end.as_str(), tasks = tasks.join(","), count = tasks.len(), reason, cause = hard.cause, by, "revert skipped");
                 jobs.observe(&JobEvent::JobFinished { state: end });
-                jobs.job_ended(id, end, !pending.is_empty());
+                jobs.job_ended(id, end, !pending.is_empty(), None);
                 jobs.publish_by(id, end.as_str(), hard.by);
                 return;
             }
