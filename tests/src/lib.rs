@@ -997,6 +997,26 @@ pub fn ls_all_json_at(env: &TestEnv, state_dir: &Path) -> Vec<serde_json::Value>
         .unwrap_or_else(|| panic!("ls --json is not an array: {out}"))
 }
 
+impl TestEnv {
+    /// [`start_daemon_at`] on this environment's own state dir.
+    #[must_use]
+    pub fn start_daemon(&self, extra: &[&str]) -> Run {
+        start_daemon_at(self, &self.state_dir(), extra)
+    }
+
+    /// [`submit_at`] on this environment's own state dir: the new job's id.
+    #[must_use]
+    pub fn submit(&self, file: &Path) -> String {
+        submit_at(self, &self.state_dir(), file)
+    }
+
+    /// [`status_json_at`] on this environment's own state dir.
+    #[must_use]
+    pub fn status_json(&self, id: &str) -> serde_json::Value {
+        status_json_at(self, &self.state_dir(), id)
+    }
+}
+
 /// Whether a job state (as `status --json` or the store spells it) is terminal.
 #[must_use]
 pub fn is_terminal(state: &str) -> bool {

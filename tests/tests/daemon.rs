@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tests::{
     DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, cli_at, is_alive, ls_all_json_at, send_signal,
-    sigkill_run, skip_unless_ci, start_daemon_at, status_json_at, submit_at, supervisor_bin,
-    wait_for,
+    sigkill_run, skip_unless_ci, supervisor_bin, wait_for,
 };
 
 /// The terminal job states.
@@ -37,11 +36,6 @@ fn state_dir(env: &TestEnv) -> String {
         .to_owned()
 }
 
-/// Starts `supervisor daemon --state-dir DIR EXTRA...` and waits until `supervisor ls` works.
-fn start_daemon(env: &TestEnv, extra: &[&str]) -> Run {
-    start_daemon_at(env, &env.state_dir(), extra)
-}
-
 /// SIGKILLs the daemon and waits until it is gone (the conductors survive it).
 fn sigkill_daemon(daemon: &mut Run) {
     sigkill_run(daemon);
@@ -58,16 +52,6 @@ fn spawn_cli(env: &TestEnv, args: &[&str]) -> Run {
     let mut full = args.to_vec();
     full.extend_from_slice(&["--state-dir", &dir]);
     env.spawn(&full)
-}
-
-/// `submit FILE`: the job id (asserting exit 0 and an 8-hex id).
-fn submit(env: &TestEnv, file: &Path) -> String {
-    submit_at(env, &env.state_dir(), file)
-}
-
-/// `status JOB --json`, parsed (asserting exit 0).
-fn status(env: &TestEnv, id: &str) -> Value {
-    status_json_at(env, &env.state_dir(), id)
 }
 
 /// `ls --all --json`, parsed.
@@ -109,7 +93,7 @@ fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
 /// Waits until the job's status satisfies `ok`; returns that status.
 fn wait_status(env: &TestEnv, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     wait_for(LONG_DEADLINE, what, || {
-        let status = status(env, id);
+        let status = env.status_json(id);
         if ok(&status) { Ok(status) } else { Err(status) }
     })
 }
@@ -194,7 +178,7 @@ run = 'echo c >> "$MARKER"'
 #[test]
 fn happy_path_submit_wait_status_ls_logs() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let file = job(&env, "happy", "", THREE_TASKS);
 
     let mut waiter = spawn_cli(&env, &["submit", file.to_str().expect("UTF-8"), "--wait"]);
@@ -209,7 +193,7 @@ fn happy_path_submit_wait_status_ls_logs() {
         "first line {id:?} is not a job id"
     );
 
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert_eq!(job_state(&st), "success", "{st:#}");
     assert_eq!(st["id"], Value::String(id.clone()));
     assert_eq!(st["name"], Value::String("happy".to_owned()));
@@ -270,7 +254,7 @@ fn error_exit_codes() {
         "the message should say how to start the daemon: {err:?}"
     );
 
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
 
     // Unknown job: 6.
     let (code, out, err) = cli(&env, &["status", "deadbeef", "--json"]);
@@ -297,7 +281,7 @@ fn error_exit_codes() {
     assert!(all.is_empty(), "an invalid file was stored: {all:#?}");
 
     // Revert of a successful job: 8.
-    let id = submit(&env, &good);
+    let id = env.submit(&good);
     wait_status(&env, &id, "the good job to succeed", |s| {
         job_state(s) == "success"
     });
@@ -310,13 +294,13 @@ fn error_exit_codes() {
     assert_eq!(code, 8, "resume of a successful job");
     // Nothing was reverted.
     assert_eq!(env.lines("m-good"), ["a", "b", "c"]);
-    assert_eq!(job_state(&status(&env, &id)), "success");
+    assert_eq!(job_state(&env.status_json(&id)), "success");
 }
 
 #[test]
 fn two_hundred_concurrent_submits_all_succeed() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &["--max-jobs", "8"]);
+    let _daemon = env.start_daemon(&["--max-jobs", "8"]);
     let file = job(
         &env,
         "trivial",
@@ -326,7 +310,7 @@ fn two_hundred_concurrent_submits_all_succeed() {
 
     let ids: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| (0..50).map(|_| submit(&env, &file)).collect::<Vec<_>>()))
+            .map(|_| scope.spawn(|| (0..50).map(|_| env.submit(&file)).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()
@@ -368,7 +352,7 @@ fn two_hundred_concurrent_submits_all_succeed() {
 #[test]
 fn cancel_running_and_cancel_or_kill_queued() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &["--max-jobs", "1"]);
+    let _daemon = env.start_daemon(&["--max-jobs", "1"]);
     let blocking = r#"
 [[task]]
 name = "first"
@@ -381,19 +365,19 @@ run = 'echo long >> "$MARKER"; exec sleep 60'
 revert = 'echo undo-long >> "$MARKER"'
 "#;
     let running = job(&env, "running", "", blocking);
-    let id = submit(&env, &running);
+    let id = env.submit(&running);
     wait_task_running(&env, &id, "long");
 
     // Two more jobs wait behind it (max-jobs 1).
-    let q1 = submit(&env, &job(&env, "queued1", "", THREE_TASKS));
-    let q2 = submit(&env, &job(&env, "queued2", "", THREE_TASKS));
+    let q1 = env.submit(&job(&env, "queued1", "", THREE_TASKS));
+    let q2 = env.submit(&job(&env, "queued2", "", THREE_TASKS));
     for q in [&q1, &q2] {
-        assert_eq!(job_state(&status(&env, q)), "pending");
+        assert_eq!(job_state(&env.status_json(q)), "pending");
     }
 
     let mut cancel = spawn_cli(&env, &["cancel", &q1, "--wait"]);
     assert_eq!(cancel.wait_exit(LONG_DEADLINE), 3, "{}", cancel.report());
-    let st = status(&env, &q1);
+    let st = env.status_json(&q1);
     assert_eq!(job_state(&st), "cancelled", "{st:#}");
     assert!(
         task_field(&st, "state").iter().all(|(_, s)| s == "pending"),
@@ -402,7 +386,7 @@ revert = 'echo undo-long >> "$MARKER"'
 
     let mut kill = spawn_cli(&env, &["kill", &q2, "--wait"]);
     assert_eq!(kill.wait_exit(LONG_DEADLINE), 4, "{}", kill.report());
-    let st = status(&env, &q2);
+    let st = env.status_json(&q2);
     assert_eq!(job_state(&st), "killed", "{st:#}");
     assert!(
         task_field(&st, "revert_pending")
@@ -412,10 +396,10 @@ revert = 'echo undo-long >> "$MARKER"'
     );
 
     // The running job is still running; cancel it: interrupted, reverted, cancelled.
-    assert_eq!(job_state(&status(&env, &id)), "running");
+    assert_eq!(job_state(&env.status_json(&id)), "running");
     let mut cancel = spawn_cli(&env, &["cancel", &id, "--wait"]);
     assert_eq!(cancel.wait_exit(LONG_DEADLINE), 3, "{}", cancel.report());
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert_eq!(job_state(&st), "cancelled", "{st:#}");
     assert_eq!(
         task_field(&st, "state"),
@@ -433,15 +417,15 @@ revert = 'echo undo-long >> "$MARKER"'
 #[test]
 fn kill_then_revert_and_kill_then_resume() {
     let env = TestEnv::new();
-    let daemon = start_daemon(&env, &[]);
+    let daemon = env.start_daemon(&[]);
 
     // Kill: pending reverts, the WARN line; then revert runs them.
     let file = job(&env, "killed", "", &blocking_tasks("never"));
-    let id = submit(&env, &file);
+    let id = env.submit(&file);
     wait_task_running(&env, &id, "b");
     let mut kill = spawn_cli(&env, &["kill", &id, "--wait"]);
     assert_eq!(kill.wait_exit(LONG_DEADLINE), 4, "{}", kill.report());
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert_eq!(job_state(&st), "killed", "{st:#}");
     assert_eq!(
         task_field(&st, "revert_pending"),
@@ -463,7 +447,7 @@ fn kill_then_revert_and_kill_then_resume() {
 
     let mut revert = spawn_cli(&env, &["revert", &id, "--wait"]);
     let code = revert.wait_exit(LONG_DEADLINE);
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert_eq!(
         task_field(&st, "state"),
         pairs(&[("a", "reverted"), ("b", "reverted"), ("c", "pending")]),
@@ -483,14 +467,14 @@ fn kill_then_revert_and_kill_then_resume() {
 
     // Kill another, then resume it: a (succeeded) is not run again, b is.
     let file = job(&env, "resumed", "", &blocking_tasks("go-resumed"));
-    let id = submit(&env, &file);
+    let id = env.submit(&file);
     wait_task_running(&env, &id, "b");
     let mut kill = spawn_cli(&env, &["kill", &id, "--wait"]);
     assert_eq!(kill.wait_exit(LONG_DEADLINE), 4, "{}", kill.report());
     env.write("go-resumed", "");
     let mut resume = spawn_cli(&env, &["resume", &id, "--wait"]);
     assert_eq!(resume.wait_exit(LONG_DEADLINE), 0, "{}", resume.report());
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert_eq!(job_state(&st), "success", "{st:#}");
     assert_eq!(
         task_field(&st, "state"),
@@ -505,12 +489,12 @@ fn kill_then_revert_and_kill_then_resume() {
 #[test]
 fn daemon_sigkill_and_restart_reattaches_running_jobs() {
     let env = TestEnv::new();
-    let mut daemon = start_daemon(&env, &[]);
+    let mut daemon = env.start_daemon(&[]);
     let tasks = blocking_tasks("go");
     let ids: Vec<(String, String)> = (0..5)
         .map(|i| {
             let name = format!("j{i}");
-            let id = submit(&env, &job(&env, &name, "", &tasks));
+            let id = env.submit(&job(&env, &name, "", &tasks));
             (name, id)
         })
         .collect();
@@ -525,9 +509,9 @@ fn daemon_sigkill_and_restart_reattaches_running_jobs() {
         "no task process survived the daemon's SIGKILL"
     );
 
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     for (_, id) in &ids {
-        let st = status(&env, id);
+        let st = env.status_json(id);
         assert!(
             !TERMINAL.contains(&job_state(&st).as_str()),
             "job {id} ended after the restart, before the go file: {st:#}"
@@ -555,9 +539,9 @@ fn daemon_sigkill_and_restart_reattaches_running_jobs() {
 #[test]
 fn conductor_killed_while_daemon_down_is_crashed_after_restart() {
     let env = TestEnv::new();
-    let mut daemon = start_daemon(&env, &[]);
+    let mut daemon = env.start_daemon(&[]);
     let file = job(&env, "crash", "", &blocking_tasks("never"));
-    let id = submit(&env, &file);
+    let id = env.submit(&file);
     let st = wait_task_running(&env, &id, "b");
     let pid = st["conductor_pid"]
         .as_i64()
@@ -571,7 +555,7 @@ fn conductor_killed_while_daemon_down_is_crashed_after_restart() {
         if is_alive(pid) { Err(pid) } else { Ok(()) }
     });
 
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let st = wait_status(&env, &id, "the job to be crashed", |s| {
         TERMINAL.contains(&job_state(s).as_str())
     });
@@ -591,7 +575,7 @@ fn conductor_killed_while_daemon_down_is_crashed_after_restart() {
     // Then the pending reverts can run.
     let mut revert = spawn_cli(&env, &["revert", &id, "--wait"]);
     revert.wait_exit(LONG_DEADLINE);
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert_eq!(
         task_field(&st, "revert_pending"),
         pairs(&[("a", "false"), ("b", "false"), ("c", "false")]),
@@ -607,7 +591,7 @@ fn conductor_killed_while_daemon_down_is_crashed_after_restart() {
 #[test]
 fn garbage_on_the_control_socket_is_harmless() {
     let env = TestEnv::new();
-    let mut daemon = start_daemon(&env, &[]);
+    let mut daemon = env.start_daemon(&[]);
     let sock = env.state_dir().join("control.sock");
     let connect = || UnixStream::connect(&sock).expect("the control socket accepts");
 
@@ -668,9 +652,9 @@ fn garbage_on_the_control_socket_is_harmless() {
 #[test]
 fn shutdown_leaves_conductors_and_a_new_daemon_reattaches() {
     let env = TestEnv::new();
-    let mut daemon = start_daemon(&env, &[]);
+    let mut daemon = env.start_daemon(&[]);
     let file = job(&env, "survivor", "", &blocking_tasks("go"));
-    let id = submit(&env, &file);
+    let id = env.submit(&file);
     let st = wait_task_running(&env, &id, "b");
     let pid = st["conductor_pid"]
         .as_i64()
@@ -693,7 +677,7 @@ fn shutdown_leaves_conductors_and_a_new_daemon_reattaches() {
     let (code, _, _) = cli(&env, &["ls"]);
     assert_eq!(code, 7, "ls with the daemon shut down");
 
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     env.write("go", "");
     let st = wait_status(&env, &id, "the job to end", |s| {
         TERMINAL.contains(&job_state(s).as_str())
@@ -708,7 +692,7 @@ fn shutdown_leaves_conductors_and_a_new_daemon_reattaches() {
 #[test]
 fn events_stream_every_transition_in_order() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let events = spawn_cli(&env, &["events", "--json"]);
     // The stream has no ready signal: submit probes until one shows up in it.
     let probe = job(
@@ -722,14 +706,14 @@ fn events_stream_every_transition_in_order() {
         if out.lines().any(|l| l.contains("\"state\":\"success\"")) {
             Ok(())
         } else {
-            let id = submit(&env, &probe);
+            let id = env.submit(&probe);
             wait_status(&env, &id, "the probe to end", |s| job_state(s) == "success");
             Err(out)
         }
     });
 
     let file = job(&env, "watched", "", THREE_TASKS);
-    let id = submit(&env, &file);
+    let id = env.submit(&file);
     let expected = [
         ("null", "pending"),
         ("null", "running"),
@@ -789,7 +773,7 @@ fn a_client_of_another_uid_is_refused_and_logged() {
         return;
     };
     let env = TestEnv::new();
-    let daemon = start_daemon(&env, &[]);
+    let daemon = env.start_daemon(&[]);
     let dir = state_dir(&env);
     let as_nobody = || {
         std::process::Command::new(setpriv)

@@ -17,8 +17,7 @@
 use std::path::{Path, PathBuf};
 use tests::{
     DEADLINE, GONE_DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, cli_at, live_processes,
-    send_signal, sigkill_run, skip_unless_ci, status_json_at, submit_at, wait_daemon_ready,
-    wait_for,
+    send_signal, sigkill_run, skip_unless_ci, submit_at, wait_daemon_ready, wait_for,
 };
 
 /// One server: its binary, the shell command that starts it daemonized, its pid file.
@@ -157,10 +156,6 @@ fn cli(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
     cli_at(env, &env.state_dir(), args, LONG_DEADLINE)
 }
 
-fn status(env: &TestEnv, id: &str) -> serde_json::Value {
-    status_json_at(env, &env.state_dir(), id)
-}
-
 /// Waits until the server's pid file names a live process: it has daemonized.
 fn wait_server_up(env: &TestEnv, server: &Server) -> i32 {
     let pid_file = server.pid_file(env.dir());
@@ -201,7 +196,7 @@ fn job_file(env: &TestEnv, server: &Server, end: End) -> PathBuf {
 fn end_job(env: &TestEnv, id: &str, end: End, mode: Mode, supervisor: &mut Run) -> &'static str {
     if !matches!(end, End::Normal) {
         wait_for(DEADLINE, "the hold task to run", || {
-            let s = status(env, id);
+            let s = env.status_json(id);
             if s["tasks"][1]["state"] == "running" {
                 Ok(())
             } else {
@@ -224,7 +219,7 @@ fn end_job(env: &TestEnv, id: &str, end: End, mode: Mode, supervisor: &mut Run) 
             "killed"
         }
         End::ConductorSigkill => {
-            let conductor = status(env, id)["conductor_pid"]
+            let conductor = env.status_json(id)["conductor_pid"]
                 .as_i64()
                 .and_then(|p| i32::try_from(p).ok())
                 .expect("a conductor pid");
@@ -266,7 +261,7 @@ fn scenario(server: &Server, mode: Mode, end: End) {
     };
     let expected = end_job(&env, &id, end, mode, &mut supervisor);
     wait_for(LONG_DEADLINE, &format!("job {id} {expected}"), || {
-        let s = status(&env, &id);
+        let s = env.status_json(&id);
         if s["state"] == expected {
             Ok(())
         } else {

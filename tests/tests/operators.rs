@@ -6,25 +6,10 @@
 
 use serde_json::Value;
 use std::path::Path;
-use tests::{
-    DEADLINE, LONG_DEADLINE, Run, TestEnv, cli_at, start_daemon_at, status_json_at, submit_at,
-    wait_for,
-};
+use tests::{DEADLINE, LONG_DEADLINE, Run, TestEnv, cli_at, wait_for};
 
 fn cli(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
     cli_at(env, &env.state_dir(), args, LONG_DEADLINE)
-}
-
-fn start_daemon(env: &TestEnv, extra: &[&str]) -> Run {
-    start_daemon_at(env, &env.state_dir(), extra)
-}
-
-fn submit(env: &TestEnv, file: &Path) -> String {
-    submit_at(env, &env.state_dir(), file)
-}
-
-fn status(env: &TestEnv, id: &str) -> Value {
-    status_json_at(env, &env.state_dir(), id)
 }
 
 fn spawn_cli(env: &TestEnv, args: &[&str]) -> Run {
@@ -38,7 +23,7 @@ fn spawn_cli(env: &TestEnv, args: &[&str]) -> Run {
 fn wait_started(env: &TestEnv, id: &str, marker: &str) {
     wait_for(DEADLINE, "the task to start", || {
         if env.read(marker).is_empty() {
-            Err(status(env, id))
+            Err(env.status_json(id))
         } else {
             Ok(())
         }
@@ -73,9 +58,9 @@ fn my_uid() -> u64 {
 #[test]
 fn a_cancel_records_who_asked_and_why() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let events = spawn_cli(&env, &["events", "--json"]);
-    let id = submit(&env, &sleeper(&env, "c", "", false));
+    let id = env.submit(&sleeper(&env, "c", "", false));
     wait_started(&env, &id, "started-c");
 
     let (code, out, err) = cli(
@@ -83,7 +68,7 @@ fn a_cancel_records_who_asked_and_why() {
         &["cancel", &id, "--reason", "rollout aborted", "--wait"],
     );
     assert_eq!(code, 3, "cancel --wait: {out} {err}");
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     let order = &st["last_order"];
     assert_eq!(order["action"], "cancel", "{st:#}");
     assert_eq!(order["uid"].as_u64(), Some(my_uid()), "{st:#}");
@@ -119,9 +104,9 @@ fn a_cancel_records_who_asked_and_why() {
 #[test]
 fn revert_skipped_names_who_caused_the_kill() {
     let env = TestEnv::new();
-    let daemon = start_daemon(&env, &[]);
+    let daemon = env.start_daemon(&[]);
 
-    let id = submit(&env, &sleeper(&env, "k", "", false));
+    let id = env.submit(&sleeper(&env, "k", "", false));
     wait_started(&env, &id, "started-k");
     let (code, out, err) = cli(&env, &["kill", &id, "--reason", "stuck", "--wait"]);
     assert_eq!(code, 4, "kill --wait: {out} {err}");
@@ -140,14 +125,14 @@ fn revert_skipped_names_who_caused_the_kill() {
         line.contains(&format!("by=\"uid {} (pid", my_uid())),
         "WARN line: {line}"
     );
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert_eq!(st["last_order"]["action"], "kill", "{st:#}");
     assert_eq!(st["last_order"]["reason"], "stuck", "{st:#}");
 
     // The revert hangs, the cancel's timer kills the job: the timer is the cause, the operator
     // who cancelled is named.
     let top = "term_grace = \"100ms\"\n";
-    let id = submit(&env, &sleeper(&env, "t", top, true));
+    let id = env.submit(&sleeper(&env, "t", top, true));
     wait_started(&env, &id, "started-t");
     let (code, out, err) = cli(
         &env,
@@ -271,14 +256,14 @@ fn pause_and_continue(mode: Mode, test: &str) {
     };
     let events = spawn_cli(&env, &["events", "--json"]);
     let top = "timeout = \"3s\"\nheartbeat_timeout = \"1s\"\nkill_unresponsive = true\n";
-    let id = submit(&env, &ticker(&env, "p", top));
+    let id = env.submit(&ticker(&env, "p", top));
     wait_ticking(&env, "p", 0);
 
     let (code, out, err) = cli(&env, &["pause", &id, "--reason", "look at it"]);
     assert_eq!(code, 0, "pause: {out} {err}");
     let paused_at = event_at(&events, &id, "paused");
     let frozen = ticks(&env, "p");
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert!(st["paused_since_ms"].is_i64(), "{st:#}");
     assert_eq!(st["last_order"]["action"], "pause", "{st:#}");
     let (_, ls, _) = cli(&env, &["ls"]);
@@ -289,39 +274,39 @@ fn pause_and_continue(mode: Mode, test: &str) {
     // Longer than the job timeout and three heartbeat timeouts: nothing may happen.
     std::thread::sleep(std::time::Duration::from_millis(3500));
     assert_eq!(ticks(&env, "p"), frozen, "the task ticked while paused");
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert_eq!(st["state"], "running", "{st:#}");
     assert!(st["unresponsive_since_ms"].is_null(), "{st:#}");
 
     let (code, out, err) = cli(&env, &["continue", &id]);
     assert_eq!(code, 0, "continue: {out} {err}");
     let continued_at = event_at(&events, &id, "continued");
-    assert!(status(&env, &id)["paused_since_ms"].is_null());
+    assert!(env.status_json(&id)["paused_since_ms"].is_null());
     wait_ticking(&env, "p", frozen);
     // The job timeout resumes where it stopped: what was left of its 3 s when it was paused.
     let cancelling_at = event_at(&events, &id, "cancelling");
-    let ran_before = paused_at - status(&env, &id)["started_ms"].as_i64().unwrap_or(0);
+    let ran_before = paused_at - env.status_json(&id)["started_ms"].as_i64().unwrap_or(0);
     assert!(
         cancelling_at - continued_at >= 3000 - ran_before - 300,
         "the timeout counted the pause: ran {ran_before} ms, paused at {paused_at}, continued at {continued_at}, cancelled at {cancelling_at}"
     );
 
     // Cancel of a paused job: thawed, then the ladder (the revert runs).
-    let id = submit(&env, &ticker(&env, "c", ""));
+    let id = env.submit(&ticker(&env, "c", ""));
     wait_ticking(&env, "c", 0);
     assert_eq!(cli(&env, &["pause", &id]).0, 0);
     let (code, out, err) = cli(&env, &["cancel", &id, "--wait"]);
     assert_eq!(code, 3, "cancel of a paused job: {out} {err}");
     assert_eq!(env.read("undo-c").trim(), "undone");
-    assert!(status(&env, &id)["paused_since_ms"].is_null());
+    assert!(env.status_json(&id)["paused_since_ms"].is_null());
 
     // Kill of a paused job: nothing is left.
-    let id = submit(&env, &ticker(&env, "k", ""));
+    let id = env.submit(&ticker(&env, "k", ""));
     wait_ticking(&env, "k", 0);
     assert_eq!(cli(&env, &["pause", &id]).0, 0);
     let (code, out, err) = cli(&env, &["kill", &id, "--wait"]);
     assert_eq!(code, 4, "kill of a paused job: {out} {err}");
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert!(st["paused_since_ms"].is_null(), "{st:#}");
     wait_for(DEADLINE, "no process of the killed job left", || {
         let left = env.marked_processes();
@@ -347,7 +332,7 @@ fn pause_and_continue_in_cgroup_mode() {
 #[test]
 fn a_failed_revert_is_retried_before_the_job_gives_up() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let events = spawn_cli(&env, &["events", "--json"]);
     // The revert fails until its third attempt (it counts them in a file).
     let flaky = |name: &str, succeed_at: u32| {
@@ -361,10 +346,10 @@ fn a_failed_revert_is_retried_before_the_job_gives_up() {
         )
     };
 
-    let id = submit(&env, &flaky("third", 3));
+    let id = env.submit(&flaky("third", 3));
     let (code, out, err) = cli(&env, &["wait", &id]);
     assert_eq!(code, 1, "the task failed and every revert ran: {out} {err}");
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert_eq!(st["state"], "reverted", "{st:#}");
     assert_eq!(env.read("n-third").trim(), "3");
     let reverting = wait_for(DEADLINE, "three revert attempts in the events", || {
@@ -378,10 +363,10 @@ fn a_failed_revert_is_retried_before_the_job_gives_up() {
     });
     assert_eq!(reverting, 3);
 
-    let id = submit(&env, &flaky("never", 99));
+    let id = env.submit(&flaky("never", 99));
     let (code, out, err) = cli(&env, &["wait", &id]);
     assert_eq!(code, 5, "a revert failed for good: {out} {err}");
-    assert_eq!(status(&env, &id)["state"], "revert_failed");
+    assert_eq!(env.status_json(&id)["state"], "revert_failed");
     assert_eq!(
         env.read("n-never").trim(),
         "3",
@@ -402,15 +387,12 @@ fn hooks_run_once_at_the_end_with_the_status() {
     );
     let daemon_skipped =
         format!("echo \"$JOB_ID $JOB_STATE $JOB_REASON\" >> \"{dir}/daemon-skipped\"");
-    let _daemon = start_daemon(
-        &env,
-        &[
-            "--hook-end",
-            &daemon_end,
-            "--hook-revert-skipped",
-            &daemon_skipped,
-        ],
-    );
+    let _daemon = env.start_daemon(&[
+        "--hook-end",
+        &daemon_end,
+        "--hook-revert-skipped",
+        &daemon_skipped,
+    ]);
 
     // A job with its own hooks: one that records, one that hangs for 20 s (and must delay nothing).
     let hooks = format!(
@@ -421,7 +403,7 @@ fn hooks_run_once_at_the_end_with_the_status() {
         &format!("name = \"ok\"\n{hooks}"),
         "[[task]]\nname = \"a\"\nrun = \"true\"\n",
     );
-    let id = submit(&env, &ok);
+    let id = env.submit(&ok);
     let (code, out, err) = cli(&env, &["wait", &id]);
     assert_eq!(code, 0, "{out} {err}");
     let json = wait_for(DEADLINE, "the daemon's end hook", || {
@@ -441,7 +423,7 @@ fn hooks_run_once_at_the_end_with_the_status() {
 
     // A killed job: the revert_skipped hooks run too, with the state and the reason.
     let killed = sleeper(&env, "k", &hooks, false);
-    let id2 = submit(&env, &killed);
+    let id2 = env.submit(&killed);
     wait_started(&env, &id2, "started-k");
     let (code, _, _) = cli(&env, &["kill", &id2, "--wait"]);
     assert_eq!(code, 4);
@@ -520,7 +502,7 @@ fn metrics_are_served_and_move() {
         refused.report()
     );
 
-    let daemon = start_daemon(&env, &["--metrics", "127.0.0.1:0"]);
+    let daemon = env.start_daemon(&["--metrics", "127.0.0.1:0"]);
     let addr = wait_for(DEADLINE, "the metrics address in the daemon's log", || {
         let err = daemon.stderr_plain();
         err.lines()
@@ -544,9 +526,9 @@ fn metrics_are_served_and_move() {
         "name = \"ok\"",
         "[[task]]\nname = \"a\"\nrun = \"true\"\n",
     );
-    let id = submit(&env, &ok);
+    let id = env.submit(&ok);
     assert_eq!(cli(&env, &["wait", &id]).0, 0);
-    let id = submit(&env, &sleeper(&env, "k", "", false));
+    let id = env.submit(&sleeper(&env, "k", "", false));
     wait_started(&env, &id, "started-k");
     let (_, during) = http_get(&addr, "/metrics");
     assert_eq!(
@@ -587,14 +569,14 @@ fn metrics_are_served_and_move() {
 #[test]
 fn the_deploy_example_runs_twice_in_paths_of_its_own() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let file = tests::examples_dir().join("deploy.toml");
     let mut dirs = Vec::new();
     for _ in 0..2 {
-        let id = submit(&env, &file);
+        let id = env.submit(&file);
         let (code, out, err) = cli(&env, &["wait", &id]);
         assert_eq!(code, 0, "the deploy example: {out} {err}");
-        let st = status(&env, &id);
+        let st = env.status_json(&id);
         let prepared = st["tasks"][0]["result"]
             .as_str()
             .unwrap_or_default()
@@ -617,21 +599,21 @@ fn the_deploy_example_runs_twice_in_paths_of_its_own() {
 #[test]
 fn everyday_commands() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let quick = |name: &str| {
         let file = env.job(
             &format!("{name}.toml"),
             &format!("name = \"{name}\""),
             "[[task]]\nname = \"a\"\nrun = \"true\"\n",
         );
-        let id = submit(&env, &file);
+        let id = env.submit(&file);
         assert_eq!(cli(&env, &["wait", &id]).0, 0);
         id
     };
     let web1 = quick("deploy-web");
     let db = quick("deploy-db");
     let web2 = quick("deploy-web");
-    let killed = submit(&env, &sleeper(&env, "k", "", false));
+    let killed = env.submit(&sleeper(&env, "k", "", false));
     wait_started(&env, &killed, "started-k");
     assert_eq!(cli(&env, &["kill", &killed, "--wait"]).0, 4);
 
@@ -673,7 +655,7 @@ fn everyday_commands() {
 
     let (code, out, err) = cli(&env, &["revert", &killed, "--wait"]);
     assert_eq!(code, 0, "revert --wait of a killed job: {out} {err}");
-    assert_eq!(status(&env, &killed)["state"], "reverted");
+    assert_eq!(env.status_json(&killed)["state"], "reverted");
 }
 
 /// Issue 13: `run` draws a progress line (task i of n, elapsed) on a terminal, and only there:
@@ -750,13 +732,13 @@ fn run_draws_a_progress_line_only_on_a_terminal() {
 #[test]
 fn logs_since_leaves_out_older_lines() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let file = env.job(
         "l.toml",
         "name = \"l\"",
         "[[task]]\nname = \"a\"\nrun = \"echo early; while [ ! -e \\\"$SVT_DIR/go\\\" ]; do sleep 0.02; done; echo late\"\n",
     );
-    let id = submit(&env, &file);
+    let id = env.submit(&file);
     wait_for(DEADLINE, "the early line", || {
         let (_, out, _) = cli(&env, &["logs", &id]);
         if out.contains("early") {
@@ -801,7 +783,7 @@ fn a_paused_job_stays_paused_across_a_daemon_restart() {
         return;
     };
     let top = "heartbeat_timeout = \"1s\"\nkill_unresponsive = true\n";
-    let id = submit(&env, &ticker(&env, "r", top));
+    let id = env.submit(&ticker(&env, "r", top));
     wait_ticking(&env, "r", 0);
     assert_eq!(cli(&env, &["pause", &id]).0, 0);
     let frozen = ticks(&env, "r");
@@ -811,7 +793,7 @@ fn a_paused_job_stays_paused_across_a_daemon_restart() {
     };
     // Past the heartbeat timeout under the new daemon: still paused, still running.
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    let st = status(&env, &id);
+    let st = env.status_json(&id);
     assert!(st["paused_since_ms"].is_i64(), "{st:#}");
     assert!(st["unresponsive_since_ms"].is_null(), "{st:#}");
     assert_eq!(st["state"], "running", "{st:#}");

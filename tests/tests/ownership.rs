@@ -15,8 +15,7 @@ use std::sync::{Barrier, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 use tests::{
     DEADLINE, GONE_DEADLINE, LONG_DEADLINE, MARK_VAR, Proc, Run, TestEnv, cli_at, is_alive,
-    is_terminal, live_processes, ls_all_json_at, send_signal, start_daemon_at, status_json_at,
-    submit_at, wait_for,
+    is_terminal, live_processes, ls_all_json_at, send_signal, wait_for,
 };
 
 /// The handshake timeout of a (re)connecting supervisor (`supervisor::session`): the scenario of
@@ -38,18 +37,6 @@ fn spawn_cli(env: &TestEnv, args: &[&str]) -> Run {
     let mut full = args.to_vec();
     full.extend_from_slice(&["--state-dir", path_str(&state_dir)]);
     env.spawn(&full)
-}
-
-fn start_daemon(env: &TestEnv, extra: &[&str]) -> Run {
-    start_daemon_at(env, &env.state_dir(), extra)
-}
-
-fn submit(env: &TestEnv, file: &Path) -> String {
-    submit_at(env, &env.state_dir(), file)
-}
-
-fn status(env: &TestEnv, id: &str) -> Value {
-    status_json_at(env, &env.state_dir(), id)
 }
 
 fn job_state(status: &Value) -> String {
@@ -80,7 +67,7 @@ fn wait_status(
     ok: impl Fn(&Value) -> bool,
 ) -> Value {
     wait_for(deadline, what, || {
-        let status = status(env, id);
+        let status = env.status_json(id);
         if ok(&status) { Ok(status) } else { Err(status) }
     })
 }
@@ -146,7 +133,7 @@ fn wait_for_go(go: &str) -> String {
 #[test]
 fn oversized_plan_is_refused_before_anything_is_stored() {
     let env = TestEnv::new();
-    let daemon = start_daemon(&env, &[]);
+    let daemon = env.start_daemon(&[]);
     let filler = "x".repeat(5 * 1024 * 1024);
     let file = job(
         &env,
@@ -280,8 +267,8 @@ fn fire_orders(env: &TestEnv, id: &str) -> Vec<(&'static str, i32, String)> {
 #[test]
 fn concurrent_revert_resume_kill_run_one_conductor() {
     let env = TestEnv::new();
-    let daemon = start_daemon(&env, &[]);
-    let id = submit(&env, &job(&env, "orders", "", &recorded_tasks()));
+    let daemon = env.start_daemon(&[]);
+    let id = env.submit(&job(&env, "orders", "", &recorded_tasks()));
     let running = wait_status(&env, &id, DEADLINE, "task c running", |s| {
         task(s, "c")["state"] == "running"
     });
@@ -298,14 +285,14 @@ fn concurrent_revert_resume_kill_run_one_conductor() {
 
     let mut kill = spawn_cli(&env, &["kill", &id, "--wait"]);
     assert_eq!(kill.wait_exit(LONG_DEADLINE), 4, "{}", kill.report());
-    let killed = status(&env, &id);
+    let killed = env.status_json(&id);
     assert_eq!(job_state(&killed), "killed", "{killed:#}");
     // A resume must be able to finish: c's loop ends at once from now on.
     env.write("go", "");
 
     let orders = fire_orders(&env, &id);
     let end = wait_for(LONG_DEADLINE, "the job terminal with no conductor", || {
-        let st = status(&env, &id);
+        let st = env.status_json(&id);
         let left = leftovers(&env, &[daemon.pid()]);
         if is_terminal(&job_state(&st)) && left.is_empty() {
             Ok(st)
@@ -315,7 +302,7 @@ fn concurrent_revert_resume_kill_run_one_conductor() {
     });
     let final_state = job_state(&end);
     assert_eq!(
-        job_state(&status(&env, &id)),
+        job_state(&env.status_json(&id)),
         final_state,
         "the job left its terminal state with no conductor running"
     );
@@ -437,7 +424,7 @@ fn submit_and_kill(env: &TestEnv, file: &Path) -> (Vec<String>, Vec<(String, i32
                 scope.spawn(move || {
                     let mut mine = Vec::new();
                     for _ in 0..QUEUED_JOBS / 2 {
-                        let id = submit(env, file);
+                        let id = env.submit(file);
                         let _ = to_killers.send(id.clone());
                         mine.push(id);
                     }
@@ -482,7 +469,7 @@ fn submit_and_kill(env: &TestEnv, file: &Path) -> (Vec<String>, Vec<(String, i32
 #[test]
 fn kill_racing_the_scheduler_on_200_queued_jobs() {
     let env = TestEnv::new();
-    let daemon = start_daemon(&env, &["--max-jobs", "2"]);
+    let daemon = env.start_daemon(&["--max-jobs", "2"]);
     let file = job(
         &env,
         "queued",
@@ -572,12 +559,12 @@ fn kill_racing_the_scheduler_on_200_queued_jobs() {
 #[test]
 fn conductor_stopped_across_a_daemon_restart_then_succeeds() {
     let env = TestEnv::new();
-    let mut daemon = start_daemon(&env, &[]);
+    let mut daemon = env.start_daemon(&[]);
     let tasks = format!(
         "[[task]]\nname = \"first\"\nrun = '{}'\n\n[[task]]\nname = \"second\"\nrun = 'true'\n",
         wait_for_go("go")
     );
-    let id = submit(&env, &job(&env, "stopped", "", &tasks));
+    let id = env.submit(&job(&env, "stopped", "", &tasks));
     let st = wait_status(&env, &id, DEADLINE, "task first running", |s| {
         task(s, "first")["state"] == "running"
     });
@@ -598,7 +585,7 @@ fn conductor_stopped_across_a_daemon_restart_then_succeeds() {
     assert!(is_alive(conductor), "shutdown killed the conductor");
 
     let restarted = Instant::now();
-    let daemon = start_daemon(&env, &[]);
+    let daemon = env.start_daemon(&[]);
     // The scenario: the new daemon's first connect must fail (handshake timeout). Ends when the
     // daemon logs it, else after twice the handshake timeout.
     wait_for(DEADLINE, "the new daemon's first connect to fail", || {
@@ -665,8 +652,8 @@ fn hanging_revert_ends(name: &str, top: &str, a_extra: &str) {
     });
     env.assert_no_job_process_left();
 
-    let _daemon = start_daemon(&env, &[]);
-    let st = status(&env, &id);
+    let _daemon = env.start_daemon(&[]);
+    let st = env.status_json(&id);
     assert!(is_terminal(&job_state(&st)), "{name}: {st:#}");
     assert_eq!(
         task(&st, "a")["revert_pending"],
@@ -704,7 +691,7 @@ fn hanging_revert_without_revert_timeout_ends_at_cancel_timeout() {
 #[test]
 fn run_and_daemon_write_one_store_at_once() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let file = job(&env, "pair", "", "[[task]]\nname = \"t\"\nrun = \"true\"\n");
     let state_dir = env.state_dir();
     let mut clients: Vec<(&str, Run)> = (0..40)
@@ -773,7 +760,7 @@ fn task_sees_only_descriptors_0_1_2() {
         run.report()
     );
 
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let mut waiter = spawn_cli(&env, &["submit", path_str(&file), "--wait"]);
     assert_eq!(waiter.wait_exit(LONG_DEADLINE), 0, "{}", waiter.report());
     let id = waiter

@@ -14,16 +14,12 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tests::{
-    DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, cli_at, is_alive, ls_all_json_at, sigkill_run,
-    skip_unless_ci, start_daemon_at, status_json_at, submit_at, wait_daemon_ready, wait_for,
+    DEADLINE, LONG_DEADLINE, MARK_VAR, TestEnv, cli_at, is_alive, ls_all_json_at, sigkill_run,
+    skip_unless_ci, status_json_at, submit_at, wait_daemon_ready, wait_for,
 };
 
 fn cli(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
     cli_at(env, &env.state_dir(), args, DEADLINE)
-}
-
-fn start_daemon(env: &TestEnv, extra: &[&str]) -> Run {
-    start_daemon_at(env, &env.state_dir(), extra)
 }
 
 /// A job file with the test marker in its environment (so that the test env finds and kills
@@ -68,7 +64,7 @@ fn path_str(path: &Path) -> &str {
 #[test]
 fn hole1_a_task_holding_the_job_socket_cannot_pass_for_its_conductor() {
     let env = TestEnv::new();
-    let mut daemon = start_daemon(&env, &[]);
+    let mut daemon = env.start_daemon(&[]);
     let mut bystander = {
         use std::os::unix::process::CommandExt;
         std::process::Command::new("sleep")
@@ -134,7 +130,7 @@ fn hole1_a_task_holding_the_job_socket_cannot_pass_for_its_conductor() {
 #[test]
 fn hole5_logs_stream_a_long_output_and_the_socket_goes_with_the_conductor() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let file = job(
         &env,
         "long",
@@ -165,7 +161,7 @@ fn hole5_logs_stream_a_long_output_and_the_socket_goes_with_the_conductor() {
 #[test]
 fn hole5_prune_deletes_finished_jobs_only() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let done = job(
         &env,
         "done",
@@ -250,12 +246,12 @@ fn hole5_prune_deletes_finished_jobs_only() {
 #[test]
 fn hole5_daemon_keep_prunes_finished_jobs_at_start() {
     let env = TestEnv::new();
-    let mut daemon = start_daemon(&env, &[]);
+    let mut daemon = env.start_daemon(&[]);
     let file = job(&env, "kept", "", "[[task]]\nname = \"a\"\nrun = \"true\"\n");
     let id = submit_at(&env, &env.state_dir(), &file);
     wait_state(&env, &id, "success");
     sigkill_run(&mut daemon);
-    let _daemon = start_daemon(&env, &["--keep", "0s"]);
+    let _daemon = env.start_daemon(&["--keep", "0s"]);
     wait_for(DEADLINE, "--keep to prune the finished job", || {
         let all = ls_all_json_at(&env, &env.state_dir());
         if all.is_empty() { Ok(()) } else { Err(all) }
@@ -397,7 +393,7 @@ fn hole7_a_daemon_alone_in_its_cgroup_moves_into_a_leaf_and_jobs_go_beside_it() 
 #[test]
 fn hole1_a_task_sees_only_descriptors_0_1_2() {
     let env = TestEnv::new();
-    let _daemon = start_daemon(&env, &[]);
+    let _daemon = env.start_daemon(&[]);
     let file = job(
         &env,
         "fds",
