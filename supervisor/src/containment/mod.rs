@@ -204,10 +204,16 @@ fn job_cgroup_name(id: &JobId) -> String {
     format!("job-{}", crate::state_dir::path_component(id))
 }
 
-/// The cgroup v2 mount point, from `/proc/self/mountinfo`.
+/// The cgroup v2 mount point, from `/proc/self/mountinfo`, read once: every `TaskSpawned`
+/// of a job in cgroup mode asks for it.
 pub(crate) fn unified_mount() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    shared::cgroup::unified_mount(&mountinfo).map(PathBuf::from)
+    static MOUNT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    MOUNT
+        .get_or_init(|| {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            shared::cgroup::unified_mount(&mountinfo).map(PathBuf::from)
+        })
+        .clone()
 }
 
 /// This process's cgroup v2 path.

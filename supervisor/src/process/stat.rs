@@ -86,9 +86,13 @@ pub fn own_id() -> Option<ConductorId> {
 /// names a conductor names the `supervisor run` or daemon that owns a job.
 #[must_use]
 pub fn own_supervisor_id() -> crate::store::SupervisorId {
-    let pid = std::process::id();
-    let start_time = own_id().map_or(0, |id| id.start_time);
-    crate::store::SupervisorId { pid, start_time }
+    // Read once: it never changes, and every launch records it.
+    static OWN: std::sync::OnceLock<crate::store::SupervisorId> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| {
+        let pid = std::process::id();
+        let start_time = own_id().map_or(0, |id| id.start_time);
+        crate::store::SupervisorId { pid, start_time }
+    })
 }
 
 #[cfg(test)]
