@@ -231,7 +231,7 @@ impl Actor {
             return Ok(Some(Next::Attach(Box::new(row), order)));
         }
         if row.state.is_live() {
-            super::supervise::record_crash(&self.jobs, &row).await;
+            super::end::record_crash(&self.jobs, &row).await;
             if order.is_some() {
                 return Err(OrderError::WrongState(format!(
                     "job {} was found dead and is now crashed",

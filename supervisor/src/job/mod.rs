@@ -21,6 +21,7 @@
 //!   [`Jobs::ask`], so none is lost and no two actors ever own one job.
 
 mod actor;
+mod end;
 mod hooks;
 mod ladder;
 mod launch;
