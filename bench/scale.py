@@ -13,6 +13,7 @@ Quick mode (CI smoke) shrinks every count; it asserts nothing about time.
 
 import json
 import os
+import resource
 import sqlite3
 import subprocess
 import time
@@ -100,9 +101,12 @@ class Scale:
 
     # -- ten thousand live jobs -----------------------------------------------------------------
     def live(self):
-        count = self.b.n(10_000, 200)
+        wanted = self.b.n(10_000, 200)
+        # The daemon allows (hard RLIMIT_NOFILE - 256) / 2 live jobs (supervisor/src/daemon/fd_limit.rs).
+        allowed = (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 256) // 2
+        count = min(wanted, allowed)
         self.b.note_load("live")
-        out = {"count": count}
+        out = {"count": count, "wanted": wanted, "fd_allowed": allowed}
         needed = 3 * count + 2000  # conductor, sh, sleep per job, and the rest of the machine
         with open("/proc/sys/kernel/pid_max") as f:
             pid_max = int(f.read())
@@ -274,6 +278,9 @@ def report(r):
                   f"| conductor, average of 100 (RSS / PSS) | {lv['conductor_rss_avg_kb'] / 1024:.2f} MB / {lv['conductor_pss_avg_kb'] / 1024:.2f} MB |",
                   f"| `ls --json` of all {lv['ls_listed']:,} | {lv['ls_all_live_ms']:.0f} ms |",
                   f"| `shutdown --cancel` of all | {lv['shutdown_cancel_seconds']:.1f} s (exit {lv['shutdown_exit']}; conductors left: {lv['left_behind']}) |"]
+        if lv.get("wanted", lv["count"]) > lv["count"]:
+            lines.append(f"| note | {lv['wanted']:,} wanted; the hard open files limit here ({lv['fd_limit']:,}) allows "
+                         f"{lv['fd_allowed']:,} live jobs at two descriptors each (README, How many live jobs) |")
         if lv.get("pid_max_raised"):
             pm = lv["pid_max_raised"]
             lines.append(f"| note | `kernel.pid_max` raised from {pm['from']} to {pm['to']} for the run (3 processes a job) |")

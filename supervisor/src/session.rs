@@ -16,7 +16,7 @@ use nix::sys::socket::{
 };
 use shared::ids::JobId;
 use shared::protocol::codec::{
-    FrameError, FrameResult, MAX_FRAME_LEN, decode_body, spawn_frame_reader, write_frame,
+    FrameError, FrameResult, MAX_FRAME_LEN, decode_body, spawn_frame_reader_with, write_frame,
 };
 use shared::protocol::conductor::{
     ConductorHello, FromConductor, JobPlan, SupervisorHello, ToConductor,
@@ -41,7 +41,9 @@ pub struct ConductorLink {
     /// The protocol version of this connection: the lower of the two ends'.
     pub version: u32,
     writer: OwnedWriteHalf,
-    frames: mpsc::Receiver<FrameResult<FromConductor>>,
+    /// Frames travel boxed: a channel allocates its first block of 32 slots up front, and every
+    /// live job has one, so slots the size of a pointer keep an idle link small.
+    frames: mpsc::Receiver<FrameResult<Box<FromConductor>>>,
     reader: JoinHandle<()>,
 }
 
@@ -120,7 +122,9 @@ impl ConductorLink {
                 hello.job_id
             );
         }
-        let (frames, reader) = spawn_frame_reader::<FromConductor, _>(reader, 256);
+        let (frames, reader) = spawn_frame_reader_with(reader, 256, |body| {
+            decode_body::<FromConductor>(body).map(Box::new)
+        });
         Ok(Self {
             hello,
             version,
@@ -153,7 +157,7 @@ impl ConductorLink {
     /// The next frame; `None` once the connection ended (cleanly or not).
     pub async fn next(&mut self) -> Option<Result<FromConductor, FrameError>> {
         match self.frames.recv().await? {
-            Ok(Some(frame)) => Some(Ok(frame)),
+            Ok(Some(frame)) => Some(Ok(*frame)),
             Ok(None) => None,
             Err(err) => Some(Err(err)),
         }
@@ -162,7 +166,7 @@ impl ConductorLink {
     /// A frame already received, without waiting.
     pub fn try_next(&mut self) -> Option<FromConductor> {
         match self.frames.try_recv() {
-            Ok(Ok(Some(frame))) => Some(frame),
+            Ok(Ok(Some(frame))) => Some(*frame),
             _ => None,
         }
     }

@@ -15,7 +15,7 @@ use super::actor::{Actor, Next};
 use super::end::{HardEnd, record_crash, record_end, remove_socket};
 use super::ladder::{self, Backoff, Ladder};
 use super::launch::{Conductor, Launched};
-use super::registry::{Command, Jobs};
+use super::registry::{Command, Inbox, Jobs};
 use super::{Order, OrderError, Purpose, Requester};
 use crate::containment::JobCgroup;
 use crate::metrics::METRICS;
@@ -30,7 +30,6 @@ use shared::protocol::conductor::{
 use shared::spec::JobSpec;
 use shared::state::JobState;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 /// How often to retry writing reports, or a job's end, that the store refused (a full disk).
@@ -220,7 +219,7 @@ impl Supervision {
 
     async fn run(
         &mut self,
-        inbox: &mut mpsc::Receiver<Command>,
+        inbox: &mut Inbox,
         link: Option<ConductorLink>,
         plan: Option<JobPlan>,
         first: Option<Order>,
@@ -345,7 +344,7 @@ impl Supervision {
         }
     }
 
-    async fn on_command(&mut self, command: Command) {
+    async fn on_command(&mut self, command: Box<Command>) {
         let answer = match command.order {
             Order::Cancel {
                 timeout: Some(timeout),
