@@ -44,14 +44,16 @@ impl Actor {
     pub(super) async fn supervise(&mut self, next: Next) {
         let spec = match self.store(|s, id| s.spec(id)).await {
             Ok(spec) => spec,
-            Err(err) => return self.unsupervisable(next, &err.to_string()).await,
+            Err(err) => return Box::pin(self.unsupervisable(next, &err.to_string())).await,
         };
         let mut started_ago = Duration::ZERO;
         let was_paused = matches!(&next, Next::Attach(row, _) if row.paused_ms.is_some());
         let (conductor, pidfd, link, plan, first, purpose) = match next {
             Next::Launch(purpose) => {
                 let launcher = &self.jobs.inner.launcher;
-                match launcher.launch(self.jobs.store(), &self.id, purpose).await {
+                // Boxed, as are the other rare steps below: a future holds the largest of its
+                // steps, and the actor's is held by every live job (ARCHITECTURE.md, Bounds).
+                match Box::pin(launcher.launch(self.jobs.store(), &self.id, purpose)).await {
                     Ok(Launched {
                         conductor,
                         pidfd,
@@ -65,7 +67,7 @@ impl Actor {
                         None,
                         purpose,
                     ),
-                    Err(err) => return self.launch_failed(&err).await,
+                    Err(err) => return Box::pin(self.launch_failed(&err)).await,
                 }
             }
             Next::Attach(row, order) => {
@@ -92,19 +94,19 @@ impl Actor {
                 (conductor, pidfd, None, None, order, purpose)
             }
         };
-        let mut supervision = Supervision::new(
+        let mut supervision = Box::new(Supervision::new(
             self.jobs.clone(),
             self.id.clone(),
             spec,
             (conductor, pidfd),
             purpose,
             started_ago,
-        );
+        ));
         if was_paused {
             // Frozen under an earlier supervisor: still frozen, so its deadlines stand still.
             supervision.paused = Some(Instant::now());
         }
-        supervision.run(&mut self.inbox, link, plan, first).await;
+        Box::pin(supervision.run(&mut self.inbox, link, plan, first)).await;
     }
 
     /// The job's spec cannot be read: nothing can be supervised.
@@ -226,10 +228,10 @@ impl Supervision {
     ) {
         self.plan = plan;
         if let Some(link) = link {
-            self.connected(link).await;
+            Box::pin(self.connected(link)).await;
         }
         if let Some(order) = first {
-            self.obey(order).await;
+            Box::pin(self.obey(order)).await;
         }
         let mut detach = self.jobs.detach_signal();
         loop {
@@ -241,7 +243,7 @@ impl Supervision {
                 biased;
                 frame = next_frame(&mut self.state.link) => self.on_frame(frame).await,
                 () = exited(self.pidfd.as_ref()) => break,
-                Some(command) = inbox.recv() => self.on_command(command).await,
+                Some(command) = inbox.recv() => Box::pin(self.on_command(command)).await,
                 () = super::registry::detached(&mut detach) => return,
                 () = sleep_until(self.ladder.kill_deadline.map_or(far, |(at, _)| at)), if ticking => {
                     let why = self.ladder.kill_deadline.map_or("kill timer", |(_, why)| why);
@@ -268,7 +270,7 @@ impl Supervision {
                 connected = next_connection(&mut self.state.connecting) => {
                     self.state.connecting = None;
                     match connected {
-                        Ok(link) => self.connected(link).await,
+                        Ok(link) => Box::pin(self.connected(link)).await,
                         Err(err) => self.unreachable(&format!("{err:#}")),
                     }
                 }
