@@ -69,7 +69,8 @@ impl Actor {
     }
 
     async fn serve(&mut self, command: Box<Command>) {
-        let (answer, next) = match self.decide(command.order).await {
+        // Boxed: this future lives as long as the job (ARCHITECTURE.md, Bounds).
+        let (answer, next) = match Box::pin(self.decide(command.order)).await {
             Ok(next) => (Ok(()), next),
             Err(err) => (Err(err), None),
         };

@@ -42,18 +42,30 @@ impl Actor {
     /// the job's end. Never returns with a live conductor and a live job, except when the
     /// daemon detaches on shutdown.
     pub(super) async fn supervise(&mut self, next: Next) {
+        // Both steps are boxed: this future lives in the actor's task for the job's whole life,
+        // so it holds two pointers rather than the largest of its steps (ARCHITECTURE.md, Bounds).
+        let Some((mut supervision, link, plan, first)) = Box::pin(self.prepare(next)).await else {
+            return;
+        };
+        Box::pin(supervision.run(&mut self.inbox, link, plan, first)).await;
+    }
+
+    /// Launches the job's conductor, or takes up the one `next` names: the supervision and its
+    /// first link, plan and order; `None` when there is nothing to supervise (recorded).
+    async fn prepare(&mut self, next: Next) -> Option<Prepared> {
         let spec = match self.store(|s, id| s.spec(id)).await {
             Ok(spec) => spec,
-            Err(err) => return Box::pin(self.unsupervisable(next, &err.to_string())).await,
+            Err(err) => {
+                self.unsupervisable(next, &err.to_string()).await;
+                return None;
+            }
         };
         let mut started_ago = Duration::ZERO;
         let was_paused = matches!(&next, Next::Attach(row, _) if row.paused_ms.is_some());
         let (conductor, pidfd, link, plan, first, purpose) = match next {
             Next::Launch(purpose) => {
                 let launcher = &self.jobs.inner.launcher;
-                // Boxed, as are the other rare steps below: a future holds the largest of its
-                // steps, and the actor's is held by every live job (ARCHITECTURE.md, Bounds).
-                match Box::pin(launcher.launch(self.jobs.store(), &self.id, purpose)).await {
+                match launcher.launch(self.jobs.store(), &self.id, purpose).await {
                     Ok(Launched {
                         conductor,
                         pidfd,
@@ -67,7 +79,10 @@ impl Actor {
                         None,
                         purpose,
                     ),
-                    Err(err) => return Box::pin(self.launch_failed(&err)).await,
+                    Err(err) => {
+                        self.launch_failed(&err).await;
+                        return None;
+                    }
                 }
             }
             Next::Attach(row, order) => {
@@ -106,7 +121,7 @@ impl Actor {
             // Frozen under an earlier supervisor: still frozen, so its deadlines stand still.
             supervision.paused = Some(Instant::now());
         }
-        Box::pin(supervision.run(&mut self.inbox, link, plan, first)).await;
+        Some((supervision, link, plan, first))
     }
 
     /// The job's spec cannot be read: nothing can be supervised.
@@ -147,6 +162,14 @@ struct LinkState {
     last_heard: Instant,
     unresponsive: bool,
 }
+
+/// A supervision ready to run, with its first link, plan and order.
+type Prepared = (
+    Box<Supervision>,
+    Option<ConductorLink>,
+    Option<JobPlan>,
+    Option<Order>,
+);
 
 /// One conductor's supervision.
 struct Supervision {
