@@ -330,15 +330,7 @@ mod tests {
         assert!(matches!(got, Err(FrameError::TooLarge { .. })), "{got:?}");
 
         let mut buffer = FrameBuffer::default();
-        let big = FromConductor::Report(Report {
-            seq: 1,
-            event: JobEvent::Output {
-                task: 0,
-                phase: Phase::Execute,
-                stream: Stream::Stdout,
-                line: "x".repeat(100_000),
-            },
-        });
+        let big = output_of("x".repeat(100_000));
         buffer.room().extend(encode_frame(&big).expect("encode"));
         assert_eq!(
             buffer.take(decode_body::<FromConductor>).expect("frame"),
@@ -347,17 +339,22 @@ mod tests {
         assert!(buffer.room().capacity() <= KEPT_CAPACITY);
     }
 
-    #[test]
-    fn oversized_message_is_refused_on_encode() {
-        let big = FromConductor::Report(Report {
+    /// A report of one line of output.
+    fn output_of(line: String) -> FromConductor {
+        FromConductor::Report(Report {
             seq: 1,
             event: JobEvent::Output {
                 task: 0,
                 phase: Phase::Execute,
                 stream: Stream::Stdout,
-                line: "x".repeat(MAX_FRAME_LEN + 1),
+                line,
             },
-        });
+        })
+    }
+
+    #[test]
+    fn oversized_message_is_refused_on_encode() {
+        let big = output_of("x".repeat(MAX_FRAME_LEN + 1));
         assert!(matches!(
             encode_frame(&big),
             Err(FrameError::TooLarge { .. })
