@@ -12,7 +12,7 @@ use shared::state::JobState;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 /// How many times [`Jobs::ask`] sends an order again to a retiring actor before giving up (each
@@ -69,7 +69,14 @@ pub(super) struct Inner {
     detach: watch::Sender<bool>,
     /// Set by a client's `shutdown`: `Some(cancel)`.
     shutdown: watch::Sender<Option<bool>>,
+    /// Launches in flight, from the socket's bind to the conductor's hello: each holds a few
+    /// descriptors (the socket, `/dev/null`, its log) and a blocking thread for its spawn, so a
+    /// burst of thousands of starts waits here rather than run out of descriptors.
+    launches: Semaphore,
 }
+
+/// At most this many conductors are being launched at once (ARCHITECTURE.md, Bounds).
+const LAUNCHES_IN_FLIGHT: usize = 16;
 
 impl Jobs {
     #[must_use]
@@ -90,6 +97,7 @@ impl Jobs {
                 stopping: AtomicBool::new(false),
                 detach: watch::channel(false).0,
                 shutdown: watch::channel(None).0,
+                launches: Semaphore::new(LAUNCHES_IN_FLIGHT),
             }),
         }
     }
@@ -97,6 +105,12 @@ impl Jobs {
     #[must_use]
     pub fn store(&self) -> &StoreHandle {
         &self.inner.store
+    }
+
+    /// Waits for a launch slot; the launch holds it until its conductor has answered.
+    pub(super) async fn launch_slot(&self) -> Option<SemaphorePermit<'_>> {
+        // The semaphore is never closed: an error cannot happen, and would only mean no bound.
+        self.inner.launches.acquire().await.ok()
     }
 
     /// How this process contains its jobs.

@@ -65,7 +65,10 @@ impl Actor {
         let (conductor, pidfd, link, plan, first, purpose) = match next {
             Next::Launch(purpose) => {
                 let launcher = &self.jobs.inner.launcher;
-                match launcher.launch(self.jobs.store(), &self.id, purpose).await {
+                let slot = self.jobs.launch_slot().await;
+                let launched = launcher.launch(self.jobs.store(), &self.id, purpose).await;
+                drop(slot);
+                match launched {
                     Ok(Launched {
                         conductor,
                         pidfd,
