@@ -542,12 +542,15 @@ fn task_status() -> impl Strategy<Value = TaskStatus> {
             proptest::option::of(any::<i64>()),
             proptest::option::of(any::<i64>()),
         ),
+        vec(short_text(), 0..3),
     )
         .prop_map(
             |(
                 (name, state, revert_pending, attempts),
                 (exec_outcome, result, error, started_ms, ended_ms),
+                after,
             )| TaskStatus {
+                after,
                 name,
                 state,
                 revert_pending,
@@ -584,6 +587,7 @@ fn client_reply() -> BoxedStrategy<ClientReply> {
             task,
             created_ms,
             paused_since_ms: Some(created_ms),
+            running: u32::from(created_ms > 0),
         });
     let status = (
         (

@@ -237,6 +237,9 @@ pub struct JobSummary {
     pub created_ms: i64,
     /// Since when the job is paused (frozen), if it is.
     pub paused_since_ms: Option<i64>,
+    /// How many of its tasks run (execute or revert) now: several in a graph.
+    #[serde(default)]
+    pub running: u32,
 }
 
 /// `status`: the job and each task.
@@ -275,6 +278,9 @@ pub struct TaskStatus {
     pub error: Option<String>,
     pub started_ms: Option<i64>,
     pub ended_ms: Option<i64>,
+    /// The tasks it runs after, in a graph (`after`); empty in a linear job.
+    #[serde(default)]
+    pub after: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

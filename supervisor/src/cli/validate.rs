@@ -1,8 +1,9 @@
-//! `supervisor validate FILE`: the same checks as `run` and `submit`, and a summary.
+//! `supervisor validate FILE`: the same checks as `run` and `submit`, and a summary; a graph is
+//! printed by levels (what starts together when every task takes as long).
 
 use shared::duration::format_duration;
 use shared::exit;
-use shared::spec::TaskBody;
+use shared::spec::{Flow, Graph, JobSpec, TaskBody};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -46,11 +47,43 @@ pub fn main(args: &ValidateArgs) -> i32 {
                     task.name, task.retries
                 );
             }
+            if spec.flow == Flow::Graph {
+                print_levels(&spec);
+            }
             exit::SUCCESS
         }
         Err(message) => {
             eprintln!("{message}");
             exit::INVALID_INPUT
         }
+    }
+}
+
+/// `flow = "graph"`: its settings, then each level with its tasks and what each runs after.
+fn print_levels(spec: &JobSpec) {
+    println!(
+        "  flow: graph, max_parallel {}, on_failure {}",
+        spec.max_parallel,
+        spec.on_failure.as_str()
+    );
+    let graph = Graph::of(spec);
+    for (level, tasks) in graph.levels().iter().enumerate() {
+        let shown: Vec<String> = tasks
+            .iter()
+            .map(|&t| {
+                let name = &spec.tasks[t].name;
+                let after: Vec<&str> = graph
+                    .deps(t)
+                    .iter()
+                    .map(|&d| spec.tasks[d].name.as_str())
+                    .collect();
+                if after.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{name} (after {})", after.join(", "))
+                }
+            })
+            .collect();
+        println!("  level {level}: {}", shown.join(", "));
     }
 }
