@@ -507,3 +507,30 @@ fn one_conductor_thread_runs_a_hundred_tasks_at_once() {
     env.write("go", "");
     assert_eq!(run.wait_exit(LONG_DEADLINE), 0, "{}", run.report());
 }
+
+#[test]
+fn retries_wait_retry_delay_times_the_backoff() {
+    let env = TestEnv::new();
+    // Fails twice, then succeeds; each attempt records its time in ns.
+    let run = r#"date +%s%N >> "$SVT_DIR/at"; [ $(wc -l < "$SVT_DIR/at") -ge 3 ]"#;
+    let file = env.job(
+        "retry.toml",
+        "name = \"retry\"",
+        &format!(
+            "[[task]]\nname = \"flaky\"\nrun = '{run}'\nretries = 2\nretry_delay = \"200ms\"\nretry_backoff = 2.0\n"
+        ),
+    );
+    let mut run = env.spawn_run(&file);
+    assert_eq!(run.wait_exit(LONG_DEADLINE), 0, "{}", run.report());
+    let at: Vec<u128> = env
+        .lines("at")
+        .iter()
+        .map(|l| l.parse().expect("ns"))
+        .collect();
+    assert_eq!(at.len(), 3, "{at:?}");
+    let gap_ms = |i: usize| (at[i + 1] - at[i]) / 1_000_000;
+    assert!(gap_ms(0) >= 200, "first retry after {} ms", gap_ms(0));
+    assert!(gap_ms(1) >= 400, "second retry after {} ms", gap_ms(1));
+    let tasks = env.store().tasks(&run.job_id());
+    assert_eq!((tasks[0].attempts, tasks[0].state.as_str()), (3, "success"));
+}
