@@ -4,6 +4,7 @@
 //! conductor's one thread ([`Running`]); the task processes are what runs in parallel.
 
 use super::{Runner, Walk};
+use crate::task::TaskError;
 use anyhow::Context;
 use shared::protocol::conductor::{JobEvent, Phase, StepOutcome};
 use shared::spec::OnFailure;
@@ -182,65 +183,80 @@ impl Runner<'_> {
                 progress[index].attempts = attempt;
             }
             let ended = if self.is_stopped() {
-                Err(crate::task::TaskError {
+                Err(TaskError {
                     message: "cancelled before it started".into(),
-                    ..crate::task::TaskError::cancelled()
+                    ..TaskError::cancelled()
                 })
             } else {
                 self.step(index, Phase::Execute, attempt).await
             };
-            match ended {
-                Ok(result) => {
-                    tracing::info!(task, attempt, "execute succeeded");
-                    {
-                        let mut progress = self.progress.borrow_mut();
-                        progress[index].state = TaskState::Success;
-                        progress[index].exec_outcome = Some(ExecOutcome::Success);
-                        progress[index].result.clone_from(&result);
-                    }
-                    self.report(JobEvent::TaskFinished {
-                        task,
-                        phase: Phase::Execute,
-                        outcome: StepOutcome::Success { result },
-                    });
-                    return Ok(Executed::Succeeded);
-                }
-                Err(error) => {
-                    tracing::info!(task, attempt, reason = %error, cancelled = error.cancelled, "execute failed");
-                    {
-                        let mut progress = self.progress.borrow_mut();
-                        progress[index].state = TaskState::Failure;
-                        progress[index].exec_outcome = Some(if error.cancelled {
-                            ExecOutcome::Cancelled
-                        } else {
-                            ExecOutcome::Failure
-                        });
-                        progress[index].result.clone_from(&error.partial_result);
-                    }
-                    let cancelled = error.cancelled;
-                    self.report(JobEvent::TaskFinished {
-                        task,
-                        phase: Phase::Execute,
-                        outcome: StepOutcome::Failure {
-                            reason: error.message,
-                            cancelled,
-                            result: error.partial_result,
-                        },
-                    });
-                    if cancelled {
-                        return Ok(Executed::Interrupted);
-                    }
-                    if self.is_stopped() {
-                        // Failed on its own while the job stops: no retry.
-                        return Ok(Executed::Failed);
-                    }
-                    if try_number < spec.retries {
-                        tracing::info!(task, attempt, "retrying");
-                    }
-                }
+            if let Some(executed) = self.execute_ended(index, attempt, ended) {
+                return Ok(executed);
+            }
+            if try_number < spec.retries {
+                tracing::info!(task, attempt, "retrying");
             }
         }
         Ok(Executed::Failed)
+    }
+
+    /// Records and reports how an attempt of task `index` ended; what the task's execute came
+    /// to, or `None` when it may be tried again.
+    fn execute_ended(
+        &self,
+        index: usize,
+        attempt: u32,
+        ended: Result<String, TaskError>,
+    ) -> Option<Executed> {
+        let task = u32::try_from(index).unwrap_or(u32::MAX);
+        match ended {
+            Ok(result) => {
+                tracing::info!(task, attempt, "execute succeeded");
+                {
+                    let mut progress = self.progress.borrow_mut();
+                    progress[index].state = TaskState::Success;
+                    progress[index].exec_outcome = Some(ExecOutcome::Success);
+                    progress[index].result.clone_from(&result);
+                }
+                self.report(JobEvent::TaskFinished {
+                    task,
+                    phase: Phase::Execute,
+                    outcome: StepOutcome::Success { result },
+                });
+                Some(Executed::Succeeded)
+            }
+            Err(error) => {
+                tracing::info!(task, attempt, reason = %error, cancelled = error.cancelled, "execute failed");
+                let cancelled = error.cancelled;
+                {
+                    let mut progress = self.progress.borrow_mut();
+                    progress[index].state = TaskState::Failure;
+                    progress[index].exec_outcome = Some(if cancelled {
+                        ExecOutcome::Cancelled
+                    } else {
+                        ExecOutcome::Failure
+                    });
+                    progress[index].result.clone_from(&error.partial_result);
+                }
+                self.report(JobEvent::TaskFinished {
+                    task,
+                    phase: Phase::Execute,
+                    outcome: StepOutcome::Failure {
+                        reason: error.message,
+                        cancelled,
+                        result: error.partial_result,
+                    },
+                });
+                if cancelled {
+                    Some(Executed::Interrupted)
+                } else if self.is_stopped() {
+                    // Failed on its own while the job stops: no retry.
+                    Some(Executed::Failed)
+                } else {
+                    None
+                }
+            }
+        }
     }
 
     /// Waits before retry `retry` of task `index`; false when the job stopped meanwhile.
