@@ -502,7 +502,18 @@ fn one_conductor_thread_runs_a_hundred_tasks_at_once() {
         .expect("the conductor's pid");
     assert_eq!(thread_count(pid), Some(1), "the conductor is one thread");
     let rss = rss_kb(pid).expect("the conductor's VmRSS");
-    eprintln!("conductor VmRSS with 100 tasks running: {rss} kB");
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or_else(String::new, |v| v.trim().to_owned())
+    };
+    eprintln!(
+        "conductor with 100 tasks running: VmRSS {rss} kB, Pss {}, Private_Dirty {}",
+        field("Pss:"),
+        field("Private_Dirty:")
+    );
     assert!(rss < 64 * 1024, "the conductor uses {rss} kB");
     env.write("go", "");
     assert_eq!(run.wait_exit(LONG_DEADLINE), 0, "{}", run.report());
