@@ -42,8 +42,17 @@ pub fn main(args: &ValidateArgs) -> i32 {
                 } else {
                     String::new()
                 };
+                let pacing = if task.retries > 0 && !task.retry_delay.is_zero() {
+                    format!(
+                        " after {}, backoff {}",
+                        format_duration(task.retry_delay),
+                        task.retry_backoff
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "  {} ({what}, {} retries{revert_timeout})",
+                    "  {} ({what}, {} retries{pacing}{revert_timeout})",
                     task.name, task.retries
                 );
             }
