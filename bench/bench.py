@@ -36,6 +36,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+# bench/scale.py imports this module as `bench`: make that name this very module when it runs as
+# a script, so that both share one set of helpers and one list of live daemons.
+sys.modules.setdefault("bench", sys.modules[__name__])
+import scale  # noqa: E402
+
 NS = 1_000_000  # ns per ms
 
 
@@ -779,6 +784,22 @@ class Bench:
                 e2e.append(ms(t1 - t0))
                 starts[job] = w0
             fig["e2e"] = summary(e2e)
+            # `submit --wait`: the whole command, and how long after the job's end (its terminal
+            # event's arrival on this harness's events stream) the command exits.
+            waits, after_end = [], []
+            for _ in range(self.n(50, 10)):
+                t0 = now()
+                r = subprocess.run([self.sv, "submit", "--wait", true_job, "--state-dir", d.dir], capture_output=True, text=True)
+                t2 = now()
+                assert r.returncode == 0, f"submit --wait exit {r.returncode}: {r.stderr}"
+                job = r.stdout.strip().splitlines()[0].split()[0] if r.stdout.strip() else ""
+                waits.append(ms(t2 - t0))
+                with contextlib.suppress(TimeoutError, KeyError):
+                    t1, _ = d.wait_terminal(job, timeout_s=5)
+                    after_end.append(ms(t2 - t1))
+            fig["submit_wait"] = summary(waits)
+            if after_end:
+                fig["submit_wait_after_end"] = summary(after_end)
             # System calls per job, counted apart: `perf stat` on the daemon slows its forks.
             counter = perf_count(d.pid)
             counted = self.n(50, 10)
@@ -1307,6 +1328,60 @@ def trio(s):
     return f"{fmt(s['p50'])} / {fmt(s['p95'])} / {fmt(s['max'])}"
 
 
+def targets(fl, fig, missed):
+    """The table of the speed targets (ARCHITECTURE.md and issue 14's table): each figure's
+    p50 (after the CLI's own start where the figure includes one), its floor measured in this
+    run, the target and the verdict. Appends the missed ones to `missed`."""
+    nan = float("nan")
+    cli = fl.get("sv_version", {}).get("p50", nan)
+    p = lambda k: fl.get(k, {}).get("p50", nan)  # noqa: E731
+    f50 = lambda k: fig.get(k, {}).get("p50", nan) if isinstance(fig.get(k), dict) else nan  # noqa: E731
+    rows = ["| figure | p50 now | floor (this run) | target | verdict |", "|---|---|---|---|---|"]
+
+    def row(name, value, unit, floor_text, target_text, ok):
+        if value != value:  # not measured in this run
+            return
+        verdict = "met" if ok else "**missed**"
+        if not ok:
+            missed.append(name)
+        rows.append(f"| {name} | {fmt(value)} {unit} | {floor_text} | {target_text} | {verdict} |")
+
+    commit, sh_true, sh_signal = p("sqlite_commit"), p("sh_true"), p("sh_signal")
+    v = f50("spawn") - cli
+    row("submit to first task running (after the CLI's start)", v, "ms",
+        f"fsync {fmt(commit)} + task start {fmt(sh_signal)} ms", "<= 1.5 ms", v <= 1.5)
+    v = f50("e2e") - cli
+    row("one `true` task, submit to end (after the CLI's start)", v, "ms",
+        f"fsync {fmt(commit)} + `sh -c true` {fmt(sh_true)} ms", "<= 3 ms", v <= 3.0)
+    v = f50("kill_visible") - cli
+    row("kill to `killed` visible (after the CLI's start)", v, "ms",
+        f"SIGKILL + reap {fmt(p('sigkill_reap'))} ms", "<= 1 ms", v <= 1.0)
+    v = f50("cancel_daemon") - cli - sh_true
+    row("cancel to `cancelled`, beyond the revert's spawn (after the CLI's start)", v, "ms",
+        f"revert `sh -c true` {fmt(sh_true)} ms (subtracted)", "<= 1 ms + the revert", v <= 1.0)
+    v = f50("per_task") - sh_true
+    row("per step beyond its spawn, durable", v, "ms", f"fsync {fmt(commit)} ms",
+        f"<= fsync + 0.1 ms ({fmt(commit + 0.1)})", v <= commit + 0.1)
+    v = f50("per_task_nofsync") - sh_true
+    row("per step beyond its spawn, `SUPERVISOR_DURABILITY=normal`", v, "ms", "~0.01 ms", "<= 0.1 ms", v <= 0.1)
+    t8 = (fig.get("throughput") or {}).get(8) or (fig.get("throughput") or {}).get("8")
+    if t8:
+        row("throughput, trivial jobs, `--max-jobs 8`", t8["jobs_per_s"], "jobs/s",
+            f"`sh -c true` spawns: {fmt(1000 / sh_true)}/s" if sh_true == sh_true else "-", ">= 800 jobs/s", t8["jobs_per_s"] >= 800)
+        row("daemon CPU per job", t8["daemon_cpu_ms_per_job"], "ms", "-", "<= 0.5 ms", t8["daemon_cpu_ms_per_job"] <= 0.5)
+        row("conductor + task CPU per job", t8["tree_cpu_ms_per_job"], "ms", "the task alone ~0.85 ms", "<= 1.5 ms",
+            t8["tree_cpu_ms_per_job"] <= 1.5)
+    v = cli / p("true")
+    row("CLI start (`supervisor --version`), times `/bin/true`", v, "x", f"`/bin/true` {fmt(p('true'))} ms", "<= 1.2x", v <= 1.2)
+    v = f50("run_one_task") / sh_true
+    row("`supervisor run` of a one-task `true` job, whole command, times an sh spawn", v, "x",
+        f"`sh -c true` {fmt(sh_true)} ms", "<= 6x", v <= 6.0)
+    v = f50("submit_wait_after_end")
+    row("`submit --wait` of a one-task job: exit after the job's end", v, "ms",
+        f"whole command p50 {fmt(f50('submit_wait'))} ms", "<= 1 ms", v <= 1.0)
+    return rows
+
+
 def report(r, quick):
     """The markdown tables (figures, floors, side by side) and the list of missed budgets."""
     f, fl, fig, peers = r, r["floors"], r["figures"], r["peers"]
@@ -1378,7 +1453,10 @@ def report(r, quick):
             f"minus the floor: {fmt(over['p50'], 3)} ms per task; fsync per task: {fmt(fig.get('run_fsync_per_task', float('nan')), 2)}; write-ahead commit floor (SQLite WAL FULL) p50 {fmt(fl['sqlite_commit']['p50'], 3)} ms"
             + (f"; with SUPERVISOR_DURABILITY=normal (no fsync): {fmt(fig['per_task_nofsync']['p50'], 3)} ms per task, {fmt(fig['per_task_nofsync']['p50'] - fl['sh_true']['p50'], 3)} over the floor" if "per_task_nofsync" in fig else ""))
 
-    out = []
+    out = targets(fl, fig, missed)
+    out.append("")
+    out.append("Every figure in detail, with how it was taken:")
+    out.append("")
     out.append("| figure | how | p50 / p95 / max (ms) | floor p50 (ms) | p50 / floor | budget | verdict | notes |")
     out.append("|---|---|---|---|---|---|---|---|")
     out += rows
@@ -1626,6 +1704,9 @@ def markdown(r, args, figures, floors, side, missed, phases=""):
                      "its default level (info) during every figure.")
         lines.append("")
         lines.append(phases)
+    scale_md = scale.report(r)
+    if scale_md:
+        lines.append(scale_md)
     lines.append("## What each figure means")
     lines.append("")
     lines.append(MEANINGS)
@@ -1658,6 +1739,7 @@ def run_sections(b, args, sections):
     if "memory" in sections:
         log("memory")
         b.memory()
+    scale.run(b, sections)
     if args.peers and not args.quick:
         p = Peers(b, args.peers)
         if "pueue" in sections:
@@ -1674,7 +1756,7 @@ def main():
     ap.add_argument("--work", default=None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--peers", default=None, help="the peers' install dir; none: skip the peers")
-    ap.add_argument("--only", default="", help="comma list of sections: floors,latencies,run,throughput,memory,pueue,taskflow")
+    ap.add_argument("--only", default="", help="comma list of sections: floors,latencies,run,throughput,memory,history,live,growth,pueue,taskflow")
     ap.add_argument("--json", default=None, help="write the raw results here")
     ap.add_argument("--markdown", default=None, help="write the report (BENCHMARKS.md) here")
     ap.add_argument("--notes", default=None, help="hand-written analysis appended to the report")
@@ -1700,7 +1782,8 @@ def main():
     b.r["machine"] = machine()
     b.r["command"], b.r["built"], b.r["quick"] = args.command, args.built, args.quick
     b.r["load_start"] = uptime()
-    sections = [s for s in args.only.split(",") if s] or ["floors", "latencies", "run", "throughput", "memory", "pueue", "taskflow"]
+    sections = [s for s in args.only.split(",") if s] or ["floors", "latencies", "run", "throughput", "memory",
+                                                          "history", "live", "growth", "pueue", "taskflow"]
     b.r["sections"] = sections
     t0 = time.time()
 

@@ -16,7 +16,8 @@
 #   --peers-dir DIR    where the peers are installed (default /tmp/svbench-peers)
 #   --out FILE         the report (default: BENCHMARKS.md at the repo root; none with --quick)
 #   --check            exit 1 when a budget is missed
-#   --only LIST        only these sections (floors,latencies,run,throughput,memory,pueue,taskflow)
+#   --only LIST        only these sections (floors,latencies,run,throughput,memory,
+#                      history,live,growth,pueue,taskflow)
 #
 # Needs bash, python3 (standard library), cargo; the full run needs the network the first time.
 set -euo pipefail

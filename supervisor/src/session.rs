@@ -15,9 +15,7 @@ use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
 };
 use shared::ids::JobId;
-use shared::protocol::codec::{
-    FrameError, FrameResult, MAX_FRAME_LEN, decode_body, spawn_frame_reader, write_frame,
-};
+use shared::protocol::codec::{FrameBuffer, FrameError, MAX_FRAME_LEN, decode_body, write_frame};
 use shared::protocol::conductor::{
     ConductorHello, FromConductor, JobPlan, SupervisorHello, ToConductor,
 };
@@ -28,9 +26,7 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 /// How long the conductor has to answer the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,8 +37,13 @@ pub struct ConductorLink {
     /// The protocol version of this connection: the lower of the two ends'.
     pub version: u32,
     writer: OwnedWriteHalf,
-    frames: mpsc::Receiver<FrameResult<FromConductor>>,
-    reader: JoinHandle<()>,
+    /// Frames are read here, in the caller's task, without a task and a channel of their own:
+    /// every live job has a link (ARCHITECTURE.md, Bounds). Reads are cancel-safe, so the
+    /// supervision can wait for the next frame in a `select!`.
+    reader: OwnedReadHalf,
+    frames: FrameBuffer,
+    /// The connection ended (its end of stream, or an error already returned).
+    ended: bool,
 }
 
 impl ConductorLink {
@@ -120,13 +121,13 @@ impl ConductorLink {
                 hello.job_id
             );
         }
-        let (frames, reader) = spawn_frame_reader::<FromConductor, _>(reader, 256);
         Ok(Self {
             hello,
             version,
             writer,
-            frames,
             reader,
+            frames: FrameBuffer::default(),
+            ended: false,
         })
     }
 
@@ -150,27 +151,49 @@ impl ConductorLink {
         self.send(&ToConductor::Start(Box::new(plan))).await
     }
 
-    /// The next frame; `None` once the connection ended (cleanly or not).
+    /// The next frame; `None` once the connection ended (cleanly or not: an error is returned
+    /// once, then `None`). Cancel-safe: a frame half read when the future is dropped stays in
+    /// the buffer for the next call.
     pub async fn next(&mut self) -> Option<Result<FromConductor, FrameError>> {
-        match self.frames.recv().await? {
-            Ok(Some(frame)) => Some(Ok(frame)),
-            Ok(None) => None,
-            Err(err) => Some(Err(err)),
+        loop {
+            if self.ended {
+                return None;
+            }
+            match self.frames.take(decode_body::<FromConductor>) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(err) => return self.end_with(Err(err)),
+            }
+            match self.reader.read_buf(self.frames.room()).await {
+                Ok(0) => return self.end_with(self.frames.at_end()),
+                Ok(_) => {}
+                Err(err) => return self.end_with(Err(FrameError::Io(err))),
+            }
         }
     }
 
-    /// A frame already received, without waiting.
+    /// A frame already received (in the buffer or the socket's), without waiting.
     pub fn try_next(&mut self) -> Option<FromConductor> {
-        match self.frames.try_recv() {
-            Ok(Ok(Some(frame))) => Some(frame),
-            _ => None,
+        while !self.ended {
+            if let Ok(Some(frame)) = self.frames.take(decode_body::<FromConductor>) {
+                return Some(frame);
+            }
+            match self.reader.try_read_buf(self.frames.room()) {
+                Ok(read) if read > 0 => {}
+                // Nothing more now, the end, or an error: `next` reports the last two.
+                _ => return None,
+            }
         }
+        None
     }
-}
 
-impl Drop for ConductorLink {
-    fn drop(&mut self) {
-        self.reader.abort();
+    /// Marks the connection ended; what `next` returns for its end (`Ok`: a clean end).
+    fn end_with(
+        &mut self,
+        end: Result<(), FrameError>,
+    ) -> Option<Result<FromConductor, FrameError>> {
+        self.ended = true;
+        end.err().map(Err)
     }
 }
 

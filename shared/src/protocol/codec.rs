@@ -110,6 +110,68 @@ where
     writer.write_all(&frame).await.map_err(FrameError::Io)
 }
 
+/// The bytes of a stream not yet cut into frames: the state of a cancel-safe frame reader that
+/// needs no task of its own. Read into [`room`](Self::room) with a cancel-safe read (tokio's
+/// `read_buf`: nothing is lost when a `select!` drops it), then [`take`](Self::take) frames.
+/// It holds what one frame needs and gives a large buffer back after a large frame, so an idle
+/// reader costs a few hundred bytes.
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    bytes: Vec<u8>,
+}
+
+/// What a [`FrameBuffer`] keeps allocated between frames.
+const KEPT_CAPACITY: usize = 4096;
+
+impl FrameBuffer {
+    /// The vector to read into, with room reserved for the rest of the next frame (its header
+    /// first, then its body as the header announces it, never more than [`MAX_FRAME_LEN`]).
+    pub fn room(&mut self) -> &mut Vec<u8> {
+        let wanted = match self.announced() {
+            Some(len) if len <= MAX_FRAME_LEN => 4 + len,
+            _ => 4,
+        };
+        let missing = wanted.saturating_sub(self.bytes.len()).max(1);
+        self.bytes.reserve(missing);
+        &mut self.bytes
+    }
+
+    /// The next whole frame's message, if the buffer holds one; an oversized header or a body
+    /// that does not decode is an error (the connection is then to be dropped).
+    pub fn take<T>(&mut self, decode: Decoder<T>) -> Result<Option<T>, FrameError> {
+        let Some(len) = self.announced() else {
+            return Ok(None);
+        };
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLarge { len });
+        }
+        if self.bytes.len() < 4 + len {
+            return Ok(None);
+        }
+        let message = decode(&self.bytes[4..4 + len]);
+        self.bytes.drain(..4 + len);
+        if self.bytes.capacity() > KEPT_CAPACITY && self.bytes.len() <= KEPT_CAPACITY {
+            self.bytes.shrink_to(KEPT_CAPACITY);
+        }
+        message.map(Some)
+    }
+
+    /// What the end of the stream means here: clean between frames, truncated inside one.
+    pub fn at_end(&self) -> Result<(), FrameError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated)
+        }
+    }
+
+    /// The body length the next header announces, once the header is whole.
+    fn announced(&self) -> Option<usize> {
+        let header: [u8; 4] = self.bytes.get(..4)?.try_into().ok()?;
+        Some(usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX))
+    }
+}
+
 /// What a [`spawn_frame_reader`] delivers: a frame, the clean end (`Ok(None)`), or an error.
 pub type FrameResult<T> = Result<Option<T>, FrameError>;
 
@@ -218,17 +280,81 @@ mod tests {
         assert!(matches!(got, Err(FrameError::Malformed(_))), "{got:?}");
     }
 
+    /// Feeds `bytes` to a [`FrameBuffer`] `step` bytes at a time, taking frames as they
+    /// become whole.
+    fn cut_into_frames(bytes: &[u8], step: usize) -> Result<Vec<FromConductor>, FrameError> {
+        let mut buffer = FrameBuffer::default();
+        let mut frames = Vec::new();
+        for chunk in bytes.chunks(step) {
+            buffer.room().extend_from_slice(chunk);
+            while let Some(frame) = buffer.take(decode_body::<FromConductor>)? {
+                frames.push(frame);
+            }
+        }
+        buffer.at_end()?;
+        Ok(frames)
+    }
+
     #[test]
-    fn oversized_message_is_refused_on_encode() {
-        let big = FromConductor::Report(Report {
+    fn a_frame_buffer_cuts_frames_whatever_the_reads() {
+        let mut bytes = encode_frame(&sample()).expect("encode");
+        bytes.extend(encode_frame(&FromConductor::Heartbeat).expect("encode"));
+        bytes.extend(encode_frame(&sample()).expect("encode"));
+        for step in 1..=bytes.len() {
+            let frames = cut_into_frames(&bytes, step).expect("frames");
+            assert_eq!(
+                frames,
+                vec![sample(), FromConductor::Heartbeat, sample()],
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_frame_buffer_ending_inside_a_frame_is_truncated() {
+        let bytes = encode_frame(&sample()).expect("encode");
+        for cut in 1..bytes.len() {
+            let got = cut_into_frames(&bytes[..cut], 3);
+            assert!(matches!(got, Err(FrameError::Truncated)), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_frame_buffer_refuses_an_oversized_header_and_gives_back_a_large_buffer() {
+        let mut buffer = FrameBuffer::default();
+        let header = u32::try_from(MAX_FRAME_LEN + 1)
+            .expect("fits")
+            .to_be_bytes();
+        buffer.room().extend_from_slice(&header);
+        let got = buffer.take(decode_body::<FromConductor>);
+        assert!(matches!(got, Err(FrameError::TooLarge { .. })), "{got:?}");
+
+        let mut buffer = FrameBuffer::default();
+        let big = output_of("x".repeat(100_000));
+        buffer.room().extend(encode_frame(&big).expect("encode"));
+        assert_eq!(
+            buffer.take(decode_body::<FromConductor>).expect("frame"),
+            Some(big)
+        );
+        assert!(buffer.room().capacity() <= KEPT_CAPACITY);
+    }
+
+    /// A report of one line of output.
+    fn output_of(line: String) -> FromConductor {
+        FromConductor::Report(Report {
             seq: 1,
             event: JobEvent::Output {
                 task: 0,
                 phase: Phase::Execute,
                 stream: Stream::Stdout,
-                line: "x".repeat(MAX_FRAME_LEN + 1),
+                line,
             },
-        });
+        })
+    }
+
+    #[test]
+    fn oversized_message_is_refused_on_encode() {
+        let big = output_of("x".repeat(MAX_FRAME_LEN + 1));
         assert!(matches!(
             encode_frame(&big),
             Err(FrameError::TooLarge { .. })

@@ -8,6 +8,7 @@
 //! - Stopping the daemon (SIGTERM, SIGINT, `shutdown`) leaves the conductors running; `shutdown
 //!   --cancel` soft-cancels every live job first and waits for them within their ladders.
 
+mod fd_limit;
 mod handlers;
 mod metrics_server;
 mod scheduler;
@@ -50,7 +51,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.state_dir.create()?;
-    raise_fd_limit();
+    let live_jobs_allowed = fd_limit::raise();
     let store = StoreHandle::open(config.state_dir.root()).context("cannot open the store")?;
     process::start_reaper()?;
     // Held for the daemon's whole life: one daemon per state dir, and `shutdown` waits on it.
@@ -89,11 +90,12 @@ pub async fn run(
         tokio::spawn(metrics_server::serve(metrics, jobs.clone(), root));
     }
     reattach_all(&jobs).await;
-    tokio::spawn(scheduler::run(jobs.clone(), config.max_jobs.max(1)));
+    let max_jobs = fd_limit::cap_max_jobs(config.max_jobs.max(1), live_jobs_allowed);
+    tokio::spawn(scheduler::run(jobs.clone(), max_jobs));
     if let Some(keep) = config.keep {
         tokio::spawn(handlers::prune::keep(jobs.clone(), keep));
     }
-    tracing::info!(state_dir = %config.state_dir.root().display(), max_jobs = config.max_jobs, "daemon ready");
+    tracing::info!(state_dir = %config.state_dir.root().display(), max_jobs, "daemon ready");
 
     tokio::pin!(shutdown);
     let cancel_on_exit = loop {
@@ -148,24 +150,6 @@ async fn reattach_all(jobs: &Jobs) {
 #[must_use]
 pub fn control_socket(state_dir: &StateDir) -> std::path::PathBuf {
     state_dir.root().join("control.sock")
-}
-
-/// Each live job holds about two descriptors (its socket and its pidfd): take the hard limit,
-/// so that a soft limit of 1024 does not cap the daemon near 500 jobs. Conductors get the
-/// original soft limit back when they are spawned (see `process::spawn_conductor`).
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                Ok(()) => {
-                    crate::spawn::remember_nofile_soft_limit(soft);
-                    tracing::info!(from = soft, to = hard, "raised the open files limit");
-                }
-                Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
-            }
-        }
-    }
 }
 
 /// Takes the state dir's daemon lock, or says that another daemon holds it.

@@ -2,14 +2,13 @@
 //! (compare-and-set), and hands over to [`supervise`](super::supervise) when there is a
 //! conductor to watch.
 
-use super::registry::{Command, Jobs};
+use super::registry::{Command, Inbox, Jobs};
 use super::{Order, OrderError, Purpose};
 use crate::process;
 use crate::store::{JobRow, Store};
 use shared::ids::JobId;
 use shared::state::JobState;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 /// How long an actor with nothing to do waits for another order before it retires.
@@ -27,16 +26,11 @@ pub(super) struct Actor {
     pub jobs: Jobs,
     pub id: JobId,
     generation: u64,
-    pub inbox: mpsc::Receiver<Command>,
+    pub inbox: Inbox,
 }
 
 impl Actor {
-    pub(super) const fn new(
-        jobs: Jobs,
-        id: JobId,
-        generation: u64,
-        inbox: mpsc::Receiver<Command>,
-    ) -> Self {
+    pub(super) const fn new(jobs: Jobs, id: JobId, generation: u64, inbox: Inbox) -> Self {
         Self {
             jobs,
             id,
@@ -74,8 +68,9 @@ impl Actor {
         .await;
     }
 
-    async fn serve(&mut self, command: Command) {
-        let (answer, next) = match self.decide(command.order).await {
+    async fn serve(&mut self, command: Box<Command>) {
+        // Boxed: this future lives as long as the job (ARCHITECTURE.md, Bounds).
+        let (answer, next) = match Box::pin(self.decide(command.order)).await {
             Ok(next) => (Ok(()), next),
             Err(err) => (Err(err), None),
         };

@@ -15,7 +15,7 @@ use super::actor::{Actor, Next};
 use super::end::{HardEnd, record_crash, record_end, remove_socket};
 use super::ladder::{self, Backoff, Ladder};
 use super::launch::{Conductor, Launched};
-use super::registry::{Command, Jobs};
+use super::registry::{Command, Inbox, Jobs};
 use super::{Order, OrderError, Purpose, Requester};
 use crate::containment::JobCgroup;
 use crate::metrics::METRICS;
@@ -30,7 +30,6 @@ use shared::protocol::conductor::{
 use shared::spec::JobSpec;
 use shared::state::JobState;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 /// How often to retry writing reports, or a job's end, that the store refused (a full disk).
@@ -43,9 +42,23 @@ impl Actor {
     /// the job's end. Never returns with a live conductor and a live job, except when the
     /// daemon detaches on shutdown.
     pub(super) async fn supervise(&mut self, next: Next) {
+        // Both steps are boxed: this future lives in the actor's task for the job's whole life,
+        // so it holds two pointers rather than the largest of its steps (ARCHITECTURE.md, Bounds).
+        let Some((mut supervision, link, plan, first)) = Box::pin(self.prepare(next)).await else {
+            return;
+        };
+        Box::pin(supervision.run(&mut self.inbox, link, plan, first)).await;
+    }
+
+    /// Launches the job's conductor, or takes up the one `next` names: the supervision and its
+    /// first link, plan and order; `None` when there is nothing to supervise (recorded).
+    async fn prepare(&mut self, next: Next) -> Option<Prepared> {
         let spec = match self.store(|s, id| s.spec(id)).await {
             Ok(spec) => spec,
-            Err(err) => return self.unsupervisable(next, &err.to_string()).await,
+            Err(err) => {
+                self.unsupervisable(next, &err.to_string()).await;
+                return None;
+            }
         };
         let mut started_ago = Duration::ZERO;
         let was_paused = matches!(&next, Next::Attach(row, _) if row.paused_ms.is_some());
@@ -66,7 +79,10 @@ impl Actor {
                         None,
                         purpose,
                     ),
-                    Err(err) => return self.launch_failed(&err).await,
+                    Err(err) => {
+                        self.launch_failed(&err).await;
+                        return None;
+                    }
                 }
             }
             Next::Attach(row, order) => {
@@ -93,19 +109,19 @@ impl Actor {
                 (conductor, pidfd, None, None, order, purpose)
             }
         };
-        let mut supervision = Supervision::new(
+        let mut supervision = Box::new(Supervision::new(
             self.jobs.clone(),
             self.id.clone(),
             spec,
             (conductor, pidfd),
             purpose,
             started_ago,
-        );
+        ));
         if was_paused {
             // Frozen under an earlier supervisor: still frozen, so its deadlines stand still.
             supervision.paused = Some(Instant::now());
         }
-        supervision.run(&mut self.inbox, link, plan, first).await;
+        Some((supervision, link, plan, first))
     }
 
     /// The job's spec cannot be read: nothing can be supervised.
@@ -146,6 +162,14 @@ struct LinkState {
     last_heard: Instant,
     unresponsive: bool,
 }
+
+/// A supervision ready to run, with its first link, plan and order.
+type Prepared = (
+    Box<Supervision>,
+    Option<ConductorLink>,
+    Option<JobPlan>,
+    Option<Order>,
+);
 
 /// One conductor's supervision.
 struct Supervision {
@@ -220,17 +244,17 @@ impl Supervision {
 
     async fn run(
         &mut self,
-        inbox: &mut mpsc::Receiver<Command>,
+        inbox: &mut Inbox,
         link: Option<ConductorLink>,
         plan: Option<JobPlan>,
         first: Option<Order>,
     ) {
         self.plan = plan;
         if let Some(link) = link {
-            self.connected(link).await;
+            Box::pin(self.connected(link)).await;
         }
         if let Some(order) = first {
-            self.obey(order).await;
+            Box::pin(self.obey(order)).await;
         }
         let mut detach = self.jobs.detach_signal();
         loop {
@@ -242,7 +266,7 @@ impl Supervision {
                 biased;
                 frame = next_frame(&mut self.state.link) => self.on_frame(frame).await,
                 () = exited(self.pidfd.as_ref()) => break,
-                Some(command) = inbox.recv() => self.on_command(command).await,
+                Some(command) = inbox.recv() => Box::pin(self.on_command(command)).await,
                 () = super::registry::detached(&mut detach) => return,
                 () = sleep_until(self.ladder.kill_deadline.map_or(far, |(at, _)| at)), if ticking => {
                     let why = self.ladder.kill_deadline.map_or("kill timer", |(_, why)| why);
@@ -269,7 +293,7 @@ impl Supervision {
                 connected = next_connection(&mut self.state.connecting) => {
                     self.state.connecting = None;
                     match connected {
-                        Ok(link) => self.connected(link).await,
+                        Ok(link) => Box::pin(self.connected(link)).await,
                         Err(err) => self.unreachable(&format!("{err:#}")),
                     }
                 }
@@ -345,7 +369,7 @@ impl Supervision {
         }
     }
 
-    async fn on_command(&mut self, command: Command) {
+    async fn on_command(&mut self, command: Box<Command>) {
         let answer = match command.order {
             Order::Cancel {
                 timeout: Some(timeout),
