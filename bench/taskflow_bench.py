@@ -4,6 +4,7 @@
     python taskflow_bench.py flow memory|sqlite N WORKDIR   # linear flow of N no-op tasks
     python taskflow_bench.py cancel memory ROUNDS WORKDIR   # the seed write-up's cancel flag
     python taskflow_bench.py one memory ROUNDS WORKDIR      # one no-op task: load + run
+    python taskflow_bench.py graph noop|true LEVELS WORKDIR # LEVELS x 100 tasks, parallel engine
 
 Prints one JSON object. Per-task overhead is ((N-task flow) - (1-task flow)) / (N - 1), both
 load + run, after a warm-up flow, the same arithmetic as the supervisor's figure.
@@ -19,7 +20,7 @@ import time
 
 import taskflow.engines
 from taskflow import task
-from taskflow.patterns import linear_flow
+from taskflow.patterns import graph_flow, linear_flow
 
 
 class Noop(task.Task):
@@ -157,6 +158,59 @@ def one_mode(rounds):
     return {"load_run_ms": summary([run_flow(1, None) * 1000 for _ in range(rounds)])}
 
 
+class RunTrue(task.Task):
+    """Runs `true` as a process: the same work as the supervisor's `run = "true"` task."""
+
+    def execute(self):
+        import subprocess
+
+        subprocess.run(["true"], check=True)
+
+    def revert(self, *args, **kwargs):
+        return None
+
+
+WIDTH = 100
+
+
+def graph_flow_of(levels, kind):
+    """LEVELS levels of WIDTH tasks; task i of level k runs after tasks i and i+1 (mod WIDTH)
+    of level k-1: the graph of bench/flows_bench.py."""
+    cls = Noop if kind == "noop" else RunTrue
+    flow = graph_flow.Flow("graph")
+    tasks = [[cls(name=f"l{k}t{i}") for i in range(WIDTH)] for k in range(levels)]
+    for level in tasks:
+        flow.add(*level)
+    for k in range(1, levels):
+        for i in range(WIDTH):
+            flow.link(tasks[k - 1][i], tasks[k][i])
+            flow.link(tasks[k - 1][(i + 1) % WIDTH], tasks[k][i])
+    return flow
+
+
+def graph_mode(kind, levels):
+    out = {}
+    for workers in (16, WIDTH):
+        walls = []
+        for _ in range(3):
+            flow = graph_flow_of(levels, kind)
+            t0 = time.perf_counter()
+            engine = taskflow.engines.load(flow, engine="parallel", max_workers=workers)
+            engine.run()
+            walls.append(time.perf_counter() - t0)
+        wall = pct(walls, 0.5)
+        out[f"workers_{workers}"] = {
+            "wall_s": wall,
+            "per_step_ms": wall * 1000 / (levels * WIDTH),
+            "walls_s": walls,
+        }
+    out["tasks"] = levels * WIDTH
+    out["kind"] = kind
+    out["engine"] = "parallel (threads)"
+    out["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return out
+
+
 def main():
     what, mode, n, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     import logging
@@ -166,6 +220,8 @@ def main():
         res = flow_mode(mode, n, work)
     elif what == "cancel":
         res = cancel_mode(n)
+    elif what == "graph":
+        res = graph_mode(mode, n)
     else:
         res = one_mode(n)
     print(json.dumps(res))

@@ -74,6 +74,16 @@ impl CommandTask {
         let mut env = self.env.clone();
         env.insert("JOB_ID".into(), ctx.job_id().to_string());
         env.insert("TASK_NAME".into(), ctx.task_name().to_owned());
+        let (results, omitted) = crate::task_env::result_vars(ctx.inputs());
+        if !omitted.is_empty() {
+            tracing::warn!(
+                task = ctx.index(),
+                omitted = omitted.join(","),
+                "results left out of the step's environment: too large together"
+            );
+            env.insert("RESULTS_OMITTED".into(), omitted.join(","));
+        }
+        env.extend(results);
         if ctx.phase() == Phase::Revert {
             env.insert("TASK_RESULT".into(), ctx.result_text().to_owned());
             let outcome = ctx.execute_outcome().unwrap_or(ExecOutcome::Killed);
@@ -446,6 +456,7 @@ mod tests {
             params: serde_json::Value::Null,
             result: String::new(),
             execute_outcome: Some(ExecOutcome::Failure),
+            inputs: Vec::new(),
             cancel: watch::channel(None).1,
             notes,
             dropped: std::sync::Arc::default(),

@@ -30,9 +30,10 @@ pub const MAX_UNACKED_OUTPUT_BYTES: u64 = 8 << 20;
 
 /// Room in the reports queue beyond [`MAX_UNACKED_OUTPUT`], for the reports that are never
 /// dropped. Few can be unacknowledged at once: every step waits for the acknowledgement of its
-/// `TaskStarting`, so at most its `TaskSpawned`, its `TaskFinished`, a `Cancelling`, the
-/// `JobFinished` and the lines saying what was dropped are pending beside the output.
-const STATE_ROOM: usize = 64;
+/// `TaskStarting`, so each of the at most `max_parallel` running steps has at most its
+/// `TaskStarting`, `TaskSpawned`, `TaskFinished` and a line saying what was dropped pending
+/// beside the output, and the job a `Cancelling` and the `JobFinished`.
+const STATE_ROOM: usize = 64 + 4 * shared::spec::MAX_PARALLEL as usize;
 
 /// The runner's side of the link.
 pub struct LinkHandle {
@@ -141,6 +142,20 @@ impl LinkHandle {
             }
         }
         seq
+    }
+
+    /// Whether an output report would be sent now rather than dropped (for a caller that must
+    /// not hold the handle while it waits: see [`LinkHandle::acked`]).
+    pub fn output_has_room(&mut self) -> bool {
+        self.forget_acked();
+        !self.output_is_full()
+    }
+
+    /// The acknowledged seq, to wait on without holding the handle (several steps of a graph
+    /// share it, each waiting for its own write-ahead).
+    #[must_use]
+    pub fn acked(&self) -> watch::Receiver<u64> {
+        self.acked.clone()
     }
 
     /// Sends a report and waits until the supervisor has made it durable.

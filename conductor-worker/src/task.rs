@@ -118,6 +118,9 @@ pub struct TaskContext {
     pub(crate) params: serde_json::Value,
     pub(crate) result: String,
     pub(crate) execute_outcome: Option<ExecOutcome>,
+    /// The results of the tasks this one runs after, directly or not, nearest first: (name,
+    /// result as stored).
+    pub(crate) inputs: Vec<(String, String)>,
     pub(crate) cancel: watch::Receiver<CancelReason>,
     pub(crate) notes: mpsc::Sender<Note>,
     /// Lines [`TaskContext::log`] dropped because the notes were full.
@@ -175,6 +178,35 @@ impl TaskContext {
         serde_json::from_str(&self.result)
             .ok()
             .or_else(|| serde_json::from_value(serde_json::Value::String(self.result.clone())).ok())
+    }
+
+    /// The result of task `name`, one this task runs after (directly or not), decoded as
+    /// [`TaskContext::result`] decodes; `None` when `name` is not such a task, left no result,
+    /// or it does not decode as `T`. A command task gets the same as `RESULT_<NAME>`.
+    #[must_use]
+    pub fn input<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        let text = self.input_text(name)?;
+        if text.is_empty() {
+            return None;
+        }
+        serde_json::from_str(text)
+            .ok()
+            .or_else(|| serde_json::from_value(serde_json::Value::String(text.to_owned())).ok())
+    }
+
+    /// The result of task `name` as stored (see [`TaskContext::input`]).
+    #[must_use]
+    pub fn input_text(&self, name: &str) -> Option<&str> {
+        self.inputs
+            .iter()
+            .find(|(input, _)| input == name)
+            .map(|(_, result)| result.as_str())
+    }
+
+    /// The results of every task this one runs after, directly or not, nearest first.
+    #[must_use]
+    pub fn inputs(&self) -> &[(String, String)] {
+        &self.inputs
     }
 
     /// In a revert: the execute's result as stored (a command's trimmed stdout, or JSON).
@@ -256,6 +288,10 @@ mod tests {
             params: serde_json::Value::Null,
             result: String::new(),
             execute_outcome: None,
+            inputs: vec![
+                ("a".into(), "{\"n\":3}".into()),
+                ("b".into(), "text".into()),
+            ],
             cancel: watch::channel(None).1,
             notes,
             dropped: Arc::default(),
@@ -264,6 +300,20 @@ mod tests {
 
     /// A native task that logs without awaiting cannot block the conductor's one thread: past
     /// the notes' capacity its lines are dropped and counted, never queued without bound.
+    #[test]
+    fn inputs_decode_by_task_name() {
+        #[derive(serde::Deserialize, PartialEq, Debug)]
+        struct N {
+            n: u32,
+        }
+        let (notes, _queue) = mpsc::channel(1);
+        let ctx = context(notes);
+        assert_eq!(ctx.input::<N>("a"), Some(N { n: 3 }));
+        assert_eq!(ctx.input::<String>("b").as_deref(), Some("text"));
+        assert_eq!(ctx.input::<String>("c"), None);
+        assert_eq!(ctx.input_text("b"), Some("text"));
+    }
+
     #[test]
     fn log_past_the_notes_capacity_drops_and_counts() {
         let (notes, mut queue) = mpsc::channel(NOTES_CAPACITY);

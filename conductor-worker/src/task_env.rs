@@ -9,7 +9,8 @@
 //! 3. the job's `inherit_env` names, from the conductor's environment;
 //! 4. the job's `[env]`, then the task's `env`;
 //! 5. what the conductor sets for the step (`JOB_ID`, `TASK_NAME`, in a revert `TASK_RESULT` and
-//!    `TASK_OUTCOME`).
+//!    `TASK_OUTCOME`), and the results of every task the task runs after, directly or not, as
+//!    `RESULT_<NAME>` ([`result_vars`]; in a linear job every earlier task).
 //!
 //! Each later source overrides the earlier ones.
 
@@ -83,9 +84,53 @@ pub fn task_env(sources: &EnvSources<'_>) -> BTreeMap<String, String> {
     env
 }
 
+/// The most bytes of `RESULT_*` variables one step gets (names and values). Each result is
+/// bounded already (`MAX_RESULT_LEN`), but a task after hundreds of others could otherwise meet
+/// the kernel's bound on a process's environment and not start at all.
+pub const MAX_RESULTS_ENV: usize = 512 * 1024;
+
+/// The `RESULT_<NAME>` variables of a step from `inputs` (the results of the tasks it runs
+/// after, nearest first), within [`MAX_RESULTS_ENV`]; the names of the tasks left out
+/// (farthest first to go) as the second value, which the step gets as `RESULTS_OMITTED`.
+#[must_use]
+pub fn result_vars(inputs: &[(String, String)]) -> (Vec<(String, String)>, Vec<String>) {
+    let mut used = 0usize;
+    let mut vars = Vec::with_capacity(inputs.len());
+    let mut omitted = Vec::new();
+    for (name, result) in inputs {
+        let var = shared::spec::result_var(name);
+        let size = var.len() + result.len() + 2;
+        if used + size > MAX_RESULTS_ENV {
+            omitted.push(name.clone());
+            continue;
+        }
+        used += size;
+        vars.push((var, result.clone()));
+    }
+    (vars, omitted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_become_variables_within_a_bound() {
+        let inputs = vec![
+            ("build-app".to_owned(), "v1.2".to_owned()),
+            ("big".to_owned(), "x".repeat(MAX_RESULTS_ENV)),
+            ("db.migrate".to_owned(), String::new()),
+        ];
+        let (vars, omitted) = result_vars(&inputs);
+        assert_eq!(
+            vars,
+            [
+                ("RESULT_BUILD_APP".to_owned(), "v1.2".to_owned()),
+                ("RESULT_DB_MIGRATE".to_owned(), String::new()),
+            ]
+        );
+        assert_eq!(omitted, ["big"]);
+    }
 
     fn conductor() -> Vec<(OsString, OsString)> {
         [

@@ -31,9 +31,13 @@ pub const MAX_ENV_NAME_LEN: usize = 256;
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 mod check;
+mod flow;
+pub mod graph;
 mod operators;
 
 pub use check::{MAX_PLAN_FRAME_LEN, SPEC_FRAME_ROOM};
+pub use flow::{Backoff, DEFAULT_MAX_PARALLEL, Flow, MAX_PARALLEL, OnFailure};
+pub use graph::{Graph, result_var};
 pub use operators::{
     DEFAULT_REVERT_RETRY_DELAY, Hooks, MAX_HOOK_LEN, MAX_REVERT_RETRIES, MAX_REVERT_RETRY_DELAY,
     hook_problem,
@@ -71,12 +75,23 @@ pub struct JobSpec {
     pub heartbeat_timeout: Duration,
     /// Hard-kill an unresponsive conductor (with the usual revert accounting).
     pub kill_unresponsive: bool,
-    /// The tasks, in file order (the order they execute in).
+    /// The tasks: in file order for a linear job; for a graph in a topological order (file
+    /// order where it already is one), so that every task comes after the tasks it runs after.
     pub tasks: Vec<TaskSpec>,
     /// `[hooks]`: alert commands the daemon runs (never the conductor). Specs stored before
     /// this field existed read as no hooks.
     #[serde(default)]
     pub hooks: Hooks,
+    /// `flow`: a list (each task after the one before it) or a graph (each after its `after`).
+    /// Specs stored before flows existed read as linear.
+    #[serde(default)]
+    pub flow: Flow,
+    /// At most this many steps (executes and reverts) run at once.
+    #[serde(default = "flow::default_max_parallel")]
+    pub max_parallel: u32,
+    /// What running tasks do when one fails for good: interrupted, or let finish.
+    #[serde(default)]
+    pub on_failure: OnFailure,
 }
 
 /// A validated task.
@@ -107,6 +122,16 @@ pub struct TaskSpec {
     /// counted); `None`: the job's. See [`JobSpec::max_output`].
     #[serde(default)]
     pub max_output: Option<u64>,
+    /// In a graph: the indices (in [`JobSpec::tasks`]) of the tasks that must succeed before
+    /// this one starts, each lower than this task's own. Empty in a linear job.
+    #[serde(default)]
+    pub after: Vec<u32>,
+    /// The pause before the first retry of a failed execute.
+    #[serde(default)]
+    pub retry_delay: Duration,
+    /// Each later retry waits this many times longer than the one before.
+    #[serde(default)]
+    pub retry_backoff: Backoff,
 }
 
 /// What a task runs.
@@ -181,6 +206,9 @@ impl fmt::Debug for JobSpec {
             .field("kill_unresponsive", &self.kill_unresponsive)
             .field("tasks", &self.tasks)
             .field("hooks", &self.hooks)
+            .field("flow", &self.flow)
+            .field("max_parallel", &self.max_parallel)
+            .field("on_failure", &self.on_failure)
             .finish()
     }
 }
@@ -198,6 +226,9 @@ impl fmt::Debug for TaskSpec {
             .field("cwd", &self.cwd)
             .field("env_keys", &EnvKeys(&self.env))
             .field("max_output", &self.max_output)
+            .field("after", &self.after)
+            .field("retry_delay", &self.retry_delay)
+            .field("retry_backoff", &self.retry_backoff)
             .finish()
     }
 }
@@ -231,6 +262,9 @@ struct RawJob {
     kill_unresponsive: Option<bool>,
     task: Option<Spanned<Vec<Spanned<RawTask>>>>,
     hooks: Option<operators::RawHooks>,
+    flow: Option<Spanned<String>>,
+    max_parallel: Option<Spanned<i64>>,
+    on_failure: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +296,9 @@ struct RawTask {
     cwd: Option<Spanned<String>>,
     env: Option<BTreeMap<String, String>>,
     max_output: Option<Spanned<toml::Value>>,
+    after: Option<Spanned<Vec<Spanned<String>>>>,
+    retry_delay: Option<Spanned<String>>,
+    retry_backoff: Option<Spanned<toml::Value>>,
 }
 
 impl JobSpec {
@@ -341,7 +378,10 @@ impl JobSpec {
             }
             other => other,
         };
-        let tasks = parse_tasks(raw.task, worker.as_ref(), list_kinds, &at)?;
+        let flow = flow::parse_flow(raw.flow, &at)?;
+        let max_parallel = flow::parse_max_parallel(raw.max_parallel, &at)?;
+        let on_failure = flow::parse_on_failure(raw.on_failure, &at)?;
+        let tasks = parse_tasks(raw.task, worker.as_ref(), list_kinds, flow, &at)?;
         if let Some(raw_limits) = &raw.limits {
             check_identity_limits(raw_limits, &tasks, &at)?;
         }
@@ -378,6 +418,9 @@ impl JobSpec {
                 .map(|h| parse_hooks(h, &at))
                 .transpose()?
                 .unwrap_or_default(),
+            flow,
+            max_parallel,
+            on_failure,
         })
     }
 }
@@ -435,6 +478,7 @@ fn parse_tasks(
     raw: Option<Spanned<Vec<Spanned<RawTask>>>>,
     worker: Option<&Spanned<String>>,
     list_kinds: Option<&ListKinds<'_>>,
+    flow: Flow,
     at: &impl Fn(Range<usize>, String) -> SpecError,
 ) -> Result<Vec<TaskSpec>, SpecError> {
     let no_tasks = "the job has no tasks: add at least one [[task]]";
@@ -449,9 +493,14 @@ fn parse_tasks(
     let mut seen: HashMap<String, ()> = HashMap::new();
     let mut tasks = Vec::with_capacity(raw_tasks.len());
     let mut kinds = Vec::new();
+    let mut places = Vec::with_capacity(raw_tasks.len());
     for raw_task in raw_tasks {
         let task_span = raw_task.span();
-        let (task, name_span, kind_span) = parse_task(raw_task.into_inner(), at)?;
+        let (task, name_span, kind_span, after) = parse_task(raw_task.into_inner(), at)?;
+        places.push(flow::TaskPlace {
+            name: name_span.clone(),
+            after,
+        });
         if seen.insert(task.name.clone(), ()).is_some() {
             return Err(at(
                 name_span,
@@ -485,7 +534,7 @@ fn parse_tasks(
             ));
         }
     }
-    Ok(tasks)
+    flow::resolve(flow, tasks, places, at)
 }
 
 /// The `[limits]` keys that act on each task process (rlimits and identity): a native task runs
@@ -679,7 +728,7 @@ fn parse_native(
 fn parse_task(
     raw: RawTask,
     at: &impl Fn(Range<usize>, String) -> SpecError,
-) -> Result<(TaskSpec, Range<usize>, Range<usize>), SpecError> {
+) -> Result<(TaskSpec, Range<usize>, Range<usize>, flow::RawAfter), SpecError> {
     let name_span = raw.name.span();
     let name = raw.name.into_inner();
     if let Some(problem) = task_name_problem(&name) {
@@ -728,6 +777,8 @@ fn parse_task(
         .transpose()?;
     let (revert_retries, revert_retry_delay) =
         parse_revert_retries(raw.revert_retries, raw.revert_retry_delay, at)?;
+    let (retry_delay, retry_backoff) =
+        flow::parse_retry_pacing(raw.retry_delay, raw.retry_backoff, at)?;
     let cwd = match raw.cwd {
         Some(cwd) if cwd.get_ref().is_empty() => {
             return Err(at(cwd.span(), "cwd must not be empty".into()));
@@ -748,8 +799,11 @@ fn parse_task(
             .max_output
             .map(|v| parse_max_output(v, at))
             .transpose()?,
+        after: Vec::new(),
+        retry_delay,
+        retry_backoff,
     };
-    Ok((task, name_span, kind_span))
+    Ok((task, name_span, kind_span, raw.after))
 }
 
 /// Why a task name is not allowed, or `None`.
@@ -820,6 +874,26 @@ fn positive_duration(
     let span = text.span();
     match parse_duration(text.get_ref()) {
         Ok(d) if d.is_zero() => Err(at(span, format!("`{field}` must be longer than zero"))),
+        Ok(d) if d > MAX_DURATION => Err(at(
+            span,
+            format!(
+                "`{field}` must be at most {}",
+                crate::duration::format_duration(MAX_DURATION)
+            ),
+        )),
+        Ok(d) => Ok(d),
+        Err(problem) => Err(at(span, format!("`{field}`: {problem}"))),
+    }
+}
+
+/// A duration that may be zero, at most [`MAX_DURATION`].
+fn positive_or_zero_duration(
+    text: Spanned<String>,
+    field: &str,
+    at: &impl Fn(Range<usize>, String) -> SpecError,
+) -> Result<Duration, SpecError> {
+    let span = text.span();
+    match parse_duration(text.get_ref()) {
         Ok(d) if d > MAX_DURATION => Err(at(
             span,
             format!(

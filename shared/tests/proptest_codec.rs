@@ -21,7 +21,7 @@ use shared::protocol::conductor::{
     ConductorHello, FromConductor, JobEvent, JobPlan, MAX_REASON_LEN, Phase, PlanAction, PriorTask,
     Report, StepOutcome, Stream, SupervisorHello, ToConductor,
 };
-use shared::spec::{CommandSpec, JobSpec, TaskBody, TaskSpec};
+use shared::spec::{Backoff, CommandSpec, Flow, JobSpec, OnFailure, TaskBody, TaskSpec};
 use shared::state::{ExecOutcome, JobState, TaskState};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -230,6 +230,7 @@ fn task_spec() -> BoxedStrategy<TaskSpec> {
         proptest::option::of(short_text()),
         env(),
         (any::<u32>(), duration()),
+        (vec(any::<u32>(), 0..4), duration(), any::<u32>()),
     )
         .prop_map(
             |(
@@ -241,6 +242,7 @@ fn task_spec() -> BoxedStrategy<TaskSpec> {
                 cwd,
                 env,
                 (revert_retries, revert_retry_delay),
+                (after, retry_delay, backoff),
             )| TaskSpec {
                 name,
                 body,
@@ -252,6 +254,9 @@ fn task_spec() -> BoxedStrategy<TaskSpec> {
                 cwd,
                 env,
                 max_output: None,
+                after,
+                retry_delay,
+                retry_backoff: Backoff(backoff),
             },
         )
         .boxed()
@@ -295,11 +300,13 @@ fn job_spec() -> BoxedStrategy<JobSpec> {
             proptest::option::of(short_text()),
         ),
         (limits(), duration(), any::<bool>(), vec(task_spec(), 0..4)),
+        (any::<bool>(), any::<u32>(), any::<bool>()),
     )
         .prop_map(
             |(
                 (name, timeout, cancel_timeout, term_grace, env, worker),
                 (limits, heartbeat_timeout, kill_unresponsive, tasks),
+                (graph, max_parallel, finish),
             )| {
                 let mut spec = JobSpec::parse(
                     "[[task]]\nname = \"t\"\nrun = \"true\"\n",
@@ -317,6 +324,13 @@ fn job_spec() -> BoxedStrategy<JobSpec> {
                 spec.heartbeat_timeout = heartbeat_timeout;
                 spec.kill_unresponsive = kill_unresponsive;
                 spec.tasks = tasks;
+                spec.flow = if graph { Flow::Graph } else { Flow::Linear };
+                spec.max_parallel = max_parallel;
+                spec.on_failure = if finish {
+                    OnFailure::Finish
+                } else {
+                    OnFailure::Interrupt
+                };
                 spec
             },
         )
@@ -372,10 +386,23 @@ fn to_conductor() -> impl Strategy<Value = ToConductor> {
     ]
 }
 
+/// What a version 3 (or older) peer receives of `spec`: the same, without flows.
+fn without_flows(spec: &mut JobSpec) {
+    spec.flow = Flow::Linear;
+    spec.max_parallel = shared::spec::DEFAULT_MAX_PARALLEL;
+    spec.on_failure = OnFailure::Interrupt;
+    for task in &mut spec.tasks {
+        task.after.clear();
+        task.retry_delay = Duration::ZERO;
+        task.retry_backoff = Backoff::default();
+    }
+}
+
 /// What a version 1 peer receives of `message`: the same, without any `revert_timeout`.
 fn as_v1(message: &ToConductor) -> ToConductor {
     let mut message = message.clone();
     if let ToConductor::Start(plan) = &mut message {
+        without_flows(&mut plan.spec);
         for task in &mut plan.spec.tasks {
             task.revert_timeout = None;
             task.revert_retries = 0;
@@ -515,12 +542,15 @@ fn task_status() -> impl Strategy<Value = TaskStatus> {
             proptest::option::of(any::<i64>()),
             proptest::option::of(any::<i64>()),
         ),
+        vec(short_text(), 0..3),
     )
         .prop_map(
             |(
                 (name, state, revert_pending, attempts),
                 (exec_outcome, result, error, started_ms, ended_ms),
+                after,
             )| TaskStatus {
+                after,
                 name,
                 state,
                 revert_pending,
@@ -557,6 +587,7 @@ fn client_reply() -> BoxedStrategy<ClientReply> {
             task,
             created_ms,
             paused_since_ms: Some(created_ms),
+            running: u32::from(created_ms > 0),
         });
     let status = (
         (
@@ -826,6 +857,7 @@ proptest! {
             let decoded = ClientRequest::decode_v1(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let expected = match message {
                 ClientRequest::Submit { mut spec, source } => {
+                    without_flows(&mut spec);
                     for task in &mut spec.tasks {
                         task.revert_timeout = None;
                         task.revert_retries = 0;
@@ -857,6 +889,7 @@ proptest! {
         let decoded = ClientRequest::decoder(2)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let expected = match message {
             ClientRequest::Submit { mut spec, source } => {
+                without_flows(&mut spec);
                 for task in &mut spec.tasks {
                     task.revert_retries = 0;
                     task.revert_retry_delay = Duration::ZERO;
@@ -877,11 +910,37 @@ proptest! {
         let decoded = ToConductor::decoder(2)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut expected = message;
         if let ToConductor::Start(plan) = &mut expected {
+            without_flows(&mut plan.spec);
             for task in &mut plan.spec.tasks {
                 task.revert_retries = 0;
                 task.revert_retry_delay = Duration::ZERO;
             }
         }
+        prop_assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn to_conductor_round_trips_in_version_3(message in to_conductor()) {
+        let frame = message.encode(3).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let decoded = ToConductor::decoder(3)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut expected = message;
+        if let ToConductor::Start(plan) = &mut expected {
+            without_flows(&mut plan.spec);
+        }
+        prop_assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn client_request_round_trips_in_version_3(message in client_request()) {
+        let frame = message.encode(3).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let decoded = ClientRequest::decoder(3)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let expected = match message {
+            ClientRequest::Submit { mut spec, source } => {
+                without_flows(&mut spec);
+                ClientRequest::Submit { spec, source }
+            }
+            other => other,
+        };
         prop_assert_eq!(decoded, expected);
     }
 

@@ -11,8 +11,8 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use shared::spec::{
-    CommandSpec, DEFAULT_CANCEL_TIMEOUT, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_TERM_GRACE, JobSpec,
-    MAX_TASK_NAME_LEN, SpecError, TaskBody,
+    CommandSpec, DEFAULT_CANCEL_TIMEOUT, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_TERM_GRACE, Flow,
+    Graph, JobSpec, MAX_TASK_NAME_LEN, SpecError, TaskBody, result_var,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -436,7 +436,9 @@ fn job() -> BoxedStrategy<GenJob> {
                     env(),
                     any::<bool>(),
                     vec(task(worker.is_some()), 1..5).prop_filter("unique names", |tasks| {
-                        let names: BTreeSet<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+                        // Unique as result variables too (`RESULT_<NAME>`), which implies unique.
+                        let names: BTreeSet<String> =
+                            tasks.iter().map(|t| result_var(&t.name)).collect();
                         names.len() == tasks.len()
                     }),
                     style(),
@@ -1048,5 +1050,102 @@ proptest! {
             .err()
             .ok_or_else(|| TestCaseError::fail(format!("accepted:\n{source}")))?;
         prop_assert_eq!((err.line, err.column), (blank_lines + 2, 8));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graphs (issue 12): random DAGs parse, random cycles are refused with the cycle named.
+
+/// A `[[task]]` of a graph job, running after `after`.
+fn graph_task(name: &str, after: &[String]) -> String {
+    let after: Vec<String> = after.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[[task]]\nname = \"{name}\"\nrun = \"true\"\nafter = [{}]\n",
+        after.join(", ")
+    )
+}
+
+/// `n` tasks, each after a random subset of the ones before it (so acyclic), written in the
+/// order `file_order` (a permutation: forward references included).
+fn dag() -> impl Strategy<Value = (Vec<Vec<usize>>, Vec<usize>)> {
+    (1usize..14).prop_flat_map(|n| {
+        let edges = (0..n)
+            .map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(4)))
+            .collect::<Vec<_>>();
+        let order = Just((0..n).collect::<Vec<_>>()).prop_shuffle();
+        (edges, order)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn random_dags_parse_in_a_topological_order((deps, file_order) in dag()) {
+        let name = |i: usize| format!("t{i}");
+        let mut source = String::from("flow = \"graph\"\n");
+        for &task in &file_order {
+            let after: Vec<String> = deps[task].iter().map(|&d| name(d)).collect();
+            source.push_str(&graph_task(&name(task), &after));
+        }
+        let spec = parse_checked(&source, "g.toml")?
+            .map_err(|err| TestCaseError::fail(format!("{err}\n{source}")))?;
+        prop_assert_eq!(spec.flow, Flow::Graph);
+        prop_assert!(spec.check().is_ok(), "{:?}", spec.check());
+        prop_assert_eq!(spec.tasks.len(), deps.len());
+        for (own, task) in spec.tasks.iter().enumerate() {
+            let original: usize = task.name[1..].parse().map_err(|_| TestCaseError::fail("name"))?;
+            let mut got: Vec<String> = task
+                .after
+                .iter()
+                .map(|&a| spec.tasks[a as usize].name.clone())
+                .collect();
+            got.sort();
+            let mut wanted: Vec<String> = deps[original].iter().map(|&d| name(d)).collect();
+            wanted.sort();
+            prop_assert_eq!(got, wanted);
+            prop_assert!(task.after.iter().all(|&a| (a as usize) < own));
+        }
+        let levels = Graph::of(&spec).levels();
+        prop_assert_eq!(levels.iter().map(Vec::len).sum::<usize>(), deps.len());
+    }
+
+    #[test]
+    fn random_cycles_are_refused_with_the_cycle_named(
+        cycle_len in 2usize..6,
+        extra in 0usize..5,
+        seed in proptest::collection::vec(any::<u8>(), 16),
+        file_order in Just(()).prop_flat_map(|()| Just((0..11).collect::<Vec<usize>>()).prop_shuffle()),
+    ) {
+        // c0 -> c1 -> ... -> c0 (each after the one before, c0 after the last); extra tasks
+        // after cycle members or earlier extras only, which adds no cycle.
+        let cycle: Vec<String> = (0..cycle_len).map(|i| format!("c{i}")).collect();
+        let mut tasks: Vec<(String, Vec<String>)> = (0..cycle_len)
+            .map(|i| (cycle[i].clone(), vec![cycle[(i + cycle_len - 1) % cycle_len].clone()]))
+            .collect();
+        for (e, &byte) in seed.iter().enumerate().take(extra) {
+            let pick = usize::from(byte) % (cycle_len + e);
+            let dep = if pick < cycle_len { cycle[pick].clone() } else { format!("x{}", pick - cycle_len) };
+            tasks.push((format!("x{e}"), vec![dep]));
+        }
+        let mut source = String::from("flow = \"graph\"\n");
+        for &i in file_order.iter().filter(|&&i| i < tasks.len()) {
+            source.push_str(&graph_task(&tasks[i].0, &tasks[i].1));
+        }
+        let err = parse_checked(&source, "g.toml")?
+            .err()
+            .ok_or_else(|| TestCaseError::fail(format!("accepted:\n{source}")))?;
+        let named = err
+            .message
+            .strip_prefix("cycle: ")
+            .ok_or_else(|| TestCaseError::fail(format!("{err}")))?;
+        let named: Vec<&str> = named.split(" -> ").collect();
+        prop_assert_eq!(named.len(), cycle_len + 1, "{}", err);
+        prop_assert_eq!(named.first(), named.last());
+        // A rotation of c0 -> c1 -> ... in that direction.
+        let start: usize = named[0][1..].parse().map_err(|_| TestCaseError::fail("name"))?;
+        for (k, name) in named.iter().enumerate() {
+            prop_assert_eq!(name.to_string(), format!("c{}", (start + k) % cycle_len));
+        }
     }
 }

@@ -12,6 +12,7 @@ use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
 pub use crate::protocol::operator::{Action, Requester};
 use crate::protocol::v1::ClientRequestV1;
 use crate::protocol::v2::ClientRequestV2;
+use crate::protocol::v3::ClientRequestV3;
 use crate::spec::JobSpec;
 use crate::state::{ExecOutcome, JobState, TaskState};
 use serde::{Deserialize, Serialize};
@@ -88,8 +89,10 @@ pub enum ClientRequest {
 impl ClientRequest {
     /// Encodes the request as a whole frame in protocol `version`.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
-        if version >= 3 {
+        if version >= 4 {
             encode_frame(self)
+        } else if version == 3 {
+            encode_frame(&ClientRequestV3::from(self.clone()))
         } else if matches!(self, Self::LogsSince { .. }) {
             Err(FrameError::NotInVersion {
                 what: "logs --since",
@@ -138,7 +141,8 @@ impl ClientRequest {
     #[must_use]
     pub fn decoder(version: u32) -> Decoder<Self> {
         match version {
-            3.. => decode_body::<Self>,
+            4.. => decode_body::<Self>,
+            3 => Self::decode_v3,
             2 => Self::decode_v2,
             _ => Self::decode_v1,
         }
@@ -147,6 +151,11 @@ impl ClientRequest {
     /// Decodes a frame body of protocol version 2.
     pub fn decode_v2(body: &[u8]) -> Result<Self, FrameError> {
         decode_body::<ClientRequestV2>(body).map(Self::from)
+    }
+
+    /// Decodes a frame body of protocol version 3.
+    pub fn decode_v3(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body::<ClientRequestV3>(body).map(Self::from)
     }
 }
 
@@ -228,6 +237,9 @@ pub struct JobSummary {
     pub created_ms: i64,
     /// Since when the job is paused (frozen), if it is.
     pub paused_since_ms: Option<i64>,
+    /// How many of its tasks run (execute or revert) now: several in a graph.
+    #[serde(default)]
+    pub running: u32,
 }
 
 /// `status`: the job and each task.
@@ -266,6 +278,9 @@ pub struct TaskStatus {
     pub error: Option<String>,
     pub started_ms: Option<i64>,
     pub ended_ms: Option<i64>,
+    /// The tasks it runs after, in a graph (`after`); empty in a linear job.
+    #[serde(default)]
+    pub after: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ use crate::ids::JobId;
 use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
 use crate::protocol::v1::ToConductorV1;
 use crate::protocol::v2::ToConductorV2;
+use crate::protocol::v3::ToConductorV3;
 use crate::spec::JobSpec;
 use crate::state::{ExecOutcome, JobState, TaskState};
 use serde::{Deserialize, Serialize};
@@ -51,8 +52,11 @@ pub enum ToConductor {
 impl ToConductor {
     /// Encodes the message as a whole frame in protocol `version`.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
-        if version >= 3 {
+        if version >= 4 {
             return encode_frame(self);
+        }
+        if version == 3 {
+            return encode_frame(&ToConductorV3::from(self.clone()));
         }
         if version == 2 {
             return encode_frame(&ToConductorV2::from(self.clone()));
@@ -75,7 +79,8 @@ impl ToConductor {
     #[must_use]
     pub fn decoder(version: u32) -> Decoder<Self> {
         match version {
-            3.. => decode_body::<Self>,
+            4.. => decode_body::<Self>,
+            3 => Self::decode_v3,
             2 => Self::decode_v2,
             _ => Self::decode_v1,
         }
@@ -84,6 +89,11 @@ impl ToConductor {
     /// Decodes a frame body of protocol version 2.
     pub fn decode_v2(body: &[u8]) -> Result<Self, FrameError> {
         decode_body::<ToConductorV2>(body).map(Self::from)
+    }
+
+    /// Decodes a frame body of protocol version 3.
+    pub fn decode_v3(body: &[u8]) -> Result<Self, FrameError> {
+        decode_body::<ToConductorV3>(body).map(Self::from)
     }
 }
 

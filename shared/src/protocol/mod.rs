@@ -17,12 +17,15 @@ pub mod conductor;
 pub mod operator;
 pub mod v1;
 pub mod v2;
+pub mod v3;
 
 /// This build's version; bumped on every incompatible change of any message.
 /// Version 2: `TaskSpec::revert_timeout`, and prior results in frames of their own
 /// (`ToConductor::PriorResult`). Version 3: `TaskSpec::revert_retries` and
-/// `revert_retry_delay`, `JobSpec::hooks` ([`v2`] mirrors version 2).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `revert_retry_delay`, `JobSpec::hooks` ([`v2`] mirrors version 2). Version 4: flows
+/// (`JobSpec::flow`, `max_parallel`, `on_failure`, `TaskSpec::after`, `retry_delay`,
+/// `retry_backoff`; [`v3`] mirrors version 3).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -56,6 +59,6 @@ mod tests {
         assert_eq!(negotiate(MIN_PROTOCOL_VERSION), Some(MIN_PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION + 5), Some(PROTOCOL_VERSION));
-        assert_eq!(supported_versions(), "1..=3");
+        assert_eq!(supported_versions(), "1..=4");
     }
 }

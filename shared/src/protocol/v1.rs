@@ -111,6 +111,9 @@ impl From<TaskSpecV1> for TaskSpec {
             cwd: v1.cwd,
             env: v1.env,
             max_output: None,
+            after: Vec::new(),
+            retry_delay: Duration::ZERO,
+            retry_backoff: crate::spec::Backoff::default(),
         }
     }
 }
@@ -145,6 +148,9 @@ impl From<JobSpecV1> for JobSpec {
             kill_unresponsive: v1.kill_unresponsive,
             tasks: v1.tasks.into_iter().map(TaskSpec::from).collect(),
             hooks: crate::spec::Hooks::default(),
+            flow: crate::spec::Flow::Linear,
+            max_parallel: crate::spec::DEFAULT_MAX_PARALLEL,
+            on_failure: crate::spec::OnFailure::Interrupt,
         }
     }
 }

@@ -120,6 +120,9 @@ impl From<TaskSpecV2> for TaskSpec {
             cwd: v2.cwd,
             env: v2.env,
             max_output: None,
+            after: Vec::new(),
+            retry_delay: Duration::ZERO,
+            retry_backoff: crate::spec::Backoff::default(),
         }
     }
 }
@@ -155,6 +158,9 @@ impl From<JobSpecV2> for JobSpec {
             hooks: Hooks::default(),
             inherit_env: Vec::new(),
             max_output: None,
+            flow: crate::spec::Flow::Linear,
+            max_parallel: crate::spec::DEFAULT_MAX_PARALLEL,
+            on_failure: crate::spec::OnFailure::Interrupt,
         }
     }
 }

@@ -3,8 +3,8 @@
 //! frame carrying the spec fit the codec's limit.
 
 use super::{
-    CommandSpec, JobSpec, MAX_DURATION, TaskBody, TaskSpec, env_name_problem, max_output_problem,
-    native_limit_problem, task_name_problem,
+    CommandSpec, Flow, JobSpec, MAX_DURATION, TaskBody, TaskSpec, env_name_problem, flow,
+    max_output_problem, native_limit_problem, task_name_problem,
 };
 use crate::duration::format_duration;
 use crate::ids::JobId;
@@ -69,12 +69,50 @@ impl JobSpec {
             }
             self.check_task(task)?;
         }
+        self.check_flow()?;
         let len = self.plan_frame_len();
         if len > MAX_PLAN_FRAME_LEN {
             return Err(format!(
                 "the job is too large: its plan takes {len} bytes, more than the limit of \
                  {MAX_PLAN_FRAME_LEN} bytes (shorten its commands, params or env)"
             ));
+        }
+        Ok(())
+    }
+
+    /// The flow's keys, and a graph in the order a parsed spec has: every task after the tasks
+    /// it runs after (so no cycle and no task after itself), none of them in a linear job.
+    fn check_flow(&self) -> Result<(), String> {
+        if let Some(problem) = flow::max_parallel_problem(i64::from(self.max_parallel)) {
+            return Err(problem);
+        }
+        if let Some((first, second)) = flow::result_var_clash(&self.tasks) {
+            return Err(flow::result_var_problem(
+                &self.tasks[first].name,
+                &self.tasks[second].name,
+            ));
+        }
+        for (own, task) in self.tasks.iter().enumerate() {
+            let name = &task.name;
+            if let Some(problem) = task.retry_backoff.problem() {
+                return Err(format!("task {name:?}: {problem}"));
+            }
+            if task.retry_delay > flow::MAX_RETRY_DELAY {
+                return Err(format!("task {name:?}: {}", flow::retry_delay_problem()));
+            }
+            if self.flow == Flow::Linear && !task.after.is_empty() {
+                return Err(format!("task {name:?}: `after` needs `flow = \"graph\"`"));
+            }
+            if let Some(bad) = task
+                .after
+                .iter()
+                .find(|&&a| usize::try_from(a).map_or(true, |a| a >= own))
+            {
+                return Err(format!(
+                    "task {name:?}: `after` names task number {bad}, which is not before it \
+                     (a cycle, or tasks out of order)"
+                ));
+            }
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use super::client::{Client, Failure, Outcome};
 use super::escape::shown;
 use shared::exit;
 use shared::protocol::client::{Action, ClientReply, ClientRequest, JobStatus};
+use shared::state::TaskState;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -398,7 +399,11 @@ fn print_row(out: &mut impl Write, job: &shared::protocol::client::JobSummary, n
         job.id,
         shown(&job.name),
         super::operators::shown_state(job.state, job.paused_since_ms),
-        shown(job.task.as_deref().unwrap_or("-")),
+        if job.running > 1 {
+            format!("{} tasks running", job.running)
+        } else {
+            shown(job.task.as_deref().unwrap_or("-")).to_string()
+        },
         shared::duration::format_duration(Duration::from_secs(age.as_secs()))
     );
 }
@@ -598,14 +603,29 @@ fn print_status(status: &JobStatus) {
         );
     }
     super::operators::print_operator_lines(status);
+    let running: Vec<String> = status
+        .tasks
+        .iter()
+        .filter(|t| matches!(t.state, TaskState::Running | TaskState::Reverting))
+        .map(|t| shown(&t.name).to_string())
+        .collect();
+    if !running.is_empty() {
+        println!("  running: {}", running.join(", "));
+    }
     for task in &status.tasks {
         let pending = if task.revert_pending {
             "  REVERT PENDING"
         } else {
             ""
         };
+        let after = if task.after.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = task.after.iter().map(|a| shown(a).to_string()).collect();
+            format!("  after {}", names.join(", "))
+        };
         println!(
-            "  {:<20} {:<14} attempts {}{pending}",
+            "  {:<20} {:<14} attempts {}{after}{pending}",
             shown(&task.name),
             task.state.as_str(),
             task.attempts

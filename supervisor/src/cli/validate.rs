@@ -1,8 +1,9 @@
-//! `supervisor validate FILE`: the same checks as `run` and `submit`, and a summary.
+//! `supervisor validate FILE`: the same checks as `run` and `submit`, and a summary; a graph is
+//! printed by levels (what starts together when every task takes as long).
 
 use shared::duration::format_duration;
 use shared::exit;
-use shared::spec::TaskBody;
+use shared::spec::{Flow, Graph, JobSpec, TaskBody};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -41,10 +42,22 @@ pub fn main(args: &ValidateArgs) -> i32 {
                 } else {
                     String::new()
                 };
+                let pacing = if task.retries > 0 && !task.retry_delay.is_zero() {
+                    format!(
+                        " after {}, backoff {}",
+                        format_duration(task.retry_delay),
+                        task.retry_backoff
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "  {} ({what}, {} retries{revert_timeout})",
+                    "  {} ({what}, {} retries{pacing}{revert_timeout})",
                     task.name, task.retries
                 );
+            }
+            if spec.flow == Flow::Graph {
+                print_levels(&spec);
             }
             exit::SUCCESS
         }
@@ -52,5 +65,34 @@ pub fn main(args: &ValidateArgs) -> i32 {
             eprintln!("{message}");
             exit::INVALID_INPUT
         }
+    }
+}
+
+/// `flow = "graph"`: its settings, then each level with its tasks and what each runs after.
+fn print_levels(spec: &JobSpec) {
+    println!(
+        "  flow: graph, max_parallel {}, on_failure {}",
+        spec.max_parallel,
+        spec.on_failure.as_str()
+    );
+    let graph = Graph::of(spec);
+    for (level, tasks) in graph.levels().iter().enumerate() {
+        let shown: Vec<String> = tasks
+            .iter()
+            .map(|&t| {
+                let name = &spec.tasks[t].name;
+                let after: Vec<&str> = graph
+                    .deps(t)
+                    .iter()
+                    .map(|&d| spec.tasks[d].name.as_str())
+                    .collect();
+                if after.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{name} (after {})", after.join(", "))
+                }
+            })
+            .collect();
+        println!("  level {level}: {}", shown.join(", "));
     }
 }

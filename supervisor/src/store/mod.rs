@@ -455,6 +455,8 @@ fn sql_list(states: impl IntoIterator<Item = JobState>) -> String {
 
 /// The tasks whose revert is pending, last first: their execute began and their revert has not
 /// completed. Tasks without a revert command have nothing to compensate and are never pending.
+/// A spec keeps a graph's tasks in a topological order, so last first is a reverse dependency
+/// order: every task after the tasks that depend on it (ARCHITECTURE.md, Flows).
 #[must_use]
 pub fn pending_reverts(tasks: &[TaskRow]) -> Vec<TaskRow> {
     tasks

@@ -60,11 +60,14 @@ impl Store {
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT j.seq, j.id, j.name, j.state, j.created_ms, j.paused_ms,
                     (SELECT t.name FROM tasks t WHERE t.job_id = j.id AND t.state != '{}'
-                     ORDER BY t.started_ms DESC, t.idx DESC LIMIT 1)
+                     ORDER BY t.started_ms DESC, t.idx DESC LIMIT 1),
+                    (SELECT COUNT(*) FROM tasks t WHERE t.job_id = j.id AND t.state IN ('{}', '{}'))
              FROM jobs j
              WHERE {}
              ORDER BY j.seq LIMIT ?4",
             TaskState::Pending.as_str(),
+            TaskState::Running.as_str(),
+            TaskState::Reverting.as_str(),
             list_filter(all, query),
         ))?;
         let (name, since) = list_params(query);
@@ -78,22 +81,26 @@ impl Store {
                     row.get::<_, i64>(4)?,
                     row.get::<_, Option<i64>>(5)?,
                     row.get::<_, Option<String>>(6)?,
+                    row.get::<_, i64>(7)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let last = rows.last().map_or(after, |row| row.0);
         let jobs = rows
             .into_iter()
-            .map(|(_, id, name, state, created_ms, paused_since_ms, task)| {
-                Ok(JobSummary {
-                    id: parse_id(&id)?,
-                    name,
-                    state: state.parse()?,
-                    task,
-                    created_ms,
-                    paused_since_ms,
-                })
-            })
+            .map(
+                |(_, id, name, state, created_ms, paused_since_ms, task, running)| {
+                    Ok(JobSummary {
+                        id: parse_id(&id)?,
+                        name,
+                        state: state.parse()?,
+                        task,
+                        created_ms,
+                        paused_since_ms,
+                        running: u32::try_from(running).unwrap_or(0),
+                    })
+                },
+            )
             .collect::<Result<Vec<_>>>()?;
         Ok((jobs, last))
     }
@@ -103,9 +110,10 @@ impl Store {
         let conn = self.conn();
         let job = job_row(&conn, id)?.ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
         let tasks = task_rows(&conn, id)?;
-        let last_order: Option<String> = conn
-            .prepare_cached("SELECT last_order FROM jobs WHERE id = ?1")?
-            .query_row([id.as_str()], |row| row.get(0))?;
+        let (last_order, spec): (Option<String>, String) = conn
+            .prepare_cached("SELECT last_order, spec FROM jobs WHERE id = ?1")?
+            .query_row([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        let after = after_names(&spec);
         let accounting = matches!(
             job.state,
             JobState::Killed | JobState::Crashed | JobState::RevertFailed
@@ -126,7 +134,13 @@ impl Store {
             paused_since_ms: job.paused_ms,
             tasks: tasks
                 .into_iter()
-                .map(|t| task_status(t, accounting))
+                .map(|t| {
+                    let after = usize::try_from(t.idx)
+                        .ok()
+                        .and_then(|i| after.get(i).cloned())
+                        .unwrap_or_default();
+                    task_status(t, accounting, after)
+                })
                 .collect(),
         })
     }
@@ -166,9 +180,32 @@ fn parse_id(text: &str) -> Result<JobId> {
     JobId::parse(text).ok_or_else(|| StoreError::BadJobId(text.to_owned()))
 }
 
-fn task_status(task: TaskRow, accounting: bool) -> TaskStatus {
+/// For each task of the stored spec `spec` (JSON) of a graph, the names of the tasks it runs
+/// after; empty for a linear job (file order says it) and when the spec does not read
+/// (`status` still shows the rest).
+fn after_names(spec: &str) -> Vec<Vec<String>> {
+    let Ok(spec) = serde_json::from_str::<shared::spec::JobSpec>(spec) else {
+        return Vec::new();
+    };
+    if spec.flow == shared::spec::Flow::Linear {
+        return Vec::new();
+    }
+    let graph = shared::spec::Graph::of(&spec);
+    (0..spec.tasks.len())
+        .map(|i| {
+            graph
+                .deps(i)
+                .iter()
+                .map(|&d| spec.tasks[d].name.clone())
+                .collect()
+        })
+        .collect()
+}
+
+fn task_status(task: TaskRow, accounting: bool, after: Vec<String>) -> TaskStatus {
     let revert_pending = accounting && task.revert_began_or_needed();
     TaskStatus {
+        after,
         revert_pending,
         name: task.name,
         state: task.state,
