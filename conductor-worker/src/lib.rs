@@ -62,8 +62,10 @@ pub struct ReadmeDoctests;
 pub struct Config {
     /// The inherited listening socket.
     pub listen_fd: RawFd,
-    /// The job this conductor is for; checked in the handshake.
-    pub job_id: JobId,
+    /// The job this conductor is for, checked in the handshake; `None` for a warm conductor
+    /// (`--warm`), spawned ahead of any job: it takes the job id of the first supervisor hello
+    /// it gets, and is that job's for the rest of its life (ARCHITECTURE.md, Warm conductors).
+    pub job_id: Option<JobId>,
     /// How long to wait, from the start, for the job's plan before giving up
     /// ([`PLAN_TIMEOUT`] unless a test says otherwise).
     pub plan_timeout: Duration,
@@ -87,19 +89,24 @@ pub enum ArgsError {
     #[error("bad job id {0:?}")]
     BadJobId(String),
     #[error(
-        "unknown argument {0:?} (usage: conductor-worker --job-id ID [--listen-fd N]; it is started by the supervisor)"
+        "unknown argument {0:?} (usage: conductor-worker (--job-id ID | --warm) [--listen-fd N]; it is started by the supervisor)"
     )]
     Unknown(String),
-    #[error("--job-id is required (the conductor is started by the supervisor)")]
+    #[error("--job-id or --warm is required (the conductor is started by the supervisor)")]
     MissingJobId,
+    #[error("--job-id and --warm exclude each other")]
+    JobIdAndWarm,
 }
 
-/// Parses the conductor's command line (`--job-id ID [--listen-fd N]`).
+/// Parses the conductor's command line (`--job-id ID [--listen-fd N]`, or `--warm [--listen-fd
+/// N]` for a conductor spawned ahead of its job).
 pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, ArgsError> {
     let mut listen_fd = DEFAULT_LISTEN_FD;
     let mut job_id = None;
+    let mut warm = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--warm" => warm = true,
             "--listen-fd" => {
                 let text = args.next().ok_or(ArgsError::MissingValue("--listen-fd"))?;
                 listen_fd = text.parse().map_err(|_| ArgsError::BadListenFd(text))?;
@@ -111,9 +118,14 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, Args
             other => return Err(ArgsError::Unknown(other.to_owned())),
         }
     }
+    let job_id = match (job_id, warm) {
+        (Some(_), true) => return Err(ArgsError::JobIdAndWarm),
+        (None, false) => return Err(ArgsError::MissingJobId),
+        (job_id, _) => job_id,
+    };
     Ok(Config {
         listen_fd,
-        job_id: job_id.ok_or(ArgsError::MissingJobId)?,
+        job_id,
         plan_timeout: PLAN_TIMEOUT,
     })
 }

@@ -52,7 +52,10 @@ impl Actor {
         let (conductor, pidfd, link, plan, first, purpose) = match next {
             Next::Launch(purpose) => {
                 let launcher = &self.jobs.inner.launcher;
-                match launcher.launch(self.jobs.store(), &self.id, purpose).await {
+                match launcher
+                    .launch(self.jobs.store(), &self.id, purpose, &spec)
+                    .await
+                {
                     Ok(Launched {
                         conductor,
                         pidfd,

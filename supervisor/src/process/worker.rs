@@ -70,6 +70,18 @@ impl WorkerCommand {
             .collect()
     }
 
+    /// The arguments of a warm conductor (spawned ahead of its job, which its first supervisor
+    /// hello names) that finds its listening socket at fd 3.
+    #[must_use]
+    pub fn warm_args(&self) -> Vec<String> {
+        let own = ["--warm", "--listen-fd", "3"];
+        self.leading_args
+            .iter()
+            .cloned()
+            .chain(own.into_iter().map(str::to_owned))
+            .collect()
+    }
+
     /// Where a job file's `worker` is: a bare name next to this binary, a path relative to the
     /// job file.
     pub fn resolve(worker: &str, job_file: &Path) -> anyhow::Result<PathBuf> {
