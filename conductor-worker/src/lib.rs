@@ -149,6 +149,8 @@ pub(crate) fn main_with(
         }
         return std::process::ExitCode::SUCCESS;
     }
+    // First thing: the daemon that spawned a warm conductor must still be its parent here.
+    let parent = nix::unistd::getppid();
     init_logging();
     let result = parse_args(args.into_iter())
         .map_err(anyhow::Error::from)
@@ -162,11 +164,25 @@ pub(crate) fn main_with(
                 .enable_all()
                 .build()
                 .context("cannot build the runtime")?;
-            runtime.block_on(runner::serve(config, &registry))
+            let warm = config.job_id.is_none();
+            runtime.block_on(async {
+                let served = async { runner::serve(config, &registry).await.map(Some) };
+                if !warm {
+                    return served.await;
+                }
+                tokio::select! {
+                    served = served => served,
+                    () = link::daemon_gone_while_warm(parent) => Ok(None),
+                }
+            })
         });
     match result {
-        Ok(state) => {
+        Ok(Some(state)) => {
             tracing::info!(state = %state, "conductor finished");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            tracing::info!("the daemon that spawned this warm conductor is gone; exiting");
             std::process::ExitCode::SUCCESS
         }
         Err(err) => {

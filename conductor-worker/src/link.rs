@@ -15,6 +15,44 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Set once a warm conductor (spawned without a job) has been told its job; from then on it
+/// is that job's conductor, and outlives its supervisor as every conductor does. One job per
+/// process, so one flag per process.
+static ASSIGNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Resolves when the daemon that spawned this warm conductor (`parent`, its pid read at the
+/// start) is gone while no job was assigned yet: a warm conductor nobody will ever assign must
+/// not linger (ARCHITECTURE.md, Warm conductors). Waits on a pidfd of the parent, no polling;
+/// never resolves once a job is assigned. Where no pidfd can be had, the plan timeout bounds
+/// the wait.
+pub async fn daemon_gone_while_warm(parent: nix::unistd::Pid) {
+    use std::os::fd::OwnedFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, parent.as_raw(), 0) };
+    let Some(raw) = i32::try_from(raw).ok().filter(|&fd| fd >= 0) else {
+        if nix::unistd::getppid() != parent {
+            return;
+        }
+        return std::future::pending().await;
+    };
+    // SAFETY: the kernel just returned this descriptor, open and owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // Reparented before the pidfd was open: the pidfd may name a stranger that took the pid.
+    if nix::unistd::getppid() != parent {
+        return;
+    }
+    // SAFETY: the `AsyncFd` owns the descriptor and closes it when dropped.
+    if let Ok(watch) = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    } {
+        let _ = watch.readable().await;
+    }
+    if !ASSIGNED.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    std::future::pending().await
+}
+
 /// How long a new connection has to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -341,6 +379,8 @@ impl Server {
             // A warm conductor takes the job of the first well-formed hello: one job for life.
             (Some(ToConductor::Hello(theirs)), None) if version.is_some() => {
                 tracing::info!(job_id = %theirs.job_id, "warm conductor assigned");
+                // Before the answer: once the supervisor has it, this conductor is the job's.
+                ASSIGNED.store(true, std::sync::atomic::Ordering::SeqCst);
                 self.job_id = Some(theirs.job_id.clone());
                 theirs.job_id.clone()
             }
