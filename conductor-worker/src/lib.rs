@@ -206,3 +206,29 @@ fn init_logging() {
         .log_internal_errors(false)
         .try_init();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Config, ArgsError> {
+        parse_args(list.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn a_warm_conductor_has_no_job_until_told() {
+        let warm = args(&["--warm", "--listen-fd", "3"]).expect("valid");
+        assert_eq!(warm.job_id, None);
+        assert_eq!(warm.listen_fd, 3);
+        let cold = args(&["--job-id", "0000abcd"]).expect("valid");
+        assert_eq!(
+            cold.job_id.map(|j| j.as_str().to_owned()).as_deref(),
+            Some("0000abcd")
+        );
+        assert!(matches!(args(&[]), Err(ArgsError::MissingJobId)));
+        assert!(matches!(
+            args(&["--warm", "--job-id", "0000abcd"]),
+            Err(ArgsError::JobIdAndWarm)
+        ));
+    }
+}

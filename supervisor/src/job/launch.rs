@@ -373,3 +373,26 @@ pub fn check_runnable(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(top: &str) -> shared::spec::JobSpec {
+        let text = format!("{top}\n[[task]]\nname = \"a\"\nrun = \"true\"\n");
+        shared::spec::JobSpec::parse(&text, "j.toml", "j").expect("valid")
+    }
+
+    #[test]
+    fn only_a_first_conductor_of_the_default_worker_is_taken_warm() {
+        assert_eq!(cold_only(&spec(""), false), None);
+        // Limits are applied where they are for a new conductor: no reason for a spawn.
+        let limited = spec("[limits]\nmemory = \"64M\"\nnofile = 64\ncpu_time = \"5s\"\n");
+        assert_eq!(cold_only(&limited, false), None);
+        assert!(cold_only(&spec("worker = \"my-worker\""), false).is_some());
+        assert!(
+            cold_only(&spec(""), true).is_some(),
+            "a revert or resume keeps its log"
+        );
+    }
+}
