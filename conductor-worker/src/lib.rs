@@ -66,6 +66,9 @@ pub struct Config {
     /// (`--warm`), spawned ahead of any job: it takes the job id of the first supervisor hello
     /// it gets, and is that job's for the rest of its life (ARCHITECTURE.md, Warm conductors).
     pub job_id: Option<JobId>,
+    /// The daemon that spawned a warm conductor (`--daemon PID`): it must be this process's
+    /// parent, else it died before this process looked, and nobody will ever assign it.
+    pub daemon_pid: Option<i32>,
     /// How long to wait, from the start, for the job's plan before giving up
     /// ([`PLAN_TIMEOUT`] unless a test says otherwise).
     pub plan_timeout: Duration,
@@ -86,6 +89,8 @@ pub enum ArgsError {
     MissingValue(&'static str),
     #[error("--listen-fd takes a number, not {0:?}")]
     BadListenFd(String),
+    #[error("--daemon takes a pid, not {0:?}")]
+    BadDaemonPid(String),
     #[error("bad job id {0:?}")]
     BadJobId(String),
     #[error(
@@ -98,15 +103,20 @@ pub enum ArgsError {
     JobIdAndWarm,
 }
 
-/// Parses the conductor's command line (`--job-id ID [--listen-fd N]`, or `--warm [--listen-fd
-/// N]` for a conductor spawned ahead of its job).
+/// Parses the conductor's command line (`--job-id ID [--listen-fd N]`, or `--warm [--daemon PID]
+/// [--listen-fd N]` for a conductor spawned ahead of its job by the daemon PID).
 pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, ArgsError> {
     let mut listen_fd = DEFAULT_LISTEN_FD;
     let mut job_id = None;
     let mut warm = false;
+    let mut daemon_pid = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--warm" => warm = true,
+            "--daemon" => {
+                let text = args.next().ok_or(ArgsError::MissingValue("--daemon"))?;
+                daemon_pid = Some(text.parse().map_err(|_| ArgsError::BadDaemonPid(text))?);
+            }
             "--listen-fd" => {
                 let text = args.next().ok_or(ArgsError::MissingValue("--listen-fd"))?;
                 listen_fd = text.parse().map_err(|_| ArgsError::BadListenFd(text))?;
@@ -126,6 +136,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, Args
     Ok(Config {
         listen_fd,
         job_id,
+        daemon_pid,
         plan_timeout: PLAN_TIMEOUT,
     })
 }
@@ -149,8 +160,6 @@ pub(crate) fn main_with(
         }
         return std::process::ExitCode::SUCCESS;
     }
-    // First thing: the daemon that spawned a warm conductor must still be its parent here.
-    let parent = nix::unistd::getppid();
     init_logging();
     let result = parse_args(args.into_iter())
         .map_err(anyhow::Error::from)
@@ -165,6 +174,11 @@ pub(crate) fn main_with(
                 .build()
                 .context("cannot build the runtime")?;
             let warm = config.job_id.is_none();
+            // The daemon that spawned a warm conductor; it may have died already (this
+            // process then has another parent), which `daemon_gone_while_warm` sees.
+            let parent = config
+                .daemon_pid
+                .map_or_else(nix::unistd::getppid, nix::unistd::Pid::from_raw);
             runtime.block_on(async {
                 let served = async { runner::serve(config, &registry).await.map(Some) };
                 if !warm {
@@ -217,8 +231,9 @@ mod tests {
 
     #[test]
     fn a_warm_conductor_has_no_job_until_told() {
-        let warm = args(&["--warm", "--listen-fd", "3"]).expect("valid");
+        let warm = args(&["--warm", "--daemon", "42", "--listen-fd", "3"]).expect("valid");
         assert_eq!(warm.job_id, None);
+        assert_eq!(warm.daemon_pid, Some(42));
         assert_eq!(warm.listen_fd, 3);
         let cold = args(&["--job-id", "0000abcd"]).expect("valid");
         assert_eq!(

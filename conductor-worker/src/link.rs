@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// process, so one flag per process.
 static ASSIGNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Resolves when the daemon that spawned this warm conductor (`parent`, its pid read at the
-/// start) is gone while no job was assigned yet: a warm conductor nobody will ever assign must
+/// Resolves when the daemon that spawned this warm conductor (`parent`, named on its command
+/// line) is gone, or was never this process's parent, while no job was assigned yet: a warm conductor nobody will ever assign must
 /// not linger (ARCHITECTURE.md, Warm conductors). Waits on a pidfd of the parent, no polling;
 /// never resolves once a job is assigned. Where no pidfd can be had, the plan timeout bounds
 /// the wait.
@@ -29,18 +29,20 @@ pub async fn daemon_gone_while_warm(parent: nix::unistd::Pid) {
     use std::os::fd::OwnedFd;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, parent.as_raw(), 0) };
-    let Some(raw) = i32::try_from(raw).ok().filter(|&fd| fd >= 0) else {
-        if nix::unistd::getppid() != parent {
-            return;
-        }
-        return std::future::pending().await;
-    };
-    // SAFETY: the kernel just returned this descriptor, open and owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // Reparented before the pidfd was open: the pidfd may name a stranger that took the pid.
+    // SAFETY: a descriptor the kernel just returned, open and owned by nobody else.
+    let pidfd = i32::try_from(raw)
+        .ok()
+        .filter(|&fd| fd >= 0)
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    // Checked after the open: reparented already (the daemon died before this process looked,
+    // and the pidfd may name a stranger that took its pid), nobody will assign it.
     if nix::unistd::getppid() != parent {
         return;
     }
+    // Without a pidfd, the plan timeout bounds the wait.
+    let Some(pidfd) = pidfd else {
+        return std::future::pending().await;
+    };
     // SAFETY: the `AsyncFd` owns the descriptor and closes it when dropped.
     if let Ok(watch) = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)

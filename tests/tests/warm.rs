@@ -386,3 +386,59 @@ fn warm_0_spawns_nothing_ahead() {
     assert_eq!(code, 0, "{err}");
     daemon.wait_exit(DEADLINE);
 }
+
+/// The cgroups of a dead daemon's warm conductors (which exited by themselves) are removed by
+/// the next daemon of any state dir sharing the cgroup base, even when the dead daemon's state
+/// dir never sees a daemon again.
+#[test]
+fn cgroup_a_dead_daemons_warm_cgroups_are_swept_by_any_daemon() {
+    const NAME: &str = "cgroup_a_dead_daemons_warm_cgroups_are_swept_by_any_daemon";
+    if !nix::unistd::geteuid().is_root() {
+        skip_unless_ci(NAME, "needs root for a writable cgroup v2");
+        return;
+    }
+    let dead = TestEnv::new();
+    let mut daemon = Mode::Cgroup.start_daemon(&dead, &[]);
+    let left = wait_pool(&dead, 2);
+    let cgroups: Vec<PathBuf> = left.iter().filter_map(|r| r.cgroup.clone()).collect();
+    if cgroups.is_empty() {
+        skip_unless_ci(NAME, "the daemon runs in session mode");
+        return;
+    }
+    sigkill_run(&mut daemon);
+    wait_for(
+        GONE_DEADLINE,
+        "the warm conductors to exit by themselves",
+        || {
+            let alive: Vec<&Record> = left.iter().filter(|r| is_alive(r.pid)).collect();
+            if alive.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{alive:?}"))
+            }
+        },
+    );
+    // Never a daemon on that state dir again: no record will be read.
+    std::fs::remove_dir_all(dead.state_dir().join("warm")).expect("remove the records");
+    assert!(
+        cgroups.iter().all(|c| c.exists()),
+        "{cgroups:?} stay until swept"
+    );
+    let other = TestEnv::new();
+    let mut daemon = Mode::Cgroup.start_daemon(&other, &[]);
+    wait_for(
+        GONE_DEADLINE,
+        "the dead daemon's warm cgroups swept",
+        || {
+            let left: Vec<&PathBuf> = cgroups.iter().filter(|c| c.exists()).collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+    let (code, _, err) = cli(&other, &["shutdown"]);
+    assert_eq!(code, 0, "{err}");
+    daemon.wait_exit(DEADLINE);
+}

@@ -137,7 +137,7 @@ async fn start_warm_pool(
     config: &DaemonConfig,
     containment: &Containment,
 ) -> anyhow::Result<Option<WarmPool>> {
-    warm::clear_leftovers(&config.state_dir).await?;
+    warm::clear_leftovers(&config.state_dir, containment).await?;
     tracing::info!(size = config.warm, "warm pool");
     if config.warm == 0 {
         return Ok(None);

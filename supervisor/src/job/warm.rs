@@ -39,7 +39,8 @@ pub const MAX_AGE: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// The prefix of every warm cgroup's name (`BASE/warm-PID-N`); a job keeps that cgroup.
+/// The prefix of every warm cgroup's name, `BASE/warm-PID-START-N` (the daemon's pid and start
+/// time, in hex, and a counter); a job keeps that cgroup.
 pub const CGROUP_PREFIX: &str = "warm-";
 
 /// One warm conductor, ready for a job.
@@ -273,7 +274,8 @@ impl Inner {
             dir.join(format!("{name}.log")),
             dir.join(format!("{name}.rec")),
         );
-        let cgroup_name = format!("{CGROUP_PREFIX}{:x}-{n:x}", std::process::id());
+        let daemon = crate::process::own_id().map_or((0, 0), |id| (id.pid, id.start_time));
+        let cgroup_name = format!("{CGROUP_PREFIX}{:x}-{:x}-{n:x}", daemon.0, daemon.1);
         let cgroup_path = self.containment.job_cgroup_named(&cgroup_name);
         write_record(&record, None, cgroup_path.as_deref())?;
         let made = self
@@ -380,8 +382,13 @@ fn parse_record(text: &str) -> (Option<ConductorId>, Option<PathBuf>) {
 
 /// At start-up: kills whatever warm conductors a previous daemon on this state dir left (its
 /// records name them by pid and start time, and by cgroup), removes their cgroups and every
-/// file of `STATE_DIR/warm/`, and makes the dir afresh (0700). Returns how many it killed.
-pub async fn clear_leftovers(state_dir: &StateDir) -> anyhow::Result<usize> {
+/// file of `STATE_DIR/warm/`, and makes the dir afresh (0700); then removes the empty warm
+/// cgroups of dead daemons of any state dir ([`sweep_dead_daemons_cgroups`]). Returns how many
+/// it killed.
+pub async fn clear_leftovers(
+    state_dir: &StateDir,
+    containment: &Containment,
+) -> anyhow::Result<usize> {
     let dir = warm_dir(state_dir);
     let mut killed = 0;
     if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -409,7 +416,47 @@ pub async fn clear_leftovers(state_dir: &StateDir) -> anyhow::Result<usize> {
             "killed the warm conductors a previous daemon left"
         );
     }
+    if let Containment::Cgroup { base, .. } = containment {
+        let removed = sweep_dead_daemons_cgroups(base);
+        if removed > 0 {
+            tracing::info!(
+                count = removed,
+                "removed the empty warm cgroups of dead daemons"
+            );
+        }
+    }
     Ok(killed)
+}
+
+/// Removes every empty `BASE/warm-PID-START-N` whose daemon (PID with START) is gone: a warm
+/// conductor whose daemon died exits by itself, but its cgroup stays, and the dead daemon's
+/// state dir may never see a daemon again (daemons of other state dirs share BASE). A cgroup
+/// with a process in it (a job's, or a live pool's) cannot be removed (`rmdir` fails with
+/// EBUSY), and a live daemon's are skipped, so that none is removed between its creation and
+/// its conductor's birth.
+fn sweep_dead_daemons_cgroups(base: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let Some(daemon) = name.to_str().and_then(daemon_of_cgroup) else {
+                return false;
+            };
+            !daemon.is_alive() && std::fs::remove_dir(entry.path()).is_ok()
+        })
+        .count()
+}
+
+/// The daemon a warm cgroup's name (`warm-PID-START-N`) names.
+fn daemon_of_cgroup(name: &str) -> Option<ConductorId> {
+    let mut parts = name.strip_prefix(CGROUP_PREFIX)?.split('-');
+    let pid = i32::from_str_radix(parts.next()?, 16).ok()?;
+    let start_time = u64::from_str_radix(parts.next()?, 16).ok()?;
+    parts.next()?;
+    Some(ConductorId { pid, start_time })
 }
 
 /// Kills what one record names; true when a process was still there.
@@ -458,6 +505,19 @@ mod tests {
         // A damaged record cannot name a job's cgroup, nor anything else.
         assert_eq!(parse_record("1 2\n/sys/fs/cgroup/x/job-0000abcd\n").1, None);
         assert_eq!(parse_record("garbage").0, None);
+    }
+
+    #[test]
+    fn a_warm_cgroup_names_its_daemon() {
+        assert_eq!(
+            daemon_of_cgroup("warm-1f-a0-3"),
+            Some(ConductorId {
+                pid: 0x1f,
+                start_time: 0xa0
+            })
+        );
+        assert_eq!(daemon_of_cgroup("warm-1f-3"), None);
+        assert_eq!(daemon_of_cgroup("job-0000abcd"), None);
     }
 
     #[test]

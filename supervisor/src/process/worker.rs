@@ -71,10 +71,12 @@ impl WorkerCommand {
     }
 
     /// The arguments of a warm conductor (spawned ahead of its job, which its first supervisor
-    /// hello names) that finds its listening socket at fd 3.
+    /// hello names) that finds its listening socket at fd 3. It is told this daemon's pid: it
+    /// exits when that is no longer its parent before a job is assigned.
     #[must_use]
     pub fn warm_args(&self) -> Vec<String> {
-        let own = ["--warm", "--listen-fd", "3"];
+        let daemon = std::process::id().to_string();
+        let own = ["--warm", "--daemon", &daemon, "--listen-fd", "3"];
         self.leading_args
             .iter()
             .cloned()
