@@ -62,8 +62,13 @@ pub struct ReadmeDoctests;
 pub struct Config {
     /// The inherited listening socket.
     pub listen_fd: RawFd,
-    /// The job this conductor is for; checked in the handshake.
-    pub job_id: JobId,
+    /// The job this conductor is for, checked in the handshake; `None` for a warm conductor
+    /// (`--warm`), spawned ahead of any job: it takes the job id of the first supervisor hello
+    /// it gets, and is that job's for the rest of its life (ARCHITECTURE.md, Warm conductors).
+    pub job_id: Option<JobId>,
+    /// The daemon that spawned a warm conductor (`--daemon PID`): it must be this process's
+    /// parent, else it died before this process looked, and nobody will ever assign it.
+    pub daemon_pid: Option<i32>,
     /// How long to wait, from the start, for the job's plan before giving up
     /// ([`PLAN_TIMEOUT`] unless a test says otherwise).
     pub plan_timeout: Duration,
@@ -84,22 +89,34 @@ pub enum ArgsError {
     MissingValue(&'static str),
     #[error("--listen-fd takes a number, not {0:?}")]
     BadListenFd(String),
+    #[error("--daemon takes a pid, not {0:?}")]
+    BadDaemonPid(String),
     #[error("bad job id {0:?}")]
     BadJobId(String),
     #[error(
-        "unknown argument {0:?} (usage: conductor-worker --job-id ID [--listen-fd N]; it is started by the supervisor)"
+        "unknown argument {0:?} (usage: conductor-worker (--job-id ID | --warm) [--listen-fd N]; it is started by the supervisor)"
     )]
     Unknown(String),
-    #[error("--job-id is required (the conductor is started by the supervisor)")]
+    #[error("--job-id or --warm is required (the conductor is started by the supervisor)")]
     MissingJobId,
+    #[error("--job-id and --warm exclude each other")]
+    JobIdAndWarm,
 }
 
-/// Parses the conductor's command line (`--job-id ID [--listen-fd N]`).
+/// Parses the conductor's command line (`--job-id ID [--listen-fd N]`, or `--warm [--daemon PID]
+/// [--listen-fd N]` for a conductor spawned ahead of its job by the daemon PID).
 pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, ArgsError> {
     let mut listen_fd = DEFAULT_LISTEN_FD;
     let mut job_id = None;
+    let mut warm = false;
+    let mut daemon_pid = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--warm" => warm = true,
+            "--daemon" => {
+                let text = args.next().ok_or(ArgsError::MissingValue("--daemon"))?;
+                daemon_pid = Some(text.parse().map_err(|_| ArgsError::BadDaemonPid(text))?);
+            }
             "--listen-fd" => {
                 let text = args.next().ok_or(ArgsError::MissingValue("--listen-fd"))?;
                 listen_fd = text.parse().map_err(|_| ArgsError::BadListenFd(text))?;
@@ -111,9 +128,15 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, Args
             other => return Err(ArgsError::Unknown(other.to_owned())),
         }
     }
+    let job_id = match (job_id, warm) {
+        (Some(_), true) => return Err(ArgsError::JobIdAndWarm),
+        (None, false) => return Err(ArgsError::MissingJobId),
+        (job_id, _) => job_id,
+    };
     Ok(Config {
         listen_fd,
-        job_id: job_id.ok_or(ArgsError::MissingJobId)?,
+        job_id,
+        daemon_pid,
         plan_timeout: PLAN_TIMEOUT,
     })
 }
@@ -150,11 +173,30 @@ pub(crate) fn main_with(
                 .enable_all()
                 .build()
                 .context("cannot build the runtime")?;
-            runtime.block_on(runner::serve(config, &registry))
+            let warm = config.job_id.is_none();
+            // The daemon that spawned a warm conductor; it may have died already (this
+            // process then has another parent), which `daemon_gone_while_warm` sees.
+            let parent = config
+                .daemon_pid
+                .map_or_else(nix::unistd::getppid, nix::unistd::Pid::from_raw);
+            runtime.block_on(async {
+                let served = async { runner::serve(config, &registry).await.map(Some) };
+                if !warm {
+                    return served.await;
+                }
+                tokio::select! {
+                    served = served => served,
+                    () = link::daemon_gone_while_warm(parent) => Ok(None),
+                }
+            })
         });
     match result {
-        Ok(state) => {
+        Ok(Some(state)) => {
             tracing::info!(state = %state, "conductor finished");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            tracing::info!("the daemon that spawned this warm conductor is gone; exiting");
             std::process::ExitCode::SUCCESS
         }
         Err(err) => {
@@ -177,4 +219,31 @@ fn init_logging() {
         // Its own complaints would go to the same (full, closed) stderr, and panic there.
         .log_internal_errors(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Config, ArgsError> {
+        parse_args(list.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn a_warm_conductor_has_no_job_until_told() {
+        let warm = args(&["--warm", "--daemon", "42", "--listen-fd", "3"]).expect("valid");
+        assert_eq!(warm.job_id, None);
+        assert_eq!(warm.daemon_pid, Some(42));
+        assert_eq!(warm.listen_fd, 3);
+        let cold = args(&["--job-id", "0000abcd"]).expect("valid");
+        assert_eq!(
+            cold.job_id.map(|j| j.as_str().to_owned()).as_deref(),
+            Some("0000abcd")
+        );
+        assert!(matches!(args(&[]), Err(ArgsError::MissingJobId)));
+        assert!(matches!(
+            args(&["--warm", "--job-id", "0000abcd"]),
+            Err(ArgsError::JobIdAndWarm)
+        ));
+    }
 }

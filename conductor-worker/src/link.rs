@@ -15,6 +15,46 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Set once a warm conductor (spawned without a job) has been told its job; from then on it
+/// is that job's conductor, and outlives its supervisor as every conductor does. One job per
+/// process, so one flag per process.
+static ASSIGNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Resolves when the daemon that spawned this warm conductor (`parent`, named on its command
+/// line) is gone, or was never this process's parent, while no job was assigned yet: a warm conductor nobody will ever assign must
+/// not linger (ARCHITECTURE.md, Warm conductors). Waits on a pidfd of the parent, no polling;
+/// never resolves once a job is assigned. Where no pidfd can be had, the plan timeout bounds
+/// the wait.
+pub async fn daemon_gone_while_warm(parent: nix::unistd::Pid) {
+    use std::os::fd::OwnedFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, parent.as_raw(), 0) };
+    // SAFETY: a descriptor the kernel just returned, open and owned by nobody else.
+    let pidfd = i32::try_from(raw)
+        .ok()
+        .filter(|&fd| fd >= 0)
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    // Checked after the open: reparented already (the daemon died before this process looked,
+    // and the pidfd may name a stranger that took its pid), nobody will assign it.
+    if nix::unistd::getppid() != parent {
+        return;
+    }
+    // Without a pidfd, the plan timeout bounds the wait.
+    let Some(pidfd) = pidfd else {
+        return std::future::pending().await;
+    };
+    // SAFETY: the `AsyncFd` owns the descriptor and closes it when dropped.
+    if let Ok(watch) = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    } {
+        let _ = watch.readable().await;
+    }
+    if !ASSIGNED.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    std::future::pending().await
+}
+
 /// How long a new connection has to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -184,8 +224,9 @@ pub struct Link {
 }
 
 /// Takes over the inherited listening socket and starts serving it. The socket becomes
-/// close-on-exec at once, so that no task inherits it.
-pub fn start(listen_fd: RawFd, job_id: JobId) -> anyhow::Result<Link> {
+/// close-on-exec at once, so that no task inherits it. `job_id` is `None` for a warm conductor:
+/// the first supervisor hello names its job.
+pub fn start(listen_fd: RawFd, job_id: Option<JobId>) -> anyhow::Result<Link> {
     crate::fds::set_close_on_exec(listen_fd)
         .with_context(|| format!("file descriptor {listen_fd} is not usable"))?;
     // SAFETY: the supervisor passes us this descriptor, open and owned by nobody else here.
@@ -230,7 +271,8 @@ pub fn start(listen_fd: RawFd, job_id: JobId) -> anyhow::Result<Link> {
 
 struct Server {
     listener: UnixListener,
-    job_id: JobId,
+    /// `None` until a warm conductor is assigned; set once, never changed.
+    job_id: Option<JobId>,
     reports: mpsc::Receiver<Report>,
     /// Sent (or to be sent) and not yet acknowledged, in order. Bounded as the reports queue
     /// is: a report leaves the queue only into the outbox, and the runner's handle admits no
@@ -349,10 +391,22 @@ impl Server {
             Some(ToConductor::Hello(theirs)) => negotiate(theirs.protocol_version),
             _ => None,
         };
+        let job_id = match (&hello, &self.job_id) {
+            (_, Some(ours)) => ours.clone(),
+            // A warm conductor takes the job of the first well-formed hello: one job for life.
+            (Some(ToConductor::Hello(theirs)), None) if version.is_some() => {
+                tracing::info!(job_id = %theirs.job_id, "warm conductor assigned");
+                // Before the answer: once the supervisor has it, this conductor is the job's.
+                ASSIGNED.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.job_id = Some(theirs.job_id.clone());
+                theirs.job_id.clone()
+            }
+            (other, None) => bail!("a warm conductor expected a hello with its job, got {other:?}"),
+        };
         let ours = ConductorHello {
             // The version both speak, so that an older supervisor sees its own.
             protocol_version: version.unwrap_or(PROTOCOL_VERSION),
-            job_id: self.job_id.clone(),
+            job_id: job_id.clone(),
             pid: std::process::id(),
             has_plan: self.plan.is_none(),
         };
@@ -366,11 +420,11 @@ impl Server {
                     supported_versions()
                 )
             }
-            Some(ToConductor::Hello(theirs)) if theirs.job_id != self.job_id => {
+            Some(ToConductor::Hello(theirs)) if theirs.job_id != job_id => {
                 bail!(
                     "supervisor asked for job {}, this conductor runs {}",
                     theirs.job_id,
-                    self.job_id
+                    job_id
                 )
             }
             Some(ToConductor::Hello(_)) => {}
@@ -622,11 +676,16 @@ mod tests {
 
     /// A conductor link on a fresh socket, and the path a supervisor connects to.
     fn started() -> (Link, std::path::PathBuf) {
+        started_for(Some(job()))
+    }
+
+    /// [`started`] for `job_id` (`None`: a warm conductor).
+    fn started_for(job_id: Option<JobId>) -> (Link, std::path::PathBuf) {
         let path =
             std::env::temp_dir().join(format!("cw-link-{}-{}", std::process::id(), rand_suffix()));
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
-        let link = start(listener.into_raw_fd(), job()).expect("start");
+        let link = start(listener.into_raw_fd(), job_id).expect("start");
         (link, path)
     }
 
@@ -637,10 +696,19 @@ mod tests {
 
     /// Connects as a supervisor announcing `version`; returns the stream and the answer.
     async fn handshake(path: &std::path::Path, version: u32) -> (UnixStream, ConductorHello) {
+        handshake_for(path, version, job()).await
+    }
+
+    /// [`handshake`] for `job_id`.
+    async fn handshake_for(
+        path: &std::path::Path,
+        version: u32,
+        job_id: JobId,
+    ) -> (UnixStream, ConductorHello) {
         let mut stream = UnixStream::connect(path).await.expect("connect");
         let hello = ToConductor::Hello(SupervisorHello {
             protocol_version: version,
-            job_id: job(),
+            job_id,
         });
         write_frame(&mut stream, &hello).await.expect("hello");
         match read_frame::<FromConductor, _>(&mut stream).await {
@@ -661,6 +729,34 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_warm_conductor_takes_the_first_hellos_job_and_refuses_any_other() {
+        let (link, path) = started_for(None);
+        let (mut stream, answer) = handshake_for(&path, PROTOCOL_VERSION, job()).await;
+        assert_eq!(
+            answer.job_id,
+            job(),
+            "the warm conductor answers with its new job"
+        );
+        let frame = ToConductor::Start(Box::new(plan()))
+            .encode(PROTOCOL_VERSION)
+            .expect("v2");
+        stream.write_all(&frame).await.expect("start");
+        assert_eq!(link.plan.await.expect("the plan arrives"), plan());
+        drop(stream);
+        // Assigned for life: a supervisor asking for another job is refused.
+        let other = JobId::from_random(0xbeef);
+        let (mut stream, answer) = handshake_for(&path, PROTOCOL_VERSION, other).await;
+        assert_eq!(answer.job_id, job());
+        // Refused: the conductor closes the connection (an accepted one would stay open).
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+            .await
+            .expect("the other job's connection is closed")
+            .expect("read");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[tokio::test]

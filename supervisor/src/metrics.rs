@@ -52,6 +52,12 @@ pub struct Metrics {
     pub unresponsive_conductors: Gauge,
     pub paused_jobs: Gauge,
     pub store_bytes: Gauge,
+    /// Warm conductors ready now (ARCHITECTURE.md, Warm conductors).
+    pub warm_pool_size: Gauge,
+    /// Job starts that could use the pool and found a warm conductor.
+    pub warm_hits: Counter,
+    /// Job starts that could use the pool and found it empty (a cold spawn).
+    pub warm_misses: Counter,
 }
 
 /// The process's metrics.
@@ -77,6 +83,9 @@ impl Metrics {
             unresponsive_conductors: Gauge::default(),
             paused_jobs: Gauge::default(),
             store_bytes: Gauge::default(),
+            warm_pool_size: Gauge::default(),
+            warm_hits: Counter::default(),
+            warm_misses: Counter::default(),
         };
         registry.register("jobs", "Jobs in the store, by state", metrics.jobs.clone());
         registry.register(
@@ -135,6 +144,21 @@ impl Metrics {
             "store_bytes",
             "Size of the store (state.db and its WAL)",
             metrics.store_bytes.clone(),
+        );
+        registry.register(
+            "warm_pool_size",
+            "Warm conductors ready for a job now",
+            metrics.warm_pool_size.clone(),
+        );
+        registry.register(
+            "warm_hits",
+            "Job starts that took a warm conductor",
+            metrics.warm_hits.clone(),
+        );
+        registry.register(
+            "warm_misses",
+            "Job starts that could use a warm conductor and found none (a cold spawn)",
+            metrics.warm_misses.clone(),
         );
         registry.register(
             "build",

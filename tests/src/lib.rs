@@ -296,6 +296,22 @@ impl TestEnv {
         processes_with_env(&format!("{OWNER_VAR}={}", self.marker))
     }
 
+    /// The pids of the daemon's warm conductors that no job has taken yet (`STATE_DIR/warm/
+    /// *.rec`, first field): part of the daemon, not of any job.
+    #[must_use]
+    pub fn warm_pool_pids(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir(self.state_dir().join("warm")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "rec"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|text| text.split_whitespace().next()?.parse().ok())
+            .filter(|&pid| pid > 0)
+            .collect()
+    }
+
     /// Waits until no process of the job (marker) is alive; panics listing them otherwise.
     pub fn assert_no_job_process_left(&self) {
         wait_for(GONE_DEADLINE, "every process of the job to be gone", || {

@@ -85,7 +85,8 @@ fn job(env: &TestEnv, name: &str, top: &str, tasks: &str) -> PathBuf {
 }
 
 /// Every live process of the test (owner or job marker, or the state dir on its command line)
-/// but those of `keep` (the daemons): conductors, tasks, stray supervisors.
+/// but those of `keep` (the daemons) and the daemon's warm pool: conductors, tasks, stray
+/// supervisors.
 fn leftovers(env: &TestEnv, keep: &[i32]) -> Vec<Proc> {
     let state_dir = env.state_dir().display().to_string();
     let mut left: Vec<Proc> = env.owned_processes();
@@ -98,7 +99,9 @@ fn leftovers(env: &TestEnv, keep: &[i32]) -> Vec<Proc> {
             left.push(process);
         }
     }
-    left.retain(|p| !keep.contains(&p.pid));
+    // The daemon's warm conductors waiting for a job belong to the daemon.
+    let pool = env.warm_pool_pids();
+    left.retain(|p| !keep.contains(&p.pid) && !pool.contains(&p.pid));
     left
 }
 

@@ -23,6 +23,11 @@ pub struct DaemonArgs {
     #[arg(long, env = "SUPERVISOR_CONDUCTOR_BIN", value_name = "PATH")]
     pub conductor_bin: Option<PathBuf>,
 
+    /// Conductors kept spawned ahead, each waiting in its own cgroup for a job; a job start
+    /// takes one instead of spawning (0: none)
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub warm: usize,
+
     /// Delete finished jobs (rows, logs, sockets) that ended longer ago than DUR, at start and
     /// then hourly, as `supervisor prune --older-than DUR` does [default: keep everything]
     #[arg(long, value_name = "DUR", value_parser = super::jobs::parse_age)]
@@ -53,6 +58,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
             let config = DaemonConfig {
                 state_dir,
                 max_jobs: args.max_jobs,
+                warm: args.warm,
                 worker,
                 cgroup_root: args.cgroup_root,
                 keep: args.keep,

@@ -87,6 +87,8 @@ async fn run_job(
             state_dir,
             worker,
             containment,
+            // One job: nothing to spawn ahead.
+            warm: None,
         },
         observer: Some(events_tx),
         hooks: crate::job::DaemonHooks::default(),

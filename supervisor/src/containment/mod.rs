@@ -168,6 +168,51 @@ impl Containment {
     }
 }
 
+impl Containment {
+    /// Creates a fresh cgroup `BASE/NAME` for a warm conductor (cgroup mode only), without
+    /// limits: they are the job's, set by [`Containment::assign`] once it has one. A leftover
+    /// of that name is replaced when empty and refused while populated.
+    ///
+    /// The cgroup keeps its name for the job's whole life: cgroup v2 refuses `rename(2)` of a
+    /// cgroup directory (EPERM, checked on Linux 6.18), and moving the conductor into a new
+    /// `job-ID` cgroup costs an RCU grace period (milliseconds), the price the pool avoids. The
+    /// store records each job's cgroup path, which every later reader uses
+    /// (ARCHITECTURE.md, Warm conductors).
+    pub fn create_warm(&self, name: &str) -> anyhow::Result<Option<JobCgroup>> {
+        let Self::Cgroup { base, .. } = self else {
+            return Ok(None);
+        };
+        let cgroup = JobCgroup {
+            path: base.join(name),
+        };
+        match std::fs::create_dir(&cgroup.path) {
+            Ok(()) => Ok(Some(cgroup)),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                cgroup.replace_leftover()?;
+                Ok(Some(cgroup))
+            }
+            Err(err) => Err(err).with_context(|| {
+                format!("cannot create the warm cgroup {}", cgroup.path.display())
+            }),
+        }
+    }
+
+    /// The path of the cgroup `BASE/NAME` in cgroup mode (whether or not it exists).
+    #[must_use]
+    pub fn job_cgroup_named(&self, name: &str) -> Option<PathBuf> {
+        match self {
+            Self::Cgroup { base, .. } => Some(base.join(name)),
+            Self::Session { .. } => None,
+        }
+    }
+
+    /// Makes a warm conductor's cgroup the job's: checks and sets the job's limits on it.
+    pub fn assign(&self, cgroup: &JobCgroup, limits: &Limits) -> anyhow::Result<()> {
+        self.check(limits).map_err(anyhow::Error::msg)?;
+        cgroup.apply(limits)
+    }
+}
+
 /// Decides where the job cgroups go (and moves the daemon into its leaf when that is the
 /// decision); a move that fails falls back to a `supervisor` child, logged.
 fn place_self(own: &Path, at_root: bool) -> PathBuf {

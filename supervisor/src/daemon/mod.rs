@@ -7,6 +7,9 @@
 //! - `pending` jobs start in submission order while fewer than `max_jobs` run.
 //! - Stopping the daemon (SIGTERM, SIGINT, `shutdown`) leaves the conductors running; `shutdown
 //!   --cancel` soft-cancels every live job first and waits for them within their ladders.
+//! - `--warm N` keeps N conductors spawned ahead for the job starts (`job/warm.rs`); they never
+//!   outlive the daemon: killed when it stops (any mode), and a daemon starting on the state dir
+//!   kills those a dead one left.
 
 mod fd_limit;
 mod handlers;
@@ -14,7 +17,7 @@ mod metrics_server;
 mod scheduler;
 
 use crate::containment::Containment;
-use crate::job::{Jobs, JobsConfig, Launcher, Order};
+use crate::job::{Jobs, JobsConfig, Launcher, Order, WarmPool, warm};
 use crate::process::{self, WorkerCommand};
 use crate::state_dir::StateDir;
 use crate::store::StoreHandle;
@@ -27,6 +30,8 @@ use tokio::net::UnixListener;
 pub struct DaemonConfig {
     pub state_dir: StateDir,
     pub max_jobs: usize,
+    /// `--warm N`: conductors kept spawned ahead of the jobs (ARCHITECTURE.md, Warm conductors).
+    pub warm: usize,
     pub worker: WorkerCommand,
     /// The base cgroup for job cgroups (`--cgroup-root`); `None`: found automatically.
     pub cgroup_root: Option<std::path::PathBuf>,
@@ -71,12 +76,14 @@ pub async fn run(
             "containment: sessions and process groups"
         ),
     }
+    let warm = start_warm_pool(&config, &containment).await?;
     let jobs = Jobs::new(JobsConfig {
         store,
         launcher: Launcher {
             state_dir: config.state_dir.clone(),
             worker: config.worker.clone(),
             containment,
+            warm: warm.clone(),
         },
         observer: None,
         hooks: config.operators.hooks.clone(),
@@ -117,9 +124,34 @@ pub async fn run(
     };
     drop(listener);
     let _ = std::fs::remove_file(control_socket(&config.state_dir));
+    // First: no job may take a warm conductor that is being killed.
+    if let Some(pool) = &warm {
+        pool.close().await;
+    }
     jobs.stop(cancel_on_exit).await;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// Clears the warm conductors a previous daemon left, then starts the pool (`--warm N`, none
+/// for 0). The pool fills in the background: the daemon is ready before it is.
+async fn start_warm_pool(
+    config: &DaemonConfig,
+    containment: &Containment,
+) -> anyhow::Result<Option<WarmPool>> {
+    warm::clear_leftovers(&config.state_dir, containment).await?;
+    tracing::info!(size = config.warm, "warm pool");
+    if config.warm == 0 {
+        return Ok(None);
+    }
+    let pool = WarmPool::new(
+        config.warm,
+        config.state_dir.clone(),
+        config.worker.clone(),
+        containment.clone(),
+    );
+    pool.start();
+    Ok(Some(pool))
 }
 
 /// The pause after a failed accept (out of descriptors, say) before the next one.

@@ -1,9 +1,16 @@
 //! Starting a conductor for a stored job: bind its socket, create its cgroup, spawn it, record
 //! it, handshake. Between the spawn and the moment the supervision owns the conductor, a guard
 //! kills it on every early return: no conductor ever runs unsupervised.
+//!
+//! With a warm pool (`supervisor daemon --warm N`), a job that a warm conductor can serve
+//! ([`cold_only`] says which cannot) takes one instead of a spawn: its cgroup becomes the job's,
+//! its socket and log are renamed to the job's, and it is recorded and handshaken as a new one
+//! would be (ARCHITECTURE.md, Warm conductors).
 
 use super::Purpose;
+use super::warm::{self, Warm, WarmPool};
 use crate::containment::{Containment, JobCgroup};
+use crate::metrics::METRICS;
 use crate::process::{self, ConductorId, Pidfd, WorkerCommand};
 use crate::session::ConductorLink;
 use crate::spawn::{SpawnConfig, spawn_conductor};
@@ -21,6 +28,8 @@ pub struct Launcher {
     pub state_dir: StateDir,
     pub worker: WorkerCommand,
     pub containment: Containment,
+    /// The daemon's warm conductors (`--warm N`); `None` for `supervisor run` and `--warm 0`.
+    pub warm: Option<WarmPool>,
 }
 
 /// One conductor, as the supervision knows it.
@@ -68,9 +77,149 @@ impl Drop for SpawnGuard {
 }
 
 impl Launcher {
-    /// Starts a conductor for `job_id`, whose state the caller already moved to `running` or
-    /// `reverting`. On an error nothing of the job is left running.
+    /// Starts a conductor for `job_id` (whose spec is `spec`), whose state the caller already
+    /// moved to `running` or `reverting`: a warm one when the pool has one and the job can use
+    /// it, else a new one. On an error nothing of the job is left running.
     pub async fn launch(
+        &self,
+        store: &StoreHandle,
+        job_id: &JobId,
+        purpose: Purpose,
+        spec: &shared::spec::JobSpec,
+    ) -> anyhow::Result<Launched> {
+        if let Some(pool) = &self.warm {
+            let log = self.state_dir.conductor_log(job_id);
+            match cold_only(spec, log.exists()) {
+                Some(why) => tracing::debug!(job_id = %job_id, why, "cold spawn"),
+                None => match pool.take() {
+                    Some(warm) => {
+                        METRICS.warm_hits.inc();
+                        let cgroup = warm.cgroup.clone();
+                        match self.launch_warm(store, job_id, purpose, spec, warm).await {
+                            Ok(launched) => return Ok(launched),
+                            Err(err) => {
+                                tracing::warn!(job_id = %job_id, error = format!("{err:#}"), "warm conductor failed; spawning one");
+                                if let Some(cgroup) = cgroup {
+                                    cgroup.kill_and_remove().await;
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        METRICS.warm_misses.inc();
+                    }
+                },
+            }
+        }
+        self.launch_cold(store, job_id, purpose).await
+    }
+
+    /// Makes a warm conductor the job's: the job's limits on its cgroup, its socket and log
+    /// renamed to the job's, one store call (containment, conductor, plan), the handshake that
+    /// tells it its job. Its pool record goes once the store names it, so that a daemon dying
+    /// at any point leaves it either to the next daemon's clearing or to its re-attachment.
+    async fn launch_warm(
+        &self,
+        store: &StoreHandle,
+        job_id: &JobId,
+        purpose: Purpose,
+        spec: &shared::spec::JobSpec,
+        warm: Warm,
+    ) -> anyhow::Result<Launched> {
+        let id = warm.id();
+        let Warm {
+            pidfd,
+            socket: warm_socket,
+            log: warm_log,
+            cgroup,
+            record,
+            ..
+        } = warm;
+        // From here every early return kills it (its cgroup is removed by the caller).
+        let guard = SpawnGuard {
+            conductor: Some(pidfd),
+            cgroup: cgroup.clone(),
+        };
+        let result = self
+            .assign_warm(
+                store,
+                job_id,
+                purpose,
+                spec,
+                (id, cgroup.as_ref()),
+                (&warm_socket, &warm_log),
+            )
+            .await;
+        let _ = std::fs::remove_file(&warm_log);
+        match result {
+            Ok((socket, plan)) => {
+                warm::owned_by_job(&record);
+                tracing::info!(job_id = %job_id, pid = id.pid, warm = true, "conductor started");
+                let link = ConductorLink::connect(&socket, job_id, id).await?;
+                let pidfd = guard
+                    .disarm()
+                    .context("INVARIANT: the guard holds the warm conductor")?;
+                Ok(Launched {
+                    conductor: Conductor { id, socket, cgroup },
+                    pidfd,
+                    link,
+                    plan,
+                })
+            }
+            Err(err) => {
+                let _ = std::fs::remove_file(&warm_socket);
+                let _ = std::fs::remove_file(&record);
+                Err(err)
+            }
+        }
+    }
+
+    /// The warm conductor `id` becomes the job's: the job's limits on its cgroup, its socket
+    /// and log (`files`) under the job's names, and one store call that records its
+    /// containment and identity and reads the plan. Returns the job's socket and the plan.
+    async fn assign_warm(
+        &self,
+        store: &StoreHandle,
+        job_id: &JobId,
+        purpose: Purpose,
+        spec: &shared::spec::JobSpec,
+        (id, cgroup): (ConductorId, Option<&JobCgroup>),
+        (warm_socket, warm_log): (&std::path::Path, &std::path::Path),
+    ) -> anyhow::Result<(PathBuf, JobPlan)> {
+        if let Some(cgroup) = cgroup {
+            self.containment.assign(cgroup, &spec.limits)?;
+        }
+        let socket = self.state_dir.socket(job_id);
+        let log = self.state_dir.conductor_log(job_id);
+        std::fs::rename(warm_socket, &socket)
+            .with_context(|| format!("cannot rename the warm socket to {}", socket.display()))?;
+        // A link, not a rename: it refuses to replace a log the job already has.
+        std::fs::hard_link(warm_log, &log)
+            .with_context(|| format!("cannot give the warm log the name {}", log.display()))?;
+        let (job, mode, path) = (
+            job_id.clone(),
+            self.containment.mode(),
+            cgroup.map(|c| c.path.clone()),
+        );
+        let recorded = socket.clone();
+        let plan = store
+            .call(move |s| {
+                s.set_containment(&job, mode, path.as_deref())?;
+                s.set_conductor(
+                    &job,
+                    id.pid,
+                    id.start_time,
+                    &recorded,
+                    process::own_supervisor_id(),
+                )?;
+                plan(s, &job, purpose)
+            })
+            .await?;
+        Ok((socket, plan))
+    }
+
+    /// Spawns a new conductor for the job.
+    async fn launch_cold(
         &self,
         store: &StoreHandle,
         job_id: &JobId,
@@ -192,6 +341,26 @@ pub fn plan(store: &Store, job_id: &JobId, purpose: Purpose) -> crate::store::Re
     })
 }
 
+/// Why a start of a job with `spec` must spawn a new conductor rather than take a warm one, if
+/// it must. A warm conductor is the default worker program, spawned by the daemon as any
+/// conductor is (same environment, session, open files limit); what the job's `[limits]` ask is
+/// applied where it is for a new one: the cgroup limits on its cgroup before the plan is sent,
+/// the rlimits and the identity switch by the conductor to each task between fork and exec. So
+/// the limits never need a new spawn; what does:
+/// - a job that names its own `worker` (native tasks): another program;
+/// - a job that had a conductor before (a revert or a resume of a killed or crashed job): its
+///   conductor log goes on in the same file, which a warm conductor does not write to.
+#[must_use]
+pub fn cold_only(spec: &shared::spec::JobSpec, has_log: bool) -> Option<&'static str> {
+    if spec.worker.is_some() {
+        return Some("the job names its own worker program");
+    }
+    if has_log {
+        return Some("the job had a conductor before; its log goes on");
+    }
+    None
+}
+
 /// Why this supervisor cannot run `spec` as it asks (limits it cannot enforce, an identity
 /// change without root), if it cannot.
 pub fn check_runnable(
@@ -203,4 +372,27 @@ pub fn check_runnable(
         return Err("limits.user and limits.group need the supervisor to run as root".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(top: &str) -> shared::spec::JobSpec {
+        let text = format!("{top}\n[[task]]\nname = \"a\"\nrun = \"true\"\n");
+        shared::spec::JobSpec::parse(&text, "j.toml", "j").expect("valid")
+    }
+
+    #[test]
+    fn only_a_first_conductor_of_the_default_worker_is_taken_warm() {
+        assert_eq!(cold_only(&spec(""), false), None);
+        // Limits are applied where they are for a new conductor: no reason for a spawn.
+        let limited = spec("[limits]\nmemory = \"64M\"\nnofile = 64\ncpu_time = \"5s\"\n");
+        assert_eq!(cold_only(&limited, false), None);
+        assert!(cold_only(&spec("worker = \"my-worker\""), false).is_some());
+        assert!(
+            cold_only(&spec(""), true).is_some(),
+            "a revert or resume keeps its log"
+        );
+    }
 }

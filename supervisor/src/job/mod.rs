@@ -27,10 +27,12 @@ mod ladder;
 mod launch;
 mod registry;
 mod supervise;
+pub mod warm;
 
 pub use hooks::{DaemonHooks, HOOK_TIMEOUT, hooks_settled};
-pub use launch::{Launcher, check_runnable};
+pub use launch::{Launcher, check_runnable, cold_only};
 pub use registry::{Jobs, JobsConfig};
+pub use warm::WarmPool;
 
 use shared::ids::JobId;
 use std::time::Duration;

@@ -66,7 +66,9 @@ impl Actor {
             Next::Launch(purpose) => {
                 let launcher = &self.jobs.inner.launcher;
                 let slot = self.jobs.launch_slot().await;
-                let launched = launcher.launch(self.jobs.store(), &self.id, purpose).await;
+                let launched = launcher
+                    .launch(self.jobs.store(), &self.id, purpose, &spec)
+                    .await;
                 drop(slot);
                 match launched {
                     Ok(Launched {

@@ -107,6 +107,7 @@ impl Harness {
                 containment: Containment::Session {
                     reason: "test".into(),
                 },
+                warm: None,
             },
             observer: None,
             hooks: crate::job::DaemonHooks::default(),

@@ -70,6 +70,20 @@ impl WorkerCommand {
             .collect()
     }
 
+    /// The arguments of a warm conductor (spawned ahead of its job, which its first supervisor
+    /// hello names) that finds its listening socket at fd 3. It is told this daemon's pid: it
+    /// exits when that is no longer its parent before a job is assigned.
+    #[must_use]
+    pub fn warm_args(&self) -> Vec<String> {
+        let daemon = std::process::id().to_string();
+        let own = ["--warm", "--daemon", &daemon, "--listen-fd", "3"];
+        self.leading_args
+            .iter()
+            .cloned()
+            .chain(own.into_iter().map(str::to_owned))
+            .collect()
+    }
+
     /// Where a job file's `worker` is: a bare name next to this binary, a path relative to the
     /// job file.
     pub fn resolve(worker: &str, job_file: &Path) -> anyhow::Result<PathBuf> {
