@@ -17,6 +17,7 @@
 //! [`StoreHandle`] runs a `Store` on its own thread for async callers (ARCHITECTURE.md, Store).
 
 mod actor;
+mod group;
 mod migrate;
 mod operators;
 mod queries;
@@ -28,7 +29,7 @@ pub use actor::StoreHandle;
 pub use operators::MetricsCounts;
 pub use reports::Applied;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use shared::ids::JobId;
 use shared::spec::JobSpec;
 use shared::state::{ExecOutcome, InvalidTransition, JobState, TaskState};
@@ -76,6 +77,9 @@ pub enum StoreError {
     SchemaUnknown(i64),
     #[error("stored state is unreadable: {0}")]
     BadState(#[from] shared::state::UnknownState),
+    /// A durable commit could not be flushed to the disk.
+    #[error("store: cannot flush to disk: {0}")]
+    Sync(std::io::Error),
     /// The store's thread could not serve the call (it panicked in this call, or is gone).
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -99,11 +103,14 @@ pub struct SupervisorId {
     pub start_time: u64,
 }
 
-/// The store; cheap to share behind an `Arc`. Each call is one short transaction.
+/// The store; cheap to share behind an `Arc`. Each call is one short transaction (or a part of
+/// its batch's one, on the store's thread: `group.rs`).
 pub struct Store {
     conn: Mutex<Connection>,
-    /// Whether durable commits are fsynced.
-    fsync: bool,
+    /// How durable commits reach the disk.
+    durability: group::Durability,
+    /// The batch the store's thread runs now, if any.
+    group: Mutex<group::Group>,
 }
 
 /// A job's row.
@@ -175,7 +182,8 @@ impl Store {
         // Before anything else: it only takes effect on a database without tables (a fresh
         // store); see `retention.rs` for why incremental.
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let journal: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // A small WAL: checkpointed every 200 pages (800 KiB) and truncated back to 1 MiB, so
@@ -185,9 +193,27 @@ impl Store {
         conn.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
         migrate::prepare(&mut conn)?;
         let fsync = std::env::var("SUPERVISOR_DURABILITY").map_or(true, |mode| mode != "normal");
+        let durability = if !fsync {
+            group::Durability::Off
+        } else if journal.eq_ignore_ascii_case("wal") {
+            // The WAL exists now (the schema was read): its directory entry is made durable
+            // once, as SQLite does at the first sync of a new WAL.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(StoreError::Sync)?;
+            group::Durability::SyncWal(dir.join("state.db-wal"))
+        } else {
+            tracing::warn!(
+                journal,
+                "store: no WAL on this file system; every commit is fsynced"
+            );
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            group::Durability::Always
+        };
         Ok(Self {
             conn: Mutex::new(conn),
-            fsync,
+            durability,
+            group: Mutex::default(),
         })
     }
 
@@ -195,42 +221,14 @@ impl Store {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `write` in one immediate transaction, fsynced at commit when `durable` (and fsyncs
-    /// are on). On a full disk, checkpoints the WAL so that a retry may find room.
-    fn write<T>(
-        &self,
-        durable: bool,
-        write: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
-        let mut conn = self.conn();
-        let full = durable && self.fsync;
-        if full {
-            conn.pragma_update(None, "synchronous", "FULL")?;
-        }
-        let result = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)
-            .and_then(|tx| {
-                let value = write(&tx)?;
-                tx.commit()?;
-                Ok(value)
-            });
-        if full {
-            // The commit's outcome stands either way: a connection left at FULL is only slower.
-            if let Err(err) = conn.pragma_update(None, "synchronous", "NORMAL") {
-                tracing::warn!(error = %err, "store: cannot set synchronous=NORMAL again");
-            }
-        }
-        if result.as_ref().is_err_and(StoreError::is_disk_full) {
-            checkpoint_truncate(&conn);
-        }
-        result
+    fn group(&self) -> MutexGuard<'_, group::Group> {
+        self.group.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// After a full disk: moves the WAL into the database and truncates it, which gives back
     /// the space the WAL held (it only grows until a checkpoint, and a full disk can stop those).
     pub fn reclaim_space(&self) {
-        checkpoint_truncate(&self.conn());
+        checkpoint_truncate(&self.settled_conn());
     }
 
     /// Stores a new `pending` job and its tasks; returns its fresh id.
@@ -381,12 +379,7 @@ fn to_sql_u64(value: u64) -> i64 {
 }
 
 /// Inserts a `pending` job with a fresh id, and its tasks.
-fn insert_job(
-    tx: &rusqlite::Transaction<'_>,
-    spec: &JobSpec,
-    spec_json: &str,
-    source: &str,
-) -> Result<JobId> {
+fn insert_job(tx: &Connection, spec: &JobSpec, spec_json: &str, source: &str) -> Result<JobId> {
     let now = now_ms();
     let id = loop {
         let id = JobId::from_random(random_u32());

@@ -38,12 +38,7 @@ impl Store {
         self.write(durable, |tx| self.apply_in(tx, id, reports))
     }
 
-    fn apply_in(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        id: &JobId,
-        reports: &[Report],
-    ) -> Result<Applied> {
+    fn apply_in(&self, tx: &Connection, id: &JobId, reports: &[Report]) -> Result<Applied> {
         let held: u64 = tx
             .query_row(
                 "SELECT last_report FROM jobs WHERE id = ?1",
