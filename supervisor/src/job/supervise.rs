@@ -37,19 +37,22 @@ use tokio::time::{Instant, sleep_until};
 pub(super) const STORE_RETRY_EVERY: Duration = Duration::from_millis(500);
 /// After the conductor's exit, how long to wait for the reports still in its socket.
 const FINAL_DRAIN: Duration = Duration::from_millis(200);
+/// How long reports nobody waits for (a step's pid, its output, its end) are held before they
+/// are applied, so that they share a store call with what follows (the next step's
+/// write-ahead, the job's end): one call per short step, not two or three.
+const HOLD_REPORTS: Duration = Duration::from_millis(5);
+/// The most reports held: past it they are applied at once (a step printing fast).
+const HOLD_AT_MOST: usize = 256;
 
 impl Actor {
     /// Supervises the conductor `next` names (launching it first) until it is gone, and records
     /// the job's end. Never returns with a live conductor and a live job, except when the
     /// daemon detaches on shutdown.
     pub(super) async fn supervise(&mut self, next: Next) {
-        let spec = match self.store(|s, id| s.spec(id)).await {
-            Ok(spec) => spec,
-            Err(err) => return self.unsupervisable(next, &err.to_string()).await,
-        };
         let mut started_ago = Duration::ZERO;
         let was_paused = matches!(&next, Next::Attach(row, _) if row.paused_ms.is_some());
-        let (conductor, pidfd, link, plan, first, purpose) = match next {
+        // A launch reads the spec with its plan (one store call fewer); a re-attachment here.
+        let (spec, conductor, pidfd, link, plan, first, purpose) = match next {
             Next::Launch(purpose) => {
                 let launcher = &self.jobs.inner.launcher;
                 match launcher.launch(self.jobs.store(), &self.id, purpose).await {
@@ -59,6 +62,7 @@ impl Actor {
                         link,
                         plan,
                     }) => (
+                        plan.spec.clone(),
                         conductor,
                         Some(pidfd),
                         Some(link),
@@ -70,6 +74,10 @@ impl Actor {
                 }
             }
             Next::Attach(row, order) => {
+                let spec = match self.store(|s, id| s.spec(id)).await {
+                    Ok(spec) => spec,
+                    Err(err) => return self.unsupervisable(&row, &err.to_string()).await,
+                };
                 let purpose = if row.state == JobState::Reverting {
                     Purpose::Revert
                 } else {
@@ -90,7 +98,7 @@ impl Actor {
                 // None: the conductor is gone already (or its pid names another process now).
                 let pidfd = Pidfd::open(conductor.id).ok();
                 // The first connection is made by the loop, right away.
-                (conductor, pidfd, None, None, order, purpose)
+                (spec, conductor, pidfd, None, None, order, purpose)
             }
         };
         let mut supervision = Supervision::new(
@@ -108,16 +116,10 @@ impl Actor {
         supervision.run(&mut self.inbox, link, plan, first).await;
     }
 
-    /// The job's spec cannot be read: nothing can be supervised.
-    async fn unsupervisable(&mut self, next: Next, why: &str) {
+    /// The spec of a job to re-attach to cannot be read: nothing can be supervised.
+    async fn unsupervisable(&mut self, row: &crate::store::JobRow, why: &str) {
         tracing::error!(error = why, "cannot read the job's spec");
-        if let Next::Attach(row, _) = next {
-            record_crash(&self.jobs, &row).await;
-        } else {
-            let reason = format!("cannot read the job's spec: {why}");
-            let end = HardEnd::crashed(&reason, "supervision failed");
-            record_end(&self.jobs, &self.id, end).await;
-        }
+        record_crash(&self.jobs, row).await;
     }
 
     async fn launch_failed(&mut self, err: &anyhow::Error) {
@@ -134,9 +136,11 @@ impl Actor {
 /// The connection to the conductor and what we heard from it.
 struct LinkState {
     link: Option<ConductorLink>,
-    /// Reports received and not yet applied (the store refused them; retried at `store_retry_at`).
+    /// Reports received and not yet applied (the store refused them, retried at
+    /// `store_retry_at`; or held until `hold_until`).
     unapplied: Vec<Report>,
     store_retry_at: Option<Instant>,
+    hold_until: Option<Instant>,
     /// A connection attempt under way (polled by the loop, so orders never wait for it).
     connecting: Option<Connecting>,
     reconnect_at: Instant,
@@ -203,6 +207,7 @@ impl Supervision {
                 link: None,
                 unapplied: Vec::new(),
                 store_retry_at: None,
+                hold_until: None,
                 connecting: None,
                 reconnect_at: now,
                 backoff: Backoff::default(),
@@ -259,6 +264,9 @@ impl Supervision {
                     self.cancel(None, "job timeout reached".into(), "job timeout", None).await;
                 }
                 () = sleep_until(self.state.store_retry_at.unwrap_or(far)), if self.state.store_retry_at.is_some() => {
+                    self.take_reports(None).await;
+                }
+                () = sleep_until(self.state.hold_until.unwrap_or(far)), if self.state.hold_until.is_some() => {
                     self.take_reports(None).await;
                 }
                 () = sleep_until(silent_at), if !self.state.unresponsive && ticking => self.on_silence().await,
@@ -565,6 +573,7 @@ impl Supervision {
         // The conductor sends them again on the next connection.
         self.state.unapplied.clear();
         self.state.store_retry_at = None;
+        self.state.hold_until = None;
         self.unreachable(reason);
     }
 
@@ -630,7 +639,7 @@ impl Supervision {
             .state
             .store_retry_at
             .is_some_and(|at| Instant::now() < at);
-        if self.state.unapplied.is_empty() || waiting {
+        if self.state.unapplied.is_empty() || waiting || self.hold() {
             return;
         }
         let (id, batch) = (self.id.clone(), self.state.unapplied.clone());
@@ -666,6 +675,28 @@ impl Supervision {
                 self.state.store_retry_at = Some(Instant::now() + STORE_RETRY_EVERY);
             }
         }
+    }
+
+    /// Whether to hold the unapplied reports a little longer: none is waited for (the
+    /// conductor waits for a write-ahead and its end; the ladder for a cancel), there are few,
+    /// and they have not been held for [`HOLD_REPORTS`] yet.
+    fn hold(&mut self) -> bool {
+        let now = Instant::now();
+        let awaited = self.state.unapplied.len() >= HOLD_AT_MOST
+            || self.state.unapplied.iter().any(|report| {
+                matches!(
+                    report.event,
+                    JobEvent::TaskStarting { .. }
+                        | JobEvent::JobFinished { .. }
+                        | JobEvent::Cancelling { .. }
+                )
+            });
+        let until = *self.state.hold_until.get_or_insert(now + HOLD_REPORTS);
+        let hold = !awaited && now < until;
+        if !hold {
+            self.state.hold_until = None;
+        }
+        hold
     }
 
     /// What a freshly applied report means for the ladder and for subscribers.

@@ -93,6 +93,7 @@ impl StoreHandle {
         if let Some(store) = &self.in_place {
             return run_caught(store, f);
         }
+        tracing::trace!(call = std::any::type_name_of_val(&f), "store: call");
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.send(boxed(f, move |result| {
             // The caller may have gone (a cancelled future): nobody to tell.
@@ -113,6 +114,10 @@ impl StoreHandle {
                 "a blocking call from the store's own thread".into(),
             ));
         }
+        tracing::trace!(
+            call = std::any::type_name_of_val(&f),
+            "store: blocking call"
+        );
         let (reply, answer) = mpsc::sync_channel(1);
         self.send(boxed(f, move |result| {
             let _ = reply.send(result);
