@@ -145,8 +145,17 @@ fn boxed<T: Send + 'static>(
 }
 
 /// Runs one batch of calls in one transaction (opened by its first write) and answers each: a
-/// call that ran before any write at once, the others once the commit covers them.
-fn run_batch(store: &Store, batch: Vec<Call>) {
+/// call that ran before any write at once, the others once the commit covers them. A call alone
+/// runs as it would outside the thread (each write its own transaction, committed before the
+/// answer).
+fn run_batch(store: &Store, mut batch: Vec<Call>) {
+    if batch.len() == 1 {
+        // Alone: its writes are transactions of their own, without savepoints to pay for.
+        if let Some(call) = batch.pop() {
+            call(store)(None);
+        }
+        return;
+    }
     store.begin_group();
     let mut held = Vec::with_capacity(batch.len());
     for call in batch {

@@ -39,6 +39,10 @@ use std::time::Duration;
 
 pub use migrate::SCHEMA_VERSION;
 
+/// How many prepared statements the connection keeps: more than the store has on its hot path
+/// (a job's submit, start, reports and end), so that none is parsed again per job.
+const STATEMENT_CACHE: usize = 128;
+
 /// How long a writer waits for another process's transaction (a `run` beside a daemon).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -186,6 +190,8 @@ impl Store {
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Every statement of the hot path stays prepared (rusqlite's default keeps 16).
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // A small WAL: checkpointed every 200 pages (800 KiB) and truncated back to 1 MiB, so
         // that a nearly full disk can still absorb it into the database (the default 4 MiB WAL
         // can fill a small disk and then never be checkpointed).
@@ -246,14 +252,14 @@ impl Store {
         self.write(true, |tx| {
             let id = insert_job(tx, spec, &spec_json, source)?;
             if let Some(owner) = owner {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE jobs SET supervisor_pid = ?2, supervisor_start = ?3 WHERE id = ?1",
-                    params![
-                        id.as_str(),
-                        owner.pid,
-                        i64::try_from(owner.start_time).unwrap_or(i64::MAX)
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    id.as_str(),
+                    owner.pid,
+                    i64::try_from(owner.start_time).unwrap_or(i64::MAX)
+                ])?;
             }
             Ok(id)
         })
@@ -263,11 +269,8 @@ impl Store {
     pub fn spec(&self, id: &JobId) -> Result<JobSpec> {
         let text: String = self
             .conn()
-            .query_row(
-                "SELECT spec FROM jobs WHERE id = ?1",
-                [id.as_str()],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT spec FROM jobs WHERE id = ?1")?
+            .query_row([id.as_str()], |row| row.get(0))
             .optional()?
             .ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
         serde_json::from_str(&text).map_err(|e| StoreError::BadSpec(id.clone(), e))
@@ -384,40 +387,37 @@ fn insert_job(tx: &Connection, spec: &JobSpec, spec_json: &str, source: &str) ->
     let id = loop {
         let id = JobId::from_random(random_u32());
         let taken = tx
-            .query_row(
-                "SELECT 1 FROM jobs WHERE id = ?1",
-                [id.as_str()],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+            .query_row([id.as_str()], |_| Ok(()))
             .optional()?
             .is_some();
         if !taken {
             break id;
         }
     };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO jobs (id, seq, name, source, spec, state, created_ms)
          VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?2, ?3, ?4, ?5, ?6)",
-        params![
-            id.as_str(),
-            spec.name,
-            source,
-            spec_json,
-            JobState::Pending.as_str(),
-            now
-        ],
-    )?;
+    )?
+    .execute(params![
+        id.as_str(),
+        spec.name,
+        source,
+        spec_json,
+        JobState::Pending.as_str(),
+        now
+    ])?;
     for (idx, task) in spec.tasks.iter().enumerate() {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO tasks (job_id, idx, name, has_revert, state) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                id.as_str(),
-                u32::try_from(idx).unwrap_or(u32::MAX),
-                task.name,
-                task.body.has_revert(),
-                TaskState::Pending.as_str()
-            ],
-        )?;
+        )?
+        .execute(params![
+            id.as_str(),
+            u32::try_from(idx).unwrap_or(u32::MAX),
+            task.name,
+            task.body.has_revert(),
+            TaskState::Pending.as_str()
+        ])?;
     }
     record_transition(
         tx,
@@ -473,38 +473,37 @@ fn random_u32() -> u32 {
 fn job_row(conn: &Connection, id: &JobId) -> Result<Option<JobRow>> {
     let as_u64 = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT name, source, state, reason, created_ms, started_ms, ended_ms,
                     conductor_pid, conductor_start, supervisor_pid, supervisor_start,
                     containment, cgroup, unresponsive_ms, paused_ms
              FROM jobs WHERE id = ?1",
-            [id.as_str()],
-            |row| {
-                let supervisor = match (row.get::<_, Option<i32>>(9)?, as_u64(row.get(10)?)) {
-                    (Some(pid), Some(start)) => Some((pid, start)),
-                    _ => None,
-                };
-                let state: String = row.get(2)?;
-                let job = JobRow {
-                    id: id.clone(),
-                    name: row.get(0)?,
-                    source: row.get(1)?,
-                    state: JobState::Pending,
-                    reason: row.get(3)?,
-                    created_ms: row.get(4)?,
-                    started_ms: row.get(5)?,
-                    ended_ms: row.get(6)?,
-                    conductor_pid: row.get(7)?,
-                    conductor_start: as_u64(row.get(8)?),
-                    supervisor,
-                    containment: row.get(11)?,
-                    cgroup: row.get::<_, Option<String>>(12)?.map(PathBuf::from),
-                    unresponsive_ms: row.get(13)?,
-                    paused_ms: row.get(14)?,
-                };
-                Ok((job, state))
-            },
-        )
+        )?
+        .query_row([id.as_str()], |row| {
+            let supervisor = match (row.get::<_, Option<i32>>(9)?, as_u64(row.get(10)?)) {
+                (Some(pid), Some(start)) => Some((pid, start)),
+                _ => None,
+            };
+            let state: String = row.get(2)?;
+            let job = JobRow {
+                id: id.clone(),
+                name: row.get(0)?,
+                source: row.get(1)?,
+                state: JobState::Pending,
+                reason: row.get(3)?,
+                created_ms: row.get(4)?,
+                started_ms: row.get(5)?,
+                ended_ms: row.get(6)?,
+                conductor_pid: row.get(7)?,
+                conductor_start: as_u64(row.get(8)?),
+                supervisor,
+                containment: row.get(11)?,
+                cgroup: row.get::<_, Option<String>>(12)?.map(PathBuf::from),
+                unresponsive_ms: row.get(13)?,
+                paused_ms: row.get(14)?,
+            };
+            Ok((job, state))
+        })
         .optional()?;
     let Some((mut job, state)) = row else {
         return Ok(None);
