@@ -40,7 +40,7 @@ const FINAL_DRAIN: Duration = Duration::from_millis(200);
 /// How long reports nobody waits for (a step's pid, its output, its end) are held before they
 /// are applied, so that they share a store call with what follows (the next step's
 /// write-ahead, the job's end): one call per short step, not two or three.
-const HOLD_REPORTS: Duration = Duration::from_millis(5);
+pub(super) const HOLD_REPORTS: Duration = Duration::from_millis(5);
 /// The most reports held: past it they are applied at once (a step printing fast).
 const HOLD_AT_MOST: usize = 256;
 
