@@ -161,9 +161,13 @@ impl Store {
     fn commit(&self, conn: &Connection, durable: bool) -> Result<()> {
         cached(conn, "COMMIT")?;
         match &self.durability {
-            Durability::SyncWal(wal) if durable => std::fs::File::open(wal)
-                .and_then(|file| file.sync_data())
-                .map_err(StoreError::Sync),
+            Durability::SyncWal(wal) if durable => {
+                self.syncs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::fs::File::open(wal)
+                    .and_then(|file| file.sync_data())
+                    .map_err(StoreError::Sync)
+            }
             _ => Ok(()),
         }
     }

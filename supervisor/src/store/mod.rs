@@ -115,6 +115,8 @@ pub struct Store {
     durability: group::Durability,
     /// The batch the store's thread runs now, if any.
     group: Mutex<group::Group>,
+    /// Durable commits flushed so far (one per batch that holds a durable write).
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 /// A job's row.
@@ -220,6 +222,7 @@ impl Store {
             conn: Mutex::new(conn),
             durability,
             group: Mutex::default(),
+            syncs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

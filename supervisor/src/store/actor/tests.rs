@@ -137,6 +137,43 @@ fn no_answer_is_sent_before_the_commit_that_covers_it() {
 }
 
 #[test]
+fn a_batch_of_durable_writes_is_flushed_once() {
+    let dir = TempDir::new();
+    let (mut store, other, id) = store_with_job(&dir);
+    store.durability = super::super::group::Durability::SyncWal(dir.path().join("state.db-wal"));
+    let before = store.syncs.load(Ordering::Relaxed);
+    let mut answers = Vec::new();
+    let mut batch = Vec::new();
+    for _ in 0..5 {
+        let (call, rx) = probe(|s| s.create_job(&spec(), "t.toml", None));
+        batch.push(call);
+        answers.push(rx);
+    }
+    // Not durable: rides along with the others' flush.
+    let (started, started_rx) = probe(start(&id));
+    batch.push(started);
+    run_batch(&store, batch);
+    assert_eq!(store.syncs.load(Ordering::Relaxed) - before, 1);
+    for rx in &answers {
+        let id = answer(rx).expect("created");
+        assert_eq!(other.job(&id).expect("committed").state, JobState::Pending);
+    }
+    answer(&started_rx).expect("started");
+    // A durable call alone is flushed on its own; a batch without a durable write is not.
+    let (created, created_rx) = probe(|s| s.create_job(&spec(), "t.toml", None));
+    run_batch(&store, vec![created]);
+    answer(&created_rx).expect("alone");
+    assert_eq!(store.syncs.load(Ordering::Relaxed) - before, 2);
+    let again = id.clone();
+    let (exited, exited_rx) = probe(move |s| s.set_conductor_exited(&again));
+    let (read, read_rx) = probe(|s| s.queued_jobs());
+    run_batch(&store, vec![exited, read]);
+    answer(&exited_rx).expect("exited");
+    answer(&read_rx).expect("read");
+    assert_eq!(store.syncs.load(Ordering::Relaxed) - before, 2);
+}
+
+#[test]
 fn a_read_before_the_first_write_is_answered_at_once() {
     let dir = TempDir::new();
     let (store, _other, id) = store_with_job(&dir);
