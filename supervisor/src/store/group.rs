@@ -96,10 +96,14 @@ impl Store {
         if result.as_ref().is_err_and(StoreError::is_disk_full) {
             group.disk_full = true;
         }
+        if let (true, Err(err)) = (group.open && conn.is_autocommit(), &result) {
+            // This write's error took the batch's transaction with it: the batch fails as it.
+            group.failed.get_or_insert_with(|| replicate(err));
+        }
         check_not_lost(conn, group);
-        match &group.failed {
-            Some(err) => Err(replicate(err)),
-            None => result,
+        match (result, &group.failed) {
+            (Ok(_), Some(err)) => Err(replicate(err)),
+            (result, _) => result,
         }
     }
 

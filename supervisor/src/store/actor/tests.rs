@@ -255,3 +255,53 @@ fn concurrent_calls_are_answered_committed() {
         assert_eq!(seen, 100);
     });
 }
+
+/// A full disk in the middle of a batch (the database may not grow): whatever SQLite rolls
+/// back with the failing write, no call is answered `Ok` for a write that did not commit.
+#[test]
+fn a_full_disk_in_a_batch_never_acknowledges_a_lost_write() {
+    let dir = TempDir::new();
+    let (store, other, id) = store_with_job(&dir);
+    let big = {
+        let tasks: String = (0..40)
+            .map(|i| {
+                format!(
+                    "[[task]]\nname = \"t{i}\"\nrun = \"true {}\"\n",
+                    "x".repeat(300)
+                )
+            })
+            .collect();
+        JobSpec::parse(&tasks, "big.toml", "big").expect("spec")
+    };
+    let (started, started_rx) = probe(start(&id));
+    let (limit, limit_rx) = probe(|s| {
+        let conn = s.conn();
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+        conn.pragma_update(None, "max_page_count", pages)?;
+        Ok(())
+    });
+    let (full, full_rx) = {
+        let big = big.clone();
+        probe(move |s| s.create_job(&big, "big.toml", None))
+    };
+    let (after, after_rx) = probe(|s| s.create_job(&spec(), "t.toml", None));
+    run_batch(&store, vec![started, limit, full, after]);
+    // Ran inside the batch's transaction: answered with the batch's outcome, whatever it is.
+    let _ = answer(&limit_rx);
+    let full = answer(&full_rx);
+    assert!(
+        full.as_ref().is_err_and(StoreError::is_disk_full),
+        "{full:?}"
+    );
+    let started = answer(&started_rx);
+    match started {
+        Ok(_) => assert_eq!(other.job(&id).expect("job").state, JobState::Running),
+        Err(_) => assert_eq!(other.job(&id).expect("job").state, JobState::Pending),
+    }
+    if let Ok(created) = answer(&after_rx) {
+        assert!(
+            other.job(&created).is_ok(),
+            "acknowledged but not committed"
+        );
+    }
+}
