@@ -36,6 +36,12 @@ use tokio::time::{Instant, sleep_until};
 pub(super) const STORE_RETRY_EVERY: Duration = Duration::from_millis(500);
 /// After the conductor's exit, how long to wait for the reports still in its socket.
 const FINAL_DRAIN: Duration = Duration::from_millis(200);
+/// How long reports nobody waits for (a step's pid, its output, its end) are held before they
+/// are applied, so that they share a store call with what follows (the next step's
+/// write-ahead, the job's end): one call per short step, not two or three.
+pub(super) const HOLD_REPORTS: Duration = Duration::from_millis(5);
+/// The most reports held: past it they are applied at once (a step printing fast).
+const HOLD_AT_MOST: usize = 256;
 
 impl Actor {
     /// Supervises the conductor `next` names (launching it first) until it is gone, and records
@@ -155,9 +161,11 @@ impl Actor {
 /// The connection to the conductor and what we heard from it.
 struct LinkState {
     link: Option<ConductorLink>,
-    /// Reports received and not yet applied (the store refused them; retried at `store_retry_at`).
+    /// Reports received and not yet applied (the store refused them, retried at
+    /// `store_retry_at`; or held until `hold_until`).
     unapplied: Vec<Report>,
     store_retry_at: Option<Instant>,
+    hold_until: Option<Instant>,
     /// A connection attempt under way (polled by the loop, so orders never wait for it).
     connecting: Option<Connecting>,
     reconnect_at: Instant,
@@ -232,6 +240,7 @@ impl Supervision {
                 link: None,
                 unapplied: Vec::new(),
                 store_retry_at: None,
+                hold_until: None,
                 connecting: None,
                 reconnect_at: now,
                 backoff: Backoff::default(),
@@ -288,6 +297,9 @@ impl Supervision {
                     self.cancel(None, "job timeout reached".into(), "job timeout", None).await;
                 }
                 () = sleep_until(self.state.store_retry_at.unwrap_or(far)), if self.state.store_retry_at.is_some() => {
+                    self.take_reports(None).await;
+                }
+                () = sleep_until(self.state.hold_until.unwrap_or(far)), if self.state.hold_until.is_some() => {
                     self.take_reports(None).await;
                 }
                 () = sleep_until(silent_at), if !self.state.unresponsive && ticking => self.on_silence().await,
@@ -594,6 +606,7 @@ impl Supervision {
         // The conductor sends them again on the next connection.
         self.state.unapplied.clear();
         self.state.store_retry_at = None;
+        self.state.hold_until = None;
         self.unreachable(reason);
     }
 
@@ -659,7 +672,7 @@ impl Supervision {
             .state
             .store_retry_at
             .is_some_and(|at| Instant::now() < at);
-        if self.state.unapplied.is_empty() || waiting {
+        if self.state.unapplied.is_empty() || waiting || self.hold() {
             return;
         }
         let (id, batch) = (self.id.clone(), self.state.unapplied.clone());
@@ -695,6 +708,28 @@ impl Supervision {
                 self.state.store_retry_at = Some(Instant::now() + STORE_RETRY_EVERY);
             }
         }
+    }
+
+    /// Whether to hold the unapplied reports a little longer: none is waited for (the
+    /// conductor waits for a write-ahead and its end; the ladder for a cancel), there are few,
+    /// and they have not been held for [`HOLD_REPORTS`] yet.
+    fn hold(&mut self) -> bool {
+        let now = Instant::now();
+        let awaited = self.state.unapplied.len() >= HOLD_AT_MOST
+            || self.state.unapplied.iter().any(|report| {
+                matches!(
+                    report.event,
+                    JobEvent::TaskStarting { .. }
+                        | JobEvent::JobFinished { .. }
+                        | JobEvent::Cancelling { .. }
+                )
+            });
+        let until = *self.state.hold_until.get_or_insert(now + HOLD_REPORTS);
+        let hold = !awaited && now < until;
+        if !hold {
+            self.state.hold_until = None;
+        }
+        hold
     }
 
     /// What a freshly applied report means for the ladder and for subscribers.

@@ -598,3 +598,52 @@ async fn actor_a_paused_job_is_never_marked_unresponsive() {
         "silence after continue not noticed"
     );
 }
+
+/// Reports nobody waits for are held a little and then applied and acknowledged; a write-ahead
+/// takes them along at once (one store call for a short step).
+#[tokio::test(start_paused = true)]
+async fn actor_reports_nobody_waits_for_are_held_then_applied_or_taken_along() {
+    if !in_own_process() {
+        return;
+    }
+    let h = Harness::new(SPEC);
+    let mut fake = h.attach().await;
+    fake.write_ahead(starting(0, Phase::Execute)).await;
+    let sent = tokio::time::Instant::now();
+    let seq = fake.report(finished(0, Phase::Execute, true)).await;
+    match fake.next().await {
+        ToConductor::Ack { seq: acked } => assert_eq!(acked, seq),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+    assert!(
+        sent.elapsed() >= super::supervise::HOLD_REPORTS,
+        "acknowledged without the hold"
+    );
+    let id = h.id.clone();
+    let tasks = h.jobs.store().call(move |s| s.tasks(&id)).await;
+    assert_eq!(
+        tasks.expect("tasks")[0].state,
+        shared::state::TaskState::Success
+    );
+
+    let h2 = Harness::new(SPEC);
+    let mut fake = h2.attach().await;
+    fake.write_ahead(starting(0, Phase::Execute)).await;
+    fake.report(finished(0, Phase::Execute, true)).await;
+    let sent = tokio::time::Instant::now();
+    fake.write_ahead(starting(1, Phase::Execute)).await;
+    assert!(
+        sent.elapsed() < super::supervise::HOLD_REPORTS,
+        "a write-ahead waited for the hold"
+    );
+    let id = h2.id.clone();
+    let tasks = h2.jobs.store().call(move |s| s.tasks(&id)).await;
+    let states: Vec<_> = tasks.expect("tasks").iter().map(|t| t.state).collect();
+    assert_eq!(
+        states,
+        [
+            shared::state::TaskState::Success,
+            shared::state::TaskState::Running
+        ]
+    );
+}

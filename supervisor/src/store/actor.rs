@@ -2,18 +2,31 @@
 //! busy timeout while another process writes), and must not stall the runtime's workers.
 //!
 //! [`StoreHandle`] is a cheap clone of a channel's sending end; the thread named `store` owns
-//! the [`Store`] and runs the calls one at a time, in arrival order. A panic inside one call is
-//! caught and answered as [`StoreError::Unavailable`] to that caller only; the thread serves on.
-//! The thread ends when the last handle is dropped.
+//! the [`Store`] and runs the calls one at a time, in arrival order, in batches: every call
+//! already queued (at most [`BATCH`]) runs inside one transaction, committed once, and a call
+//! that ran inside it is answered only after that commit (group commit, `group.rs`). A call
+//! that ran before the batch's first write (a read) is answered at once. A panic inside one
+//! call is caught and answered as [`StoreError::Unavailable`] to that caller only (its writes
+//! are rolled back, the batch's others stand); the thread serves on. The thread ends when the
+//! last handle is dropped.
 
+use super::group::replicate;
 use super::{Result, Store, StoreError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread::ThreadId;
 
-/// One call: runs on the store's thread and sends its own reply.
-type Call = Box<dyn FnOnce(&Store) + Send>;
+/// One call: runs on the store's thread and returns its answer, to be sent when the store says.
+type Call = Box<dyn FnOnce(&Store) -> Answer + Send>;
+
+/// A call's answer, held until its batch's commit: sent as it is, or as the error that kept
+/// the batch from committing.
+type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// The most calls one batch runs: a burst cannot hold the write lock, nor the answers of its
+/// first calls, for long.
+pub(super) const BATCH: usize = 64;
 
 /// A handle to the store's thread. Clone it freely.
 #[derive(Clone)]
@@ -38,8 +51,15 @@ impl StoreHandle {
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
-                while let Ok(call) = incoming.recv() {
-                    call(&store);
+                while let Ok(first) = incoming.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match incoming.try_recv() {
+                            Ok(call) => batch.push(call),
+                            Err(_) => break,
+                        }
+                    }
+                    run_batch(&store, batch);
                 }
                 tracing::debug!("store: last handle dropped; thread ends");
             })
@@ -73,10 +93,11 @@ impl StoreHandle {
         if let Some(store) = &self.in_place {
             return run_caught(store, f);
         }
+        tracing::trace!(call = std::any::type_name_of_val(&f), "store: call");
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send(Box::new(move |store| {
+        self.send(boxed(f, move |result| {
             // The caller may have gone (a cancelled future): nobody to tell.
-            let _ = reply.send(run_caught(store, f));
+            let _ = reply.send(result);
         }))?;
         answer.await.map_err(|_| gone())?
     }
@@ -93,15 +114,64 @@ impl StoreHandle {
                 "a blocking call from the store's own thread".into(),
             ));
         }
+        tracing::trace!(
+            call = std::any::type_name_of_val(&f),
+            "store: blocking call"
+        );
         let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Box::new(move |store| {
-            let _ = reply.send(run_caught(store, f));
+        self.send(boxed(f, move |result| {
+            let _ = reply.send(result);
         }))?;
         answer.recv().map_err(|_| gone())?
     }
 
     fn send(&self, call: Call) -> Result<()> {
         self.calls.send(call).map_err(|_| gone())
+    }
+}
+
+/// `f` as a call whose result goes to `deliver` when its batch says: as it is, or replaced by
+/// the error that kept the batch from committing.
+fn boxed<T: Send + 'static>(
+    f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    deliver: impl FnOnce(Result<T>) + Send + 'static,
+) -> Call {
+    Box::new(move |store| {
+        let result = run_caught(store, f);
+        Box::new(move |failed: Option<&StoreError>| {
+            deliver(failed.map_or(result, |err| Err(replicate(err))));
+        })
+    })
+}
+
+/// Runs one batch of calls in one transaction (opened by its first write) and answers each: a
+/// call that ran before any write at once, the others once the commit covers them. A call alone
+/// runs as it would outside the thread (each write its own transaction, committed before the
+/// answer).
+fn run_batch(store: &Store, mut batch: Vec<Call>) {
+    if batch.len() == 1 {
+        // Alone: its writes are transactions of their own, without savepoints to pay for.
+        if let Some(call) = batch.pop() {
+            call(store)(None);
+        }
+        return;
+    }
+    store.begin_group();
+    let mut held = Vec::with_capacity(batch.len());
+    for call in batch {
+        let answer = call(store);
+        if store.group_holds_answers() {
+            held.push(answer);
+        } else {
+            answer(None);
+        }
+    }
+    let committed = store.end_group();
+    if !held.is_empty() {
+        tracing::trace!(calls = held.len(), "store: batch committed");
+    }
+    for answer in held {
+        answer(committed.as_ref().err());
     }
 }
 
@@ -124,3 +194,6 @@ fn run_caught<T>(store: &Store, f: impl FnOnce(&Store) -> Result<T>) -> Result<T
         )))
     })
 }
+
+#[cfg(test)]
+mod tests;

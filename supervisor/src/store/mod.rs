@@ -17,6 +17,7 @@
 //! [`StoreHandle`] runs a `Store` on its own thread for async callers (ARCHITECTURE.md, Store).
 
 mod actor;
+mod group;
 mod migrate;
 mod operators;
 mod queries;
@@ -28,7 +29,7 @@ pub use actor::StoreHandle;
 pub use operators::MetricsCounts;
 pub use reports::Applied;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use shared::ids::JobId;
 use shared::spec::JobSpec;
 use shared::state::{ExecOutcome, InvalidTransition, JobState, TaskState};
@@ -37,6 +38,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub use migrate::SCHEMA_VERSION;
+
+/// How many prepared statements the connection keeps: more than the store has on its hot path
+/// (a job's submit, start, reports and end), so that none is parsed again per job.
+const STATEMENT_CACHE: usize = 128;
 
 /// How long a writer waits for another process's transaction (a `run` beside a daemon).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,6 +81,9 @@ pub enum StoreError {
     SchemaUnknown(i64),
     #[error("stored state is unreadable: {0}")]
     BadState(#[from] shared::state::UnknownState),
+    /// A durable commit could not be flushed to the disk.
+    #[error("store: cannot flush to disk: {0}")]
+    Sync(std::io::Error),
     /// The store's thread could not serve the call (it panicked in this call, or is gone).
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -99,11 +107,16 @@ pub struct SupervisorId {
     pub start_time: u64,
 }
 
-/// The store; cheap to share behind an `Arc`. Each call is one short transaction.
+/// The store; cheap to share behind an `Arc`. Each call is one short transaction (or a part of
+/// its batch's one, on the store's thread: `group.rs`).
 pub struct Store {
     conn: Mutex<Connection>,
-    /// Whether durable commits are fsynced.
-    fsync: bool,
+    /// How durable commits reach the disk.
+    durability: group::Durability,
+    /// The batch the store's thread runs now, if any.
+    group: Mutex<group::Group>,
+    /// Durable commits flushed so far (one per batch that holds a durable write).
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 /// A job's row.
@@ -175,9 +188,12 @@ impl Store {
         // Before anything else: it only takes effect on a database without tables (a fresh
         // store); see `retention.rs` for why incremental.
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let journal: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Every statement of the hot path stays prepared (rusqlite's default keeps 16).
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // A small WAL: checkpointed every 200 pages (800 KiB) and truncated back to 1 MiB, so
         // that a nearly full disk can still absorb it into the database (the default 4 MiB WAL
         // can fill a small disk and then never be checkpointed).
@@ -185,9 +201,28 @@ impl Store {
         conn.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
         migrate::prepare(&mut conn)?;
         let fsync = std::env::var("SUPERVISOR_DURABILITY").map_or(true, |mode| mode != "normal");
+        let durability = if !fsync {
+            group::Durability::Off
+        } else if journal.eq_ignore_ascii_case("wal") {
+            // The WAL exists now (the schema was read): its directory entry is made durable
+            // once, as SQLite does at the first sync of a new WAL.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(StoreError::Sync)?;
+            group::Durability::SyncWal(dir.join("state.db-wal"))
+        } else {
+            tracing::warn!(
+                journal,
+                "store: no WAL on this file system; every commit is fsynced"
+            );
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            group::Durability::Always
+        };
         Ok(Self {
             conn: Mutex::new(conn),
-            fsync,
+            durability,
+            group: Mutex::default(),
+            syncs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -195,42 +230,14 @@ impl Store {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `write` in one immediate transaction, fsynced at commit when `durable` (and fsyncs
-    /// are on). On a full disk, checkpoints the WAL so that a retry may find room.
-    fn write<T>(
-        &self,
-        durable: bool,
-        write: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
-        let mut conn = self.conn();
-        let full = durable && self.fsync;
-        if full {
-            conn.pragma_update(None, "synchronous", "FULL")?;
-        }
-        let result = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)
-            .and_then(|tx| {
-                let value = write(&tx)?;
-                tx.commit()?;
-                Ok(value)
-            });
-        if full {
-            // The commit's outcome stands either way: a connection left at FULL is only slower.
-            if let Err(err) = conn.pragma_update(None, "synchronous", "NORMAL") {
-                tracing::warn!(error = %err, "store: cannot set synchronous=NORMAL again");
-            }
-        }
-        if result.as_ref().is_err_and(StoreError::is_disk_full) {
-            checkpoint_truncate(&conn);
-        }
-        result
+    fn group(&self) -> MutexGuard<'_, group::Group> {
+        self.group.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// After a full disk: moves the WAL into the database and truncates it, which gives back
     /// the space the WAL held (it only grows until a checkpoint, and a full disk can stop those).
     pub fn reclaim_space(&self) {
-        checkpoint_truncate(&self.conn());
+        checkpoint_truncate(&self.settled_conn());
     }
 
     /// Stores a new `pending` job and its tasks; returns its fresh id.
@@ -248,14 +255,14 @@ impl Store {
         self.write(true, |tx| {
             let id = insert_job(tx, spec, &spec_json, source)?;
             if let Some(owner) = owner {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE jobs SET supervisor_pid = ?2, supervisor_start = ?3 WHERE id = ?1",
-                    params![
-                        id.as_str(),
-                        owner.pid,
-                        i64::try_from(owner.start_time).unwrap_or(i64::MAX)
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    id.as_str(),
+                    owner.pid,
+                    i64::try_from(owner.start_time).unwrap_or(i64::MAX)
+                ])?;
             }
             Ok(id)
         })
@@ -265,11 +272,8 @@ impl Store {
     pub fn spec(&self, id: &JobId) -> Result<JobSpec> {
         let text: String = self
             .conn()
-            .query_row(
-                "SELECT spec FROM jobs WHERE id = ?1",
-                [id.as_str()],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT spec FROM jobs WHERE id = ?1")?
+            .query_row([id.as_str()], |row| row.get(0))
             .optional()?
             .ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
         serde_json::from_str(&text).map_err(|e| StoreError::BadSpec(id.clone(), e))
@@ -381,50 +385,42 @@ fn to_sql_u64(value: u64) -> i64 {
 }
 
 /// Inserts a `pending` job with a fresh id, and its tasks.
-fn insert_job(
-    tx: &rusqlite::Transaction<'_>,
-    spec: &JobSpec,
-    spec_json: &str,
-    source: &str,
-) -> Result<JobId> {
+fn insert_job(tx: &Connection, spec: &JobSpec, spec_json: &str, source: &str) -> Result<JobId> {
     let now = now_ms();
     let id = loop {
         let id = JobId::from_random(random_u32());
         let taken = tx
-            .query_row(
-                "SELECT 1 FROM jobs WHERE id = ?1",
-                [id.as_str()],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+            .query_row([id.as_str()], |_| Ok(()))
             .optional()?
             .is_some();
         if !taken {
             break id;
         }
     };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO jobs (id, seq, name, source, spec, state, created_ms)
          VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?2, ?3, ?4, ?5, ?6)",
-        params![
-            id.as_str(),
-            spec.name,
-            source,
-            spec_json,
-            JobState::Pending.as_str(),
-            now
-        ],
-    )?;
+    )?
+    .execute(params![
+        id.as_str(),
+        spec.name,
+        source,
+        spec_json,
+        JobState::Pending.as_str(),
+        now
+    ])?;
     for (idx, task) in spec.tasks.iter().enumerate() {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO tasks (job_id, idx, name, has_revert, state) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                id.as_str(),
-                u32::try_from(idx).unwrap_or(u32::MAX),
-                task.name,
-                task.body.has_revert(),
-                TaskState::Pending.as_str()
-            ],
-        )?;
+        )?
+        .execute(params![
+            id.as_str(),
+            u32::try_from(idx).unwrap_or(u32::MAX),
+            task.name,
+            task.body.has_revert(),
+            TaskState::Pending.as_str()
+        ])?;
     }
     record_transition(
         tx,
@@ -482,38 +478,37 @@ fn random_u32() -> u32 {
 fn job_row(conn: &Connection, id: &JobId) -> Result<Option<JobRow>> {
     let as_u64 = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT name, source, state, reason, created_ms, started_ms, ended_ms,
                     conductor_pid, conductor_start, supervisor_pid, supervisor_start,
                     containment, cgroup, unresponsive_ms, paused_ms
              FROM jobs WHERE id = ?1",
-            [id.as_str()],
-            |row| {
-                let supervisor = match (row.get::<_, Option<i32>>(9)?, as_u64(row.get(10)?)) {
-                    (Some(pid), Some(start)) => Some((pid, start)),
-                    _ => None,
-                };
-                let state: String = row.get(2)?;
-                let job = JobRow {
-                    id: id.clone(),
-                    name: row.get(0)?,
-                    source: row.get(1)?,
-                    state: JobState::Pending,
-                    reason: row.get(3)?,
-                    created_ms: row.get(4)?,
-                    started_ms: row.get(5)?,
-                    ended_ms: row.get(6)?,
-                    conductor_pid: row.get(7)?,
-                    conductor_start: as_u64(row.get(8)?),
-                    supervisor,
-                    containment: row.get(11)?,
-                    cgroup: row.get::<_, Option<String>>(12)?.map(PathBuf::from),
-                    unresponsive_ms: row.get(13)?,
-                    paused_ms: row.get(14)?,
-                };
-                Ok((job, state))
-            },
-        )
+        )?
+        .query_row([id.as_str()], |row| {
+            let supervisor = match (row.get::<_, Option<i32>>(9)?, as_u64(row.get(10)?)) {
+                (Some(pid), Some(start)) => Some((pid, start)),
+                _ => None,
+            };
+            let state: String = row.get(2)?;
+            let job = JobRow {
+                id: id.clone(),
+                name: row.get(0)?,
+                source: row.get(1)?,
+                state: JobState::Pending,
+                reason: row.get(3)?,
+                created_ms: row.get(4)?,
+                started_ms: row.get(5)?,
+                ended_ms: row.get(6)?,
+                conductor_pid: row.get(7)?,
+                conductor_start: as_u64(row.get(8)?),
+                supervisor,
+                containment: row.get(11)?,
+                cgroup: row.get::<_, Option<String>>(12)?.map(PathBuf::from),
+                unresponsive_ms: row.get(13)?,
+                paused_ms: row.get(14)?,
+            };
+            Ok((job, state))
+        })
         .optional()?;
     let Some((mut job, state)) = row else {
         return Ok(None);

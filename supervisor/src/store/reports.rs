@@ -38,18 +38,12 @@ impl Store {
         self.write(durable, |tx| self.apply_in(tx, id, reports))
     }
 
-    fn apply_in(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        id: &JobId,
-        reports: &[Report],
-    ) -> Result<Applied> {
+    fn apply_in(&self, tx: &Connection, id: &JobId, reports: &[Report]) -> Result<Applied> {
         let held: u64 = tx
-            .query_row(
-                "SELECT last_report FROM jobs WHERE id = ?1",
-                [id.as_str()],
-                |row| row.get::<_, i64>(0).map(|v| u64::try_from(v).unwrap_or(0)),
-            )
+            .prepare_cached("SELECT last_report FROM jobs WHERE id = ?1")?
+            .query_row([id.as_str()], |row| {
+                row.get::<_, i64>(0).map(|v| u64::try_from(v).unwrap_or(0))
+            })
             .optional()?
             .ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
         let fresh_from = reports
@@ -69,10 +63,11 @@ impl Store {
             last = report.seq;
         }
         if last != held {
-            tx.execute(
-                "UPDATE jobs SET last_report = ?2 WHERE id = ?1",
-                params![id.as_str(), i64::try_from(last).unwrap_or(i64::MAX)],
-            )?;
+            tx.prepare_cached("UPDATE jobs SET last_report = ?2 WHERE id = ?1")?
+                .execute(params![
+                    id.as_str(),
+                    i64::try_from(last).unwrap_or(i64::MAX)
+                ])?;
         }
         Ok(Applied {
             held: last,

@@ -75,7 +75,7 @@ impl Store {
     /// With `full`, a `VACUUM` rewrites the whole database first (and turns incremental
     /// vacuuming on for an older store).
     pub fn reclaim(&self, full: bool) -> Result<()> {
-        let conn = self.conn();
+        let conn = self.settled_conn();
         if full {
             conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
             conn.execute_batch("VACUUM")?;
