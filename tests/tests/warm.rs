@@ -420,10 +420,8 @@ fn cgroup_a_dead_daemons_warm_cgroups_are_swept_by_any_daemon() {
     );
     // Never a daemon on that state dir again: no record will be read.
     std::fs::remove_dir_all(dead.state_dir().join("warm")).expect("remove the records");
-    assert!(
-        cgroups.iter().all(|c| c.exists()),
-        "{cgroups:?} stay until swept"
-    );
+    // They stay until a daemon sweeps them: not asserted, since any daemon starting meanwhile
+    // (another test's, sharing the cgroup base) may already have.
     let other = TestEnv::new();
     let mut daemon = Mode::Cgroup.start_daemon(&other, &[]);
     wait_for(

@@ -5,7 +5,7 @@
 //! linear job is the graph where each task runs after the one before it: the same walk, one
 //! step at a time. Command tasks and native tasks go through the same code: both are [`Task`]s.
 //!
-//! The conductor stays one thread: parallel steps are futures polled together ([`walk`]); what
+//! The conductor stays one thread: parallel steps are futures polled together (`walk.rs`); what
 //! they share (the link, the tasks' progress) sits in `RefCell`s, never borrowed across an
 //! `.await`.
 

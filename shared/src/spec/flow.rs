@@ -85,7 +85,7 @@ impl Backoff {
     }
 
     /// The pause before retry number `retry` (1 for the first), `delay` times the factor to
-    /// the power `retry - 1`, at most [`MAX_RETRY_DELAY`].
+    /// the power `retry - 1`, at most `MAX_RETRY_DELAY`.
     #[must_use]
     pub fn delay(self, delay: Duration, retry: u32) -> Duration {
         let power = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
@@ -97,7 +97,7 @@ impl Backoff {
         }
     }
 
-    /// Why the factor is not allowed, or `None`: from 1 to [`MAX_BACKOFF`].
+    /// Why the factor is not allowed, or `None`: from 1 to `MAX_BACKOFF`.
     #[must_use]
     pub fn problem(self) -> Option<String> {
         let factor = self.factor();

@@ -383,7 +383,7 @@ fn parse_record(text: &str) -> (Option<ConductorId>, Option<PathBuf>) {
 /// At start-up: kills whatever warm conductors a previous daemon on this state dir left (its
 /// records name them by pid and start time, and by cgroup), removes their cgroups and every
 /// file of `STATE_DIR/warm/`, and makes the dir afresh (0700); then removes the empty warm
-/// cgroups of dead daemons of any state dir ([`sweep_dead_daemons_cgroups`]). Returns how many
+/// cgroups of dead daemons of any state dir (`sweep_dead_daemons_cgroups`). Returns how many
 /// it killed.
 pub async fn clear_leftovers(
     state_dir: &StateDir,
