@@ -1,6 +1,7 @@
 //! `supervisor daemon`: runs in the foreground (systemd style) until SIGTERM, SIGINT or
 //! `supervisor shutdown`. Conductors keep running when it stops.
 
+use crate::board::BoardConfig;
 use crate::daemon::{self, DaemonConfig};
 use crate::process::WorkerCommand;
 use crate::state_dir::StateDir;
@@ -34,6 +35,48 @@ pub struct DaemonArgs {
     pub keep: Option<std::time::Duration>,
     #[command(flatten)]
     pub operators: super::operators::DaemonOperatorArgs,
+    #[command(flatten)]
+    pub board: BoardArgs,
+}
+
+/// Many hosts on one job board (README, Many hosts). Jobs stay local in this release: the
+/// board shows the hosts and their leases.
+#[derive(clap::Args, Debug)]
+pub struct BoardArgs {
+    /// Join the job board in this PostgreSQL database: a connection string (`host=/run/pg
+    /// dbname=board`) or URI (`postgresql://user@host/board`) [default: no board]
+    #[arg(
+        long,
+        env = "SUPERVISOR_BOARD",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub board: Option<String>,
+
+    /// This daemon's host name on the board [default: the machine's host name]
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+
+    /// How long the board counts this host alive without a renewal (renewed every third of
+    /// it)
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = shared::duration::parse_duration)]
+    pub lease: std::time::Duration,
+}
+
+impl BoardArgs {
+    /// The board to join, if any; the error is the message to print (exit 2).
+    fn config(&self) -> Result<Option<BoardConfig>, String> {
+        let Some(url) = &self.board else {
+            return Ok(None);
+        };
+        crate::board::lease::check_lease(self.lease)?;
+        if self.host.as_deref().is_some_and(str::is_empty) {
+            return Err("--host must not be empty".to_owned());
+        }
+        BoardConfig::new(url, self.host.clone(), self.lease)
+            .map(Some)
+            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
+    }
 }
 
 pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
@@ -41,6 +84,13 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
         Ok(operators) => operators,
         Err(err) => {
             eprintln!("supervisor daemon: {err:#}");
+            return exit::INVALID_INPUT;
+        }
+    };
+    let board = match args.board.config() {
+        Ok(board) => board,
+        Err(err) => {
+            eprintln!("supervisor daemon: {err}");
             return exit::INVALID_INPUT;
         }
     };
@@ -63,6 +113,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
                 cgroup_root: args.cgroup_root,
                 keep: args.keep,
                 operators,
+                board,
             };
             let mut terminate = signal(SignalKind::terminate())?;
             let mut interrupt = signal(SignalKind::interrupt())?;
