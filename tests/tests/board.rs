@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tests::postgres::Postgres;
-use tests::{DEADLINE, Run, TestEnv, cli_at, sigkill_run, start_daemon_at, wait_for};
+use tests::{DEADLINE, Run, TestEnv, cli_at, sigkill_run, wait_daemon_ready, wait_for};
 
 /// The lease the test daemons hold (`--lease`).
 const LEASE: Duration = Duration::from_secs(1);
@@ -36,12 +36,20 @@ fn board_args<'a>(url: &'a str, name: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// Starts a daemon named `name` on the board, its state dir `ENV/NAME`, and waits until it
-/// answers.
-fn start_host(env: &TestEnv, url: &str, name: &str) -> Host {
-    let state_dir = env.path(name);
-    let daemon = start_daemon_at(env, &state_dir, &board_args(url, name));
+/// Starts a daemon named `name` on the board, its state dir `ENV/DIR`, without waiting.
+fn spawn_host(env: &TestEnv, url: &str, name: &str, dir: &str) -> Host {
+    let state_dir = env.path(dir);
+    let mut args = vec!["daemon", "--state-dir", state_dir.to_str().expect("UTF-8")];
+    args.extend(board_args(url, name));
+    let daemon = env.spawn(&args);
     Host { daemon, state_dir }
+}
+
+/// [`spawn_host`] on `ENV/NAME`, then waits until the daemon answers.
+fn start_host(env: &TestEnv, url: &str, name: &str) -> Host {
+    let mut host = spawn_host(env, url, name, name);
+    wait_daemon_ready(env, &host.state_dir, &mut host.daemon);
+    host
 }
 
 /// `hosts --json` asked of the daemon on `state_dir`: (exit code, the array or `Null`, stderr).
@@ -102,9 +110,16 @@ fn three_hosts_share_a_board_and_a_dead_one_shows_lost() {
     };
     let env = TestEnv::new();
     let url = pg.url();
-    let a = start_host(&env, &url, "a");
-    let b = start_host(&env, &url, "b");
-    let mut c = start_host(&env, &url, "c");
+    // All three at once on an empty database: one creates the schema, under the advisory
+    // lock, and the others find it.
+    let mut started: Vec<Host> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| spawn_host(&env, &url, name, name))
+        .collect();
+    for host in &mut started {
+        wait_daemon_ready(&env, &host.state_dir, &mut host.daemon);
+    }
+    let [a, b, mut c] = <[Host; 3]>::try_from(started).unwrap_or_else(|_| unreachable!());
     let all_alive = [("a", "alive"), ("b", "alive"), ("c", "alive")];
     let first = wait_hosts(&env, &a.state_dir, DEADLINE, &all_alive);
     let instances: HashSet<&str> = first.iter().map(|(_, i)| i.as_str()).collect();
@@ -129,11 +144,9 @@ fn three_hosts_share_a_board_and_a_dead_one_shows_lost() {
     assert_eq!(table.lines().count(), 4, "{table}");
 
     // A second live daemon named b is refused, clearly, and b keeps its instance.
-    let mut twin_args = vec!["daemon", "--state-dir"];
-    let twin_dir = env.path("b2");
-    twin_args.push(twin_dir.to_str().expect("UTF-8"));
-    twin_args.extend(board_args(&url, "b"));
-    let mut twin = env.spawn(&twin_args);
+    let Host {
+        daemon: mut twin, ..
+    } = spawn_host(&env, &url, "b", "b2");
     let code = twin.wait_exit(DEADLINE);
     assert_ne!(code, 0, "{}", twin.report());
     assert!(

@@ -171,9 +171,35 @@ fn new_instance_id() -> Result<String, BoardError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Opens a connection; its driver runs as a task of its own until the client is dropped or the
-/// server goes away (then `Client::is_closed`).
-pub async fn connect(config: &BoardConfig) -> Result<Client, BoardError> {
+/// A connection to the board: the client, and the task that drives its socket.
+pub struct Connection {
+    client: Client,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Connection {
+    /// The client to query with.
+    #[must_use]
+    pub const fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the server or the network ended it.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Gives the connection up at once. Dropping it closes it politely, which can wait as long
+    /// as the network does when the peer is gone; this stops its driver too.
+    pub fn abandon(self) {
+        self.driver.abort();
+    }
+}
+
+/// Opens a connection (bounded by [`CONNECT_TIMEOUT`]); its driver runs as a task of its own
+/// until the client is dropped, the server goes away, or [`Connection::abandon`].
+pub async fn connect(config: &BoardConfig) -> Result<Connection, BoardError> {
     let url = config.shown_url.clone();
     let connecting = config.pg.connect(NoTls);
     let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
@@ -186,12 +212,12 @@ pub async fn connect(config: &BoardConfig) -> Result<Client, BoardError> {
             });
         }
     };
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "board connection ended");
         }
     });
-    Ok(client)
+    Ok(Connection { client, driver })
 }
 
 /// This daemon's place on the board; cheap to clone.
@@ -210,7 +236,7 @@ struct Inner {
 /// The joined board's renewal connection, waiting for [`Renewer::start`].
 pub struct Renewer {
     board: Board,
-    client: Client,
+    connection: Connection,
 }
 
 /// Stops the renewals when dropped (the daemon's end).
@@ -230,12 +256,12 @@ impl Board {
     /// module's theory of operation). `max_jobs` is reported as is.
     pub async fn join(config: BoardConfig, max_jobs: usize) -> Result<(Self, Renewer), BoardError> {
         let instance = new_instance_id()?;
-        let mut client = connect(&config).await?;
+        let mut connection = connect(&config).await?;
         let timeout = |_| BoardError::Timeout {
             url: config.shown_url.clone(),
             timeout: CONNECT_TIMEOUT,
         };
-        let found = tokio::time::timeout(CONNECT_TIMEOUT, schema::migrate(&mut client))
+        let found = tokio::time::timeout(CONNECT_TIMEOUT, schema::migrate(&mut connection.client))
             .await
             .map_err(timeout)??;
         let me = hosts::Registration {
@@ -246,7 +272,7 @@ impl Board {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let sent = Instant::now();
-        tokio::time::timeout(CONNECT_TIMEOUT, hosts::register(&client, &me))
+        tokio::time::timeout(CONNECT_TIMEOUT, hosts::register(connection.client(), &me))
             .await
             .map_err(timeout)??;
         tracing::info!(
@@ -266,20 +292,24 @@ impl Board {
         };
         let renewer = Renewer {
             board: board.clone(),
-            client,
+            connection,
         };
         Ok((board, renewer))
     }
 
     /// Every host of the board, by name (on a connection of its own: never the renewals').
     pub async fn hosts(&self) -> Result<Vec<HostSummary>, BoardError> {
-        let client = connect(&self.inner.config).await?;
-        tokio::time::timeout(QUERY_TIMEOUT, hosts::list(&client))
-            .await
-            .map_err(|_| BoardError::Timeout {
-                url: self.inner.config.shown_url.clone(),
-                timeout: QUERY_TIMEOUT,
-            })?
+        let connection = connect(&self.inner.config).await?;
+        match tokio::time::timeout(QUERY_TIMEOUT, hosts::list(connection.client())).await {
+            Ok(listed) => listed,
+            Err(_) => {
+                connection.abandon();
+                Err(BoardError::Timeout {
+                    url: self.inner.config.shown_url.clone(),
+                    timeout: QUERY_TIMEOUT,
+                })
+            }
+        }
     }
 
     /// This daemon start's instance id.
@@ -324,7 +354,7 @@ impl Renewer {
     pub fn start(self, live_jobs: LiveJobs) -> RenewerGuard {
         RenewerGuard(tokio::spawn(renewer::run(
             self.board,
-            Some(self.client),
+            Some(self.connection),
             live_jobs,
         )))
     }

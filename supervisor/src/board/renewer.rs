@@ -8,11 +8,10 @@
 
 use super::hosts::{self, Renewal};
 use super::lease::{next_backoff, renew_interval};
-use super::{Board, LiveJobs, connect};
+use super::{Board, Connection, LiveJobs, connect};
 use std::time::{Duration, Instant};
-use tokio_postgres::Client;
 
-pub(super) async fn run(board: Board, mut client: Option<Client>, live_jobs: LiveJobs) {
+pub(super) async fn run(board: Board, mut client: Option<Connection>, live_jobs: LiveJobs) {
     let interval = renew_interval(board.config().lease);
     let mut backoff = Duration::ZERO;
     let mut lost_reported = false;
@@ -72,15 +71,15 @@ pub(super) async fn run(board: Board, mut client: Option<Client>, live_jobs: Liv
 }
 
 /// One renewal, reconnecting first when the connection is gone: what it found and when it was
-/// sent, or why it failed (the connection is then dropped).
+/// sent, or why it failed (the connection is then abandoned: a stuck one must not linger).
 async fn attempt(
     board: &Board,
-    client: &mut Option<Client>,
+    client: &mut Option<Connection>,
     live_jobs: i64,
     budget: Duration,
 ) -> Result<(Renewal, Instant), String> {
-    if client.as_ref().is_none_or(Client::is_closed) {
-        *client = None;
+    if client.as_ref().is_none_or(Connection::is_closed) {
+        abandon(client);
         let fresh = match tokio::time::timeout(budget, connect(board.config())).await {
             Ok(Ok(fresh)) => fresh,
             Ok(Err(err)) => return Err(format!("{:#}", anyhow::Error::from(err))),
@@ -93,16 +92,27 @@ async fn attempt(
         return Err("no connection".to_owned());
     };
     let sent = Instant::now();
-    let renewal = hosts::renew(connected, &board.config().host, board.instance(), live_jobs);
+    let renewal = hosts::renew(
+        connected.client(),
+        &board.config().host,
+        board.instance(),
+        live_jobs,
+    );
     match tokio::time::timeout(budget, renewal).await {
         Ok(Ok(found)) => Ok((found, sent)),
         Ok(Err(err)) => {
-            *client = None;
+            abandon(client);
             Err(err.to_string())
         }
         Err(_) => {
-            *client = None;
+            abandon(client);
             Err("the renewal timed out".to_owned())
         }
+    }
+}
+
+fn abandon(client: &mut Option<Connection>) {
+    if let Some(connection) = client.take() {
+        connection.abandon();
     }
 }
