@@ -51,8 +51,9 @@ pub const MARK_VAR: &str = "SVT_MARK";
 pub const OWNER_VAR: &str = "SVT_OWNER";
 
 /// Variables of the test's own environment that would change how the binaries behave.
-const SCRUBBED_VARS: [&str; 6] = [
+const SCRUBBED_VARS: [&str; 7] = [
     "SUPERVISOR_STATE_DIR",
+    "SUPERVISOR_BOARD",
     "SUPERVISOR_CONDUCTOR_BIN",
     "SUPERVISOR_LOG",
     "RUST_LOG",

@@ -89,6 +89,18 @@ impl Postgres {
         self.wait_ready();
     }
 
+    /// Stops the server (`pg_ctl stop -m fast`): every connection is cut, and connecting
+    /// fails until [`Postgres::start_again`].
+    pub fn stop(&self) {
+        self.pg_ctl("stop");
+    }
+
+    /// Starts the server [`Postgres::stop`] stopped and waits until it accepts connections.
+    pub fn start_again(&self) {
+        self.pg_ctl("start");
+        self.wait_ready();
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }

@@ -174,13 +174,39 @@ fn three_hosts_share_a_board_and_a_dead_one_shows_lost() {
     pg.restart();
     let third = wait_hosts(&env, &b.state_dir, DEADLINE, &all_alive);
     assert_eq!(second, third, "the same instances, not new registrations");
-    for (name, mut host) in [("a", a), ("b", b), ("c", c2)] {
-        assert!(
-            !host.daemon.has_exited(),
-            "{name}: {}",
-            host.daemon.report()
-        );
+    let hosts = [a, b, c2];
+    for host in &hosts {
+        wait_for_log(&host.daemon, "board reconnected");
     }
+
+    // PostgreSQL down for longer than the lease: each daemon gives its lease up on its own
+    // clock (`lease lost`), and takes it up again, same instance, once the board is back.
+    pg.stop();
+    for host in &hosts {
+        wait_for_log(&host.daemon, "board lease at risk");
+        wait_for_log(&host.daemon, "lease lost");
+    }
+    pg.start_again();
+    for host in &hosts {
+        wait_for_log(&host.daemon, "board lease regained");
+    }
+    let fourth = wait_hosts(&env, &hosts[0].state_dir, DEADLINE, &all_alive);
+    assert_eq!(second, fourth, "the same instances, not new registrations");
+    for mut host in hosts {
+        assert!(!host.daemon.has_exited(), "{}", host.daemon.report());
+    }
+}
+
+/// Waits until the daemon's log (stderr) holds `message`.
+fn wait_for_log(daemon: &Run, message: &str) {
+    wait_for(DEADLINE, &format!("the daemon to log {message:?}"), || {
+        let log = daemon.stderr();
+        if log.contains(message) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
 }
 
 /// `hosts` on a daemon without `--board` says so, with its own exit code.

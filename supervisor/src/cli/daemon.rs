@@ -134,3 +134,49 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn args(board: Option<&str>, host: Option<&str>, lease_ms: u64) -> BoardArgs {
+        BoardArgs {
+            board: board.map(str::to_owned),
+            host: host.map(str::to_owned),
+            lease: Duration::from_millis(lease_ms),
+        }
+    }
+
+    #[test]
+    fn no_board_changes_nothing_and_a_board_takes_its_flags() {
+        assert!(args(None, Some("a"), 10).config().expect("valid").is_none());
+        let config = args(Some("host=/tmp/pg dbname=board"), Some("a"), 1000)
+            .config()
+            .expect("valid")
+            .expect("a board");
+        assert_eq!(config.host, "a");
+        assert_eq!(config.lease, Duration::from_secs(1));
+        assert_eq!(config.shown_url(), "host=/tmp/pg dbname=board");
+    }
+
+    #[test]
+    fn bad_board_flags_are_refused_without_showing_the_password() {
+        let url = Some("host=/tmp/pg password=s3cret dbname=board");
+        let short = args(url, Some("a"), 100).config().expect_err("too short");
+        assert!(short.contains("--lease"), "{short}");
+        let empty = args(url, Some(""), 1000).config().expect_err("empty host");
+        assert!(empty.contains("--host"), "{empty}");
+        let bad = args(
+            Some("postgresql://me:s3cret@h:notaport/db"),
+            Some("a"),
+            1000,
+        )
+        .config()
+        .expect_err("bad port");
+        assert!(bad.contains("invalid board URL"), "{bad}");
+        assert!(!bad.contains("s3cret"), "{bad}");
+        let debug = format!("{:?}", args(url, Some("a"), 1000).config().expect("valid"));
+        assert!(!debug.contains("s3cret"), "{debug}");
+    }
+}
