@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tests::postgres::Postgres;
-use tests::{DEADLINE, Run, TestEnv, cli_at, sigkill_run, wait_daemon_ready, wait_for};
+use tests::{DEADLINE, Run, TestEnv, cli_at, sigkill_run, submit_at, wait_daemon_ready, wait_for};
 
 /// The lease the test daemons hold (`--lease`).
 const LEASE: Duration = Duration::from_secs(1);
@@ -100,7 +100,7 @@ fn wait_hosts(
 }
 
 /// Three daemons share a board: all alive with distinct instances and the fields `hosts`
-/// promises; a fourth with a live host's name is refused; a SIGKILLed one turns `lost` within
+/// promises, a running job counted in its host's live jobs; a fourth with a live host's name is refused; a SIGKILLed one turns `lost` within
 /// its lease (by the database's clock) and comes back `alive` as a new instance; a PostgreSQL
 /// restart under them costs no daemon: they reconnect and stay alive with their instances.
 #[test]
@@ -142,6 +142,23 @@ fn three_hosts_share_a_board_and_a_dead_one_shows_lost() {
     assert_eq!(code, 0, "{err}");
     assert!(table.starts_with("HOST"), "{table}");
     assert_eq!(table.lines().count(), 4, "{table}");
+
+    // A running job counts in its host's live jobs at the next renewal.
+    let file = env.job(
+        "long.toml",
+        "",
+        "[[task]]\nname = \"wait\"\nrun = \"sleep 60\"\n",
+    );
+    let _job = submit_at(&env, &a.state_dir, &file);
+    wait_for(DEADLINE, "a's live jobs to be 1", || {
+        let (_, hosts, _) = hosts_json(&env, &b.state_dir);
+        let live = hosts.get(0).map(|a| a["live_jobs"].clone());
+        if live == Some(Value::from(1)) {
+            Ok(())
+        } else {
+            Err(hosts)
+        }
+    });
 
     // A second live daemon named b is refused, clearly, and b keeps its instance.
     let Host {

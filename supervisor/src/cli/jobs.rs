@@ -1,5 +1,5 @@
 //! The daemon's client commands: submit, ls, status, cancel, kill, logs, revert, resume, events,
-//! shutdown, prune. Each is one request on the control socket; `--wait` follows the job to its end and
+//! shutdown, prune, hosts (`hosts.rs`). Each is one request on the control socket; `--wait` follows the job to its end and
 //! exits with the codes of `supervisor run`.
 
 use super::client::{Client, Failure, Outcome};
