@@ -27,6 +27,7 @@ use crate::state_dir::StateDir;
 use crate::store::StoreHandle;
 use anyhow::{Context, bail};
 use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, OnceLock};
 use tokio::net::UnixListener;
 
 /// How the daemon is configured.
@@ -69,9 +70,17 @@ pub async fn run(
     let _lock = lock_state_dir(&config.state_dir)?;
     let max_jobs = fd_limit::cap_max_jobs(config.max_jobs.max(1), live_jobs_allowed);
     // On the board before anyone can reach the daemon: a refused host name stops it here.
-    let joined = match &config.board {
-        Some(board) => Some(Board::join(board.clone(), max_jobs).await?),
-        None => None,
+    // Renewals start at once (the start below can outlast a short lease); they count the live
+    // jobs once the registry exists.
+    let registry: Arc<OnceLock<Jobs>> = Arc::default();
+    let (board, _renewals) = match &config.board {
+        Some(board) => {
+            let (board, renewer) = Board::join(board.clone(), max_jobs).await?;
+            let jobs = Arc::clone(&registry);
+            let live_jobs = move || jobs.get().map_or(0, Jobs::supervising);
+            (Some(board), Some(renewer.start(Arc::new(live_jobs))))
+        }
+        None => (None, None),
     };
     let listener = bind_control(&config.state_dir).await?;
     let containment = Containment::detect(config.cgroup_root.clone());
@@ -108,14 +117,8 @@ pub async fn run(
         let root = config.state_dir.root().to_path_buf();
         tokio::spawn(metrics_server::serve(metrics, jobs.clone(), root));
     }
-    let (board, _renewals) = match joined {
-        Some((board, renewer)) => {
-            let counted = jobs.clone();
-            let guard = renewer.start(std::sync::Arc::new(move || counted.supervising()));
-            (Some(board), Some(guard))
-        }
-        None => (None, None),
-    };
+    // Set once, here: the renewals count its live jobs from now on.
+    let _ = registry.set(jobs.clone());
     reattach_all(&jobs).await;
     tokio::spawn(scheduler::run(jobs.clone(), max_jobs));
     if let Some(keep) = config.keep {
