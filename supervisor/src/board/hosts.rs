@@ -17,12 +17,43 @@ pub struct Registration {
 
 /// Takes the host name for this instance: a new row, or the row of an instance whose lease
 /// expired (by the database's clock). Refuses while another instance holds a current lease.
-/// One statement, so two daemons starting with one name cannot both win.
+/// One statement decides, so two daemons starting with one name cannot both win.
 pub async fn register(client: &Client, me: &Registration) -> Result<(), BoardError> {
-    let query = |source| BoardError::Query {
+    // Rows are never deleted today; the retry only guards a future that prunes hosts between
+    // the two statements below.
+    for _ in 0..REGISTER_TRIES {
+        if try_register(client, me).await? {
+            return Ok(());
+        }
+        if let Some((instance, age_ms, lease_ms)) = holder(client, &me.host).await? {
+            return Err(BoardError::HostTaken {
+                host: me.host.clone(),
+                instance,
+                age_ms,
+                lease_ms,
+            });
+        }
+    }
+    Err(BoardError::HostTaken {
+        host: me.host.clone(),
+        instance: "(changing)".to_owned(),
+        age_ms: 0,
+        lease_ms: 0,
+    })
+}
+
+/// How often [`register`] tries when the holder of the name vanishes under it.
+const REGISTER_TRIES: usize = 3;
+
+fn register_error(source: tokio_postgres::Error) -> BoardError {
+    BoardError::Query {
         what: "register this host",
         source,
-    };
+    }
+}
+
+/// Whether this instance now holds the name.
+async fn try_register(client: &Client, me: &Registration) -> Result<bool, BoardError> {
     let taken = client
         .query_opt(
             "INSERT INTO hosts AS h
@@ -43,33 +74,23 @@ pub async fn register(client: &Client, me: &Registration) -> Result<(), BoardErr
             ],
         )
         .await
-        .map_err(query)?;
-    if taken.is_some() {
-        return Ok(());
-    }
-    // A live holder kept the name: say who, and for how long still.
-    let holder = client
+        .map_err(register_error)?;
+    Ok(taken.is_some())
+}
+
+/// The instance holding `host`, how long ago it renewed (ms, database clock) and its lease.
+async fn holder(client: &Client, host: &str) -> Result<Option<(String, i64, i64)>, BoardError> {
+    let row = client
         .query_opt(
             "SELECT instance, (extract(epoch FROM now() - renewed_at) * 1000)::bigint, lease_ms
              FROM hosts WHERE name = $1",
-            &[&me.host],
+            &[&host],
         )
         .await
-        .map_err(query)?;
-    let (instance, age_ms, lease_ms) = match holder {
-        Some(row) => (
-            row.try_get(0).map_err(query)?,
-            row.try_get(1).map_err(query)?,
-            row.try_get(2).map_err(query)?,
-        ),
-        None => (String::from("(gone since)"), 0, 0),
-    };
-    Err(BoardError::HostTaken {
-        host: me.host.clone(),
-        instance,
-        age_ms,
-        lease_ms,
-    })
+        .map_err(register_error)?;
+    row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .transpose()
+        .map_err(register_error)
 }
 
 /// What a renewal found.
