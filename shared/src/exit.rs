@@ -25,6 +25,8 @@ pub const REFUSED: i32 = 8;
 pub const PERMISSION_DENIED: i32 = 9;
 /// Another error (store, spawn, I/O) kept the command from doing its work.
 pub const INTERNAL: i32 = 10;
+/// The daemon has no job board (`supervisor daemon --board`), so `hosts` cannot answer.
+pub const NO_BOARD: i32 = 11;
 
 /// The exit code for a job that ended in `state`; `None` while it is still live.
 #[must_use]

@@ -13,10 +13,13 @@
 //! - [`skip_unless_ci`]: the one way a test skips (not root, no cgroup v2, no tmpfs...): a
 //!   printed `SKIPPED` line on a developer's machine, a failure under `CI=true`.
 //! - [`submit_at`], [`status_json_at`], [`ls_all_json_at`]: the daemon's CLI, parsed.
+//! - [`postgres::Postgres`]: a real PostgreSQL server of its own for a job board test.
 //!
 //! The binaries are found through `$SUPERVISOR_BIN`, else next to the test executable's
 //! directory (`target/debug/deps/TEST` → `target/debug/`). `cargo test` does not build them:
 //! run `cargo build --workspace --bins` first.
+
+pub mod postgres;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -48,8 +51,9 @@ pub const MARK_VAR: &str = "SVT_MARK";
 pub const OWNER_VAR: &str = "SVT_OWNER";
 
 /// Variables of the test's own environment that would change how the binaries behave.
-const SCRUBBED_VARS: [&str; 6] = [
+const SCRUBBED_VARS: [&str; 7] = [
     "SUPERVISOR_STATE_DIR",
+    "SUPERVISOR_BOARD",
     "SUPERVISOR_CONDUCTOR_BIN",
     "SUPERVISOR_LOG",
     "RUST_LOG",

@@ -84,6 +84,10 @@ pub enum ClientRequest {
         follow: bool,
         since_ms: i64,
     },
+    /// `hosts`: every host of the daemon's job board, answered with [`ClientReply::Hosts`]
+    /// (or [`ErrorCode::NoBoard`]). Version 4 only; added at the end so that every other
+    /// request keeps its wire number.
+    Hosts,
 }
 
 impl ClientRequest {
@@ -91,6 +95,11 @@ impl ClientRequest {
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
         if version >= 4 {
             encode_frame(self)
+        } else if matches!(self, Self::Hosts) {
+            Err(FrameError::NotInVersion {
+                what: "hosts",
+                version,
+            })
         } else if version == 3 {
             encode_frame(&ClientRequestV3::from(self.clone()))
         } else if matches!(self, Self::LogsSince { .. }) {
@@ -184,6 +193,51 @@ pub enum ClientReply {
     },
     /// The answer to `Prune` (added at the end, as `Prune` was).
     Pruned(PruneSummary),
+    /// The answer to `Hosts`: every host of the board, by name (added at the end, as `Hosts`
+    /// was; only a client that asked for it ever gets one).
+    Hosts(Vec<HostSummary>),
+}
+
+/// One host of the job board, as `hosts` shows it. Ages and liveness are judged by the
+/// database's clock, never by a host's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSummary {
+    /// The host name (`--host`).
+    pub name: String,
+    /// The daemon start that holds the name (128 random bits in hex): a restarted host gets
+    /// a new one.
+    pub instance: String,
+    /// Whether its last renewal is younger than its lease.
+    pub state: HostState,
+    /// How long ago (ms, by the database's clock) it last renewed its lease.
+    pub renewal_age_ms: i64,
+    /// Its lease (`--lease`).
+    pub lease_ms: i64,
+    /// The jobs that held a conductor on it at its last renewal.
+    pub live_jobs: i64,
+    /// Its `--max-jobs` (as capped at start).
+    pub max_jobs: i64,
+    /// The version of its `supervisor`.
+    pub version: String,
+}
+
+/// Whether a host's lease is current.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostState {
+    /// Renewed within its lease.
+    Alive,
+    /// Its lease expired without a renewal.
+    Lost,
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Alive => "alive",
+            Self::Lost => "lost",
+        })
+    }
 }
 
 /// What `prune` did.
@@ -210,6 +264,9 @@ pub enum ErrorCode {
     /// release, at the end so that every other code keeps its wire number; an older CLI cannot
     /// decode it (it reports a malformed answer, and still fails).
     PermissionDenied,
+    /// The daemon runs without a job board (`--board`), so `hosts` has nothing to show. Added
+    /// at the end with `Hosts`, which only version 4 clients send.
+    NoBoard,
 }
 
 /// The filters of `ls` (version 3): every one given must hold. The daemon applies them while
@@ -301,4 +358,53 @@ pub struct Event {
     pub at_ms: i64,
     /// The operator whose order caused the change, if one did.
     pub by: Option<Requester>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::codec::FrameError;
+
+    /// `hosts` is a version 4 request: an older daemon is never sent it (the CLI says so
+    /// instead of sending something else).
+    #[test]
+    fn hosts_round_trips_in_version_4_and_is_refused_before() {
+        let frame = ClientRequest::Hosts.encode(4).expect("encodes");
+        let decoded = ClientRequest::decoder(4)(&frame[4..]).expect("decodes");
+        assert_eq!(decoded, ClientRequest::Hosts);
+        for version in 1..4 {
+            assert!(
+                matches!(
+                    ClientRequest::Hosts.encode(version),
+                    Err(FrameError::NotInVersion { what: "hosts", .. })
+                ),
+                "version {version}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hosts_reply_and_the_no_board_error_round_trip() {
+        let reply = ClientReply::Hosts(vec![HostSummary {
+            name: "a".into(),
+            instance: "00ff".repeat(8),
+            state: HostState::Lost,
+            renewal_age_ms: 1500,
+            lease_ms: 1000,
+            live_jobs: 2,
+            max_jobs: 16,
+            version: "0.1.0".into(),
+        }]);
+        for message in [
+            reply,
+            ClientReply::Error {
+                code: ErrorCode::NoBoard,
+                message: "no board".into(),
+            },
+        ] {
+            let frame = crate::protocol::codec::encode_frame(&message).expect("encodes");
+            let decoded: ClientReply = decode_body(&frame[4..]).expect("decodes");
+            assert_eq!(decoded, message);
+        }
+    }
 }

@@ -270,7 +270,7 @@ impl TryFrom<ClientRequest> for ClientRequestV1 {
             R::Resume { job } => Self::Resume { job },
             R::Events => Self::Events,
             R::Shutdown { cancel } => Self::Shutdown { cancel },
-            other @ R::Prune { .. } => return Err(other),
+            other @ (R::Prune { .. } | R::Hosts) => return Err(other),
             R::Operate {
                 job,
                 action,

@@ -290,6 +290,8 @@ impl From<ClientRequest> for ClientRequestV2 {
             R::Shutdown { cancel } => Self::Shutdown { cancel },
             // `ClientRequest::encode` refuses it before version 3; never reached there.
             R::Prune { .. } => Self::List { all: false },
+            // `ClientRequest::encode` refuses it before version 4; never reached there.
+            R::Hosts => Self::Events,
             R::Operate {
                 job,
                 action,

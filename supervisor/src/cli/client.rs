@@ -137,6 +137,7 @@ fn failure(code: ErrorCode, message: String) -> Failure {
         ErrorCode::WrongState | ErrorCode::Unavailable => exit::REFUSED,
         ErrorCode::Internal => exit::INTERNAL,
         ErrorCode::PermissionDenied => exit::PERMISSION_DENIED,
+        ErrorCode::NoBoard => exit::NO_BOARD,
     };
     Failure::new(exit_code, message)
 }

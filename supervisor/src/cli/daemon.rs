@@ -1,6 +1,7 @@
 //! `supervisor daemon`: runs in the foreground (systemd style) until SIGTERM, SIGINT or
 //! `supervisor shutdown`. Conductors keep running when it stops.
 
+use crate::board::BoardConfig;
 use crate::daemon::{self, DaemonConfig};
 use crate::process::WorkerCommand;
 use crate::state_dir::StateDir;
@@ -34,6 +35,48 @@ pub struct DaemonArgs {
     pub keep: Option<std::time::Duration>,
     #[command(flatten)]
     pub operators: super::operators::DaemonOperatorArgs,
+    #[command(flatten)]
+    pub board: BoardArgs,
+}
+
+/// Many hosts on one job board (README, Many hosts). Jobs stay local in this release: the
+/// board shows the hosts and their leases.
+#[derive(clap::Args, Debug)]
+pub struct BoardArgs {
+    /// Join the job board in this PostgreSQL database: a connection string (`host=/run/pg
+    /// dbname=board`) or URI (`postgresql://user@host/board`) [default: no board]
+    #[arg(
+        long,
+        env = "SUPERVISOR_BOARD",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub board: Option<String>,
+
+    /// This daemon's host name on the board [default: the machine's host name]
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+
+    /// How long the board counts this host alive without a renewal (renewed every third of
+    /// it)
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = shared::duration::parse_duration)]
+    pub lease: std::time::Duration,
+}
+
+impl BoardArgs {
+    /// The board to join, if any; the error is the message to print (exit 2).
+    fn config(&self) -> Result<Option<BoardConfig>, String> {
+        let Some(url) = &self.board else {
+            return Ok(None);
+        };
+        crate::board::lease::check_lease(self.lease)?;
+        if self.host.as_deref().is_some_and(str::is_empty) {
+            return Err("--host must not be empty".to_owned());
+        }
+        BoardConfig::new(url, self.host.clone(), self.lease)
+            .map(Some)
+            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
+    }
 }
 
 pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
@@ -41,6 +84,13 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
         Ok(operators) => operators,
         Err(err) => {
             eprintln!("supervisor daemon: {err:#}");
+            return exit::INVALID_INPUT;
+        }
+    };
+    let board = match args.board.config() {
+        Ok(board) => board,
+        Err(err) => {
+            eprintln!("supervisor daemon: {err}");
             return exit::INVALID_INPUT;
         }
     };
@@ -63,6 +113,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
                 cgroup_root: args.cgroup_root,
                 keep: args.keep,
                 operators,
+                board,
             };
             let mut terminate = signal(SignalKind::terminate())?;
             let mut interrupt = signal(SignalKind::interrupt())?;
@@ -81,5 +132,51 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
             eprintln!("supervisor daemon: {err:#}");
             exit::INTERNAL
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn args(board: Option<&str>, host: Option<&str>, lease_ms: u64) -> BoardArgs {
+        BoardArgs {
+            board: board.map(str::to_owned),
+            host: host.map(str::to_owned),
+            lease: Duration::from_millis(lease_ms),
+        }
+    }
+
+    #[test]
+    fn no_board_changes_nothing_and_a_board_takes_its_flags() {
+        assert!(args(None, Some("a"), 10).config().expect("valid").is_none());
+        let config = args(Some("host=/tmp/pg dbname=board"), Some("a"), 1000)
+            .config()
+            .expect("valid")
+            .expect("a board");
+        assert_eq!(config.host, "a");
+        assert_eq!(config.lease, Duration::from_secs(1));
+        assert_eq!(config.shown_url(), "host=/tmp/pg dbname=board");
+    }
+
+    #[test]
+    fn bad_board_flags_are_refused_without_showing_the_password() {
+        let url = Some("host=/tmp/pg password=s3cret dbname=board");
+        let short = args(url, Some("a"), 100).config().expect_err("too short");
+        assert!(short.contains("--lease"), "{short}");
+        let empty = args(url, Some(""), 1000).config().expect_err("empty host");
+        assert!(empty.contains("--host"), "{empty}");
+        let bad = args(
+            Some("postgresql://me:s3cret@h:notaport/db"),
+            Some("a"),
+            1000,
+        )
+        .config()
+        .expect_err("bad port");
+        assert!(bad.contains("invalid board URL"), "{bad}");
+        assert!(!bad.contains("s3cret"), "{bad}");
+        let debug = format!("{:?}", args(url, Some("a"), 1000).config().expect("valid"));
+        assert!(!debug.contains("s3cret"), "{debug}");
     }
 }

@@ -1,5 +1,5 @@
 //! The daemon's client commands: submit, ls, status, cancel, kill, logs, revert, resume, events,
-//! shutdown, prune. Each is one request on the control socket; `--wait` follows the job to its end and
+//! shutdown, prune, hosts (`hosts.rs`). Each is one request on the control socket; `--wait` follows the job to its end and
 //! exits with the codes of `supervisor run`.
 
 use super::client::{Client, Failure, Outcome};
@@ -143,6 +143,13 @@ pub enum JobCommand {
         #[arg(required = true)]
         jobs: Vec<String>,
     },
+    /// The hosts of the daemon's job board: name, instance, alive or lost, last renewal age,
+    /// live jobs, max jobs, version (exit 11 without a board)
+    Hosts {
+        /// An array of objects
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -272,6 +279,7 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
             simple(dir, request, &job, false).await
         }
         JobCommand::Wait { jobs } => super::operators::wait_all(dir, &jobs).await,
+        JobCommand::Hosts { json } => super::hosts::show(dir, json).await,
     }
 }
 
@@ -656,7 +664,7 @@ fn print_status(status: &JobStatus) {
     }
 }
 
-fn unexpected(reply: &ClientReply) -> Failure {
+pub(super) fn unexpected(reply: &ClientReply) -> Failure {
     Failure::new(
         exit::INTERNAL,
         format!("unexpected answer from the daemon: {reply:?}"),

@@ -4,6 +4,7 @@
 mod client;
 mod daemon;
 mod escape;
+mod hosts;
 mod job_file;
 mod jobs;
 mod operators;
@@ -32,7 +33,8 @@ Exit codes (other commands; --wait exits with the codes of run):
   7  the daemon is not running
   8  refused: the job's state does not allow it, or the daemon takes no new work
   9  permission denied: the daemon serves its own uid and root only
-  10 another error";
+  10 another error
+  11 hosts: the daemon has no job board (--board)";
 
 /// Runs jobs of tasks, each job in its own single-threaded conductor process. A cancel is soft
 /// (the running task is interrupted and every task that began is reverted, last first); a kill

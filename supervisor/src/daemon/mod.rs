@@ -10,12 +10,16 @@
 //! - `--warm N` keeps N conductors spawned ahead for the job starts (`job/warm.rs`); they never
 //!   outlive the daemon: killed when it stops (any mode), and a daemon starting on the state dir
 //!   kills those a dead one left.
+//! - `--board URL` puts the daemon on a job board (`crate::board`): it joins (or refuses to
+//!   start) before its control socket exists, renews its lease while it runs, and answers
+//!   `hosts` from the board.
 
 mod fd_limit;
 mod handlers;
 mod metrics_server;
 mod scheduler;
 
+use crate::board::Board;
 use crate::containment::Containment;
 use crate::job::{Jobs, JobsConfig, Launcher, Order, WarmPool, warm};
 use crate::process::{self, WorkerCommand};
@@ -23,6 +27,7 @@ use crate::state_dir::StateDir;
 use crate::store::StoreHandle;
 use anyhow::{Context, bail};
 use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, OnceLock};
 use tokio::net::UnixListener;
 
 /// How the daemon is configured.
@@ -39,6 +44,8 @@ pub struct DaemonConfig {
     pub keep: Option<std::time::Duration>,
     /// What operators add: alert hooks, metrics.
     pub operators: OperatorOptions,
+    /// `--board`: the job board to join; `None`: this daemon is an island.
+    pub board: Option<crate::board::BoardConfig>,
 }
 
 /// The daemon's options for operators (issue 13): its own alert hooks, and where it serves
@@ -61,6 +68,20 @@ pub async fn run(
     process::start_reaper()?;
     // Held for the daemon's whole life: one daemon per state dir, and `shutdown` waits on it.
     let _lock = lock_state_dir(&config.state_dir)?;
+    let max_jobs = fd_limit::cap_max_jobs(config.max_jobs.max(1), live_jobs_allowed);
+    // On the board before anyone can reach the daemon: a refused host name stops it here.
+    // Renewals start at once (the start below can outlast a short lease); they count the live
+    // jobs once the registry exists.
+    let registry: Arc<OnceLock<Jobs>> = Arc::default();
+    let (board, _renewals) = match &config.board {
+        Some(board) => {
+            let (board, renewer) = Board::join(board.clone(), max_jobs).await?;
+            let jobs = Arc::clone(&registry);
+            let live_jobs = move || jobs.get().map_or(0, Jobs::supervising);
+            (Some(board), Some(renewer.start(Arc::new(live_jobs))))
+        }
+        None => (None, None),
+    };
     let listener = bind_control(&config.state_dir).await?;
     let containment = Containment::detect(config.cgroup_root.clone());
     match &containment {
@@ -96,8 +117,9 @@ pub async fn run(
         let root = config.state_dir.root().to_path_buf();
         tokio::spawn(metrics_server::serve(metrics, jobs.clone(), root));
     }
+    // Set once, here: the renewals count its live jobs from now on.
+    let _ = registry.set(jobs.clone());
     reattach_all(&jobs).await;
-    let max_jobs = fd_limit::cap_max_jobs(config.max_jobs.max(1), live_jobs_allowed);
     tokio::spawn(scheduler::run(jobs.clone(), max_jobs));
     if let Some(keep) = config.keep {
         tokio::spawn(handlers::prune::keep(jobs.clone(), keep));
@@ -110,7 +132,8 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let jobs = jobs.clone();
-                    tokio::spawn(async move { handlers::serve_client(jobs, stream).await });
+                    let board = board.clone();
+                    tokio::spawn(async move { handlers::serve_client(jobs, board, stream).await });
                 }
                 Err(err) => {
                     // A persistent error (EMFILE) must not spin the loop.

@@ -6,6 +6,7 @@
 
 mod cancel;
 mod events;
+mod hosts;
 mod kill;
 mod list;
 mod logs;
@@ -18,6 +19,7 @@ mod shutdown;
 mod status;
 mod submit;
 
+use crate::board::Board;
 use crate::job::{Jobs, OrderError};
 use crate::store::StoreError;
 use shared::ids::JobId;
@@ -34,7 +36,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub type Refusal = (ErrorCode, String);
 type Reply = Result<ClientReply, Refusal>;
 
-pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
+pub async fn serve_client(jobs: Jobs, board: Option<Board>, mut stream: UnixStream) {
     let peer = match stream.peer_cred() {
         Ok(creds) => creds,
         Err(err) => {
@@ -102,6 +104,12 @@ pub async fn serve_client(jobs: Jobs, mut stream: UnixStream) {
                 .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
             let _ = write_frame(&mut stream, &reply).await;
         }
+        ClientRequest::Hosts => {
+            let reply = hosts::handle(board.as_ref())
+                .await
+                .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
+            let _ = write_frame(&mut stream, &reply).await;
+        }
         other => {
             let reply = dispatch(&jobs, other)
                 .await
@@ -131,6 +139,7 @@ async fn dispatch(jobs: &Jobs, request: ClientRequest) -> Reply {
         | ClientRequest::List { .. }
         | ClientRequest::Logs { .. }
         | ClientRequest::LogsSince { .. }
+        | ClientRequest::Hosts
         | ClientRequest::Events => Err((ErrorCode::InvalidRequest, "unexpected request".into())),
     }
 }

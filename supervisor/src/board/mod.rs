@@ -1,0 +1,366 @@
+//! The job board: daemons on many hosts sharing one PostgreSQL database (DESIGN.md section 11,
+//! issue 11). This first slice puts *hosts* on the board; jobs stay local for now (claims,
+//! fencing and remote cancel come later and build on what is here).
+//!
+//! # Theory of operation
+//!
+//! - **Join** ([`Board::join`], at daemon start, before the control socket exists): connect
+//!   (an unreachable board is an error that stops the daemon, naming the URL without its
+//!   password, [`redact`]), create or migrate the schema under an advisory lock ([`schema`]),
+//!   then register this *instance* under its host name ([`hosts::register`]). Each daemon start
+//!   is a new instance (128 random bits): a restarted host never looks like the old one. A name
+//!   whose lease is still current by the database's clock belongs to a live daemon: the start
+//!   is refused. A name whose lease expired is taken over.
+//! - **Renew** (`renewer`): every lease/3 on a dedicated connection that carries nothing
+//!   else, so a renewal never waits behind another query. Each renewal sets `renewed_at =
+//!   now()` and `live_jobs`. The send time of the last successful renewal is kept on the
+//!   monotonic clock ([`Board::last_renewal_sent`]); from it, [`lease::LeaseClock`] says when
+//!   this daemon must stop counting on its lease (`lease - margin`). A failed renewal logs
+//!   `board lease at risk` and reconnects with backoff; passing `lease - margin` without a
+//!   success logs `lease lost` once. If another instance took the name meanwhile, the renewer
+//!   stops for good (`board lease taken over`).
+//! - **Read** ([`Board::hosts`]): `supervisor hosts` asks the local daemon, which queries the
+//!   board on a short-lived connection of its own. Alive means `now() - renewed_at < lease`,
+//!   judged by the database's clock only.
+//!
+//! Failure modes: the database restarting or unreachable for a while (renewals fail, the
+//! renewer reconnects; the host shows `lost` meanwhile and `alive` again once a renewal
+//! succeeds, with the same instance); a daemon killed (its row stays, `lost` after its lease);
+//! two daemons started with one host name (the second is refused while the first lives).
+
+pub mod hosts;
+pub mod lease;
+pub mod redact;
+mod renewer;
+pub mod schema;
+
+use lease::LeaseClock;
+use shared::protocol::client::HostSummary;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, NoTls};
+
+/// How long connecting to the board may take (at start, and for each `hosts` request).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a `hosts` query may take.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What went wrong with the board.
+#[derive(Debug, thiserror::Error)]
+pub enum BoardError {
+    #[error("invalid board URL {url}: {source}")]
+    InvalidUrl {
+        url: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot connect to the board at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("the board at {url} did not answer within {}s", .timeout.as_secs())]
+    Timeout { url: String, timeout: Duration },
+    #[error("cannot {what} on the board")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "host name {host:?} is held by a live daemon (instance {instance}, renewed {age_ms}ms ago, lease {lease_ms}ms): \
+         choose another --host, or stop that daemon and wait for its lease to expire"
+    )]
+    HostTaken {
+        host: String,
+        instance: String,
+        age_ms: i64,
+        lease_ms: i64,
+    },
+    #[error(
+        "the board's schema is version {found}, newer than this supervisor's ({ours}): upgrade it"
+    )]
+    SchemaTooNew { found: i32, ours: i32 },
+    #[error("cannot {what}")]
+    Local {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How this daemon joins the board (`--board`, `--host`, `--lease`).
+#[derive(Clone)]
+pub struct BoardConfig {
+    /// The URL as it may be shown: without its password.
+    shown_url: String,
+    pg: tokio_postgres::Config,
+    /// The host name (`--host`, else the machine's).
+    pub host: String,
+    /// `--lease`.
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for BoardConfig {
+    /// Without the password (the parsed config holds it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoardConfig")
+            .field("url", &self.shown_url)
+            .field("host", &self.host)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoardConfig {
+    /// Parses `url` (a PostgreSQL connection string or URI); `host` defaults to the machine's
+    /// host name.
+    pub fn new(url: &str, host: Option<String>, lease: Duration) -> Result<Self, BoardError> {
+        let shown_url = redact::redact(url);
+        let mut pg: tokio_postgres::Config =
+            url.parse().map_err(|source| BoardError::InvalidUrl {
+                url: shown_url.clone(),
+                source,
+            })?;
+        pg.connect_timeout(CONNECT_TIMEOUT);
+        if pg.get_application_name().is_none() {
+            pg.application_name("supervisor");
+        }
+        let host = match host {
+            Some(host) => host,
+            None => machine_host_name()?,
+        };
+        Ok(Self {
+            shown_url,
+            pg,
+            host,
+            lease,
+        })
+    }
+
+    /// The URL without its password.
+    #[must_use]
+    pub fn shown_url(&self) -> &str {
+        &self.shown_url
+    }
+}
+
+/// The machine's host name, as the kernel has it.
+fn machine_host_name() -> Result<String, BoardError> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(|source| {
+        BoardError::Local {
+            what: "read the host name (give --host)",
+            source,
+        }
+    })?;
+    Ok(text.trim().to_owned())
+}
+
+/// A fresh instance id: 128 bits from the kernel's random source, in hex.
+fn new_instance_id() -> Result<String, BoardError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|source| BoardError::Local {
+            what: "read /dev/urandom for the instance id",
+            source,
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A connection to the board: the client, and the task that drives its socket.
+pub struct Connection {
+    client: Client,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Connection {
+    /// The client to query with.
+    #[must_use]
+    pub const fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the server or the network ended it.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Gives the connection up at once. Dropping it closes it politely, which can wait as long
+    /// as the network does when the peer is gone; this stops its driver too.
+    pub fn abandon(self) {
+        self.driver.abort();
+    }
+}
+
+/// Opens a connection (bounded by [`CONNECT_TIMEOUT`]); its driver runs as a task of its own
+/// until the client is dropped, the server goes away, or [`Connection::abandon`].
+pub async fn connect(config: &BoardConfig) -> Result<Connection, BoardError> {
+    let url = config.shown_url.clone();
+    let connecting = config.pg.connect(NoTls);
+    let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(source)) => return Err(BoardError::Connect { url, source }),
+        Err(_) => {
+            return Err(BoardError::Timeout {
+                url,
+                timeout: CONNECT_TIMEOUT,
+            });
+        }
+    };
+    let driver = tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "board connection ended");
+        }
+    });
+    Ok(Connection { client, driver })
+}
+
+/// This daemon's place on the board; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Board {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: BoardConfig,
+    instance: String,
+    lease: Mutex<LeaseClock>,
+}
+
+/// The joined board's renewal connection, waiting for [`Renewer::start`].
+pub struct Renewer {
+    board: Board,
+    connection: Connection,
+}
+
+/// Stops the renewals when dropped (the daemon's end).
+pub struct RenewerGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for RenewerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How many jobs hold a conductor now (reported at each renewal).
+pub type LiveJobs = Arc<dyn Fn() -> usize + Send + Sync>;
+
+impl Board {
+    /// Connects, migrates the schema and registers a new instance under the host name (see the
+    /// module's theory of operation). `max_jobs` is reported as is.
+    pub async fn join(config: BoardConfig, max_jobs: usize) -> Result<(Self, Renewer), BoardError> {
+        let instance = new_instance_id()?;
+        let mut connection = connect(&config).await?;
+        let timeout = |_| BoardError::Timeout {
+            url: config.shown_url.clone(),
+            timeout: CONNECT_TIMEOUT,
+        };
+        let found = tokio::time::timeout(CONNECT_TIMEOUT, schema::migrate(&mut connection.client))
+            .await
+            .map_err(timeout)??;
+        let me = hosts::Registration {
+            host: config.host.clone(),
+            instance: instance.clone(),
+            lease_ms: millis(config.lease),
+            max_jobs: i64::try_from(max_jobs).unwrap_or(i64::MAX),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let sent = Instant::now();
+        tokio::time::timeout(CONNECT_TIMEOUT, hosts::register(connection.client(), &me))
+            .await
+            .map_err(timeout)??;
+        tracing::info!(
+            board = %config.shown_url,
+            host = %config.host,
+            instance = %instance,
+            lease_ms = me.lease_ms,
+            schema_was = found,
+            "joined the board"
+        );
+        let board = Self {
+            inner: Arc::new(Inner {
+                lease: Mutex::new(LeaseClock::new(config.lease, sent)),
+                config,
+                instance,
+            }),
+        };
+        let renewer = Renewer {
+            board: board.clone(),
+            connection,
+        };
+        Ok((board, renewer))
+    }
+
+    /// Every host of the board, by name (on a connection of its own: never the renewals').
+    pub async fn hosts(&self) -> Result<Vec<HostSummary>, BoardError> {
+        let connection = connect(&self.inner.config).await?;
+        match tokio::time::timeout(QUERY_TIMEOUT, hosts::list(connection.client())).await {
+            Ok(listed) => listed,
+            Err(_) => {
+                connection.abandon();
+                Err(BoardError::Timeout {
+                    url: self.inner.config.shown_url.clone(),
+                    timeout: QUERY_TIMEOUT,
+                })
+            }
+        }
+    }
+
+    /// This daemon start's instance id.
+    #[must_use]
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// The board's configuration.
+    #[must_use]
+    pub fn config(&self) -> &BoardConfig {
+        &self.inner.config
+    }
+
+    /// When (monotonic clock) the last successful renewal was sent: the fencing of later
+    /// slices counts from here.
+    #[must_use]
+    pub fn last_renewal_sent(&self) -> Instant {
+        self.lease_clock().last_sent()
+    }
+
+    fn lease_clock(&self) -> LeaseClock {
+        *self
+            .inner
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record_renewal(&self, sent: Instant) {
+        self.inner
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .renewed(sent);
+    }
+}
+
+impl Renewer {
+    /// Starts renewing every lease/3, reporting `live_jobs()`, until the guard is dropped.
+    #[must_use]
+    pub fn start(self, live_jobs: LiveJobs) -> RenewerGuard {
+        RenewerGuard(tokio::spawn(renewer::run(
+            self.board,
+            Some(self.connection),
+            live_jobs,
+        )))
+    }
+}
+
+/// A duration in whole milliseconds, as the board stores it.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

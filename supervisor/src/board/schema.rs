@@ -1,0 +1,73 @@
+//! The board's schema: created or migrated forward by whichever daemon comes first, in one
+//! transaction under a transaction-scoped advisory lock, so daemons starting together never
+//! race on DDL and a failed migration leaves the old schema whole.
+//!
+//! `board_schema` holds one row, the version; `MIGRATIONS[i]` takes version `i` to `i + 1`.
+//! A board newer than this build is refused (an older daemon must not write a layout it does
+//! not know).
+
+use super::BoardError;
+use tokio_postgres::Client;
+
+/// The advisory lock key under which the schema changes ("sv-board" in ASCII).
+const SCHEMA_LOCK: i64 = 0x7376_2d62_6f61_7264;
+
+/// Version `i` to `i + 1`, in order; the schema version is their count.
+const MIGRATIONS: &[&str] = &["CREATE TABLE hosts (
+        name        text        PRIMARY KEY,
+        instance    text        NOT NULL,
+        started_at  timestamptz NOT NULL,
+        renewed_at  timestamptz NOT NULL,
+        lease_ms    bigint      NOT NULL,
+        max_jobs    bigint      NOT NULL,
+        live_jobs   bigint      NOT NULL,
+        version     text        NOT NULL
+    )"];
+
+/// The version this build writes.
+#[must_use]
+pub fn current_version() -> i32 {
+    i32::try_from(MIGRATIONS.len()).expect("INVARIANT: a handful of migrations")
+}
+
+/// Creates the schema or brings it to [`current_version`]; returns the version found.
+pub async fn migrate(client: &mut Client) -> Result<i32, BoardError> {
+    let query = |source| BoardError::Query {
+        what: "migrate the board's schema",
+        source,
+    };
+    let tx = client.transaction().await.map_err(query)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await
+        .map_err(query)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS board_schema (version integer NOT NULL)")
+        .await
+        .map_err(query)?;
+    let found: i32 = match tx
+        .query_opt("SELECT version FROM board_schema", &[])
+        .await
+        .map_err(query)?
+    {
+        Some(row) => row.try_get(0).map_err(query)?,
+        None => {
+            tx.execute("INSERT INTO board_schema (version) VALUES (0)", &[])
+                .await
+                .map_err(query)?;
+            0
+        }
+    };
+    let ours = current_version();
+    if found > ours {
+        return Err(BoardError::SchemaTooNew { found, ours });
+    }
+    let start = usize::try_from(found).map_err(|_| BoardError::SchemaTooNew { found, ours })?;
+    for (version, migration) in MIGRATIONS.iter().enumerate().skip(start) {
+        tx.batch_execute(migration).await.map_err(query)?;
+        tracing::info!(from = version, to = version + 1, "board schema migrated");
+    }
+    tx.execute("UPDATE board_schema SET version = $1", &[&ours])
+        .await
+        .map_err(query)?;
+    tx.commit().await.map_err(query)?;
+    Ok(found)
+}

@@ -1,0 +1,279 @@
+//! The job board (issue 11, first slice: hosts): daemons on one PostgreSQL database register
+//! their host, renew a lease, and `supervisor hosts` shows every host alive or lost, judged by
+//! the database's clock.
+//!
+//! Each test that needs a board starts its own PostgreSQL ([`Postgres`]); it skips where the
+//! server cannot run (no binaries, not root) and fails there under `CI=true`. Build the binaries
+//! first: `cargo build --workspace --bins`. Nothing sleeps a fixed time: every wait polls
+//! `hosts --json` under a deadline.
+
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tests::postgres::Postgres;
+use tests::{DEADLINE, Run, TestEnv, cli_at, sigkill_run, submit_at, wait_daemon_ready, wait_for};
+
+/// The lease the test daemons hold (`--lease`).
+const LEASE: Duration = Duration::from_secs(1);
+/// The daemon's margin for that lease (a fifth of it, `board::lease::margin`).
+const MARGIN: Duration = Duration::from_millis(200);
+/// What one `hosts --json` round costs at worst on a loaded 2-core machine (a CLI start, a
+/// fresh connection to the board, a query): the slack on top of `LEASE + MARGIN`.
+const POLL_SLACK: Duration = Duration::from_secs(2);
+/// Exit code of `hosts` on a daemon without a board (`shared::exit::NO_BOARD`).
+const NO_BOARD: i32 = 11;
+
+/// One daemon on the board: its process and its state dir.
+struct Host {
+    daemon: Run,
+    state_dir: PathBuf,
+}
+
+fn board_args<'a>(url: &'a str, name: &'a str) -> Vec<&'a str> {
+    vec![
+        "--board", url, "--host", name, "--lease", "1s", "--warm", "0",
+    ]
+}
+
+/// Starts a daemon named `name` on the board, its state dir `ENV/DIR`, without waiting.
+fn spawn_host(env: &TestEnv, url: &str, name: &str, dir: &str) -> Host {
+    let state_dir = env.path(dir);
+    let mut args = vec!["daemon", "--state-dir", state_dir.to_str().expect("UTF-8")];
+    args.extend(board_args(url, name));
+    let daemon = env.spawn(&args);
+    Host { daemon, state_dir }
+}
+
+/// [`spawn_host`] on `ENV/NAME`, then waits until the daemon answers.
+fn start_host(env: &TestEnv, url: &str, name: &str) -> Host {
+    let mut host = spawn_host(env, url, name, name);
+    wait_daemon_ready(env, &host.state_dir, &mut host.daemon);
+    host
+}
+
+/// `hosts --json` asked of the daemon on `state_dir`: (exit code, the array or `Null`, stderr).
+fn hosts_json(env: &TestEnv, state_dir: &Path) -> (i32, Value, String) {
+    let (code, out, err) = cli_at(env, state_dir, &["hosts", "--json"], DEADLINE);
+    (code, serde_json::from_str(&out).unwrap_or(Value::Null), err)
+}
+
+/// Host name -> (state, instance), from `hosts --json`.
+fn host_states(env: &TestEnv, state_dir: &Path) -> Result<Vec<(String, String, String)>, String> {
+    let (code, hosts, err) = hosts_json(env, state_dir);
+    if code != 0 {
+        return Err(format!("exit {code}: {err}"));
+    }
+    let list = hosts
+        .as_array()
+        .ok_or_else(|| format!("not an array: {hosts}"))?;
+    Ok(list
+        .iter()
+        .map(|h| {
+            let field = |name: &str| h[name].as_str().unwrap_or_default().to_owned();
+            (field("name"), field("state"), field("instance"))
+        })
+        .collect())
+}
+
+/// Waits until `hosts` lists exactly `names`, each in `state`; returns name -> instance.
+fn wait_hosts(
+    env: &TestEnv,
+    state_dir: &Path,
+    deadline: Duration,
+    want: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let what = format!("hosts {want:?}");
+    wait_for(deadline, &what, || {
+        let seen = host_states(env, state_dir)?;
+        let matches = seen.len() == want.len()
+            && want
+                .iter()
+                .zip(&seen)
+                .all(|((name, state), (n, s, _))| n == name && s == state);
+        if matches {
+            Ok(seen.into_iter().map(|(n, _, i)| (n, i)).collect())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+}
+
+/// Three daemons share a board: all alive with distinct instances and the fields `hosts`
+/// promises, a running job counted in its host's live jobs; a fourth with a live host's name is refused; a SIGKILLed one turns `lost` within
+/// its lease (by the database's clock) and comes back `alive` as a new instance; a PostgreSQL
+/// restart under them costs no daemon: they reconnect and stay alive with their instances.
+#[test]
+fn three_hosts_share_a_board_and_a_dead_one_shows_lost() {
+    let Some(pg) = Postgres::start("three_hosts_share_a_board_and_a_dead_one_shows_lost") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let url = pg.url();
+    // All three at once on an empty database: one creates the schema, under the advisory
+    // lock, and the others find it.
+    let mut started: Vec<Host> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| spawn_host(&env, &url, name, name))
+        .collect();
+    for host in &mut started {
+        wait_daemon_ready(&env, &host.state_dir, &mut host.daemon);
+    }
+    let [a, b, mut c] = <[Host; 3]>::try_from(started).unwrap_or_else(|_| unreachable!());
+    let all_alive = [("a", "alive"), ("b", "alive"), ("c", "alive")];
+    let first = wait_hosts(&env, &a.state_dir, DEADLINE, &all_alive);
+    let instances: HashSet<&str> = first.iter().map(|(_, i)| i.as_str()).collect();
+    assert_eq!(instances.len(), 3, "instances must differ: {first:?}");
+    assert!(
+        instances
+            .iter()
+            .all(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{first:?}"
+    );
+    let (_, hosts, _) = hosts_json(&env, &b.state_dir);
+    for host in hosts.as_array().expect("an array") {
+        for field in ["renewal_age_ms", "lease_ms", "live_jobs", "max_jobs"] {
+            assert!(host[field].is_i64(), "{field} in {host}");
+        }
+        assert_eq!(host["lease_ms"], 1000, "{host}");
+        assert!(host["version"].is_string(), "{host}");
+    }
+    let (code, table, err) = cli_at(&env, &a.state_dir, &["hosts"], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.starts_with("HOST"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+
+    // A running job counts in its host's live jobs at the next renewal.
+    let file = env.job(
+        "long.toml",
+        "",
+        "[[task]]\nname = \"wait\"\nrun = \"sleep 60\"\n",
+    );
+    let _job = submit_at(&env, &a.state_dir, &file);
+    wait_for(DEADLINE, "a's live jobs to be 1", || {
+        let (_, hosts, _) = hosts_json(&env, &b.state_dir);
+        let live = hosts.get(0).map(|a| a["live_jobs"].clone());
+        if live == Some(Value::from(1)) {
+            Ok(())
+        } else {
+            Err(hosts)
+        }
+    });
+
+    // A second live daemon named b is refused, clearly, and b keeps its instance.
+    let Host {
+        daemon: mut twin, ..
+    } = spawn_host(&env, &url, "b", "b2");
+    let code = twin.wait_exit(DEADLINE);
+    assert_ne!(code, 0, "{}", twin.report());
+    assert!(
+        twin.stderr()
+            .contains("host name \"b\" is held by a live daemon"),
+        "{}",
+        twin.report()
+    );
+
+    // SIGKILL c: lost within its lease (plus the margin and the poll's own cost), whatever
+    // a and b look like meanwhile on a loaded machine; then a and b alive beside it.
+    sigkill_run(&mut c.daemon);
+    wait_for(LEASE + MARGIN + POLL_SLACK, "c to be lost", || {
+        let seen = host_states(&env, &a.state_dir)?;
+        if seen
+            .iter()
+            .any(|(name, state, _)| name == "c" && state == "lost")
+        {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
+    let lost = [("a", "alive"), ("b", "alive"), ("c", "lost")];
+    wait_hosts(&env, &a.state_dir, DEADLINE, &lost);
+
+    // Restarted on its state dir: a new instance, alive.
+    let c2 = start_host(&env, &url, "c");
+    let second = wait_hosts(&env, &c2.state_dir, DEADLINE, &all_alive);
+    assert_eq!(first[0], second[0]);
+    assert_eq!(first[1], second[1]);
+    assert_ne!(first[2].1, second[2].1, "c must be a new instance");
+
+    // PostgreSQL restarts: every connection is cut; the daemons reconnect and renew.
+    pg.restart();
+    let third = wait_hosts(&env, &b.state_dir, DEADLINE, &all_alive);
+    assert_eq!(second, third, "the same instances, not new registrations");
+    let hosts = [a, b, c2];
+    for host in &hosts {
+        wait_for_log(&host.daemon, "board reconnected");
+    }
+
+    // PostgreSQL down for longer than the lease: each daemon gives its lease up on its own
+    // clock (`lease lost`), and takes it up again, same instance, once the board is back.
+    pg.stop();
+    for host in &hosts {
+        wait_for_log(&host.daemon, "board lease at risk");
+        wait_for_log(&host.daemon, "lease lost");
+    }
+    pg.start_again();
+    for host in &hosts {
+        wait_for_log(&host.daemon, "board lease regained");
+    }
+    let fourth = wait_hosts(&env, &hosts[0].state_dir, DEADLINE, &all_alive);
+    assert_eq!(second, fourth, "the same instances, not new registrations");
+    for mut host in hosts {
+        assert!(!host.daemon.has_exited(), "{}", host.daemon.report());
+    }
+}
+
+/// Waits until the daemon's log (stderr) holds `message`.
+fn wait_for_log(daemon: &Run, message: &str) {
+    wait_for(DEADLINE, &format!("the daemon to log {message:?}"), || {
+        let log = daemon.stderr();
+        if log.contains(message) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+}
+
+/// `hosts` on a daemon without `--board` says so, with its own exit code.
+#[test]
+fn hosts_without_a_board_is_a_clear_error() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon(&["--warm", "0"]);
+    let (code, out, err) = cli_at(&env, &env.state_dir(), &["hosts"], DEADLINE);
+    assert_eq!(code, NO_BOARD, "stdout {out:?} stderr {err:?}");
+    assert!(err.contains("no job board"), "{err}");
+    assert!(err.contains("--board"), "{err}");
+}
+
+/// A board that cannot be reached stops the daemon at start (nonzero exit), with a message
+/// naming the URL but not its password.
+#[test]
+fn an_unreachable_board_stops_the_daemon_without_showing_the_password() {
+    let env = TestEnv::new();
+    let socket_dir = env.path("nopg");
+    let url = format!(
+        "host={} user=postgres password=hunter2 dbname=board",
+        socket_dir.display()
+    );
+    let state_dir = env.state_dir();
+    let mut daemon = env.spawn(&[
+        "daemon",
+        "--state-dir",
+        state_dir.to_str().expect("UTF-8"),
+        "--board",
+        &url,
+        "--host",
+        "a",
+    ]);
+    let code = daemon.wait_exit(DEADLINE);
+    assert_ne!(code, 0, "{}", daemon.report());
+    let err = daemon.stderr();
+    assert!(
+        err.contains("cannot connect to the board at host="),
+        "{err}"
+    );
+    assert!(err.contains("password=***"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
