@@ -277,3 +277,63 @@ fn an_unreachable_board_stops_the_daemon_without_showing_the_password() {
     assert!(err.contains("password=***"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// A daemon that stops cleanly (`shutdown`) shows `stopped`, and its host name may start again
+/// at once: with a lease of a minute, a start refused until the lease ran out would time out.
+#[test]
+fn a_clean_shutdown_frees_the_host_name_at_once() {
+    let Some(pg) = Postgres::start("a_clean_shutdown_frees_the_host_name_at_once") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let url = pg.url();
+    let start = |name: &str, dir: &str| {
+        let state_dir = env.path(dir);
+        let mut daemon = env.spawn(&[
+            "daemon",
+            "--state-dir",
+            state_dir.to_str().expect("UTF-8"),
+            "--board",
+            &url,
+            "--host",
+            name,
+            "--lease",
+            "60s",
+            "--warm",
+            "0",
+        ]);
+        wait_daemon_ready(&env, &state_dir, &mut daemon);
+        Host { daemon, state_dir }
+    };
+    let watcher = start("w", "w");
+    let mut a = start("a", "a1");
+    let first = wait_hosts(
+        &env,
+        &watcher.state_dir,
+        DEADLINE,
+        &[("a", "alive"), ("w", "alive")],
+    );
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["shutdown"], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(a.daemon.wait_exit(DEADLINE), 0, "{}", a.daemon.report());
+    assert!(
+        a.daemon.stderr().contains("left the board"),
+        "{}",
+        a.daemon.report()
+    );
+    wait_hosts(
+        &env,
+        &watcher.state_dir,
+        DEADLINE,
+        &[("a", "stopped"), ("w", "alive")],
+    );
+    // Another state dir, so that only the board could refuse it.
+    let again = start("a", "a2");
+    let second = wait_hosts(
+        &env,
+        &again.state_dir,
+        DEADLINE,
+        &[("a", "alive"), ("w", "alive")],
+    );
+    assert_ne!(first[0].1, second[0].1, "a must be a new instance");
+}

@@ -229,6 +229,8 @@ pub enum HostState {
     Alive,
     /// Its lease expired without a renewal.
     Lost,
+    /// Its daemon stopped cleanly (`shutdown`); the same host name may start again at once.
+    Stopped,
 }
 
 impl std::fmt::Display for HostState {
@@ -236,6 +238,7 @@ impl std::fmt::Display for HostState {
         f.write_str(match self {
             Self::Alive => "alive",
             Self::Lost => "lost",
+            Self::Stopped => "stopped",
         })
     }
 }

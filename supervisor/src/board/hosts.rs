@@ -15,8 +15,9 @@ pub struct Registration {
     pub version: String,
 }
 
-/// Takes the host name for this instance: a new row, or the row of an instance whose lease
-/// expired (by the database's clock). Refuses while another instance holds a current lease.
+/// Takes the host name for this instance: a new row, the row of an instance that stopped
+/// cleanly, or the row of an instance whose lease expired (by the database's clock). Refuses
+/// while another running instance holds a current lease.
 /// One statement decides, so two daemons starting with one name cannot both win.
 pub async fn register(client: &Client, me: &Registration) -> Result<(), BoardError> {
     // Rows are never deleted today; the retry only guards a future that prunes hosts between
@@ -62,8 +63,9 @@ async fn try_register(client: &Client, me: &Registration) -> Result<bool, BoardE
              ON CONFLICT (name) DO UPDATE SET
                  instance = EXCLUDED.instance, started_at = now(), renewed_at = now(),
                  lease_ms = EXCLUDED.lease_ms, max_jobs = EXCLUDED.max_jobs, live_jobs = 0,
-                 version = EXCLUDED.version
-             WHERE h.renewed_at + h.lease_ms * interval '1 millisecond' <= now()
+                 version = EXCLUDED.version, stopped_at = NULL
+             WHERE h.stopped_at IS NOT NULL
+                OR h.renewed_at + h.lease_ms * interval '1 millisecond' <= now()
              RETURNING instance",
             &[
                 &me.host,
@@ -123,6 +125,22 @@ pub async fn renew(
     })
 }
 
+/// Marks this instance stopped (a clean `shutdown`): the host name is free for its next start
+/// at once, without waiting for the lease to run out.
+pub async fn stopped(
+    client: &Client,
+    host: &str,
+    instance: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE hosts SET stopped_at = now() WHERE name = $1 AND instance = $2",
+            &[&host, &instance],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Every host of the board, by name.
 pub async fn list(client: &Client) -> Result<Vec<HostSummary>, BoardError> {
     let query = |source| BoardError::Query {
@@ -134,7 +152,7 @@ pub async fn list(client: &Client) -> Result<Vec<HostSummary>, BoardError> {
             "SELECT name, instance,
                     now() - renewed_at < lease_ms * interval '1 millisecond',
                     (extract(epoch FROM now() - renewed_at) * 1000)::bigint,
-                    lease_ms, live_jobs, max_jobs, version
+                    lease_ms, live_jobs, max_jobs, version, stopped_at IS NOT NULL
              FROM hosts ORDER BY name",
             &[],
         )
@@ -143,13 +161,14 @@ pub async fn list(client: &Client) -> Result<Vec<HostSummary>, BoardError> {
     rows.iter()
         .map(|row| {
             let alive: bool = row.try_get(2)?;
+            let stopped: bool = row.try_get(8)?;
             Ok(HostSummary {
                 name: row.try_get(0)?,
                 instance: row.try_get(1)?,
-                state: if alive {
-                    HostState::Alive
-                } else {
-                    HostState::Lost
+                state: match (stopped, alive) {
+                    (true, _) => HostState::Stopped,
+                    (false, true) => HostState::Alive,
+                    (false, false) => HostState::Lost,
                 },
                 renewal_age_ms: row.try_get(3)?,
                 lease_ms: row.try_get(4)?,

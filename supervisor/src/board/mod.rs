@@ -10,7 +10,7 @@
 //!   then register this *instance* under its host name ([`hosts::register`]). Each daemon start
 //!   is a new instance (128 random bits): a restarted host never looks like the old one. A name
 //!   whose lease is still current by the database's clock belongs to a live daemon: the start
-//!   is refused. A name whose lease expired is taken over.
+//!   is refused. A name whose lease expired, or whose daemon stopped cleanly, is taken over.
 //! - **Renew** (`renewer`): every lease/3 on a dedicated connection that carries nothing
 //!   else, so a renewal never waits behind another query. Each renewal sets `renewed_at =
 //!   now()` and `live_jobs`. The send time of the last successful renewal is kept on the
@@ -22,6 +22,10 @@
 //! - **Read** ([`Board::hosts`]): `supervisor hosts` asks the local daemon, which queries the
 //!   board on a short-lived connection of its own. Alive means `now() - renewed_at < lease`,
 //!   judged by the database's clock only.
+//! - **Leave** ([`Board::leave`], at a clean `shutdown`): the row is marked `stopped`, so the
+//!   same host name can start again at once (a `systemctl restart`). The lease itself is not
+//!   shortened: the daemon's conductors may outlive it, and the claims of later slices must not
+//!   pass to another host before it would have expired.
 //!
 //! Failure modes: the database restarting or unreachable for a while (renewals fail, the
 //! renewer reconnects; the host shows `lost` meanwhile and `alive` again once a renewal
@@ -308,6 +312,39 @@ impl Board {
                     url: self.inner.config.shown_url.clone(),
                     timeout: QUERY_TIMEOUT,
                 })
+            }
+        }
+    }
+
+    /// Marks this instance stopped, at a clean shutdown; a failure is only logged (the lease
+    /// then runs out as after a crash).
+    pub async fn leave(&self) {
+        let (host, instance) = (&self.inner.config.host, &self.inner.instance);
+        let left = async {
+            let connection = connect(&self.inner.config).await?;
+            let marked = tokio::time::timeout(
+                QUERY_TIMEOUT,
+                hosts::stopped(connection.client(), host, instance),
+            )
+            .await;
+            match marked {
+                Ok(result) => result.map_err(|source| BoardError::Query {
+                    what: "mark this host stopped",
+                    source,
+                }),
+                Err(_) => {
+                    connection.abandon();
+                    Err(BoardError::Timeout {
+                        url: self.inner.config.shown_url.clone(),
+                        timeout: QUERY_TIMEOUT,
+                    })
+                }
+            }
+        };
+        match left.await {
+            Ok(()) => tracing::info!(host = %host, instance = %instance, "left the board"),
+            Err(err) => {
+                tracing::warn!(host = %host, error = %err, "cannot mark this host stopped; its lease runs out instead")
             }
         }
     }

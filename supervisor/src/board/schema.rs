@@ -21,7 +21,8 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE hosts (
         lease_ms    bigint      NOT NULL,
         max_jobs    bigint      NOT NULL,
         live_jobs   bigint      NOT NULL,
-        version     text        NOT NULL
+        version     text        NOT NULL,
+        stopped_at  timestamptz
     )"];
 
 /// The version this build writes.

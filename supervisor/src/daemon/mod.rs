@@ -73,7 +73,7 @@ pub async fn run(
     // Renewals start at once (the start below can outlast a short lease); they count the live
     // jobs once the registry exists.
     let registry: Arc<OnceLock<Jobs>> = Arc::default();
-    let (board, _renewals) = match &config.board {
+    let (board, renewals) = match &config.board {
         Some(board) => {
             let (board, renewer) = Board::join(board.clone(), max_jobs).await?;
             let jobs = Arc::clone(&registry);
@@ -152,6 +152,10 @@ pub async fn run(
         pool.close().await;
     }
     jobs.stop(cancel_on_exit).await;
+    if let Some(board) = &board {
+        drop(renewals);
+        board.leave().await;
+    }
     tracing::info!("daemon stopped");
     Ok(())
 }
