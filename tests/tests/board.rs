@@ -24,24 +24,38 @@ const POLL_SLACK: Duration = Duration::from_secs(2);
 /// Exit code of `hosts` on a daemon without a board (`shared::exit::NO_BOARD`).
 const NO_BOARD: i32 = 11;
 
+/// A PostgreSQL of the test's own and a test dir; `None` where the server cannot run (skipped).
+fn board(test: &str) -> Option<(Postgres, TestEnv)> {
+    Some((Postgres::start(test)?, TestEnv::new()))
+}
+
 /// One daemon on the board: its process and its state dir.
 struct Host {
     daemon: Run,
     state_dir: PathBuf,
 }
 
-fn board_args<'a>(url: &'a str, name: &'a str) -> Vec<&'a str> {
-    vec![
-        "--board", url, "--host", name, "--lease", "1s", "--warm", "0",
-    ]
-}
-
 /// Starts a daemon named `name` on the board, its state dir `ENV/DIR`, without waiting.
 fn spawn_host(env: &TestEnv, url: &str, name: &str, dir: &str) -> Host {
+    spawn_host_with_lease(env, url, name, dir, "1s")
+}
+
+/// [`spawn_host`] with another `--lease`.
+fn spawn_host_with_lease(env: &TestEnv, url: &str, name: &str, dir: &str, lease: &str) -> Host {
     let state_dir = env.path(dir);
-    let mut args = vec!["daemon", "--state-dir", state_dir.to_str().expect("UTF-8")];
-    args.extend(board_args(url, name));
-    let daemon = env.spawn(&args);
+    let daemon = env.spawn(&[
+        "daemon",
+        "--state-dir",
+        state_dir.to_str().expect("UTF-8"),
+        "--board",
+        url,
+        "--host",
+        name,
+        "--lease",
+        lease,
+        "--warm",
+        "0",
+    ]);
     Host { daemon, state_dir }
 }
 
@@ -105,10 +119,9 @@ fn wait_hosts(
 /// restart under them costs no daemon: they reconnect and stay alive with their instances.
 #[test]
 fn three_hosts_share_a_board_and_a_dead_one_shows_lost() {
-    let Some(pg) = Postgres::start("three_hosts_share_a_board_and_a_dead_one_shows_lost") else {
+    let Some((pg, env)) = board("three_hosts_share_a_board_and_a_dead_one_shows_lost") else {
         return;
     };
-    let env = TestEnv::new();
     let url = pg.url();
     // All three at once on an empty database: one creates the schema, under the advisory
     // lock, and the others find it.
@@ -282,28 +295,14 @@ fn an_unreachable_board_stops_the_daemon_without_showing_the_password() {
 /// at once: with a lease of a minute, a start refused until the lease ran out would time out.
 #[test]
 fn a_clean_shutdown_frees_the_host_name_at_once() {
-    let Some(pg) = Postgres::start("a_clean_shutdown_frees_the_host_name_at_once") else {
+    let Some((pg, env)) = board("a_clean_shutdown_frees_the_host_name_at_once") else {
         return;
     };
-    let env = TestEnv::new();
     let url = pg.url();
     let start = |name: &str, dir: &str| {
-        let state_dir = env.path(dir);
-        let mut daemon = env.spawn(&[
-            "daemon",
-            "--state-dir",
-            state_dir.to_str().expect("UTF-8"),
-            "--board",
-            &url,
-            "--host",
-            name,
-            "--lease",
-            "60s",
-            "--warm",
-            "0",
-        ]);
-        wait_daemon_ready(&env, &state_dir, &mut daemon);
-        Host { daemon, state_dir }
+        let mut host = spawn_host_with_lease(&env, &url, name, dir, "60s");
+        wait_daemon_ready(&env, &host.state_dir, &mut host.daemon);
+        host
     };
     let watcher = start("w", "w");
     let mut a = start("a", "a1");
