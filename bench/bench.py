@@ -235,6 +235,8 @@ class Daemon:
         self.cond = threading.Condition()
         self.by_job = {}  # job -> [(t_ns, task, state, at_ms)]
         self.terminal_count = 0
+        self.task_running = set()  # jobs whose first task was seen running
+        self.task_running_ns = 0  # arrival of the last such event
         self.events = subprocess.Popen(
             [sv, "events", "--json", "--state-dir", state_dir],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log, bufsize=0,
@@ -262,6 +264,9 @@ class Daemon:
                     self.by_job.setdefault(ev["job"], []).append((t, ev.get("task"), ev["state"], ev.get("at_ms")))
                     if ev.get("task") is None and ev["state"] in self.TERMINAL:
                         self.terminal_count += 1
+                    elif ev.get("task") is not None and ev["state"] == "running" and ev["job"] not in self.task_running:
+                        self.task_running.add(ev["job"])
+                        self.task_running_ns = t
                 self.cond.notify_all()
 
     def wait_event(self, job, state, task=None, timeout_s=30.0, any_task=False):
@@ -288,6 +293,18 @@ class Daemon:
                 if left <= 0:
                     raise TimeoutError(f"job {job}: not terminal; got {self.by_job.get(job)}")
                 self.cond.wait(left)
+
+    def wait_task_running_count(self, count, timeout_s):
+        """Waits until `count` jobs had a task running; the arrival (ns) of the last, or None.
+        Counted as the events arrive: a wait over thousands of jobs costs the harness nothing."""
+        deadline = time.time() + timeout_s
+        with self.cond:
+            while len(self.task_running) < count:
+                left = deadline - time.time()
+                if left <= 0:
+                    return None
+                self.cond.wait(min(left, 1.0))
+            return self.task_running_ns
 
     def wait_terminal_count(self, count, timeout_s):
         deadline = time.time() + timeout_s
