@@ -396,6 +396,15 @@ impl Supervision {
                 shared::duration::format_duration(timeout),
                 shared::duration::format_duration(self.spec.term_grace)
             ))),
+            // The conductor reported the job's end: that end stands, and there is nothing left
+            // to stop (an order accepted now would be answered yes and then not happen).
+            Order::Cancel { .. } | Order::Kill { .. } if self.ladder.finished.is_some() => {
+                let state = self.ladder.finished.map_or("ending", JobState::as_str);
+                Err(OrderError::WrongState(format!(
+                    "job {} is {state}: nothing to stop",
+                    self.id
+                )))
+            }
             Order::Kill { .. } if self.ladder.is_over() => Err(OrderError::WrongState(format!(
                 "job {} is already being killed",
                 self.id
