@@ -394,7 +394,8 @@ fn wait_local_state(env: &TestEnv, state_dir: &Path, id: &str, deadline: Duratio
 /// and exits 3, and b's `status` then shows it cancelled on a (`ls --all` too); `kill` from c
 /// ends another job of a `killed`; and with every listener's connection terminated
 /// (`pg_terminate_backend`: a notification may be lost), a cancel from b still reaches a
-/// within lease/3 (the owner reads its requests at every renewal, and after a reconnect).
+/// within lease/3 (the owner reads its requests at every renewal, and after a reconnect), as
+/// does a request whose notification was never sent.
 #[test]
 fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     let Some((pg, env)) =
@@ -425,15 +426,16 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     let (code, out, err) = cli_at(
         &env,
         &b.state_dir,
-        &["cancel", &first, "--wait"],
+        &["cancel", &first, "--wait", "--reason", "from b"],
         LONG_DEADLINE,
     );
     assert_eq!(code, 3, "stdout {out:?} stderr {err:?}");
     assert!(out.contains("cancel requested on host a"), "{out}");
-    assert_eq!(
-        status_json_at(&env, &a.state_dir, &first)["state"],
-        "cancelled"
-    );
+    let owned = status_json_at(&env, &a.state_dir, &first);
+    assert_eq!(owned["state"], "cancelled", "{owned}");
+    // Who asked on b is recorded on a, with the reason.
+    assert_eq!(owned["last_order"]["action"], "cancel", "{owned}");
+    assert_eq!(owned["last_order"]["reason"], "from b", "{owned}");
     assert_eq!(env.lines("reverted"), ["reverted"]);
     let (code, out, err) = cli_at(&env, &b.state_dir, &["status", &first], DEADLINE);
     assert_eq!(code, 0, "{err}");
@@ -484,6 +486,24 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     );
     assert_eq!(env.lines("reverted"), ["reverted", "reverted"]);
     wait_for_log(&a.daemon, "board listener connected");
+
+    // A notification that never came at all: a request row written without `pg_notify`, the
+    // listener connected all along. Only a's read at its renewals can find it: within lease/3.
+    let fourth = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &b.state_dir, &fourth, "a");
+    let written = pg.sql(&format!(
+        "INSERT INTO requests (job_id, host, kind, requested_at, requested_by)
+         VALUES ('{fourth}', 'a', 'kill', now(), 'b') RETURNING job_id"
+    ));
+    assert_eq!(written.lines().next(), Some(fourth.as_str()), "{written}");
+    wait_local_state(
+        &env,
+        &a.state_dir,
+        &fourth,
+        LEASE / 3 + POLL_SLACK,
+        "killed",
+    );
+
     let pending = pg.sql("SELECT count(*) FROM requests WHERE done_at IS NULL");
     assert_eq!(pending.trim(), "0", "every request marked done");
 }

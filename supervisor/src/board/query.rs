@@ -5,10 +5,10 @@
 //! daemon. It is never the renewals' nor the listener's connection.
 
 use super::mirror::{self, RemoteQuery};
-use super::requests::{self, Kind, Pending, Written};
+use super::requests::{self, Ask, Pending, Written};
 use super::{Board, BoardError, Connection, QUERY_TIMEOUT, Role, connect};
 use shared::ids::JobId;
-use shared::protocol::client::{HostedJob, Requester};
+use shared::protocol::client::HostedJob;
 use std::future::Future;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
@@ -94,17 +94,12 @@ impl Board {
         .await
     }
 
-    /// Writes a `kind` request for job `id` for the host that holds it, and notifies it.
-    pub async fn request(
-        &self,
-        id: &JobId,
-        kind: Kind,
-        by: Option<Requester>,
-    ) -> Result<Written, BoardError> {
+    /// Writes `ask` of job `id` for the host that holds it, and notifies it.
+    pub async fn request(&self, id: &JobId, ask: Ask) -> Result<Written, BoardError> {
         let me = self.inner.config.host.clone();
         let id = id.clone();
         self.with_query("write a request on the board", |c| async move {
-            requests::request(c.client(), &id, &me, kind, by.as_ref()).await
+            requests::request(c.client(), &id, &me, &ask).await
         })
         .await
     }

@@ -61,14 +61,23 @@ pub enum Written {
     Ambiguous { hosts: Vec<String> },
 }
 
-/// Writes a `kind` request for job `id` held by a host other than `me`, and notifies that host,
-/// in one statement (one transaction).
+/// What an operator asks of another host's job.
+#[derive(Clone, Debug)]
+pub struct Ask {
+    pub kind: Kind,
+    /// A cancel's `--timeout` (overrides the job's `cancel_timeout`).
+    pub timeout_ms: Option<u64>,
+    /// Who asked, as this host's kernel told it.
+    pub by: Option<Requester>,
+}
+
+/// Writes a request for job `id` held by a host other than `me`, and notifies that host, in
+/// one statement (one transaction).
 pub async fn request(
     client: &Client,
     id: &JobId,
     me: &str,
-    kind: Kind,
-    by: Option<&Requester>,
+    ask: &Ask,
 ) -> Result<Written, tokio_postgres::Error> {
     let holders = client
         .query(
@@ -90,16 +99,31 @@ pub async fn request(
     if ended {
         return Ok(Written::Ended { host, state });
     }
-    let by_json = by.and_then(|by| serde_json::to_string(by).ok());
+    let by_json = ask
+        .by
+        .as_ref()
+        .and_then(|by| serde_json::to_string(by).ok());
+    let timeout_ms = ask
+        .timeout_ms
+        .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
     client
         .execute(
             "WITH r AS (
-                 INSERT INTO requests (job_id, host, kind, requested_at, requested_by, by_json)
-                 VALUES ($1, $2, $3, now(), $4, $5)
+                 INSERT INTO requests
+                     (job_id, host, kind, requested_at, requested_by, by_json, timeout_ms)
+                 VALUES ($1, $2, $3, now(), $4, $5, $6)
                  RETURNING host
              )
-             SELECT pg_notify($6, host) FROM r",
-            &[&id.as_str(), &host, &kind.as_str(), &me, &by_json, &CHANNEL],
+             SELECT pg_notify($7, host) FROM r",
+            &[
+                &id.as_str(),
+                &host,
+                &ask.kind.as_str(),
+                &me,
+                &by_json,
+                &timeout_ms,
+                &CHANNEL,
+            ],
         )
         .await?;
     Ok(Written::Requested { host })
@@ -118,13 +142,15 @@ pub struct Pending {
     pub requested_by: String,
     /// Who asked, if the asking host could tell.
     pub by: Option<Requester>,
+    /// A cancel's `--timeout`.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// `host`'s requests not yet done, oldest first.
 pub async fn pending(client: &Client, host: &str) -> Result<Vec<Pending>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT seq, job_id, kind, requested_by, by_json FROM requests
+            "SELECT seq, job_id, kind, requested_by, by_json, timeout_ms FROM requests
              WHERE host = $1 AND done_at IS NULL ORDER BY seq",
             &[&host],
         )
@@ -134,12 +160,16 @@ pub async fn pending(client: &Client, host: &str) -> Result<Vec<Pending>, tokio_
             let job: String = row.try_get(1)?;
             let kind: String = row.try_get(2)?;
             let by: Option<String> = row.try_get(4)?;
+            let timeout_ms: Option<i64> = row.try_get(5)?;
             Ok(Pending {
                 seq: row.try_get(0)?,
                 job: JobId::parse(&job),
                 kind: Kind::parse(&kind),
                 requested_by: row.try_get(3)?,
                 by: by.and_then(|text| serde_json::from_str(&text).ok()),
+                timeout: timeout_ms
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map(std::time::Duration::from_millis),
             })
         })
         .collect()

@@ -49,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
         requested_at timestamptz NOT NULL,
         requested_by text        NOT NULL,
         by_json      text,
+        timeout_ms   bigint,
         done_at      timestamptz,
         outcome      text
     );

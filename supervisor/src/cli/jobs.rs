@@ -616,6 +616,7 @@ pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32
     let mut status = match status_any(dir.clone(), job).await? {
         Seen::Here(status) => *status,
         Seen::Elsewhere(hosted) => {
+            drop(events);
             return super::board::wait_elsewhere(dir, job, *hosted).await;
         }
     };

@@ -47,6 +47,7 @@ async fn apply(jobs: &Jobs, request: Pending) -> Option<String> {
         kind,
         requested_by,
         by,
+        timeout,
         ..
     } = request;
     let (Some(id), Some(kind)) = (job, kind) else {
@@ -55,7 +56,7 @@ async fn apply(jobs: &Jobs, request: Pending) -> Option<String> {
     };
     let order = match kind {
         Kind::Cancel => Order::Cancel {
-            timeout: None,
+            timeout,
             reason: format!("cancel requested on host {requested_by}"),
             by,
         },

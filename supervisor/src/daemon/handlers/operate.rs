@@ -31,7 +31,7 @@ pub async fn handle(
     let by = requester(peer, action, reason).await;
     if let (Some(board), Action::Cancel | Action::Kill) = (board, action) {
         if super::find(jobs, &job).await.is_err() {
-            return remote::request(board, version, &job, action, by).await;
+            return remote::request(board, version, &job, (action, timeout_ms), by).await;
         }
     }
     match action {

@@ -3,7 +3,7 @@
 //! committed (`Requested`, version 4 clients; `Done` for older ones).
 
 use super::{Refusal, Reply};
-use crate::board::requests::{Kind, Written};
+use crate::board::requests::{Ask, Kind, Written};
 use crate::board::{Board, BoardError};
 use shared::ids::JobId;
 use shared::protocol::client::{Action, ClientReply, ErrorCode, HostedJob, Requester};
@@ -24,12 +24,13 @@ pub async fn find(board: &Board, job: &str) -> Result<Option<HostedJob>, Refusal
     }
 }
 
-/// Writes `action` (cancel or kill) of `job` for the host that holds it.
+/// Writes `action` (cancel or kill, with a cancel's `timeout_ms`) of `job` for the host that
+/// holds it.
 pub async fn request(
     board: &Board,
     version: u32,
     job: &str,
-    action: Action,
+    (action, timeout_ms): (Action, Option<u64>),
     by: Requester,
 ) -> Reply {
     let unknown = || (ErrorCode::UnknownJob, format!("no such job: {job}"));
@@ -49,7 +50,12 @@ pub async fn request(
             ));
         }
     };
-    match board.request(&id, kind, Some(by)).await {
+    let ask = Ask {
+        kind,
+        timeout_ms,
+        by: Some(by),
+    };
+    match board.request(&id, ask).await {
         Ok(Written::Requested { host }) => {
             tracing::info!(job_id = %id, host = %host, kind = kind.as_str(), "board request written");
             Ok(if version >= 4 {
