@@ -28,7 +28,8 @@ pub enum JobCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// List live jobs (all with --all): id, name, state, task, age
+    /// List live jobs (all with --all): id, name, state, task, age; on a job board every
+    /// host's, with their host
     #[command(alias = "list")]
     Ls {
         #[arg(long)]
@@ -38,7 +39,8 @@ pub enum JobCommand {
         #[command(flatten)]
         filter: super::operators::ListFilter,
     },
-    /// Show jobs and each task: state, times, result, error, pending revert, last order
+    /// Show jobs and each task: state, times, result, error, pending revert, last order (of
+    /// another host's job on a job board: its host, state and task)
     Status {
         #[arg(required = true)]
         jobs: Vec<String>,
