@@ -417,6 +417,20 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
         let item = wait_listed_running(&env, &host.state_dir, &first, "a");
         assert_eq!(item["name"], "long", "{item}");
     }
+    // The filters apply to the board's jobs as to local ones.
+    let filtered = |extra: &[&str]| -> Vec<String> {
+        ls_json(&env, &c.state_dir, extra)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|job| job["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let matching = [
+        "--state", "running", "--name", "lo*", "--since", "10m", "--limit", "5",
+    ];
+    assert_eq!(filtered(&matching), vec![first.clone()]);
+    assert!(filtered(&["--name", "other*"]).is_empty());
+    assert!(filtered(&["--state", "cancelled"]).is_empty());
     let (code, table, err) = cli_at(&env, &b.state_dir, &["ls"], DEADLINE);
     assert_eq!(code, 0, "{err}");
     assert!(table.starts_with("ID        HOST"), "{table}");
