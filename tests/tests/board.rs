@@ -395,7 +395,8 @@ fn wait_local_state(env: &TestEnv, state_dir: &Path, id: &str, deadline: Duratio
 /// ends another job of a `killed`; and with every listener's connection terminated
 /// (`pg_terminate_backend`: a notification may be lost), a cancel from b still reaches a
 /// within lease/3 (the owner reads its requests at every renewal, and after a reconnect), as
-/// does a request whose notification was never sent.
+/// does a request whose notification was never sent; a job that ends while the board is down
+/// shows its end everywhere once the board is back.
 #[test]
 fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     let Some((pg, env)) =
@@ -520,4 +521,26 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
 
     let pending = pg.sql("SELECT count(*) FROM requests WHERE done_at IS NULL");
     assert_eq!(pending.trim(), "0", "every request marked done");
+
+    // The mirror converges: a job that ends while the board is down shows its end on b once
+    // the board is back (a re-publishes what its mirror rows still show live).
+    let fifth = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &b.state_dir, &fifth, "a");
+    pg.stop();
+    let (code, _, err) = cli_at(
+        &env,
+        &a.state_dir,
+        &["cancel", &fifth, "--wait"],
+        LONG_DEADLINE,
+    );
+    assert_eq!(code, 3, "{err}");
+    pg.start_again();
+    wait_for(DEADLINE, "b to see the fifth job cancelled", || {
+        let every = ls_json(&env, &b.state_dir, &["--all"])?;
+        every
+            .iter()
+            .find(|job| job["id"] == fifth.as_str() && job["state"] == "cancelled")
+            .map(|_| ())
+            .ok_or_else(|| format!("{every:?}"))
+    });
 }
