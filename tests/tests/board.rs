@@ -448,6 +448,7 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     assert!(out.contains("cancel requested on host a"), "{out}");
     let owned = status_json_at(&env, &a.state_dir, &first);
     assert_eq!(owned["state"], "cancelled", "{owned}");
+    assert_eq!(owned["host"], "a", "{owned}");
     // Who asked on b is recorded on a, with the reason.
     assert_eq!(owned["last_order"]["action"], "cancel", "{owned}");
     assert_eq!(owned["last_order"]["reason"], "from b", "{owned}");

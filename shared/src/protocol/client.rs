@@ -209,6 +209,12 @@ pub enum ClientReply {
         /// The host that holds the job and will carry the order out.
         host: String,
     },
+    /// `status` of a job this daemon holds, from a daemon on a job board to a version 4
+    /// client: the status with this daemon's host name. Added at the end.
+    HostStatus {
+        host: String,
+        status: Box<JobStatus>,
+    },
 }
 
 /// A job and the host of the job board that holds it.
@@ -440,6 +446,25 @@ mod tests {
             ClientReply::HostedJobs(vec![hosted.clone()]),
             ClientReply::HostedStatus(Box::new(hosted)),
             ClientReply::Requested { host: "b".into() },
+            ClientReply::HostStatus {
+                host: "c".into(),
+                status: Box::new(JobStatus {
+                    id: JobId::from_random(9),
+                    name: "deploy".into(),
+                    state: JobState::Running,
+                    reason: None,
+                    source: "/jobs/deploy.toml".into(),
+                    created_ms: 1,
+                    started_ms: Some(2),
+                    ended_ms: None,
+                    conductor_pid: Some(42),
+                    containment: None,
+                    unresponsive_since_ms: None,
+                    tasks: Vec::new(),
+                    last_order: None,
+                    paused_since_ms: None,
+                }),
+            },
             ClientReply::Error {
                 code: ErrorCode::NoBoard,
                 message: "no board".into(),

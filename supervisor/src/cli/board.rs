@@ -13,10 +13,22 @@ use std::time::Duration;
 /// How often `--wait` reads the status of a job another host holds.
 pub const REMOTE_POLL: Duration = Duration::from_millis(50);
 
-/// A job as `status` found it: held by this daemon, or by another host of its board.
+/// A job as `status` found it: held by this daemon (with its host name on a job board), or
+/// by another host of its board.
 pub enum Seen {
-    Here(Box<JobStatus>),
+    Here {
+        status: Box<JobStatus>,
+        host: Option<String>,
+    },
     Elsewhere(Box<HostedJob>),
+}
+
+/// `status --json` of a job this daemon holds: its status, then `host` (null without a board).
+#[derive(serde::Serialize)]
+pub struct StatusHere<'a> {
+    #[serde(flatten)]
+    pub status: &'a JobStatus,
+    pub host: Option<&'a str>,
 }
 
 /// One `ls --json` item, or `status --json` of another host's job: the job's fields, then
@@ -67,7 +79,7 @@ pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -
         tokio::time::sleep(REMOTE_POLL).await;
         match super::jobs::status_any(dir.clone(), job).await? {
             Seen::Elsewhere(hosted) => seen = *hosted,
-            Seen::Here(_) => return Box::pin(super::jobs::wait_for_end(dir, job)).await,
+            Seen::Here { .. } => return Box::pin(super::jobs::wait_for_end(dir, job)).await,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! shutdown, prune, hosts (`hosts.rs`). Each is one request on the control socket; `--wait` follows the job to its end and
 //! exits with the codes of `supervisor run`.
 
-use super::board::{Listed, Seen};
+use super::board::{Listed, Seen, StatusHere};
 use super::client::{Client, Failure, Outcome};
 use super::escape::shown;
 use shared::exit;
@@ -227,7 +227,7 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
             } else {
                 for seen in &all {
                     match seen {
-                        Seen::Here(status) => print_status(status),
+                        Seen::Here { status, host } => print_status(status, host.as_deref()),
                         Seen::Elsewhere(hosted) => super::board::print_elsewhere(hosted),
                     }
                 }
@@ -558,7 +558,7 @@ async fn simple(
 /// `status` of a job this daemon holds (another host's is refused as unexpected).
 async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
     match status_any(dir, job).await? {
-        Seen::Here(status) => Ok(*status),
+        Seen::Here { status, .. } => Ok(*status),
         Seen::Elsewhere(hosted) => Err(Failure::new(
             exit::INTERNAL,
             format!("job {} moved to host {}", hosted.job.id, hosted.host),
@@ -576,7 +576,11 @@ pub(super) async fn status_any(dir: Option<PathBuf>, job: &str) -> Outcome<Seen>
     )
     .await?
     {
-        ClientReply::Status(status) => Ok(Seen::Here(status)),
+        ClientReply::Status(status) => Ok(Seen::Here { status, host: None }),
+        ClientReply::HostStatus { host, status } => Ok(Seen::Here {
+            status,
+            host: Some(host),
+        }),
         ClientReply::HostedStatus(hosted) => Ok(Seen::Elsewhere(hosted)),
         other => Err(unexpected(&other)),
     }
@@ -586,13 +590,16 @@ pub(super) async fn status_any(dir: Option<PathBuf>, job: &str) -> Outcome<Seen>
 #[derive(serde::Serialize)]
 #[serde(untagged)]
 enum StatusJson<'a> {
-    Here(&'a JobStatus),
+    Here(StatusHere<'a>),
     Elsewhere(Listed<'a>),
 }
 
 fn status_json(seen: &Seen) -> StatusJson<'_> {
     match seen {
-        Seen::Here(status) => StatusJson::Here(status),
+        Seen::Here { status, host } => StatusJson::Here(StatusHere {
+            status,
+            host: host.as_deref(),
+        }),
         Seen::Elsewhere(hosted) => StatusJson::Elsewhere(Listed {
             job: &hosted.job,
             host: Some(&hosted.host),
@@ -616,7 +623,7 @@ pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32
     }
     let mut events = events.into_replies();
     let mut status = match status_any(dir.clone(), job).await? {
-        Seen::Here(status) => *status,
+        Seen::Here { status, .. } => *status,
         Seen::Elsewhere(hosted) => {
             drop(events);
             return super::board::wait_elsewhere(dir, job, *hosted).await;
@@ -667,13 +674,16 @@ fn closed() -> Failure {
     )
 }
 
-fn print_status(status: &JobStatus) {
+fn print_status(status: &JobStatus, host: Option<&str>) {
     println!(
         "job {} {}: {}",
         status.id,
         shown(&status.name),
         status.state
     );
+    if let Some(host) = host {
+        println!("  host: {}", shown(host));
+    }
     if let Some(reason) = &status.reason {
         println!("  reason: {}", shown(reason));
     }

@@ -1,6 +1,7 @@
-//! `status JOB`: the job and each of its tasks. On a job board, a job this daemon does not
-//! hold is answered from the board's mirror (`HostedStatus`, version 4 clients): its host,
-//! name, state and task; the details stay on its host.
+//! `status JOB`: the job and each of its tasks. On a job board (to version 4 clients), a job
+//! this daemon holds comes with its host name (`HostStatus`), and a job it does not hold is
+//! answered from the board's mirror (`HostedStatus`): its host, name, state and task; the
+//! details stay on its host.
 
 use super::{Reply, find, remote, store_refusal};
 use crate::board::Board;
@@ -16,11 +17,18 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str)
         }
         (Err(refusal), _) => return Err(refusal),
     };
-    jobs.store()
+    let status = jobs
+        .store()
         .call(move |s| s.status(&id))
         .await
-        .map(|status| ClientReply::Status(Box::new(status)))
-        .map_err(store_refusal)
+        .map_err(store_refusal)?;
+    Ok(match (board, version) {
+        (Some(board), 4..) => ClientReply::HostStatus {
+            host: board.config().host.clone(),
+            status: Box::new(status),
+        },
+        _ => ClientReply::Status(Box::new(status)),
+    })
 }
 
 /// Says that `job` names several jobs of the board.
