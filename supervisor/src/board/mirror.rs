@@ -12,24 +12,13 @@ use shared::protocol::client::{HostedJob, JobSummary, ListQuery};
 use shared::state::JobState;
 use tokio_postgres::{Client, Row};
 
-/// One job as its host publishes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Published {
-    pub id: JobId,
-    pub name: String,
-    pub state: JobState,
-    /// The task that runs (or last ran).
-    pub task: Option<String>,
-    /// How many of its tasks run now.
-    pub running: u32,
-}
-
 /// Writes `jobs` (of `host`) in one statement: new rows get `created_at = now()`, every row
-/// `updated_at = now()`; a job in a terminal state is marked ended.
+/// `updated_at = now()`; a job in a terminal state is marked ended. Their `created_ms` and
+/// `paused_since_ms` are not mirrored.
 pub async fn publish(
     client: &Client,
     host: &str,
-    jobs: &[Published],
+    jobs: &[JobSummary],
 ) -> Result<(), tokio_postgres::Error> {
     if jobs.is_empty() {
         return Ok(());

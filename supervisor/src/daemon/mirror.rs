@@ -3,21 +3,20 @@
 //!
 //! One background task follows the daemon's job-event broadcast (`Jobs::subscribe`): it is
 //! never in a job's write path, so a slow or absent board adds no latency to any job. Events
-//! only say *which* jobs changed: the task gathers the ids that arrived together, reads each
-//! job's current summary from the local store, and writes them in one statement on its own
-//! connection ([`Role::Mirror`]). Reading at publication time, in one task, means a row never
+//! only say *which* jobs changed: the task gathers the ids that arrived together, reads their
+//! current summaries from the local store (`Store::summaries`: one indexed read a job, as `ls`
+//! computes them), and writes them in one statement on its own connection ([`Role::Mirror`]). Reading at publication time, in one task, means a row never
 //! goes back to an older state.
 //!
 //! Convergence: at start, after every reconnect, and after a lag of the broadcast (events
 //! were dropped), it re-publishes every live job from the store (one query) and every job the
 //! mirror still shows live (its end was missed): the mirror catches up with the store.
 
-use crate::board::mirror::{self, Published};
+use crate::board::mirror;
 use crate::board::{Board, Connection, Role, connect, lease};
 use crate::job::Jobs;
 use shared::ids::JobId;
-use shared::protocol::client::{JobStatus, JobSummary};
-use shared::state::TaskState;
+use shared::protocol::client::JobSummary;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -124,8 +123,8 @@ async fn republish(jobs: &Jobs, board: &Board, client: &Connection) -> anyhow::R
         .filter(|id| !live_ids.contains(id.as_str()))
         .filter_map(|id| JobId::parse(id))
         .collect();
-    let mut rows: Vec<Published> = live.into_iter().map(from_summary).collect();
-    rows.extend(read_published(jobs, missed).await?);
+    let mut rows = live;
+    rows.extend(read_summaries(jobs, missed).await?);
     mirror::publish(client.client(), host, &rows).await?;
     Ok(rows.len())
 }
@@ -137,106 +136,15 @@ async fn publish_ids(
     client: &Connection,
     ids: Vec<JobId>,
 ) -> anyhow::Result<()> {
-    let rows = read_published(jobs, ids).await?;
+    let rows = read_summaries(jobs, ids).await?;
     mirror::publish(client.client(), &board.config().host, &rows).await?;
     Ok(())
 }
 
 /// The summaries of `ids` from the store, in one call.
-async fn read_published(jobs: &Jobs, ids: Vec<JobId>) -> anyhow::Result<Vec<Published>> {
+async fn read_summaries(jobs: &Jobs, ids: Vec<JobId>) -> anyhow::Result<Vec<JobSummary>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let statuses: Vec<JobStatus> = jobs
-        .store()
-        .call(move |s| Ok(ids.iter().filter_map(|id| s.status(id).ok()).collect()))
-        .await?;
-    Ok(statuses.iter().map(from_status).collect::<Vec<_>>())
-}
-
-fn from_summary(job: JobSummary) -> Published {
-    Published {
-        id: job.id,
-        name: job.name,
-        state: job.state,
-        task: job.task,
-        running: job.running,
-    }
-}
-
-/// A job's summary from its status, as `ls` computes it: the task that runs (or last began),
-/// and how many run now.
-fn from_status(status: &JobStatus) -> Published {
-    let is_running = |state: TaskState| matches!(state, TaskState::Running | TaskState::Reverting);
-    let running = status.tasks.iter().filter(|t| is_running(t.state)).count();
-    let task = status
-        .tasks
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.state != TaskState::Pending)
-        .max_by_key(|(idx, t)| (t.started_ms, *idx))
-        .map(|(_, t)| t.name.clone());
-    Published {
-        id: status.id.clone(),
-        name: status.name.clone(),
-        state: status.state,
-        task,
-        running: u32::try_from(running).unwrap_or(u32::MAX),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shared::protocol::client::TaskStatus;
-    use shared::state::JobState;
-
-    fn task(name: &str, state: TaskState, started_ms: Option<i64>) -> TaskStatus {
-        TaskStatus {
-            name: name.into(),
-            state,
-            revert_pending: false,
-            attempts: 1,
-            exec_outcome: None,
-            result: String::new(),
-            error: None,
-            started_ms,
-            ended_ms: None,
-            after: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn the_published_task_is_the_last_begun_and_running_counts_both_phases() {
-        let status = JobStatus {
-            id: JobId::from_random(1),
-            name: "deploy".into(),
-            state: JobState::Cancelling,
-            reason: None,
-            source: String::new(),
-            created_ms: 0,
-            started_ms: Some(1),
-            ended_ms: None,
-            conductor_pid: None,
-            containment: None,
-            unresponsive_since_ms: None,
-            tasks: vec![
-                task("build", TaskState::Reverting, Some(10)),
-                task("push", TaskState::Running, Some(20)),
-                task("notify", TaskState::Pending, None),
-            ],
-            last_order: None,
-            paused_since_ms: None,
-        };
-        let published = from_status(&status);
-        assert_eq!(published.task.as_deref(), Some("push"));
-        assert_eq!(published.running, 2);
-        assert_eq!(published.state, JobState::Cancelling);
-        let idle = JobStatus {
-            tasks: vec![task("only", TaskState::Pending, None)],
-            ..status
-        };
-        assert_eq!(from_status(&idle).task, None);
-        assert_eq!(from_status(&idle).running, 0);
-    }
+    Ok(jobs.store().call(move |s| s.summaries(&ids)).await?)
 }
