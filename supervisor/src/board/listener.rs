@@ -11,7 +11,6 @@ use super::lease::{next_backoff, renew_interval};
 use super::requests::CHANNEL;
 use super::{Board, CONNECT_TIMEOUT, Role};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 pub(super) async fn run(board: Board) {
@@ -35,14 +34,15 @@ async fn listen(board: &Board) -> String {
         Ok(Err(err)) => return err.to_string(),
         Err(_) => return "connecting timed out".to_owned(),
     };
-    let (payloads, mut received) = mpsc::unbounded_channel::<String>();
-    // Polling the connection drives it, and yields the notifications the client cannot.
+    // Polling the connection drives it, and yields the notifications the client cannot; each
+    // one for this host wakes the reader at once (a wake-up stands for any number of them).
+    let waker = board.clone();
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(note))) => {
-                    if payloads.send(note.payload().to_owned()).is_err() {
-                        return "the listener stopped".to_owned();
+                    if note.payload() == waker.config().host {
+                        waker.inner.requests_due.notify_one();
                     }
                 }
                 Some(Ok(_)) => {}
@@ -67,13 +67,9 @@ async fn listen(board: &Board) -> String {
     tracing::info!(host = %config.host, "board listener connected");
     // Whatever was notified while nobody listened is read now.
     board.inner.requests_due.notify_one();
-    while let Some(payload) = received.recv().await {
-        if payload == config.host {
-            board.inner.requests_due.notify_one();
-        }
-    }
-    drop(client);
-    driver
+    let ended = driver
         .await
-        .unwrap_or_else(|err| format!("the listener's driver failed: {err}"))
+        .unwrap_or_else(|err| format!("the listener's driver failed: {err}"));
+    drop(client);
+    ended
 }
