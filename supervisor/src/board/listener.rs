@@ -31,7 +31,7 @@ async fn listen(board: &Board) -> String {
     let connecting = pg.connect(NoTls);
     let (client, mut connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(pair)) => pair,
-        Ok(Err(err)) => return err.to_string(),
+        Ok(Err(err)) => return describe(err),
         Err(_) => return "connecting timed out".to_owned(),
     };
     // Polling the connection drives it, and yields the notifications the client cannot; each
@@ -46,7 +46,7 @@ async fn listen(board: &Board) -> String {
                     }
                 }
                 Some(Ok(_)) => {}
-                Some(Err(err)) => return err.to_string(),
+                Some(Err(err)) => return describe(err),
                 None => return "the server closed the connection".to_owned(),
             }
         }
@@ -57,7 +57,7 @@ async fn listen(board: &Board) -> String {
         Ok(Ok(())) => {}
         Ok(Err(err)) => {
             driver.abort();
-            return err.to_string();
+            return describe(err);
         }
         Err(_) => {
             driver.abort();
@@ -72,4 +72,9 @@ async fn listen(board: &Board) -> String {
         .unwrap_or_else(|err| format!("the listener's driver failed: {err}"));
     drop(client);
     ended
+}
+
+/// An error with its causes (`db error: FATAL: terminating connection ...`).
+fn describe(err: tokio_postgres::Error) -> String {
+    format!("{:#}", anyhow::Error::from(err))
 }

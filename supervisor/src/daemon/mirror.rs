@@ -41,7 +41,7 @@ pub async fn run(jobs: Jobs, board: Board) {
                     resync = true;
                 }
                 Err(err) => {
-                    backoff = next_pause(&board, backoff, &err);
+                    backoff = next_pause(&board, backoff, err);
                     tokio::time::sleep(backoff).await;
                     continue;
                 }
@@ -57,7 +57,7 @@ pub async fn run(jobs: Jobs, board: Board) {
                     resync = false;
                 }
                 Err(err) => {
-                    backoff = next_pause(&board, backoff, &err);
+                    backoff = next_pause(&board, backoff, err);
                     if let Some(old) = connection.take() {
                         old.abandon();
                     }
@@ -97,7 +97,7 @@ pub async fn run(jobs: Jobs, board: Board) {
         let ids: Vec<JobId> = std::mem::take(&mut dirty).into_iter().collect();
         if let Err(err) = publish_ids(&jobs, &board, client, ids.clone()).await {
             dirty.extend(ids);
-            backoff = next_pause(&board, backoff, &err);
+            backoff = next_pause(&board, backoff, err);
             if let Some(old) = connection.take() {
                 old.abandon();
             }
@@ -107,8 +107,9 @@ pub async fn run(jobs: Jobs, board: Board) {
 }
 
 /// Logs a failure and returns the pause before the next try (doubling up to lease/3).
-fn next_pause(board: &Board, backoff: Duration, err: &dyn std::fmt::Display) -> Duration {
-    tracing::warn!(host = %board.config().host, error = %err, "board mirror failed");
+fn next_pause(board: &Board, backoff: Duration, err: impl Into<anyhow::Error>) -> Duration {
+    let err: anyhow::Error = err.into();
+    tracing::warn!(host = %board.config().host, error = format!("{err:#}"), "board mirror failed");
     lease::next_backoff(backoff, lease::renew_interval(board.config().lease))
 }
 
