@@ -139,14 +139,24 @@ pub async fn list_start(
     }
 }
 
-/// At most `page` rows of `query` with `seq` above `after`, in the order they were first
-/// published, and the `seq` of the last one.
+/// One page of the mirror's jobs.
+#[derive(Debug)]
+pub struct Page {
+    /// The jobs read, in the order they were first published.
+    pub jobs: Vec<HostedJob>,
+    /// The `seq` of the last row read (where the next page starts).
+    pub last: i64,
+    /// How many rows were read (more than `jobs` when some could not be read).
+    pub rows: usize,
+}
+
+/// At most `page` rows of `query` with `seq` above `after`.
 pub async fn list_page(
     client: &Client,
     query: &RemoteQuery,
     after: i64,
     page: i64,
-) -> Result<(Vec<HostedJob>, i64), tokio_postgres::Error> {
+) -> Result<Page, tokio_postgres::Error> {
     let rows = client
         .query(
             &format!(
@@ -168,7 +178,11 @@ pub async fn list_page(
         None => after,
     };
     let jobs = rows.iter().filter_map(hosted).collect::<Result<_, _>>()?;
-    Ok((jobs, last))
+    Ok(Page {
+        jobs,
+        last,
+        rows: rows.len(),
+    })
 }
 
 /// A row as a [`HostedJob`]; `None` for a row whose id or state this build cannot read (a

@@ -87,7 +87,7 @@ impl Board {
         query: Arc<RemoteQuery>,
         after: i64,
         page: i64,
-    ) -> Result<(Vec<HostedJob>, i64), BoardError> {
+    ) -> Result<mirror::Page, BoardError> {
         self.with_query("list the board's jobs", |c| async move {
             mirror::list_page(c.client(), &query, after, page).await
         })

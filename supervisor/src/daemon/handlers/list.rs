@@ -73,7 +73,7 @@ async fn board_pages(
     };
     while left > 0 {
         let size = left.min(u64::from(PAGE));
-        let (page, last) = board
+        let read = board
             .list_page(
                 Arc::clone(&remote),
                 after,
@@ -81,10 +81,10 @@ async fn board_pages(
             )
             .await
             .map_err(board_refusal)?;
-        let full = page.len() as u64 == size;
-        left -= page.len() as u64;
-        after = last;
-        if !page.is_empty() && !send_page(stream, Page::Hosted(page)).await {
+        let full = read.rows as u64 == size;
+        left -= read.jobs.len() as u64;
+        after = read.last;
+        if !read.jobs.is_empty() && !send_page(stream, Page::Hosted(read.jobs)).await {
             return Err((ErrorCode::Internal, "ls client gone".into()));
         }
         if !full {
