@@ -359,6 +359,15 @@ fn ls_json(env: &TestEnv, state_dir: &Path, extra: &[&str]) -> Result<Vec<Value>
     }
 }
 
+/// The ids of [`ls_json`] (none when it failed).
+fn ls_ids(env: &TestEnv, state_dir: &Path, extra: &[&str]) -> Vec<String> {
+    ls_json(env, state_dir, extra)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|job| job["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Waits until `ls --json` on `state_dir` shows job `id` on host `host` running its task
 /// `wait`; returns the item.
 fn wait_listed_running(env: &TestEnv, state_dir: &Path, id: &str, host: &str) -> Value {
@@ -419,13 +428,7 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
         assert_eq!(item["name"], "long", "{item}");
     }
     // The filters apply to the board's jobs as to local ones.
-    let filtered = |extra: &[&str]| -> Vec<String> {
-        ls_json(&env, &c.state_dir, extra)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|job| job["id"].as_str().map(str::to_owned))
-            .collect()
-    };
+    let filtered = |extra: &[&str]| ls_ids(&env, &c.state_dir, extra);
     let matching = [
         "--state", "running", "--name", "lo*", "--since", "10m", "--limit", "5",
     ];
@@ -544,4 +547,10 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
             .map(|_| ())
             .ok_or_else(|| format!("{every:?}"))
     });
+
+    // `--limit N` on b (which holds no job): the N most recent of the other hosts', in order.
+    let ids = |extra: &[&str]| ls_ids(&env, &b.state_dir, extra);
+    assert_eq!(ids(&["--all", "--limit", "2"]), vec![fourth, fifth.clone()]);
+    assert_eq!(ids(&["--all", "--limit", "1"]), vec![fifth]);
+    assert_eq!(ids(&["--all"]).len(), 5);
 }
