@@ -101,6 +101,35 @@ impl Postgres {
         self.wait_ready();
     }
 
+    /// Runs one SQL statement on the test database with `psql` (unaligned, tuples only) and
+    /// returns what it printed; panics if it fails.
+    #[must_use]
+    pub fn sql(&self, statement: &str) -> String {
+        let output = self.command(
+            "psql",
+            &[
+                "-h",
+                path_str(&self.dir),
+                "-d",
+                DATABASE,
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                statement,
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "psql {statement:?} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }

@@ -12,7 +12,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tests::postgres::Postgres;
-use tests::{DEADLINE, Run, TestEnv, cli_at, sigkill_run, submit_at, wait_daemon_ready, wait_for};
+use tests::{
+    DEADLINE, LONG_DEADLINE, Run, TestEnv, cli_at, sigkill_run, status_json_at, submit_at,
+    wait_daemon_ready, wait_for,
+};
 
 /// The lease the test daemons hold (`--lease`).
 const LEASE: Duration = Duration::from_secs(1);
@@ -64,6 +67,18 @@ fn start_host(env: &TestEnv, url: &str, name: &str) -> Host {
     let mut host = spawn_host(env, url, name, name);
     wait_daemon_ready(env, &host.state_dir, &mut host.daemon);
     host
+}
+
+/// Daemons a, b and c on the board (state dirs `ENV/a`..), started together, once each answers.
+fn start_three(env: &TestEnv, url: &str) -> [Host; 3] {
+    let mut started: Vec<Host> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| spawn_host(env, url, name, name))
+        .collect();
+    for host in &mut started {
+        wait_daemon_ready(env, &host.state_dir, &mut host.daemon);
+    }
+    <[Host; 3]>::try_from(started).unwrap_or_else(|_| unreachable!())
 }
 
 /// `hosts --json` asked of the daemon on `state_dir`: (exit code, the array or `Null`, stderr).
@@ -125,14 +140,7 @@ fn three_hosts_share_a_board_and_a_dead_one_shows_lost() {
     let url = pg.url();
     // All three at once on an empty database: one creates the schema, under the advisory
     // lock, and the others find it.
-    let mut started: Vec<Host> = ["a", "b", "c"]
-        .into_iter()
-        .map(|name| spawn_host(&env, &url, name, name))
-        .collect();
-    for host in &mut started {
-        wait_daemon_ready(&env, &host.state_dir, &mut host.daemon);
-    }
-    let [a, b, mut c] = <[Host; 3]>::try_from(started).unwrap_or_else(|_| unreachable!());
+    let [a, b, mut c] = start_three(&env, &url);
     let all_alive = [("a", "alive"), ("b", "alive"), ("c", "alive")];
     let first = wait_hosts(&env, &a.state_dir, DEADLINE, &all_alive);
     let instances: HashSet<&str> = first.iter().map(|(_, i)| i.as_str()).collect();
@@ -335,4 +343,214 @@ fn a_clean_shutdown_frees_the_host_name_at_once() {
         &[("a", "alive"), ("w", "alive")],
     );
     assert_ne!(first[0].1, second[0].1, "a must be a new instance");
+}
+
+/// The jobs of `ls --json` asked of the daemon on `state_dir` (with `extra` arguments).
+fn ls_json(env: &TestEnv, state_dir: &Path, extra: &[&str]) -> Result<Vec<Value>, String> {
+    let mut args = vec!["ls", "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = cli_at(env, state_dir, &args, DEADLINE);
+    if code != 0 {
+        return Err(format!("exit {code}: {err}"));
+    }
+    match serde_json::from_str::<Value>(&out) {
+        Ok(Value::Array(jobs)) => Ok(jobs),
+        _ => Err(format!("not an array: {out}")),
+    }
+}
+
+/// The ids of [`ls_json`] (none when it failed).
+fn ls_ids(env: &TestEnv, state_dir: &Path, extra: &[&str]) -> Vec<String> {
+    ls_json(env, state_dir, extra)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|job| job["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits until `ls --json` on `state_dir` shows job `id` on host `host` running its task
+/// `wait`; returns the item.
+fn wait_listed_running(env: &TestEnv, state_dir: &Path, id: &str, host: &str) -> Value {
+    wait_for(DEADLINE, &format!("{id} listed running on {host}"), || {
+        let jobs = ls_json(env, state_dir, &[])?;
+        jobs.iter()
+            .find(|job| {
+                job["id"] == id
+                    && job["host"] == host
+                    && job["state"] == "running"
+                    && job["task"] == "wait"
+            })
+            .cloned()
+            .ok_or_else(|| format!("{jobs:?}"))
+    })
+}
+
+/// Waits until the daemon on `state_dir` (the job's own host) has job `id` in `state`.
+fn wait_local_state(env: &TestEnv, state_dir: &Path, id: &str, deadline: Duration, state: &str) {
+    wait_for(deadline, &format!("{id} to be {state}"), || {
+        let (code, out, err) = cli_at(env, state_dir, &["status", id, "--json"], DEADLINE);
+        let seen = serde_json::from_str::<Value>(&out).unwrap_or(Value::Null);
+        if code == 0 && seen["state"] == state {
+            Ok(())
+        } else {
+            Err(format!("exit {code}: {seen} {err}"))
+        }
+    });
+}
+
+/// Issue 11, rule 3, and the mirror: three daemons on one board; a job submitted on a shows
+/// in `ls` of b and c with its host; `cancel --wait` from b reaches a, runs the job's revert
+/// and exits 3, and b's `status` then shows it cancelled on a (`ls --all` too); `kill` from c
+/// ends another job of a `killed`; and with every listener's connection terminated
+/// (`pg_terminate_backend`: a notification may be lost), a cancel from b still reaches a
+/// within lease/3 (the owner reads its requests at every renewal, and after a reconnect), as
+/// does a request whose notification was never sent; a job that ends while the board is down
+/// shows its end everywhere once the board is back.
+#[test]
+fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
+    let Some((pg, env)) =
+        board("every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere")
+    else {
+        return;
+    };
+    let url = pg.url();
+    let [a, b, c] = start_three(&env, &url);
+    let file = env.job(
+        "long.toml",
+        "name = \"long\"",
+        "[[task]]\nname = \"wait\"\nrun = \"sleep 60\"\nrevert = 'echo reverted >> \"$SVT_DIR/reverted\"'\n",
+    );
+
+    // Seen from everywhere, with its host; a's own list names a too.
+    let first = submit_at(&env, &a.state_dir, &file);
+    for host in [&b, &c, &a] {
+        let item = wait_listed_running(&env, &host.state_dir, &first, "a");
+        assert_eq!(item["name"], "long", "{item}");
+    }
+    // The filters apply to the board's jobs as to local ones.
+    let filtered = |extra: &[&str]| ls_ids(&env, &c.state_dir, extra);
+    let matching = [
+        "--state", "running", "--name", "lo*", "--since", "10m", "--limit", "5",
+    ];
+    assert_eq!(filtered(&matching), vec![first.clone()]);
+    assert!(filtered(&["--name", "other*"]).is_empty());
+    assert!(filtered(&["--state", "cancelled"]).is_empty());
+    let (code, table, err) = cli_at(&env, &b.state_dir, &["ls"], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.starts_with("ID        HOST"), "{table}");
+    assert!(table.contains(&first), "{table}");
+
+    // Cancel from b, waiting: the request reaches a, the revert runs, exit 3 (cancelled).
+    let (code, out, err) = cli_at(
+        &env,
+        &b.state_dir,
+        &["cancel", &first, "--wait", "--reason", "from b"],
+        LONG_DEADLINE,
+    );
+    assert_eq!(code, 3, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("cancel requested on host a"), "{out}");
+    let owned = status_json_at(&env, &a.state_dir, &first);
+    assert_eq!(owned["state"], "cancelled", "{owned}");
+    assert_eq!(owned["host"], "a", "{owned}");
+    // Who asked on b is recorded on a, with the reason.
+    assert_eq!(owned["last_order"]["action"], "cancel", "{owned}");
+    assert_eq!(owned["last_order"]["reason"], "from b", "{owned}");
+    assert_eq!(env.lines("reverted"), ["reverted"]);
+    let (code, out, err) = cli_at(&env, &b.state_dir, &["status", &first], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    assert!(out.contains("host: a (details are on its host"), "{out}");
+    let remote = status_json_at(&env, &b.state_dir, &first);
+    assert_eq!(remote["host"], "a", "{remote}");
+    assert_eq!(remote["state"], "cancelled", "{remote}");
+    // Ended: gone from b's live list, still in its `ls --all`.
+    let live = ls_json(&env, &b.state_dir, &[]).unwrap_or_default();
+    assert!(
+        live.iter().all(|job| job["id"] != first.as_str()),
+        "{live:?}"
+    );
+    let every = ls_json(&env, &b.state_dir, &["--all"]).unwrap_or_default();
+    assert!(
+        every
+            .iter()
+            .any(|job| job["id"] == first.as_str() && job["state"] == "cancelled"),
+        "{every:?}"
+    );
+
+    // Kill from c.
+    let second = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &c.state_dir, &second, "a");
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["kill", &second], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("kill requested on host a"), "{out}");
+    wait_local_state(&env, &a.state_dir, &second, DEADLINE, "killed");
+
+    // A lost notification: every listener's connection is terminated, then b cancels a job
+    // of a. It still arrives within lease/3 (plus what a status round costs).
+    let third = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &b.state_dir, &third, "a");
+    let terminated = pg.sql(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'supervisor-listen') AS t",
+    );
+    assert_eq!(terminated.trim(), "3", "one listener per daemon");
+    let (code, out, err) = cli_at(&env, &b.state_dir, &["cancel", &third], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    wait_local_state(
+        &env,
+        &a.state_dir,
+        &third,
+        LEASE / 3 + POLL_SLACK,
+        "cancelled",
+    );
+    assert_eq!(env.lines("reverted"), ["reverted", "reverted"]);
+    wait_for_log(&a.daemon, "board listener connected");
+
+    // A notification that never came at all: a request row written without `pg_notify`, the
+    // listener connected all along. Only a's read at its renewals can find it: within lease/3.
+    let fourth = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &b.state_dir, &fourth, "a");
+    let written = pg.sql(&format!(
+        "INSERT INTO requests (job_id, host, kind, requested_at, requested_by)
+         VALUES ('{fourth}', 'a', 'kill', now(), 'b') RETURNING job_id"
+    ));
+    assert_eq!(written.lines().next(), Some(fourth.as_str()), "{written}");
+    wait_local_state(
+        &env,
+        &a.state_dir,
+        &fourth,
+        LEASE / 3 + POLL_SLACK,
+        "killed",
+    );
+
+    let pending = pg.sql("SELECT count(*) FROM requests WHERE done_at IS NULL");
+    assert_eq!(pending.trim(), "0", "every request marked done");
+
+    // The mirror converges: a job that ends while the board is down shows its end on b once
+    // the board is back (a re-publishes what its mirror rows still show live).
+    let fifth = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &b.state_dir, &fifth, "a");
+    pg.stop();
+    let (code, _, err) = cli_at(
+        &env,
+        &a.state_dir,
+        &["cancel", &fifth, "--wait"],
+        LONG_DEADLINE,
+    );
+    assert_eq!(code, 3, "{err}");
+    pg.start_again();
+    wait_for(DEADLINE, "b to see the fifth job cancelled", || {
+        let every = ls_json(&env, &b.state_dir, &["--all"])?;
+        every
+            .iter()
+            .find(|job| job["id"] == fifth.as_str() && job["state"] == "cancelled")
+            .map(|_| ())
+            .ok_or_else(|| format!("{every:?}"))
+    });
+
+    // `--limit N` on b (which holds no job): the N most recent of the other hosts', in order.
+    let ids = |extra: &[&str]| ls_ids(&env, &b.state_dir, extra);
+    assert_eq!(ids(&["--all", "--limit", "2"]), vec![fourth, fifth.clone()]);
+    assert_eq!(ids(&["--all", "--limit", "1"]), vec![fifth]);
+    assert_eq!(ids(&["--all"]).len(), 5);
 }

@@ -196,6 +196,36 @@ pub enum ClientReply {
     /// The answer to `Hosts`: every host of the board, by name (added at the end, as `Hosts`
     /// was; only a client that asked for it ever gets one).
     Hosts(Vec<HostSummary>),
+    /// A page of `ls` from a daemon on a job board, to a version 4 client: each job with the
+    /// host that holds it (this daemon's own jobs first, then the other hosts' from the board's
+    /// mirror). Added at the end; a daemon without a board still sends [`ClientReply::Jobs`].
+    HostedJobs(Vec<HostedJob>),
+    /// `status` of a job another host of the board holds: its summary from the board's mirror
+    /// (the details stay on its host). Added at the end; version 4 clients only.
+    HostedStatus(Box<HostedJob>),
+    /// A `cancel` or `kill` of a job another host holds, written on the board for that host
+    /// (committed, and announced to it). Added at the end; version 4 clients only.
+    Requested {
+        /// The host that holds the job and will carry the order out.
+        host: String,
+    },
+    /// `status` of a job this daemon holds, from a daemon on a job board to a version 4
+    /// client: the status with this daemon's host name. Added at the end.
+    HostStatus {
+        host: String,
+        status: Box<JobStatus>,
+    },
+}
+
+/// A job and the host of the job board that holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedJob {
+    /// The host (`--host`) whose daemon holds the job.
+    pub host: String,
+    /// The job as `ls` shows it; from the board's mirror for another host's job (its
+    /// `created_ms` is then the board's clock at the first publication, and
+    /// `paused_since_ms` is not mirrored).
+    pub job: JobSummary,
 }
 
 /// One host of the job board, as `hosts` shows it. Ages and liveness are judged by the
@@ -387,7 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn the_hosts_reply_and_the_no_board_error_round_trip() {
+    fn the_board_replies_and_the_no_board_error_round_trip() {
         let reply = ClientReply::Hosts(vec![HostSummary {
             name: "a".into(),
             instance: "00ff".repeat(8),
@@ -398,8 +428,43 @@ mod tests {
             max_jobs: 16,
             version: "0.1.0".into(),
         }]);
+        let summary = JobSummary {
+            id: JobId::from_random(7),
+            name: "deploy".into(),
+            state: JobState::Cancelling,
+            task: Some("wait".into()),
+            created_ms: 1,
+            paused_since_ms: None,
+            running: 1,
+        };
+        let hosted = HostedJob {
+            host: "a".into(),
+            job: summary,
+        };
         for message in [
             reply,
+            ClientReply::HostedJobs(vec![hosted.clone()]),
+            ClientReply::HostedStatus(Box::new(hosted)),
+            ClientReply::Requested { host: "b".into() },
+            ClientReply::HostStatus {
+                host: "c".into(),
+                status: Box::new(JobStatus {
+                    id: JobId::from_random(9),
+                    name: "deploy".into(),
+                    state: JobState::Running,
+                    reason: None,
+                    source: "/jobs/deploy.toml".into(),
+                    created_ms: 1,
+                    started_ms: Some(2),
+                    ended_ms: None,
+                    conductor_pid: Some(42),
+                    containment: None,
+                    unresponsive_since_ms: None,
+                    tasks: Vec::new(),
+                    last_order: None,
+                    paused_since_ms: None,
+                }),
+            },
             ClientReply::Error {
                 code: ErrorCode::NoBoard,
                 message: "no board".into(),

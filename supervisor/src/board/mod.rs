@@ -1,6 +1,8 @@
 //! The job board: daemons on many hosts sharing one PostgreSQL database (DESIGN.md section 11,
-//! issue 11). This first slice puts *hosts* on the board; jobs stay local for now (claims,
-//! fencing and remote cancel come later and build on what is here).
+//! issue 11). Hosts are on the board; every host's jobs are *visible* from every other one
+//! (the mirror), and `cancel` and `kill` reach a job's owner from anywhere (requests). Jobs
+//! still run on the host where they were submitted: claims by any host, epochs and fencing
+//! come in a later slice and build on what is here.
 //!
 //! # Theory of operation
 //!
@@ -27,6 +29,21 @@
 //!   shortened: the daemon's conductors may outlive it, and the claims of later slices must not
 //!   pass to another host before it would have expired.
 //!
+//! - **Mirror** ([`mirror`], published by `daemon/mirror.rs` on its own connection): each
+//!   daemon writes its jobs' summaries (state, current task, running count) to `jobs` from its
+//!   job-event broadcast, in the background; after a lag or a reconnect it re-publishes its
+//!   live jobs. Other hosts read it for `ls`, `status` and `--wait`.
+//! - **Requests** ([`requests`]): a `cancel` or `kill` of another host's job is a row of
+//!   `requests` plus `pg_notify('sv_requests', HOST)` in one statement; the operator's answer
+//!   comes after the commit. The owner's `listener` (one dedicated `LISTEN` connection,
+//!   named `supervisor-listen`) wakes its reader ([`Board::requests_due`]) on a notification
+//!   and after every (re)connect, and every renewal wakes it too: a lost notification delays
+//!   a request by at most lease/3. The reader (`daemon/remote.rs`) applies each through the
+//!   job's actor, as a local order, and marks it done.
+//! - **Connections**, one per role ([`Role`], in `application_name`): renewals, the listener,
+//!   the mirror, and one shared query connection (`query.rs`) for operators' reads and
+//!   requests and the owner's reads of its requests; `hosts` and leaving open their own.
+//!
 //! Failure modes: the database restarting or unreachable for a while (renewals fail, the
 //! renewer reconnects; the host shows `lost` meanwhile and `alive` again once a renewal
 //! succeeds, with the same instance); a daemon killed (its row stays, `lost` after its lease);
@@ -34,14 +51,19 @@
 
 pub mod hosts;
 pub mod lease;
+mod listener;
+pub mod mirror;
+mod query;
 pub mod redact;
 mod renewer;
+pub mod requests;
 pub mod schema;
 
 use lease::LeaseClock;
 use shared::protocol::client::HostSummary;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio_postgres::{Client, NoTls};
 
 /// How long connecting to the board may take (at start, and for each `hosts` request).
@@ -101,6 +123,9 @@ pub struct BoardConfig {
     /// The URL as it may be shown: without its password.
     shown_url: String,
     pg: tokio_postgres::Config,
+    /// The `application_name` each connection's role is appended to (`supervisor-listen`):
+    /// the URL's own, else `supervisor`.
+    app_name: String,
     /// The host name (`--host`, else the machine's).
     pub host: String,
     /// `--lease`.
@@ -129,9 +154,7 @@ impl BoardConfig {
                 source,
             })?;
         pg.connect_timeout(CONNECT_TIMEOUT);
-        if pg.get_application_name().is_none() {
-            pg.application_name("supervisor");
-        }
+        let app_name = pg.get_application_name().unwrap_or("supervisor").to_owned();
         let host = match host {
             Some(host) => host,
             None => machine_host_name()?,
@@ -139,6 +162,7 @@ impl BoardConfig {
         Ok(Self {
             shown_url,
             pg,
+            app_name,
             host,
             lease,
         })
@@ -176,6 +200,7 @@ fn new_instance_id() -> Result<String, BoardError> {
 }
 
 /// A connection to the board: the client, and the task that drives its socket.
+#[derive(Debug)]
 pub struct Connection {
     client: Client,
     driver: tokio::task::JoinHandle<()>,
@@ -201,11 +226,50 @@ impl Connection {
     }
 }
 
-/// Opens a connection (bounded by [`CONNECT_TIMEOUT`]); its driver runs as a task of its own
-/// until the client is dropped, the server goes away, or [`Connection::abandon`].
-pub async fn connect(config: &BoardConfig) -> Result<Connection, BoardError> {
+/// What a connection to the board is for; each is its own connection, named
+/// `APP-ROLE` in `pg_stat_activity.application_name` (`supervisor-listen`), so that an operator
+/// (or a test) can tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Lease renewals only (`renewer`).
+    Renew,
+    /// `LISTEN` for requests only (`listener`).
+    Listen,
+    /// This daemon's jobs published to the mirror (`daemon/mirror.rs`).
+    Mirror,
+    /// Operators' reads and requests, and the owner's reads of its requests (`query.rs`).
+    Query,
+    /// One short-lived request (`hosts`, leaving the board).
+    Once,
+}
+
+impl Role {
+    const fn suffix(self) -> &'static str {
+        match self {
+            Self::Renew => "renew",
+            Self::Listen => "listen",
+            Self::Mirror => "mirror",
+            Self::Query => "query",
+            Self::Once => "once",
+        }
+    }
+}
+
+impl BoardConfig {
+    /// The connection settings for `role`.
+    fn pg_for(&self, role: Role) -> tokio_postgres::Config {
+        let mut pg = self.pg.clone();
+        pg.application_name(format!("{}-{}", self.app_name, role.suffix()));
+        pg
+    }
+}
+
+/// Opens a connection for `role` (bounded by [`CONNECT_TIMEOUT`]); its driver runs as a task
+/// of its own until the client is dropped, the server goes away, or [`Connection::abandon`].
+pub async fn connect(config: &BoardConfig, role: Role) -> Result<Connection, BoardError> {
     let url = config.shown_url.clone();
-    let connecting = config.pg.connect(NoTls);
+    let pg = config.pg_for(role);
+    let connecting = pg.connect(NoTls);
     let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(source)) => return Err(BoardError::Connect { url, source }),
@@ -235,6 +299,11 @@ struct Inner {
     config: BoardConfig,
     instance: String,
     lease: Mutex<LeaseClock>,
+    /// Set after every renewal and every (re)connect of the listener, and on each request
+    /// notification for this host: the owner's requests are due to be read.
+    requests_due: Notify,
+    /// The shared connection of [`Role::Query`], opened on first use and again after it fails.
+    query: Mutex<Option<Arc<Connection>>>,
 }
 
 /// The joined board's renewal connection, waiting for [`Renewer::start`].
@@ -243,10 +312,11 @@ pub struct Renewer {
     connection: Connection,
 }
 
-/// Stops the renewals when dropped (the daemon's end).
-pub struct RenewerGuard(tokio::task::JoinHandle<()>);
+/// Stops a background task of the board (the renewals, the listener) when dropped (the
+/// daemon's end).
+pub struct TaskGuard(tokio::task::JoinHandle<()>);
 
-impl Drop for RenewerGuard {
+impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -260,7 +330,7 @@ impl Board {
     /// module's theory of operation). `max_jobs` is reported as is.
     pub async fn join(config: BoardConfig, max_jobs: usize) -> Result<(Self, Renewer), BoardError> {
         let instance = new_instance_id()?;
-        let mut connection = connect(&config).await?;
+        let mut connection = connect(&config, Role::Renew).await?;
         let timeout = |_| BoardError::Timeout {
             url: config.shown_url.clone(),
             timeout: CONNECT_TIMEOUT,
@@ -292,6 +362,8 @@ impl Board {
                 lease: Mutex::new(LeaseClock::new(config.lease, sent)),
                 config,
                 instance,
+                requests_due: Notify::new(),
+                query: Mutex::new(None),
             }),
         };
         let renewer = Renewer {
@@ -303,7 +375,7 @@ impl Board {
 
     /// Every host of the board, by name (on a connection of its own: never the renewals').
     pub async fn hosts(&self) -> Result<Vec<HostSummary>, BoardError> {
-        let connection = connect(&self.inner.config).await?;
+        let connection = connect(&self.inner.config, Role::Once).await?;
         match tokio::time::timeout(QUERY_TIMEOUT, hosts::list(connection.client())).await {
             Ok(listed) => listed,
             Err(_) => {
@@ -321,7 +393,7 @@ impl Board {
     pub async fn leave(&self) {
         let (host, instance) = (&self.inner.config.host, &self.inner.instance);
         let left = async {
-            let connection = connect(&self.inner.config).await?;
+            let connection = connect(&self.inner.config, Role::Once).await?;
             let marked = tokio::time::timeout(
                 QUERY_TIMEOUT,
                 hosts::stopped(connection.client(), host, instance),
@@ -382,14 +454,29 @@ impl Board {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .renewed(sent);
+        self.inner.requests_due.notify_one();
+    }
+
+    /// Starts the listener: one dedicated connection that `LISTEN`s for this host's requests
+    /// (never the renewals' nor the queries'), reconnecting with backoff; stops when the guard
+    /// is dropped.
+    #[must_use]
+    pub fn start_listener(&self) -> TaskGuard {
+        TaskGuard(tokio::spawn(listener::run(self.clone())))
+    }
+
+    /// Resolves when this host's requests are due to be read: after a renewal, after the
+    /// listener (re)connected, or on a notification (one wake-up may stand for several).
+    pub async fn requests_due(&self) {
+        self.inner.requests_due.notified().await;
     }
 }
 
 impl Renewer {
     /// Starts renewing every lease/3, reporting `live_jobs()`, until the guard is dropped.
     #[must_use]
-    pub fn start(self, live_jobs: LiveJobs) -> RenewerGuard {
-        RenewerGuard(tokio::spawn(renewer::run(
+    pub fn start(self, live_jobs: LiveJobs) -> TaskGuard {
+        TaskGuard(tokio::spawn(renewer::run(
             self.board,
             Some(self.connection),
             live_jobs,

@@ -8,7 +8,7 @@
 
 use super::hosts::{self, Renewal};
 use super::lease::{next_backoff, renew_interval};
-use super::{Board, Connection, LiveJobs, connect};
+use super::{Board, Connection, LiveJobs, Role, connect};
 use std::time::{Duration, Instant};
 
 pub(super) async fn run(board: Board, mut client: Option<Connection>, live_jobs: LiveJobs) {
@@ -80,7 +80,7 @@ async fn attempt(
 ) -> Result<(Renewal, Instant), String> {
     if client.as_ref().is_none_or(Connection::is_closed) {
         abandon(client);
-        let fresh = match tokio::time::timeout(budget, connect(board.config())).await {
+        let fresh = match tokio::time::timeout(budget, connect(board.config(), Role::Renew)).await {
             Ok(Ok(fresh)) => fresh,
             Ok(Err(err)) => return Err(format!("{:#}", anyhow::Error::from(err))),
             Err(_) => return Err("connecting timed out".to_owned()),

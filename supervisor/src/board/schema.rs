@@ -13,7 +13,8 @@ use tokio_postgres::Client;
 const SCHEMA_LOCK: i64 = 0x7376_2d62_6f61_7264;
 
 /// Version `i` to `i + 1`, in order; the schema version is their count.
-const MIGRATIONS: &[&str] = &["CREATE TABLE hosts (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE hosts (
         name        text        PRIMARY KEY,
         instance    text        NOT NULL,
         started_at  timestamptz NOT NULL,
@@ -23,7 +24,37 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE hosts (
         live_jobs   bigint      NOT NULL,
         version     text        NOT NULL,
         stopped_at  timestamptz
-    )"];
+    )",
+    // The mirror of every host's jobs (`mirror.rs`), and the cancel and kill requests written
+    // for a job's owner by any host (`requests.rs`).
+    "CREATE TABLE jobs (
+        seq         bigserial   UNIQUE,
+        id          text        NOT NULL,
+        host        text        NOT NULL,
+        name        text        NOT NULL,
+        state       text        NOT NULL,
+        task        text,
+        running     integer     NOT NULL,
+        created_at  timestamptz NOT NULL,
+        updated_at  timestamptz NOT NULL,
+        ended       boolean     NOT NULL,
+        PRIMARY KEY (host, id)
+    );
+    CREATE INDEX jobs_by_id ON jobs (id);
+    CREATE TABLE requests (
+        seq          bigserial   PRIMARY KEY,
+        job_id       text        NOT NULL,
+        host         text        NOT NULL,
+        kind         text        NOT NULL CHECK (kind IN ('cancel', 'kill')),
+        requested_at timestamptz NOT NULL,
+        requested_by text        NOT NULL,
+        by_json      text,
+        timeout_ms   bigint,
+        done_at      timestamptz,
+        outcome      text
+    );
+    CREATE INDEX requests_pending ON requests (host) WHERE done_at IS NULL",
+];
 
 /// The version this build writes.
 #[must_use]

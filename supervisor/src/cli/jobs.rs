@@ -2,10 +2,11 @@
 //! shutdown, prune, hosts (`hosts.rs`). Each is one request on the control socket; `--wait` follows the job to its end and
 //! exits with the codes of `supervisor run`.
 
+use super::board::{Listed, Seen, StatusHere};
 use super::client::{Client, Failure, Outcome};
 use super::escape::shown;
 use shared::exit;
-use shared::protocol::client::{Action, ClientReply, ClientRequest, JobStatus};
+use shared::protocol::client::{Action, ClientReply, ClientRequest, JobStatus, JobSummary};
 use shared::state::TaskState;
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,7 +28,8 @@ pub enum JobCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// List live jobs (all with --all): id, name, state, task, age
+    /// List live jobs (all with --all): id, name, state, task, age; on a job board every
+    /// host's, with their host
     #[command(alias = "list")]
     Ls {
         #[arg(long)]
@@ -37,7 +39,8 @@ pub enum JobCommand {
         #[command(flatten)]
         filter: super::operators::ListFilter,
     },
-    /// Show jobs and each task: state, times, result, error, pending revert, last order
+    /// Show jobs and each task: state, times, result, error, pending revert, last order (of
+    /// another host's job on a job board: its host, state and task)
     Status {
         #[arg(required = true)]
         jobs: Vec<String>,
@@ -212,18 +215,21 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
         JobCommand::Status { jobs, json } => {
             let mut all = Vec::with_capacity(jobs.len());
             for job in &jobs {
-                all.push(status(dir.clone(), job).await?);
+                all.push(status_any(dir.clone(), job).await?);
             }
-            let text = match all.as_slice() {
-                [one] if json => serde_json::to_string_pretty(one).unwrap_or_default(),
-                _ if json => serde_json::to_string_pretty(&all).unwrap_or_default(),
-                _ => String::new(),
-            };
             if json {
-                println!("{text}");
+                let values: Vec<StatusJson<'_>> = all.iter().map(status_json).collect();
+                let text = match values.as_slice() {
+                    [one] => serde_json::to_string_pretty(one),
+                    _ => serde_json::to_string_pretty(&values),
+                };
+                println!("{}", text.unwrap_or_default());
             } else {
-                for status in &all {
-                    print_status(status);
+                for seen in &all {
+                    match seen {
+                        Seen::Here { status, host } => print_status(status, host.as_deref()),
+                        Seen::Elsewhere(hosted) => super::board::print_elsewhere(hosted),
+                    }
                 }
             }
             Ok(exit::SUCCESS)
@@ -351,28 +357,44 @@ async fn list(
     client.send(&ClientRequest::List { all, query }).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut printed = 0_usize;
-    if !json {
-        let _ = writeln!(
-            out,
-            "{:<8}  {:<20}  {:<13}  {:<20}  AGE",
-            "ID", "NAME", "STATE", "TASK"
-        );
-    }
+    // The table's header waits for the first page: jobs with hosts (a daemon on a job board)
+    // get a HOST column.
+    let mut header = !json;
     let now = crate::clock::now_ms();
+    let mut print = |out: &mut std::io::BufWriter<_>, job: &JobSummary, host: Option<&str>| {
+        if json {
+            print_json_item(out, &Listed { job, host }, printed == 0);
+        } else {
+            print_row(out, job, host, now);
+        }
+        printed += 1;
+    };
     loop {
         match client.next().await? {
             Some(ClientReply::Jobs(page)) => {
+                if std::mem::take(&mut header) {
+                    print_header(&mut out, false);
+                }
                 for job in &page {
-                    if json {
-                        print_json_item(&mut out, job, printed == 0);
-                    } else {
-                        print_row(&mut out, job, now);
-                    }
-                    printed += 1;
+                    print(&mut out, job, None);
                 }
                 let _ = out.flush();
             }
-            Some(ClientReply::Done) => break,
+            Some(ClientReply::HostedJobs(page)) => {
+                if std::mem::take(&mut header) {
+                    print_header(&mut out, true);
+                }
+                for hosted in &page {
+                    print(&mut out, &hosted.job, Some(&hosted.host));
+                }
+                let _ = out.flush();
+            }
+            Some(ClientReply::Done) => {
+                if header {
+                    print_header(&mut out, false);
+                }
+                break;
+            }
             Some(other) => return Err(unexpected(&other)),
             None => {
                 return Err(Failure::new(
@@ -389,8 +411,22 @@ async fn list(
     Ok(exit::SUCCESS)
 }
 
+/// The table's header; with `hosts`, a HOST column after the id.
+fn print_header(out: &mut impl Write, hosts: bool) {
+    let host = if hosts {
+        format!("{:<12}  ", "HOST")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "{:<8}  {host}{:<20}  {:<13}  {:<20}  AGE",
+        "ID", "NAME", "STATE", "TASK"
+    );
+}
+
 /// One element of `ls --json`'s array, indented as `to_string_pretty` of the array does.
-fn print_json_item(out: &mut impl Write, job: &shared::protocol::client::JobSummary, first: bool) {
+fn print_json_item(out: &mut impl Write, job: &Listed<'_>, first: bool) {
     let text = serde_json::to_string_pretty(job).unwrap_or_default();
     let _ = write!(out, "{}", if first { "[\n" } else { ",\n" });
     for (i, line) in text.lines().enumerate() {
@@ -399,11 +435,12 @@ fn print_json_item(out: &mut impl Write, job: &shared::protocol::client::JobSumm
     }
 }
 
-fn print_row(out: &mut impl Write, job: &shared::protocol::client::JobSummary, now: i64) {
+fn print_row(out: &mut impl Write, job: &JobSummary, host: Option<&str>, now: i64) {
     let age = Duration::from_millis(u64::try_from(now - job.created_ms).unwrap_or(0));
+    let host = host.map_or_else(String::new, |host| format!("{:<12}  ", shown(host)));
     let _ = writeln!(
         out,
-        "{:<8}  {:<20}  {:<13}  {:<20}  {}",
+        "{:<8}  {host}{:<20}  {:<13}  {:<20}  {}",
         job.id,
         shown(&job.name),
         super::operators::shown_state(job.state, job.paused_since_ms),
@@ -500,9 +537,17 @@ async fn simple(
     wait: bool,
 ) -> Outcome<i32> {
     let reply = Client::call(dir.clone(), &request).await?;
-    let ClientReply::Done = reply else {
-        return Err(unexpected(&reply));
-    };
+    match reply {
+        ClientReply::Done => {}
+        ClientReply::Requested { host } => {
+            let action = match &request {
+                ClientRequest::Operate { action, .. } => action.as_str(),
+                _ => "order",
+            };
+            println!("{action} requested on host {host}");
+        }
+        other => return Err(unexpected(&other)),
+    }
     if wait {
         wait_for_end(dir, job).await
     } else {
@@ -510,7 +555,19 @@ async fn simple(
     }
 }
 
+/// `status` of a job this daemon holds (another host's is refused as unexpected).
 async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
+    match status_any(dir, job).await? {
+        Seen::Here { status, .. } => Ok(*status),
+        Seen::Elsewhere(hosted) => Err(Failure::new(
+            exit::INTERNAL,
+            format!("job {} moved to host {}", hosted.job.id, hosted.host),
+        )),
+    }
+}
+
+/// `status` of a job this daemon holds, or (on a job board) another host holds.
+pub(super) async fn status_any(dir: Option<PathBuf>, job: &str) -> Outcome<Seen> {
     match Client::call(
         dir,
         &ClientRequest::Status {
@@ -519,8 +576,34 @@ async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
     )
     .await?
     {
-        ClientReply::Status(status) => Ok(*status),
+        ClientReply::Status(status) => Ok(Seen::Here { status, host: None }),
+        ClientReply::HostStatus { host, status } => Ok(Seen::Here {
+            status,
+            host: Some(host),
+        }),
+        ClientReply::HostedStatus(hosted) => Ok(Seen::Elsewhere(hosted)),
         other => Err(unexpected(&other)),
+    }
+}
+
+/// `status --json` of one job: its whole status, or another host's job's summary with `host`.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum StatusJson<'a> {
+    Here(StatusHere<'a>),
+    Elsewhere(Listed<'a>),
+}
+
+fn status_json(seen: &Seen) -> StatusJson<'_> {
+    match seen {
+        Seen::Here { status, host } => StatusJson::Here(StatusHere {
+            status,
+            host: host.as_deref(),
+        }),
+        Seen::Elsewhere(hosted) => StatusJson::Elsewhere(Listed {
+            job: &hosted.job,
+            host: Some(&hosted.host),
+        }),
     }
 }
 
@@ -539,7 +622,13 @@ pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32
         None => return Err(closed()),
     }
     let mut events = events.into_replies();
-    let mut status = status(dir.clone(), job).await?;
+    let mut status = match status_any(dir.clone(), job).await? {
+        Seen::Here { status, .. } => *status,
+        Seen::Elsewhere(hosted) => {
+            drop(events);
+            return super::board::wait_elsewhere(dir, job, *hosted).await;
+        }
+    };
     let check = if progress.is_enabled() {
         super::progress::REDRAW_EVERY
     } else {
@@ -585,13 +674,16 @@ fn closed() -> Failure {
     )
 }
 
-fn print_status(status: &JobStatus) {
+fn print_status(status: &JobStatus, host: Option<&str>) {
     println!(
         "job {} {}: {}",
         status.id,
         shown(&status.name),
         status.state
     );
+    if let Some(host) = host {
+        println!("  host: {}", shown(host));
+    }
     if let Some(reason) = &status.reason {
         println!("  reason: {}", shown(reason));
     }

@@ -1,6 +1,7 @@
 //! The command line: argument parsing, and the mapping of outcomes to documented exit codes
 //! (only here; the library returns values).
 
+mod board;
 mod client;
 mod daemon;
 mod escape;

@@ -12,11 +12,16 @@
 //!   kills those a dead one left.
 //! - `--board URL` puts the daemon on a job board (`crate::board`): it joins (or refuses to
 //!   start) before its control socket exists, renews its lease while it runs, and answers
-//!   `hosts` from the board.
+//!   `hosts` from the board. On a board it also publishes its jobs to the board's mirror
+//!   (`mirror.rs`), listens for the cancel and kill requests other hosts write for its jobs
+//!   and carries them out (`remote.rs`), and answers `ls`, `status`, `cancel` and `kill` for
+//!   other hosts' jobs from the board.
 
 mod fd_limit;
 mod handlers;
 mod metrics_server;
+mod mirror;
+mod remote;
 mod scheduler;
 
 use crate::board::Board;
@@ -119,6 +124,11 @@ pub async fn run(
     }
     // Set once, here: the renewals count its live jobs from now on.
     let _ = registry.set(jobs.clone());
+    let board_tasks = board.as_ref().map(|board| BoardTasks {
+        _listener: board.start_listener(),
+        mirror: tokio::spawn(mirror::run(jobs.clone(), board.clone())),
+        requests: tokio::spawn(remote::run(jobs.clone(), board.clone())),
+    });
     reattach_all(&jobs).await;
     tokio::spawn(scheduler::run(jobs.clone(), max_jobs));
     if let Some(keep) = config.keep {
@@ -152,12 +162,27 @@ pub async fn run(
         pool.close().await;
     }
     jobs.stop(cancel_on_exit).await;
+    drop(board_tasks);
     if let Some(board) = &board {
         drop(renewals);
         board.leave().await;
     }
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// The daemon's background tasks on the board, stopped when dropped.
+struct BoardTasks {
+    _listener: crate::board::TaskGuard,
+    mirror: tokio::task::JoinHandle<()>,
+    requests: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BoardTasks {
+    fn drop(&mut self) {
+        self.mirror.abort();
+        self.requests.abort();
+    }
 }
 
 /// Clears the warm conductors a previous daemon left, then starts the pool (`--warm N`, none

@@ -58,51 +58,34 @@ impl Store {
     ) -> Result<(Vec<JobSummary>, i64)> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT j.seq, j.id, j.name, j.state, j.created_ms, j.paused_ms,
-                    (SELECT t.name FROM tasks t WHERE t.job_id = j.id AND t.state != '{}'
-                     ORDER BY t.started_ms DESC, t.idx DESC LIMIT 1),
-                    (SELECT COUNT(*) FROM tasks t WHERE t.job_id = j.id AND t.state IN ('{}', '{}'))
-             FROM jobs j
-             WHERE {}
-             ORDER BY j.seq LIMIT ?4",
-            TaskState::Pending.as_str(),
-            TaskState::Running.as_str(),
-            TaskState::Reverting.as_str(),
-            list_filter(all, query),
+            "{} LIMIT ?4",
+            summary_sql(&list_filter(all, query))
         ))?;
         let (name, since) = list_params(query);
         let rows = stmt
-            .query_map(params![after, name, since, page], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, i64>(4)?,
-                    row.get::<_, Option<i64>>(5)?,
-                    row.get::<_, Option<String>>(6)?,
-                    row.get::<_, i64>(7)?,
-                ))
-            })?
+            .query_map(params![after, name, since, page], summary_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let last = rows.last().map_or(after, |row| row.0);
-        let jobs = rows
-            .into_iter()
-            .map(
-                |(_, id, name, state, created_ms, paused_since_ms, task, running)| {
-                    Ok(JobSummary {
-                        id: parse_id(&id)?,
-                        name,
-                        state: state.parse()?,
-                        task,
-                        created_ms,
-                        paused_since_ms,
-                        running: u32::try_from(running).unwrap_or(0),
-                    })
-                },
-            )
-            .collect::<Result<Vec<_>>>()?;
+        let jobs = rows.into_iter().map(summary).collect::<Result<Vec<_>>>()?;
         Ok((jobs, last))
+    }
+
+    /// The summaries (as `ls` shows them) of those of `ids` the store has, one indexed read
+    /// each: what the board's mirror publishes, lighter than a whole [`Store::status`].
+    pub fn summaries(&self, ids: &[JobId]) -> Result<Vec<JobSummary>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&summary_sql("j.id = ?1"))?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = stmt
+                .query_map([id.as_str()], summary_row)?
+                .next()
+                .transpose()?
+            {
+                jobs.push(summary(row)?);
+            }
+        }
+        Ok(jobs)
     }
 
     /// The job and each of its tasks.
@@ -237,6 +220,62 @@ fn list_filter(all: bool, query: &ListQuery) -> String {
     )
 }
 
+/// A job summary's columns as [`summary_row`] reads them: `seq`, id, name, state, created,
+/// paused since, the task that runs (or last began), how many tasks run.
+type SummaryRow = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    i64,
+);
+
+/// The `SELECT` of the summaries of the jobs `j` where `filter` holds, in submission order.
+fn summary_sql(filter: &str) -> String {
+    format!(
+        "SELECT j.seq, j.id, j.name, j.state, j.created_ms, j.paused_ms,
+                (SELECT t.name FROM tasks t WHERE t.job_id = j.id AND t.state != '{}'
+                 ORDER BY t.started_ms DESC, t.idx DESC LIMIT 1),
+                (SELECT COUNT(*) FROM tasks t WHERE t.job_id = j.id AND t.state IN ('{}', '{}'))
+         FROM jobs j
+         WHERE {filter}
+         ORDER BY j.seq",
+        TaskState::Pending.as_str(),
+        TaskState::Running.as_str(),
+        TaskState::Reverting.as_str(),
+    )
+}
+
+fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+    ))
+}
+
+fn summary(
+    (_, id, name, state, created_ms, paused_since_ms, task, running): SummaryRow,
+) -> Result<JobSummary> {
+    Ok(JobSummary {
+        id: parse_id(&id)?,
+        name,
+        state: state.parse()?,
+        task,
+        created_ms,
+        paused_since_ms,
+        running: u32::try_from(running).unwrap_or(0),
+    })
+}
+
 /// The bound values of [`list_filter`]: the name glob in SQLite's syntax, the earliest time.
 fn list_params(query: &ListQuery) -> (Option<String>, Option<i64>) {
     // `ls --name` knows `*` and `?` only: a `[` is a literal, which GLOB spells `[[]`.
@@ -287,6 +326,16 @@ mod tests {
             !plan.iter().any(|step| step.starts_with("SCAN")),
             "{plan:?}"
         );
+    }
+
+    #[test]
+    fn summaries_are_those_of_the_list_and_skip_unknown_ids() {
+        let (_dir, store, ids) = store_with(&["a", "b", "c"]);
+        let unknown = JobId::from_random(0);
+        let asked = [ids[2].clone(), unknown, ids[0].clone()];
+        let got = store.summaries(&asked).expect("summaries");
+        let listed = store.list(true).expect("list");
+        assert_eq!(got, [listed[2].clone(), listed[0].clone()]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod logs;
 mod operate;
 mod pause;
 pub mod prune;
+mod remote;
 mod resume;
 mod revert;
 mod shutdown;
@@ -96,10 +97,10 @@ pub async fn serve_client(jobs: Jobs, board: Option<Board>, mut stream: UnixStre
         } => logs::stream_since(&jobs, &mut stream, &job, task.as_deref(), follow, since_ms).await,
         ClientRequest::Events => events::stream(&jobs, &mut stream, version).await,
         ClientRequest::List { all, query } => {
-            list::stream(&jobs, &mut stream, version, all, query).await;
+            list::stream(&jobs, board.as_ref(), &mut stream, version, all, query).await;
         }
         order if operate::is_order(&order) => {
-            let reply = operate::handle(&jobs, peer, order)
+            let reply = operate::handle(&jobs, board.as_ref(), version, peer, order)
                 .await
                 .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
             let _ = write_frame(&mut stream, &reply).await;
@@ -111,7 +112,7 @@ pub async fn serve_client(jobs: Jobs, board: Option<Board>, mut stream: UnixStre
             let _ = write_frame(&mut stream, &reply).await;
         }
         other => {
-            let reply = dispatch(&jobs, other)
+            let reply = dispatch(&jobs, board.as_ref(), version, other)
                 .await
                 .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
             let _ = write_frame(&mut stream, &reply).await;
@@ -119,10 +120,15 @@ pub async fn serve_client(jobs: Jobs, board: Option<Board>, mut stream: UnixStre
     }
 }
 
-async fn dispatch(jobs: &Jobs, request: ClientRequest) -> Reply {
+async fn dispatch(
+    jobs: &Jobs,
+    board: Option<&Board>,
+    version: u32,
+    request: ClientRequest,
+) -> Reply {
     match request {
         ClientRequest::Submit { spec, source } => submit::handle(jobs, *spec, source).await,
-        ClientRequest::Status { job } => status::handle(jobs, &job).await,
+        ClientRequest::Status { job } => status::handle(jobs, board, version, &job).await,
         ClientRequest::Shutdown { cancel } => shutdown::handle(jobs, cancel),
         ClientRequest::Prune {
             older_than_ms,

@@ -3,15 +3,25 @@
 //! its command line, read from `/proc` as soon as the request arrives (the client waits for the
 //! answer, so it is still there), with the operator's `--reason`. The job's actor records it
 //! with the transition the order causes.
+//!
+//! On a job board, a `cancel` or `kill` of a job this daemon does not hold is written on the
+//! board for the host that holds it (`remote.rs`).
 
-use super::{Reply, cancel, kill, pause, resume, revert};
+use super::{Reply, cancel, kill, pause, remote, resume, revert};
+use crate::board::Board;
 use crate::job::{Jobs, Requester};
 use shared::protocol::client::{Action, ClientRequest};
 use tokio::net::unix::UCred;
 
 /// Carries out an operator's order; `request` is `Operate`, or one of the older requests
 /// without a reason.
-pub async fn handle(jobs: &Jobs, peer: UCred, request: ClientRequest) -> Reply {
+pub async fn handle(
+    jobs: &Jobs,
+    board: Option<&Board>,
+    version: u32,
+    peer: UCred,
+    request: ClientRequest,
+) -> Reply {
     let Some((job, action, reason, timeout_ms)) = parts(request) else {
         return Err((
             shared::protocol::client::ErrorCode::InvalidRequest,
@@ -19,6 +29,11 @@ pub async fn handle(jobs: &Jobs, peer: UCred, request: ClientRequest) -> Reply {
         ));
     };
     let by = requester(peer, action, reason).await;
+    if let (Some(board), Action::Cancel | Action::Kill) = (board, action) {
+        if super::find(jobs, &job).await.is_err() {
+            return remote::request(board, version, &job, (action, timeout_ms), by).await;
+        }
+    }
     match action {
         Action::Cancel => cancel::handle(jobs, &job, timeout_ms, by).await,
         Action::Kill => kill::handle(jobs, &job, by).await,

@@ -1,14 +1,43 @@
-//! `status JOB`: the job and each of its tasks.
+//! `status JOB`: the job and each of its tasks. On a job board (to version 4 clients), a job
+//! this daemon holds comes with its host name (`HostStatus`), and a job it does not hold is
+//! answered from the board's mirror (`HostedStatus`): its host, name, state and task; the
+//! details stay on its host.
 
-use super::{Reply, find, store_refusal};
+use super::{Reply, find, remote, store_refusal};
+use crate::board::Board;
 use crate::job::Jobs;
-use shared::protocol::client::ClientReply;
+use shared::protocol::client::{ClientReply, ErrorCode};
 
-pub async fn handle(jobs: &Jobs, job: &str) -> Reply {
-    let id = find(jobs, job).await?;
-    jobs.store()
+pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str) -> Reply {
+    let id = match (find(jobs, job).await, board) {
+        (Ok(id), _) => id,
+        (Err(refusal), Some(board)) if version >= 4 => {
+            let hosted = remote::find(board, job).await?.ok_or(refusal)?;
+            return Ok(ClientReply::HostedStatus(Box::new(hosted)));
+        }
+        (Err(refusal), _) => return Err(refusal),
+    };
+    let status = jobs
+        .store()
         .call(move |s| s.status(&id))
         .await
-        .map(|status| ClientReply::Status(Box::new(status)))
-        .map_err(store_refusal)
+        .map_err(store_refusal)?;
+    Ok(match (board, version) {
+        (Some(board), 4..) => ClientReply::HostStatus {
+            host: board.config().host.clone(),
+            status: Box::new(status),
+        },
+        _ => ClientReply::Status(Box::new(status)),
+    })
+}
+
+/// Says that `job` names several jobs of the board.
+pub(super) fn ambiguous(job: &str, hosts: &[String]) -> super::Refusal {
+    (
+        ErrorCode::InvalidRequest,
+        format!(
+            "job id {job} names a job on each of the hosts {}: ask on the host you mean",
+            hosts.join(", ")
+        ),
+    )
 }

@@ -1,0 +1,80 @@
+//! The listener: one dedicated connection per daemon that `LISTEN`s on
+//! [`requests::CHANNEL`](super::requests::CHANNEL) and wakes the owner's request reader
+//! ([`Board::requests_due`]) for each notification naming this host. Nothing else runs on
+//! it, and it is never the renewals' connection.
+//!
+//! A notification is only a hint: PostgreSQL drops those sent while the listener is
+//! disconnected, so after every (re)connect the reader is woken to read the pending requests
+//! again, and the renewer wakes it after every renewal as well.
+
+use super::lease::{next_backoff, renew_interval};
+use super::requests::CHANNEL;
+use super::{Board, CONNECT_TIMEOUT, Role};
+use std::time::Duration;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+pub(super) async fn run(board: Board) {
+    let cap = renew_interval(board.config().lease);
+    let mut backoff = Duration::ZERO;
+    loop {
+        let reason = listen(&board).await;
+        tracing::warn!(host = %board.config().host, reason, "board listener disconnected");
+        backoff = next_backoff(backoff, cap);
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Connects, listens and forwards notifications until the connection ends; why it ended.
+async fn listen(board: &Board) -> String {
+    let config = board.config();
+    let pg = config.pg_for(Role::Listen);
+    let connecting = pg.connect(NoTls);
+    let (client, mut connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(err)) => return describe(err),
+        Err(_) => return "connecting timed out".to_owned(),
+    };
+    // Polling the connection drives it, and yields the notifications the client cannot; each
+    // one for this host wakes the reader at once (a wake-up stands for any number of them).
+    let waker = board.clone();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(note))) => {
+                    if note.payload() == waker.config().host {
+                        waker.inner.requests_due.notify_one();
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return describe(err),
+                None => return "the server closed the connection".to_owned(),
+            }
+        }
+    });
+    let statement = format!("LISTEN {CHANNEL}");
+    let listening = client.batch_execute(&statement);
+    match tokio::time::timeout(CONNECT_TIMEOUT, listening).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            driver.abort();
+            return describe(err);
+        }
+        Err(_) => {
+            driver.abort();
+            return "LISTEN timed out".to_owned();
+        }
+    }
+    tracing::info!(host = %config.host, "board listener connected");
+    // Whatever was notified while nobody listened is read now.
+    board.inner.requests_due.notify_one();
+    let ended = driver
+        .await
+        .unwrap_or_else(|err| format!("the listener's driver failed: {err}"));
+    drop(client);
+    ended
+}
+
+/// An error with its causes (`db error: FATAL: terminating connection ...`).
+fn describe(err: tokio_postgres::Error) -> String {
+    format!("{:#}", anyhow::Error::from(err))
+}

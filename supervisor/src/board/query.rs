@@ -1,0 +1,123 @@
+//! The board's shared query connection ([`Role::Query`]): operators' reads of the mirror
+//! (`ls`, `status`, `--wait`), their cancel and kill requests, and the owner's reads and marks
+//! of its requests. It is opened on first use and again after a failure or a timeout (a
+//! stuck one is abandoned), so a board that was down costs one failed request, not the
+//! daemon. It is never the renewals' nor the listener's connection.
+
+use super::mirror::{self, RemoteQuery};
+use super::requests::{self, Ask, Pending, Written};
+use super::{Board, BoardError, Connection, QUERY_TIMEOUT, Role, connect};
+use shared::ids::JobId;
+use shared::protocol::client::HostedJob;
+use std::future::Future;
+use std::sync::{Arc, MutexGuard, PoisonError};
+
+impl Board {
+    /// The cached shared connection (the lock is held only to read or swap it).
+    fn query_slot(&self) -> MutexGuard<'_, Option<Arc<Connection>>> {
+        self.inner
+            .query
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shared query connection, (re)opened when there is none or it closed.
+    async fn query_connection(&self) -> Result<Arc<Connection>, BoardError> {
+        let cached = self.query_slot().clone();
+        if let Some(connection) = cached.filter(|c| !c.is_closed()) {
+            return Ok(connection);
+        }
+        let fresh = Arc::new(connect(&self.inner.config, Role::Query).await?);
+        *self.query_slot() = Some(Arc::clone(&fresh));
+        Ok(fresh)
+    }
+
+    /// Forgets the shared connection (after an error or a timeout: the next query reconnects).
+    fn drop_query_connection(&self) {
+        let old = self.query_slot().take();
+        if let Some(old) = old.and_then(|old| Arc::try_unwrap(old).ok()) {
+            old.abandon();
+        }
+    }
+
+    /// Runs `query` on the shared connection within [`QUERY_TIMEOUT`].
+    async fn with_query<T, F, Fut>(&self, what: &'static str, query: F) -> Result<T, BoardError>
+    where
+        F: FnOnce(Arc<Connection>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let connection = self.query_connection().await?;
+        match tokio::time::timeout(QUERY_TIMEOUT, query(connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => {
+                self.drop_query_connection();
+                Err(BoardError::Query { what, source })
+            }
+            Err(_) => {
+                self.drop_query_connection();
+                Err(BoardError::Timeout {
+                    url: self.inner.config.shown_url.clone(),
+                    timeout: QUERY_TIMEOUT,
+                })
+            }
+        }
+    }
+
+    /// Job `id` as the mirror shows it on hosts other than this one.
+    pub async fn find_job(&self, id: &JobId) -> Result<Vec<HostedJob>, BoardError> {
+        let me = self.inner.config.host.clone();
+        let id = id.clone();
+        self.with_query("read a job from the board", |c| async move {
+            mirror::find(c.client(), &id, &me).await
+        })
+        .await
+    }
+
+    /// Where the `limit` most recent jobs of `query` begin in the mirror.
+    pub async fn list_start(&self, query: Arc<RemoteQuery>, limit: u64) -> Result<i64, BoardError> {
+        self.with_query("list the board's jobs", |c| async move {
+            mirror::list_start(c.client(), &query, limit).await
+        })
+        .await
+    }
+
+    /// One page of the mirror's jobs of `query` after `after`.
+    pub async fn list_page(
+        &self,
+        query: Arc<RemoteQuery>,
+        after: i64,
+        page: i64,
+    ) -> Result<mirror::Page, BoardError> {
+        self.with_query("list the board's jobs", |c| async move {
+            mirror::list_page(c.client(), &query, after, page).await
+        })
+        .await
+    }
+
+    /// Writes `ask` of job `id` for the host that holds it, and notifies it.
+    pub async fn request(&self, id: &JobId, ask: Ask) -> Result<Written, BoardError> {
+        let me = self.inner.config.host.clone();
+        let id = id.clone();
+        self.with_query("write a request on the board", |c| async move {
+            requests::request(c.client(), &id, &me, &ask).await
+        })
+        .await
+    }
+
+    /// This host's requests not yet done.
+    pub async fn pending_requests(&self) -> Result<Vec<Pending>, BoardError> {
+        let me = self.inner.config.host.clone();
+        self.with_query("read this host's requests", |c| async move {
+            requests::pending(c.client(), &me).await
+        })
+        .await
+    }
+
+    /// Marks request `seq` done with `outcome`.
+    pub async fn mark_done(&self, seq: i64, outcome: String) -> Result<(), BoardError> {
+        self.with_query("mark a request done", |c| async move {
+            requests::mark_done(c.client(), seq, &outcome).await
+        })
+        .await
+    }
+}

@@ -1,0 +1,118 @@
+//! What the CLI shows of another host's jobs on a job board: `ls` rows and `--json` items with
+//! their host, `status` of a job held elsewhere (from the board's mirror), and `--wait` on
+//! one, which polls its status every [`REMOTE_POLL`] (the local daemon's events do not carry
+//! other hosts' jobs).
+
+use super::client::Outcome;
+use super::escape::shown;
+use shared::exit;
+use shared::protocol::client::{HostedJob, JobStatus, JobSummary};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How often `--wait` reads the status of a job another host holds.
+pub const REMOTE_POLL: Duration = Duration::from_millis(50);
+
+/// A job as `status` found it: held by this daemon (with its host name on a job board), or
+/// by another host of its board.
+pub enum Seen {
+    Here {
+        status: Box<JobStatus>,
+        host: Option<String>,
+    },
+    Elsewhere(Box<HostedJob>),
+}
+
+/// `status --json` of a job this daemon holds: its status, then `host` (null without a board).
+#[derive(serde::Serialize)]
+pub struct StatusHere<'a> {
+    #[serde(flatten)]
+    pub status: &'a JobStatus,
+    pub host: Option<&'a str>,
+}
+
+/// One `ls --json` item, or `status --json` of another host's job: the job's fields, then
+/// `host` (null for a daemon without a board).
+#[derive(serde::Serialize)]
+pub struct Listed<'a> {
+    #[serde(flatten)]
+    pub job: &'a JobSummary,
+    pub host: Option<&'a str>,
+}
+
+/// Prints `status` of a job another host holds.
+pub fn print_elsewhere(hosted: &HostedJob) {
+    let job = &hosted.job;
+    println!("job {} {}: {}", job.id, shown(&job.name), job.state);
+    println!(
+        "  host: {} (details are on its host: run `supervisor status {}` there)",
+        shown(&hosted.host),
+        job.id
+    );
+    if let Some(task) = &job.task {
+        println!("  task: {}", shown(task));
+    }
+    if job.running > 1 {
+        println!("  tasks running: {}", job.running);
+    }
+}
+
+/// Follows a job another host holds to its end, reading its status from the local daemon
+/// (which reads the board's mirror) every [`REMOTE_POLL`]; the exit code of `run` for its
+/// state. A job that moved to this daemon (it cannot yet; a later slice's claims will) is
+/// followed as a local one.
+pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -> Outcome<i32> {
+    let mut seen = first;
+    let mut announced = false;
+    loop {
+        if let Some(code) = exit::for_job_state(seen.job.state) {
+            eprintln!(
+                "job {} ended on host {}: {}",
+                seen.job.id, seen.host, seen.job.state
+            );
+            return Ok(code);
+        }
+        if !announced {
+            eprintln!("following job {} on host {}", seen.job.id, seen.host);
+            announced = true;
+        }
+        tokio::time::sleep(REMOTE_POLL).await;
+        match super::jobs::status_any(dir.clone(), job).await? {
+            Seen::Elsewhere(hosted) => seen = *hosted,
+            Seen::Here { .. } => return Box::pin(super::jobs::wait_for_end(dir, job)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::ids::JobId;
+    use shared::state::JobState;
+
+    #[test]
+    fn a_listed_job_carries_its_host_after_its_fields() {
+        let job = JobSummary {
+            id: JobId::from_random(0xab),
+            name: "deploy".into(),
+            state: JobState::Running,
+            task: None,
+            created_ms: 5,
+            paused_since_ms: None,
+            running: 1,
+        };
+        let text = serde_json::to_string(&Listed {
+            job: &job,
+            host: Some("a"),
+        })
+        .expect("serializes");
+        assert!(text.starts_with("{\"id\":\"000000ab\""), "{text}");
+        assert!(text.ends_with(",\"host\":\"a\"}"), "{text}");
+        let local = serde_json::to_string(&Listed {
+            job: &job,
+            host: None,
+        })
+        .expect("serializes");
+        assert!(local.ends_with(",\"host\":null}"), "{local}");
+    }
+}
