@@ -872,18 +872,11 @@ fn positive_duration(
     at: &impl Fn(Range<usize>, String) -> SpecError,
 ) -> Result<Duration, SpecError> {
     let span = text.span();
-    match parse_duration(text.get_ref()) {
-        Ok(d) if d.is_zero() => Err(at(span, format!("`{field}` must be longer than zero"))),
-        Ok(d) if d > MAX_DURATION => Err(at(
-            span,
-            format!(
-                "`{field}` must be at most {}",
-                crate::duration::format_duration(MAX_DURATION)
-            ),
-        )),
-        Ok(d) => Ok(d),
-        Err(problem) => Err(at(span, format!("`{field}`: {problem}"))),
+    let duration = positive_or_zero_duration(text, field, at)?;
+    if duration.is_zero() {
+        return Err(at(span, format!("`{field}` must be longer than zero")));
     }
+    Ok(duration)
 }
 
 /// A duration that may be zero, at most [`MAX_DURATION`].
