@@ -183,6 +183,24 @@ pub use crate::clock::now_ms;
 impl Store {
     /// Opens (creating if needed) `state.db` in `dir`, migrating an older schema forward.
     pub fn open(dir: &Path) -> Result<Self> {
+        // Processes opening one store at once (a daemon and `supervisor run`, say) can meet
+        // `SQLITE_BUSY` that the busy handler does not wait out (a switch to WAL, the schema's
+        // creation); the open is tried again until the busy timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::open_once(dir) {
+                Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(err, _)))
+                    if err.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    fn open_once(dir: &Path) -> Result<Self> {
         let mut conn = Connection::open(dir.join("state.db"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Before anything else: it only takes effect on a database without tables (a fresh
