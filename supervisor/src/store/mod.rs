@@ -203,9 +203,15 @@ impl Store {
     fn open_once(dir: &Path) -> Result<Self> {
         let mut conn = Connection::open(dir.join("state.db"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // Before anything else: it only takes effect on a database without tables (a fresh
-        // store); see `retention.rs` for why incremental.
-        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        // Before anything else, and on a fresh store only: it takes effect only on a database
+        // without tables, yet on any other it still writes page 1 and syncs it, at every open.
+        // See `retention.rs` for why incremental.
+        let fresh: bool = conn.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |row| {
+            row.get(0)
+        })?;
+        if fresh {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
         let journal: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
