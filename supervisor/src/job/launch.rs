@@ -19,6 +19,7 @@ use crate::store::{Store, StoreHandle};
 use anyhow::Context;
 use shared::ids::JobId;
 use shared::protocol::conductor::{JobPlan, PlanAction, PriorTask};
+use shared::spec::JobSpec;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -85,7 +86,7 @@ impl Launcher {
         store: &StoreHandle,
         job_id: &JobId,
         purpose: Purpose,
-        spec: &shared::spec::JobSpec,
+        spec: &JobSpec,
     ) -> anyhow::Result<Launched> {
         if let Some(pool) = &self.warm {
             let log = self.state_dir.conductor_log(job_id);
@@ -111,7 +112,7 @@ impl Launcher {
                 },
             }
         }
-        self.launch_cold(store, job_id, purpose).await
+        self.launch_cold(store, job_id, purpose, spec).await
     }
 
     /// Makes a warm conductor the job's: the job's limits on its cgroup, its socket and log
@@ -123,7 +124,7 @@ impl Launcher {
         store: &StoreHandle,
         job_id: &JobId,
         purpose: Purpose,
-        spec: &shared::spec::JobSpec,
+        spec: &JobSpec,
         warm: Warm,
     ) -> anyhow::Result<Launched> {
         let id = warm.id();
@@ -182,7 +183,7 @@ impl Launcher {
         store: &StoreHandle,
         job_id: &JobId,
         purpose: Purpose,
-        spec: &shared::spec::JobSpec,
+        spec: &JobSpec,
         (id, cgroup): (ConductorId, Option<&JobCgroup>),
         (warm_socket, warm_log): (&std::path::Path, &std::path::Path),
     ) -> anyhow::Result<(PathBuf, JobPlan)> {
@@ -202,6 +203,7 @@ impl Launcher {
             cgroup.map(|c| c.path.clone()),
         );
         let recorded = socket.clone();
+        let spec = spec.clone();
         let plan = store
             .call(move |s| {
                 s.set_containment(&job, mode, path.as_deref())?;
@@ -212,7 +214,7 @@ impl Launcher {
                     &recorded,
                     process::own_supervisor_id(),
                 )?;
-                plan(s, &job, purpose)
+                plan(s, &job, purpose, spec)
             })
             .await?;
         Ok((socket, plan))
@@ -224,16 +226,18 @@ impl Launcher {
         store: &StoreHandle,
         job_id: &JobId,
         purpose: Purpose,
+        spec: &JobSpec,
     ) -> anyhow::Result<Launched> {
         // One store call: the plan, and how the job is contained (recorded before the spawn, so
         // that a restarted daemon finds the cgroup of a conductor it never heard of).
         let plan = {
             let (id, mode) = (job_id.clone(), self.containment.mode());
             let path = self.containment.job_cgroup(job_id).map(|c| c.path);
+            let spec = spec.clone();
             store
                 .call(move |s| {
                     s.set_containment(&id, mode, path.as_deref())?;
-                    plan(s, &id, purpose)
+                    plan(s, &id, purpose, spec)
                 })
                 .await?
         };
@@ -303,9 +307,14 @@ impl Launcher {
     }
 }
 
-/// The plan for a conductor of `job_id`, from what the store knows.
-pub fn plan(store: &Store, job_id: &JobId, purpose: Purpose) -> crate::store::Result<JobPlan> {
-    let spec = store.spec(job_id)?;
+/// The plan for a conductor of `job_id` whose spec is `spec` (read once, by the job's actor),
+/// from what the store knows of its tasks.
+pub fn plan(
+    store: &Store,
+    job_id: &JobId,
+    purpose: Purpose,
+    spec: JobSpec,
+) -> crate::store::Result<JobPlan> {
     let tasks = store.tasks(job_id)?;
     let prior = tasks
         .iter()
@@ -351,7 +360,7 @@ pub fn plan(store: &Store, job_id: &JobId, purpose: Purpose) -> crate::store::Re
 /// - a job that had a conductor before (a revert or a resume of a killed or crashed job): its
 ///   conductor log goes on in the same file, which a warm conductor does not write to.
 #[must_use]
-pub fn cold_only(spec: &shared::spec::JobSpec, has_log: bool) -> Option<&'static str> {
+pub fn cold_only(spec: &JobSpec, has_log: bool) -> Option<&'static str> {
     if spec.worker.is_some() {
         return Some("the job names its own worker program");
     }
@@ -363,10 +372,7 @@ pub fn cold_only(spec: &shared::spec::JobSpec, has_log: bool) -> Option<&'static
 
 /// Why this supervisor cannot run `spec` as it asks (limits it cannot enforce, an identity
 /// change without root), if it cannot.
-pub fn check_runnable(
-    spec: &shared::spec::JobSpec,
-    containment: &Containment,
-) -> Result<(), String> {
+pub fn check_runnable(spec: &JobSpec, containment: &Containment) -> Result<(), String> {
     containment.check(&spec.limits)?;
     if spec.limits.changes_identity() && !nix::unistd::geteuid().is_root() {
         return Err("limits.user and limits.group need the supervisor to run as root".into());
@@ -378,7 +384,7 @@ pub fn check_runnable(
 mod tests {
     use super::*;
 
-    fn spec(top: &str) -> shared::spec::JobSpec {
+    fn spec(top: &str) -> JobSpec {
         let text = format!("{top}\n[[task]]\nname = \"a\"\nrun = \"true\"\n");
         shared::spec::JobSpec::parse(&text, "j.toml", "j").expect("valid")
     }

@@ -356,11 +356,11 @@ impl Supervision {
             Some(plan) => plan,
             None => {
                 let purpose = self.purpose;
-                let id = self.id.clone();
+                let (id, spec) = (self.id.clone(), self.spec.clone());
                 match self
                     .jobs
                     .store()
-                    .call(move |s| super::launch::plan(s, &id, purpose))
+                    .call(move |s| super::launch::plan(s, &id, purpose, spec))
                     .await
                 {
                     Ok(plan) => plan,
