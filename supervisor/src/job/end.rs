@@ -37,9 +37,10 @@ impl HardEnd {
     }
 }
 
-/// Records a job's hard end (killed or crashed), retrying while the store refuses (a full disk
-/// gets freed), and logs the skipped reverts at WARN with who or what caused the end; gives up
-/// loudly after a while.
+/// Records a job's hard end (killed or crashed) and, in the same commit, that no conductor of
+/// it runs (every caller has seen it gone, or never started one), retrying while the store
+/// refuses (a full disk gets freed), and logs the skipped reverts at WARN with who or what
+/// caused the end; gives up loudly after a while.
 pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
     let end = hard.state;
     let reason = hard.reason.as_str();
@@ -47,10 +48,16 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
         let (job, why, by) = (id.clone(), reason.to_owned(), hard.by.clone());
         match jobs
             .store()
-            .call(move |s| s.record_hard_end_by(&job, end, &why, by.as_ref()))
+            .call(move |s| {
+                let pending = s.record_hard_end_by(&job, end, &why, by.as_ref())?;
+                Ok((pending, s.set_conductor_exited(&job)))
+            })
             .await
         {
-            Ok(pending) => {
+            Ok((pending, exited)) => {
+                if let Err(err) = exited {
+                    tracing::error!(job_id = %id, error = %err, "cannot record the conductor's exit");
+                }
                 let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
                 METRICS
                     .reverts_skipped
@@ -109,12 +116,4 @@ pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
     );
     record_end(jobs, &row.id, end).await;
     remove_socket(&jobs.state_dir().socket(&row.id));
-    let id = row.id.clone();
-    if let Err(err) = jobs
-        .store()
-        .call(move |s| s.set_conductor_exited(&id))
-        .await
-    {
-        tracing::error!(job_id = %row.id, error = %err, "cannot record the conductor's exit");
-    }
 }

@@ -849,7 +849,8 @@ impl Supervision {
     }
 
     /// Whatever the conductor left behind goes with it. In cgroup mode the job counts as gone
-    /// only once its cgroup is empty; in session mode its tree is scanned and killed.
+    /// only once its cgroup is empty; in session mode its tree is scanned and killed. (That the
+    /// conductor exited is recorded with the job's end: [`Self::record_outcome`].)
     async fn clean_up(&mut self) {
         match &self.conductor.cgroup {
             Some(cgroup) => {
@@ -866,18 +867,12 @@ impl Supervision {
             }
         }
         remove_socket(&self.conductor.socket);
-        let id = self.id.clone();
-        if let Err(err) = self
-            .jobs
-            .store()
-            .call(move |s| s.set_conductor_exited(&id))
-            .await
-        {
-            tracing::error!(error = %err, "cannot record the conductor's exit");
-        }
     }
 
-    /// The job's end: the one the conductor reported, or a hard end.
+    /// The job's end, once its conductor and everything it left are gone: the one the
+    /// conductor reported (durable already: it is published first, and that the conductor
+    /// exited is recorded after, off the path of whoever waits for the end), or a hard end
+    /// (recorded in one commit with the conductor's exit).
     async fn record_outcome(&mut self) {
         if let Some(state) = self.ladder.finished {
             tracing::info!(state = state.as_str(), "job ended");
@@ -885,6 +880,7 @@ impl Supervision {
             self.jobs
                 .job_ended(&self.id, state, false, Some(self.spec.hooks.clone()));
             self.jobs.publish_state(&self.id, state);
+            self.record_conductor_exited().await;
             return;
         }
         let id = self.id.clone();
@@ -896,6 +892,7 @@ impl Supervision {
                 self.jobs
                     .job_ended(&self.id, row.state, false, Some(self.spec.hooks.clone()));
                 self.jobs.publish_state(&self.id, row.state);
+                self.record_conductor_exited().await;
             }
             _ => {
                 let (state, reason) = self.ladder.hard_end();
@@ -911,6 +908,18 @@ impl Supervision {
                 };
                 record_end(&self.jobs, &self.id, end).await;
             }
+        }
+    }
+
+    async fn record_conductor_exited(&mut self) {
+        let id = self.id.clone();
+        if let Err(err) = self
+            .jobs
+            .store()
+            .call(move |s| s.set_conductor_exited(&id))
+            .await
+        {
+            tracing::error!(error = %err, "cannot record the conductor's exit");
         }
     }
 }
