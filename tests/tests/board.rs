@@ -32,6 +32,13 @@ fn board(test: &str) -> Option<(Postgres, TestEnv)> {
     Some((Postgres::start(test)?, TestEnv::new()))
 }
 
+/// [`board`] with daemons a, b and c started on it ([`start_three`]).
+fn board_of_three(test: &str) -> Option<(Postgres, TestEnv, [Host; 3])> {
+    let (pg, env) = board(test)?;
+    let hosts = start_three(&env, &pg.url());
+    Some((pg, env, hosts))
+}
+
 /// One daemon on the board: its process and its state dir.
 struct Host {
     daemon: Run,
@@ -408,13 +415,11 @@ fn wait_local_state(env: &TestEnv, state_dir: &Path, id: &str, deadline: Duratio
 /// shows its end everywhere once the board is back.
 #[test]
 fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
-    let Some((pg, env)) =
-        board("every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere")
+    let Some((pg, env, [a, b, c])) =
+        board_of_three("every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere")
     else {
         return;
     };
-    let url = pg.url();
-    let [a, b, c] = start_three(&env, &url);
     let file = env.job(
         "long.toml",
         "name = \"long\"",
@@ -553,4 +558,90 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     assert_eq!(ids(&["--all", "--limit", "2"]), vec![fourth, fifth.clone()]);
     assert_eq!(ids(&["--all", "--limit", "1"]), vec![fifth]);
     assert_eq!(ids(&["--all"]).len(), 5);
+}
+
+/// Issue 11: every operator's order reaches another host's job, answered by its host as if
+/// local. From b, a `revert` of a running job of a is refused with a's own message and exit
+/// code; `pause` and `continue` from c freeze and thaw it on a; after a kills it, `revert
+/// --wait` from b runs its reverts on a, last first, and exits 0; `resume --wait` from c of
+/// another killed job of a runs it again on a to success. Nothing stays pending on the board.
+#[test]
+fn revert_resume_and_pause_of_another_hosts_job_are_answered_by_its_host() {
+    let Some((pg, env, [a, b, c])) =
+        board_of_three("revert_resume_and_pause_of_another_hosts_job_are_answered_by_its_host")
+    else {
+        return;
+    };
+    let file = env.job(
+        "steps.toml",
+        "name = \"steps\"",
+        "[[task]]\nname = \"first\"\nrun = 'echo first >> \"$SVT_DIR/ran\"'\n\
+         revert = 'echo first >> \"$SVT_DIR/reverted\"'\n\n\
+         [[task]]\nname = \"wait\"\nrun = 'test -e \"$SVT_DIR/go\" || sleep 60'\n\
+         revert = 'echo wait >> \"$SVT_DIR/reverted\"'\n",
+    );
+    let first = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &b.state_dir, &first, "a");
+
+    // Refused by a: the same message and exit code as on a itself.
+    let here = cli_at(&env, &a.state_dir, &["revert", &first], DEADLINE);
+    let there = cli_at(&env, &b.state_dir, &["revert", &first], DEADLINE);
+    assert_eq!(here.0, 8, "{here:?}");
+    assert_eq!(there, here, "b shows a's answer");
+    assert!(there.2.contains("has a live conductor"), "{there:?}");
+
+    // Pause and continue from c, carried out on a.
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["pause", &first], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("pause accepted by host a"), "{out}");
+    let paused = status_json_at(&env, &a.state_dir, &first);
+    assert!(paused["paused_since_ms"].is_i64(), "{paused}");
+    let again = cli_at(&env, &c.state_dir, &["pause", &first], DEADLINE);
+    assert_eq!(again.0, 8, "a second pause is refused by a: {again:?}");
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["continue", &first], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("continue accepted by host a"), "{out}");
+    assert!(status_json_at(&env, &a.state_dir, &first)["paused_since_ms"].is_null());
+
+    // Killed on a; its reverts run on a when b asks, last first, and b's wait sees the end.
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["kill", &first, "--wait"], DEADLINE);
+    assert_eq!(code, 4, "{err}");
+    let (code, out, err) = cli_at(
+        &env,
+        &b.state_dir,
+        &["revert", &first, "--wait", "--reason", "from b"],
+        LONG_DEADLINE,
+    );
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("revert accepted by host a"), "{out}");
+    assert!(err.contains("ended on host a: reverted"), "{err}");
+    assert_eq!(env.lines("reverted"), ["wait", "first"]);
+    let owned = status_json_at(&env, &a.state_dir, &first);
+    assert_eq!(owned["state"], "reverted", "{owned}");
+    assert_eq!(owned["last_order"]["action"], "revert", "{owned}");
+    assert_eq!(owned["last_order"]["reason"], "from b", "{owned}");
+
+    // Resume from c of another job killed on a: it runs again on a, to success.
+    let second = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &c.state_dir, &second, "a");
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["kill", &second, "--wait"], DEADLINE);
+    assert_eq!(code, 4, "{err}");
+    std::fs::write(env.path("go"), "").expect("writes the go file");
+    let (code, out, err) = cli_at(
+        &env,
+        &c.state_dir,
+        &["resume", &second, "--wait"],
+        LONG_DEADLINE,
+    );
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("resume accepted by host a"), "{out}");
+    wait_local_state(&env, &a.state_dir, &second, DEADLINE, "success");
+    assert_eq!(
+        env.lines("ran"),
+        ["first", "first"],
+        "resume skips what succeeded"
+    );
+
+    let pending = pg.sql("SELECT count(*) FROM requests WHERE done_at IS NULL");
+    assert_eq!(pending.trim(), "0", "every request marked done");
 }

@@ -1,14 +1,14 @@
 //! The board's shared query connection ([`Role::Query`]): operators' reads of the mirror
-//! (`ls`, `status`, `--wait`), their cancel and kill requests, and the owner's reads and marks
-//! of its requests. It is opened on first use and again after a failure or a timeout (a
+//! (`ls`, `status`, `--wait`), their requests and the reads of the owners' answers, and the
+//! owner's reads and marks of its requests. It is opened on first use and again after a failure or a timeout (a
 //! stuck one is abandoned), so a board that was down costs one failed request, not the
 //! daemon. It is never the renewals' nor the listener's connection.
 
 use super::mirror::{self, RemoteQuery};
-use super::requests::{self, Ask, Pending, Written};
+use super::requests::{self, Answer, Ask, Pending, Written};
 use super::{Board, BoardError, Connection, QUERY_TIMEOUT, Role, connect};
 use shared::ids::JobId;
-use shared::protocol::client::HostedJob;
+use shared::protocol::client::{ErrorCode, HostedJob};
 use std::future::Future;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
@@ -113,10 +113,24 @@ impl Board {
         .await
     }
 
-    /// Marks request `seq` done with `outcome`.
-    pub async fn mark_done(&self, seq: i64, outcome: String) -> Result<(), BoardError> {
+    /// Marks request `seq` done with `outcome`, and the owner's refusal if it refused.
+    pub async fn mark_done(
+        &self,
+        seq: i64,
+        outcome: String,
+        refusal: Option<(ErrorCode, String)>,
+    ) -> Result<(), BoardError> {
         self.with_query("mark a request done", |c| async move {
-            requests::mark_done(c.client(), seq, &outcome).await
+            requests::mark_done(c.client(), seq, &outcome, refusal.as_ref()).await
+        })
+        .await
+    }
+
+    /// Where request `seq` stands, and whether its job's mirror row changed after
+    /// `updated_us`.
+    pub async fn request_answer(&self, seq: i64, updated_us: i64) -> Result<Answer, BoardError> {
+        self.with_query("read a request's answer", |c| async move {
+            requests::answer(c.client(), seq, updated_us).await
         })
         .await
     }

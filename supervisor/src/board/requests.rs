@@ -1,58 +1,91 @@
-//! The `requests` table: a `cancel` or `kill` of a job, written by whichever host the operator
-//! asked, for the host that holds the job (issue 11, rule 3).
+//! The `requests` table: an operator's order about a job (`cancel`, `kill`, `revert`,
+//! `resume`, `pause`, `continue`), written by whichever host the operator asked, for the host
+//! that holds the job (issue 11, rule 3).
 //!
 //! - **Write** ([`request`]): one statement inserts the row (only for a job the mirror shows
-//!   live on another host) and `pg_notify('sv_requests', HOST)`; PostgreSQL delivers the
-//!   notification at the commit, so the owner never hears of a row it cannot read, and the
-//!   operator's answer comes after the commit: the request is durable.
+//!   on another host; for `cancel` and `kill`, only while it is live) and
+//!   `pg_notify('sv_requests', HOST)`; PostgreSQL delivers the notification at the commit, so
+//!   the owner never hears of a row it cannot read, and the operator's answer comes after the
+//!   commit: the request is durable.
 //! - **Read** ([`pending`]): the owner reads its rows with `done_at IS NULL`, on a notification,
 //!   after its listener (re)connects, and after every lease renewal: a lost notification
 //!   delays a request by at most lease/3, never loses it.
 //! - **Done** ([`mark_done`]): once the job's actor answered, `done_at = now()` and the
-//!   outcome. A request read twice (a crash between applying and marking it) is applied twice:
-//!   a second cancel or kill of the same job does no harm (the actor refuses it or it is
-//!   already on the ladder).
+//!   outcome, with the error code and text of a refusal. A request read twice (a crash between
+//!   applying and marking it) is applied twice: a second cancel or kill of the same job does no
+//!   harm (the actor refuses it or it is already on the ladder), and a second revert, resume,
+//!   pause or continue is refused by the job's state like any repeated order.
+//! - **Answer** ([`answer`]): for the kinds the operator waits on ([`Kind::is_answered`]) the
+//!   requesting host reads the row again until it is done, and the owner's liveness (by the
+//!   database's clock) with it, so that a lost owner ends the wait at once.
 
 use shared::ids::JobId;
-use shared::protocol::client::Requester;
+use shared::protocol::client::{ErrorCode, Requester};
 use tokio_postgres::Client;
 
 /// The channel of request notifications; the payload is the owner's host name.
 pub const CHANNEL: &str = "sv_requests";
 
-/// What is asked of the job's owner.
+/// What is asked of the job's owner: the operator's orders, as `Action` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Cancel,
     Kill,
+    Revert,
+    Resume,
+    Pause,
+    Continue,
 }
 
 impl Kind {
+    /// Every kind, in the order of the schema's `CHECK`.
+    pub const ALL: [Self; 6] = [
+        Self::Cancel,
+        Self::Kill,
+        Self::Revert,
+        Self::Resume,
+        Self::Pause,
+        Self::Continue,
+    ];
+
     /// The name stored in `requests.kind`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Cancel => "cancel",
             Self::Kill => "kill",
+            Self::Revert => "revert",
+            Self::Resume => "resume",
+            Self::Pause => "pause",
+            Self::Continue => "continue",
         }
     }
 
     /// The kind stored as `text`, if this build knows it.
     #[must_use]
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "cancel" => Some(Self::Cancel),
-            "kill" => Some(Self::Kill),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    /// Whether the operator waits for the owner's answer: every order but `cancel` and `kill`,
+    /// which are answered once durable (the owner carries them out whenever it reads them, and
+    /// they may only reach a live job).
+    #[must_use]
+    pub const fn is_answered(self) -> bool {
+        !matches!(self, Self::Cancel | Self::Kill)
     }
 }
 
 /// What writing a request found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Written {
-    /// Committed for this host, which was notified.
-    Requested { host: String },
+    /// Committed for this host, which was notified, as row `seq`; `updated_us` is when the
+    /// mirror's row of the job last changed (µs since the epoch, the database's clock).
+    Requested {
+        host: String,
+        seq: i64,
+        updated_us: i64,
+    },
     /// The mirror shows the job on another host, ended.
     Ended { host: String, state: String },
     /// No other host holds a job with this id.
@@ -81,13 +114,19 @@ pub async fn request(
 ) -> Result<Written, tokio_postgres::Error> {
     let holders = client
         .query(
-            "SELECT host, state, ended FROM jobs WHERE id = $1 AND host <> $2 ORDER BY host",
+            "SELECT host, state, ended, (extract(epoch FROM updated_at) * 1000000)::bigint
+             FROM jobs WHERE id = $1 AND host <> $2 ORDER BY host",
             &[&id.as_str(), &me],
         )
         .await?;
-    let (host, state, ended): (String, String, bool) = match holders.as_slice() {
+    let (host, state, ended, updated_us): (String, String, bool, i64) = match holders.as_slice() {
         [] => return Ok(Written::Unknown),
-        [one] => (one.try_get(0)?, one.try_get(1)?, one.try_get(2)?),
+        [one] => (
+            one.try_get(0)?,
+            one.try_get(1)?,
+            one.try_get(2)?,
+            one.try_get(3)?,
+        ),
         several => {
             let hosts = several
                 .iter()
@@ -96,7 +135,7 @@ pub async fn request(
             return Ok(Written::Ambiguous { hosts });
         }
     };
-    if ended {
+    if ended && !ask.kind.is_answered() {
         return Ok(Written::Ended { host, state });
     }
     let by_json = ask
@@ -106,15 +145,15 @@ pub async fn request(
     let timeout_ms = ask
         .timeout_ms
         .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
-    client
-        .execute(
+    let row = client
+        .query_one(
             "WITH r AS (
                  INSERT INTO requests
                      (job_id, host, kind, requested_at, requested_by, by_json, timeout_ms)
                  VALUES ($1, $2, $3, now(), $4, $5, $6)
-                 RETURNING host
+                 RETURNING seq, host
              )
-             SELECT pg_notify($7, host) FROM r",
+             SELECT seq, pg_notify($7, host)::text FROM r",
             &[
                 &id.as_str(),
                 &host,
@@ -126,7 +165,11 @@ pub async fn request(
             ],
         )
         .await?;
-    Ok(Written::Requested { host })
+    Ok(Written::Requested {
+        host,
+        seq: row.try_get(0)?,
+        updated_us,
+    })
 }
 
 /// A request waiting for its owner.
@@ -175,19 +218,109 @@ pub async fn pending(client: &Client, host: &str) -> Result<Vec<Pending>, tokio_
         .collect()
 }
 
-/// Marks request `seq` done with its `outcome` (once: a second mark changes nothing).
+/// Marks request `seq` done with its `outcome` and, when the owner refused it, the refusal's
+/// code and text (once: a second mark changes nothing).
 pub async fn mark_done(
     client: &Client,
     seq: i64,
     outcome: &str,
+    refusal: Option<&(ErrorCode, String)>,
 ) -> Result<(), tokio_postgres::Error> {
+    let code = refusal.map(|(code, _)| code_name(*code));
+    let error = refusal.map(|(_, text)| text.as_str());
     client
         .execute(
-            "UPDATE requests SET done_at = now(), outcome = $2 WHERE seq = $1 AND done_at IS NULL",
-            &[&seq, &outcome],
+            "UPDATE requests SET done_at = now(), outcome = $2, error_code = $3, error = $4
+             WHERE seq = $1 AND done_at IS NULL",
+            &[&seq, &outcome, &code, &error],
         )
         .await?;
     Ok(())
+}
+
+/// Where a request stands, as its requester reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Not done yet; whether its owner's lease is current (by the database's clock), and
+    /// whether it stopped cleanly.
+    Pending { alive: bool, stopped: bool },
+    /// Carried out; `moved`: the mirror's row of the job changed after the given time.
+    Done { moved: bool },
+    /// Refused by the owner, with its error (the code is `Internal` when this build does not
+    /// know the stored one).
+    Refused(ErrorCode, String),
+}
+
+/// Request `seq` as it stands, with whether the mirror's row of its job changed after
+/// `updated_us` (µs since the epoch). A row that is gone (deleted by hand) reads as refused.
+pub async fn answer(
+    client: &Client,
+    seq: i64,
+    updated_us: i64,
+) -> Result<Answer, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT r.done_at IS NOT NULL, r.error_code, r.error, r.outcome,
+                    COALESCE(h.stopped_at IS NULL
+                        AND now() - h.renewed_at < h.lease_ms * interval '1 millisecond', false),
+                    COALESCE(h.stopped_at IS NOT NULL, false),
+                    COALESCE((extract(epoch FROM j.updated_at) * 1000000)::bigint > $2, false)
+             FROM requests r
+             LEFT JOIN hosts h ON h.name = r.host
+             LEFT JOIN jobs j ON j.host = r.host AND j.id = r.job_id
+             WHERE r.seq = $1",
+            &[&seq, &updated_us],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(Answer::Refused(
+            ErrorCode::Internal,
+            format!("request {seq} is gone from the board"),
+        ));
+    };
+    let done: bool = row.try_get(0)?;
+    if !done {
+        return Ok(Answer::Pending {
+            alive: row.try_get(4)?,
+            stopped: row.try_get(5)?,
+        });
+    }
+    let code: Option<String> = row.try_get(1)?;
+    let Some(code) = code else {
+        return Ok(Answer::Done {
+            moved: row.try_get(6)?,
+        });
+    };
+    let error: Option<String> = row.try_get(2)?;
+    let outcome: Option<String> = row.try_get(3)?;
+    let text = error.or(outcome).unwrap_or_default();
+    Ok(Answer::Refused(
+        parse_code(&code).unwrap_or(ErrorCode::Internal),
+        text,
+    ))
+}
+
+/// The name an error code is stored under in `requests.error_code`.
+#[must_use]
+pub const fn code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidRequest => "invalid_request",
+        ErrorCode::UnknownJob => "unknown_job",
+        ErrorCode::WrongState => "wrong_state",
+        ErrorCode::Unavailable => "unavailable",
+        ErrorCode::Internal => "internal",
+        ErrorCode::PermissionDenied => "permission_denied",
+        ErrorCode::NoBoard => "no_board",
+        ErrorCode::HostLost => "host_lost",
+    }
+}
+
+/// The error code stored as `text`, if this build knows it.
+#[must_use]
+pub fn parse_code(text: &str) -> Option<ErrorCode> {
+    ErrorCode::ALL
+        .into_iter()
+        .find(|code| code_name(*code) == text)
 }
 
 #[cfg(test)]
@@ -196,9 +329,19 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_their_stored_names() {
-        for kind in [Kind::Cancel, Kind::Kill] {
+        for kind in Kind::ALL {
             assert_eq!(Kind::parse(kind.as_str()), Some(kind));
         }
-        assert_eq!(Kind::parse("revert"), None);
+        assert_eq!(Kind::parse("reboot"), None);
+        assert!(!Kind::Cancel.is_answered() && !Kind::Kill.is_answered());
+        assert!(Kind::Revert.is_answered() && Kind::Pause.is_answered());
+    }
+
+    #[test]
+    fn error_codes_round_trip_through_their_stored_names() {
+        for code in ErrorCode::ALL {
+            assert_eq!(parse_code(code_name(code)), Some(code));
+        }
+        assert_eq!(parse_code("WrongState"), None);
     }
 }

@@ -195,7 +195,9 @@ fn store_refusal(err: StoreError) -> Refusal {
     }
 }
 
-fn order_refusal(err: OrderError) -> Refusal {
+/// The code and text an order's refusal is answered with (locally, and through the board to
+/// the host that asked: `daemon/remote.rs`).
+pub(super) fn order_refusal(err: OrderError) -> Refusal {
     let code = match &err {
         OrderError::UnknownJob(_) => ErrorCode::UnknownJob,
         OrderError::Invalid(_) => ErrorCode::InvalidRequest,
