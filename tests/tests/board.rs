@@ -645,3 +645,48 @@ fn revert_resume_and_pause_of_another_hosts_job_are_answered_by_its_host() {
     let pending = pg.sql("SELECT count(*) FROM requests WHERE done_at IS NULL");
     assert_eq!(pending.trim(), "0", "every request marked done");
 }
+
+/// Issue 11: a `--wait` on another host's job does not outlive that host. b's `cancel --wait`
+/// of a job of a follows it (its revert takes a minute); a's daemon is SIGKILLed: b's wait ends
+/// within the lease (plus its margin and what a round costs) with the lost-host error and exit
+/// 12, and an order from c for that job is answered the same way at once.
+#[test]
+fn a_wait_on_a_lost_hosts_job_ends_with_the_lost_host_error() {
+    let Some((_pg, env, [mut a, b, c])) =
+        board_of_three("a_wait_on_a_lost_hosts_job_ends_with_the_lost_host_error")
+    else {
+        return;
+    };
+    let file = env.job(
+        "slow.toml",
+        "name = \"slow\"",
+        "[[task]]\nname = \"wait\"\nrun = \"sleep 60\"\nrevert = \"sleep 60\"\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &b.state_dir, &id, "a");
+    let b_dir = b.state_dir.to_str().expect("UTF-8");
+    let mut waiter = env.spawn(&["cancel", &id, "--wait", "--state-dir", b_dir]);
+    wait_for(DEADLINE, "b's wait to follow the job on a", || {
+        let err = waiter.stderr();
+        if err.contains(&format!("following job {id} on host a")) {
+            Ok(())
+        } else {
+            Err(format!("stdout {:?} stderr {err:?}", waiter.stdout()))
+        }
+    });
+    wait_local_state(&env, &a.state_dir, &id, DEADLINE, "cancelling");
+
+    sigkill_run(&mut a.daemon);
+    let code = waiter.wait_exit(LEASE + MARGIN + POLL_SLACK);
+    assert_eq!(code, 12, "{}", waiter.report());
+    assert!(
+        waiter
+            .stderr()
+            .contains(&format!("host a lost its lease; job {id} is held there")),
+        "{}",
+        waiter.report()
+    );
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["pause", &id], DEADLINE);
+    assert_eq!(code, 12, "stdout {out:?} stderr {err:?}");
+    assert!(err.contains("host a lost its lease"), "{err}");
+}
