@@ -690,3 +690,65 @@ fn a_wait_on_a_lost_hosts_job_ends_with_the_lost_host_error() {
     assert_eq!(code, 12, "stdout {out:?} stderr {err:?}");
     assert!(err.contains("host a lost its lease"), "{err}");
 }
+
+/// Issue 11: `ls --limit N` on a board is the N most recent jobs of the whole board, in order,
+/// whichever host is asked (this host's and the others' merged by creation time, not this
+/// host's N first); `prune` on a host also deletes its rows from the board's mirror, so the
+/// other hosts no longer list the pruned jobs.
+#[test]
+fn ls_limit_is_the_boards_most_recent_and_prune_deletes_the_mirror_rows() {
+    let Some((pg, env, [a, b, c])) =
+        board_of_three("ls_limit_is_the_boards_most_recent_and_prune_deletes_the_mirror_rows")
+    else {
+        return;
+    };
+    let file = env.job(
+        "quick.toml",
+        "name = \"quick\"",
+        "[[task]]\nname = \"once\"\nrun = \"true\"\n",
+    );
+    // Each job on the board's mirror before the next is submitted: creation order is a, b, a, c.
+    let mut ids = Vec::new();
+    for host in [&a, &b, &a, &c] {
+        let id = submit_at(&env, &host.state_dir, &file);
+        wait_for(DEADLINE, &format!("{id} on the board"), || {
+            let count = pg.sql(&format!("SELECT count(*) FROM jobs WHERE id = '{id}'"));
+            if count.trim() == "1" {
+                Ok(())
+            } else {
+                Err(count)
+            }
+        });
+        ids.push(id);
+    }
+    for host in [&a, &b, &c] {
+        let dir = &host.state_dir;
+        wait_for(DEADLINE, "every job listed, ended", || {
+            let jobs = ls_json(&env, dir, &["--all"])?;
+            if jobs.len() == 4 && jobs.iter().all(|job| job["state"] == "success") {
+                Ok(())
+            } else {
+                Err(format!("{jobs:?}"))
+            }
+        });
+        assert_eq!(ls_ids(&env, dir, &["--all", "--limit", "3"]), ids[1..]);
+        assert_eq!(ls_ids(&env, dir, &["--all", "--limit", "2"]), ids[2..]);
+        assert_eq!(ls_ids(&env, dir, &["--all", "--limit", "10"]).len(), 4);
+    }
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["ls", "--limit", "10001"], DEADLINE);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("at most 10000"), "{err}");
+
+    // a prunes its two jobs: gone from its store and from the board.
+    let (code, out, err) = cli_at(
+        &env,
+        &a.state_dir,
+        &["prune", "--older-than", "0s", "--json"],
+        DEADLINE,
+    );
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    let left = pg.sql("SELECT count(*) FROM jobs WHERE host = 'a'");
+    assert_eq!(left.trim(), "0", "a's mirror rows deleted");
+    let listed = ls_ids(&env, &b.state_dir, &["--all"]);
+    assert_eq!(listed, [ids[1].clone(), ids[3].clone()]);
+}

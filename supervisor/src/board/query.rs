@@ -94,6 +94,16 @@ impl Board {
         .await
     }
 
+    /// Deletes this host's mirror rows of `ids` (jobs it pruned); how many it deleted.
+    pub async fn forget_jobs(&self, ids: Vec<JobId>) -> Result<u64, BoardError> {
+        let me = self.inner.config.host.clone();
+        self.with_query("delete pruned jobs from the board", |c| async move {
+            let ids: Vec<&str> = ids.iter().map(JobId::as_str).collect();
+            mirror::forget(c.client(), &me, &ids).await
+        })
+        .await
+    }
+
     /// Writes `ask` of job `id` for the host that holds it, and notifies it.
     pub async fn request(&self, id: &JobId, ask: Ask) -> Result<Written, BoardError> {
         let me = self.inner.config.host.clone();

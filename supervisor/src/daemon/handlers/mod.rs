@@ -134,7 +134,7 @@ async fn dispatch(
             older_than_ms,
             states,
             vacuum,
-        } => prune::handle(jobs, older_than_ms, states, vacuum).await,
+        } => prune::handle(jobs, board, older_than_ms, states, vacuum).await,
         // Orders are served with the peer's credentials (`operate`), streams by `serve_client`.
         ClientRequest::Cancel { .. }
         | ClientRequest::Kill { .. }
