@@ -752,3 +752,69 @@ fn ls_limit_is_the_boards_most_recent_and_prune_deletes_the_mirror_rows() {
     let listed = ls_ids(&env, &b.state_dir, &["--all"]);
     assert_eq!(listed, [ids[1].clone(), ids[3].clone()]);
 }
+
+/// Issue 11: `logs` of another host's job is asked of its host, which answers with the lines:
+/// b prints what a prints (`--task` too); an output larger than the answer's bound comes as
+/// its last lines after a notice of how many were left out; `--follow` is refused (exit 2),
+/// naming the host to run it on.
+#[test]
+fn logs_of_another_hosts_job_come_from_its_host() {
+    let Some((_pg, env, [a, b, _c])) =
+        board_of_three("logs_of_another_hosts_job_come_from_its_host")
+    else {
+        return;
+    };
+    let file = env.job(
+        "talk.toml",
+        "name = \"talk\"",
+        "[[task]]\nname = \"hello\"\nrun = \"echo hello; echo there\"\n\n\
+         [[task]]\nname = \"big\"\n\
+         run = '''awk 'BEGIN { for (i = 1; i <= 1300; i++) { printf \"%d \", i; for (j = 0; j < 990; j++) printf \"x\"; print \"\" } }' '''\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_local_state(&env, &a.state_dir, &id, LONG_DEADLINE, "success");
+    wait_for(DEADLINE, "b to see the job ended", || {
+        let jobs = ls_json(&env, &b.state_dir, &["--all"])?;
+        if jobs.iter().any(|job| job["id"] == id.as_str()) {
+            Ok(())
+        } else {
+            Err(format!("{jobs:?}"))
+        }
+    });
+
+    let here = cli_at(
+        &env,
+        &a.state_dir,
+        &["logs", &id, "--task", "hello"],
+        DEADLINE,
+    );
+    let there = cli_at(
+        &env,
+        &b.state_dir,
+        &["logs", &id, "--task", "hello"],
+        DEADLINE,
+    );
+    assert_eq!(here.0, 0, "{here:?}");
+    assert_eq!(there, here);
+    assert_eq!(there.1, "[hello] hello\n[hello] there\n");
+
+    // The whole output is larger than the answer's bound: its last lines, after a notice.
+    let (code, out, err) = cli_at(&env, &b.state_dir, &["logs", &id], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("[supervisor] "), "{}", lines[0]);
+    assert!(lines[0].contains("earlier lines left out"), "{}", lines[0]);
+    assert!(lines.len() < 1300, "{}", lines.len());
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("[big] 1300 x")),
+        "{:?}",
+        lines.last()
+    );
+    let full = cli_at(&env, &a.state_dir, &["logs", &id], DEADLINE);
+    assert_eq!(full.1.lines().count(), 1302, "the owner itself shows all");
+
+    let (code, _, err) = cli_at(&env, &b.state_dir, &["logs", &id, "--follow"], DEADLINE);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("on host a"), "{err}");
+}

@@ -34,11 +34,12 @@
 //!   job-event broadcast, in the background; after a lag or a reconnect it re-publishes its
 //!   live jobs. Other hosts read it for `ls`, `status` and `--wait`.
 //! - **Requests** ([`requests`]): an order (`cancel`, `kill`, `revert`, `resume`, `pause`,
-//!   `continue`) of another host's job is a row of `requests` plus
+//!   `continue`) of another host's job, or `logs` of it, is a row of `requests` plus
 //!   `pg_notify('sv_requests', HOST)` in one statement. The operator's answer comes after the
 //!   commit for `cancel` and `kill`; for the others, once the owner marked the row done (its
-//!   refusal's code and text written back), read again by the asking daemon every 50 ms
-//!   ([`Board::request_answer`]), or at once when the owner's lease expired. The owner's `listener` (one dedicated `LISTEN` connection,
+//!   refusal's code and text, or the lines of `logs`, written back), read again by the asking
+//!   daemon every 50 ms ([`Board::request_answer`]), or at once when the owner's lease
+//!   expired. The owner's `listener` (one dedicated `LISTEN` connection,
 //!   named `supervisor-listen`) wakes its reader ([`Board::requests_due`]) on a notification
 //!   and after every (re)connect, and every renewal wakes it too: a lost notification delays
 //!   a request by at most lease/3. The reader (`daemon/remote.rs`) applies each through the

@@ -5,10 +5,10 @@
 //! daemon. It is never the renewals' nor the listener's connection.
 
 use super::mirror::{self, RemoteQuery};
-use super::requests::{self, Answer, Ask, Pending, Written};
+use super::requests::{self, Answer, Ask, Outcome, Pending, Written};
 use super::{Board, BoardError, Connection, QUERY_TIMEOUT, Role, connect};
 use shared::ids::JobId;
-use shared::protocol::client::{ErrorCode, HostedJob};
+use shared::protocol::client::HostedJob;
 use std::future::Future;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
@@ -123,15 +123,10 @@ impl Board {
         .await
     }
 
-    /// Marks request `seq` done with `outcome`, and the owner's refusal if it refused.
-    pub async fn mark_done(
-        &self,
-        seq: i64,
-        outcome: String,
-        refusal: Option<(ErrorCode, String)>,
-    ) -> Result<(), BoardError> {
+    /// Marks request `seq` done with `outcome`.
+    pub async fn mark_done(&self, seq: i64, outcome: Outcome) -> Result<(), BoardError> {
         self.with_query("mark a request done", |c| async move {
-            requests::mark_done(c.client(), seq, &outcome, refusal.as_ref()).await
+            requests::mark_done(c.client(), seq, &outcome).await
         })
         .await
     }

@@ -1,6 +1,6 @@
 //! The `requests` table: an operator's order about a job (`cancel`, `kill`, `revert`,
-//! `resume`, `pause`, `continue`), written by whichever host the operator asked, for the host
-//! that holds the job (issue 11, rule 3).
+//! `resume`, `pause`, `continue`) or a read of its output (`logs`), written by whichever host
+//! the operator asked, for the host that holds the job (issue 11, rule 3).
 //!
 //! - **Write** ([`request`]): one statement inserts the row (only for a job the mirror shows
 //!   on another host; for `cancel` and `kill`, only while it is live) and
@@ -11,7 +11,8 @@
 //!   after its listener (re)connects, and after every lease renewal: a lost notification
 //!   delays a request by at most lease/3, never loses it.
 //! - **Done** ([`mark_done`]): once the job's actor answered, `done_at = now()` and the
-//!   outcome, with the error code and text of a refusal. A request read twice (a crash between
+//!   outcome, with the error code and text of a refusal, and for `logs` the lines (`reply`,
+//!   JSON, bounded by the owner: `daemon/handlers/logs.rs`). A request read twice (a crash between
 //!   applying and marking it) is applied twice: a second cancel or kill of the same job does no
 //!   harm (the actor refuses it or it is already on the ladder), and a second revert, resume,
 //!   pause or continue is refused by the job's state like any repeated order.
@@ -35,17 +36,20 @@ pub enum Kind {
     Resume,
     Pause,
     Continue,
+    /// A read of the job's output (`logs` without `--follow`), answered with its lines.
+    Logs,
 }
 
 impl Kind {
     /// Every kind, in the order of the schema's `CHECK`.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Cancel,
         Self::Kill,
         Self::Revert,
         Self::Resume,
         Self::Pause,
         Self::Continue,
+        Self::Logs,
     ];
 
     /// The name stored in `requests.kind`.
@@ -58,6 +62,7 @@ impl Kind {
             Self::Resume => "resume",
             Self::Pause => "pause",
             Self::Continue => "continue",
+            Self::Logs => "logs",
         }
     }
 
@@ -73,6 +78,12 @@ impl Kind {
     #[must_use]
     pub const fn is_answered(self) -> bool {
         !matches!(self, Self::Cancel | Self::Kill)
+    }
+
+    /// Whether carrying it out changes the job (every kind but `logs`).
+    #[must_use]
+    pub const fn changes_job(self) -> bool {
+        !matches!(self, Self::Logs)
     }
 }
 
@@ -102,6 +113,10 @@ pub struct Ask {
     pub timeout_ms: Option<u64>,
     /// Who asked, as this host's kernel told it.
     pub by: Option<Requester>,
+    /// `logs --task`.
+    pub task: Option<String>,
+    /// `logs --since`: from the lines written at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
 }
 
 /// Writes a request for job `id` held by a host other than `me`, and notifies that host, in
@@ -149,8 +164,9 @@ pub async fn request(
         .query_one(
             "WITH r AS (
                  INSERT INTO requests
-                     (job_id, host, kind, requested_at, requested_by, by_json, timeout_ms)
-                 VALUES ($1, $2, $3, now(), $4, $5, $6)
+                     (job_id, host, kind, requested_at, requested_by, by_json, timeout_ms,
+                      task, since_ms)
+                 VALUES ($1, $2, $3, now(), $4, $5, $6, $8, $9)
                  RETURNING seq, host
              )
              SELECT seq, pg_notify($7, host)::text FROM r",
@@ -162,6 +178,8 @@ pub async fn request(
                 &by_json,
                 &timeout_ms,
                 &CHANNEL,
+                &ask.task,
+                &ask.since_ms,
             ],
         )
         .await?;
@@ -187,13 +205,18 @@ pub struct Pending {
     pub by: Option<Requester>,
     /// A cancel's `--timeout`.
     pub timeout: Option<std::time::Duration>,
+    /// `logs --task`.
+    pub task: Option<String>,
+    /// `logs --since` (ms since the epoch).
+    pub since_ms: Option<i64>,
 }
 
 /// `host`'s requests not yet done, oldest first.
 pub async fn pending(client: &Client, host: &str) -> Result<Vec<Pending>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT seq, job_id, kind, requested_by, by_json, timeout_ms FROM requests
+            "SELECT seq, job_id, kind, requested_by, by_json, timeout_ms, task, since_ms
+             FROM requests
              WHERE host = $1 AND done_at IS NULL ORDER BY seq",
             &[&host],
         )
@@ -213,26 +236,38 @@ pub async fn pending(client: &Client, host: &str) -> Result<Vec<Pending>, tokio_
                 timeout: timeout_ms
                     .and_then(|ms| u64::try_from(ms).ok())
                     .map(std::time::Duration::from_millis),
+                task: row.try_get(6)?,
+                since_ms: row.try_get(7)?,
             })
         })
         .collect()
 }
 
-/// Marks request `seq` done with its `outcome` and, when the owner refused it, the refusal's
-/// code and text (once: a second mark changes nothing).
+/// What the owner answers to a request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// For the log and `requests.outcome`: `done`, or `refused: ...`.
+    pub text: String,
+    /// The refusal's code and text, when the owner refused it.
+    pub refusal: Option<(ErrorCode, String)>,
+    /// What `logs` answers (its lines, as JSON).
+    pub reply: Option<String>,
+}
+
+/// Marks request `seq` done with its `outcome` (once: a second mark changes nothing).
 pub async fn mark_done(
     client: &Client,
     seq: i64,
-    outcome: &str,
-    refusal: Option<&(ErrorCode, String)>,
+    outcome: &Outcome,
 ) -> Result<(), tokio_postgres::Error> {
-    let code = refusal.map(|(code, _)| code_name(*code));
-    let error = refusal.map(|(_, text)| text.as_str());
+    let code = outcome.refusal.as_ref().map(|(code, _)| code_name(*code));
+    let error = outcome.refusal.as_ref().map(|(_, text)| text.as_str());
     client
         .execute(
-            "UPDATE requests SET done_at = now(), outcome = $2, error_code = $3, error = $4
+            "UPDATE requests SET done_at = now(), outcome = $2, error_code = $3, error = $4,
+                 reply = $5
              WHERE seq = $1 AND done_at IS NULL",
-            &[&seq, &outcome, &code, &error],
+            &[&seq, &outcome.text, &code, &error, &outcome.reply],
         )
         .await?;
     Ok(())
@@ -244,8 +279,9 @@ pub enum Answer {
     /// Not done yet; whether its owner's lease is current (by the database's clock), and
     /// whether it stopped cleanly.
     Pending { alive: bool, stopped: bool },
-    /// Carried out; `moved`: the mirror's row of the job changed after the given time.
-    Done { moved: bool },
+    /// Carried out; `moved`: the mirror's row of the job changed after the given time;
+    /// `reply`: what the owner answered (`logs`).
+    Done { moved: bool, reply: Option<String> },
     /// Refused by the owner, with its error (the code is `Internal` when this build does not
     /// know the stored one).
     Refused(ErrorCode, String),
@@ -264,7 +300,8 @@ pub async fn answer(
                     COALESCE(h.stopped_at IS NULL
                         AND now() - h.renewed_at < h.lease_ms * interval '1 millisecond', false),
                     COALESCE(h.stopped_at IS NOT NULL, false),
-                    COALESCE((extract(epoch FROM j.updated_at) * 1000000)::bigint > $2, false)
+                    COALESCE((extract(epoch FROM j.updated_at) * 1000000)::bigint > $2, false),
+                    r.reply
              FROM requests r
              LEFT JOIN hosts h ON h.name = r.host
              LEFT JOIN jobs j ON j.host = r.host AND j.id = r.job_id
@@ -289,6 +326,7 @@ pub async fn answer(
     let Some(code) = code else {
         return Ok(Answer::Done {
             moved: row.try_get(6)?,
+            reply: row.try_get(7)?,
         });
     };
     let error: Option<String> = row.try_get(2)?;
@@ -335,6 +373,7 @@ mod tests {
         assert_eq!(Kind::parse("reboot"), None);
         assert!(!Kind::Cancel.is_answered() && !Kind::Kill.is_answered());
         assert!(Kind::Revert.is_answered() && Kind::Pause.is_answered());
+        assert!(Kind::Logs.is_answered() && !Kind::Logs.changes_job());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! board for this host's jobs (`board/requests.rs`), carried out through the job's actor
 //! exactly as the local `cancel`, `kill`, `revert`, `resume`, `pause` or `continue` is
 //! (`Jobs::ask`), then marked done with the outcome: a refusal is written back with the code
-//! and text a local operator would have got, for the requesting host to show.
+//! and text a local operator would have got, for the requesting host to show. A `logs`
+//! request is answered with the job's last lines (`handlers/logs.rs`, `tail`), bounded.
 //!
 //! The reader wakes when the board says requests are due (`Board::requests_due`): on a
 //! notification from the listener, after the listener (re)connects, and after every lease
@@ -13,9 +14,11 @@
 //! the store refuses writes) stays pending for the next wake-up; any other refusal is the
 //! request's outcome (`requests.outcome`, `error_code`, `error`).
 
+use super::handlers::{logs, order_refusal};
 use crate::board::Board;
-use crate::board::requests::{Kind, Pending};
+use crate::board::requests::{Kind, Outcome, Pending};
 use crate::job::{Jobs, Order, OrderError};
+use shared::ids::JobId;
 use shared::protocol::client::ErrorCode;
 
 /// Reads and applies this host's requests each time they are due, for the daemon's life.
@@ -32,10 +35,10 @@ pub async fn run(jobs: Jobs, board: Board) {
         };
         for request in pending {
             let seq = request.seq;
-            let Some((outcome, refusal)) = apply(&jobs, request).await else {
+            let Some(outcome) = apply(&jobs, request).await else {
                 continue;
             };
-            if let Err(err) = board.mark_done(seq, outcome, refusal).await {
+            if let Err(err) = board.mark_done(seq, outcome).await {
                 let message = format!("{:#}", anyhow::Error::from(err));
                 tracing::warn!(host = %board.config().host, error = %message, "cannot mark a request done");
             }
@@ -43,15 +46,16 @@ pub async fn run(jobs: Jobs, board: Board) {
     }
 }
 
-/// Carries out one request; its outcome to record (with the refusal's code and text when the
-/// actor refused it), or `None` to leave it pending.
-async fn apply(jobs: &Jobs, request: Pending) -> Option<(String, Option<(ErrorCode, String)>)> {
+/// Carries out one request; its outcome to record, or `None` to leave it pending.
+async fn apply(jobs: &Jobs, request: Pending) -> Option<Outcome> {
     let Pending {
         job,
         kind,
         requested_by,
         by,
         timeout,
+        task,
+        since_ms,
         ..
     } = request;
     let (Some(id), Some(kind)) = (job, kind) else {
@@ -60,7 +64,7 @@ async fn apply(jobs: &Jobs, request: Pending) -> Option<(String, Option<(ErrorCo
             ErrorCode::InvalidRequest,
             "the job's host cannot read this request (a newer supervisor wrote it)".to_owned(),
         );
-        return Some(("unreadable".to_owned(), Some(refusal)));
+        return Some(refused("unreadable".to_owned(), refusal));
     };
     let reason = format!("{} requested on host {requested_by}", kind.as_str());
     let order = match kind {
@@ -74,18 +78,50 @@ async fn apply(jobs: &Jobs, request: Pending) -> Option<(String, Option<(ErrorCo
         Kind::Resume => Order::Resume { reason, by },
         Kind::Pause => Order::Pause { by },
         Kind::Continue => Order::Continue { by },
+        Kind::Logs => return Some(read_logs(jobs, &id, task.as_deref(), since_ms).await),
     };
-    let (outcome, refusal) = match jobs.ask(&id, order).await {
-        Ok(()) => ("done".to_owned(), None),
+    let outcome = match jobs.ask(&id, order).await {
+        Ok(()) => Outcome {
+            text: "done".to_owned(),
+            ..Outcome::default()
+        },
         Err(err @ (OrderError::Unavailable(_) | OrderError::Retry)) => {
             tracing::warn!(job_id = %id, host = %requested_by, kind = kind.as_str(), error = %err, "board request left pending");
             return None;
         }
-        Err(err) => {
-            let outcome = format!("refused: {err}");
-            (outcome, Some(super::handlers::order_refusal(err)))
-        }
+        Err(err) => refused(format!("refused: {err}"), order_refusal(err)),
     };
-    tracing::info!(job_id = %id, host = %requested_by, kind = kind.as_str(), outcome = %outcome, "board request applied");
-    Some((outcome, refusal))
+    tracing::info!(job_id = %id, host = %requested_by, kind = kind.as_str(), outcome = %outcome.text, "board request applied");
+    Some(outcome)
+}
+
+fn refused(text: String, refusal: (ErrorCode, String)) -> Outcome {
+    Outcome {
+        text,
+        refusal: Some(refusal),
+        reply: None,
+    }
+}
+
+/// `logs` asked by another host: the last lines that fit `REMOTE_LOGS_MAX_BYTES`, as JSON.
+async fn read_logs(jobs: &Jobs, id: &JobId, task: Option<&str>, since_ms: Option<i64>) -> Outcome {
+    let lines = logs::tail(jobs, id, (task, since_ms), logs::REMOTE_LOGS_MAX_BYTES).await;
+    let lines = match lines {
+        Ok(lines) => lines,
+        Err(refusal) => return refused(format!("refused: {}", refusal.1), refusal),
+    };
+    match serde_json::to_string(&lines) {
+        Ok(json) => Outcome {
+            text: "done".to_owned(),
+            refusal: None,
+            reply: Some(json),
+        },
+        Err(err) => {
+            let refusal = (
+                ErrorCode::Internal,
+                format!("cannot encode the lines: {err}"),
+            );
+            refused(format!("refused: {}", refusal.1), refusal)
+        }
+    }
 }

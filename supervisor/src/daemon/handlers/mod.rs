@@ -9,7 +9,7 @@ mod events;
 mod hosts;
 mod kill;
 mod list;
-mod logs;
+pub mod logs;
 mod operate;
 mod pause;
 pub mod prune;
@@ -87,14 +87,25 @@ pub async fn serve_client(jobs: Jobs, board: Option<Board>, mut stream: UnixStre
     tracing::debug!(?request, "client request");
     match request {
         ClientRequest::Logs { job, task, follow } => {
-            logs::stream(&jobs, &mut stream, &job, task.as_deref(), follow).await;
+            logs::stream(
+                &jobs,
+                board.as_ref(),
+                &mut stream,
+                &job,
+                task.as_deref(),
+                follow,
+            )
+            .await;
         }
         ClientRequest::LogsSince {
             job,
             task,
             follow,
             since_ms,
-        } => logs::stream_since(&jobs, &mut stream, &job, task.as_deref(), follow, since_ms).await,
+        } => {
+            let asked = (job.as_str(), task.as_deref(), follow);
+            logs::stream_since(&jobs, board.as_ref(), &mut stream, asked, since_ms).await;
+        }
         ClientRequest::Events => events::stream(&jobs, &mut stream, version).await,
         ClientRequest::List { all, query } => {
             list::stream(&jobs, board.as_ref(), &mut stream, version, all, query).await;
