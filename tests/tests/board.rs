@@ -1,6 +1,7 @@
-//! The job board (issue 11, first slice: hosts): daemons on one PostgreSQL database register
-//! their host, renew a lease, and `supervisor hosts` shows every host alive or lost, judged by
-//! the database's clock.
+//! The job board (issue 11): daemons on one PostgreSQL database register their host, renew a
+//! lease, and `supervisor hosts` shows every host alive or lost, judged by the database's
+//! clock; every host's jobs are listed everywhere, and every order (and `logs`) of another
+//! host's job reaches that host and comes back with its answer.
 //!
 //! Each test that needs a board starts its own PostgreSQL ([`Postgres`]); it skips where the
 //! server cannot run (no binaries, not root) and fails there under `CI=true`. Build the binaries
