@@ -760,7 +760,7 @@ fn ls_limit_is_the_boards_most_recent_and_prune_deletes_the_mirror_rows() {
 /// naming the host to run it on.
 #[test]
 fn logs_of_another_hosts_job_come_from_its_host() {
-    let Some((_pg, env, [a, b, _c])) =
+    let Some((pg, env, [a, b, _c])) =
         board_of_three("logs_of_another_hosts_job_come_from_its_host")
     else {
         return;
@@ -813,6 +813,12 @@ fn logs_of_another_hosts_job_come_from_its_host() {
     );
     let full = cli_at(&env, &a.state_dir, &["logs", &id], DEADLINE);
     assert_eq!(full.1.lines().count(), 1302, "the owner itself shows all");
+    let kept = pg.sql("SELECT count(*) FROM requests WHERE reply IS NOT NULL");
+    assert_eq!(
+        kept.trim(),
+        "0",
+        "the replies read are cleared from the board"
+    );
 
     let (code, _, err) = cli_at(&env, &b.state_dir, &["logs", &id, "--follow"], DEADLINE);
     assert_eq!(code, 2, "{err}");

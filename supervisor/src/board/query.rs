@@ -131,6 +131,14 @@ impl Board {
         .await
     }
 
+    /// Forgets the owner's reply to request `seq` (its requester read it).
+    pub async fn clear_reply(&self, seq: i64) -> Result<(), BoardError> {
+        self.with_query("clear a request's reply", |c| async move {
+            requests::clear_reply(c.client(), seq).await
+        })
+        .await
+    }
+
     /// Where request `seq` stands, and whether its job's mirror row changed after
     /// `updated_us`.
     pub async fn request_answer(&self, seq: i64, updated_us: i64) -> Result<Answer, BoardError> {

@@ -12,7 +12,8 @@
 //!   delays a request by at most lease/3, never loses it.
 //! - **Done** ([`mark_done`]): once the job's actor answered, `done_at = now()` and the
 //!   outcome, with the error code and text of a refusal, and for `logs` the lines (`reply`,
-//!   JSON, bounded by the owner: `daemon/handlers/logs.rs`). A request read twice (a crash between
+//!   JSON, bounded by the owner: `daemon/handlers/logs.rs`; its requester clears it once read:
+//!   [`clear_reply`]). A request read twice (a crash between
 //!   applying and marking it) is applied twice: a second cancel or kill of the same job does no
 //!   harm (the actor refuses it or it is already on the ladder), and a second revert, resume,
 //!   pause or continue is refused by the job's state like any repeated order.
@@ -323,19 +324,49 @@ pub async fn answer(
         });
     }
     let code: Option<String> = row.try_get(1)?;
-    let Some(code) = code else {
-        return Ok(Answer::Done {
-            moved: row.try_get(6)?,
-            reply: row.try_get(7)?,
-        });
-    };
     let error: Option<String> = row.try_get(2)?;
     let outcome: Option<String> = row.try_get(3)?;
-    let text = error.or(outcome).unwrap_or_default();
-    Ok(Answer::Refused(
-        parse_code(&code).unwrap_or(ErrorCode::Internal),
-        text,
-    ))
+    let refusal = match (code, error, outcome) {
+        (Some(code), error, outcome) => Some((
+            parse_code(&code).unwrap_or(ErrorCode::Internal),
+            error.or(outcome).unwrap_or_default(),
+        )),
+        (None, _, Some(outcome)) if outcome != DONE => Some(older_owners_refusal(&outcome)),
+        (None, _, _) => None,
+    };
+    match refusal {
+        Some((code, text)) => Ok(Answer::Refused(code, text)),
+        None => Ok(Answer::Done {
+            moved: row.try_get(6)?,
+            reply: row.try_get(7)?,
+        }),
+    }
+}
+
+/// The outcome of a request carried out.
+pub const DONE: &str = "done";
+
+/// A refusal written by an owner older than `error_code` (during a rolling upgrade): its
+/// outcome is `unreadable` (a kind it does not know) or `refused: TEXT`.
+fn older_owners_refusal(outcome: &str) -> (ErrorCode, String) {
+    match outcome.strip_prefix("refused: ") {
+        Some(text) => (ErrorCode::WrongState, text.to_owned()),
+        None => (
+            ErrorCode::InvalidRequest,
+            format!(
+                "the job's host cannot carry this out ({outcome}): its supervisor is older than this one"
+            ),
+        ),
+    }
+}
+
+/// Forgets what the owner answered to request `seq` (read by its requester: the lines of
+/// `logs` need not stay on the board).
+pub async fn clear_reply(client: &Client, seq: i64) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("UPDATE requests SET reply = NULL WHERE seq = $1", &[&seq])
+        .await?;
+    Ok(())
 }
 
 /// The name an error code is stored under in `requests.error_code`.
@@ -374,6 +405,18 @@ mod tests {
         assert!(!Kind::Cancel.is_answered() && !Kind::Kill.is_answered());
         assert!(Kind::Revert.is_answered() && Kind::Pause.is_answered());
         assert!(Kind::Logs.is_answered() && !Kind::Logs.changes_job());
+    }
+
+    #[test]
+    fn an_older_owners_outcomes_read_as_refusals() {
+        let (code, text) = older_owners_refusal("refused: job 1 is running");
+        assert_eq!(
+            (code, text.as_str()),
+            (ErrorCode::WrongState, "job 1 is running")
+        );
+        let (code, text) = older_owners_refusal("unreadable");
+        assert_eq!(code, ErrorCode::InvalidRequest);
+        assert!(text.contains("older"), "{text}");
     }
 
     #[test]

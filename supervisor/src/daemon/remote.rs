@@ -16,7 +16,7 @@
 
 use super::handlers::{logs, order_refusal};
 use crate::board::Board;
-use crate::board::requests::{Kind, Outcome, Pending};
+use crate::board::requests::{DONE, Kind, Outcome, Pending};
 use crate::job::{Jobs, Order, OrderError};
 use shared::ids::JobId;
 use shared::protocol::client::ErrorCode;
@@ -82,7 +82,7 @@ async fn apply(jobs: &Jobs, request: Pending) -> Option<Outcome> {
     };
     let outcome = match jobs.ask(&id, order).await {
         Ok(()) => Outcome {
-            text: "done".to_owned(),
+            text: DONE.to_owned(),
             ..Outcome::default()
         },
         Err(err @ (OrderError::Unavailable(_) | OrderError::Retry)) => {
@@ -112,7 +112,7 @@ async fn read_logs(jobs: &Jobs, id: &JobId, task: Option<&str>, since_ms: Option
     };
     match serde_json::to_string(&lines) {
         Ok(json) => Outcome {
-            text: "done".to_owned(),
+            text: DONE.to_owned(),
             refusal: None,
             reply: Some(json),
         },

@@ -142,6 +142,12 @@ async fn ask_owner(
             } else {
                 None
             };
+            if reply.is_some() {
+                if let Err(err) = board.clear_reply(seq).await {
+                    let message = format!("{:#}", anyhow::Error::from(err));
+                    tracing::warn!(job_id = %id, seq, error = %message, "cannot clear a request's reply; it stays on the board");
+                }
+            }
             Ok((host, reply))
         }
         Ok(Written::Ended { host, state }) => Err((
