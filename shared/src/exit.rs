@@ -27,6 +27,9 @@ pub const PERMISSION_DENIED: i32 = 9;
 pub const INTERNAL: i32 = 10;
 /// The daemon has no job board (`supervisor daemon --board`), so `hosts` cannot answer.
 pub const NO_BOARD: i32 = 11;
+/// On a job board: the host that holds the job lost its lease (or stopped), so an order for
+/// the job or a `--wait` on it cannot be answered; the job is held there until it is rescued.
+pub const HOST_LOST: i32 = 12;
 
 /// The exit code for a job that ended in `state`; `None` while it is still live.
 #[must_use]

@@ -1,6 +1,7 @@
-//! The job board (issue 11, first slice: hosts): daemons on one PostgreSQL database register
-//! their host, renew a lease, and `supervisor hosts` shows every host alive or lost, judged by
-//! the database's clock.
+//! The job board (issue 11): daemons on one PostgreSQL database register their host, renew a
+//! lease, and `supervisor hosts` shows every host alive or lost, judged by the database's
+//! clock; every host's jobs are listed everywhere, and every order (and `logs`) of another
+//! host's job reaches that host and comes back with its answer.
 //!
 //! Each test that needs a board starts its own PostgreSQL ([`Postgres`]); it skips where the
 //! server cannot run (no binaries, not root) and fails there under `CI=true`. Build the binaries
@@ -30,6 +31,13 @@ const NO_BOARD: i32 = 11;
 /// A PostgreSQL of the test's own and a test dir; `None` where the server cannot run (skipped).
 fn board(test: &str) -> Option<(Postgres, TestEnv)> {
     Some((Postgres::start(test)?, TestEnv::new()))
+}
+
+/// [`board`] with daemons a, b and c started on it ([`start_three`]).
+fn board_of_three(test: &str) -> Option<(Postgres, TestEnv, [Host; 3])> {
+    let (pg, env) = board(test)?;
+    let hosts = start_three(&env, &pg.url());
+    Some((pg, env, hosts))
 }
 
 /// One daemon on the board: its process and its state dir.
@@ -408,13 +416,11 @@ fn wait_local_state(env: &TestEnv, state_dir: &Path, id: &str, deadline: Duratio
 /// shows its end everywhere once the board is back.
 #[test]
 fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
-    let Some((pg, env)) =
-        board("every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere")
+    let Some((pg, env, [a, b, c])) =
+        board_of_three("every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere")
     else {
         return;
     };
-    let url = pg.url();
-    let [a, b, c] = start_three(&env, &url);
     let file = env.job(
         "long.toml",
         "name = \"long\"",
@@ -553,4 +559,269 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     assert_eq!(ids(&["--all", "--limit", "2"]), vec![fourth, fifth.clone()]);
     assert_eq!(ids(&["--all", "--limit", "1"]), vec![fifth]);
     assert_eq!(ids(&["--all"]).len(), 5);
+}
+
+/// Issue 11: every operator's order reaches another host's job, answered by its host as if
+/// local. From b, a `revert` of a running job of a is refused with a's own message and exit
+/// code; `pause` and `continue` from c freeze and thaw it on a; after a kills it, `revert
+/// --wait` from b runs its reverts on a, last first, and exits 0; `resume --wait` from c of
+/// another killed job of a runs it again on a to success. Nothing stays pending on the board.
+#[test]
+fn revert_resume_and_pause_of_another_hosts_job_are_answered_by_its_host() {
+    let Some((pg, env, [a, b, c])) =
+        board_of_three("revert_resume_and_pause_of_another_hosts_job_are_answered_by_its_host")
+    else {
+        return;
+    };
+    let file = env.job(
+        "steps.toml",
+        "name = \"steps\"",
+        "[[task]]\nname = \"first\"\nrun = 'echo first >> \"$SVT_DIR/ran\"'\n\
+         revert = 'echo first >> \"$SVT_DIR/reverted\"'\n\n\
+         [[task]]\nname = \"wait\"\nrun = 'test -e \"$SVT_DIR/go\" || sleep 60'\n\
+         revert = 'echo wait >> \"$SVT_DIR/reverted\"'\n",
+    );
+    let first = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &b.state_dir, &first, "a");
+
+    // Refused by a: the same message and exit code as on a itself.
+    let here = cli_at(&env, &a.state_dir, &["revert", &first], DEADLINE);
+    let there = cli_at(&env, &b.state_dir, &["revert", &first], DEADLINE);
+    assert_eq!(here.0, 8, "{here:?}");
+    assert_eq!(there, here, "b shows a's answer");
+    assert!(there.2.contains("has a live conductor"), "{there:?}");
+
+    // Pause and continue from c, carried out on a.
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["pause", &first], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("pause accepted by host a"), "{out}");
+    let paused = status_json_at(&env, &a.state_dir, &first);
+    assert!(paused["paused_since_ms"].is_i64(), "{paused}");
+    let again = cli_at(&env, &c.state_dir, &["pause", &first], DEADLINE);
+    assert_eq!(again.0, 8, "a second pause is refused by a: {again:?}");
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["continue", &first], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("continue accepted by host a"), "{out}");
+    assert!(status_json_at(&env, &a.state_dir, &first)["paused_since_ms"].is_null());
+
+    // Killed on a; its reverts run on a when b asks, last first, and b's wait sees the end.
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["kill", &first, "--wait"], DEADLINE);
+    assert_eq!(code, 4, "{err}");
+    let (code, out, err) = cli_at(
+        &env,
+        &b.state_dir,
+        &["revert", &first, "--wait", "--reason", "from b"],
+        LONG_DEADLINE,
+    );
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("revert accepted by host a"), "{out}");
+    assert!(err.contains("ended on host a: reverted"), "{err}");
+    assert_eq!(env.lines("reverted"), ["wait", "first"]);
+    let owned = status_json_at(&env, &a.state_dir, &first);
+    assert_eq!(owned["state"], "reverted", "{owned}");
+    assert_eq!(owned["last_order"]["action"], "revert", "{owned}");
+    assert_eq!(owned["last_order"]["reason"], "from b", "{owned}");
+
+    // Resume from c of another job killed on a: it runs again on a, to success.
+    let second = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &c.state_dir, &second, "a");
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["kill", &second, "--wait"], DEADLINE);
+    assert_eq!(code, 4, "{err}");
+    std::fs::write(env.path("go"), "").expect("writes the go file");
+    let (code, out, err) = cli_at(
+        &env,
+        &c.state_dir,
+        &["resume", &second, "--wait"],
+        LONG_DEADLINE,
+    );
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("resume accepted by host a"), "{out}");
+    wait_local_state(&env, &a.state_dir, &second, DEADLINE, "success");
+    assert_eq!(
+        env.lines("ran"),
+        ["first", "first"],
+        "resume skips what succeeded"
+    );
+
+    let pending = pg.sql("SELECT count(*) FROM requests WHERE done_at IS NULL");
+    assert_eq!(pending.trim(), "0", "every request marked done");
+}
+
+/// Issue 11: a `--wait` on another host's job does not outlive that host. b's `cancel --wait`
+/// of a job of a follows it (its revert takes a minute); a's daemon is SIGKILLed: b's wait ends
+/// within the lease (plus its margin and what a round costs) with the lost-host error and exit
+/// 12, and an order from c for that job is answered the same way at once.
+#[test]
+fn a_wait_on_a_lost_hosts_job_ends_with_the_lost_host_error() {
+    let Some((_pg, env, [mut a, b, c])) =
+        board_of_three("a_wait_on_a_lost_hosts_job_ends_with_the_lost_host_error")
+    else {
+        return;
+    };
+    let file = env.job(
+        "slow.toml",
+        "name = \"slow\"",
+        "[[task]]\nname = \"wait\"\nrun = \"sleep 60\"\nrevert = \"sleep 60\"\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &b.state_dir, &id, "a");
+    let b_dir = b.state_dir.to_str().expect("UTF-8");
+    let mut waiter = env.spawn(&["cancel", &id, "--wait", "--state-dir", b_dir]);
+    wait_for(DEADLINE, "b's wait to follow the job on a", || {
+        let err = waiter.stderr();
+        if err.contains(&format!("following job {id} on host a")) {
+            Ok(())
+        } else {
+            Err(format!("stdout {:?} stderr {err:?}", waiter.stdout()))
+        }
+    });
+    wait_local_state(&env, &a.state_dir, &id, DEADLINE, "cancelling");
+
+    sigkill_run(&mut a.daemon);
+    let code = waiter.wait_exit(LEASE + MARGIN + POLL_SLACK);
+    assert_eq!(code, 12, "{}", waiter.report());
+    assert!(
+        waiter
+            .stderr()
+            .contains(&format!("host a lost its lease; job {id} is held there")),
+        "{}",
+        waiter.report()
+    );
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["pause", &id], DEADLINE);
+    assert_eq!(code, 12, "stdout {out:?} stderr {err:?}");
+    assert!(err.contains("host a lost its lease"), "{err}");
+}
+
+/// Issue 11: `ls --limit N` on a board is the N most recent jobs of the whole board, in order,
+/// whichever host is asked (this host's and the others' merged by creation time, not this
+/// host's N first); `prune` on a host also deletes its rows from the board's mirror, so the
+/// other hosts no longer list the pruned jobs.
+#[test]
+fn ls_limit_is_the_boards_most_recent_and_prune_deletes_the_mirror_rows() {
+    let Some((pg, env, [a, b, c])) =
+        board_of_three("ls_limit_is_the_boards_most_recent_and_prune_deletes_the_mirror_rows")
+    else {
+        return;
+    };
+    let file = env.job(
+        "quick.toml",
+        "name = \"quick\"",
+        "[[task]]\nname = \"once\"\nrun = \"true\"\n",
+    );
+    // Each job on the board's mirror before the next is submitted: creation order is a, b, a, c.
+    let mut ids = Vec::new();
+    for host in [&a, &b, &a, &c] {
+        let id = submit_at(&env, &host.state_dir, &file);
+        wait_for(DEADLINE, &format!("{id} on the board"), || {
+            let count = pg.sql(&format!("SELECT count(*) FROM jobs WHERE id = '{id}'"));
+            if count.trim() == "1" {
+                Ok(())
+            } else {
+                Err(count)
+            }
+        });
+        ids.push(id);
+    }
+    for host in [&a, &b, &c] {
+        let dir = &host.state_dir;
+        wait_for(DEADLINE, "every job listed, ended", || {
+            let jobs = ls_json(&env, dir, &["--all"])?;
+            if jobs.len() == 4 && jobs.iter().all(|job| job["state"] == "success") {
+                Ok(())
+            } else {
+                Err(format!("{jobs:?}"))
+            }
+        });
+        assert_eq!(ls_ids(&env, dir, &["--all", "--limit", "3"]), ids[1..]);
+        assert_eq!(ls_ids(&env, dir, &["--all", "--limit", "2"]), ids[2..]);
+        assert_eq!(ls_ids(&env, dir, &["--all", "--limit", "10"]).len(), 4);
+    }
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["ls", "--limit", "10001"], DEADLINE);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("at most 10000"), "{err}");
+
+    // a prunes its two jobs: gone from its store and from the board.
+    let (code, out, err) = cli_at(
+        &env,
+        &a.state_dir,
+        &["prune", "--older-than", "0s", "--json"],
+        DEADLINE,
+    );
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    let left = pg.sql("SELECT count(*) FROM jobs WHERE host = 'a'");
+    assert_eq!(left.trim(), "0", "a's mirror rows deleted");
+    let listed = ls_ids(&env, &b.state_dir, &["--all"]);
+    assert_eq!(listed, [ids[1].clone(), ids[3].clone()]);
+}
+
+/// Issue 11: `logs` of another host's job is asked of its host, which answers with the lines:
+/// b prints what a prints (`--task` too); an output larger than the answer's bound comes as
+/// its last lines after a notice of how many were left out; `--follow` is refused (exit 2),
+/// naming the host to run it on.
+#[test]
+fn logs_of_another_hosts_job_come_from_its_host() {
+    let Some((pg, env, [a, b, _c])) =
+        board_of_three("logs_of_another_hosts_job_come_from_its_host")
+    else {
+        return;
+    };
+    let file = env.job(
+        "talk.toml",
+        "name = \"talk\"",
+        "[[task]]\nname = \"hello\"\nrun = \"echo hello; echo there\"\n\n\
+         [[task]]\nname = \"big\"\n\
+         run = '''awk 'BEGIN { for (i = 1; i <= 1300; i++) { printf \"%d \", i; for (j = 0; j < 990; j++) printf \"x\"; print \"\" } }' '''\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_local_state(&env, &a.state_dir, &id, LONG_DEADLINE, "success");
+    wait_for(DEADLINE, "b to see the job ended", || {
+        let jobs = ls_json(&env, &b.state_dir, &["--all"])?;
+        if jobs.iter().any(|job| job["id"] == id.as_str()) {
+            Ok(())
+        } else {
+            Err(format!("{jobs:?}"))
+        }
+    });
+
+    let here = cli_at(
+        &env,
+        &a.state_dir,
+        &["logs", &id, "--task", "hello"],
+        DEADLINE,
+    );
+    let there = cli_at(
+        &env,
+        &b.state_dir,
+        &["logs", &id, "--task", "hello"],
+        DEADLINE,
+    );
+    assert_eq!(here.0, 0, "{here:?}");
+    assert_eq!(there, here);
+    assert_eq!(there.1, "[hello] hello\n[hello] there\n");
+
+    // The whole output is larger than the answer's bound: its last lines, after a notice.
+    let (code, out, err) = cli_at(&env, &b.state_dir, &["logs", &id], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("[supervisor] "), "{}", lines[0]);
+    assert!(lines[0].contains("earlier lines left out"), "{}", lines[0]);
+    assert!(lines.len() < 1300, "{}", lines.len());
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("[big] 1300 x")),
+        "{:?}",
+        lines.last()
+    );
+    let full = cli_at(&env, &a.state_dir, &["logs", &id], DEADLINE);
+    assert_eq!(full.1.lines().count(), 1302, "the owner itself shows all");
+    let kept = pg.sql("SELECT count(*) FROM requests WHERE reply IS NOT NULL");
+    assert_eq!(
+        kept.trim(),
+        "0",
+        "the replies read are cleared from the board"
+    );
+
+    let (code, _, err) = cli_at(&env, &b.state_dir, &["logs", &id, "--follow"], DEADLINE);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("on host a"), "{err}");
 }

@@ -300,6 +300,24 @@ pub enum ErrorCode {
     /// The daemon runs without a job board (`--board`), so `hosts` has nothing to show. Added
     /// at the end with `Hosts`, which only version 4 clients send.
     NoBoard,
+    /// The host of the job board that holds the job lost its lease (or stopped): an order for
+    /// it, or a `--wait` on it, cannot be answered now. Added at the end; only a version 4
+    /// client that asked about another host's job gets it.
+    HostLost,
+}
+
+impl ErrorCode {
+    /// Every code, in wire order.
+    pub const ALL: [Self; 8] = [
+        Self::InvalidRequest,
+        Self::UnknownJob,
+        Self::WrongState,
+        Self::Unavailable,
+        Self::Internal,
+        Self::PermissionDenied,
+        Self::NoBoard,
+        Self::HostLost,
+    ];
 }
 
 /// The filters of `ls` (version 3): every one given must hold. The daemon applies them while
@@ -468,6 +486,10 @@ mod tests {
             ClientReply::Error {
                 code: ErrorCode::NoBoard,
                 message: "no board".into(),
+            },
+            ClientReply::Error {
+                code: ErrorCode::HostLost,
+                message: "host a lost its lease".into(),
             },
         ] {
             let frame = crate::protocol::codec::encode_frame(&message).expect("encodes");

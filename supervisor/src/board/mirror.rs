@@ -59,6 +59,23 @@ pub async fn unended(client: &Client, host: &str) -> Result<Vec<String>, tokio_p
     rows.iter().map(|row| row.try_get(0)).collect()
 }
 
+/// Deletes `host`'s rows of jobs `ids` (the jobs it pruned); how many it deleted.
+pub async fn forget(
+    client: &Client,
+    host: &str,
+    ids: &[&str],
+) -> Result<u64, tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    client
+        .execute(
+            "DELETE FROM jobs WHERE host = $1 AND id = ANY($2)",
+            &[&host, &ids],
+        )
+        .await
+}
+
 /// The rows of job `id` held by hosts other than `me` (more than one only if two hosts drew
 /// the same 32 random bits).
 pub async fn find(

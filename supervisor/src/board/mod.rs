@@ -1,6 +1,6 @@
 //! The job board: daemons on many hosts sharing one PostgreSQL database (DESIGN.md section 11,
 //! issue 11). Hosts are on the board; every host's jobs are *visible* from every other one
-//! (the mirror), and `cancel` and `kill` reach a job's owner from anywhere (requests). Jobs
+//! (the mirror), and every operator's order reaches a job's owner from anywhere (requests). Jobs
 //! still run on the host where they were submitted: claims by any host, epochs and fencing
 //! come in a later slice and build on what is here.
 //!
@@ -33,13 +33,17 @@
 //!   daemon writes its jobs' summaries (state, current task, running count) to `jobs` from its
 //!   job-event broadcast, in the background; after a lag or a reconnect it re-publishes its
 //!   live jobs. Other hosts read it for `ls`, `status` and `--wait`.
-//! - **Requests** ([`requests`]): a `cancel` or `kill` of another host's job is a row of
-//!   `requests` plus `pg_notify('sv_requests', HOST)` in one statement; the operator's answer
-//!   comes after the commit. The owner's `listener` (one dedicated `LISTEN` connection,
+//! - **Requests** ([`requests`]): an order (`cancel`, `kill`, `revert`, `resume`, `pause`,
+//!   `continue`) of another host's job, or `logs` of it, is a row of `requests` plus
+//!   `pg_notify('sv_requests', HOST)` in one statement. The operator's answer comes after the
+//!   commit for `cancel` and `kill`; for the others, once the owner marked the row done (its
+//!   refusal's code and text, or the lines of `logs`, written back), read again by the asking
+//!   daemon every 50 ms ([`Board::request_answer`]), or at once when the owner's lease
+//!   expired. The owner's `listener` (one dedicated `LISTEN` connection,
 //!   named `supervisor-listen`) wakes its reader ([`Board::requests_due`]) on a notification
 //!   and after every (re)connect, and every renewal wakes it too: a lost notification delays
 //!   a request by at most lease/3. The reader (`daemon/remote.rs`) applies each through the
-//!   job's actor, as a local order, and marks it done.
+//!   job's actor, as a local order, and marks it done with the outcome.
 //! - **Connections**, one per role ([`Role`], in `application_name`): renewals, the listener,
 //!   the mirror, and one shared query connection (`query.rs`) for operators' reads and
 //!   requests and the owner's reads of its requests; `hosts` and leaving open their own.

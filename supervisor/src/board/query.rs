@@ -1,11 +1,11 @@
 //! The board's shared query connection ([`Role::Query`]): operators' reads of the mirror
-//! (`ls`, `status`, `--wait`), their cancel and kill requests, and the owner's reads and marks
-//! of its requests. It is opened on first use and again after a failure or a timeout (a
+//! (`ls`, `status`, `--wait`), their requests and the reads of the owners' answers, and the
+//! owner's reads and marks of its requests. It is opened on first use and again after a failure or a timeout (a
 //! stuck one is abandoned), so a board that was down costs one failed request, not the
 //! daemon. It is never the renewals' nor the listener's connection.
 
 use super::mirror::{self, RemoteQuery};
-use super::requests::{self, Ask, Pending, Written};
+use super::requests::{self, Answer, Ask, Outcome, Pending, Written};
 use super::{Board, BoardError, Connection, QUERY_TIMEOUT, Role, connect};
 use shared::ids::JobId;
 use shared::protocol::client::HostedJob;
@@ -94,6 +94,16 @@ impl Board {
         .await
     }
 
+    /// Deletes this host's mirror rows of `ids` (jobs it pruned); how many it deleted.
+    pub async fn forget_jobs(&self, ids: Vec<JobId>) -> Result<u64, BoardError> {
+        let me = self.inner.config.host.clone();
+        self.with_query("delete pruned jobs from the board", |c| async move {
+            let ids: Vec<&str> = ids.iter().map(JobId::as_str).collect();
+            mirror::forget(c.client(), &me, &ids).await
+        })
+        .await
+    }
+
     /// Writes `ask` of job `id` for the host that holds it, and notifies it.
     pub async fn request(&self, id: &JobId, ask: Ask) -> Result<Written, BoardError> {
         let me = self.inner.config.host.clone();
@@ -114,9 +124,26 @@ impl Board {
     }
 
     /// Marks request `seq` done with `outcome`.
-    pub async fn mark_done(&self, seq: i64, outcome: String) -> Result<(), BoardError> {
+    pub async fn mark_done(&self, seq: i64, outcome: Outcome) -> Result<(), BoardError> {
         self.with_query("mark a request done", |c| async move {
             requests::mark_done(c.client(), seq, &outcome).await
+        })
+        .await
+    }
+
+    /// Forgets the owner's reply to request `seq` (its requester read it).
+    pub async fn clear_reply(&self, seq: i64) -> Result<(), BoardError> {
+        self.with_query("clear a request's reply", |c| async move {
+            requests::clear_reply(c.client(), seq).await
+        })
+        .await
+    }
+
+    /// Where request `seq` stands, and whether its job's mirror row changed after
+    /// `updated_us`.
+    pub async fn request_answer(&self, seq: i64, updated_us: i64) -> Result<Answer, BoardError> {
+        self.with_query("read a request's answer", |c| async move {
+            requests::answer(c.client(), seq, updated_us).await
         })
         .await
     }

@@ -1,58 +1,103 @@
-//! The `requests` table: a `cancel` or `kill` of a job, written by whichever host the operator
-//! asked, for the host that holds the job (issue 11, rule 3).
+//! The `requests` table: an operator's order about a job (`cancel`, `kill`, `revert`,
+//! `resume`, `pause`, `continue`) or a read of its output (`logs`), written by whichever host
+//! the operator asked, for the host that holds the job (issue 11, rule 3).
 //!
 //! - **Write** ([`request`]): one statement inserts the row (only for a job the mirror shows
-//!   live on another host) and `pg_notify('sv_requests', HOST)`; PostgreSQL delivers the
-//!   notification at the commit, so the owner never hears of a row it cannot read, and the
-//!   operator's answer comes after the commit: the request is durable.
+//!   on another host; for `cancel` and `kill`, only while it is live) and
+//!   `pg_notify('sv_requests', HOST)`; PostgreSQL delivers the notification at the commit, so
+//!   the owner never hears of a row it cannot read, and the operator's answer comes after the
+//!   commit: the request is durable.
 //! - **Read** ([`pending`]): the owner reads its rows with `done_at IS NULL`, on a notification,
 //!   after its listener (re)connects, and after every lease renewal: a lost notification
 //!   delays a request by at most lease/3, never loses it.
 //! - **Done** ([`mark_done`]): once the job's actor answered, `done_at = now()` and the
-//!   outcome. A request read twice (a crash between applying and marking it) is applied twice:
-//!   a second cancel or kill of the same job does no harm (the actor refuses it or it is
-//!   already on the ladder).
+//!   outcome, with the error code and text of a refusal, and for `logs` the lines (`reply`,
+//!   JSON, bounded by the owner: `daemon/handlers/logs.rs`; its requester clears it once read:
+//!   [`clear_reply`]). A request read twice (a crash between
+//!   applying and marking it) is applied twice: a second cancel or kill of the same job does no
+//!   harm (the actor refuses it or it is already on the ladder), and a second revert, resume,
+//!   pause or continue is refused by the job's state like any repeated order.
+//! - **Answer** ([`answer`]): for the kinds the operator waits on ([`Kind::is_answered`]) the
+//!   requesting host reads the row again until it is done, and the owner's liveness (by the
+//!   database's clock) with it, so that a lost owner ends the wait at once.
 
 use shared::ids::JobId;
-use shared::protocol::client::Requester;
+use shared::protocol::client::{ErrorCode, Requester};
 use tokio_postgres::Client;
 
 /// The channel of request notifications; the payload is the owner's host name.
 pub const CHANNEL: &str = "sv_requests";
 
-/// What is asked of the job's owner.
+/// What is asked of the job's owner: the operator's orders, as `Action` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Cancel,
     Kill,
+    Revert,
+    Resume,
+    Pause,
+    Continue,
+    /// A read of the job's output (`logs` without `--follow`), answered with its lines.
+    Logs,
 }
 
 impl Kind {
+    /// Every kind, in the order of the schema's `CHECK`.
+    pub const ALL: [Self; 7] = [
+        Self::Cancel,
+        Self::Kill,
+        Self::Revert,
+        Self::Resume,
+        Self::Pause,
+        Self::Continue,
+        Self::Logs,
+    ];
+
     /// The name stored in `requests.kind`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Cancel => "cancel",
             Self::Kill => "kill",
+            Self::Revert => "revert",
+            Self::Resume => "resume",
+            Self::Pause => "pause",
+            Self::Continue => "continue",
+            Self::Logs => "logs",
         }
     }
 
     /// The kind stored as `text`, if this build knows it.
     #[must_use]
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "cancel" => Some(Self::Cancel),
-            "kill" => Some(Self::Kill),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    /// Whether the operator waits for the owner's answer: every order but `cancel` and `kill`,
+    /// which are answered once durable (the owner carries them out whenever it reads them, and
+    /// they may only reach a live job).
+    #[must_use]
+    pub const fn is_answered(self) -> bool {
+        !matches!(self, Self::Cancel | Self::Kill)
+    }
+
+    /// Whether carrying it out changes the job (every kind but `logs`).
+    #[must_use]
+    pub const fn changes_job(self) -> bool {
+        !matches!(self, Self::Logs)
     }
 }
 
 /// What writing a request found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Written {
-    /// Committed for this host, which was notified.
-    Requested { host: String },
+    /// Committed for this host, which was notified, as row `seq`; `updated_us` is when the
+    /// mirror's row of the job last changed (µs since the epoch, the database's clock).
+    Requested {
+        host: String,
+        seq: i64,
+        updated_us: i64,
+    },
     /// The mirror shows the job on another host, ended.
     Ended { host: String, state: String },
     /// No other host holds a job with this id.
@@ -69,6 +114,10 @@ pub struct Ask {
     pub timeout_ms: Option<u64>,
     /// Who asked, as this host's kernel told it.
     pub by: Option<Requester>,
+    /// `logs --task`.
+    pub task: Option<String>,
+    /// `logs --since`: from the lines written at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
 }
 
 /// Writes a request for job `id` held by a host other than `me`, and notifies that host, in
@@ -81,13 +130,19 @@ pub async fn request(
 ) -> Result<Written, tokio_postgres::Error> {
     let holders = client
         .query(
-            "SELECT host, state, ended FROM jobs WHERE id = $1 AND host <> $2 ORDER BY host",
+            "SELECT host, state, ended, (extract(epoch FROM updated_at) * 1000000)::bigint
+             FROM jobs WHERE id = $1 AND host <> $2 ORDER BY host",
             &[&id.as_str(), &me],
         )
         .await?;
-    let (host, state, ended): (String, String, bool) = match holders.as_slice() {
+    let (host, state, ended, updated_us): (String, String, bool, i64) = match holders.as_slice() {
         [] => return Ok(Written::Unknown),
-        [one] => (one.try_get(0)?, one.try_get(1)?, one.try_get(2)?),
+        [one] => (
+            one.try_get(0)?,
+            one.try_get(1)?,
+            one.try_get(2)?,
+            one.try_get(3)?,
+        ),
         several => {
             let hosts = several
                 .iter()
@@ -96,7 +151,7 @@ pub async fn request(
             return Ok(Written::Ambiguous { hosts });
         }
     };
-    if ended {
+    if ended && !ask.kind.is_answered() {
         return Ok(Written::Ended { host, state });
     }
     let by_json = ask
@@ -106,15 +161,16 @@ pub async fn request(
     let timeout_ms = ask
         .timeout_ms
         .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
-    client
-        .execute(
+    let row = client
+        .query_one(
             "WITH r AS (
                  INSERT INTO requests
-                     (job_id, host, kind, requested_at, requested_by, by_json, timeout_ms)
-                 VALUES ($1, $2, $3, now(), $4, $5, $6)
-                 RETURNING host
+                     (job_id, host, kind, requested_at, requested_by, by_json, timeout_ms,
+                      task, since_ms)
+                 VALUES ($1, $2, $3, now(), $4, $5, $6, $8, $9)
+                 RETURNING seq, host
              )
-             SELECT pg_notify($7, host) FROM r",
+             SELECT seq, pg_notify($7, host)::text FROM r",
             &[
                 &id.as_str(),
                 &host,
@@ -123,10 +179,16 @@ pub async fn request(
                 &by_json,
                 &timeout_ms,
                 &CHANNEL,
+                &ask.task,
+                &ask.since_ms,
             ],
         )
         .await?;
-    Ok(Written::Requested { host })
+    Ok(Written::Requested {
+        host,
+        seq: row.try_get(0)?,
+        updated_us,
+    })
 }
 
 /// A request waiting for its owner.
@@ -144,13 +206,18 @@ pub struct Pending {
     pub by: Option<Requester>,
     /// A cancel's `--timeout`.
     pub timeout: Option<std::time::Duration>,
+    /// `logs --task`.
+    pub task: Option<String>,
+    /// `logs --since` (ms since the epoch).
+    pub since_ms: Option<i64>,
 }
 
 /// `host`'s requests not yet done, oldest first.
 pub async fn pending(client: &Client, host: &str) -> Result<Vec<Pending>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT seq, job_id, kind, requested_by, by_json, timeout_ms FROM requests
+            "SELECT seq, job_id, kind, requested_by, by_json, timeout_ms, task, since_ms
+             FROM requests
              WHERE host = $1 AND done_at IS NULL ORDER BY seq",
             &[&host],
         )
@@ -170,24 +237,159 @@ pub async fn pending(client: &Client, host: &str) -> Result<Vec<Pending>, tokio_
                 timeout: timeout_ms
                     .and_then(|ms| u64::try_from(ms).ok())
                     .map(std::time::Duration::from_millis),
+                task: row.try_get(6)?,
+                since_ms: row.try_get(7)?,
             })
         })
         .collect()
+}
+
+/// What the owner answers to a request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// For the log and `requests.outcome`: `done`, or `refused: ...`.
+    pub text: String,
+    /// The refusal's code and text, when the owner refused it.
+    pub refusal: Option<(ErrorCode, String)>,
+    /// What `logs` answers (its lines, as JSON).
+    pub reply: Option<String>,
 }
 
 /// Marks request `seq` done with its `outcome` (once: a second mark changes nothing).
 pub async fn mark_done(
     client: &Client,
     seq: i64,
-    outcome: &str,
+    outcome: &Outcome,
 ) -> Result<(), tokio_postgres::Error> {
+    let code = outcome.refusal.as_ref().map(|(code, _)| code_name(*code));
+    let error = outcome.refusal.as_ref().map(|(_, text)| text.as_str());
     client
         .execute(
-            "UPDATE requests SET done_at = now(), outcome = $2 WHERE seq = $1 AND done_at IS NULL",
-            &[&seq, &outcome],
+            "UPDATE requests SET done_at = now(), outcome = $2, error_code = $3, error = $4,
+                 reply = $5
+             WHERE seq = $1 AND done_at IS NULL",
+            &[&seq, &outcome.text, &code, &error, &outcome.reply],
         )
         .await?;
     Ok(())
+}
+
+/// Where a request stands, as its requester reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Not done yet; whether its owner's lease is current (by the database's clock), and
+    /// whether it stopped cleanly.
+    Pending { alive: bool, stopped: bool },
+    /// Carried out; `moved`: the mirror's row of the job changed after the given time;
+    /// `reply`: what the owner answered (`logs`).
+    Done { moved: bool, reply: Option<String> },
+    /// Refused by the owner, with its error (the code is `Internal` when this build does not
+    /// know the stored one).
+    Refused(ErrorCode, String),
+}
+
+/// Request `seq` as it stands, with whether the mirror's row of its job changed after
+/// `updated_us` (µs since the epoch). A row that is gone (deleted by hand) reads as refused.
+pub async fn answer(
+    client: &Client,
+    seq: i64,
+    updated_us: i64,
+) -> Result<Answer, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT r.done_at IS NOT NULL, r.error_code, r.error, r.outcome,
+                    COALESCE(h.stopped_at IS NULL
+                        AND now() - h.renewed_at < h.lease_ms * interval '1 millisecond', false),
+                    COALESCE(h.stopped_at IS NOT NULL, false),
+                    COALESCE((extract(epoch FROM j.updated_at) * 1000000)::bigint > $2, false),
+                    r.reply
+             FROM requests r
+             LEFT JOIN hosts h ON h.name = r.host
+             LEFT JOIN jobs j ON j.host = r.host AND j.id = r.job_id
+             WHERE r.seq = $1",
+            &[&seq, &updated_us],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(Answer::Refused(
+            ErrorCode::Internal,
+            format!("request {seq} is gone from the board"),
+        ));
+    };
+    let done: bool = row.try_get(0)?;
+    if !done {
+        return Ok(Answer::Pending {
+            alive: row.try_get(4)?,
+            stopped: row.try_get(5)?,
+        });
+    }
+    let code: Option<String> = row.try_get(1)?;
+    let error: Option<String> = row.try_get(2)?;
+    let outcome: Option<String> = row.try_get(3)?;
+    let refusal = match (code, error, outcome) {
+        (Some(code), error, outcome) => Some((
+            parse_code(&code).unwrap_or(ErrorCode::Internal),
+            error.or(outcome).unwrap_or_default(),
+        )),
+        (None, _, Some(outcome)) if outcome != DONE => Some(older_owners_refusal(&outcome)),
+        (None, _, _) => None,
+    };
+    match refusal {
+        Some((code, text)) => Ok(Answer::Refused(code, text)),
+        None => Ok(Answer::Done {
+            moved: row.try_get(6)?,
+            reply: row.try_get(7)?,
+        }),
+    }
+}
+
+/// The outcome of a request carried out.
+pub const DONE: &str = "done";
+
+/// A refusal written by an owner older than `error_code` (during a rolling upgrade): its
+/// outcome is `unreadable` (a kind it does not know) or `refused: TEXT`.
+fn older_owners_refusal(outcome: &str) -> (ErrorCode, String) {
+    match outcome.strip_prefix("refused: ") {
+        Some(text) => (ErrorCode::WrongState, text.to_owned()),
+        None => (
+            ErrorCode::InvalidRequest,
+            format!(
+                "the job's host cannot carry this out ({outcome}): its supervisor is older than this one"
+            ),
+        ),
+    }
+}
+
+/// Forgets what the owner answered to request `seq` (read by its requester: the lines of
+/// `logs` need not stay on the board).
+pub async fn clear_reply(client: &Client, seq: i64) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("UPDATE requests SET reply = NULL WHERE seq = $1", &[&seq])
+        .await?;
+    Ok(())
+}
+
+/// The name an error code is stored under in `requests.error_code`.
+#[must_use]
+pub const fn code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidRequest => "invalid_request",
+        ErrorCode::UnknownJob => "unknown_job",
+        ErrorCode::WrongState => "wrong_state",
+        ErrorCode::Unavailable => "unavailable",
+        ErrorCode::Internal => "internal",
+        ErrorCode::PermissionDenied => "permission_denied",
+        ErrorCode::NoBoard => "no_board",
+        ErrorCode::HostLost => "host_lost",
+    }
+}
+
+/// The error code stored as `text`, if this build knows it.
+#[must_use]
+pub fn parse_code(text: &str) -> Option<ErrorCode> {
+    ErrorCode::ALL
+        .into_iter()
+        .find(|code| code_name(*code) == text)
 }
 
 #[cfg(test)]
@@ -196,9 +398,32 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_their_stored_names() {
-        for kind in [Kind::Cancel, Kind::Kill] {
+        for kind in Kind::ALL {
             assert_eq!(Kind::parse(kind.as_str()), Some(kind));
         }
-        assert_eq!(Kind::parse("revert"), None);
+        assert_eq!(Kind::parse("reboot"), None);
+        assert!(!Kind::Cancel.is_answered() && !Kind::Kill.is_answered());
+        assert!(Kind::Revert.is_answered() && Kind::Pause.is_answered());
+        assert!(Kind::Logs.is_answered() && !Kind::Logs.changes_job());
+    }
+
+    #[test]
+    fn an_older_owners_outcomes_read_as_refusals() {
+        let (code, text) = older_owners_refusal("refused: job 1 is running");
+        assert_eq!(
+            (code, text.as_str()),
+            (ErrorCode::WrongState, "job 1 is running")
+        );
+        let (code, text) = older_owners_refusal("unreadable");
+        assert_eq!(code, ErrorCode::InvalidRequest);
+        assert!(text.contains("older"), "{text}");
+    }
+
+    #[test]
+    fn error_codes_round_trip_through_their_stored_names() {
+        for code in ErrorCode::ALL {
+            assert_eq!(parse_code(code_name(code)), Some(code));
+        }
+        assert_eq!(parse_code("WrongState"), None);
     }
 }

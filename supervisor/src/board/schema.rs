@@ -54,6 +54,19 @@ const MIGRATIONS: &[&str] = &[
         outcome      text
     );
     CREATE INDEX requests_pending ON requests (host) WHERE done_at IS NULL",
+    // Every operator's order reaches another host's job (`requests.rs`): revert, resume,
+    // pause and continue join cancel and kill, and so does `logs` (its task and `--since`
+    // asked, its lines answered in `reply`); the owner's refusal is written back with its
+    // error code and text for the requester to show. Only `requests` changes, so this applies
+    // on top of any earlier layout of `jobs`.
+    "ALTER TABLE requests DROP CONSTRAINT requests_kind_check;
+    ALTER TABLE requests ADD CONSTRAINT requests_kind_check
+        CHECK (kind IN ('cancel', 'kill', 'revert', 'resume', 'pause', 'continue', 'logs'));
+    ALTER TABLE requests ADD COLUMN task text;
+    ALTER TABLE requests ADD COLUMN since_ms bigint;
+    ALTER TABLE requests ADD COLUMN error_code text;
+    ALTER TABLE requests ADD COLUMN error text;
+    ALTER TABLE requests ADD COLUMN reply text",
 ];
 
 /// The version this build writes.

@@ -1,17 +1,23 @@
 //! What the CLI shows of another host's jobs on a job board: `ls` rows and `--json` items with
 //! their host, `status` of a job held elsewhere (from the board's mirror), and `--wait` on
 //! one, which polls its status every [`REMOTE_POLL`] (the local daemon's events do not carry
-//! other hosts' jobs).
+//! other hosts' jobs) and its host's liveness every [`HOST_CHECK`]: a wait on a job whose
+//! host lost its lease (or stopped) ends with exit 12 instead of polling a mirror row nobody
+//! updates any more.
 
-use super::client::Outcome;
+use super::client::{Failure, Outcome};
 use super::escape::shown;
 use shared::exit;
-use shared::protocol::client::{HostedJob, JobStatus, JobSummary};
+use shared::protocol::client::{HostState, HostedJob, JobStatus, JobSummary};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often `--wait` reads the status of a job another host holds.
 pub const REMOTE_POLL: Duration = Duration::from_millis(50);
+
+/// How often `--wait` on another host's job asks whether that host is still alive (by the
+/// database's clock: `hosts`).
+pub const HOST_CHECK: Duration = Duration::from_millis(250);
 
 /// A job as `status` found it: held by this daemon (with its host name on a job board), or
 /// by another host of its board.
@@ -59,11 +65,13 @@ pub fn print_elsewhere(hosted: &HostedJob) {
 
 /// Follows a job another host holds to its end, reading its status from the local daemon
 /// (which reads the board's mirror) every [`REMOTE_POLL`]; the exit code of `run` for its
-/// state. A job that moved to this daemon (it cannot yet; a later slice's claims will) is
-/// followed as a local one.
+/// state. Every [`HOST_CHECK`] it asks whether the job's host is alive: a lost or stopped one
+/// ends the wait with [`exit::HOST_LOST`]. A job that moved to this daemon (it cannot yet; a
+/// later slice's claims will) is followed as a local one.
 pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -> Outcome<i32> {
     let mut seen = first;
     let mut announced = false;
+    let mut next_check = Instant::now();
     loop {
         if let Some(code) = exit::for_job_state(seen.job.state) {
             eprintln!(
@@ -76,12 +84,36 @@ pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -
             eprintln!("following job {} on host {}", seen.job.id, seen.host);
             announced = true;
         }
+        if Instant::now() >= next_check {
+            check_host(dir.clone(), &seen).await?;
+            next_check = Instant::now() + HOST_CHECK;
+        }
         tokio::time::sleep(REMOTE_POLL).await;
         match super::jobs::status_any(dir.clone(), job).await? {
             Seen::Elsewhere(hosted) => seen = *hosted,
             Seen::Here { .. } => return Box::pin(super::jobs::wait_for_end(dir, job)).await,
         }
     }
+}
+
+/// Fails with [`exit::HOST_LOST`] when the host of `seen` is lost or stopped (or gone from the
+/// board).
+async fn check_host(dir: Option<PathBuf>, seen: &HostedJob) -> Outcome<()> {
+    let hosts = super::hosts::list(dir).await?;
+    let state = hosts.iter().find(|h| h.name == seen.host).map(|h| h.state);
+    let what = match state {
+        Some(HostState::Alive) => return Ok(()),
+        Some(HostState::Lost) => "lost its lease",
+        Some(HostState::Stopped) => "stopped",
+        None => "is gone from the board",
+    };
+    Err(Failure::new(
+        exit::HOST_LOST,
+        format!(
+            "host {} {what}; job {} is held there until it is rescued (last seen {})",
+            seen.host, seen.job.id, seen.job.state
+        ),
+    ))
 }
 
 #[cfg(test)]

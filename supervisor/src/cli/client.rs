@@ -138,6 +138,7 @@ fn failure(code: ErrorCode, message: String) -> Failure {
         ErrorCode::Internal => exit::INTERNAL,
         ErrorCode::PermissionDenied => exit::PERMISSION_DENIED,
         ErrorCode::NoBoard => exit::NO_BOARD,
+        ErrorCode::HostLost => exit::HOST_LOST,
     };
     Failure::new(exit_code, message)
 }

@@ -10,10 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 pub async fn show(dir: Option<PathBuf>, json: bool) -> Outcome<i32> {
-    let reply = Client::call(dir, &ClientRequest::Hosts).await?;
-    let ClientReply::Hosts(hosts) = reply else {
-        return Err(super::jobs::unexpected(&reply));
-    };
+    let hosts = list(dir).await?;
     let mut out = std::io::stdout().lock();
     if json {
         let _ = writeln!(
@@ -26,6 +23,15 @@ pub async fn show(dir: Option<PathBuf>, json: bool) -> Outcome<i32> {
     }
     let _ = out.flush();
     Ok(exit::SUCCESS)
+}
+
+/// Every host of the daemon's board, as the daemon read it.
+pub async fn list(dir: Option<PathBuf>) -> Outcome<Vec<HostSummary>> {
+    let reply = Client::call(dir, &ClientRequest::Hosts).await?;
+    let ClientReply::Hosts(hosts) = reply else {
+        return Err(super::jobs::unexpected(&reply));
+    };
+    Ok(hosts)
 }
 
 /// The human table: a header, then one line per host.

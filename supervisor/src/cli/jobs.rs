@@ -539,13 +539,18 @@ async fn simple(
     let reply = Client::call(dir.clone(), &request).await?;
     match reply {
         ClientReply::Done => {}
-        ClientReply::Requested { host } => {
-            let action = match &request {
-                ClientRequest::Operate { action, .. } => action.as_str(),
-                _ => "order",
-            };
-            println!("{action} requested on host {host}");
-        }
+        // Another host's job: a cancel or kill is durable on the board (carried out when its
+        // host reads it); any other order was carried out by its host already.
+        ClientReply::Requested { host } => match &request {
+            ClientRequest::Operate {
+                action: action @ (Action::Cancel | Action::Kill),
+                ..
+            } => println!("{} requested on host {host}", action.as_str()),
+            ClientRequest::Operate { action, .. } => {
+                println!("{} accepted by host {host}", action.as_str());
+            }
+            _ => println!("order requested on host {host}"),
+        },
         other => return Err(unexpected(&other)),
     }
     if wait {

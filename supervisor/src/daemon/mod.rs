@@ -132,7 +132,7 @@ pub async fn run(
     reattach_all(&jobs).await;
     tokio::spawn(scheduler::run(jobs.clone(), max_jobs));
     if let Some(keep) = config.keep {
-        tokio::spawn(handlers::prune::keep(jobs.clone(), keep));
+        tokio::spawn(handlers::prune::keep(jobs.clone(), board.clone(), keep));
     }
     tracing::info!(state_dir = %config.state_dir.root().display(), max_jobs, "daemon ready");
 

@@ -1,19 +1,25 @@
-//! The owner's side of remote cancel and kill (issue 11, rule 3): the requests other hosts
-//! wrote on the board for this host's jobs (`board/requests.rs`), carried out through the
-//! job's actor exactly as a local `cancel` or `kill` is (`Jobs::ask`), then marked done.
+//! The owner's side of remote orders (issue 11, rule 3): the requests other hosts wrote on the
+//! board for this host's jobs (`board/requests.rs`), carried out through the job's actor
+//! exactly as the local `cancel`, `kill`, `revert`, `resume`, `pause` or `continue` is
+//! (`Jobs::ask`), then marked done with the outcome: a refusal is written back with the code
+//! and text a local operator would have got, for the requesting host to show. A `logs`
+//! request is answered with the job's last lines (`handlers/logs.rs`, `tail`), bounded.
 //!
 //! The reader wakes when the board says requests are due (`Board::requests_due`): on a
 //! notification from the listener, after the listener (re)connects, and after every lease
 //! renewal, so a lost notification delays a request by at most lease/3. One task reads and
 //! applies them in order, so a request is never applied twice at once; one applied twice
-//! across a crash does no harm (a second cancel or kill of a job is refused or joins the
+//! across a crash does no harm (a second order of a job is refused by its state, or joins the
 //! ladder already running). A request the actor could not take now (the daemon is stopping,
 //! the store refuses writes) stays pending for the next wake-up; any other refusal is the
-//! request's outcome (`requests.outcome`).
+//! request's outcome (`requests.outcome`, `error_code`, `error`).
 
+use super::handlers::{logs, order_refusal};
 use crate::board::Board;
-use crate::board::requests::{Kind, Pending};
+use crate::board::requests::{DONE, Kind, Outcome, Pending};
 use crate::job::{Jobs, Order, OrderError};
+use shared::ids::JobId;
+use shared::protocol::client::ErrorCode;
 
 /// Reads and applies this host's requests each time they are due, for the daemon's life.
 pub async fn run(jobs: Jobs, board: Board) {
@@ -41,38 +47,81 @@ pub async fn run(jobs: Jobs, board: Board) {
 }
 
 /// Carries out one request; its outcome to record, or `None` to leave it pending.
-async fn apply(jobs: &Jobs, request: Pending) -> Option<String> {
+async fn apply(jobs: &Jobs, request: Pending) -> Option<Outcome> {
     let Pending {
         job,
         kind,
         requested_by,
         by,
         timeout,
+        task,
+        since_ms,
         ..
     } = request;
     let (Some(id), Some(kind)) = (job, kind) else {
         tracing::warn!(host = %requested_by, "board request unreadable; marked done");
-        return Some("unreadable".to_owned());
+        let refusal = (
+            ErrorCode::InvalidRequest,
+            "the job's host cannot read this request (a newer supervisor wrote it)".to_owned(),
+        );
+        return Some(refused("unreadable".to_owned(), refusal));
     };
+    let reason = format!("{} requested on host {requested_by}", kind.as_str());
     let order = match kind {
         Kind::Cancel => Order::Cancel {
             timeout,
-            reason: format!("cancel requested on host {requested_by}"),
+            reason,
             by,
         },
-        Kind::Kill => Order::Kill {
-            reason: format!("kill requested on host {requested_by}"),
-            by,
-        },
+        Kind::Kill => Order::Kill { reason, by },
+        Kind::Revert => Order::Revert { reason, by },
+        Kind::Resume => Order::Resume { reason, by },
+        Kind::Pause => Order::Pause { by },
+        Kind::Continue => Order::Continue { by },
+        Kind::Logs => return Some(read_logs(jobs, &id, task.as_deref(), since_ms).await),
     };
     let outcome = match jobs.ask(&id, order).await {
-        Ok(()) => "done".to_owned(),
+        Ok(()) => Outcome {
+            text: DONE.to_owned(),
+            ..Outcome::default()
+        },
         Err(err @ (OrderError::Unavailable(_) | OrderError::Retry)) => {
             tracing::warn!(job_id = %id, host = %requested_by, kind = kind.as_str(), error = %err, "board request left pending");
             return None;
         }
-        Err(err) => format!("refused: {err}"),
+        Err(err) => refused(format!("refused: {err}"), order_refusal(err)),
     };
-    tracing::info!(job_id = %id, host = %requested_by, kind = kind.as_str(), outcome = %outcome, "board request applied");
+    tracing::info!(job_id = %id, host = %requested_by, kind = kind.as_str(), outcome = %outcome.text, "board request applied");
     Some(outcome)
+}
+
+fn refused(text: String, refusal: (ErrorCode, String)) -> Outcome {
+    Outcome {
+        text,
+        refusal: Some(refusal),
+        reply: None,
+    }
+}
+
+/// `logs` asked by another host: the last lines that fit `REMOTE_LOGS_MAX_BYTES`, as JSON.
+async fn read_logs(jobs: &Jobs, id: &JobId, task: Option<&str>, since_ms: Option<i64>) -> Outcome {
+    let lines = logs::tail(jobs, id, (task, since_ms), logs::REMOTE_LOGS_MAX_BYTES).await;
+    let lines = match lines {
+        Ok(lines) => lines,
+        Err(refusal) => return refused(format!("refused: {}", refusal.1), refusal),
+    };
+    match serde_json::to_string(&lines) {
+        Ok(json) => Outcome {
+            text: DONE.to_owned(),
+            refusal: None,
+            reply: Some(json),
+        },
+        Err(err) => {
+            let refusal = (
+                ErrorCode::Internal,
+                format!("cannot encode the lines: {err}"),
+            );
+            refused(format!("refused: {}", refusal.1), refusal)
+        }
+    }
 }

@@ -1,11 +1,18 @@
 //! `logs JOB [--task T] [--follow]`: the job's stored output, then (with `--follow`) new lines
 //! while the job is live.
+//!
+//! On a job board, `logs` of a job this daemon does not hold is asked of its host through a
+//! request (`remote.rs`): the host answers with the last lines that fit
+//! [`REMOTE_LOGS_MAX_BYTES`] ([`tail`]), after a notice line when earlier ones were left out.
+//! `--follow` of another host's job is refused, naming the host to run it on.
 
-use super::find;
+use super::{Refusal, find};
+use crate::board::Board;
 use crate::job::Jobs;
 use shared::ids::JobId;
 use shared::protocol::client::{ClientReply, ErrorCode, LogLine};
 use shared::protocol::codec::write_frame;
+use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::net::UnixStream;
 
@@ -14,92 +21,61 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 /// Lines read from the store at a time: the output of a job is sent a page at a time, never
 /// held whole in memory.
 const PAGE: u32 = 512;
+/// The most text (bytes of the lines) a host answers to `logs` of its job asked from another
+/// host: the last lines that fit.
+pub const REMOTE_LOGS_MAX_BYTES: usize = 1 << 20;
 
 pub async fn stream(
     jobs: &Jobs,
+    board: Option<&Board>,
     stream: &mut UnixStream,
     job: &str,
     task: Option<&str>,
     follow: bool,
 ) {
-    stream_from(jobs, stream, job, task, follow, None).await;
+    stream_from(jobs, board, stream, (job, task, follow), None).await;
 }
 
 /// `logs --since`: from the first line written at or after `since_ms`.
 pub async fn stream_since(
     jobs: &Jobs,
+    board: Option<&Board>,
     stream: &mut UnixStream,
-    job: &str,
-    task: Option<&str>,
-    follow: bool,
+    (job, task, follow): (&str, Option<&str>, bool),
     since_ms: i64,
 ) {
-    stream_from(jobs, stream, job, task, follow, Some(since_ms)).await;
+    stream_from(jobs, board, stream, (job, task, follow), Some(since_ms)).await;
 }
 
 async fn stream_from(
     jobs: &Jobs,
+    board: Option<&Board>,
     stream: &mut UnixStream,
-    job: &str,
-    task: Option<&str>,
-    follow: bool,
+    (job, task, follow): (&str, Option<&str>, bool),
     since_ms: Option<i64>,
 ) {
     let id = match find(jobs, job).await {
         Ok(id) => id,
+        Err(refusal) => {
+            let lines = match board {
+                Some(board) => super::remote::logs(board, job, task, follow, since_ms).await,
+                None => Err(refusal),
+            };
+            send_lines(stream, lines).await;
+            return;
+        }
+    };
+    let mut reader = match Reader::open(jobs, &id, task, since_ms).await {
+        Ok(reader) => reader,
         Err((code, message)) => {
             let _ = write_frame(stream, &ClientReply::Error { code, message }).await;
             return;
         }
     };
-    let names = task_names(jobs, &id).await;
-    if let Some(task) = task.filter(|t| !names.iter().any(|n| n == t)) {
-        let message = format!("job {id} has no task {task:?}");
-        let code = ErrorCode::InvalidRequest;
-        let _ = write_frame(stream, &ClientReply::Error { code, message }).await;
-        return;
-    }
-    let mut after = match since_ms {
-        Some(since) => {
-            let job = id.clone();
-            let first = jobs
-                .store()
-                .call(move |s| s.output_before(&job, since))
-                .await;
-            first.unwrap_or(0)
-        }
-        None => 0,
-    };
     loop {
-        let (job, from) = (id.clone(), after);
-        let read = jobs
-            .store()
-            .call(move |s| {
-                Ok((
-                    s.job(&job)?.state.is_live(),
-                    s.output_page(&job, from, PAGE)?,
-                ))
-            })
-            .await;
-        let (live, lines) = read.unwrap_or((false, Vec::new()));
-        let full_page = lines.len() >= PAGE as usize;
-        for output in lines {
-            after = output.id;
-            let name = usize::try_from(output.task)
-                .ok()
-                .and_then(|i| names.get(i))
-                .cloned()
-                .unwrap_or_default();
-            if task.is_some_and(|t| t != name) {
-                continue;
-            }
-            let reply = ClientReply::Log(LogLine {
-                task: name,
-                phase: output.phase,
-                stream: output.stream,
-                line: output.line,
-            });
-            if write_frame(stream, &reply).await.is_err() {
+        let (live, lines, full_page) = reader.next_page().await;
+        for line in lines {
+            if write_frame(stream, &ClientReply::Log(line)).await.is_err() {
                 return;
             }
         }
@@ -112,6 +88,148 @@ async fn stream_from(
             return;
         }
         tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+/// Writes `lines` and `Done`, or the refusal.
+async fn send_lines(stream: &mut UnixStream, lines: Result<Vec<LogLine>, Refusal>) {
+    match lines {
+        Ok(lines) => {
+            for line in lines {
+                if write_frame(stream, &ClientReply::Log(line)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = write_frame(stream, &ClientReply::Done).await;
+        }
+        Err((code, message)) => {
+            let _ = write_frame(stream, &ClientReply::Error { code, message }).await;
+        }
+    }
+}
+
+/// The last lines of job `id`'s output (of `task`, from `since_ms`) whose text fits
+/// `max_bytes`, oldest first; led by a notice (task `supervisor`, stream `notice`) when earlier
+/// lines were left out. For another host that asked (`daemon/remote.rs`).
+pub async fn tail(
+    jobs: &Jobs,
+    id: &JobId,
+    (task, since_ms): (Option<&str>, Option<i64>),
+    max_bytes: usize,
+) -> Result<Vec<LogLine>, Refusal> {
+    let mut reader = Reader::open(jobs, id, task, since_ms).await?;
+    let mut kept = VecDeque::new();
+    let (mut bytes, mut left_out) = (0, 0_u64);
+    loop {
+        let (_, lines, full_page) = reader.next_page().await;
+        for line in lines {
+            bytes += line.line.len();
+            kept.push_back(line);
+            while bytes > max_bytes {
+                let Some(oldest) = kept.pop_front() else {
+                    break;
+                };
+                bytes -= oldest.line.len();
+                left_out += 1;
+            }
+        }
+        if !full_page {
+            break;
+        }
+    }
+    if left_out > 0 {
+        kept.push_front(LogLine {
+            task: "supervisor".into(),
+            phase: String::new(),
+            stream: "notice".into(),
+            line: format!(
+                "{left_out} earlier lines left out: another host's logs carry at most {max_bytes} bytes; run `supervisor logs {id}` on the job's host for all"
+            ),
+        });
+    }
+    Ok(kept.into())
+}
+
+/// Reads a job's output a page at a time, from where the last page stopped.
+struct Reader<'a> {
+    jobs: &'a Jobs,
+    id: JobId,
+    task: Option<String>,
+    names: Vec<String>,
+    after: i64,
+}
+
+impl<'a> Reader<'a> {
+    /// Refuses a task the job does not have; starts at `since_ms` (the first line written at
+    /// or after it) or at the first line.
+    async fn open(
+        jobs: &'a Jobs,
+        id: &JobId,
+        task: Option<&str>,
+        since_ms: Option<i64>,
+    ) -> Result<Self, Refusal> {
+        let names = task_names(jobs, id).await;
+        if let Some(task) = task.filter(|t| !names.iter().any(|n| n == t)) {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("job {id} has no task {task:?}"),
+            ));
+        }
+        let after = match since_ms {
+            Some(since) => {
+                let job = id.clone();
+                let first = jobs
+                    .store()
+                    .call(move |s| s.output_before(&job, since))
+                    .await;
+                first.unwrap_or(0)
+            }
+            None => 0,
+        };
+        Ok(Self {
+            jobs,
+            id: id.clone(),
+            task: task.map(str::to_owned),
+            names,
+            after,
+        })
+    }
+
+    /// Whether the job is live, the next page's lines (of the task asked), and whether the
+    /// page was full (more may be stored already).
+    async fn next_page(&mut self) -> (bool, Vec<LogLine>, bool) {
+        let (job, from) = (self.id.clone(), self.after);
+        let read = self
+            .jobs
+            .store()
+            .call(move |s| {
+                Ok((
+                    s.job(&job)?.state.is_live(),
+                    s.output_page(&job, from, PAGE)?,
+                ))
+            })
+            .await;
+        let (live, lines) = read.unwrap_or((false, Vec::new()));
+        let full_page = lines.len() >= PAGE as usize;
+        let mut page = Vec::with_capacity(lines.len());
+        for output in lines {
+            self.after = output.id;
+            let name = usize::try_from(output.task)
+                .ok()
+                .and_then(|i| self.names.get(i))
+                .cloned()
+                .unwrap_or_default();
+            if self.task.as_ref().is_some_and(|t| *t != name) {
+                continue;
+            }
+            page.push(LogLine {
+                task: name,
+                phase: output.phase,
+                stream: output.stream,
+                line: output.line,
+            });
+        }
+        (live, page, full_page)
     }
 }
 

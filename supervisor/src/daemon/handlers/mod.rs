@@ -9,7 +9,7 @@ mod events;
 mod hosts;
 mod kill;
 mod list;
-mod logs;
+pub mod logs;
 mod operate;
 mod pause;
 pub mod prune;
@@ -87,14 +87,25 @@ pub async fn serve_client(jobs: Jobs, board: Option<Board>, mut stream: UnixStre
     tracing::debug!(?request, "client request");
     match request {
         ClientRequest::Logs { job, task, follow } => {
-            logs::stream(&jobs, &mut stream, &job, task.as_deref(), follow).await;
+            logs::stream(
+                &jobs,
+                board.as_ref(),
+                &mut stream,
+                &job,
+                task.as_deref(),
+                follow,
+            )
+            .await;
         }
         ClientRequest::LogsSince {
             job,
             task,
             follow,
             since_ms,
-        } => logs::stream_since(&jobs, &mut stream, &job, task.as_deref(), follow, since_ms).await,
+        } => {
+            let asked = (job.as_str(), task.as_deref(), follow);
+            logs::stream_since(&jobs, board.as_ref(), &mut stream, asked, since_ms).await;
+        }
         ClientRequest::Events => events::stream(&jobs, &mut stream, version).await,
         ClientRequest::List { all, query } => {
             list::stream(&jobs, board.as_ref(), &mut stream, version, all, query).await;
@@ -134,7 +145,7 @@ async fn dispatch(
             older_than_ms,
             states,
             vacuum,
-        } => prune::handle(jobs, older_than_ms, states, vacuum).await,
+        } => prune::handle(jobs, board, older_than_ms, states, vacuum).await,
         // Orders are served with the peer's credentials (`operate`), streams by `serve_client`.
         ClientRequest::Cancel { .. }
         | ClientRequest::Kill { .. }
@@ -195,7 +206,9 @@ fn store_refusal(err: StoreError) -> Refusal {
     }
 }
 
-fn order_refusal(err: OrderError) -> Refusal {
+/// The code and text an order's refusal is answered with (locally, and through the board to
+/// the host that asked: `daemon/remote.rs`).
+pub(super) fn order_refusal(err: OrderError) -> Refusal {
     let code = match &err {
         OrderError::UnknownJob(_) => ErrorCode::UnknownJob,
         OrderError::Invalid(_) => ErrorCode::InvalidRequest,

@@ -4,8 +4,8 @@
 //! answer, so it is still there), with the operator's `--reason`. The job's actor records it
 //! with the transition the order causes.
 //!
-//! On a job board, a `cancel` or `kill` of a job this daemon does not hold is written on the
-//! board for the host that holds it (`remote.rs`).
+//! On a job board, an order for a job this daemon does not hold is written on the board for
+//! the host that holds it (`remote.rs`).
 
 use super::{Reply, cancel, kill, pause, remote, resume, revert};
 use crate::board::Board;
@@ -29,7 +29,7 @@ pub async fn handle(
         ));
     };
     let by = requester(peer, action, reason).await;
-    if let (Some(board), Action::Cancel | Action::Kill) = (board, action) {
+    if let Some(board) = board {
         if super::find(jobs, &job).await.is_err() {
             return remote::request(board, version, &job, (action, timeout_ms), by).await;
         }

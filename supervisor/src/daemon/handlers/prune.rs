@@ -1,8 +1,11 @@
 //! `prune --older-than DUR [--state S]... [--vacuum]`, and the daemon's `--keep DUR`: finished
 //! jobs are deleted with their rows (jobs, tasks, transitions, output), their conductor's log
-//! and their socket, and the space is given back (README, Retention).
+//! and their socket, and the space is given back (README, Retention). On a job board, their
+//! rows of the board's mirror go too (after the store's delete: a failure there only leaves
+//! ended rows on the board, logged, and the next prune does not see them again).
 
 use super::Reply;
+use crate::board::Board;
 use crate::job::Jobs;
 use shared::ids::JobId;
 use shared::protocol::client::{ClientReply, ErrorCode, PruneSummary};
@@ -12,7 +15,13 @@ use std::time::Duration;
 /// How often `--keep` prunes (and once at start).
 pub const KEEP_EVERY: Duration = Duration::from_secs(3600);
 
-pub async fn handle(jobs: &Jobs, older_than_ms: u64, states: Vec<JobState>, vacuum: bool) -> Reply {
+pub async fn handle(
+    jobs: &Jobs,
+    board: Option<&Board>,
+    older_than_ms: u64,
+    states: Vec<JobState>,
+    vacuum: bool,
+) -> Reply {
     if let Some(live) = states.iter().find(|s| s.is_live()) {
         return Err((
             ErrorCode::InvalidRequest,
@@ -20,16 +29,18 @@ pub async fn handle(jobs: &Jobs, older_than_ms: u64, states: Vec<JobState>, vacu
         ));
     }
     let older_than = Duration::from_millis(older_than_ms);
-    prune(jobs, older_than, states, vacuum)
+    prune(jobs, board, older_than, states, vacuum)
         .await
         .map(ClientReply::Pruned)
         .map_err(|err| (ErrorCode::Internal, format!("{err:#}")))
 }
 
 /// Deletes the finished jobs that ended more than `older_than` ago (which ones:
-/// `Store::prune`), then their files, then reclaims the store's space.
+/// `Store::prune`), then their files and (on a board) their mirror rows, then reclaims the
+/// store's space.
 pub async fn prune(
     jobs: &Jobs,
+    board: Option<&Board>,
     older_than: Duration,
     states: Vec<JobState>,
     vacuum: bool,
@@ -40,6 +51,9 @@ pub async fn prune(
     let pruned = jobs.store().call(move |s| s.prune(cutoff, &states)).await?;
     for id in &pruned {
         remove_files(jobs, id);
+    }
+    if let Some(board) = board.filter(|_| !pruned.is_empty()) {
+        forget_on_board(board, pruned.clone()).await;
     }
     if !pruned.is_empty() || vacuum {
         jobs.store().call(move |s| s.reclaim(vacuum)).await?;
@@ -60,13 +74,26 @@ pub async fn prune(
 
 /// The daemon's `--keep`: prunes jobs finished more than `keep` ago now and every
 /// [`KEEP_EVERY`], for as long as the daemon runs.
-pub async fn keep(jobs: Jobs, keep: Duration) {
+pub async fn keep(jobs: Jobs, board: Option<Board>, keep: Duration) {
     let mut every = tokio::time::interval(KEEP_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if let Err(err) = prune(&jobs, keep, Vec::new(), false).await {
+        if let Err(err) = prune(&jobs, board.as_ref(), keep, Vec::new(), false).await {
             tracing::error!(error = %format!("{err:#}"), "cannot prune finished jobs");
+        }
+    }
+}
+
+/// Deletes this host's mirror rows of the pruned jobs; a failure is logged (the rows stay,
+/// ended, on the board).
+async fn forget_on_board(board: &Board, pruned: Vec<JobId>) {
+    let count = pruned.len();
+    match board.forget_jobs(pruned).await {
+        Ok(deleted) => tracing::info!(count, deleted, "pruned jobs deleted from the board"),
+        Err(err) => {
+            let message = format!("{:#}", anyhow::Error::from(err));
+            tracing::warn!(count, error = %message, "cannot delete pruned jobs from the board; their ended rows stay there");
         }
     }
 }

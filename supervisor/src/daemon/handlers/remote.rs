@@ -1,12 +1,26 @@
 //! Requests about jobs another host of the job board holds: find one in the board's mirror,
-//! or write a cancel or kill for its host (`board/requests.rs`), answered once the request is
-//! committed (`Requested`, version 4 clients; `Done` for older ones).
+//! or write an order for its host (`board/requests.rs`). A `cancel` or `kill` is answered once
+//! the request is committed (`Requested`, version 4 clients; `Done` for older ones). A
+//! `revert`, `resume`, `pause` or `continue` is answered with the owner's own answer: the
+//! request row is read every [`ANSWER_POLL`] until the owner marked it done, then (on success)
+//! until the mirror shows the job changed after the order, so that a `--wait` that follows
+//! never reads the state from before it; a refusal comes back with the owner's code and text,
+//! as if local. A lost owner ends the wait with [`ErrorCode::HostLost`]; an owner alive but
+//! silent for [`ANSWER_TIMEOUT`] with `Unavailable` (the request stays on the board). `logs`
+//! (without `--follow`) is asked the same way, and answered with the lines in the row.
 
 use super::{Refusal, Reply};
-use crate::board::requests::{Ask, Kind, Written};
+use crate::board::requests::{Answer, Ask, Kind, Written};
 use crate::board::{Board, BoardError};
 use shared::ids::JobId;
-use shared::protocol::client::{Action, ClientReply, ErrorCode, HostedJob, Requester};
+use shared::protocol::client::{Action, ClientReply, ErrorCode, HostedJob, LogLine, Requester};
+use std::time::{Duration, Instant};
+
+/// How often the requesting host reads the owner's answer.
+pub const ANSWER_POLL: Duration = Duration::from_millis(50);
+
+/// How long the requesting host waits for the answer of an owner that stays alive.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The job named `job` on another host, if the mirror has one.
 pub async fn find(board: &Board, job: &str) -> Result<Option<HostedJob>, Refusal> {
@@ -24,8 +38,8 @@ pub async fn find(board: &Board, job: &str) -> Result<Option<HostedJob>, Refusal
     }
 }
 
-/// Writes `action` (cancel or kill, with a cancel's `timeout_ms`) of `job` for the host that
-/// holds it.
+/// Writes `action` (with a cancel's `timeout_ms`) of `job` for the host that holds it; for
+/// the orders the operator waits on ([`Kind::is_answered`]), answers with the owner's answer.
 pub async fn request(
     board: &Board,
     version: u32,
@@ -33,44 +47,168 @@ pub async fn request(
     (action, timeout_ms): (Action, Option<u64>),
     by: Requester,
 ) -> Reply {
-    let unknown = || (ErrorCode::UnknownJob, format!("no such job: {job}"));
-    let Some(id) = JobId::parse(job.trim()) else {
-        return Err(unknown());
-    };
     let kind = match action {
         Action::Cancel => Kind::Cancel,
         Action::Kill => Kind::Kill,
-        other => {
-            return Err((
-                ErrorCode::InvalidRequest,
-                format!(
-                    "{} of another host's job is not supported yet",
-                    other.as_str()
-                ),
-            ));
-        }
+        Action::Revert => Kind::Revert,
+        Action::Resume => Kind::Resume,
+        Action::Pause => Kind::Pause,
+        Action::Continue => Kind::Continue,
     };
     let ask = Ask {
         kind,
         timeout_ms,
         by: Some(by),
+        task: None,
+        since_ms: None,
     };
+    let (host, _) = ask_owner(board, job, ask)
+        .await
+        .map_err(|(code, message)| match code {
+            // Older clients do not know the code; they refuse as for a busy daemon.
+            ErrorCode::HostLost if version < 4 => (ErrorCode::Unavailable, message),
+            code => (code, message),
+        })?;
+    Ok(if version >= 4 {
+        ClientReply::Requested { host }
+    } else {
+        ClientReply::Done
+    })
+}
+
+/// `logs` of `job` (`--task`, `--since`), asked of the host that holds it: the lines it
+/// answered (at most `logs::REMOTE_LOGS_MAX_BYTES` of text). `--follow` is refused, naming the
+/// host to run it on.
+pub async fn logs(
+    board: &Board,
+    job: &str,
+    task: Option<&str>,
+    follow: bool,
+    since_ms: Option<i64>,
+) -> Result<Vec<LogLine>, Refusal> {
+    if follow {
+        let Some(hosted) = find(board, job).await? else {
+            return Err(unknown(job));
+        };
+        return Err((
+            ErrorCode::InvalidRequest,
+            format!(
+                "logs --follow of another host's job is not supported yet: run `supervisor logs {} --follow` on host {}",
+                hosted.job.id, hosted.host
+            ),
+        ));
+    }
+    let ask = Ask {
+        kind: Kind::Logs,
+        timeout_ms: None,
+        by: None,
+        task: task.map(str::to_owned),
+        since_ms,
+    };
+    let (host, reply) = ask_owner(board, job, ask).await?;
+    serde_json::from_str(reply.as_deref().unwrap_or("[]")).map_err(|err| {
+        (
+            ErrorCode::Internal,
+            format!("host {host} answered logs this supervisor cannot read: {err}"),
+        )
+    })
+}
+
+fn unknown(job: &str) -> Refusal {
+    (ErrorCode::UnknownJob, format!("no such job: {job}"))
+}
+
+/// Writes `ask` of `job` for the host that holds it and, for the kinds the operator waits on,
+/// awaits its answer; the host, and what it answered.
+async fn ask_owner(
+    board: &Board,
+    job: &str,
+    ask: Ask,
+) -> Result<(String, Option<String>), Refusal> {
+    let Some(id) = JobId::parse(job.trim()) else {
+        return Err(unknown(job));
+    };
+    let kind = ask.kind;
     match board.request(&id, ask).await {
-        Ok(Written::Requested { host }) => {
-            tracing::info!(job_id = %id, host = %host, kind = kind.as_str(), "board request written");
-            Ok(if version >= 4 {
-                ClientReply::Requested { host }
+        Ok(Written::Requested {
+            host,
+            seq,
+            updated_us,
+        }) => {
+            tracing::info!(job_id = %id, host = %host, kind = kind.as_str(), seq, "board request written");
+            let reply = if kind.is_answered() {
+                let since = kind.changes_job().then_some(updated_us);
+                await_answer(board, &id, &host, seq, since).await?
             } else {
-                ClientReply::Done
-            })
+                None
+            };
+            if reply.is_some() {
+                if let Err(err) = board.clear_reply(seq).await {
+                    let message = format!("{:#}", anyhow::Error::from(err));
+                    tracing::warn!(job_id = %id, seq, error = %message, "cannot clear a request's reply; it stays on the board");
+                }
+            }
+            Ok((host, reply))
         }
         Ok(Written::Ended { host, state }) => Err((
             ErrorCode::WrongState,
             format!("job {id} already ended on host {host}: {state}"),
         )),
-        Ok(Written::Unknown) => Err(unknown()),
+        Ok(Written::Unknown) => Err(unknown(job)),
         Ok(Written::Ambiguous { hosts }) => Err(super::status::ambiguous(job, &hosts)),
         Err(err) => Err(board_refusal(err)),
+    }
+}
+
+/// Reads request `seq` every [`ANSWER_POLL`] until its owner `host` answered it and (when it
+/// carried it out, and `since` is given) the mirror shows job `id` changed after `since`, its
+/// owner is lost, or [`ANSWER_TIMEOUT`] passed; what the owner answered.
+async fn await_answer(
+    board: &Board,
+    id: &JobId,
+    host: &str,
+    seq: i64,
+    since: Option<i64>,
+) -> Result<Option<String>, Refusal> {
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let answer = board
+            .request_answer(seq, since.unwrap_or(i64::MIN))
+            .await
+            .map_err(board_refusal)?;
+        let late = Instant::now() >= deadline;
+        match answer {
+            Answer::Done { moved: true, reply } => return Ok(reply),
+            Answer::Done { reply, .. } if since.is_none() => return Ok(reply),
+            Answer::Done { reply, .. } if late => {
+                tracing::warn!(job_id = %id, host = %host, seq, "board request done; the mirror has not shown the job since");
+                return Ok(reply);
+            }
+            Answer::Refused(code, message) => return Err((code, message)),
+            Answer::Pending {
+                alive: false,
+                stopped,
+            } => {
+                let what = if stopped { "stopped" } else { "lost its lease" };
+                return Err((
+                    ErrorCode::HostLost,
+                    format!(
+                        "host {host} {what}; job {id} is held there until it is rescued (the request stays on the board and is carried out if {host} comes back)"
+                    ),
+                ));
+            }
+            Answer::Pending { alive: true, .. } if late => {
+                return Err((
+                    ErrorCode::Unavailable,
+                    format!(
+                        "host {host} did not answer within {}s; the request stays on the board and is carried out when {host} reads it",
+                        ANSWER_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            Answer::Done { .. } | Answer::Pending { .. } => {}
+        }
+        tokio::time::sleep(ANSWER_POLL).await;
     }
 }
 
