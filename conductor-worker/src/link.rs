@@ -61,6 +61,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the job is being cancelled, once it is.
 pub type CancelReason = Option<String>;
 
+/// Until when the conductor may run steps: the last [`ToConductor::Fence`]'s receipt time plus
+/// its `run_for_ms`, on the monotonic clock; `None` while no fence was received (a supervisor
+/// without a job board, or older than version 5: no deadline).
+pub type FenceDeadline = Option<tokio::time::Instant>;
+
+/// The longest fence honoured: a `run_for_ms` beyond it (far more than any lease) counts as
+/// this, so that no deadline overflows the clock.
+pub const MAX_FENCE: Duration = Duration::from_secs(86400);
+
 /// The most output reports kept unacknowledged (sent, or waiting to be): past it, output lines
 /// are dropped and counted until the supervisor catches up ([`LinkHandle::report`]).
 pub const MAX_UNACKED_OUTPUT: usize = 65536;
@@ -221,6 +230,8 @@ pub struct Link {
     pub cancel: watch::Receiver<CancelReason>,
     /// Lets the conductor's own signal handlers ask for a cancel too.
     pub cancel_sender: watch::Sender<CancelReason>,
+    /// The supervisor's lease as delegated to this conductor; each fence replaces the last.
+    pub fence: watch::Receiver<FenceDeadline>,
 }
 
 /// Takes over the inherited listening socket and starts serving it. The socket becomes
@@ -239,6 +250,7 @@ pub fn start(listen_fd: RawFd, job_id: Option<JobId>) -> anyhow::Result<Link> {
     let (reports_tx, reports_rx) = mpsc::channel(MAX_UNACKED_OUTPUT + STATE_ROOM);
     let (acked_tx, acked_rx) = watch::channel(0);
     let (cancel_tx, cancel_rx) = watch::channel(None);
+    let (fence_tx, fence_rx) = watch::channel(None);
     let (plan_tx, plan_rx) = oneshot::channel();
     let server = Server {
         listener,
@@ -247,6 +259,7 @@ pub fn start(listen_fd: RawFd, job_id: Option<JobId>) -> anyhow::Result<Link> {
         outbox: VecDeque::new(),
         acked: acked_tx,
         cancel: cancel_tx.clone(),
+        fence: fence_tx,
         plan: Some(plan_tx),
         prior_results: Vec::new(),
         version: PROTOCOL_VERSION,
@@ -266,6 +279,7 @@ pub fn start(listen_fd: RawFd, job_id: Option<JobId>) -> anyhow::Result<Link> {
         plan: plan_rx,
         cancel: cancel_rx,
         cancel_sender: cancel_tx,
+        fence: fence_rx,
     })
 }
 
@@ -280,6 +294,7 @@ struct Server {
     outbox: VecDeque<Report>,
     acked: watch::Sender<u64>,
     cancel: watch::Sender<CancelReason>,
+    fence: watch::Sender<FenceDeadline>,
     plan: Option<oneshot::Sender<JobPlan>>,
     /// Prior results received in this connection, for the plan that follows them.
     prior_results: Vec<(u32, String)>,
@@ -512,6 +527,13 @@ impl Server {
                     reason.get_or_insert(why);
                     first
                 });
+            }
+            ToConductor::Fence { run_for_ms } => {
+                // Counted from the receipt, which is after the send: never later than the
+                // supervisor's own hard fence by more than the message's transit.
+                let run_for = Duration::from_millis(run_for_ms).min(MAX_FENCE);
+                self.fence
+                    .send_replace(Some(tokio::time::Instant::now() + run_for));
             }
             ToConductor::PriorResult { task, result } if self.plan.is_some() => {
                 self.prior_results.push((task, result));

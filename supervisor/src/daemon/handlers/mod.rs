@@ -127,7 +127,7 @@ async fn dispatch(
     request: ClientRequest,
 ) -> Reply {
     match request {
-        ClientRequest::Submit { spec, source } => submit::handle(jobs, *spec, source).await,
+        ClientRequest::Submit { spec, source } => submit::handle(jobs, board, *spec, source).await,
         ClientRequest::Status { job } => status::handle(jobs, board, version, &job).await,
         ClientRequest::Shutdown { cancel } => shutdown::handle(jobs, cancel),
         ClientRequest::Prune {

@@ -1,15 +1,24 @@
 //! `submit FILE`: the spec is checked again (a client can send any bytes), stored durably as
-//! `pending`, and the scheduler is woken.
+//! `pending`, and the scheduler is woken. On a job board, refused while this daemon's lease
+//! is not current (it is fencing itself: `daemon/fence.rs`).
 
 use super::Reply;
+use crate::board::Board;
 use crate::job::Jobs;
 use shared::protocol::client::{ClientReply, ErrorCode};
 use shared::spec::JobSpec;
 use shared::state::JobState;
 
-pub async fn handle(jobs: &Jobs, spec: JobSpec, source: String) -> Reply {
+/// What `submit` answers while the lease is not current (exit 8, `shared::exit::REFUSED`).
+pub const LEASE_NOT_CURRENT: &str =
+    "this host's board lease is not current; not accepting jobs until it is renewed";
+
+pub async fn handle(jobs: &Jobs, board: Option<&Board>, spec: JobSpec, source: String) -> Reply {
     if jobs.is_stopping() {
         return Err((ErrorCode::Unavailable, "the daemon is shutting down".into()));
+    }
+    if board.is_some_and(|board| !board.is_lease_current()) {
+        return Err((ErrorCode::Unavailable, LEASE_NOT_CURRENT.into()));
     }
     let mut spec = spec;
     // A client may send any bytes: the spec is checked again as a whole. A relative `cwd`
