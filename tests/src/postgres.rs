@@ -83,11 +83,17 @@ impl Postgres {
     }
 
     /// Starts `supervisor daemon` on this board, without waiting: host `host`, state dir
-    /// `state_dir`, `--lease LEASE`, no warm conductors.
+    /// `state_dir`, `--lease LEASE`, no warm conductors, and `extra` arguments.
     #[must_use]
-    pub fn spawn_daemon(&self, env: &TestEnv, state_dir: &Path, host: &str, lease: &str) -> Run {
+    pub fn spawn_daemon(
+        &self,
+        env: &TestEnv,
+        state_dir: &Path,
+        (host, lease): (&str, &str),
+        extra: &[&str],
+    ) -> Run {
         let url = self.url();
-        env.spawn(&[
+        let mut args = vec![
             "daemon",
             "--state-dir",
             path_str(state_dir),
@@ -99,7 +105,9 @@ impl Postgres {
             lease,
             "--warm",
             "0",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        env.spawn(&args)
     }
 
     /// Restarts the server (`pg_ctl restart -m fast`: every connection is cut) and waits until

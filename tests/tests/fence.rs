@@ -22,13 +22,17 @@ const REFUSED: i32 = 8;
 /// machine, on top of the times the fencing promises.
 const SLACK: Duration = Duration::from_secs(1);
 
-/// One daemon on a fresh board, with `--lease LEASE`: the server, the test dir, the daemon and
+/// One daemon on a fresh board, with `--lease LEASE` and `extra` arguments: the server, the test dir, the daemon and
 /// its state dir; `None` where PostgreSQL cannot run (skipped).
-fn host_on_board(test: &str, lease: &str) -> Option<(Postgres, TestEnv, Run, PathBuf)> {
+fn host_on_board(
+    test: &str,
+    lease: &str,
+    extra: &[&str],
+) -> Option<(Postgres, TestEnv, Run, PathBuf)> {
     let pg = Postgres::start(test)?;
     let env = TestEnv::new();
     let state_dir = env.path("a");
-    let mut daemon = pg.spawn_daemon(&env, &state_dir, "a", lease);
+    let mut daemon = pg.spawn_daemon(&env, &state_dir, ("a", lease), extra);
     wait_daemon_ready(&env, &state_dir, &mut daemon);
     Some((pg, env, daemon, state_dir))
 }
@@ -76,21 +80,19 @@ fn assert_fenced(status: &Value, prefix: &str) {
     );
 }
 
-/// Submits `file` on the host, waits for its task to run, stops PostgreSQL under it and waits
-/// until the job is `state`, fenced: returns its id, and where the daemon's log stood before
+/// Stops PostgreSQL under the host's running job `id` and waits until the job is `state`,
+/// fenced (its reason starting with `reason`): returns where the daemon's log stood before
 /// the stop.
 fn stop_the_board_under(
     (pg, env, daemon, state_dir): (&Postgres, &TestEnv, &Run, &Path),
-    file: &Path,
-    state: &'static str,
-) -> (String, usize) {
-    let id = submit_at(env, state_dir, file);
-    running_task(env, state_dir, &id);
+    id: &str,
+    (state, reason): (&'static str, &str),
+) -> usize {
     let before = daemon.stderr_plain().len();
     pg.stop();
-    let status = wait_status(env, state_dir, &id, state, is_state(state));
-    assert_fenced(&status, "fenced: board lease not renewed for ");
-    (id, before)
+    let status = wait_status(env, state_dir, id, state, is_state(state));
+    assert_fenced(&status, reason);
+    before
 }
 
 /// Waits until the daemon's log holds `message`.
@@ -118,7 +120,11 @@ fn log_position(daemon: &Run, needle: &str, from: usize) -> usize {
 /// The job's running `sleep 60`: a child of its conductor (`conductor_pid` of its status),
 /// found in `/proc`; returns (conductor, task).
 fn running_task(env: &TestEnv, state_dir: &Path, id: &str) -> (i32, i32) {
-    let status = wait_status(env, state_dir, id, "running", is_state("running"));
+    let status = wait_status(env, state_dir, id, "running its task", |status| {
+        status["state"] == "running"
+            && status["conductor_pid"].is_i64()
+            && status["tasks"][0]["state"] == "running"
+    });
     let conductor = status["conductor_pid"]
         .as_i64()
         .and_then(|pid| i32::try_from(pid).ok())
@@ -141,12 +147,17 @@ fn running_task(env: &TestEnv, state_dir: &Path, id: &str) -> (i32, i32) {
 #[test]
 fn a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed() {
     let test = "a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed";
-    let Some((pg, env, daemon, state_dir)) = host_on_board(test, "3s") else {
+    let Some((pg, env, daemon, state_dir)) = host_on_board(test, "3s", &["--max-jobs", "1"]) else {
         return;
     };
     let file = long_job(&env, "long.toml", r#"echo reverted >> "$SVT_DIR/reverted""#);
+    let id = submit_at(&env, &state_dir, &file);
+    running_task(&env, &state_dir, &id);
+    // A second job waits for the one slot.
+    let queued = submit_at(&env, &state_dir, &file);
     let host = (&pg, &env, &daemon, state_dir.as_path());
-    let (id, before) = stop_the_board_under(host, &file, "cancelled");
+    let cancelled = ("cancelled", "fenced: board lease not renewed for ");
+    let before = stop_the_board_under(host, &id, cancelled);
     assert_eq!(env.lines("reverted"), ["reverted"]);
     // In order: the soft fence, the job's end with its revert run, then (later) the lease
     // counted lost.
@@ -175,18 +186,24 @@ fn a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed() {
         "{err}"
     );
 
-    // Back: regained, and jobs are taken and run again.
+    // The slot is free, but the queued job does not start while the lease is not current.
+    assert_eq!(
+        status_json_at(&env, &state_dir, &queued)["state"],
+        "pending"
+    );
+
+    // Back: regained; the queued job starts, and jobs are taken again.
     pg.start_again();
     wait_for_log(&daemon, "board lease regained");
-    let again = wait_for(DEADLINE, "a submit to be accepted again", || {
+    running_task(&env, &state_dir, &queued);
+    wait_for(DEADLINE, "a submit to be accepted again", || {
         let (code, out, err) = cli_at(&env, &state_dir, &["submit", path], DEADLINE);
         if code == 0 {
-            Ok(out.trim().to_owned())
+            Ok(out)
         } else {
             Err(format!("exit {code}: {err}"))
         }
     });
-    running_task(&env, &state_dir, &again);
     // The fenced job stays ended.
     assert_eq!(status_json_at(&env, &state_dir, &id)["state"], "cancelled");
 }
@@ -197,14 +214,18 @@ fn a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed() {
 #[test]
 fn a_revert_that_outlasts_the_soft_fence_is_killed_and_runs_later() {
     let test = "a_revert_that_outlasts_the_soft_fence_is_killed_and_runs_later";
-    let Some((pg, env, daemon, state_dir)) = host_on_board(test, "3s") else {
+    let Some((pg, env, daemon, state_dir)) = host_on_board(test, "3s", &[]) else {
         return;
     };
     // Hangs the first time (while fenced), completes the second (`revert JOB`).
     let revert = r#"if [ -e "$SVT_DIR/hung" ]; then echo reverted >> "$SVT_DIR/reverted"; else touch "$SVT_DIR/hung"; sleep 60; fi"#;
     let file = long_job(&env, "hang.toml", revert);
+    let id = submit_at(&env, &state_dir, &file);
+    running_task(&env, &state_dir, &id);
     let host = (&pg, &env, &daemon, state_dir.as_path());
-    let (id, before) = stop_the_board_under(host, &file, "killed");
+    // Killed at `t_r + lease*7/10` by the daemon (`fenced: board lease not renewed for Nms`)
+    // or, at the same point, by the conductor's own fence (`fenced: supervisor silent`).
+    let before = stop_the_board_under(host, &id, ("killed", "fenced: "));
     assert!(env.path("hung").exists(), "the revert began");
     let skipped = log_position(&daemon, "revert skipped", before);
     let line = daemon.stderr_plain()[skipped..]
@@ -239,7 +260,7 @@ fn a_revert_that_outlasts_the_soft_fence_is_killed_and_runs_later() {
 #[test]
 fn a_frozen_daemon_cannot_leave_a_task_running() {
     let test = "a_frozen_daemon_cannot_leave_a_task_running";
-    let Some((_pg, env, daemon, state_dir)) = host_on_board(test, "1500ms") else {
+    let Some((_pg, env, daemon, state_dir)) = host_on_board(test, "1500ms", &[]) else {
         return;
     };
     let file = long_job(&env, "long.toml", r#"echo reverted >> "$SVT_DIR/reverted""#);
