@@ -754,6 +754,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_fence_sets_the_deadline_from_its_receipt_and_replaces_the_last() {
+        let (mut link, path) = started();
+        assert_eq!(*link.fence.borrow(), None, "no fence before one is sent");
+        let (mut stream, _) = handshake(&path, PROTOCOL_VERSION).await;
+        let before = tokio::time::Instant::now();
+        let fence = ToConductor::Fence { run_for_ms: 7000 };
+        write_frame(&mut stream, &fence).await.expect("fence");
+        link.fence.changed().await.expect("a deadline");
+        let first = link.fence.borrow_and_update().expect("set");
+        assert!(
+            first >= before + Duration::from_millis(7000),
+            "from the receipt"
+        );
+        assert!(first <= tokio::time::Instant::now() + Duration::from_millis(7000));
+        // A later one replaces it, even when it reaches less far; a huge one is bounded.
+        let fence = ToConductor::Fence { run_for_ms: 0 };
+        write_frame(&mut stream, &fence).await.expect("fence");
+        link.fence.changed().await.expect("a deadline");
+        let second = link.fence.borrow_and_update().expect("set");
+        assert!(second < first, "replaced");
+        let fence = ToConductor::Fence {
+            run_for_ms: u64::MAX,
+        };
+        write_frame(&mut stream, &fence).await.expect("fence");
+        link.fence.changed().await.expect("a deadline");
+        let bounded = link.fence.borrow_and_update().expect("set");
+        assert!(bounded <= tokio::time::Instant::now() + MAX_FENCE);
+    }
+
+    #[tokio::test]
     async fn a_warm_conductor_takes_the_first_hellos_job_and_refuses_any_other() {
         let (link, path) = started_for(None);
         let (mut stream, answer) = handshake_for(&path, PROTOCOL_VERSION, job()).await;

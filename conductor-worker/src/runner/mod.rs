@@ -427,6 +427,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_fence_passes_at_its_deadline_unless_a_newer_one_came() {
+        let start = Instant::now();
+        let (fence, deadline) = watch::channel(None);
+        let passed = tokio::spawn(fence_passed(deadline));
+        // No fence (no board, or an older supervisor): no deadline at all.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!passed.is_finished());
+        fence.send_replace(Some(Instant::now() + Duration::from_secs(7)));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!passed.is_finished());
+        // Renewed: the new fence replaces the old one.
+        fence.send_replace(Some(Instant::now() + Duration::from_secs(7)));
+        passed.await.expect("the fence passes");
+        assert_eq!(start.elapsed(), Duration::from_secs(3600 + 5 + 7));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_plan_in_time_is_returned() {
         let (sender, plan_rx) = oneshot::channel();
         let (_cancel_tx, cancel) = watch::channel(None);
