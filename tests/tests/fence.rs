@@ -209,8 +209,8 @@ fn a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed() {
 }
 
 /// PostgreSQL stopped under a job whose revert hangs: soft-cancelled at `t_r + lease/2`, then
-/// killed at `t_r + lease*7/10` with its revert skipped (`revert skipped` names the task); once
-/// the board is back, `revert JOB` runs it.
+/// killed at `t_r + lease*7/10` with its revert skipped (`revert skipped` names the task);
+/// `revert JOB` is refused while the board is down and runs it once the board is back.
 #[test]
 fn a_revert_that_outlasts_the_soft_fence_is_killed_and_runs_later() {
     let test = "a_revert_that_outlasts_the_soft_fence_is_killed_and_runs_later";
@@ -244,6 +244,11 @@ fn a_revert_that_outlasts_the_soft_fence_is_killed_and_runs_later() {
         "{}",
         daemon.report()
     );
+
+    // No new conductor while the lease is not current: `revert` is refused too.
+    let (code, out, err) = cli_at(&env, &state_dir, &["revert", &id], DEADLINE);
+    assert_eq!(code, REFUSED, "stdout {out:?} stderr {err:?}");
+    assert!(err.contains("board lease is not current"), "{err}");
 
     pg.start_again();
     wait_for_log(&daemon, "board lease regained");

@@ -188,6 +188,19 @@ async fn find(jobs: &Jobs, text: &str) -> Result<JobId, Refusal> {
         .map_err(|_| (ErrorCode::UnknownJob, format!("no such job: {shown}")))
 }
 
+/// On a job board, refuses what would start a conductor (`submit`, `revert`, `resume`) while
+/// this daemon's lease is not current: it is fencing itself (`daemon/fence.rs`). The CLI
+/// exits 8 (`shared::exit::REFUSED`).
+fn check_lease(board: Option<&Board>) -> Result<(), Refusal> {
+    if board.is_some_and(|board| !board.is_lease_current()) {
+        return Err((
+            ErrorCode::Unavailable,
+            "this host's board lease is not current; not accepting jobs until it is renewed".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn store_refusal(err: StoreError) -> Refusal {
     match err {
         StoreError::UnknownJob(id) => (ErrorCode::UnknownJob, format!("no such job: {id}")),

@@ -5,7 +5,8 @@
 //! with the transition the order causes.
 //!
 //! On a job board, a `cancel` or `kill` of a job this daemon does not hold is written on the
-//! board for the host that holds it (`remote.rs`).
+//! board for the host that holds it (`remote.rs`); a `revert` or `resume` (a new conductor) is
+//! refused while this daemon's lease is not current.
 
 use super::{Reply, cancel, kill, pause, remote, resume, revert};
 use crate::board::Board;
@@ -28,6 +29,9 @@ pub async fn handle(
             "not an order".into(),
         ));
     };
+    if matches!(action, Action::Revert | Action::Resume) {
+        super::check_lease(board)?;
+    }
     let by = requester(peer, action, reason).await;
     if let (Some(board), Action::Cancel | Action::Kill) = (board, action) {
         if super::find(jobs, &job).await.is_err() {

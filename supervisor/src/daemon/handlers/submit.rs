@@ -9,17 +9,11 @@ use shared::protocol::client::{ClientReply, ErrorCode};
 use shared::spec::JobSpec;
 use shared::state::JobState;
 
-/// What `submit` answers while the lease is not current (exit 8, `shared::exit::REFUSED`).
-pub const LEASE_NOT_CURRENT: &str =
-    "this host's board lease is not current; not accepting jobs until it is renewed";
-
 pub async fn handle(jobs: &Jobs, board: Option<&Board>, spec: JobSpec, source: String) -> Reply {
     if jobs.is_stopping() {
         return Err((ErrorCode::Unavailable, "the daemon is shutting down".into()));
     }
-    if board.is_some_and(|board| !board.is_lease_current()) {
-        return Err((ErrorCode::Unavailable, LEASE_NOT_CURRENT.into()));
-    }
+    super::check_lease(board)?;
     let mut spec = spec;
     // A client may send any bytes: the spec is checked again as a whole. A relative `cwd`
     // (from an older CLI) resolves against the job file's directory, as the CLI does.
