@@ -5,7 +5,8 @@ use anyhow::{Context, bail};
 use shared::ids::JobId;
 use shared::protocol::codec::{FrameResult, encode_frame, read_frame, spawn_frame_reader_with};
 use shared::protocol::conductor::{
-    ConductorHello, FromConductor, JobEvent, JobPlan, Phase, Report, Stream, ToConductor,
+    ConductorHello, FromConductor, JobEvent, JobPlan, MAX_FENCE_MS, Phase, Report, Stream,
+    ToConductor,
 };
 use shared::protocol::{PROTOCOL_VERSION, negotiate, supported_versions};
 use std::collections::VecDeque;
@@ -65,10 +66,6 @@ pub type CancelReason = Option<String>;
 /// its `run_for_ms`, on the monotonic clock; `None` while no fence was received (a supervisor
 /// without a job board, or older than version 5: no deadline).
 pub type FenceDeadline = Option<tokio::time::Instant>;
-
-/// The longest fence honoured: a `run_for_ms` beyond it (far more than any lease) counts as
-/// this, so that no deadline overflows the clock.
-pub const MAX_FENCE: Duration = Duration::from_secs(86400);
 
 /// The most output reports kept unacknowledged (sent, or waiting to be): past it, output lines
 /// are dropped and counted until the supervisor catches up ([`LinkHandle::report`]).
@@ -531,7 +528,7 @@ impl Server {
             ToConductor::Fence { run_for_ms } => {
                 // Counted from the receipt, which is after the send: never later than the
                 // supervisor's own hard fence by more than the message's transit.
-                let run_for = Duration::from_millis(run_for_ms).min(MAX_FENCE);
+                let run_for = Duration::from_millis(run_for_ms.min(MAX_FENCE_MS));
                 self.fence
                     .send_replace(Some(tokio::time::Instant::now() + run_for));
             }
@@ -780,7 +777,7 @@ mod tests {
         write_frame(&mut stream, &fence).await.expect("fence");
         link.fence.changed().await.expect("a deadline");
         let bounded = link.fence.borrow_and_update().expect("set");
-        assert!(bounded <= tokio::time::Instant::now() + MAX_FENCE);
+        assert!(bounded <= tokio::time::Instant::now() + Duration::from_millis(MAX_FENCE_MS));
     }
 
     #[tokio::test]

@@ -233,6 +233,13 @@ pub enum StepOutcome {
     },
 }
 
+/// The longest fence a conductor honours ([`ToConductor::Fence`]; a longer `run_for_ms`
+/// counts as this, so that no deadline overflows a clock): a year. A supervisor sends it to a
+/// conductor it is about to freeze (`pause`: a frozen job runs nothing, and its clocks would
+/// otherwise find the fence passed the instant it thaws), and a fresh fence before it thaws
+/// it.
+pub const MAX_FENCE_MS: u64 = 365 * 86_400_000;
+
 /// Longest result kept from an execute (a command's stdout, a native task's value); longer
 /// ones are cut at the source.
 pub const MAX_RESULT_LEN: usize = 64 * 1024;

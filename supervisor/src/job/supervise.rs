@@ -26,7 +26,7 @@ use crate::store::StoreError;
 use shared::ids::JobId;
 use shared::protocol::codec::FrameError;
 use shared::protocol::conductor::{
-    FromConductor, JobEvent, JobPlan, Phase, Report, StepOutcome, ToConductor,
+    FromConductor, JobEvent, JobPlan, MAX_FENCE_MS, Phase, Report, StepOutcome, ToConductor,
 };
 use shared::spec::JobSpec;
 use shared::state::JobState;
@@ -315,7 +315,10 @@ impl Supervision {
                 () = sleep_until(silent_at), if !self.state.unresponsive && ticking => self.on_silence().await,
                 renewed = lease_renewed(self.lease.as_mut()) => {
                     if renewed {
-                        self.send_fence().await;
+                        // A frozen conductor holds the pause's fence, and reads nothing.
+                        if self.paused.is_none() {
+                            self.send_fence().await;
+                        }
                     } else {
                         self.lease = None;
                     }
@@ -370,14 +373,20 @@ impl Supervision {
     }
 
     /// Delegates the daemon's lease to a conductor that holds its plan: it may run steps
-    /// until the hard fence (`t_r + lease*7/10`, `board/lease.rs`), counted from its receipt.
-    /// A conductor older than version 5 cannot be told: logged once at WARN.
-    async fn send_fence(&mut self) {
+    /// until the hard fence (`t_r + lease*7/10`, `board/lease.rs`), counted from its receipt;
+    /// a paused (frozen) one gets the longest fence, [`MAX_FENCE_MS`], and a fresh one before
+    /// it thaws (`pause.rs`). A conductor older than version 5 cannot be told: logged once at
+    /// WARN.
+    pub(super) async fn send_fence(&mut self) {
         let Some(lease) = &self.lease else {
             return;
         };
         let run_for = lease.borrow().conductor_run_for(std::time::Instant::now());
-        let run_for_ms = u64::try_from(run_for.as_millis()).unwrap_or(u64::MAX);
+        let run_for_ms = if self.paused.is_some() {
+            MAX_FENCE_MS
+        } else {
+            u64::try_from(run_for.as_millis()).unwrap_or(u64::MAX)
+        };
         let Some(link) = self.state.link.as_mut().filter(|_| self.plan.is_none()) else {
             return;
         };

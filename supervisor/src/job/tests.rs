@@ -690,6 +690,40 @@ async fn actor_a_paused_job_is_never_marked_unresponsive() {
     );
 }
 
+/// On a job board, a paused conductor is given the longest fence before it freezes (frozen,
+/// it runs nothing, and it would find a short fence passed the instant it thaws), no fence at
+/// the renewals while frozen, and a fresh one before it thaws.
+#[tokio::test(start_paused = true)]
+async fn actor_a_paused_conductor_holds_the_longest_fence_and_gets_a_fresh_one_to_thaw() {
+    if !in_own_process() {
+        return;
+    }
+    let lease = Duration::from_secs(10);
+    let renewals = watch::channel(LeaseClock::new(lease, std::time::Instant::now())).0;
+    let h = Harness::with_lease(SPEC, Some(renewals.subscribe()));
+    let mut fake = h.attach().await;
+    fence_ms(fake.next().await);
+    fake.write_ahead(starting(0, Phase::Execute)).await;
+    h.jobs
+        .ask(&h.id, Order::Pause { by: None })
+        .await
+        .expect("pause");
+    assert_eq!(
+        fence_ms(fake.next().await),
+        shared::protocol::conductor::MAX_FENCE_MS
+    );
+    renewals.send_modify(|clock| clock.renewed(std::time::Instant::now()));
+    // (Paused time: the actor takes the renewal up meanwhile, no real wait.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.jobs
+        .ask(&h.id, Order::Continue { by: None })
+        .await
+        .expect("continue");
+    // Nothing at the renewal while frozen: the next frame is the fresh fence.
+    let fresh = fence_ms(fake.next().await);
+    assert!((6000..=7000).contains(&fresh), "{fresh}");
+}
+
 /// Reports nobody waits for are held a little and then applied and acknowledged; a write-ahead
 /// takes them along at once (one store call for a short step).
 #[tokio::test(start_paused = true)]

@@ -188,9 +188,9 @@ async fn find(jobs: &Jobs, text: &str) -> Result<JobId, Refusal> {
         .map_err(|_| (ErrorCode::UnknownJob, format!("no such job: {shown}")))
 }
 
-/// On a job board, refuses what would start a conductor (`submit`, `revert`, `resume`) while
-/// this daemon's lease is not current: it is fencing itself (`daemon/fence.rs`). The CLI
-/// exits 8 (`shared::exit::REFUSED`).
+/// On a job board, refuses what would start a conductor (`submit`, `revert`, `resume`) or
+/// let steps run again (`continue`) while this daemon's lease is not current: it is fencing
+/// itself (`daemon/fence.rs`). The CLI exits 8 (`shared::exit::REFUSED`).
 fn check_lease(board: Option<&Board>) -> Result<(), Refusal> {
     if board.is_some_and(|board| !board.is_lease_current()) {
         return Err((

@@ -5,8 +5,8 @@
 //! with the transition the order causes.
 //!
 //! On a job board, a `cancel` or `kill` of a job this daemon does not hold is written on the
-//! board for the host that holds it (`remote.rs`); a `revert` or `resume` (a new conductor) is
-//! refused while this daemon's lease is not current.
+//! board for the host that holds it (`remote.rs`); a `revert` or `resume` (a new conductor)
+//! and a `continue` (steps running again) are refused while this daemon's lease is not current.
 
 use super::{Reply, cancel, kill, pause, remote, resume, revert};
 use crate::board::Board;
@@ -29,7 +29,7 @@ pub async fn handle(
             "not an order".into(),
         ));
     };
-    if matches!(action, Action::Revert | Action::Resume) {
+    if matches!(action, Action::Revert | Action::Resume | Action::Continue) {
         super::check_lease(board)?;
     }
     let by = requester(peer, action, reason).await;
