@@ -135,8 +135,10 @@ fn build_task(
 pub const FENCED_REASON: &str = "fenced: supervisor silent";
 
 /// Resolves when the last fence the supervisor sent passed without a newer one (never when
-/// none was sent, or once the link is gone for good).
+/// none was sent).
 async fn fence_passed(mut fence: watch::Receiver<link::FenceDeadline>) {
+    // False once the link is gone for good: the last fence stands.
+    let mut open = true;
     loop {
         let deadline = *fence.borrow_and_update();
         let until_deadline = async {
@@ -146,10 +148,10 @@ async fn fence_passed(mut fence: watch::Receiver<link::FenceDeadline>) {
             }
         };
         tokio::select! {
+            // A newer fence read at the same turn as the deadline wins: it replaces the last.
+            biased;
+            changed = fence.changed(), if open => open = changed.is_ok(),
             () = until_deadline => return,
-            changed = fence.changed() => if changed.is_err() {
-                return std::future::pending().await;
-            },
         }
     }
 }
