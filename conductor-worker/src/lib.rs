@@ -25,7 +25,11 @@
 //! A soft cancel is the supervisor's `Cancel` message, or SIGTERM/SIGINT sent to this process.
 //! A conductor that loses its supervisor keeps going until its next write-ahead point, waits
 //! there for a supervisor to connect again, and exits only once its last report is acknowledged.
-//! One that never receives its plan gives up after [`PLAN_TIMEOUT`].
+//! One that never receives its plan gives up after [`PLAN_TIMEOUT`]. A supervisor on a job
+//! board also gives it a *fence* (`ToConductor::Fence`, renewed with each of its lease
+//! renewals): past it without a newer one, the conductor kills its running steps, starts
+//! nothing more, reports `JobEvent::Fenced` and exits once that is acknowledged
+//! ([`runner`]; ARCHITECTURE.md, The job board).
 //!
 //! Nothing the conductor inherited beyond stdin, stdout and stderr reaches a task: [`fds`] makes
 //! every such descriptor close-on-exec at start, the listening socket first.

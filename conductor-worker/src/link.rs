@@ -5,7 +5,8 @@ use anyhow::{Context, bail};
 use shared::ids::JobId;
 use shared::protocol::codec::{FrameResult, encode_frame, read_frame, spawn_frame_reader_with};
 use shared::protocol::conductor::{
-    ConductorHello, FromConductor, JobEvent, JobPlan, Phase, Report, Stream, ToConductor,
+    ConductorHello, FromConductor, JobEvent, JobPlan, MAX_FENCE_MS, Phase, Report, Stream,
+    ToConductor,
 };
 use shared::protocol::{PROTOCOL_VERSION, negotiate, supported_versions};
 use std::collections::VecDeque;
@@ -60,6 +61,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the job is being cancelled, once it is.
 pub type CancelReason = Option<String>;
+
+/// Until when the conductor may run steps: the last [`ToConductor::Fence`]'s receipt time plus
+/// its `run_for_ms`, on the monotonic clock; `None` while no fence was received (a supervisor
+/// without a job board, or older than version 5: no deadline).
+pub type FenceDeadline = Option<tokio::time::Instant>;
 
 /// The most output reports kept unacknowledged (sent, or waiting to be): past it, output lines
 /// are dropped and counted until the supervisor catches up ([`LinkHandle::report`]).
@@ -221,6 +227,8 @@ pub struct Link {
     pub cancel: watch::Receiver<CancelReason>,
     /// Lets the conductor's own signal handlers ask for a cancel too.
     pub cancel_sender: watch::Sender<CancelReason>,
+    /// The supervisor's lease as delegated to this conductor; each fence replaces the last.
+    pub fence: watch::Receiver<FenceDeadline>,
 }
 
 /// Takes over the inherited listening socket and starts serving it. The socket becomes
@@ -239,6 +247,7 @@ pub fn start(listen_fd: RawFd, job_id: Option<JobId>) -> anyhow::Result<Link> {
     let (reports_tx, reports_rx) = mpsc::channel(MAX_UNACKED_OUTPUT + STATE_ROOM);
     let (acked_tx, acked_rx) = watch::channel(0);
     let (cancel_tx, cancel_rx) = watch::channel(None);
+    let (fence_tx, fence_rx) = watch::channel(None);
     let (plan_tx, plan_rx) = oneshot::channel();
     let server = Server {
         listener,
@@ -247,6 +256,7 @@ pub fn start(listen_fd: RawFd, job_id: Option<JobId>) -> anyhow::Result<Link> {
         outbox: VecDeque::new(),
         acked: acked_tx,
         cancel: cancel_tx.clone(),
+        fence: fence_tx,
         plan: Some(plan_tx),
         prior_results: Vec::new(),
         version: PROTOCOL_VERSION,
@@ -266,6 +276,7 @@ pub fn start(listen_fd: RawFd, job_id: Option<JobId>) -> anyhow::Result<Link> {
         plan: plan_rx,
         cancel: cancel_rx,
         cancel_sender: cancel_tx,
+        fence: fence_rx,
     })
 }
 
@@ -280,6 +291,7 @@ struct Server {
     outbox: VecDeque<Report>,
     acked: watch::Sender<u64>,
     cancel: watch::Sender<CancelReason>,
+    fence: watch::Sender<FenceDeadline>,
     plan: Option<oneshot::Sender<JobPlan>>,
     /// Prior results received in this connection, for the plan that follows them.
     prior_results: Vec<(u32, String)>,
@@ -513,6 +525,13 @@ impl Server {
                     first
                 });
             }
+            ToConductor::Fence { run_for_ms } => {
+                // Counted from the receipt, which is after the send: never later than the
+                // supervisor's own hard fence by more than the message's transit.
+                let run_for = Duration::from_millis(run_for_ms.min(MAX_FENCE_MS));
+                self.fence
+                    .send_replace(Some(tokio::time::Instant::now() + run_for));
+            }
             ToConductor::PriorResult { task, result } if self.plan.is_some() => {
                 self.prior_results.push((task, result));
             }
@@ -729,6 +748,36 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn each_fence_sets_the_deadline_from_its_receipt_and_replaces_the_last() {
+        let (mut link, path) = started();
+        assert_eq!(*link.fence.borrow(), None, "no fence before one is sent");
+        let (mut stream, _) = handshake(&path, PROTOCOL_VERSION).await;
+        let before = tokio::time::Instant::now();
+        let fence = ToConductor::Fence { run_for_ms: 7000 };
+        write_frame(&mut stream, &fence).await.expect("fence");
+        link.fence.changed().await.expect("a deadline");
+        let first = link.fence.borrow_and_update().expect("set");
+        assert!(
+            first >= before + Duration::from_millis(7000),
+            "from the receipt"
+        );
+        assert!(first <= tokio::time::Instant::now() + Duration::from_millis(7000));
+        // A later one replaces it, even when it reaches less far; a huge one is bounded.
+        let fence = ToConductor::Fence { run_for_ms: 0 };
+        write_frame(&mut stream, &fence).await.expect("fence");
+        link.fence.changed().await.expect("a deadline");
+        let second = link.fence.borrow_and_update().expect("set");
+        assert!(second < first, "replaced");
+        let fence = ToConductor::Fence {
+            run_for_ms: u64::MAX,
+        };
+        write_frame(&mut stream, &fence).await.expect("fence");
+        link.fence.changed().await.expect("a deadline");
+        let bounded = link.fence.borrow_and_update().expect("set");
+        assert!(bounded <= tokio::time::Instant::now() + Duration::from_millis(MAX_FENCE_MS));
     }
 
     #[tokio::test]

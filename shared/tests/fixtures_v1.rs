@@ -13,18 +13,11 @@ use shared::protocol::{MIN_PROTOCOL_VERSION, negotiate};
 use shared::spec::JobSpec;
 use shared::state::{ExecOutcome, TaskState};
 
+mod common;
+
 /// The frame (header included) stored in `fixtures/v1/NAME.hex`.
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/tests/fixtures/v1/{name}.hex",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let text = text.trim();
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-        .collect()
+    common::fixture("v1", name)
 }
 
 fn body(frame: &[u8]) -> &[u8] {

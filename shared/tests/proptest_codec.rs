@@ -383,6 +383,7 @@ fn to_conductor() -> impl Strategy<Value = ToConductor> {
         any::<u64>().prop_map(|seq| ToConductor::Ack { seq }),
         text().prop_map(|reason| ToConductor::Cancel { reason }),
         (any::<u32>(), text()).prop_map(|(task, result)| ToConductor::PriorResult { task, result }),
+        any::<u64>().prop_map(|run_for_ms| ToConductor::Fence { run_for_ms }),
     ]
 }
 
@@ -452,6 +453,7 @@ fn job_event() -> impl Strategy<Value = JobEvent> {
             }
         }),
         text().prop_map(|reason| JobEvent::Cancelling { reason }),
+        text().prop_map(|reason| JobEvent::Fenced { reason }),
         job_state().prop_map(|state| JobEvent::JobFinished { state }),
     ]
 }
@@ -843,7 +845,7 @@ proptest! {
     #[test]
     fn to_conductor_round_trips_in_version_1(message in to_conductor()) {
         let encoded = message.encode(1);
-        if matches!(message, ToConductor::PriorResult { .. }) {
+        if matches!(message, ToConductor::PriorResult { .. } | ToConductor::Fence { .. }) {
             prop_assert!(matches!(encoded, Err(FrameError::NotInVersion { .. })), "{encoded:?}");
         } else if let Ok(frame) = encoded {
             let decoded = ToConductor::decode_v1(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -906,6 +908,11 @@ proptest! {
 
     #[test]
     fn to_conductor_round_trips_in_version_2(message in to_conductor()) {
+        if matches!(message, ToConductor::Fence { .. }) {
+            let refused = matches!(message.encode(2), Err(FrameError::NotInVersion { .. }));
+            prop_assert!(refused, "a fence is refused before version 5");
+            return Ok(());
+        }
         let frame = message.encode(2).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let decoded = ToConductor::decoder(2)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut expected = message;
@@ -921,6 +928,11 @@ proptest! {
 
     #[test]
     fn to_conductor_round_trips_in_version_3(message in to_conductor()) {
+        if matches!(message, ToConductor::Fence { .. }) {
+            let refused = matches!(message.encode(3), Err(FrameError::NotInVersion { .. }));
+            prop_assert!(refused, "a fence is refused before version 5");
+            return Ok(());
+        }
         let frame = message.encode(3).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let decoded = ToConductor::decoder(3)(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut expected = message;
@@ -960,6 +972,7 @@ proptest! {
                 task, phase, outcome: StepOutcome::Success { result: result + &big },
             },
             JobEvent::Cancelling { reason } => JobEvent::Cancelling { reason: reason + &big },
+            JobEvent::Fenced { reason } => JobEvent::Fenced { reason: reason + &big },
             other => other,
         };
         let report = FromConductor::Report(Report { seq, event: event.bounded() });

@@ -12,8 +12,8 @@
 //! [`skip_unless_ci`](crate::skip_unless_ci): a skip on a developer's machine, a failure under
 //! `CI=true` (`.ci/run` installs the server).
 
-use crate::{DEADLINE, path_str, wait_for};
-use std::path::PathBuf;
+use crate::{DEADLINE, Run, TestEnv, path_str, wait_for};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// Where Debian installs the server, one directory per major version.
@@ -80,6 +80,34 @@ impl Postgres {
             "host={} user={PG_USER} dbname={DATABASE}",
             self.dir.display()
         )
+    }
+
+    /// Starts `supervisor daemon` on this board, without waiting: host `host`, state dir
+    /// `state_dir`, `--lease LEASE`, no warm conductors, and `extra` arguments.
+    #[must_use]
+    pub fn spawn_daemon(
+        &self,
+        env: &TestEnv,
+        state_dir: &Path,
+        (host, lease): (&str, &str),
+        extra: &[&str],
+    ) -> Run {
+        let url = self.url();
+        let mut args = vec![
+            "daemon",
+            "--state-dir",
+            path_str(state_dir),
+            "--board",
+            &url,
+            "--host",
+            host,
+            "--lease",
+            lease,
+            "--warm",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        env.spawn(&args)
     }
 
     /// Restarts the server (`pg_ctl restart -m fast`: every connection is cut) and waits until

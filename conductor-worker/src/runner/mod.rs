@@ -42,6 +42,7 @@ pub async fn serve(config: Config, registry: &Registry) -> anyhow::Result<JobSta
         plan,
         cancel,
         cancel_sender,
+        fence,
     } = link::start(config.listen_fd, config.job_id)?;
     cancel_on_signals(&cancel_sender)?;
     let plan = wait_for_plan(plan, cancel.clone(), plan_deadline, config.plan_timeout).await?;
@@ -54,7 +55,18 @@ pub async fn serve(config: Config, registry: &Registry) -> anyhow::Result<JobSta
         .map(|spec| build_task(&plan, spec, registry, &children, &limits))
         .collect();
     let runner = Runner::new(&plan, tasks, handle, cancel);
-    let state = runner.run().await?;
+    // The walk is dropped at the fence, with every step future in it: nothing more starts.
+    let walked = {
+        let walk = runner.run();
+        tokio::select! {
+            state = walk => Some(state),
+            () = fence_passed(fence) => None,
+        }
+    };
+    let Some(state) = walked else {
+        return runner.fenced().await;
+    };
+    let state = state?;
     let leftovers = reaper::kill_descendants();
     if leftovers > 0 {
         tracing::warn!(count = leftovers, "killed processes the tasks left behind");
@@ -115,6 +127,31 @@ fn build_task(
             let params =
                 serde_json::from_str(params_json).map_err(|err| format!("bad params: {err}"))?;
             registry.build(kind, &params)
+        }
+    }
+}
+
+/// Why a fenced conductor's job ends `killed` (the supervisor records it).
+pub const FENCED_REASON: &str = "fenced: supervisor silent";
+
+/// Resolves when the last fence the supervisor sent passed without a newer one (never when
+/// none was sent).
+async fn fence_passed(mut fence: watch::Receiver<link::FenceDeadline>) {
+    // False once the link is gone for good: the last fence stands.
+    let mut open = true;
+    loop {
+        let deadline = *fence.borrow_and_update();
+        let until_deadline = async {
+            match deadline {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // A newer fence read at the same turn as the deadline wins: it replaces the last.
+            biased;
+            changed = fence.changed(), if open => open = changed.is_ok(),
+            () = until_deadline => return,
         }
     }
 }
@@ -240,6 +277,33 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// The fence passed (the walk is dropped already): SIGKILL of every process of the running
+    /// steps, nothing more started (no revert: another host may own the job by now), and
+    /// [`JobEvent::Fenced`] reported; returns once the supervisor holds it, so the job ends
+    /// `killed` with its reverts skipped.
+    async fn fenced(&self) -> anyhow::Result<JobState> {
+        let killed = reaper::kill_descendants();
+        let running: Vec<&str> = self
+            .progress
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p.state, TaskState::Running | TaskState::Reverting))
+            .map(|(i, _)| self.plan.spec.tasks[i].name.as_str())
+            .collect();
+        tracing::warn!(
+            job_id = %self.plan.job_id,
+            killed,
+            tasks = running.join(","),
+            "fenced"
+        );
+        self.write_ahead(JobEvent::Fenced {
+            reason: FENCED_REASON.to_owned(),
+        })
+        .await?;
+        Ok(JobState::Killed)
+    }
+
     /// Whether the job is cancelled; reports the cancel once.
     fn is_cancelled(&self) -> bool {
         let signalled = crate::signals::cancel_signalled().then(|| "cancel requested".to_owned());
@@ -362,6 +426,23 @@ mod tests {
             err.to_string().contains("no job arrived within 1m"),
             "{err}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fence_passes_at_its_deadline_unless_a_newer_one_came() {
+        let start = Instant::now();
+        let (fence, deadline) = watch::channel(None);
+        let passed = tokio::spawn(fence_passed(deadline));
+        // No fence (no board, or an older supervisor): no deadline at all.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!passed.is_finished());
+        fence.send_replace(Some(Instant::now() + Duration::from_secs(7)));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!passed.is_finished());
+        // Renewed: the new fence replaces the old one.
+        fence.send_replace(Some(Instant::now() + Duration::from_secs(7)));
+        passed.await.expect("the fence passes");
+        assert_eq!(start.elapsed(), Duration::from_secs(3600 + 5 + 7));
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,27 +47,42 @@ pub enum ToConductor {
     /// (Version 2.) The result an earlier conductor left for task `task`, sent before `Start`,
     /// whose `prior[task].result` is then empty.
     PriorResult { task: u32, result: String },
+    /// (Version 5.) The supervisor's lease on the job board, delegated: the conductor may run
+    /// steps for `run_for_ms` from the receipt of this message, and no longer (its *fence*).
+    /// Sent after the handshake (and the plan) of every connection and after every lease
+    /// renewal, only by a supervisor on a job board; each one replaces the one before. At the
+    /// deadline without a newer one the conductor kills its running steps, starts nothing more
+    /// and reports [`JobEvent::Fenced`] (ARCHITECTURE.md, The job board).
+    Fence { run_for_ms: u64 },
 }
 
 impl ToConductor {
     /// Encodes the message as a whole frame in protocol `version`.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
-        if version >= 4 {
+        if version >= 5 {
             return encode_frame(self);
         }
+        if matches!(self, Self::Fence { .. }) {
+            return Err(FrameError::NotInVersion {
+                what: "a fence",
+                version,
+            });
+        }
+        if version == 4 {
+            // The same layout: `Fence`, the only newer variant, is last.
+            return encode_frame(self);
+        }
+        let not_in_version = |_| FrameError::NotInVersion {
+            what: "a prior result in a frame of its own",
+            version,
+        };
         if version == 3 {
-            return encode_frame(&ToConductorV3::from(self.clone()));
+            return encode_frame(&ToConductorV3::try_from(self.clone()).map_err(not_in_version)?);
         }
         if version == 2 {
-            return encode_frame(&ToConductorV2::from(self.clone()));
+            return encode_frame(&ToConductorV2::try_from(self.clone()).map_err(not_in_version)?);
         }
-        match ToConductorV1::try_from(self.clone()) {
-            Ok(v1) => encode_frame(&v1),
-            Err(_) => Err(FrameError::NotInVersion {
-                what: "a prior result in a frame of its own",
-                version,
-            }),
-        }
+        encode_frame(&ToConductorV1::try_from(self.clone()).map_err(not_in_version)?)
     }
 
     /// Decodes a frame body of protocol version 1.
@@ -196,6 +211,12 @@ pub enum JobEvent {
     Cancelling { reason: String },
     /// The job ended; the last report.
     JobFinished { state: JobState },
+    /// (Version 5, only after a [`ToConductor::Fence`].) The conductor's fence passed without
+    /// a newer one: it SIGKILLed its running steps and starts nothing more, not even a revert
+    /// (another host may own the job by now). The last report: the supervisor records the
+    /// job `killed` with `reason`, its reverts skipped, and the conductor exits once this is
+    /// acknowledged.
+    Fenced { reason: String },
 }
 
 /// How a step ended.
@@ -211,6 +232,13 @@ pub enum StepOutcome {
         result: String,
     },
 }
+
+/// The longest fence a conductor honours ([`ToConductor::Fence`]; a longer `run_for_ms`
+/// counts as this, so that no deadline overflows a clock): a year. A supervisor sends it to a
+/// conductor it is about to freeze (`pause`: a frozen job runs nothing, and its clocks would
+/// otherwise find the fence passed the instant it thaws), and a fresh fence before it thaws
+/// it.
+pub const MAX_FENCE_MS: u64 = 365 * 86_400_000;
 
 /// Longest result kept from an execute (a command's stdout, a native task's value); longer
 /// ones are cut at the source.
@@ -271,7 +299,9 @@ impl JobEvent {
                     truncate_at_boundary(result, MAX_RESULT_LEN);
                 }
             },
-            Self::Cancelling { reason } => bound_with_marker(reason, MAX_REASON_LEN),
+            Self::Cancelling { reason } | Self::Fenced { reason } => {
+                bound_with_marker(reason, MAX_REASON_LEN);
+            }
             Self::TaskStarting { .. } | Self::TaskSpawned { .. } | Self::JobFinished { .. } => {}
         }
         self
@@ -423,5 +453,27 @@ mod tests {
             Err(FrameError::NotInVersion { version: 1, .. })
         ));
         assert!(prior.encode(2).is_ok());
+    }
+
+    #[test]
+    fn a_fence_is_refused_before_version_5_and_nothing_else_moves() {
+        let fence = ToConductor::Fence { run_for_ms: 700 };
+        for version in 1..=4 {
+            assert!(
+                matches!(
+                    fence.encode(version),
+                    Err(FrameError::NotInVersion { what: "a fence", version: v }) if v == version
+                ),
+                "version {version}"
+            );
+        }
+        let frame = fence.encode(5).expect("version 5");
+        assert_eq!(
+            ToConductor::decoder(5)(&frame[4..]).expect("decodes"),
+            fence
+        );
+        // Appended: every older message keeps its wire number, so version 4 bytes are these.
+        let ack = ToConductor::Ack { seq: 3 };
+        assert_eq!(ack.encode(4).expect("v4"), ack.encode(5).expect("v5"));
     }
 }

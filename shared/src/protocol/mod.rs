@@ -24,8 +24,10 @@ pub mod v3;
 /// (`ToConductor::PriorResult`). Version 3: `TaskSpec::revert_retries` and
 /// `revert_retry_delay`, `JobSpec::hooks` ([`v2`] mirrors version 2). Version 4: flows
 /// (`JobSpec::flow`, `max_parallel`, `on_failure`, `TaskSpec::after`, `retry_delay`,
-/// `retry_backoff`; [`v3`] mirrors version 3).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// `retry_backoff`; [`v3`] mirrors version 3). Version 5: the lease delegated to conductors
+/// (`ToConductor::Fence`, `JobEvent::Fenced`, both appended: version 4 has the same layout
+/// without them, and a version 4 peer never receives them).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The oldest version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -59,6 +61,6 @@ mod tests {
         assert_eq!(negotiate(MIN_PROTOCOL_VERSION), Some(MIN_PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION + 5), Some(PROTOCOL_VERSION));
-        assert_eq!(supported_versions(), "1..=4");
+        assert_eq!(supported_versions(), "1..=5");
     }
 }

@@ -215,7 +215,9 @@ impl TryFrom<ToConductor> for ToConductorV1 {
             ToConductor::Start(plan) => Self::Start(Box::new((*plan).into())),
             ToConductor::Ack { seq } => Self::Ack { seq },
             ToConductor::Cancel { reason } => Self::Cancel { reason },
-            other @ ToConductor::PriorResult { .. } => return Err(other),
+            other @ (ToConductor::PriorResult { .. } | ToConductor::Fence { .. }) => {
+                return Err(other);
+            }
         })
     }
 }

@@ -218,15 +218,19 @@ impl From<ToConductorV2> for ToConductor {
     }
 }
 
-impl From<ToConductor> for ToConductorV2 {
-    fn from(message: ToConductor) -> Self {
-        match message {
+impl TryFrom<ToConductor> for ToConductorV2 {
+    /// The message that this version cannot carry (a fence).
+    type Error = ToConductor;
+
+    fn try_from(message: ToConductor) -> Result<Self, ToConductor> {
+        Ok(match message {
             ToConductor::Hello(hello) => Self::Hello(hello),
             ToConductor::Start(plan) => Self::Start(Box::new((*plan).into())),
             ToConductor::Ack { seq } => Self::Ack { seq },
             ToConductor::Cancel { reason } => Self::Cancel { reason },
             ToConductor::PriorResult { task, result } => Self::PriorResult { task, result },
-        }
+            other @ ToConductor::Fence { .. } => return Err(other),
+        })
     }
 }
 

@@ -6,9 +6,20 @@
 //! - **May this daemon still count on its lease?** Its own monotonic clock answers that,
 //!   conservatively: from the *send* time of its last successful renewal (the database stamped
 //!   `renewed_at` after that instant, so the lease runs out after `sent + lease` by any clock
-//!   that runs at the same rate) minus a [`margin`] for rate differences and for the time the
-//!   fencing of a later slice needs. [`LeaseClock::is_lost`] turns true at `sent + lease -
-//!   margin`, before the database can judge the lease expired.
+//!   that runs at the same rate) minus a [`margin`] for rate differences and for the time
+//!   fencing needs. [`LeaseClock::is_lost`] turns true at `sent + lease - margin`, before the
+//!   database can judge the lease expired.
+//!
+//! # Fencing (issue 11, rule 2)
+//!
+//! From the same send time `t_r`, before `lease - margin`:
+//! - `t_r + lease/2` ([`soft_fence_after`], [`LeaseClock::soft_fence_at`]): the lease is no
+//!   longer *current*: the daemon soft-cancels its live jobs (their reverts run while time
+//!   allows) and starts no job until a renewal succeeds.
+//! - `t_r + lease*7/10` ([`hard_fence_after`], [`LeaseClock::hard_fence_at`]): the daemon
+//!   hard-kills the jobs still live; it is also the deadline it delegates to its conductors
+//!   ([`LeaseClock::conductor_run_for`]), who kill their running steps there by themselves if
+//!   the daemon falls silent.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +44,21 @@ pub fn renew_interval(lease: Duration) -> Duration {
 #[must_use]
 pub fn margin(lease: Duration) -> Duration {
     lease / 5
+}
+
+/// How long after the last successful renewal's send time the lease stops being current: the
+/// daemon soft-cancels its jobs and starts none (half the lease).
+#[must_use]
+pub fn soft_fence_after(lease: Duration) -> Duration {
+    lease / 2
+}
+
+/// How long after the last successful renewal's send time no step of this daemon's jobs may
+/// run any more: the daemon hard-kills its jobs, and its conductors kill their steps
+/// (seven tenths of the lease: before `lease - margin`).
+#[must_use]
+pub fn hard_fence_after(lease: Duration) -> Duration {
+    lease * 7 / 10
 }
 
 /// Checks a `--lease` value.
@@ -97,6 +123,37 @@ impl LeaseClock {
         now >= self.lost_at()
     }
 
+    /// The lease this clock counts.
+    #[must_use]
+    pub const fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// `last_sent + lease/2`: from then on the lease is not current (soft fence).
+    #[must_use]
+    pub fn soft_fence_at(&self) -> Instant {
+        self.last_sent + soft_fence_after(self.lease)
+    }
+
+    /// `last_sent + lease*7/10`: from then on no step may run (hard fence).
+    #[must_use]
+    pub fn hard_fence_at(&self) -> Instant {
+        self.last_sent + hard_fence_after(self.lease)
+    }
+
+    /// Whether this daemon may start jobs at `now`: before the soft fence.
+    #[must_use]
+    pub fn is_current(&self, now: Instant) -> bool {
+        now < self.soft_fence_at()
+    }
+
+    /// How long a conductor told at `now` may still run steps: until the hard fence (zero
+    /// once it passed).
+    #[must_use]
+    pub fn conductor_run_for(&self, now: Instant) -> Duration {
+        self.hard_fence_at().saturating_duration_since(now)
+    }
+
     /// When the next renewal is due.
     #[must_use]
     pub fn next_renewal(&self) -> Instant {
@@ -130,6 +187,34 @@ mod tests {
         clock.renewed(start + Duration::from_millis(500));
         assert!(!clock.is_lost(start + Duration::from_millis(1299)));
         assert!(clock.is_lost(start + Duration::from_millis(1300)));
+    }
+
+    #[test]
+    fn fencing_is_soft_at_half_the_lease_and_hard_at_seven_tenths_before_it_is_lost() {
+        let start = Instant::now();
+        let clock = LeaseClock::new(LEASE, start);
+        assert_eq!(soft_fence_after(LEASE), Duration::from_millis(500));
+        assert_eq!(hard_fence_after(LEASE), Duration::from_millis(700));
+        assert_eq!(
+            hard_fence_after(Duration::from_secs(10)),
+            Duration::from_secs(7)
+        );
+        assert_eq!(clock.soft_fence_at(), start + Duration::from_millis(500));
+        assert_eq!(clock.hard_fence_at(), start + Duration::from_millis(700));
+        // Each phase before the next, and the hard one before the daemon counts its lease
+        // lost (lease - margin), itself before the database can judge it expired.
+        assert!(renew_interval(LEASE) < soft_fence_after(LEASE));
+        assert!(hard_fence_after(LEASE) < LEASE - margin(LEASE));
+        assert!(clock.is_current(start + Duration::from_millis(499)));
+        assert!(!clock.is_current(start + Duration::from_millis(500)));
+        assert_eq!(
+            clock.conductor_run_for(start + Duration::from_millis(200)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            clock.conductor_run_for(start + Duration::from_millis(900)),
+            Duration::ZERO
+        );
     }
 
     #[test]

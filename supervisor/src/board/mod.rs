@@ -1,7 +1,8 @@
 //! The job board: daemons on many hosts sharing one PostgreSQL database (DESIGN.md section 11,
 //! issue 11). Hosts are on the board; every host's jobs are *visible* from every other one
-//! (the mirror), and every operator's order reaches a job's owner from anywhere (requests). Jobs
-//! still run on the host where they were submitted: claims by any host, epochs and fencing
+//! (the mirror), every operator's order reaches a job's owner from anywhere (requests), and a
+//! daemon that cannot renew its lease fences itself (no two hosts ever run steps of one job at
+//! once). Jobs still run on the host where they were submitted: claims by any host and epochs
 //! come in a later slice and build on what is here.
 //!
 //! # Theory of operation
@@ -21,6 +22,24 @@
 //!   `board lease at risk` and reconnects with backoff; passing `lease - margin` without a
 //!   success logs `lease lost` once. If another instance took the name meanwhile, the renewer
 //!   stops for good (`board lease taken over`).
+//! - **Fence** (`daemon/fence.rs`, [`lease`]): every point counts on the monotonic clock from
+//!   `t_r`, the send time of the last successful renewal, and falls before `lease - margin`,
+//!   itself before the database can judge the lease expired. At `t_r + lease/2` without a
+//!   newer renewal the lease is no longer current ([`Board::is_lease_current`]): the daemon
+//!   soft-cancels every job holding a conductor through its actor (reason `fenced: board
+//!   lease not renewed for Nms`; the reverts run here while time allows), its scheduler starts
+//!   nothing and `submit`, `revert`, `resume` and `continue` are refused. At `t_r + lease*7/10` it kills the jobs still live (the
+//!   kill path: `killed`, the reverts that did not run recorded as skipped for `revert JOB`).
+//!   Each phase logs `board fencing` at WARN. A renewal that succeeds lifts the fence (`board
+//!   lease regained`); the jobs fenced stay ended. A daemon too frozen to fence itself (a
+//!   SIGSTOP, a partition of the whole host) is covered by its conductors: each job's actor
+//!   *delegates* the lease ([`Board::lease_watch`]) with `ToConductor::Fence { run_for_ms }`
+//!   (protocol 5) after every (re)connection and every renewal, `run_for_ms` being `t_r +
+//!   lease*7/10 - now`; a conductor that passes that deadline without a newer fence SIGKILLs
+//!   its running steps, starts nothing more (no revert: another host may own the job by then),
+//!   reports `JobEvent::Fenced` and keeps it until a daemon acknowledges it; the job ends
+//!   `killed`, reason `fenced: supervisor silent`, its reverts skipped. A conductor of
+//!   protocol 4 or older cannot be told (the actor logs a WARN that it has no fence).
 //! - **Read** ([`Board::hosts`]): `supervisor hosts` asks the local daemon, which queries the
 //!   board on a short-lived connection of its own. Alive means `now() - renewed_at < lease`,
 //!   judged by the database's clock only.
@@ -50,7 +69,8 @@
 //!
 //! Failure modes: the database restarting or unreachable for a while (renewals fail, the
 //! renewer reconnects; the host shows `lost` meanwhile and `alive` again once a renewal
-//! succeeds, with the same instance); a daemon killed (its row stays, `lost` after its lease);
+//! succeeds, with the same instance; past `t_r + lease/2` the daemon fences its jobs, and
+//! takes jobs again after the renewal); a daemon killed (its row stays, `lost` after its lease);
 //! two daemons started with one host name (the second is refused while the first lives).
 
 pub mod hosts;
@@ -65,9 +85,9 @@ pub mod schema;
 
 use lease::LeaseClock;
 use shared::protocol::client::HostSummary;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_postgres::{Client, NoTls};
 
 /// How long connecting to the board may take (at start, and for each `hosts` request).
@@ -302,7 +322,9 @@ pub struct Board {
 struct Inner {
     config: BoardConfig,
     instance: String,
-    lease: Mutex<LeaseClock>,
+    /// The lease as of the last successful renewal; its receivers (the fencing, the job
+    /// actors delegating it to their conductors) wake at each renewal.
+    lease: watch::Sender<LeaseClock>,
     /// Set after every renewal and every (re)connect of the listener, and on each request
     /// notification for this host: the owner's requests are due to be read.
     requests_due: Notify,
@@ -363,7 +385,7 @@ impl Board {
         );
         let board = Self {
             inner: Arc::new(Inner {
-                lease: Mutex::new(LeaseClock::new(config.lease, sent)),
+                lease: watch::channel(LeaseClock::new(config.lease, sent)).0,
                 config,
                 instance,
                 requests_due: Notify::new(),
@@ -437,27 +459,34 @@ impl Board {
         &self.inner.config
     }
 
-    /// When (monotonic clock) the last successful renewal was sent: the fencing of later
-    /// slices counts from here.
+    /// When (monotonic clock) the last successful renewal was sent: fencing counts from here
+    /// ([`lease`]).
     #[must_use]
     pub fn last_renewal_sent(&self) -> Instant {
         self.lease_clock().last_sent()
     }
 
-    fn lease_clock(&self) -> LeaseClock {
-        *self
-            .inner
-            .lease
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// The lease as of the last successful renewal.
+    #[must_use]
+    pub fn lease_clock(&self) -> LeaseClock {
+        *self.inner.lease.borrow()
+    }
+
+    /// Whether this daemon's lease is current now (before `t_r + lease/2`): while it is not,
+    /// no job starts and `submit` is refused.
+    #[must_use]
+    pub fn is_lease_current(&self) -> bool {
+        self.lease_clock().is_current(Instant::now())
+    }
+
+    /// The lease, marked changed at every successful renewal.
+    #[must_use]
+    pub fn lease_watch(&self) -> watch::Receiver<LeaseClock> {
+        self.inner.lease.subscribe()
     }
 
     fn record_renewal(&self, sent: Instant) {
-        self.inner
-            .lease
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .renewed(sent);
+        self.inner.lease.send_modify(|clock| clock.renewed(sent));
         self.inner.requests_due.notify_one();
     }
 

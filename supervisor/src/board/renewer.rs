@@ -4,7 +4,9 @@
 //! stamped with its send time on the monotonic clock before it leaves. A failure drops the
 //! connection; the next attempt reconnects after a backoff that doubles up to the interval.
 //! The loop also wakes at `lease - margin` after the last success to log `lease lost` on time,
-//! whether or not a renewal is in flight elsewhere.
+//! whether or not a renewal is in flight elsewhere. A success after the lease stopped being
+//! current (past the soft fence, or lost) logs `board lease regained`; fencing itself is the
+//! daemon's (`daemon/fence.rs`), woken by each renewal through [`Board::lease_watch`].
 
 use super::hosts::{self, Renewal};
 use super::lease::{next_backoff, renew_interval};
@@ -39,8 +41,10 @@ pub(super) async fn run(board: Board, mut client: Option<Connection>, live_jobs:
         let live = i64::try_from(live_jobs()).unwrap_or(i64::MAX);
         match attempt(&board, &mut client, live, interval).await {
             Ok((Renewal::Renewed, sent)) => {
+                // Past the soft fence, the daemon took no job: it does again from now on.
+                let lapsed = !board.lease_clock().is_current(Instant::now());
                 board.record_renewal(sent);
-                if lost_reported {
+                if lost_reported || lapsed {
                     tracing::info!(host = %board.config().host, "board lease regained");
                     lost_reported = false;
                 }

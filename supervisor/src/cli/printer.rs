@@ -94,6 +94,7 @@ fn print_event(event: &JobEvent, spec: &JobSpec, started: &mut [Option<Instant>]
             writeln!(out, "[{}] {}{took}", name(task), step_end(*phase, outcome))
         }
         JobEvent::Cancelling { reason } => writeln!(out, "cancelling: {}", shown(reason)),
+        JobEvent::Fenced { reason } => writeln!(out, "{}", shown(reason)),
         JobEvent::TaskSpawned { .. } | JobEvent::JobFinished { .. } => Ok(()),
     };
     let _ = out.flush();

@@ -15,9 +15,12 @@
 //!   `hosts` from the board. On a board it also publishes its jobs to the board's mirror
 //!   (`mirror.rs`), listens for the cancel and kill requests other hosts write for its jobs
 //!   and carries them out (`remote.rs`), and answers `ls`, `status`, `cancel` and `kill` for
-//!   other hosts' jobs from the board.
+//!   other hosts' jobs from the board. When its lease is not renewed in time it fences itself
+//!   (`fence.rs`): its jobs soft-cancelled, then killed, and no job started or accepted until
+//!   a renewal succeeds.
 
 mod fd_limit;
+mod fence;
 mod handlers;
 mod metrics_server;
 mod mirror;
@@ -113,6 +116,7 @@ pub async fn run(
         },
         observer: None,
         hooks: config.operators.hooks.clone(),
+        lease: board.as_ref().map(Board::lease_watch),
     });
     if let Some(addr) = config.operators.metrics {
         let metrics = tokio::net::TcpListener::bind(addr)
@@ -128,9 +132,10 @@ pub async fn run(
         _listener: board.start_listener(),
         mirror: tokio::spawn(mirror::run(jobs.clone(), board.clone())),
         requests: tokio::spawn(remote::run(jobs.clone(), board.clone())),
+        fence: tokio::spawn(fence::run(jobs.clone(), board.clone())),
     });
     reattach_all(&jobs).await;
-    tokio::spawn(scheduler::run(jobs.clone(), max_jobs));
+    tokio::spawn(scheduler::run(jobs.clone(), max_jobs, board.clone()));
     if let Some(keep) = config.keep {
         tokio::spawn(handlers::prune::keep(jobs.clone(), board.clone(), keep));
     }
@@ -176,12 +181,14 @@ struct BoardTasks {
     _listener: crate::board::TaskGuard,
     mirror: tokio::task::JoinHandle<()>,
     requests: tokio::task::JoinHandle<()>,
+    fence: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for BoardTasks {
     fn drop(&mut self) {
         self.mirror.abort();
         self.requests.abort();
+        self.fence.abort();
     }
 }
 

@@ -3,6 +3,7 @@
 use super::actor::Actor;
 use super::launch::Launcher;
 use super::{Order, OrderError};
+use crate::board::lease::LeaseClock;
 use crate::clock::now_ms;
 use crate::store::StoreHandle;
 use shared::ids::JobId;
@@ -39,6 +40,9 @@ pub struct JobsConfig {
     pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
     /// The daemon's own alert hooks, run for every job's end.
     pub hooks: super::DaemonHooks,
+    /// On a job board: the daemon's lease, delegated to every conductor
+    /// (`ToConductor::Fence`, at each connection and each renewal); `None` without a board.
+    pub lease: Option<watch::Receiver<LeaseClock>>,
 }
 
 /// The registry; cheap to clone, shared by the accept loop, the scheduler and every handler.
@@ -52,6 +56,7 @@ pub(super) struct Inner {
     pub launcher: Launcher,
     pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
     pub hooks: super::DaemonHooks,
+    pub lease: Option<watch::Receiver<LeaseClock>>,
     /// Each job's actor, with the generation that tells a retiring actor from its successor.
     actors: Mutex<HashMap<JobId, (u64, Outbox)>>,
     generation: AtomicU64,
@@ -87,6 +92,7 @@ impl Jobs {
                 launcher: config.launcher,
                 observer: config.observer,
                 hooks: config.hooks,
+                lease: config.lease,
                 actors: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 tasks: Mutex::new(JoinSet::new()),
@@ -198,6 +204,18 @@ impl Jobs {
         self.supervised().len()
     }
 
+    /// The jobs that hold (or are starting) a conductor now.
+    #[must_use]
+    pub fn supervised_jobs(&self) -> Vec<JobId> {
+        self.supervised().iter().cloned().collect()
+    }
+
+    /// The daemon's lease on its board, for a supervision to delegate to its conductor;
+    /// `None` without a board.
+    pub(super) fn lease(&self) -> Option<watch::Receiver<LeaseClock>> {
+        self.inner.lease.clone()
+    }
+
     fn supervised(&self) -> MutexGuard<'_, HashSet<JobId>> {
         self.inner
             .supervising
@@ -286,8 +304,7 @@ impl Jobs {
     pub async fn stop(&self, cancel: bool) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         if cancel {
-            let ids: Vec<JobId> = self.supervised().iter().cloned().collect();
-            for id in ids {
+            for id in self.supervised_jobs() {
                 let order = Order::Cancel {
                     timeout: None,
                     reason: "daemon shutdown --cancel".into(),

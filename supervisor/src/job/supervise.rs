@@ -17,6 +17,7 @@ use super::ladder::{self, Backoff, Ladder};
 use super::launch::{Conductor, Launched};
 use super::registry::{Command, Inbox, Jobs};
 use super::{Order, OrderError, Purpose, Requester};
+use crate::board::lease::LeaseClock;
 use crate::containment::JobCgroup;
 use crate::metrics::METRICS;
 use crate::process::{self, ConductorId, Pidfd};
@@ -25,11 +26,12 @@ use crate::store::StoreError;
 use shared::ids::JobId;
 use shared::protocol::codec::FrameError;
 use shared::protocol::conductor::{
-    FromConductor, JobEvent, JobPlan, Phase, Report, StepOutcome, ToConductor,
+    FromConductor, JobEvent, JobPlan, MAX_FENCE_MS, Phase, Report, StepOutcome, ToConductor,
 };
 use shared::spec::JobSpec;
 use shared::state::JobState;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 /// How often to retry writing reports, or a job's end, that the store refused (a full disk).
@@ -204,6 +206,11 @@ struct Supervision {
     /// When the first cancel and the hard kill came, for the latency metrics.
     cancelled_at: Option<Instant>,
     killed_at: Option<Instant>,
+    /// On a job board: the daemon's lease, delegated to the conductor at each connection and
+    /// each renewal (`ToConductor::Fence`); `None` without a board.
+    lease: Option<watch::Receiver<LeaseClock>>,
+    /// Whether the WARN that the conductor (older than version 5) has no fence was logged.
+    unfenced_logged: bool,
 }
 
 /// A time far enough away to never come.
@@ -228,6 +235,7 @@ impl Supervision {
                 "revert timeout expired",
             );
         }
+        let lease = jobs.lease();
         Self {
             pidfd,
             job_deadline: ladder::job_deadline(&spec, now, started_ago),
@@ -253,6 +261,8 @@ impl Supervision {
             paused: None,
             cancelled_at: None,
             killed_at: None,
+            lease,
+            unfenced_logged: false,
         }
     }
 
@@ -303,6 +313,16 @@ impl Supervision {
                     self.take_reports(None).await;
                 }
                 () = sleep_until(silent_at), if !self.state.unresponsive && ticking => self.on_silence().await,
+                renewed = lease_renewed(self.lease.as_mut()) => {
+                    if renewed {
+                        // A frozen conductor holds the pause's fence, and reads nothing.
+                        if self.paused.is_none() {
+                            self.send_fence().await;
+                        }
+                    } else {
+                        self.lease = None;
+                    }
+                }
                 () = sleep_until(self.state.reconnect_at), if self.state.link.is_none() && self.state.connecting.is_none() => {
                     let (socket, id, conductor) = (self.conductor.socket.clone(), self.id.clone(), self.conductor.id);
                     self.state.connecting = Some(Box::pin(async move { ConductorLink::connect(&socket, &id, conductor).await }));
@@ -348,6 +368,40 @@ impl Supervision {
             self.send_plan().await;
         } else {
             self.plan = None;
+        }
+        self.send_fence().await;
+    }
+
+    /// Delegates the daemon's lease to a conductor that holds its plan: it may run steps
+    /// until the hard fence (`t_r + lease*7/10`, `board/lease.rs`), counted from its receipt;
+    /// a paused (frozen) one gets the longest fence, [`MAX_FENCE_MS`], and a fresh one before
+    /// it thaws (`pause.rs`). A conductor older than version 5 cannot be told: logged once at
+    /// WARN.
+    pub(super) async fn send_fence(&mut self) {
+        let Some(lease) = &self.lease else {
+            return;
+        };
+        let run_for = lease.borrow().conductor_run_for(std::time::Instant::now());
+        let run_for_ms = if self.paused.is_some() {
+            MAX_FENCE_MS
+        } else {
+            u64::try_from(run_for.as_millis()).unwrap_or(u64::MAX)
+        };
+        let Some(link) = self.state.link.as_mut().filter(|_| self.plan.is_none()) else {
+            return;
+        };
+        match link.send(&ToConductor::Fence { run_for_ms }).await {
+            Ok(()) => tracing::debug!(run_for_ms, "fence sent"),
+            Err(FrameError::NotInVersion { version, .. }) => {
+                if !std::mem::replace(&mut self.unfenced_logged, true) {
+                    tracing::warn!(
+                        pid = self.conductor.id.pid,
+                        protocol_version = version,
+                        "this conductor has no fence: it cannot stop its steps by itself if this daemon falls silent"
+                    );
+                }
+            }
+            Err(err) => self.drop_link(&format!("cannot send the fence: {err}")),
         }
     }
 
@@ -731,6 +785,7 @@ impl Supervision {
                     JobEvent::TaskStarting { .. }
                         | JobEvent::JobFinished { .. }
                         | JobEvent::Cancelling { .. }
+                        | JobEvent::Fenced { .. }
                 )
             });
         let until = *self.state.hold_until.get_or_insert(now + HOLD_REPORTS);
@@ -809,10 +864,24 @@ impl Supervision {
                 self.ladder.arm(deadline, "cancel timeout expired");
             }
             JobEvent::JobFinished { state } => self.ladder.finished = Some(*state),
+            JobEvent::Fenced { reason } => self.conductor_fenced(reason),
             _ => {}
         }
         publish_event(&self.jobs, &self.id, &self.spec, event);
         self.jobs.observe(event);
+    }
+
+    /// The conductor's fence passed (this daemon fell silent, or its lease lapsed): it killed
+    /// its running steps and exits once the report is acknowledged. The job ends `killed` with
+    /// the conductor's reason, as after a kill, unless a kill came first.
+    fn conductor_fenced(&mut self, reason: &str) {
+        tracing::warn!(pid = self.conductor.id.pid, reason, "conductor fenced");
+        if !self.ladder.is_over() {
+            METRICS.killed("conductor fenced");
+            self.killed_at = Some(Instant::now());
+            self.ladder.killed = Some(reason.to_owned());
+            self.ladder.cause = "conductor fenced";
+        }
     }
 
     /// Reads what the dead conductor still had in flight, so the store misses nothing it did.
@@ -957,7 +1026,10 @@ fn publish_event(jobs: &Jobs, id: &JobId, spec: &JobSpec, event: &JobEvent) {
             (name(task), state)
         }
         JobEvent::Cancelling { .. } => (None, "cancelling"),
-        JobEvent::TaskSpawned { .. } | JobEvent::Output { .. } | JobEvent::JobFinished { .. } => {
+        JobEvent::TaskSpawned { .. }
+        | JobEvent::Output { .. }
+        | JobEvent::JobFinished { .. }
+        | JobEvent::Fenced { .. } => {
             return;
         }
     };
@@ -977,6 +1049,15 @@ type Connecting =
 async fn next_connection(connecting: &mut Option<Connecting>) -> anyhow::Result<ConductorLink> {
     match connecting {
         Some(attempt) => attempt.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at the next renewal of the daemon's lease: true, or false once the lease is gone
+/// for good (the daemon stops); never without a board.
+async fn lease_renewed(lease: Option<&mut watch::Receiver<LeaseClock>>) -> bool {
+    match lease {
+        Some(lease) => lease.changed().await.is_ok(),
         None => std::future::pending().await,
     }
 }

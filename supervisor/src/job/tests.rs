@@ -9,6 +9,7 @@
 //! unregistered children, which other tests' children would be.
 
 use super::{Jobs, JobsConfig, Launcher, Order, OrderError};
+use crate::board::lease::LeaseClock;
 use crate::containment::Containment;
 use crate::process::{self, WorkerCommand};
 use crate::state_dir::StateDir;
@@ -24,6 +25,7 @@ use shared::state::JobState;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Set (in a re-run of this test binary) to run the actor tests for real.
@@ -69,6 +71,11 @@ struct Harness {
 impl Harness {
     /// A running job whose recorded conductor is a `sleep` in its own session.
     fn new(spec: &str) -> Self {
+        Self::with_lease(spec, None)
+    }
+
+    /// [`Harness::new`] for a daemon on a job board whose lease `lease` tells.
+    fn with_lease(spec: &str, lease: Option<watch::Receiver<LeaseClock>>) -> Self {
         // The fake conductor answers from this process for the stand-in `sleep`.
         crate::session::TRUST_OWN_PROCESS_IN_TESTS.store(true, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!(
@@ -111,6 +118,7 @@ impl Harness {
             },
             observer: None,
             hooks: crate::job::DaemonHooks::default(),
+            lease,
         });
         let events = jobs.subscribe();
         Self {
@@ -129,9 +137,14 @@ impl Harness {
 
     /// Adopts the job and accepts the supervisor's first connection.
     async fn attach(&self) -> FakeConductor {
+        self.attach_speaking(PROTOCOL_VERSION).await
+    }
+
+    /// [`Harness::attach`], the fake conductor answering protocol `version`.
+    async fn attach_speaking(&self, version: u32) -> FakeConductor {
         let listener = self.listen();
         self.adopt().await;
-        FakeConductor::accept(listener, self).await
+        FakeConductor::accept_speaking(listener, self, version).await
     }
 
     async fn adopt(&self) {
@@ -159,6 +172,21 @@ impl Harness {
             .call(move |s| s.job(&id))
             .await
             .expect("job")
+    }
+
+    /// The names of the job's pending reverts.
+    async fn pending_reverts(&self) -> Vec<String> {
+        let id = self.id.clone();
+        let tasks = self
+            .jobs
+            .store()
+            .call(move |s| s.tasks(&id))
+            .await
+            .expect("tasks");
+        crate::store::pending_reverts(&tasks)
+            .into_iter()
+            .map(|t| t.name)
+            .collect()
     }
 
     /// The stand-in conductor exits, as a real one does after its end is acknowledged.
@@ -235,6 +263,22 @@ struct FakeConductor {
 impl FakeConductor {
     /// Accepts the supervisor's connection and answers its hello.
     async fn accept(listener: UnixListener, h: &Harness) -> Self {
+        Self::accept_speaking(listener, h, PROTOCOL_VERSION).await
+    }
+
+    /// [`FakeConductor::accept`], answering protocol `version`. An older version's answer
+    /// makes the supervisor connect again announcing it: the second connection is the one
+    /// kept.
+    async fn accept_speaking(listener: UnixListener, h: &Harness, version: u32) -> Self {
+        let first = Self::answer_hello(listener, h, version).await;
+        if version == PROTOCOL_VERSION {
+            return first;
+        }
+        Self::answer_hello(first._listener, h, version).await
+    }
+
+    /// Accepts one connection and answers its hello in `version`.
+    async fn answer_hello(listener: UnixListener, h: &Harness, version: u32) -> Self {
         let (mut stream, _) = tokio::time::timeout(NEVER, listener.accept())
             .await
             .expect("the supervisor never connected")
@@ -244,7 +288,7 @@ impl FakeConductor {
             other => panic!("expected a hello, got {other:?}"),
         }
         let hello = ConductorHello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: version,
             job_id: h.id.clone(),
             pid: h.conductor.id(),
             has_plan: true,
@@ -354,6 +398,64 @@ async fn actor_a_cancel_reaches_the_conductor_and_its_reverted_end_is_recorded()
     assert_eq!(h.job().await.state, JobState::Cancelled);
 }
 
+/// How long the conductor may run steps, from a fence it received.
+fn fence_ms(message: ToConductor) -> u64 {
+    match message {
+        ToConductor::Fence { run_for_ms } => run_for_ms,
+        other => panic!("expected a fence, got {other:?}"),
+    }
+}
+
+/// Issue 11, rule 2: on a board the actor delegates its daemon's lease to the conductor (at
+/// the connection and at each renewal: until `t_r + lease*7/10`), and a conductor that
+/// reports it fenced itself ends the job `killed`, its reverts skipped, with its reason.
+#[tokio::test(start_paused = true)]
+async fn actor_the_lease_is_delegated_and_a_fenced_conductor_ends_the_job_killed() {
+    if !in_own_process() {
+        return;
+    }
+    let lease = Duration::from_secs(10);
+    let renewals = watch::channel(LeaseClock::new(lease, std::time::Instant::now())).0;
+    let mut h = Harness::with_lease(SPEC, Some(renewals.subscribe()));
+    let mut fake = h.attach().await;
+    // The monotonic clock runs for real here (tokio's is paused): a little less than 7s.
+    let first = fence_ms(fake.next().await);
+    assert!((6000..=7000).contains(&first), "{first}");
+    fake.write_ahead(starting(0, Phase::Execute)).await;
+    // A renewal sent later: a fence that reaches further.
+    let sent = std::time::Instant::now() + Duration::from_secs(2);
+    renewals.send_modify(|clock| clock.renewed(sent));
+    let second = fence_ms(fake.next().await);
+    assert!(second > first, "{second} after {first}");
+    fake.write_ahead(JobEvent::Fenced {
+        reason: "fenced: supervisor silent".into(),
+    })
+    .await;
+    h.conductor_exits();
+    h.wait_state(JobState::Killed).await;
+    let job = h.job().await;
+    assert_eq!(job.reason.as_deref(), Some("fenced: supervisor silent"));
+    assert_eq!(h.pending_reverts().await, ["a"]);
+}
+
+/// A version 4 conductor cannot hold a fence: it is never sent one (the actor logs a WARN),
+/// and everything else goes on as before.
+#[tokio::test(start_paused = true)]
+async fn actor_a_version_4_conductor_gets_no_fence() {
+    if !in_own_process() {
+        return;
+    }
+    let lease = Duration::from_secs(10);
+    let renewals = watch::channel(LeaseClock::new(lease, std::time::Instant::now())).0;
+    let h = Harness::with_lease(SPEC, Some(renewals.subscribe()));
+    let mut fake = h.attach_speaking(4).await;
+    renewals.send_modify(|clock| clock.renewed(std::time::Instant::now()));
+    // The next frames are the acknowledgements, not fences.
+    fake.write_ahead(starting(0, Phase::Execute)).await;
+    fake.report(finished(0, Phase::Execute, true)).await;
+    fake.write_ahead(starting(1, Phase::Execute)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn actor_the_kill_timer_fires_at_cancel_timeout_when_the_conductor_ignores_the_cancel() {
     if !in_own_process() {
@@ -377,18 +479,7 @@ async fn actor_the_kill_timer_fires_at_cancel_timeout_when_the_conductor_ignores
     assert!(h.conductor_is_gone(), "the conductor outlived the kill");
     let job = h.job().await;
     assert_eq!(job.reason.as_deref(), Some("cancel timeout expired"));
-    let id = h.id.clone();
-    let tasks = h
-        .jobs
-        .store()
-        .call(move |s| s.tasks(&id))
-        .await
-        .expect("tasks");
-    let pending: Vec<_> = crate::store::pending_reverts(&tasks)
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    assert_eq!(pending, ["a"]);
+    assert_eq!(h.pending_reverts().await, ["a"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -597,6 +688,40 @@ async fn actor_a_paused_job_is_never_marked_unresponsive() {
         h.job().await.unresponsive_ms.is_some(),
         "silence after continue not noticed"
     );
+}
+
+/// On a job board, a paused conductor is given the longest fence before it freezes (frozen,
+/// it runs nothing, and it would find a short fence passed the instant it thaws), no fence at
+/// the renewals while frozen, and a fresh one before it thaws.
+#[tokio::test(start_paused = true)]
+async fn actor_a_paused_conductor_holds_the_longest_fence_and_gets_a_fresh_one_to_thaw() {
+    if !in_own_process() {
+        return;
+    }
+    let lease = Duration::from_secs(10);
+    let renewals = watch::channel(LeaseClock::new(lease, std::time::Instant::now())).0;
+    let h = Harness::with_lease(SPEC, Some(renewals.subscribe()));
+    let mut fake = h.attach().await;
+    fence_ms(fake.next().await);
+    fake.write_ahead(starting(0, Phase::Execute)).await;
+    h.jobs
+        .ask(&h.id, Order::Pause { by: None })
+        .await
+        .expect("pause");
+    assert_eq!(
+        fence_ms(fake.next().await),
+        shared::protocol::conductor::MAX_FENCE_MS
+    );
+    renewals.send_modify(|clock| clock.renewed(std::time::Instant::now()));
+    // (Paused time: the actor takes the renewal up meanwhile, no real wait.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.jobs
+        .ask(&h.id, Order::Continue { by: None })
+        .await
+        .expect("continue");
+    // Nothing at the renewal while frozen: the next frame is the fresh fence.
+    let fresh = fence_ms(fake.next().await);
+    assert!((6000..=7000).contains(&fresh), "{fresh}");
 }
 
 /// Reports nobody waits for are held a little and then applied and acknowledged; a write-ahead

@@ -32,7 +32,9 @@ impl Store {
         let durable = reports.iter().any(|r| {
             matches!(
                 r.event,
-                JobEvent::TaskStarting { .. } | JobEvent::JobFinished { .. }
+                JobEvent::TaskStarting { .. }
+                    | JobEvent::JobFinished { .. }
+                    | JobEvent::Fenced { .. }
             )
         });
         self.write(durable, |tx| self.apply_in(tx, id, reports))
@@ -166,6 +168,9 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
             // Any state: the transition table decides (an illegal end is logged and held).
             change_job_state(conn, id, &JobState::ALL, *state, None)?;
         }
+        // The conductor killed its steps at its fence and exits: the job actor records the
+        // hard end (`killed`, the reverts skipped) once it is gone, as after a kill.
+        JobEvent::Fenced { .. } => {}
     }
     Ok(())
 }

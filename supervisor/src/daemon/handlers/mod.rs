@@ -138,7 +138,7 @@ async fn dispatch(
     request: ClientRequest,
 ) -> Reply {
     match request {
-        ClientRequest::Submit { spec, source } => submit::handle(jobs, *spec, source).await,
+        ClientRequest::Submit { spec, source } => submit::handle(jobs, board, *spec, source).await,
         ClientRequest::Status { job } => status::handle(jobs, board, version, &job).await,
         ClientRequest::Shutdown { cancel } => shutdown::handle(jobs, cancel),
         ClientRequest::Prune {
@@ -197,6 +197,19 @@ async fn find(jobs: &Jobs, text: &str) -> Result<JobId, Refusal> {
         .call(move |s| s.find_job(&text))
         .await
         .map_err(|_| (ErrorCode::UnknownJob, format!("no such job: {shown}")))
+}
+
+/// On a job board, refuses what would start a conductor (`submit`, `revert`, `resume`) or
+/// let steps run again (`continue`) while this daemon's lease is not current: it is fencing
+/// itself (`daemon/fence.rs`). The CLI exits 8 (`shared::exit::REFUSED`).
+fn check_lease(board: Option<&Board>) -> Result<(), Refusal> {
+    if board.is_some_and(|board| !board.is_lease_current()) {
+        return Err((
+            ErrorCode::Unavailable,
+            "this host's board lease is not current; not accepting jobs until it is renewed".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn store_refusal(err: StoreError) -> Refusal {

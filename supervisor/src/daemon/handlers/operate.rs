@@ -5,7 +5,9 @@
 //! with the transition the order causes.
 //!
 //! On a job board, an order for a job this daemon does not hold is written on the board for
-//! the host that holds it (`remote.rs`).
+//! the host that holds it (`remote.rs`); a `revert` or `resume` (a new conductor) and a
+//! `continue` (steps running again) of a job this daemon holds are refused while its lease is
+//! not current.
 
 use super::{Reply, cancel, kill, pause, remote, resume, revert};
 use crate::board::Board;
@@ -33,6 +35,9 @@ pub async fn handle(
         if super::find(jobs, &job).await.is_err() {
             return remote::request(board, version, &job, (action, timeout_ms), by).await;
         }
+    }
+    if matches!(action, Action::Revert | Action::Resume | Action::Continue) {
+        super::check_lease(board)?;
     }
     match action {
         Action::Cancel => cancel::handle(jobs, &job, timeout_ms, by).await,

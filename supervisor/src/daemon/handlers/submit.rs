@@ -1,16 +1,19 @@
 //! `submit FILE`: the spec is checked again (a client can send any bytes), stored durably as
-//! `pending`, and the scheduler is woken.
+//! `pending`, and the scheduler is woken. On a job board, refused while this daemon's lease
+//! is not current (it is fencing itself: `daemon/fence.rs`).
 
 use super::Reply;
+use crate::board::Board;
 use crate::job::Jobs;
 use shared::protocol::client::{ClientReply, ErrorCode};
 use shared::spec::JobSpec;
 use shared::state::JobState;
 
-pub async fn handle(jobs: &Jobs, spec: JobSpec, source: String) -> Reply {
+pub async fn handle(jobs: &Jobs, board: Option<&Board>, spec: JobSpec, source: String) -> Reply {
     if jobs.is_stopping() {
         return Err((ErrorCode::Unavailable, "the daemon is shutting down".into()));
     }
+    super::check_lease(board)?;
     let mut spec = spec;
     // A client may send any bytes: the spec is checked again as a whole. A relative `cwd`
     // (from an older CLI) resolves against the job file's directory, as the CLI does.

@@ -10,6 +10,11 @@
 //!
 //! A cancel of a paused job thaws it first, then runs the ladder; a kill needs no thaw (SIGKILL
 //! reaches stopped and frozen processes alike).
+//!
+//! On a job board, the conductor's fence (the daemon's lease, delegated) is lifted to the
+//! longest one before the freeze, and a fresh one is sent before the thaw: a frozen conductor
+//! runs nothing, and its monotonic clock, which a freeze does not stop, would otherwise find
+//! its fence passed the instant it thaws.
 
 use super::Supervision;
 use crate::containment::FREEZE_TIMEOUT;
@@ -41,7 +46,15 @@ impl Supervision {
                 self.id
             )));
         }
-        self.freeze(true).await.map_err(OrderError::Internal)?;
+        // On a job board, the conductor's fence is lifted before it freezes: frozen, it runs
+        // nothing, and its clocks would find the fence passed the instant it thaws.
+        self.paused = Some(Instant::now());
+        self.send_fence().await;
+        if let Err(err) = self.freeze(true).await {
+            self.paused = None;
+            self.send_fence().await;
+            return Err(OrderError::Internal(err));
+        }
         self.paused = Some(Instant::now());
         let (id, since, who) = (self.id.clone(), crate::clock::now_ms(), by.clone());
         self.jobs
@@ -69,10 +82,17 @@ impl Supervision {
 
     /// Thaws the job and moves its deadlines forward by the time it was paused.
     pub(super) async fn thaw(&mut self, by: Option<Requester>) -> Result<(), OrderError> {
-        self.freeze(false).await.map_err(OrderError::Internal)?;
         let Some(since) = self.paused.take() else {
+            self.freeze(false).await.map_err(OrderError::Internal)?;
             return Ok(());
         };
+        // The fresh fence waits in the socket: the conductor reads it as it thaws, before its
+        // steps can run on.
+        self.send_fence().await;
+        if let Err(err) = self.freeze(false).await {
+            self.paused = Some(since);
+            return Err(OrderError::Internal(err));
+        }
         let paused_for = since.elapsed();
         self.job_deadline = self.job_deadline.map(|at| at + paused_for);
         if let Some((at, why)) = self.ladder.kill_deadline {
