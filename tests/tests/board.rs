@@ -7,14 +7,15 @@
 //! first: `cargo build --workspace --bins`. Nothing sleeps a fixed time: every wait polls
 //! `hosts --json` under a deadline.
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tests::postgres::Postgres;
 use tests::{
-    DEADLINE, LONG_DEADLINE, Run, TestEnv, cli_at, sigkill_run, status_json_at, submit_at,
-    wait_daemon_ready, wait_for,
+    DEADLINE, LONG_DEADLINE, Run, TestEnv, cli_at, is_alive, live_processes, send_signal,
+    sigkill_run, status_json_at, submit_at, wait_daemon_ready, wait_for,
 };
 
 /// The lease the test daemons hold (`--lease`).
@@ -71,9 +72,14 @@ fn start_host(env: &TestEnv, url: &str, name: &str) -> Host {
 
 /// Daemons a, b and c on the board (state dirs `ENV/a`..), started together, once each answers.
 fn start_three(env: &TestEnv, url: &str) -> [Host; 3] {
+    start_three_with_lease(env, url, "1s")
+}
+
+/// [`start_three`] with another `--lease`.
+fn start_three_with_lease(env: &TestEnv, url: &str, lease: &str) -> [Host; 3] {
     let mut started: Vec<Host> = ["a", "b", "c"]
         .into_iter()
-        .map(|name| spawn_host(env, url, name, name))
+        .map(|name| spawn_host_with_lease(env, url, name, name, lease))
         .collect();
     for host in &mut started {
         wait_daemon_ready(env, &host.state_dir, &mut host.daemon);
@@ -553,4 +559,212 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     assert_eq!(ids(&["--all", "--limit", "2"]), vec![fourth, fifth.clone()]);
     assert_eq!(ids(&["--all", "--limit", "1"]), vec![fifth]);
     assert_eq!(ids(&["--all"]).len(), 5);
+}
+
+/// The lease of the host-loss tests' daemons (`--lease`, as `spawn_host_with_lease` takes it).
+const LOSS_LEASE: &str = "1500ms";
+/// How long after a host's death its jobs are rescued at worst: its lease by the database's
+/// clock, a rescue round (lease/3), and the slack of a loaded machine.
+const RESCUE_DEADLINE: Duration = Duration::from_secs(12);
+
+/// A job whose first task is done and whose second runs `sleep 60` when the board shows it
+/// running; each appends its name, and its revert `rN`, to the test dir's `marker`.
+fn two_step_job(env: &TestEnv, top: &str) -> PathBuf {
+    env.job(
+        "two.toml",
+        top,
+        "[[task]]\nname = \"one\"\nrun = 'echo t1 >> \"$SVT_DIR/marker\"'\nrevert = 'echo r1 >> \"$SVT_DIR/marker\"'\n\
+         [[task]]\nname = \"two\"\nrun = 'echo t2 >> \"$SVT_DIR/marker\" && sleep 60'\nrevert = 'echo r2 >> \"$SVT_DIR/marker\"'\n",
+    )
+}
+
+/// Waits until the board's journal shows task `idx` of job `id` in `state`.
+fn wait_board_task(pg: &Postgres, id: &str, idx: u32, state: &str) {
+    wait_for(
+        DEADLINE,
+        &format!("task {idx} of {id} {state} on the board"),
+        || {
+            let seen = pg.sql(&format!(
+                "SELECT state FROM job_tasks WHERE job_id = '{id}' AND idx = {idx}"
+            ));
+            if seen.trim() == state {
+                Ok(())
+            } else {
+                Err(seen)
+            }
+        },
+    );
+}
+
+/// SIGKILLs daemon `host` and every process below it (its conductors and their tasks), all
+/// stopped first so that none reacts to another's death.
+fn kill_host_tree(host: &mut Host) {
+    let root = host.daemon.pid();
+    let mut tree = vec![root];
+    loop {
+        let below: Vec<i32> = live_processes()
+            .into_iter()
+            .filter(|p| tree.contains(&p.ppid) && !tree.contains(&p.pid))
+            .map(|p| p.pid)
+            .collect();
+        if below.is_empty() {
+            break;
+        }
+        tree.extend(below);
+    }
+    for &pid in &tree {
+        send_signal(pid, Signal::SIGSTOP);
+    }
+    for &pid in &tree {
+        send_signal(pid, Signal::SIGKILL);
+    }
+    sigkill_run(&mut host.daemon);
+    wait_for(DEADLINE, "the dead host's processes to be gone", || {
+        let left: Vec<i32> = tree.iter().copied().filter(|&pid| is_alive(pid)).collect();
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    });
+}
+
+/// Waits until job `id`, asked of `via`, is held by a host other than `lost` in `state`;
+/// returns that host's name.
+fn wait_rescued(env: &TestEnv, via: &Path, id: &str, lost: &str, state: &str) -> String {
+    wait_for(
+        RESCUE_DEADLINE,
+        &format!("job {id} rescued and {state}"),
+        || {
+            let (code, out, err) = cli_at(env, via, &["status", id, "--json"], DEADLINE);
+            let status: Value =
+                serde_json::from_str(&out).map_err(|_| format!("exit {code}: {err}"))?;
+            match status["host"].as_str() {
+                Some(host) if host != lost && status["state"] == state => Ok(host.to_owned()),
+                _ => Err(status.to_string()),
+            }
+        },
+    )
+}
+
+/// A host's death with a job mid-flight, `on_host_loss` left to its default (`hold`): another
+/// host takes the job at the next epoch once the lease expired by the database's clock, and
+/// holds it `crashed` (reason `host lost: a`) with both reverts pending; `revert` on that host
+/// runs them, last first, and task one never ran twice.
+#[test]
+fn a_lost_hosts_job_is_held_crashed_elsewhere_and_reverted_on_demand() {
+    let Some((pg, env)) = board("a_lost_hosts_job_is_held_crashed_elsewhere") else {
+        return;
+    };
+    let url = pg.url();
+    let [mut a, b, c] = start_three_with_lease(&env, &url, LOSS_LEASE);
+    let file = two_step_job(&env, "");
+    let id = submit_at(&env, &a.state_dir, &file);
+    let journal = pg.sql(&format!(
+        "SELECT host, epoch, spec IS NOT NULL, (SELECT count(*) FROM job_tasks WHERE job_id = id) FROM jobs WHERE id = '{id}'"
+    ));
+    assert!(
+        journal.starts_with("a|1|t|2"),
+        "the journal at submit: {journal}"
+    );
+    // The write-ahead of task two is on the board before it starts.
+    wait_board_task(&pg, &id, 1, "running");
+    wait_board_task(&pg, &id, 0, "success");
+    kill_host_tree(&mut a);
+
+    let rescuer = wait_rescued(&env, &b.state_dir, &id, "a", "crashed");
+    let dir = if rescuer == "b" {
+        &b.state_dir
+    } else {
+        &c.state_dir
+    };
+    let status = status_json_at(&env, dir, &id);
+    assert_eq!(status["reason"], "host lost: a", "{status}");
+    let pending: Vec<bool> = status["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["revert_pending"] == true)
+        .collect();
+    assert_eq!(pending, [true, true], "{status}");
+    let board = pg.sql(&format!(
+        "SELECT host, epoch, lost_from FROM jobs WHERE id = '{id}'"
+    ));
+    assert_eq!(board.trim(), format!("{rescuer}|2|a"));
+    wait_for_log(
+        if rescuer == "b" { &b.daemon } else { &c.daemon },
+        "host lost: job rescued",
+    );
+
+    let (code, _, err) = cli_at(&env, dir, &["revert", &id, "--wait"], LONG_DEADLINE);
+    assert_eq!(code, 0, "revert --wait: {err}");
+    assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "r1"]);
+    wait_for(DEADLINE, "the journal to show the job reverted", || {
+        let seen = pg.sql(&format!("SELECT state, epoch FROM jobs WHERE id = '{id}'"));
+        if seen.trim() == "reverted|2" {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    });
+}
+
+/// `on_host_loss = "revert"` (written on the journal's row: the job file's field is not there
+/// yet): the rescuer runs the pending reverts by itself, last first, within the lease and a
+/// few seconds of the host's death.
+#[test]
+fn a_lost_hosts_job_is_reverted_elsewhere_by_itself() {
+    let Some((pg, env)) = board("a_lost_hosts_job_is_reverted_elsewhere") else {
+        return;
+    };
+    let url = pg.url();
+    let [mut a, b, _c] = start_three_with_lease(&env, &url, LOSS_LEASE);
+    let file = two_step_job(&env, "");
+    let id = submit_at(&env, &a.state_dir, &file);
+    let set = pg.sql(&format!(
+        "UPDATE jobs SET on_host_loss = 'revert' WHERE id = '{id}' RETURNING id"
+    ));
+    assert_eq!(set.trim(), id);
+    wait_board_task(&pg, &id, 1, "running");
+    kill_host_tree(&mut a);
+    wait_rescued(&env, &b.state_dir, &id, "a", "reverted");
+    assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "r1"]);
+}
+
+/// A stale owner's writes are refused: daemon a is frozen (SIGSTOP) while its job's first task
+/// runs, past its lease; another host rescues the job; a thawed (SIGCONT) reports task two
+/// starting with the old epoch, which matches no row: it lands in `late_writes`, a logs
+/// `stale owner: write refused` and kills the job, and task two never starts on a.
+#[test]
+fn a_stale_owners_write_is_refused_and_kept_as_a_late_write() {
+    let Some((pg, env)) = board("a_stale_owners_write_is_refused") else {
+        return;
+    };
+    let url = pg.url();
+    let [a, b, _c] = start_three_with_lease(&env, &url, LOSS_LEASE);
+    let file = env.job(
+        "slow.toml",
+        "",
+        "[[task]]\nname = \"one\"\nrun = 'sleep 4'\n\
+         [[task]]\nname = \"two\"\nrun = 'echo t2 >> \"$SVT_DIR/marker\"'\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_board_task(&pg, &id, 0, "running");
+    a.daemon.signal(Signal::SIGSTOP);
+    wait_rescued(&env, &b.state_dir, &id, "a", "crashed");
+    a.daemon.signal(Signal::SIGCONT);
+    wait_for(LONG_DEADLINE, "a's refused write in late_writes", || {
+        let seen = pg.sql(&format!(
+            "SELECT host, epoch FROM late_writes WHERE job_id = '{id}' ORDER BY seq LIMIT 1"
+        ));
+        if seen.trim() == "a|1" {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    });
+    wait_for_log(&a.daemon, "stale owner: write refused");
+    wait_local_state(&env, &a.state_dir, &id, LONG_DEADLINE, "killed");
+    assert!(
+        env.lines("marker").is_empty(),
+        "task two ran on the stale host"
+    );
+    let board = pg.sql(&format!("SELECT epoch, state FROM jobs WHERE id = '{id}'"));
+    assert_eq!(board.trim(), "2|crashed", "the stale host got the job back");
 }

@@ -49,7 +49,9 @@
 //! succeeds, with the same instance); a daemon killed (its row stays, `lost` after its lease);
 //! two daemons started with one host name (the second is refused while the first lives).
 
+mod held;
 pub mod hosts;
+pub mod journal;
 pub mod lease;
 mod listener;
 pub mod mirror;
@@ -59,6 +61,7 @@ mod renewer;
 pub mod requests;
 pub mod schema;
 
+pub use held::Held;
 use lease::LeaseClock;
 use shared::protocol::client::HostSummary;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -304,6 +307,9 @@ struct Inner {
     requests_due: Notify,
     /// The shared connection of [`Role::Query`], opened on first use and again after it fails.
     query: Mutex<Option<Arc<Connection>>>,
+    /// The jobs of the journal this daemon holds, with their epochs, and those it lost
+    /// ([`held::Held`]).
+    held: Mutex<std::collections::HashMap<shared::ids::JobId, held::Held>>,
 }
 
 /// The joined board's renewal connection, waiting for [`Renewer::start`].
@@ -349,6 +355,16 @@ impl Board {
         tokio::time::timeout(CONNECT_TIMEOUT, hosts::register(connection.client(), &me))
             .await
             .map_err(timeout)??;
+        let held = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            journal::held(connection.client(), &config.host),
+        )
+        .await
+        .map_err(timeout)?
+        .map_err(|source| BoardError::Query {
+            what: "read this host's jobs",
+            source,
+        })?;
         tracing::info!(
             board = %config.shown_url,
             host = %config.host,
@@ -364,6 +380,11 @@ impl Board {
                 instance,
                 requests_due: Notify::new(),
                 query: Mutex::new(None),
+                held: Mutex::new(
+                    held.into_iter()
+                        .map(|(id, epoch)| (id, held::Held::Epoch(epoch)))
+                        .collect(),
+                ),
             }),
         };
         let renewer = Renewer {
@@ -438,6 +459,14 @@ impl Board {
     #[must_use]
     pub fn last_renewal_sent(&self) -> Instant {
         self.lease_clock().last_sent()
+    }
+
+    /// Whether this daemon may still count on its lease (before `lease - margin` from the send
+    /// time of its last successful renewal, on the monotonic clock): no other host can rescue
+    /// its jobs meanwhile.
+    #[must_use]
+    pub fn holds_lease(&self) -> bool {
+        !self.lease_clock().is_lost(Instant::now())
     }
 
     fn lease_clock(&self) -> LeaseClock {

@@ -92,6 +92,7 @@ async fn run_job(
         },
         observer: Some(events_tx),
         hooks: crate::job::DaemonHooks::default(),
+        board: None,
     });
     let mut states = jobs.subscribe();
     let printer = tokio::spawn(super::printer::print_events(spec, events));

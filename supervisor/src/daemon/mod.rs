@@ -22,6 +22,7 @@ mod handlers;
 mod metrics_server;
 mod mirror;
 mod remote;
+mod rescue;
 mod scheduler;
 
 use crate::board::Board;
@@ -113,6 +114,7 @@ pub async fn run(
         },
         observer: None,
         hooks: config.operators.hooks.clone(),
+        board: board.clone(),
     });
     if let Some(addr) = config.operators.metrics {
         let metrics = tokio::net::TcpListener::bind(addr)
@@ -128,6 +130,7 @@ pub async fn run(
         _listener: board.start_listener(),
         mirror: tokio::spawn(mirror::run(jobs.clone(), board.clone())),
         requests: tokio::spawn(remote::run(jobs.clone(), board.clone())),
+        rescue: tokio::spawn(rescue::run(jobs.clone(), board.clone())),
     });
     reattach_all(&jobs).await;
     tokio::spawn(scheduler::run(jobs.clone(), max_jobs));
@@ -176,12 +179,14 @@ struct BoardTasks {
     _listener: crate::board::TaskGuard,
     mirror: tokio::task::JoinHandle<()>,
     requests: tokio::task::JoinHandle<()>,
+    rescue: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for BoardTasks {
     fn drop(&mut self) {
         self.mirror.abort();
         self.requests.abort();
+        self.rescue.abort();
     }
 }
 

@@ -39,6 +39,9 @@ pub struct JobsConfig {
     pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
     /// The daemon's own alert hooks, run for every job's end.
     pub hooks: super::DaemonHooks,
+    /// The job board this daemon is on (`--board`): each job's write-ahead goes to its journal
+    /// before the conductor's acknowledgement.
+    pub board: Option<crate::board::Board>,
 }
 
 /// The registry; cheap to clone, shared by the accept loop, the scheduler and every handler.
@@ -52,6 +55,7 @@ pub(super) struct Inner {
     pub launcher: Launcher,
     pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
     pub hooks: super::DaemonHooks,
+    pub board: Option<crate::board::Board>,
     /// Each job's actor, with the generation that tells a retiring actor from its successor.
     actors: Mutex<HashMap<JobId, (u64, Outbox)>>,
     generation: AtomicU64,
@@ -87,6 +91,7 @@ impl Jobs {
                 launcher: config.launcher,
                 observer: config.observer,
                 hooks: config.hooks,
+                board: config.board,
                 actors: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 tasks: Mutex::new(JoinSet::new()),
@@ -105,6 +110,12 @@ impl Jobs {
     #[must_use]
     pub fn store(&self) -> &StoreHandle {
         &self.inner.store
+    }
+
+    /// The job board this daemon is on, if any.
+    #[must_use]
+    pub fn board(&self) -> Option<&crate::board::Board> {
+        self.inner.board.as_ref()
     }
 
     /// Waits for a launch slot; the launch holds it until its conductor has answered.

@@ -111,6 +111,7 @@ impl Harness {
             },
             observer: None,
             hooks: crate::job::DaemonHooks::default(),
+            board: None,
         });
         let events = jobs.subscribe();
         Self {

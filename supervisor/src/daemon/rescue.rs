@@ -1,0 +1,95 @@
+//! The rescue of a lost host's jobs (issue 11, rules 1 and 4): every lease/3, on the shared
+//! query connection (never the renewals'), this daemon takes the unended jobs of the journal
+//! whose host's lease expired by the database's clock, in one statement that checks state and
+//! epoch (`board/journal.rs`, `rescue`): each becomes this host's, `crashed` with reason
+//! `host lost: OLD`, at the next epoch. Each is then imported into the local store, so every
+//! local command works on it, and follows its `on_host_loss`: `hold` leaves it `crashed` with
+//! its pending reverts for the operator; `revert` runs them here at once.
+//!
+//! A lost host's steps are stopped by the time its lease expired (it fences itself, and its
+//! conductors stop when its delegated lease runs out), so the rescue never starts a step of a
+//! job while another host runs one.
+
+use crate::board::Board;
+use crate::board::journal::{JournalTask, Rescued};
+use crate::board::lease;
+use crate::job::{Jobs, Order, OrderError};
+use crate::store::ImportedTask;
+use shared::state::JobState;
+
+/// The most jobs one rescue takes (the next one, lease/3 later, takes more).
+const BATCH: i64 = 100;
+
+/// Rescues the jobs of lost hosts every lease/3, for the daemon's life.
+pub async fn run(jobs: Jobs, board: Board) {
+    let mut every = tokio::time::interval(lease::renew_interval(board.config().lease));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if jobs.is_stopping() {
+            return;
+        }
+        match board.rescue(BATCH).await {
+            Ok(rescued) => {
+                for job in rescued {
+                    take_up(&jobs, job).await;
+                }
+            }
+            Err(err) => {
+                let message = format!("{:#}", anyhow::Error::from(err));
+                tracing::warn!(host = %board.config().host, error = %message, "cannot rescue the jobs of lost hosts");
+            }
+        }
+    }
+}
+
+/// Imports a rescued job into the store and follows its `on_host_loss`.
+async fn take_up(jobs: &Jobs, job: Rescued) {
+    let tasks = match imported_tasks(&job.tasks) {
+        Ok(tasks) => tasks,
+        Err(err) => {
+            tracing::error!(job_id = %job.id, error = %err, "cannot import a rescued job: unreadable task state");
+            return;
+        }
+    };
+    let (id, spec, source, reason) = (job.id.clone(), job.spec, job.source, job.reason.clone());
+    let imported = jobs
+        .store()
+        .call(move |s| s.import_job(&id, &spec, &source, &reason, &tasks))
+        .await;
+    if let Err(err) = imported {
+        tracing::error!(job_id = %job.id, from = %job.from, error = %err, "cannot import a rescued job");
+        return;
+    }
+    tracing::info!(job_id = %job.id, from = %job.from, epoch = job.epoch, policy = %job.on_host_loss, "host lost: job rescued");
+    jobs.publish(&job.id, None, JobState::Crashed.as_str());
+    if job.on_host_loss == "revert" {
+        let order = Order::Revert {
+            reason: format!("on_host_loss = revert ({})", job.reason),
+            by: None,
+        };
+        match jobs.ask(&job.id, order).await {
+            // Nothing to revert: the job stays crashed.
+            Ok(()) | Err(OrderError::WrongState(_)) => {}
+            Err(err) => {
+                tracing::warn!(job_id = %job.id, error = %err, "cannot revert a rescued job");
+            }
+        }
+    }
+}
+
+/// The board's task rows as the store imports them.
+fn imported_tasks(tasks: &[JournalTask]) -> Result<Vec<ImportedTask>, shared::state::UnknownState> {
+    tasks
+        .iter()
+        .map(|task| {
+            Ok(ImportedTask {
+                idx: u32::try_from(task.idx).unwrap_or(u32::MAX),
+                state: task.state.parse()?,
+                attempts: u32::try_from(task.attempts).unwrap_or(0),
+                exec_outcome: task.exec_outcome.clone(),
+                result: task.result.clone(),
+            })
+        })
+        .collect()
+}
