@@ -705,9 +705,8 @@ fn a_lost_hosts_job_is_held_crashed_elsewhere_and_reverted_on_demand() {
     });
 }
 
-/// `on_host_loss = "revert"` (written on the journal's row: the job file's field is not there
-/// yet): the rescuer runs the pending reverts by itself, last first, within the lease and a
-/// few seconds of the host's death.
+/// `on_host_loss = "revert"`: the rescuer runs the pending reverts by itself, last first,
+/// within the lease and a few seconds of the host's death.
 #[test]
 fn a_lost_hosts_job_is_reverted_elsewhere_by_itself() {
     let Some((pg, env)) = board("a_lost_hosts_job_is_reverted_elsewhere") else {
@@ -715,16 +714,36 @@ fn a_lost_hosts_job_is_reverted_elsewhere_by_itself() {
     };
     let url = pg.url();
     let [mut a, b, _c] = start_three_with_lease(&env, &url, LOSS_LEASE);
-    let file = two_step_job(&env, "");
+    let file = two_step_job(&env, "on_host_loss = \"revert\"");
     let id = submit_at(&env, &a.state_dir, &file);
-    let set = pg.sql(&format!(
-        "UPDATE jobs SET on_host_loss = 'revert' WHERE id = '{id}' RETURNING id"
-    ));
-    assert_eq!(set.trim(), id);
+    let policy = pg.sql(&format!("SELECT on_host_loss FROM jobs WHERE id = '{id}'"));
+    assert_eq!(policy.trim(), "revert");
     wait_board_task(&pg, &id, 1, "running");
     kill_host_tree(&mut a);
     wait_rescued(&env, &b.state_dir, &id, "a", "reverted");
     assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "r1"]);
+}
+
+/// `on_host_loss = "resume"` where the interrupted task has no revert: the rescuer runs the
+/// job again from that task and it succeeds there; task one is not run twice.
+#[test]
+fn a_lost_hosts_job_is_resumed_elsewhere_by_itself() {
+    let Some((pg, env)) = board("a_lost_hosts_job_is_resumed_elsewhere") else {
+        return;
+    };
+    let url = pg.url();
+    let [mut a, b, _c] = start_three_with_lease(&env, &url, LOSS_LEASE);
+    let file = env.job(
+        "resume.toml",
+        "on_host_loss = \"resume\"",
+        "[[task]]\nname = \"one\"\nrun = 'echo t1 >> \"$SVT_DIR/marker\"'\nrevert = 'echo r1 >> \"$SVT_DIR/marker\"'\n\
+         [[task]]\nname = \"two\"\nrun = 'echo t2 >> \"$SVT_DIR/marker\" && [ \"$(grep -c t2 \"$SVT_DIR/marker\")\" -gt 1 ] || sleep 60'\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_board_task(&pg, &id, 1, "running");
+    kill_host_tree(&mut a);
+    wait_rescued(&env, &b.state_dir, &id, "a", "success");
+    assert_eq!(env.lines("marker"), ["t1", "t2", "t2"]);
 }
 
 /// A stale owner's writes are refused: daemon a is frozen (SIGSTOP) while its job's first task

@@ -13,7 +13,7 @@ pub use crate::protocol::operator::{Action, Requester};
 use crate::protocol::v1::ClientRequestV1;
 use crate::protocol::v2::ClientRequestV2;
 use crate::protocol::v3::ClientRequestV3;
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, OnHostLoss};
 use crate::state::{ExecOutcome, JobState, TaskState};
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +88,14 @@ pub enum ClientRequest {
     /// (or [`ErrorCode::NoBoard`]). Version 4 only; added at the end so that every other
     /// request keeps its wire number.
     Hosts,
+    /// `submit` of a job file that sets `on_host_loss` (not in the spec's encoding:
+    /// `spec::host_loss`); a job that leaves it to its default is sent as `Submit`. Version 4;
+    /// added at the end.
+    SubmitWithHostLoss {
+        spec: Box<JobSpec>,
+        source: String,
+        on_host_loss: OnHostLoss,
+    },
 }
 
 impl ClientRequest {
@@ -98,6 +106,11 @@ impl ClientRequest {
         } else if matches!(self, Self::Hosts) {
             Err(FrameError::NotInVersion {
                 what: "hosts",
+                version,
+            })
+        } else if matches!(self, Self::SubmitWithHostLoss { .. }) {
+            Err(FrameError::NotInVersion {
+                what: "on_host_loss",
                 version,
             })
         } else if version == 3 {
@@ -410,6 +423,42 @@ mod tests {
                 matches!(
                     ClientRequest::Hosts.encode(version),
                     Err(FrameError::NotInVersion { what: "hosts", .. })
+                ),
+                "version {version}"
+            );
+        }
+    }
+
+    /// A submit that sets `on_host_loss` carries it beside the spec, in version 4 only.
+    #[test]
+    fn a_submit_with_its_host_loss_policy_round_trips_in_version_4_only() {
+        let src = "on_host_loss = \"resume\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n";
+        let spec = JobSpec::parse(src, "r.toml", "r").expect("valid");
+        let request = ClientRequest::SubmitWithHostLoss {
+            on_host_loss: spec.on_host_loss,
+            spec: Box::new(spec),
+            source: "/r.toml".into(),
+        };
+        let frame = request.encode(4).expect("encodes");
+        let decoded = ClientRequest::decoder(4)(&frame[4..]).expect("decodes");
+        assert!(
+            matches!(
+                decoded,
+                ClientRequest::SubmitWithHostLoss {
+                    on_host_loss: OnHostLoss::Resume,
+                    ..
+                }
+            ),
+            "{decoded:?}"
+        );
+        for version in 1..4 {
+            assert!(
+                matches!(
+                    request.encode(version),
+                    Err(FrameError::NotInVersion {
+                        what: "on_host_loss",
+                        ..
+                    })
                 ),
                 "version {version}"
             );

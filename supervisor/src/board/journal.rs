@@ -10,6 +10,7 @@
 use crate::store::TaskRow;
 use shared::ids::JobId;
 use shared::protocol::client::JobSummary;
+use shared::spec::OnHostLoss;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
@@ -49,6 +50,7 @@ pub struct NewJob {
     pub source: String,
     /// The validated spec, JSON (as the local store keeps it).
     pub spec: String,
+    pub on_host_loss: OnHostLoss,
     pub tasks: Vec<JournalTask>,
 }
 
@@ -71,7 +73,8 @@ pub struct Rescued {
     pub from: String,
     pub source: String,
     pub spec: String,
-    pub on_host_loss: String,
+    /// The job's policy; `hold` for a name this build does not know.
+    pub on_host_loss: OnHostLoss,
     /// `host lost: FROM`.
     pub reason: String,
     /// As the lost host last wrote them.
@@ -79,8 +82,7 @@ pub struct Rescued {
 }
 
 /// Inserts `job` held by `host` at epoch 1 with its tasks, in one statement; `false` when the id
-/// is taken on the board (draw another). Its `on_host_loss` is the column's default, `hold`
-/// (the job file's field is not there yet).
+/// is taken on the board (draw another).
 pub async fn insert(
     client: &Client,
     host: &str,
@@ -94,14 +96,14 @@ pub async fn insert(
         .query_one(
             "WITH j AS (
                  INSERT INTO jobs (id, host, name, state, task, running, created_at, updated_at,
-                                   ended, epoch, source, spec)
-                 VALUES ($1, $2, $3, 'pending', NULL, 0, now(), now(), false, 1, $4, $5)
+                                   ended, epoch, source, spec, on_host_loss)
+                 VALUES ($1, $2, $3, 'pending', NULL, 0, now(), now(), false, 1, $4, $5, $6)
                  ON CONFLICT (id) DO NOTHING
                  RETURNING id),
              t AS (
                  INSERT INTO job_tasks (job_id, idx, name, has_revert, state, attempts, exec_outcome, result)
-                 SELECT u.* FROM unnest($6::text[], $7::int[], $8::text[], $9::bool[], $10::text[],
-                                        $11::int[], $12::text[], $13::text[])
+                 SELECT u.* FROM unnest($7::text[], $8::int[], $9::text[], $10::bool[], $11::text[],
+                                        $12::int[], $13::text[], $14::text[])
                           AS u(job_id, idx, name, has_revert, state, attempts, exec_outcome, result)
                  WHERE EXISTS (SELECT 1 FROM j))
              SELECT count(*) FROM j",
@@ -111,6 +113,7 @@ pub async fn insert(
                 &job.name,
                 &job.source,
                 &job.spec,
+                &job.on_host_loss.as_str(),
             ]
             .into_iter()
             .chain(t.params())
@@ -282,7 +285,7 @@ pub async fn rescue(
             from: row.try_get(2)?,
             source: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
             spec: row.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
-            on_host_loss: row.try_get(5)?,
+            on_host_loss: OnHostLoss::from_name(row.try_get(5)?).unwrap_or_default(),
             reason: row.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
             tasks: Vec::new(),
         });

@@ -7,6 +7,7 @@ use super::client::{Client, Failure, Outcome};
 use super::escape::shown;
 use shared::exit;
 use shared::protocol::client::{Action, ClientReply, ClientRequest, JobStatus, JobSummary};
+use shared::spec::OnHostLoss;
 use shared::state::TaskState;
 use std::io::Write;
 use std::path::PathBuf;
@@ -327,9 +328,17 @@ async fn submit(dir: Option<PathBuf>, file: PathBuf, wait: bool) -> Outcome<i32>
         .unwrap_or(file)
         .display()
         .to_string();
-    let request = ClientRequest::Submit {
-        spec: Box::new(spec),
-        source,
+    // The default travels as a plain `Submit`, which every daemon understands.
+    let request = match spec.on_host_loss {
+        OnHostLoss::Hold => ClientRequest::Submit {
+            spec: Box::new(spec),
+            source,
+        },
+        on_host_loss => ClientRequest::SubmitWithHostLoss {
+            spec: Box::new(spec),
+            source,
+            on_host_loss,
+        },
     };
     let reply = Client::call(dir.clone(), &request).await?;
     let ClientReply::Submitted { job } = reply else {

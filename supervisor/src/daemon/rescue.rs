@@ -4,7 +4,10 @@
 //! epoch (`board/journal.rs`, `rescue`): each becomes this host's, `crashed` with reason
 //! `host lost: OLD`, at the next epoch. Each is then imported into the local store, so every
 //! local command works on it, and follows its `on_host_loss`: `hold` leaves it `crashed` with
-//! its pending reverts for the operator; `revert` runs them here at once.
+//! its pending reverts for the operator; `revert` runs them here at once; `resume` runs it
+//! again from its first unfinished task when the task that was running has no revert (one
+//! with a revert would have to be reverted first, which the task state machine does not allow
+//! before an execute yet: such a job is held, and logged).
 //!
 //! A lost host's steps are stopped by the time its lease expired (it fences itself, and its
 //! conductors stop when its delegated lease runs out), so the rescue never starts a step of a
@@ -15,7 +18,8 @@ use crate::board::journal::{JournalTask, Rescued};
 use crate::board::lease;
 use crate::job::{Jobs, Order, OrderError};
 use crate::store::ImportedTask;
-use shared::state::JobState;
+use shared::spec::OnHostLoss;
+use shared::state::{JobState, TaskState};
 
 /// The most jobs one rescue takes (the next one, lease/3 later, takes more).
 const BATCH: i64 = 100;
@@ -61,21 +65,40 @@ async fn take_up(jobs: &Jobs, job: Rescued) {
         tracing::error!(job_id = %job.id, from = %job.from, error = %err, "cannot import a rescued job");
         return;
     }
-    tracing::info!(job_id = %job.id, from = %job.from, epoch = job.epoch, policy = %job.on_host_loss, "host lost: job rescued");
+    let policy = job.on_host_loss;
+    tracing::info!(job_id = %job.id, from = %job.from, epoch = job.epoch, policy = policy.as_str(), "host lost: job rescued");
     jobs.publish(&job.id, None, JobState::Crashed.as_str());
-    if job.on_host_loss == "revert" {
-        let order = Order::Revert {
+    let order = match policy {
+        OnHostLoss::Hold => return,
+        OnHostLoss::Revert => Order::Revert {
             reason: format!("on_host_loss = revert ({})", job.reason),
             by: None,
-        };
-        match jobs.ask(&job.id, order).await {
-            // Nothing to revert: the job stays crashed.
-            Ok(()) | Err(OrderError::WrongState(_)) => {}
-            Err(err) => {
-                tracing::warn!(job_id = %job.id, error = %err, "cannot revert a rescued job");
-            }
+        },
+        OnHostLoss::Resume if interrupted_with_revert(&job.tasks) => {
+            tracing::warn!(job_id = %job.id, from = %job.from, "on_host_loss = resume: the interrupted task has a revert, which cannot run before its execute again yet; the job is held");
+            return;
+        }
+        OnHostLoss::Resume => Order::Resume {
+            reason: format!("on_host_loss = resume ({})", job.reason),
+            by: None,
+        },
+    };
+    match jobs.ask(&job.id, order).await {
+        // Nothing to revert: the job stays crashed.
+        Ok(()) | Err(OrderError::WrongState(_)) => {}
+        Err(err) => {
+            tracing::warn!(job_id = %job.id, policy = policy.as_str(), error = %err, "cannot follow a rescued job's on_host_loss");
         }
     }
+}
+
+/// Whether a task with a revert was running (or reverting) when the host was lost.
+fn interrupted_with_revert(tasks: &[JournalTask]) -> bool {
+    tasks.iter().any(|task| {
+        task.has_revert
+            && (task.state == TaskState::Running.as_str()
+                || task.state == TaskState::Reverting.as_str())
+    })
 }
 
 /// The board's task rows as the store imports them.

@@ -76,6 +76,7 @@ async fn submit_on_board(
             name: spec.name.clone(),
             source: source.clone(),
             spec: spec_json.clone(),
+            on_host_loss: spec.on_host_loss,
             tasks: journal_tasks(&spec),
         };
         let taken = !board.insert_job(job).await.map_err(|e| {
