@@ -766,7 +766,7 @@ fn a_stale_owners_write_is_refused_and_kept_as_a_late_write() {
     let id = submit_at(&env, &a.state_dir, &file);
     wait_board_task(&pg, &id, 0, "running");
     a.daemon.signal(Signal::SIGSTOP);
-    wait_rescued(&env, &b.state_dir, &id, "a", "crashed");
+    let rescuer = wait_rescued(&env, &b.state_dir, &id, "a", "crashed");
     a.daemon.signal(Signal::SIGCONT);
     wait_for(LONG_DEADLINE, "a's refused write in late_writes", || {
         let seen = pg.sql(&format!(
@@ -786,4 +786,17 @@ fn a_stale_owners_write_is_refused_and_kept_as_a_late_write() {
     );
     let board = pg.sql(&format!("SELECT epoch, state FROM jobs WHERE id = '{id}'"));
     assert_eq!(board.trim(), "2|crashed", "the stale host got the job back");
+    // The job's history on its holder shows what the stale host did.
+    let holder = if rescuer == "b" {
+        &b.state_dir
+    } else {
+        &env.path("c")
+    };
+    let status = status_json_at(&env, holder, &id);
+    assert_eq!(status["host"], rescuer.as_str(), "{status}");
+    assert_eq!(status["late_writes"][0]["host"], "a", "{status}");
+    assert_eq!(status["late_writes"][0]["epoch"], 1, "{status}");
+    let (code, text, err) = cli_at(&env, holder, &["status", &id], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("late writes"), "{text}");
 }

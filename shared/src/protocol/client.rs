@@ -228,6 +228,29 @@ pub enum ClientReply {
         host: String,
         status: Box<JobStatus>,
     },
+    /// `status` of a job this daemon holds whose journal on the board holds refused writes of
+    /// a stale owner (a host it was taken from), to a version 4 client: `HostStatus` with
+    /// those writes, oldest first. Sent only when there are some; added at the end.
+    JournalStatus {
+        host: String,
+        status: Box<JobStatus>,
+        late_writes: Vec<LateWrite>,
+    },
+}
+
+/// A write a stale owner made about a job after the job was taken from it, refused by the
+/// board and kept there (issue 11): what the stale host did, without giving it the job back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateWrite {
+    /// The stale owner's host name and instance.
+    pub host: String,
+    pub instance: String,
+    /// The epoch it wrote under (no longer the job's).
+    pub epoch: i64,
+    /// What it wrote (`task 1 starting`, `job state`).
+    pub what: String,
+    /// When the board refused it, ms since the epoch (the database's clock).
+    pub at_ms: i64,
 }
 
 /// A job and the host of the job board that holds it.
@@ -490,6 +513,22 @@ mod tests {
             host: "a".into(),
             job: summary,
         };
+        let status = JobStatus {
+            id: JobId::from_random(9),
+            name: "deploy".into(),
+            state: JobState::Running,
+            reason: None,
+            source: "/jobs/deploy.toml".into(),
+            created_ms: 1,
+            started_ms: Some(2),
+            ended_ms: None,
+            conductor_pid: Some(42),
+            containment: None,
+            unresponsive_since_ms: None,
+            tasks: Vec::new(),
+            last_order: None,
+            paused_since_ms: None,
+        };
         for message in [
             reply,
             ClientReply::HostedJobs(vec![hosted.clone()]),
@@ -497,22 +536,18 @@ mod tests {
             ClientReply::Requested { host: "b".into() },
             ClientReply::HostStatus {
                 host: "c".into(),
-                status: Box::new(JobStatus {
-                    id: JobId::from_random(9),
-                    name: "deploy".into(),
-                    state: JobState::Running,
-                    reason: None,
-                    source: "/jobs/deploy.toml".into(),
-                    created_ms: 1,
-                    started_ms: Some(2),
-                    ended_ms: None,
-                    conductor_pid: Some(42),
-                    containment: None,
-                    unresponsive_since_ms: None,
-                    tasks: Vec::new(),
-                    last_order: None,
-                    paused_since_ms: None,
-                }),
+                status: Box::new(status.clone()),
+            },
+            ClientReply::JournalStatus {
+                host: "c".into(),
+                status: Box::new(status),
+                late_writes: vec![LateWrite {
+                    host: "a".into(),
+                    instance: "00ff".repeat(8),
+                    epoch: 1,
+                    what: "task 1 starting".into(),
+                    at_ms: 3,
+                }],
             },
             ClientReply::Error {
                 code: ErrorCode::NoBoard,

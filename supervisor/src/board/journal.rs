@@ -9,7 +9,7 @@
 
 use crate::store::TaskRow;
 use shared::ids::JobId;
-use shared::protocol::client::JobSummary;
+use shared::protocol::client::{JobSummary, LateWrite};
 use shared::spec::OnHostLoss;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
@@ -226,6 +226,31 @@ pub async fn record_late(
         )
         .await?;
     Ok(())
+}
+
+/// The refused writes about job `id`, oldest first.
+pub async fn late_writes(
+    client: &Client,
+    id: &JobId,
+) -> Result<Vec<LateWrite>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT host, instance, epoch, what, (extract(epoch FROM at) * 1000)::bigint
+             FROM late_writes WHERE job_id = $1 ORDER BY seq",
+            &[&id.as_str()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(LateWrite {
+                host: row.try_get(0)?,
+                instance: row.try_get(1)?,
+                epoch: row.try_get(2)?,
+                what: row.try_get(3)?,
+                at_ms: row.try_get(4)?,
+            })
+        })
+        .collect()
 }
 
 /// The jobs of the journal `host` holds, with their epochs (read at join).

@@ -9,7 +9,7 @@ use super::mirror::{self, RemoteQuery};
 use super::requests::{self, Ask, Pending, Written};
 use super::{Board, BoardError, Connection, QUERY_TIMEOUT, Role, connect};
 use shared::ids::JobId;
-use shared::protocol::client::HostedJob;
+use shared::protocol::client::{HostedJob, LateWrite};
 use std::future::Future;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
@@ -162,6 +162,15 @@ impl Board {
         let (id, what) = (id.clone(), what.to_owned());
         self.with_query("record a late write", |c| async move {
             journal::record_late(c.client(), &id, &me, &instance, epoch, &what).await
+        })
+        .await
+    }
+
+    /// The refused writes about job `id`.
+    pub async fn late_writes(&self, id: &JobId) -> Result<Vec<LateWrite>, BoardError> {
+        let id = id.clone();
+        self.with_query("read a job's late writes", |c| async move {
+            journal::late_writes(c.client(), &id).await
         })
         .await
     }

@@ -6,7 +6,7 @@
 use super::client::Outcome;
 use super::escape::shown;
 use shared::exit;
-use shared::protocol::client::{HostedJob, JobStatus, JobSummary};
+use shared::protocol::client::{HostedJob, JobStatus, JobSummary, LateWrite};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,16 +19,38 @@ pub enum Seen {
     Here {
         status: Box<JobStatus>,
         host: Option<String>,
+        /// A stale owner's refused writes about the job (on a board).
+        late_writes: Vec<LateWrite>,
     },
     Elsewhere(Box<HostedJob>),
 }
 
-/// `status --json` of a job this daemon holds: its status, then `host` (null without a board).
+/// `status --json` of a job this daemon holds: its status, then `host` (null without a board),
+/// then `late_writes` when a stale owner's writes were refused.
 #[derive(serde::Serialize)]
 pub struct StatusHere<'a> {
     #[serde(flatten)]
     pub status: &'a JobStatus,
     pub host: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[LateWrite]>::is_empty")]
+    pub late_writes: &'a [LateWrite],
+}
+
+/// Prints the refused writes of a stale owner, if any.
+pub fn print_late_writes(late_writes: &[LateWrite]) {
+    if late_writes.is_empty() {
+        return;
+    }
+    println!("  late writes (refused: the job had been taken from their host):");
+    for late in late_writes {
+        println!(
+            "    {} (instance {}, epoch {}): {}",
+            shown(&late.host),
+            shown(&late.instance),
+            late.epoch,
+            shown(&late.what)
+        );
+    }
 }
 
 /// One `ls --json` item, or `status --json` of another host's job: the job's fields, then

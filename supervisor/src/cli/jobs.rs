@@ -228,7 +228,14 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
             } else {
                 for seen in &all {
                     match seen {
-                        Seen::Here { status, host } => print_status(status, host.as_deref()),
+                        Seen::Here {
+                            status,
+                            host,
+                            late_writes,
+                        } => {
+                            print_status(status, host.as_deref());
+                            super::board::print_late_writes(late_writes);
+                        }
                         Seen::Elsewhere(hosted) => super::board::print_elsewhere(hosted),
                     }
                 }
@@ -585,10 +592,24 @@ pub(super) async fn status_any(dir: Option<PathBuf>, job: &str) -> Outcome<Seen>
     )
     .await?
     {
-        ClientReply::Status(status) => Ok(Seen::Here { status, host: None }),
+        ClientReply::Status(status) => Ok(Seen::Here {
+            status,
+            host: None,
+            late_writes: Vec::new(),
+        }),
         ClientReply::HostStatus { host, status } => Ok(Seen::Here {
             status,
             host: Some(host),
+            late_writes: Vec::new(),
+        }),
+        ClientReply::JournalStatus {
+            host,
+            status,
+            late_writes,
+        } => Ok(Seen::Here {
+            status,
+            host: Some(host),
+            late_writes,
         }),
         ClientReply::HostedStatus(hosted) => Ok(Seen::Elsewhere(hosted)),
         other => Err(unexpected(&other)),
@@ -605,9 +626,14 @@ enum StatusJson<'a> {
 
 fn status_json(seen: &Seen) -> StatusJson<'_> {
     match seen {
-        Seen::Here { status, host } => StatusJson::Here(StatusHere {
+        Seen::Here {
+            status,
+            host,
+            late_writes,
+        } => StatusJson::Here(StatusHere {
             status,
             host: host.as_deref(),
+            late_writes,
         }),
         Seen::Elsewhere(hosted) => StatusJson::Elsewhere(Listed {
             job: &hosted.job,
