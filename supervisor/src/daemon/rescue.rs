@@ -116,3 +116,43 @@ fn imported_tasks(tasks: &[JournalTask]) -> Result<Vec<ImportedTask>, shared::st
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(idx: i32, state: &str, has_revert: bool) -> JournalTask {
+        JournalTask {
+            idx,
+            name: format!("t{idx}"),
+            has_revert,
+            state: state.into(),
+            attempts: 1,
+            exec_outcome: None,
+            result: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_running_or_reverting_task_with_a_revert_was_interrupted_with_one() {
+        assert!(interrupted_with_revert(&[
+            task(0, "success", true),
+            task(1, "running", true)
+        ]));
+        assert!(interrupted_with_revert(&[task(0, "reverting", true)]));
+        assert!(!interrupted_with_revert(&[
+            task(0, "success", true),
+            task(1, "running", false)
+        ]));
+        assert!(!interrupted_with_revert(&[task(0, "failure", true)]));
+    }
+
+    #[test]
+    fn the_board_s_task_rows_import_and_an_unknown_state_is_refused() {
+        let tasks = imported_tasks(&[task(0, "success", true), task(1, "running", true)])
+            .expect("readable");
+        assert_eq!(tasks[1].state, TaskState::Running);
+        assert_eq!(tasks[1].idx, 1);
+        assert!(imported_tasks(&[task(0, "exploded", true)]).is_err());
+    }
+}

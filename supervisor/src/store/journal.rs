@@ -2,9 +2,10 @@
 //! under the id the board gave it, the rows its owner writes to the board, and a job rescued
 //! from a lost host imported with its tasks as that host last wrote them.
 
+use super::retention::delete_job;
 use super::transitions::change_job_state;
 use super::{
-    Result, Store, StoreError, TaskRow, change_task_state, insert_job, is_taken, now_ms,
+    Result, Store, StoreError, TaskRow, change_task_state, insert_job, is_taken, job_row, now_ms,
     random_u32, task_rows,
 };
 use rusqlite::params;
@@ -67,8 +68,9 @@ impl Store {
     /// Imports job `id`, rescued from a lost host: its spec (JSON, as validated at submit) and
     /// file, its tasks as the lost host last wrote them; a task left `running` becomes
     /// `failure` (killed) and one left `reverting` `revert_failure`, as after a crash here, and
-    /// the job `crashed` with `reason`. Durable before it returns. [`StoreError::IdTaken`] if
-    /// this store has a job `id`.
+    /// the job `crashed` with `reason`. Durable before it returns. A copy of the job this store
+    /// kept from an earlier stint on this host (ended, its conductor gone) is replaced;
+    /// [`StoreError::IdTaken`] if this store has a live job `id`.
     pub fn import_job(
         &self,
         id: &JobId,
@@ -80,6 +82,13 @@ impl Store {
         let spec: JobSpec =
             serde_json::from_str(spec_json).map_err(|e| StoreError::BadSpec(id.clone(), e))?;
         self.write(true, |tx| {
+            if is_taken(tx, id)? {
+                let old = job_row(tx, id)?.ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
+                if old.state.is_live() || !is_conductor_gone(tx, id)? {
+                    return Err(StoreError::IdTaken(id.clone()));
+                }
+                delete_job(tx, id)?;
+            }
             insert_job(tx, &spec, spec_json, source, Some(id))?;
             for task in tasks {
                 tx.prepare_cached(
@@ -110,5 +119,65 @@ impl Store {
             change_job_state(tx, id, &[JobState::Pending], JobState::Crashed, Some(reason))?;
             Ok(())
         })
+    }
+}
+
+/// Whether the job's conductor was seen gone.
+fn is_conductor_gone(conn: &rusqlite::Connection, id: &JobId) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT conductor_exited FROM jobs WHERE id = ?1")?
+        .query_row([id.as_str()], |row| row.get::<_, bool>(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::pending_reverts;
+    use crate::store::tests::TempDir;
+
+    const TWO_TASKS: &str = "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert = \"true\"\n[[task]]\nname = \"b\"\nrun = \"true\"\nrevert = \"true\"\n";
+
+    fn imported(idx: u32, state: TaskState, outcome: Option<&str>) -> ImportedTask {
+        ImportedTask {
+            idx,
+            state,
+            attempts: 1,
+            exec_outcome: outcome.map(str::to_owned),
+            result: String::new(),
+        }
+    }
+
+    /// A rescued job is imported as a crash here would leave it: the running task failed
+    /// (killed), both reverts pending, the job crashed with the reason; an ended local copy
+    /// from an earlier stint is replaced, a live one refused.
+    #[test]
+    fn a_rescued_job_is_imported_crashed_with_its_reverts_pending() {
+        let dir = TempDir::new();
+        let store = Store::open(dir.path()).expect("open");
+        let spec = JobSpec::parse(TWO_TASKS, "t.toml", "t").expect("spec");
+        let json = serde_json::to_string(&spec).expect("json");
+        let id = store.fresh_id().expect("id");
+        let tasks = [
+            imported(0, TaskState::Success, Some("success")),
+            imported(1, TaskState::Running, None),
+        ];
+        for _ in 0..2 {
+            store
+                .import_job(&id, &json, "/t.toml", "host lost: a", &tasks)
+                .expect("import");
+            let job = store.job(&id).expect("job");
+            assert_eq!(job.state, JobState::Crashed);
+            assert_eq!(job.reason.as_deref(), Some("host lost: a"));
+            let rows = store.tasks(&id).expect("tasks");
+            assert_eq!(rows[1].state, TaskState::Failure);
+            assert_eq!(rows[1].exec_outcome, Some(ExecOutcome::Killed));
+            let pending: Vec<u32> = pending_reverts(&rows).iter().map(|t| t.idx).collect();
+            assert_eq!(pending, [1, 0]);
+        }
+        store.begin_resume(&id, "test").expect("resume");
+        assert!(matches!(
+            store.import_job(&id, &json, "/t.toml", "host lost: a", &tasks),
+            Err(StoreError::IdTaken(_))
+        ));
     }
 }
