@@ -1,6 +1,6 @@
 //! The board's shared query connection ([`Role::Query`]): operators' reads of the mirror
-//! (`ls`, `status`, `--wait`), their cancel and kill requests, and the owner's reads and marks
-//! of its requests. It is opened on first use and again after a failure or a timeout (a
+//! (`ls`, `status`, `--wait`), their cancel and kill requests, the owner's reads and marks
+//! of its requests, and the journal's submits, write-aheads, late writes and rescues. It is opened on first use and again after a failure or a timeout (a
 //! stuck one is abandoned), so a board that was down costs one failed request, not the
 //! daemon. It is never the renewals' nor the listener's connection.
 

@@ -81,7 +81,7 @@ pub fn print_elsewhere(hosted: &HostedJob) {
 
 /// Follows a job another host holds to its end, reading its status from the local daemon
 /// (which reads the board's mirror) every [`REMOTE_POLL`]; the exit code of `run` for its
-/// state. A job that moved to this daemon (it cannot yet; a later slice's claims will) is
+/// state. A job that moved to this daemon (rescued here from a lost host) is
 /// followed as a local one.
 pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -> Outcome<i32> {
     let mut seen = first;
