@@ -37,6 +37,18 @@ impl Board {
             .insert(id.clone(), Held::Epoch(epoch));
     }
 
+    /// Forgets `ids` (pruned from the local store), so the map stays as large as the store.
+    pub fn forget(&self, ids: &[JobId]) {
+        let mut held = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
     /// Records that job `id` was taken from this daemon; `false` if that was known already.
     fn mark_stale(&self, id: &JobId) -> bool {
         let previous = self

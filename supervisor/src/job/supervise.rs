@@ -696,15 +696,14 @@ impl Supervision {
                 if self.state.store_retry_at.take().is_some() {
                     tracing::info!("the store takes the conductor's reports again");
                 }
-                let batch = self.state.unapplied.clone();
+                let batch = std::mem::take(&mut self.state.unapplied);
                 for report in &batch[applied.fresh_from..] {
                     self.observe(&report.event);
                 }
                 // Applied again on a retry, they are held already: observed once.
                 match journal::write_ahead(&self.jobs, &self.id, &batch).await {
-                    Ok(WriteAhead::Done) => self.state.unapplied.clear(),
+                    Ok(WriteAhead::Done) => {}
                     Ok(WriteAhead::Refused) => {
-                        self.state.unapplied.clear();
                         return self
                             .hard_kill(
                                 "stale owner: the job was taken by another host",
@@ -718,6 +717,7 @@ impl Supervision {
                             error = format!("{err:#}"),
                             "cannot write the write-ahead on the board; the conductor waits until it is"
                         );
+                        self.state.unapplied = batch;
                         self.state.store_retry_at = Some(Instant::now() + STORE_RETRY_EVERY);
                         return;
                     }

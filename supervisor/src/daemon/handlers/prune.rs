@@ -41,6 +41,10 @@ pub async fn prune(
     for id in &pruned {
         remove_files(jobs, id);
     }
+    if let Some(board) = jobs.board() {
+        // Their journal stays on the board; nothing more is written about them from here.
+        board.forget(&pruned);
+    }
     if !pruned.is_empty() || vacuum {
         jobs.store().call(move |s| s.reclaim(vacuum)).await?;
     }
