@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tests::postgres::Postgres;
 use tests::{
-    DEADLINE, LONG_DEADLINE, Run, TestEnv, cli_at, is_alive, live_processes, send_signal,
+    DEADLINE, LONG_DEADLINE, Run, Store, TestEnv, cli_at, is_alive, live_processes, send_signal,
     sigkill_run, status_json_at, submit_at, wait_daemon_ready, wait_for,
 };
 
@@ -799,4 +799,33 @@ fn a_stale_owners_write_is_refused_and_kept_as_a_late_write() {
     let (code, text, err) = cli_at(&env, holder, &["status", &id], DEADLINE);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("late writes"), "{text}");
+}
+
+/// On a board, `submit` is acknowledged only after the job's journal is committed there: with
+/// the board down it is refused (exit 8) and nothing is stored; once the board is back, the
+/// job is on the board (epoch 1, this host) and in the local store under the same id.
+#[test]
+fn a_submit_on_a_board_is_acknowledged_only_after_the_board_s_commit() {
+    let Some((pg, env)) = board("a_submit_on_a_board_is_acknowledged_only_after") else {
+        return;
+    };
+    let url = pg.url();
+    let a = start_host(&env, &url, "a");
+    let file = env.job(
+        "quick.toml",
+        "",
+        "[[task]]\nname = \"one\"\nrun = \"true\"\n",
+    );
+    pg.stop();
+    let path = file.to_str().expect("UTF-8");
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["submit", path], LONG_DEADLINE);
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("board"), "{err}");
+    let store = Store::open(&a.state_dir.join("state.db"));
+    assert!(store.job_ids().is_empty(), "a refused submit stored a job");
+    pg.start_again();
+    let id = submit_at(&env, &a.state_dir, &file);
+    assert_eq!(store.job_ids(), std::slice::from_ref(&id));
+    let row = pg.sql(&format!("SELECT host, epoch FROM jobs WHERE id = '{id}'"));
+    assert_eq!(row.trim(), "a|1");
 }
