@@ -33,11 +33,13 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 mod check;
 mod flow;
 pub mod graph;
+pub mod host_loss;
 mod operators;
 
 pub use check::{MAX_PLAN_FRAME_LEN, SPEC_FRAME_ROOM};
 pub use flow::{Backoff, DEFAULT_MAX_PARALLEL, Flow, MAX_PARALLEL, OnFailure};
 pub use graph::{Graph, result_var};
+pub use host_loss::OnHostLoss;
 pub use operators::{
     DEFAULT_REVERT_RETRY_DELAY, Hooks, MAX_HOOK_LEN, MAX_REVERT_RETRIES, MAX_REVERT_RETRY_DELAY,
     hook_problem,
@@ -92,6 +94,10 @@ pub struct JobSpec {
     /// What running tasks do when one fails for good: interrupted, or let finish.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// What the job board does with the job when its host is lost. Not in the spec's
+    /// encoding: it travels beside it ([`host_loss`]).
+    #[serde(skip)]
+    pub on_host_loss: OnHostLoss,
 }
 
 /// A validated task.
@@ -209,6 +215,7 @@ impl fmt::Debug for JobSpec {
             .field("flow", &self.flow)
             .field("max_parallel", &self.max_parallel)
             .field("on_failure", &self.on_failure)
+            .field("on_host_loss", &self.on_host_loss)
             .finish()
     }
 }
@@ -265,6 +272,7 @@ struct RawJob {
     flow: Option<Spanned<String>>,
     max_parallel: Option<Spanned<i64>>,
     on_failure: Option<Spanned<String>>,
+    on_host_loss: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -381,6 +389,7 @@ impl JobSpec {
         let flow = flow::parse_flow(raw.flow, &at)?;
         let max_parallel = flow::parse_max_parallel(raw.max_parallel, &at)?;
         let on_failure = flow::parse_on_failure(raw.on_failure, &at)?;
+        let on_host_loss = host_loss::parse_on_host_loss(raw.on_host_loss, &at)?;
         let tasks = parse_tasks(raw.task, worker.as_ref(), list_kinds, flow, &at)?;
         if let Some(raw_limits) = &raw.limits {
             check_identity_limits(raw_limits, &tasks, &at)?;
@@ -421,6 +430,7 @@ impl JobSpec {
             flow,
             max_parallel,
             on_failure,
+            on_host_loss,
         })
     }
 }

@@ -13,7 +13,7 @@ pub use crate::protocol::operator::{Action, Requester};
 use crate::protocol::v1::ClientRequestV1;
 use crate::protocol::v2::ClientRequestV2;
 use crate::protocol::v3::ClientRequestV3;
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, OnHostLoss};
 use crate::state::{ExecOutcome, JobState, TaskState};
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +88,14 @@ pub enum ClientRequest {
     /// (or [`ErrorCode::NoBoard`]). Version 4 only; added at the end so that every other
     /// request keeps its wire number.
     Hosts,
+    /// `submit` of a job file that sets `on_host_loss` (not in the spec's encoding:
+    /// `spec::host_loss`); a job that leaves it to its default is sent as `Submit`. Version 4;
+    /// added at the end.
+    SubmitWithHostLoss {
+        spec: Box<JobSpec>,
+        source: String,
+        on_host_loss: OnHostLoss,
+    },
 }
 
 impl ClientRequest {
@@ -98,6 +106,11 @@ impl ClientRequest {
         } else if matches!(self, Self::Hosts) {
             Err(FrameError::NotInVersion {
                 what: "hosts",
+                version,
+            })
+        } else if matches!(self, Self::SubmitWithHostLoss { .. }) {
+            Err(FrameError::NotInVersion {
+                what: "on_host_loss",
                 version,
             })
         } else if version == 3 {
@@ -215,6 +228,29 @@ pub enum ClientReply {
         host: String,
         status: Box<JobStatus>,
     },
+    /// `status` of a job this daemon holds whose journal on the board holds refused writes of
+    /// a stale owner (a host it was taken from), to a version 4 client: `HostStatus` with
+    /// those writes, oldest first. Sent only when there are some; added at the end.
+    JournalStatus {
+        host: String,
+        status: Box<JobStatus>,
+        late_writes: Vec<LateWrite>,
+    },
+}
+
+/// A write a stale owner made about a job after the job was taken from it, refused by the
+/// board and kept there (issue 11): what the stale host did, without giving it the job back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateWrite {
+    /// The stale owner's host name and instance.
+    pub host: String,
+    pub instance: String,
+    /// The epoch it wrote under (no longer the job's).
+    pub epoch: i64,
+    /// What it wrote (`task 1 starting`, `job state`).
+    pub what: String,
+    /// When the board refused it, ms since the epoch (the database's clock).
+    pub at_ms: i64,
 }
 
 /// A job and the host of the job board that holds it.
@@ -434,6 +470,42 @@ mod tests {
         }
     }
 
+    /// A submit that sets `on_host_loss` carries it beside the spec, in version 4 only.
+    #[test]
+    fn a_submit_with_its_host_loss_policy_round_trips_in_version_4_only() {
+        let src = "on_host_loss = \"resume\"\n[[task]]\nname = \"a\"\nrun = \"true\"\n";
+        let spec = JobSpec::parse(src, "r.toml", "r").expect("valid");
+        let request = ClientRequest::SubmitWithHostLoss {
+            on_host_loss: spec.on_host_loss,
+            spec: Box::new(spec),
+            source: "/r.toml".into(),
+        };
+        let frame = request.encode(4).expect("encodes");
+        let decoded = ClientRequest::decoder(4)(&frame[4..]).expect("decodes");
+        assert!(
+            matches!(
+                decoded,
+                ClientRequest::SubmitWithHostLoss {
+                    on_host_loss: OnHostLoss::Resume,
+                    ..
+                }
+            ),
+            "{decoded:?}"
+        );
+        for version in 1..4 {
+            assert!(
+                matches!(
+                    request.encode(version),
+                    Err(FrameError::NotInVersion {
+                        what: "on_host_loss",
+                        ..
+                    })
+                ),
+                "version {version}"
+            );
+        }
+    }
+
     #[test]
     fn the_board_replies_and_the_no_board_error_round_trip() {
         let reply = ClientReply::Hosts(vec![HostSummary {
@@ -459,6 +531,22 @@ mod tests {
             host: "a".into(),
             job: summary,
         };
+        let status = JobStatus {
+            id: JobId::from_random(9),
+            name: "deploy".into(),
+            state: JobState::Running,
+            reason: None,
+            source: "/jobs/deploy.toml".into(),
+            created_ms: 1,
+            started_ms: Some(2),
+            ended_ms: None,
+            conductor_pid: Some(42),
+            containment: None,
+            unresponsive_since_ms: None,
+            tasks: Vec::new(),
+            last_order: None,
+            paused_since_ms: None,
+        };
         for message in [
             reply,
             ClientReply::HostedJobs(vec![hosted.clone()]),
@@ -466,22 +554,18 @@ mod tests {
             ClientReply::Requested { host: "b".into() },
             ClientReply::HostStatus {
                 host: "c".into(),
-                status: Box::new(JobStatus {
-                    id: JobId::from_random(9),
-                    name: "deploy".into(),
-                    state: JobState::Running,
-                    reason: None,
-                    source: "/jobs/deploy.toml".into(),
-                    created_ms: 1,
-                    started_ms: Some(2),
-                    ended_ms: None,
-                    conductor_pid: Some(42),
-                    containment: None,
-                    unresponsive_since_ms: None,
-                    tasks: Vec::new(),
-                    last_order: None,
-                    paused_since_ms: None,
-                }),
+                status: Box::new(status.clone()),
+            },
+            ClientReply::JournalStatus {
+                host: "c".into(),
+                status: Box::new(status),
+                late_writes: vec![LateWrite {
+                    host: "a".into(),
+                    instance: "00ff".repeat(8),
+                    epoch: 1,
+                    what: "task 1 starting".into(),
+                    at_ms: 3,
+                }],
             },
             ClientReply::Error {
                 code: ErrorCode::NoBoard,

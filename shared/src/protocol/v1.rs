@@ -151,6 +151,7 @@ impl From<JobSpecV1> for JobSpec {
             flow: crate::spec::Flow::Linear,
             max_parallel: crate::spec::DEFAULT_MAX_PARALLEL,
             on_failure: crate::spec::OnFailure::Interrupt,
+            on_host_loss: crate::spec::OnHostLoss::Hold,
         }
     }
 }
@@ -272,7 +273,9 @@ impl TryFrom<ClientRequest> for ClientRequestV1 {
             R::Resume { job } => Self::Resume { job },
             R::Events => Self::Events,
             R::Shutdown { cancel } => Self::Shutdown { cancel },
-            other @ (R::Prune { .. } | R::Hosts) => return Err(other),
+            other @ (R::Prune { .. } | R::Hosts | R::SubmitWithHostLoss { .. }) => {
+                return Err(other);
+            }
             R::Operate {
                 job,
                 action,

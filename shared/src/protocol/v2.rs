@@ -161,6 +161,7 @@ impl From<JobSpecV2> for JobSpec {
             flow: crate::spec::Flow::Linear,
             max_parallel: crate::spec::DEFAULT_MAX_PARALLEL,
             on_failure: crate::spec::OnFailure::Interrupt,
+            on_host_loss: crate::spec::OnHostLoss::Hold,
         }
     }
 }
@@ -294,8 +295,8 @@ impl From<ClientRequest> for ClientRequestV2 {
             R::Shutdown { cancel } => Self::Shutdown { cancel },
             // `ClientRequest::encode` refuses it before version 3; never reached there.
             R::Prune { .. } => Self::List { all: false },
-            // `ClientRequest::encode` refuses it before version 4; never reached there.
-            R::Hosts => Self::Events,
+            // `ClientRequest::encode` refuses them before version 4; never reached there.
+            R::Hosts | R::SubmitWithHostLoss { .. } => Self::Events,
             R::Operate {
                 job,
                 action,

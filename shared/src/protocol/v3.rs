@@ -188,6 +188,7 @@ impl From<JobSpecV3> for JobSpec {
             flow: Flow::Linear,
             max_parallel: DEFAULT_MAX_PARALLEL,
             on_failure: OnFailure::Interrupt,
+            on_host_loss: crate::spec::OnHostLoss::Hold,
         }
     }
 }
@@ -327,7 +328,13 @@ impl From<ClientRequestV3> for ClientRequest {
 
 impl From<ClientRequest> for ClientRequestV3 {
     fn from(request: ClientRequest) -> Self {
-        // `ClientRequest::encode` refuses `Hosts` before version 4; never reached there.
-        convert_request!(ClientRequest, Self, request, ClientRequest::Hosts => Self::Events)
+        // `ClientRequest::encode` refuses `Hosts` and `SubmitWithHostLoss` before version 4;
+        // never reached there.
+        convert_request!(
+            ClientRequest,
+            Self,
+            request,
+            ClientRequest::Hosts | ClientRequest::SubmitWithHostLoss { .. } => Self::Events
+        )
     }
 }

@@ -14,7 +14,8 @@ use tokio_postgres::{Client, Row};
 
 /// Writes `jobs` (of `host`) in one statement: new rows get `created_at = now()`, every row
 /// `updated_at = now()`; a job in a terminal state is marked ended. Their `created_ms` and
-/// `paused_since_ms` are not mirrored.
+/// `paused_since_ms` are not mirrored. A row another host holds (the job was rescued from
+/// this one) is left as it is. For the jobs of this daemon's journal, see `journal::write`.
 pub async fn publish(
     client: &Client,
     host: &str,
@@ -38,9 +39,10 @@ pub async fn publish(
              SELECT u.id, $1, u.name, u.state, u.task, u.running, now(), now(), u.ended
              FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::bool[])
                   AS u(id, name, state, task, running, ended)
-             ON CONFLICT (host, id) DO UPDATE SET
+             ON CONFLICT (id) DO UPDATE SET
                  name = EXCLUDED.name, state = EXCLUDED.state, task = EXCLUDED.task,
-                 running = EXCLUDED.running, updated_at = now(), ended = EXCLUDED.ended",
+                 running = EXCLUDED.running, updated_at = now(), ended = EXCLUDED.ended
+             WHERE j.host = $1",
             &[&host, &ids, &names, &states, &tasks, &running, &ended],
         )
         .await?;
@@ -76,8 +78,8 @@ pub async fn forget(
         .await
 }
 
-/// The rows of job `id` held by hosts other than `me` (more than one only if two hosts drew
-/// the same 32 random bits).
+/// The row of job `id` if a host other than `me` holds it (a list: at most one since ids are
+/// unique across the board, schema version 4).
 pub async fn find(
     client: &Client,
     id: &JobId,

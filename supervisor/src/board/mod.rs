@@ -1,9 +1,11 @@
 //! The job board: daemons on many hosts sharing one PostgreSQL database (DESIGN.md section 11,
 //! issue 11). Hosts are on the board; every host's jobs are *visible* from every other one
-//! (the mirror), every operator's order reaches a job's owner from anywhere (requests), and a
-//! daemon that cannot renew its lease fences itself (no two hosts ever run steps of one job at
-//! once). Jobs still run on the host where they were submitted: claims by any host and epochs
-//! come in a later slice and build on what is here.
+//! (the mirror), every operator's order reaches a job's owner from anywhere (requests), each
+//! job's journal is on the board under a claim epoch, a lost host's jobs are rescued by
+//! another host, and a daemon that cannot renew its lease fences itself (no two hosts ever run
+//! steps of one job at once). Jobs run on the host where they were submitted or that rescued
+//! them: claims of unpinned submits by any host come in a later slice and build on what is
+//! here.
 //!
 //! # Theory of operation
 //!
@@ -45,8 +47,8 @@
 //!   judged by the database's clock only.
 //! - **Leave** ([`Board::leave`], at a clean `shutdown`): the row is marked `stopped`, so the
 //!   same host name can start again at once (a `systemctl restart`). The lease itself is not
-//!   shortened: the daemon's conductors may outlive it, and the claims of later slices must not
-//!   pass to another host before it would have expired.
+//!   shortened: the daemon's conductors may outlive it, and its jobs must not be rescued by
+//!   another host before it would have expired.
 //!
 //! - **Mirror** ([`mirror`], published by `daemon/mirror.rs` on its own connection): each
 //!   daemon writes its jobs' summaries (state, current task, running count) to `jobs` from its
@@ -63,17 +65,33 @@
 //!   and after every (re)connect, and every renewal wakes it too: a lost notification delays
 //!   a request by at most lease/3. The reader (`daemon/remote.rs`) applies each through the
 //!   job's actor, as a local order, and marks it done with the outcome.
+//! - **Journal** ([`journal`], [`Held`]): on a board, a submit writes the job (epoch 1, its
+//!   file, spec, `on_host_loss` and tasks) before the local store, under an id unique across
+//!   the board. Every later write about it says `WHERE host = me AND epoch = HELD`: the
+//!   write-ahead synchronously by the job's actor (`job/journal.rs`, before the conductor's
+//!   acknowledgement), the rest by the mirror publisher from the job events. A write that
+//!   matches no row is refused: the job is stale here ([`Board::refused`]: logged, recorded in
+//!   `late_writes`, never written again; the caller kills it if it runs).
+//! - **Rescue** ([`Board::rescue`], driven by `daemon/rescue.rs` every lease/3 on the query
+//!   connection): one statement takes the unended journal jobs of hosts whose lease expired by
+//!   the database's clock, `FOR UPDATE SKIP LOCKED`, at the next epoch, `crashed` with
+//!   `host lost: OLD`; the rescuer imports them and follows their `on_host_loss`. The epoch
+//!   moved on, so the lost host's writes, should it come back, are refused.
 //! - **Connections**, one per role ([`Role`], in `application_name`): renewals, the listener,
-//!   the mirror, and one shared query connection (`query.rs`) for operators' reads and
-//!   requests and the owner's reads of its requests; `hosts` and leaving open their own.
+//!   the mirror (which also writes the journal), and one shared query connection (`query.rs`)
+//!   for operators' reads and requests, the owner's reads of its requests, submits, write-aheads
+//!   and rescues; `hosts` and leaving open their own.
 //!
 //! Failure modes: the database restarting or unreachable for a while (renewals fail, the
 //! renewer reconnects; the host shows `lost` meanwhile and `alive` again once a renewal
 //! succeeds, with the same instance; past `t_r + lease/2` the daemon fences its jobs, and
 //! takes jobs again after the renewal); a daemon killed (its row stays, `lost` after its lease);
-//! two daemons started with one host name (the second is refused while the first lives).
+//! two daemons started with one host name (the second is refused while the first lives); a
+//! host lost (its jobs rescued elsewhere after its lease; its late writes refused).
 
+mod held;
 pub mod hosts;
+pub mod journal;
 pub mod lease;
 mod listener;
 pub mod mirror;
@@ -83,6 +101,7 @@ mod renewer;
 pub mod requests;
 pub mod schema;
 
+pub use held::Held;
 use lease::LeaseClock;
 use shared::protocol::client::HostSummary;
 use std::sync::{Arc, Mutex};
@@ -261,7 +280,8 @@ pub enum Role {
     Listen,
     /// This daemon's jobs published to the mirror (`daemon/mirror.rs`).
     Mirror,
-    /// Operators' reads and requests, and the owner's reads of its requests (`query.rs`).
+    /// Operators' reads and requests, the owner's reads of its requests, and the journal's
+    /// submits, write-aheads, late writes and rescues (`query.rs`).
     Query,
     /// One short-lived request (`hosts`, leaving the board).
     Once,
@@ -330,6 +350,9 @@ struct Inner {
     requests_due: Notify,
     /// The shared connection of [`Role::Query`], opened on first use and again after it fails.
     query: Mutex<Option<Arc<Connection>>>,
+    /// The jobs of the journal this daemon holds, with their epochs, and those it lost
+    /// ([`held::Held`]).
+    held: Mutex<std::collections::HashMap<shared::ids::JobId, held::Held>>,
 }
 
 /// The joined board's renewal connection, waiting for [`Renewer::start`].
@@ -375,6 +398,16 @@ impl Board {
         tokio::time::timeout(CONNECT_TIMEOUT, hosts::register(connection.client(), &me))
             .await
             .map_err(timeout)??;
+        let held = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            journal::held(connection.client(), &config.host),
+        )
+        .await
+        .map_err(timeout)?
+        .map_err(|source| BoardError::Query {
+            what: "read this host's jobs",
+            source,
+        })?;
         tracing::info!(
             board = %config.shown_url,
             host = %config.host,
@@ -390,6 +423,11 @@ impl Board {
                 instance,
                 requests_due: Notify::new(),
                 query: Mutex::new(None),
+                held: Mutex::new(
+                    held.into_iter()
+                        .map(|(id, epoch)| (id, held::Held::Epoch(epoch)))
+                        .collect(),
+                ),
             }),
         };
         let renewer = Renewer {
@@ -477,6 +515,14 @@ impl Board {
     #[must_use]
     pub fn is_lease_current(&self) -> bool {
         self.lease_clock().is_current(Instant::now())
+    }
+
+    /// Whether this daemon may still count on its lease (before `lease - margin` from the send
+    /// time of its last successful renewal, on the monotonic clock): no other host can rescue
+    /// its jobs meanwhile.
+    #[must_use]
+    pub fn holds_lease(&self) -> bool {
+        !self.lease_clock().is_lost(Instant::now())
     }
 
     /// The lease, marked changed at every successful renewal.

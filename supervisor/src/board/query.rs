@@ -1,14 +1,16 @@
 //! The board's shared query connection ([`Role::Query`]): operators' reads of the mirror
-//! (`ls`, `status`, `--wait`), their requests and the reads of the owners' answers, and the
-//! owner's reads and marks of its requests. It is opened on first use and again after a failure or a timeout (a
+//! (`ls`, `status`, `--wait`), their requests and the reads of the owners' answers, the
+//! owner's reads and marks of its requests, and the journal's submits, write-aheads, late
+//! writes and rescues. It is opened on first use and again after a failure or a timeout (a
 //! stuck one is abandoned), so a board that was down costs one failed request, not the
 //! daemon. It is never the renewals' nor the listener's connection.
 
+use super::journal::{self, Entry, NewJob, Rescued};
 use super::mirror::{self, RemoteQuery};
 use super::requests::{self, Answer, Ask, Outcome, Pending, Written};
 use super::{Board, BoardError, Connection, QUERY_TIMEOUT, Role, connect};
 use shared::ids::JobId;
-use shared::protocol::client::HostedJob;
+use shared::protocol::client::{HostedJob, LateWrite};
 use std::future::Future;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
@@ -139,6 +141,15 @@ impl Board {
         .await
     }
 
+    /// Writes `job` on the journal, held by this host at epoch 1; `false` if its id is taken.
+    pub async fn insert_job(&self, job: NewJob) -> Result<bool, BoardError> {
+        let me = self.inner.config.host.clone();
+        self.with_query("write a job on the board", |c| async move {
+            journal::insert(c.client(), &me, &job).await
+        })
+        .await
+    }
+
     /// Where request `seq` stands, and whether its job's mirror row changed after
     /// `updated_us`.
     pub async fn request_answer(&self, seq: i64, updated_us: i64) -> Result<Answer, BoardError> {
@@ -146,5 +157,62 @@ impl Board {
             requests::answer(c.client(), seq, updated_us).await
         })
         .await
+    }
+    /// Removes job `id` that [`Board::insert_job`] wrote (its local commit failed).
+    pub async fn forget_job(&self, id: &JobId) -> Result<(), BoardError> {
+        let me = self.inner.config.host.clone();
+        let id = id.clone();
+        self.with_query("remove a job from the board", |c| async move {
+            journal::forget(c.client(), &me, &id).await
+        })
+        .await
+    }
+
+    /// Writes `entries` of this host's jobs, each under its epoch; returns the refused ones'
+    /// ids (the caller calls [`Board::refused`] for each).
+    pub async fn write_journal(&self, entries: Vec<Entry>) -> Result<Vec<JobId>, BoardError> {
+        let me = self.inner.config.host.clone();
+        self.with_query("write the journal", |c| async move {
+            journal::write(c.client(), &me, &entries).await
+        })
+        .await
+    }
+
+    /// Records a refused write of this instance.
+    pub(super) async fn record_late(
+        &self,
+        id: &JobId,
+        epoch: i64,
+        what: &str,
+    ) -> Result<(), BoardError> {
+        let (me, instance) = (self.inner.config.host.clone(), self.inner.instance.clone());
+        let (id, what) = (id.clone(), what.to_owned());
+        self.with_query("record a late write", |c| async move {
+            journal::record_late(c.client(), &id, &me, &instance, epoch, &what).await
+        })
+        .await
+    }
+
+    /// The refused writes about job `id`.
+    pub async fn late_writes(&self, id: &JobId) -> Result<Vec<LateWrite>, BoardError> {
+        let id = id.clone();
+        self.with_query("read a job's late writes", |c| async move {
+            journal::late_writes(c.client(), &id).await
+        })
+        .await
+    }
+
+    /// Takes up to `batch` jobs of lost hosts ([`journal::rescue`]) and holds them.
+    pub async fn rescue(&self, batch: i64) -> Result<Vec<Rescued>, BoardError> {
+        let me = self.inner.config.host.clone();
+        let rescued = self
+            .with_query("rescue the jobs of lost hosts", |c| async move {
+                journal::rescue(c.client(), &me, batch).await
+            })
+            .await?;
+        for job in &rescued {
+            self.hold(&job.id, job.epoch);
+        }
+        Ok(rescued)
     }
 }

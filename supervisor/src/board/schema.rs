@@ -67,6 +67,44 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE requests ADD COLUMN error_code text;
     ALTER TABLE requests ADD COLUMN error text;
     ALTER TABLE requests ADD COLUMN reply text",
+    // The job's journal (`journal.rs`): a job id is unique across the board (a daemon draws
+    // ids until its INSERT succeeds); each job carries its claim epoch, its file and validated
+    // spec, its `on_host_loss` and where it was taken from; its tasks are rows of their own;
+    // a stale owner's refused writes are kept in `late_writes`. Of two mirror rows of one id
+    // (two hosts drew the same 32 bits before this version), the later one stays.
+    "DELETE FROM jobs a USING jobs b WHERE a.id = b.id AND a.seq < b.seq;
+    ALTER TABLE jobs DROP CONSTRAINT jobs_pkey;
+    ALTER TABLE jobs ADD PRIMARY KEY (id);
+    DROP INDEX jobs_by_id;
+    ALTER TABLE jobs
+        ADD COLUMN epoch        bigint NOT NULL DEFAULT 1,
+        ADD COLUMN source       text,
+        ADD COLUMN spec         text,
+        ADD COLUMN on_host_loss text   NOT NULL DEFAULT 'hold',
+        ADD COLUMN reason       text,
+        ADD COLUMN lost_from    text;
+    CREATE INDEX jobs_unended ON jobs (host) WHERE NOT ended;
+    CREATE TABLE job_tasks (
+        job_id       text    NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        idx          integer NOT NULL,
+        name         text    NOT NULL,
+        has_revert   boolean NOT NULL,
+        state        text    NOT NULL,
+        attempts     integer NOT NULL,
+        exec_outcome text,
+        result       text    NOT NULL,
+        PRIMARY KEY (job_id, idx)
+    );
+    CREATE TABLE late_writes (
+        seq      bigserial   PRIMARY KEY,
+        job_id   text        NOT NULL,
+        host     text        NOT NULL,
+        instance text        NOT NULL,
+        epoch    bigint      NOT NULL,
+        what     text        NOT NULL,
+        at       timestamptz NOT NULL
+    );
+    CREATE INDEX late_writes_by_job ON late_writes (job_id, seq)",
 ];
 
 /// The version this build writes.

@@ -8,7 +8,7 @@
 use super::client::{Failure, Outcome};
 use super::escape::shown;
 use shared::exit;
-use shared::protocol::client::{HostState, HostedJob, JobStatus, JobSummary};
+use shared::protocol::client::{HostState, HostedJob, JobStatus, JobSummary, LateWrite};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -19,22 +19,48 @@ pub const REMOTE_POLL: Duration = Duration::from_millis(50);
 /// database's clock: `hosts`).
 pub const HOST_CHECK: Duration = Duration::from_millis(250);
 
+/// Beyond a third of the live hosts' longest lease (how often each looks for lost hosts' jobs
+/// to rescue), how long `--wait` gives them to rescue a lost host's job before it gives up.
+pub const RESCUE_SLACK: Duration = Duration::from_secs(1);
+
 /// A job as `status` found it: held by this daemon (with its host name on a job board), or
 /// by another host of its board.
 pub enum Seen {
     Here {
         status: Box<JobStatus>,
         host: Option<String>,
+        /// A stale owner's refused writes about the job (on a board).
+        late_writes: Vec<LateWrite>,
     },
     Elsewhere(Box<HostedJob>),
 }
 
-/// `status --json` of a job this daemon holds: its status, then `host` (null without a board).
+/// `status --json` of a job this daemon holds: its status, then `host` (null without a board),
+/// then `late_writes` when a stale owner's writes were refused.
 #[derive(serde::Serialize)]
 pub struct StatusHere<'a> {
     #[serde(flatten)]
     pub status: &'a JobStatus,
     pub host: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[LateWrite]>::is_empty")]
+    pub late_writes: &'a [LateWrite],
+}
+
+/// Prints the refused writes of a stale owner, if any.
+pub fn print_late_writes(late_writes: &[LateWrite]) {
+    if late_writes.is_empty() {
+        return;
+    }
+    println!("  late writes (refused: the job had been taken from their host):");
+    for late in late_writes {
+        println!(
+            "    {} (instance {}, epoch {}): {}",
+            shown(&late.host),
+            shown(&late.instance),
+            late.epoch,
+            shown(&late.what)
+        );
+    }
 }
 
 /// One `ls --json` item, or `status --json` of another host's job: the job's fields, then
@@ -66,12 +92,15 @@ pub fn print_elsewhere(hosted: &HostedJob) {
 /// Follows a job another host holds to its end, reading its status from the local daemon
 /// (which reads the board's mirror) every [`REMOTE_POLL`]; the exit code of `run` for its
 /// state. Every [`HOST_CHECK`] it asks whether the job's host is alive: a lost or stopped one
-/// ends the wait with [`exit::HOST_LOST`]. A job that moved to this daemon (it cannot yet; a
-/// later slice's claims will) is followed as a local one.
+/// ends the wait with [`exit::HOST_LOST`] unless the job was rescued meanwhile (its row names
+/// another host, which the wait then follows). A job that moved to this daemon (rescued here
+/// from a lost host) is followed as a local one.
 pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -> Outcome<i32> {
     let mut seen = first;
     let mut announced = false;
     let mut next_check = Instant::now();
+    // Since when the job's host is known lost, and how long a rescue may take.
+    let mut lost: Option<(String, Instant)> = None;
     loop {
         if let Some(code) = exit::for_job_state(seen.job.state) {
             eprintln!(
@@ -85,7 +114,19 @@ pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -
             announced = true;
         }
         if Instant::now() >= next_check {
-            check_host(dir.clone(), &seen).await?;
+            match check_host(dir.clone(), &seen).await? {
+                None => lost = None,
+                Some((failure, rescue_within)) => {
+                    let (host, since) =
+                        lost.get_or_insert_with(|| (seen.host.clone(), Instant::now()));
+                    if *host != seen.host {
+                        (*host, *since) = (seen.host.clone(), Instant::now());
+                    }
+                    if since.elapsed() >= rescue_within {
+                        return Err(failure);
+                    }
+                }
+            }
             next_check = Instant::now() + HOST_CHECK;
         }
         tokio::time::sleep(REMOTE_POLL).await;
@@ -96,24 +137,35 @@ pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -
     }
 }
 
-/// Fails with [`exit::HOST_LOST`] when the host of `seen` is lost or stopped (or gone from the
-/// board).
-async fn check_host(dir: Option<PathBuf>, seen: &HostedJob) -> Outcome<()> {
+/// `None` while the host of `seen` is alive; else the [`exit::HOST_LOST`] failure to end the
+/// wait with, and how long the other live hosts may take to rescue the job first (zero when
+/// none is alive): a rescued job's row names its new host, which the wait then follows.
+async fn check_host(
+    dir: Option<PathBuf>,
+    seen: &HostedJob,
+) -> Outcome<Option<(Failure, Duration)>> {
     let hosts = super::hosts::list(dir).await?;
     let state = hosts.iter().find(|h| h.name == seen.host).map(|h| h.state);
     let what = match state {
-        Some(HostState::Alive) => return Ok(()),
+        Some(HostState::Alive) => return Ok(None),
         Some(HostState::Lost) => "lost its lease",
         Some(HostState::Stopped) => "stopped",
         None => "is gone from the board",
     };
-    Err(Failure::new(
+    let rescue_within = hosts
+        .iter()
+        .filter(|h| h.state == HostState::Alive && h.name != seen.host)
+        .map(|h| Duration::from_millis(u64::try_from(h.lease_ms).unwrap_or(0)) / 3 + RESCUE_SLACK)
+        .max()
+        .unwrap_or(Duration::ZERO);
+    let failure = Failure::new(
         exit::HOST_LOST,
         format!(
             "host {} {what}; job {} is held there until it is rescued (last seen {})",
             seen.host, seen.job.id, seen.job.state
         ),
-    ))
+    );
+    Ok(Some((failure, rescue_within)))
 }
 
 #[cfg(test)]

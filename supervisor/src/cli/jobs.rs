@@ -7,6 +7,7 @@ use super::client::{Client, Failure, Outcome};
 use super::escape::shown;
 use shared::exit;
 use shared::protocol::client::{Action, ClientReply, ClientRequest, JobStatus, JobSummary};
+use shared::spec::OnHostLoss;
 use shared::state::TaskState;
 use std::io::Write;
 use std::path::PathBuf;
@@ -227,7 +228,14 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
             } else {
                 for seen in &all {
                     match seen {
-                        Seen::Here { status, host } => print_status(status, host.as_deref()),
+                        Seen::Here {
+                            status,
+                            host,
+                            late_writes,
+                        } => {
+                            print_status(status, host.as_deref());
+                            super::board::print_late_writes(late_writes);
+                        }
                         Seen::Elsewhere(hosted) => super::board::print_elsewhere(hosted),
                     }
                 }
@@ -327,9 +335,17 @@ async fn submit(dir: Option<PathBuf>, file: PathBuf, wait: bool) -> Outcome<i32>
         .unwrap_or(file)
         .display()
         .to_string();
-    let request = ClientRequest::Submit {
-        spec: Box::new(spec),
-        source,
+    // The default travels as a plain `Submit`, which every daemon understands.
+    let request = match spec.on_host_loss {
+        OnHostLoss::Hold => ClientRequest::Submit {
+            spec: Box::new(spec),
+            source,
+        },
+        on_host_loss => ClientRequest::SubmitWithHostLoss {
+            spec: Box::new(spec),
+            source,
+            on_host_loss,
+        },
     };
     let reply = Client::call(dir.clone(), &request).await?;
     let ClientReply::Submitted { job } = reply else {
@@ -581,10 +597,24 @@ pub(super) async fn status_any(dir: Option<PathBuf>, job: &str) -> Outcome<Seen>
     )
     .await?
     {
-        ClientReply::Status(status) => Ok(Seen::Here { status, host: None }),
+        ClientReply::Status(status) => Ok(Seen::Here {
+            status,
+            host: None,
+            late_writes: Vec::new(),
+        }),
         ClientReply::HostStatus { host, status } => Ok(Seen::Here {
             status,
             host: Some(host),
+            late_writes: Vec::new(),
+        }),
+        ClientReply::JournalStatus {
+            host,
+            status,
+            late_writes,
+        } => Ok(Seen::Here {
+            status,
+            host: Some(host),
+            late_writes,
         }),
         ClientReply::HostedStatus(hosted) => Ok(Seen::Elsewhere(hosted)),
         other => Err(unexpected(&other)),
@@ -601,9 +631,14 @@ enum StatusJson<'a> {
 
 fn status_json(seen: &Seen) -> StatusJson<'_> {
     match seen {
-        Seen::Here { status, host } => StatusJson::Here(StatusHere {
+        Seen::Here {
+            status,
+            host,
+            late_writes,
+        } => StatusJson::Here(StatusHere {
             status,
             host: host.as_deref(),
+            late_writes,
         }),
         Seen::Elsewhere(hosted) => StatusJson::Elsewhere(Listed {
             job: &hosted.job,

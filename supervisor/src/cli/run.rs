@@ -94,6 +94,7 @@ async fn run_job(
         hooks: crate::job::DaemonHooks::default(),
         // No board: nothing to delegate.
         lease: None,
+        board: None,
     });
     let mut states = jobs.subscribe();
     let printer = tokio::spawn(super::printer::print_events(spec, events));

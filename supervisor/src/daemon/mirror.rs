@@ -11,14 +11,20 @@
 //! Convergence: at start, after every reconnect, and after a lag of the broadcast (events
 //! were dropped), it re-publishes every live job from the store (one query) and every job the
 //! mirror still shows live (its end was missed): the mirror catches up with the store.
+//!
+//! The jobs of the journal (submitted or rescued on the board) are written with their tasks
+//! and under their epochs: task ends, results and the job's end reach the board from here,
+//! asynchronously; only the write-ahead is written synchronously, by the job's actor.
 
+use crate::board::journal::{self, Entry, JournalTask};
 use crate::board::mirror;
-use crate::board::{Board, Connection, Role, connect, lease};
-use crate::job::Jobs;
+use crate::board::{Board, Connection, Held, Role, connect, lease};
+use crate::job::{Jobs, Order, OrderError};
 use shared::ids::JobId;
 use shared::protocol::client::Event;
 use shared::protocol::client::JobSummary;
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
@@ -179,27 +185,84 @@ async fn republish(jobs: &Jobs, board: &Board, client: &Connection) -> anyhow::R
     let host = &board.config().host;
     let shown = mirror::unended(client.client(), host).await?;
     let live_ids: BTreeSet<&str> = live.iter().map(|job| job.id.as_str()).collect();
-    let missed: Vec<JobId> = shown
+    let missed = shown
         .iter()
         .filter(|id| !live_ids.contains(id.as_str()))
-        .filter_map(|id| JobId::parse(id))
+        .filter_map(|id| JobId::parse(id));
+    let ids: Vec<JobId> = live
+        .iter()
+        .map(|job| job.id.clone())
+        .chain(missed)
         .collect();
-    let mut rows = live;
-    rows.extend(read_summaries(jobs, missed).await?);
-    mirror::publish(client.client(), host, &rows).await?;
-    Ok(rows.len())
+    let count = ids.len();
+    publish_ids(jobs, board, client, ids).await?;
+    Ok(count)
 }
 
-/// Publishes the current summaries of `ids` (a job the store no longer has is skipped).
+/// Publishes the current state of `ids` (a job the store no longer has is skipped): the jobs
+/// of the journal this daemon holds with their tasks, under their epochs (`journal::write`);
+/// the others (submitted before this daemon was on the board) as summaries; none of those it
+/// lost. A refused write makes the job stale here (`Board::refused`) and kills it if it runs.
 async fn publish_ids(
     jobs: &Jobs,
     board: &Board,
     client: &Connection,
     ids: Vec<JobId>,
 ) -> anyhow::Result<()> {
-    let rows = read_summaries(jobs, ids).await?;
+    let mut epochs = HashMap::new();
+    let mut outside = Vec::new();
+    for id in ids {
+        match board.held(&id) {
+            Some(Held::Epoch(epoch)) => {
+                epochs.insert(id, epoch);
+            }
+            Some(Held::Stale) => {}
+            None => outside.push(id),
+        }
+    }
+    let rows = read_summaries(jobs, outside).await?;
     mirror::publish(client.client(), &board.config().host, &rows).await?;
+    if epochs.is_empty() {
+        return Ok(());
+    }
+    let held: Vec<JobId> = epochs.keys().cloned().collect();
+    let rows = jobs.store().call(move |s| s.journal_rows(&held)).await?;
+    let entries: Vec<Entry> = rows
+        .into_iter()
+        .filter_map(|(summary, reason, tasks)| {
+            Some(Entry {
+                epoch: *epochs.get(&summary.id)?,
+                tasks: tasks.iter().map(JournalTask::from).collect(),
+                summary,
+                reason,
+            })
+        })
+        .collect();
+    let refused = journal::write(client.client(), &board.config().host, &entries).await?;
+    for id in refused {
+        let epoch = epochs.get(&id).copied().unwrap_or_default();
+        board.refused(&id, epoch, "job state").await;
+        stop_stale(jobs, id);
+    }
     Ok(())
+}
+
+/// Hard-kills a job this daemon lost to another host, if it still runs here (in the
+/// background: the order waits for the job's actor).
+pub fn stop_stale(jobs: &Jobs, id: JobId) {
+    let jobs = jobs.clone();
+    tokio::spawn(async move {
+        let order = Order::Kill {
+            reason: "stale owner: the job was taken by another host".into(),
+            by: None,
+        };
+        match jobs.ask(&id, order).await {
+            Ok(()) | Err(OrderError::WrongState(_)) => {}
+            Err(err) => {
+                tracing::warn!(job_id = %id, error = %err, "cannot kill a job lost to another host")
+            }
+        }
+    });
 }
 
 /// The summaries of `ids` from the store, in one call.

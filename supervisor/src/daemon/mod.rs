@@ -25,6 +25,7 @@ mod handlers;
 mod metrics_server;
 mod mirror;
 mod remote;
+mod rescue;
 mod scheduler;
 
 use crate::board::Board;
@@ -117,6 +118,7 @@ pub async fn run(
         observer: None,
         hooks: config.operators.hooks.clone(),
         lease: board.as_ref().map(Board::lease_watch),
+        board: board.clone(),
     });
     if let Some(addr) = config.operators.metrics {
         let metrics = tokio::net::TcpListener::bind(addr)
@@ -133,6 +135,7 @@ pub async fn run(
         mirror: tokio::spawn(mirror::run(jobs.clone(), board.clone())),
         requests: tokio::spawn(remote::run(jobs.clone(), board.clone())),
         fence: tokio::spawn(fence::run(jobs.clone(), board.clone())),
+        rescue: tokio::spawn(rescue::run(jobs.clone(), board.clone())),
     });
     reattach_all(&jobs).await;
     tokio::spawn(scheduler::run(jobs.clone(), max_jobs, board.clone()));
@@ -182,6 +185,7 @@ struct BoardTasks {
     mirror: tokio::task::JoinHandle<()>,
     requests: tokio::task::JoinHandle<()>,
     fence: tokio::task::JoinHandle<()>,
+    rescue: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for BoardTasks {
@@ -189,6 +193,7 @@ impl Drop for BoardTasks {
         self.mirror.abort();
         self.requests.abort();
         self.fence.abort();
+        self.rescue.abort();
     }
 }
 

@@ -23,6 +23,7 @@
 mod actor;
 mod end;
 mod hooks;
+mod journal;
 mod ladder;
 mod launch;
 mod registry;

@@ -43,6 +43,9 @@ pub struct JobsConfig {
     /// On a job board: the daemon's lease, delegated to every conductor
     /// (`ToConductor::Fence`, at each connection and each renewal); `None` without a board.
     pub lease: Option<watch::Receiver<LeaseClock>>,
+    /// The job board this daemon is on (`--board`): each job's write-ahead goes to its journal
+    /// before the conductor's acknowledgement.
+    pub board: Option<crate::board::Board>,
 }
 
 /// The registry; cheap to clone, shared by the accept loop, the scheduler and every handler.
@@ -57,6 +60,7 @@ pub(super) struct Inner {
     pub observer: Option<mpsc::UnboundedSender<JobEvent>>,
     pub hooks: super::DaemonHooks,
     pub lease: Option<watch::Receiver<LeaseClock>>,
+    pub board: Option<crate::board::Board>,
     /// Each job's actor, with the generation that tells a retiring actor from its successor.
     actors: Mutex<HashMap<JobId, (u64, Outbox)>>,
     generation: AtomicU64,
@@ -93,6 +97,7 @@ impl Jobs {
                 observer: config.observer,
                 hooks: config.hooks,
                 lease: config.lease,
+                board: config.board,
                 actors: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 tasks: Mutex::new(JoinSet::new()),
@@ -111,6 +116,12 @@ impl Jobs {
     #[must_use]
     pub fn store(&self) -> &StoreHandle {
         &self.inner.store
+    }
+
+    /// The job board this daemon is on, if any.
+    #[must_use]
+    pub fn board(&self) -> Option<&crate::board::Board> {
+        self.inner.board.as_ref()
     }
 
     /// Waits for a launch slot; the launch holds it until its conductor has answered.

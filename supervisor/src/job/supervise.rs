@@ -13,6 +13,7 @@ mod pause;
 
 use super::actor::{Actor, Next};
 use super::end::{HardEnd, record_crash, record_end, remove_socket};
+use super::journal::{self, WriteAhead};
 use super::ladder::{self, Backoff, Ladder};
 use super::launch::{Conductor, Launched};
 use super::registry::{Command, Inbox, Jobs};
@@ -752,6 +753,28 @@ impl Supervision {
                 let batch = std::mem::take(&mut self.state.unapplied);
                 for report in &batch[applied.fresh_from..] {
                     self.observe(&report.event);
+                }
+                // Applied again on a retry, they are held already: observed once.
+                match journal::write_ahead(&self.jobs, &self.id, &batch).await {
+                    Ok(WriteAhead::Done) => {}
+                    Ok(WriteAhead::Refused) => {
+                        return self
+                            .hard_kill(
+                                "stale owner: the job was taken by another host",
+                                "stale_owner",
+                                None,
+                            )
+                            .await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            error = format!("{err:#}"),
+                            "cannot write the write-ahead on the board; the conductor waits until it is"
+                        );
+                        self.state.unapplied = batch;
+                        self.state.store_retry_at = Some(Instant::now() + STORE_RETRY_EVERY);
+                        return;
+                    }
                 }
                 let Some(link) = self.state.link.as_mut() else {
                     return;

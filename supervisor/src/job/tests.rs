@@ -119,6 +119,7 @@ impl Harness {
             observer: None,
             hooks: crate::job::DaemonHooks::default(),
             lease,
+            board: None,
         });
         let events = jobs.subscribe();
         Self {

@@ -18,6 +18,7 @@
 
 mod actor;
 mod group;
+mod journal;
 mod migrate;
 mod operators;
 mod queries;
@@ -26,6 +27,7 @@ mod retention;
 mod transitions;
 
 pub use actor::StoreHandle;
+pub use journal::{ImportedTask, JournalRow};
 pub use operators::MetricsCounts;
 pub use reports::Applied;
 
@@ -54,6 +56,9 @@ pub enum StoreError {
     Illegal(#[from] InvalidTransition),
     #[error("no such job: {0}")]
     UnknownJob(JobId),
+    /// A job id chosen elsewhere (the board's) names a job of this store already.
+    #[error("job id {0} is taken in this store")]
+    IdTaken(JobId),
     /// Text that is not a job id (8 hex digits), typed by a user or found in the store.
     #[error("no such job: {0:?} is not a job id")]
     BadJobId(String),
@@ -277,7 +282,7 @@ impl Store {
         let spec_json = serde_json::to_string(spec).map_err(StoreError::UnencodableSpec)?;
         // Durable before `submit` answers with the id.
         self.write(true, |tx| {
-            let id = insert_job(tx, spec, &spec_json, source)?;
+            let id = insert_job(tx, spec, &spec_json, source, None)?;
             if let Some(owner) = owner {
                 tx.prepare_cached(
                     "UPDATE jobs SET supervisor_pid = ?2, supervisor_start = ?3 WHERE id = ?1",
@@ -409,17 +414,24 @@ fn to_sql_u64(value: u64) -> i64 {
 }
 
 /// Inserts a `pending` job with a fresh id, and its tasks.
-fn insert_job(tx: &Connection, spec: &JobSpec, spec_json: &str, source: &str) -> Result<JobId> {
+/// `chosen`: the id the board gave it ([`StoreError::IdTaken`] if this store has it).
+fn insert_job(
+    tx: &Connection,
+    spec: &JobSpec,
+    spec_json: &str,
+    source: &str,
+    chosen: Option<&JobId>,
+) -> Result<JobId> {
     let now = now_ms();
     let id = loop {
-        let id = JobId::from_random(random_u32());
-        let taken = tx
-            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
-            .query_row([id.as_str()], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !taken {
+        let id = chosen
+            .cloned()
+            .unwrap_or_else(|| JobId::from_random(random_u32()));
+        if !is_taken(tx, &id)? {
             break id;
+        }
+        if chosen.is_some() {
+            return Err(StoreError::IdTaken(id));
         }
     };
     tx.prepare_cached(
@@ -456,6 +468,15 @@ fn insert_job(tx: &Connection, spec: &JobSpec, spec_json: &str, source: &str) ->
         Some("submitted"),
     )?;
     Ok(id)
+}
+
+/// Whether the store has a job `id`.
+fn is_taken(conn: &Connection, id: &JobId) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+        .query_row([id.as_str()], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// The live job states (a conductor runs or will run), from `JobState`'s own list.

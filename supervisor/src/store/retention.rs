@@ -8,7 +8,7 @@
 //! with its first `prune --vacuum`.
 
 use super::{OutputLine, Result, Store, checkpoint_truncate, pending_reverts, sql_list, task_rows};
-use rusqlite::params;
+use rusqlite::{Connection, params};
 use shared::ids::JobId;
 use shared::state::JobState;
 
@@ -57,13 +57,7 @@ impl Store {
                 {
                     continue;
                 }
-                for table in ["output", "transitions", "tasks"] {
-                    tx.execute(
-                        &format!("DELETE FROM {table} WHERE job_id = ?1"),
-                        [id.as_str()],
-                    )?;
-                }
-                tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])?;
+                delete_job(tx, &id)?;
                 pruned.push(id);
             }
             Ok(pruned)
@@ -106,4 +100,16 @@ impl Store {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
+}
+
+/// Deletes job `id` with its tasks, transitions and output.
+pub(super) fn delete_job(tx: &Connection, id: &JobId) -> Result<()> {
+    for table in ["output", "transitions", "tasks"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE job_id = ?1"),
+            [id.as_str()],
+        )?;
+    }
+    tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])?;
+    Ok(())
 }

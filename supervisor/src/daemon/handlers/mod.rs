@@ -139,6 +139,14 @@ async fn dispatch(
 ) -> Reply {
     match request {
         ClientRequest::Submit { spec, source } => submit::handle(jobs, board, *spec, source).await,
+        ClientRequest::SubmitWithHostLoss {
+            mut spec,
+            source,
+            on_host_loss,
+        } => {
+            spec.on_host_loss = on_host_loss;
+            submit::handle(jobs, board, *spec, source).await
+        }
         ClientRequest::Status { job } => status::handle(jobs, board, version, &job).await,
         ClientRequest::Shutdown { cancel } => shutdown::handle(jobs, cancel),
         ClientRequest::Prune {

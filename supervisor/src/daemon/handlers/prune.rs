@@ -52,8 +52,12 @@ pub async fn prune(
     for id in &pruned {
         remove_files(jobs, id);
     }
-    if let Some(board) = board.filter(|_| !pruned.is_empty()) {
-        forget_on_board(board, pruned.clone()).await;
+    if let Some(board) = board {
+        // Nothing more is written about them from here, and their rows leave the board.
+        board.forget(&pruned);
+        if !pruned.is_empty() {
+            forget_on_board(board, pruned.clone()).await;
+        }
     }
     if !pruned.is_empty() || vacuum {
         jobs.store().call(move |s| s.reclaim(vacuum)).await?;

@@ -1,7 +1,8 @@
 //! `status JOB`: the job and each of its tasks. On a job board (to version 4 clients), a job
 //! this daemon holds comes with its host name (`HostStatus`), and a job it does not hold is
 //! answered from the board's mirror (`HostedStatus`): its host, name, state and task; the
-//! details stay on its host.
+//! details stay on its host. A job whose journal holds a stale owner's refused writes comes
+//! with them (`JournalStatus`).
 
 use super::{Reply, find, remote, store_refusal};
 use crate::board::Board;
@@ -22,12 +23,29 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str)
         .call(move |s| s.status(&id))
         .await
         .map_err(store_refusal)?;
-    Ok(match (board, version) {
-        (Some(board), 4..) => ClientReply::HostStatus {
-            host: board.config().host.clone(),
+    let Some(board) = board.filter(|_| version >= 4) else {
+        return Ok(ClientReply::Status(Box::new(status)));
+    };
+    let host = board.config().host.clone();
+    let late_writes = match board.late_writes(&status.id).await {
+        Ok(late_writes) => late_writes,
+        Err(err) => {
+            let message = format!("{:#}", anyhow::Error::from(err));
+            tracing::warn!(job_id = %status.id, error = %message, "cannot read a job's late writes");
+            Vec::new()
+        }
+    };
+    Ok(if late_writes.is_empty() {
+        ClientReply::HostStatus {
+            host,
             status: Box::new(status),
-        },
-        _ => ClientReply::Status(Box::new(status)),
+        }
+    } else {
+        ClientReply::JournalStatus {
+            host,
+            status: Box::new(status),
+            late_writes,
+        }
     })
 }
 

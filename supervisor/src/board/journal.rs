@@ -1,0 +1,391 @@
+//! The job's journal on the board: each job's row of `jobs` (its claim epoch, its file and
+//! validated spec, `on_host_loss`, state and reason) and its rows of `job_tasks`, written by the
+//! job's owner only and only with the current epoch; the stale owner's refused writes in
+//! `late_writes`; and the rescue of a lost host's jobs (ARCHITECTURE.md, The job board).
+//!
+//! Every statement here is one statement (data-modifying CTEs where a job and its tasks are
+//! written together), so it is atomic without a transaction and runs on the shared query
+//! connection.
+
+use crate::store::TaskRow;
+use shared::ids::JobId;
+use shared::protocol::client::{JobSummary, LateWrite};
+use shared::spec::OnHostLoss;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+/// A task's row of the journal, as the local store's `tasks` has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalTask {
+    pub idx: i32,
+    pub name: String,
+    pub has_revert: bool,
+    /// A `TaskState` name.
+    pub state: String,
+    pub attempts: i32,
+    /// An `ExecOutcome` name.
+    pub exec_outcome: Option<String>,
+    pub result: String,
+}
+
+impl From<&TaskRow> for JournalTask {
+    fn from(task: &TaskRow) -> Self {
+        Self {
+            idx: i32::try_from(task.idx).unwrap_or(i32::MAX),
+            name: task.name.clone(),
+            has_revert: task.has_revert,
+            state: task.state.as_str().to_owned(),
+            attempts: i32::try_from(task.attempts).unwrap_or(i32::MAX),
+            exec_outcome: task.exec_outcome.map(|o| o.as_str().to_owned()),
+            result: task.result.clone(),
+        }
+    }
+}
+
+/// A job as `submit` writes it on the board (epoch 1, state `pending`).
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub id: JobId,
+    pub name: String,
+    pub source: String,
+    /// The validated spec, JSON (as the local store keeps it).
+    pub spec: String,
+    pub on_host_loss: OnHostLoss,
+    pub tasks: Vec<JournalTask>,
+}
+
+/// What the owner writes of one of its jobs: its summary, reason and tasks, under `epoch`.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub epoch: i64,
+    pub summary: JobSummary,
+    pub reason: Option<String>,
+    pub tasks: Vec<JournalTask>,
+}
+
+/// A job this host took from a lost one ([`rescue`]).
+#[derive(Clone, Debug)]
+pub struct Rescued {
+    pub id: JobId,
+    /// The new epoch (the old one plus one).
+    pub epoch: i64,
+    /// The lost host.
+    pub from: String,
+    pub source: String,
+    pub spec: String,
+    /// The job's policy; `hold` for a name this build does not know.
+    pub on_host_loss: OnHostLoss,
+    /// `host lost: FROM`.
+    pub reason: String,
+    /// As the lost host last wrote them.
+    pub tasks: Vec<JournalTask>,
+}
+
+/// Inserts `job` held by `host` at epoch 1 with its tasks, in one statement; `false` when the id
+/// is taken on the board (draw another).
+pub async fn insert(
+    client: &Client,
+    host: &str,
+    job: &NewJob,
+) -> Result<bool, tokio_postgres::Error> {
+    let t = TaskColumns::of(
+        std::iter::repeat_n(job.id.as_str(), job.tasks.len()),
+        &job.tasks,
+    );
+    let row = client
+        .query_one(
+            "WITH j AS (
+                 INSERT INTO jobs (id, host, name, state, task, running, created_at, updated_at,
+                                   ended, epoch, source, spec, on_host_loss)
+                 VALUES ($1, $2, $3, 'pending', NULL, 0, now(), now(), false, 1, $4, $5, $6)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id),
+             t AS (
+                 INSERT INTO job_tasks (job_id, idx, name, has_revert, state, attempts, exec_outcome, result)
+                 SELECT u.* FROM unnest($7::text[], $8::int[], $9::text[], $10::bool[], $11::text[],
+                                        $12::int[], $13::text[], $14::text[])
+                          AS u(job_id, idx, name, has_revert, state, attempts, exec_outcome, result)
+                 WHERE EXISTS (SELECT 1 FROM j))
+             SELECT count(*) FROM j",
+            &[
+                &job.id.as_str() as &(dyn ToSql + Sync),
+                &host,
+                &job.name,
+                &job.source,
+                &job.spec,
+                &job.on_host_loss.as_str(),
+            ]
+            .into_iter()
+            .chain(t.params())
+            .collect::<Vec<_>>(),
+        )
+        .await?;
+    Ok(row.try_get::<_, i64>(0)? == 1)
+}
+
+/// Removes job `id` of `host` at epoch 1 (a submit whose local commit failed after its board
+/// one).
+pub async fn forget(client: &Client, host: &str, id: &JobId) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM jobs WHERE id = $1 AND host = $2 AND epoch = 1",
+            &[&id.as_str(), &host],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Writes `entries` of `host`'s jobs in one statement, each only where the row is still
+/// `host`'s at the entry's epoch; returns the ids whose write matched no row (refused: the
+/// job was taken from this host).
+pub async fn write(
+    client: &Client,
+    host: &str,
+    entries: &[Entry],
+) -> Result<Vec<JobId>, tokio_postgres::Error> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = entries.iter().map(|e| e.summary.id.as_str()).collect();
+    let epochs: Vec<i64> = entries.iter().map(|e| e.epoch).collect();
+    let names: Vec<&str> = entries.iter().map(|e| e.summary.name.as_str()).collect();
+    let states: Vec<&str> = entries.iter().map(|e| e.summary.state.as_str()).collect();
+    let tasks: Vec<Option<&str>> = entries.iter().map(|e| e.summary.task.as_deref()).collect();
+    let running: Vec<i32> = entries
+        .iter()
+        .map(|e| i32::try_from(e.summary.running).unwrap_or(i32::MAX))
+        .collect();
+    let ended: Vec<bool> = entries.iter().map(|e| !e.summary.state.is_live()).collect();
+    let reasons: Vec<Option<&str>> = entries.iter().map(|e| e.reason.as_deref()).collect();
+    let all_tasks: Vec<JournalTask> = entries.iter().flat_map(|e| e.tasks.clone()).collect();
+    let owners = entries
+        .iter()
+        .flat_map(|e| std::iter::repeat_n(e.summary.id.as_str(), e.tasks.len()));
+    let t = TaskColumns::of(owners, &all_tasks);
+    let rows = client
+        .query(
+            "WITH j AS (
+                 UPDATE jobs SET name = u.name, state = u.state, task = u.task, running = u.running,
+                                 ended = u.ended, reason = u.reason, updated_at = now()
+                 FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::int[],
+                             $8::bool[], $9::text[])
+                      AS u(id, epoch, name, state, task, running, ended, reason)
+                 WHERE jobs.id = u.id AND jobs.host = $1 AND jobs.epoch = u.epoch
+                 RETURNING jobs.id),
+             t AS (
+                 INSERT INTO job_tasks (job_id, idx, name, has_revert, state, attempts, exec_outcome, result)
+                 SELECT v.* FROM unnest($10::text[], $11::int[], $12::text[], $13::bool[], $14::text[],
+                                        $15::int[], $16::text[], $17::text[])
+                          AS v(job_id, idx, name, has_revert, state, attempts, exec_outcome, result)
+                 WHERE v.job_id IN (SELECT id FROM j)
+                 ON CONFLICT (job_id, idx) DO UPDATE SET
+                     state = EXCLUDED.state, attempts = EXCLUDED.attempts,
+                     exec_outcome = EXCLUDED.exec_outcome, result = EXCLUDED.result)
+             SELECT id FROM j",
+            &[
+                &host as &(dyn ToSql + Sync),
+                &ids,
+                &epochs,
+                &names,
+                &states,
+                &tasks,
+                &running,
+                &ended,
+                &reasons,
+            ]
+            .into_iter()
+            .chain(t.params())
+            .collect::<Vec<_>>(),
+        )
+        .await?;
+    let matched = rows
+        .iter()
+        .map(|row| row.try_get::<_, String>(0))
+        .collect::<Result<std::collections::HashSet<_>, _>>()?;
+    Ok(entries
+        .iter()
+        .filter(|e| !matched.contains(e.summary.id.as_str()))
+        .map(|e| e.summary.id.clone())
+        .collect())
+}
+
+/// Records a refused write of `host`'s instance `instance` at `epoch` about job `id`.
+pub async fn record_late(
+    client: &Client,
+    id: &JobId,
+    host: &str,
+    instance: &str,
+    epoch: i64,
+    what: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO late_writes (job_id, host, instance, epoch, what, at)
+             VALUES ($1, $2, $3, $4, $5, now())",
+            &[&id.as_str(), &host, &instance, &epoch, &what],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The refused writes about job `id`, oldest first.
+pub async fn late_writes(
+    client: &Client,
+    id: &JobId,
+) -> Result<Vec<LateWrite>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT host, instance, epoch, what, (extract(epoch FROM at) * 1000)::bigint
+             FROM late_writes WHERE job_id = $1 ORDER BY seq",
+            &[&id.as_str()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(LateWrite {
+                host: row.try_get(0)?,
+                instance: row.try_get(1)?,
+                epoch: row.try_get(2)?,
+                what: row.try_get(3)?,
+                at_ms: row.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// The jobs of the journal `host` holds, with their epochs (read at join).
+pub async fn held(client: &Client, host: &str) -> Result<Vec<(JobId, i64)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, epoch FROM jobs WHERE host = $1 AND spec IS NOT NULL",
+            &[&host],
+        )
+        .await?;
+    let mut held = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get(0)?;
+        if let Some(id) = JobId::parse(&id) {
+            held.push((id, row.try_get(1)?));
+        }
+    }
+    Ok(held)
+}
+
+/// The rescue (DESIGN.md section 11): in ONE statement, up to `batch` unended jobs of the
+/// journal whose host's lease expired by the database's clock (never this host's, never by
+/// run time) are taken, `FOR UPDATE SKIP LOCKED` (an owner's write in flight, or another
+/// rescuer, holds its row: skipped), with `host = me`, the epoch plus one, `lost_from` the old
+/// host, state `crashed` and reason `host lost: OLD`. Then their task rows are read.
+pub async fn rescue(
+    client: &Client,
+    me: &str,
+    batch: i64,
+) -> Result<Vec<Rescued>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH lost AS (
+                 SELECT j.id, j.host FROM jobs j JOIN hosts h ON h.name = j.host
+                 WHERE NOT j.ended AND j.host <> $1 AND j.spec IS NOT NULL
+                   AND now() - h.renewed_at > h.lease_ms * interval '1 millisecond'
+                 ORDER BY j.seq LIMIT $2
+                 FOR UPDATE OF j SKIP LOCKED)
+             UPDATE jobs j SET host = $1, epoch = j.epoch + 1, lost_from = lost.host,
+                               state = 'crashed', reason = 'host lost: ' || lost.host,
+                               task = NULL, running = 0, ended = true, updated_at = now()
+             FROM lost WHERE j.id = lost.id
+             RETURNING j.id, j.epoch, lost.host, j.source, j.spec, j.on_host_loss, j.reason",
+            &[&me, &batch],
+        )
+        .await?;
+    let mut rescued = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get(0)?;
+        let Some(job_id) = JobId::parse(&id) else {
+            tracing::warn!(job_id = %id, "board job row left out: unreadable");
+            continue;
+        };
+        rescued.push(Rescued {
+            id: job_id,
+            epoch: row.try_get(1)?,
+            from: row.try_get(2)?,
+            source: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
+            spec: row.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
+            on_host_loss: OnHostLoss::from_name(row.try_get(5)?).unwrap_or_default(),
+            reason: row.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
+            tasks: Vec::new(),
+        });
+    }
+    if rescued.is_empty() {
+        return Ok(rescued);
+    }
+    let ids: Vec<&str> = rescued.iter().map(|r| r.id.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT job_id, idx, name, has_revert, state, attempts, exec_outcome, result
+             FROM job_tasks WHERE job_id = ANY($1) ORDER BY job_id, idx",
+            &[&ids],
+        )
+        .await?;
+    for row in &rows {
+        let owner: String = row.try_get(0)?;
+        let task = journal_task(row)?;
+        if let Some(job) = rescued.iter_mut().find(|r| r.id.as_str() == owner) {
+            job.tasks.push(task);
+        }
+    }
+    Ok(rescued)
+}
+
+fn journal_task(row: &Row) -> Result<JournalTask, tokio_postgres::Error> {
+    Ok(JournalTask {
+        idx: row.try_get(1)?,
+        name: row.try_get(2)?,
+        has_revert: row.try_get(3)?,
+        state: row.try_get(4)?,
+        attempts: row.try_get(5)?,
+        exec_outcome: row.try_get(6)?,
+        result: row.try_get(7)?,
+    })
+}
+
+/// Task rows as the column arrays an `unnest` takes.
+struct TaskColumns<'a> {
+    job_ids: Vec<&'a str>,
+    idx: Vec<i32>,
+    names: Vec<&'a str>,
+    has_revert: Vec<bool>,
+    states: Vec<&'a str>,
+    attempts: Vec<i32>,
+    outcomes: Vec<Option<&'a str>>,
+    results: Vec<&'a str>,
+}
+
+impl<'a> TaskColumns<'a> {
+    /// The arrays as the eight parameters that follow a statement's own.
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.job_ids,
+            &self.idx,
+            &self.names,
+            &self.has_revert,
+            &self.states,
+            &self.attempts,
+            &self.outcomes,
+            &self.results,
+        ]
+    }
+
+    /// `tasks`, the n-th of them belonging to the n-th of `owners`.
+    fn of(owners: impl Iterator<Item = &'a str>, tasks: &'a [JournalTask]) -> Self {
+        Self {
+            job_ids: owners.collect(),
+            idx: tasks.iter().map(|t| t.idx).collect(),
+            names: tasks.iter().map(|t| t.name.as_str()).collect(),
+            has_revert: tasks.iter().map(|t| t.has_revert).collect(),
+            states: tasks.iter().map(|t| t.state.as_str()).collect(),
+            attempts: tasks.iter().map(|t| t.attempts).collect(),
+            outcomes: tasks.iter().map(|t| t.exec_outcome.as_deref()).collect(),
+            results: tasks.iter().map(|t| t.result.as_str()).collect(),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The rescue of a lost host's jobs (issue 11, rules 1 and 4): every lease/3, on the shared
+//! query connection (never the renewals'), this daemon takes the unended jobs of the journal
+//! whose host's lease expired by the database's clock, in one statement that checks state and
+//! epoch (`board/journal.rs`, `rescue`): each becomes this host's, `crashed` with reason
+//! `host lost: OLD`, at the next epoch. Each is then imported into the local store, so every
+//! local command works on it, and follows its `on_host_loss`: `hold` leaves it `crashed` with
+//! its pending reverts for the operator; `revert` runs them here at once; `resume` runs it
+//! again from its first unfinished task when the task that was running has no revert (one
+//! with a revert would have to be reverted first, which the task state machine does not allow
+//! before an execute yet: such a job is held, and logged).
+//!
+//! A lost host's steps are stopped by the time its lease expired (it fences itself, and its
+//! conductors stop when its delegated lease runs out), so the rescue never starts a step of a
+//! job while another host runs one.
+
+use crate::board::Board;
+use crate::board::journal::{JournalTask, Rescued};
+use crate::board::lease;
+use crate::job::{Jobs, Order, OrderError};
+use crate::store::ImportedTask;
+use shared::spec::OnHostLoss;
+use shared::state::{JobState, TaskState};
+
+/// The most jobs one rescue takes (the next one, lease/3 later, takes more).
+const BATCH: i64 = 100;
+
+/// Rescues the jobs of lost hosts every lease/3, for the daemon's life.
+pub async fn run(jobs: Jobs, board: Board) {
+    let mut every = tokio::time::interval(lease::renew_interval(board.config().lease));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if jobs.is_stopping() {
+            return;
+        }
+        match board.rescue(BATCH).await {
+            Ok(rescued) => {
+                for job in rescued {
+                    take_up(&jobs, job).await;
+                }
+            }
+            Err(err) => {
+                let message = format!("{:#}", anyhow::Error::from(err));
+                tracing::warn!(host = %board.config().host, error = %message, "cannot rescue the jobs of lost hosts");
+            }
+        }
+    }
+}
+
+/// Imports a rescued job into the store and follows its `on_host_loss`.
+async fn take_up(jobs: &Jobs, job: Rescued) {
+    let tasks = match imported_tasks(&job.tasks) {
+        Ok(tasks) => tasks,
+        Err(err) => {
+            tracing::error!(job_id = %job.id, error = %err, "cannot import a rescued job: unreadable task state");
+            return;
+        }
+    };
+    let (id, spec, source, reason) = (job.id.clone(), job.spec, job.source, job.reason.clone());
+    let imported = jobs
+        .store()
+        .call(move |s| s.import_job(&id, &spec, &source, &reason, &tasks))
+        .await;
+    if let Err(err) = imported {
+        tracing::error!(job_id = %job.id, from = %job.from, error = %err, "cannot import a rescued job");
+        return;
+    }
+    let policy = job.on_host_loss;
+    tracing::info!(job_id = %job.id, from = %job.from, epoch = job.epoch, policy = policy.as_str(), "host lost: job rescued");
+    jobs.publish(&job.id, None, JobState::Crashed.as_str());
+    let order = match policy {
+        OnHostLoss::Hold => return,
+        OnHostLoss::Revert => Order::Revert {
+            reason: format!("on_host_loss = revert ({})", job.reason),
+            by: None,
+        },
+        OnHostLoss::Resume if interrupted_with_revert(&job.tasks) => {
+            tracing::warn!(job_id = %job.id, from = %job.from, "on_host_loss = resume: the interrupted task has a revert, which cannot run before its execute again yet; the job is held");
+            return;
+        }
+        OnHostLoss::Resume => Order::Resume {
+            reason: format!("on_host_loss = resume ({})", job.reason),
+            by: None,
+        },
+    };
+    match jobs.ask(&job.id, order).await {
+        // Nothing to revert: the job stays crashed.
+        Ok(()) | Err(OrderError::WrongState(_)) => {}
+        Err(err) => {
+            tracing::warn!(job_id = %job.id, policy = policy.as_str(), error = %err, "cannot follow a rescued job's on_host_loss");
+        }
+    }
+}
+
+/// Whether a task with a revert was running (or reverting) when the host was lost.
+fn interrupted_with_revert(tasks: &[JournalTask]) -> bool {
+    tasks.iter().any(|task| {
+        task.has_revert
+            && (task.state == TaskState::Running.as_str()
+                || task.state == TaskState::Reverting.as_str())
+    })
+}
+
+/// The board's task rows as the store imports them.
+fn imported_tasks(tasks: &[JournalTask]) -> Result<Vec<ImportedTask>, shared::state::UnknownState> {
+    tasks
+        .iter()
+        .map(|task| {
+            Ok(ImportedTask {
+                idx: u32::try_from(task.idx).unwrap_or(u32::MAX),
+                state: task.state.parse()?,
+                attempts: u32::try_from(task.attempts).unwrap_or(0),
+                exec_outcome: task.exec_outcome.clone(),
+                result: task.result.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(idx: i32, state: &str, has_revert: bool) -> JournalTask {
+        JournalTask {
+            idx,
+            name: format!("t{idx}"),
+            has_revert,
+            state: state.into(),
+            attempts: 1,
+            exec_outcome: None,
+            result: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_running_or_reverting_task_with_a_revert_was_interrupted_with_one() {
+        assert!(interrupted_with_revert(&[
+            task(0, "success", true),
+            task(1, "running", true)
+        ]));
+        assert!(interrupted_with_revert(&[task(0, "reverting", true)]));
+        assert!(!interrupted_with_revert(&[
+            task(0, "success", true),
+            task(1, "running", false)
+        ]));
+        assert!(!interrupted_with_revert(&[task(0, "failure", true)]));
+    }
+
+    #[test]
+    fn the_board_s_task_rows_import_and_an_unknown_state_is_refused() {
+        let tasks = imported_tasks(&[task(0, "success", true), task(1, "running", true)])
+            .expect("readable");
+        assert_eq!(tasks[1].state, TaskState::Running);
+        assert_eq!(tasks[1].idx, 1);
+        assert!(imported_tasks(&[task(0, "exploded", true)]).is_err());
+    }
+}
