@@ -19,9 +19,10 @@ pub const REMOTE_POLL: Duration = Duration::from_millis(50);
 /// database's clock: `hosts`).
 pub const HOST_CHECK: Duration = Duration::from_millis(250);
 
-/// Beyond a third of the live hosts' longest lease (how often each looks for lost hosts' jobs
-/// to rescue), how long `--wait` gives them to rescue a lost host's job before it gives up.
-pub const RESCUE_SLACK: Duration = Duration::from_secs(1);
+/// Beyond the live hosts' longest lease (each looks for lost hosts' jobs to rescue three times
+/// a lease), how long `--wait` gives them to rescue a lost host's job before it gives up (a
+/// loaded database or host).
+pub const RESCUE_SLACK: Duration = Duration::from_secs(5);
 
 /// A job as `status` found it: held by this daemon (with its host name on a job board), or
 /// by another host of its board.
@@ -155,7 +156,7 @@ async fn check_host(
     let rescue_within = hosts
         .iter()
         .filter(|h| h.state == HostState::Alive && h.name != seen.host)
-        .map(|h| Duration::from_millis(u64::try_from(h.lease_ms).unwrap_or(0)) / 3 + RESCUE_SLACK)
+        .map(|h| Duration::from_millis(u64::try_from(h.lease_ms).unwrap_or(0)) + RESCUE_SLACK)
         .max()
         .unwrap_or(Duration::ZERO);
     let failure = Failure::new(

@@ -27,10 +27,13 @@ use std::path::{Path, PathBuf};
 /// The containment this supervisor gives its jobs.
 #[derive(Clone, Debug)]
 pub enum Containment {
-    /// Per-job cgroups under `base`.
+    /// Per-job cgroups under `base`, each `job_prefix` + the job id.
     Cgroup {
         base: PathBuf,
         controllers: BTreeSet<String>,
+        /// `job-`; on a job board `job-HOST-`, so that daemons of one board sharing a machine
+        /// (and its cgroups) never meet over a job one of them rescued from the other.
+        job_prefix: String,
     },
     /// Sessions and process groups (and subreapers); `reason` says why not cgroups.
     Session { reason: String },
@@ -84,7 +87,27 @@ impl Containment {
         // Offer the job cgroups what the base may have; keep whatever the kernel accepts.
         delegate::enable_controllers(&base, &CONTROLLERS);
         let controllers = read_words(&base.join("cgroup.subtree_control"));
-        Ok(Self::Cgroup { base, controllers })
+        Ok(Self::Cgroup {
+            base,
+            controllers,
+            job_prefix: JOB_PREFIX.to_owned(),
+        })
+    }
+
+    /// This containment for a daemon on a board as host `host`: its jobs' cgroups are named
+    /// `job-HOST-ID` ([`board_job_prefix`]).
+    #[must_use]
+    pub fn on_board_as(self, host: &str) -> Self {
+        match self {
+            Self::Cgroup {
+                base, controllers, ..
+            } => Self::Cgroup {
+                base,
+                controllers,
+                job_prefix: board_job_prefix(host),
+            },
+            session @ Self::Session { .. } => session,
+        }
     }
 
     /// `cgroup` or `session`, as `status` shows it.
@@ -103,7 +126,9 @@ impl Containment {
             return Ok(());
         }
         match self {
-            Self::Cgroup { controllers, base } => {
+            Self::Cgroup {
+                controllers, base, ..
+            } => {
                 let missing: Vec<&str> = needed
                     .into_iter()
                     .filter(|c| !controllers.contains(*c))
@@ -134,8 +159,10 @@ impl Containment {
     #[must_use]
     pub fn job_cgroup(&self, id: &JobId) -> Option<JobCgroup> {
         match self {
-            Self::Cgroup { base, .. } => Some(JobCgroup {
-                path: base.join(job_cgroup_name(id)),
+            Self::Cgroup {
+                base, job_prefix, ..
+            } => Some(JobCgroup {
+                path: base.join(job_cgroup_name(job_prefix, id)),
             }),
             Self::Session { .. } => None,
         }
@@ -145,12 +172,15 @@ impl Containment {
     /// of an earlier conductor is removed and made afresh when empty (no stale limits), and
     /// refused while it still holds processes: two conductors of one job must never share it.
     pub fn create_job(&self, id: &JobId, limits: &Limits) -> anyhow::Result<Option<JobCgroup>> {
-        let Self::Cgroup { base, .. } = self else {
+        let Self::Cgroup {
+            base, job_prefix, ..
+        } = self
+        else {
             return Ok(None);
         };
         self.check(limits).map_err(anyhow::Error::msg)?;
         let cgroup = JobCgroup {
-            path: base.join(job_cgroup_name(id)),
+            path: base.join(job_cgroup_name(job_prefix, id)),
         };
         match std::fs::create_dir(&cgroup.path) {
             Ok(()) => {}
@@ -244,9 +274,29 @@ fn place_self(own: &Path, at_root: bool) -> PathBuf {
 /// The controllers job limits need.
 const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 
-/// `job-ID`: the id checked as a path component ([`crate::state_dir::path_component`]).
-fn job_cgroup_name(id: &JobId) -> String {
-    format!("job-{}", crate::state_dir::path_component(id))
+/// The prefix of a job's cgroup name off a board.
+const JOB_PREFIX: &str = "job-";
+
+/// `PREFIX` + the id checked as a path component ([`crate::state_dir::path_component`]).
+fn job_cgroup_name(prefix: &str, id: &JobId) -> String {
+    format!("{prefix}{}", crate::state_dir::path_component(id))
+}
+
+/// The job cgroup prefix of a daemon on a board as host `host`: `job-HOST-`, every character
+/// of the host name outside `[A-Za-z0-9._-]` made `_` (a cgroup name is one path component).
+#[must_use]
+pub fn board_job_prefix(host: &str) -> String {
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{JOB_PREFIX}{host}-")
 }
 
 /// The cgroup v2 mount point, from `/proc/self/mountinfo`, read once: every `TaskSpawned`

@@ -44,6 +44,7 @@ async fn create_job_refuses_a_populated_leftover() {
     let containment = Containment::Cgroup {
         base: scratch.path().to_path_buf(),
         controllers: BTreeSet::new(),
+        job_prefix: "job-".to_owned(),
     };
     let id = JobId::parse("0123abcd").expect("job id");
     let limits = Limits::default();
@@ -86,4 +87,31 @@ fn cgroup_of_tells_a_process_inside_the_job_from_one_outside() {
     assert!(!cgroup.contains(&outside), "{}", outside.display());
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn a_board_hosts_job_cgroups_carry_its_name_as_one_path_component() {
+    assert_eq!(super::board_job_prefix("a"), "job-a-");
+    assert_eq!(
+        super::board_job_prefix("web-1.example"),
+        "job-web-1.example-"
+    );
+    assert_eq!(super::board_job_prefix("../x y"), "job-.._x_y-");
+    let session = Containment::Session {
+        reason: "test".into(),
+    };
+    assert!(
+        session
+            .on_board_as("a")
+            .job_cgroup(&JobId::from_random(1))
+            .is_none()
+    );
+    let cgroup = Containment::Cgroup {
+        base: "/sys/fs/cgroup/sv".into(),
+        controllers: BTreeSet::new(),
+        job_prefix: "job-".to_owned(),
+    }
+    .on_board_as("b");
+    let path = cgroup.job_cgroup(&JobId::from_random(0xab)).map(|c| c.path);
+    assert_eq!(path, Some("/sys/fs/cgroup/sv/job-b-000000ab".into()));
 }

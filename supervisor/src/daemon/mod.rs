@@ -93,8 +93,14 @@ pub async fn run(
     };
     let listener = bind_control(&config.state_dir).await?;
     let containment = Containment::detect(config.cgroup_root.clone());
+    let containment = match &board {
+        Some(board) => containment.on_board_as(&board.config().host),
+        None => containment,
+    };
     match &containment {
-        Containment::Cgroup { base, controllers } => tracing::info!(
+        Containment::Cgroup {
+            base, controllers, ..
+        } => tracing::info!(
             mode = "cgroup",
             base = %base.display(),
             controllers = controllers.iter().cloned().collect::<Vec<_>>().join(","),
