@@ -649,8 +649,8 @@ fn status_json(seen: &Seen) -> StatusJson<'_> {
 
 /// Follows the job to its end; the exit code of `run` for its state. It subscribes to the
 /// daemon's events first, then reads the status once (the job may be over already), then waits
-/// for the job's terminal event and reads the final status once: it returns as soon as the
-/// daemon publishes the end. A slow status read (every [`WAIT_CHECK`], or each redraw of the
+/// for the job's terminal event, whose state is the end: it returns as soon as the daemon
+/// publishes the end. A slow status read (every [`WAIT_CHECK`], or each redraw of the
 /// progress line) guards against a missed event (a lagging subscriber).
 pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32> {
     let mut progress = super::progress::ProgressLine::new();
@@ -696,12 +696,15 @@ pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32
         if event.job != status.id {
             continue;
         }
-        let ended = event.task.is_none()
-            && event
-                .state
-                .parse::<shared::state::JobState>()
-                .is_ok_and(|state| exit::for_job_state(state).is_some());
-        if ended || progress.is_enabled() {
+        // The terminal event says all the exit needs: no status read after the end.
+        let ended = event
+            .state
+            .parse::<shared::state::JobState>()
+            .ok()
+            .filter(|state| event.task.is_none() && exit::for_job_state(*state).is_some());
+        if let Some(state) = ended {
+            status.state = state;
+        } else if progress.is_enabled() {
             status = self::status(dir.clone(), job).await?;
         }
     }
