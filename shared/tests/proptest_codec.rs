@@ -359,6 +359,7 @@ fn job_plan() -> BoxedStrategy<JobPlan> {
         prop_oneof![
             any::<u32>().prop_map(|from| PlanAction::Execute { from }),
             vec(any::<u32>(), 0..8).prop_map(|order| PlanAction::Revert { order }),
+            vec(any::<u32>(), 0..8).prop_map(|revert| PlanAction::Resume { revert }),
         ],
         vec(prior_task(), 0..4),
     )

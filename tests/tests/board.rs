@@ -997,8 +997,9 @@ fn a_lost_hosts_job_is_reverted_elsewhere_by_itself() {
 
 /// `on_host_loss = "resume"` where the interrupted task has no revert: the rescuer runs the
 /// job again from that task and it succeeds there; task one is not run twice. A second job
-/// under `resume` whose interrupted task has a revert is held `crashed` instead (reverting
-/// that task before it runs again is not supported yet), none of its reverts run.
+/// under `resume` whose interrupted task has a revert: the rescuer reverts that task first
+/// (`r2`), then runs it again and the rest (`t2, t3`), in one conductor; task one is neither
+/// run twice nor reverted, and the job's history on its holder records each step.
 #[test]
 fn a_lost_hosts_job_is_resumed_elsewhere_by_itself() {
     let Some((pg, env)) = board("a_lost_hosts_job_is_resumed_elsewhere") else {
@@ -1013,22 +1014,46 @@ fn a_lost_hosts_job_is_resumed_elsewhere_by_itself() {
          [[task]]\nname = \"two\"\nrun = 'echo t2 >> \"$SVT_DIR/resumed\" && [ \"$(grep -c t2 \"$SVT_DIR/resumed\")\" -gt 1 ] || sleep 60'\n",
     );
     let id = submit_at(&env, &a.state_dir, &file);
-    let held = submit_at(
-        &env,
-        &a.state_dir,
-        &two_step_job(&env, "on_host_loss = \"resume\""),
+    // Task two sleeps on its first run only.
+    let reverting = env.job(
+        "revert-first.toml",
+        "on_host_loss = \"resume\"",
+        "[[task]]\nname = \"one\"\nrun = 'echo t1 >> \"$SVT_DIR/marker\"'\nrevert = 'echo r1 >> \"$SVT_DIR/marker\"'\n\
+         [[task]]\nname = \"two\"\nrun = 'echo t2 >> \"$SVT_DIR/marker\" && [ \"$(grep -c t2 \"$SVT_DIR/marker\")\" -gt 1 ] || sleep 60'\nrevert = 'echo r2 >> \"$SVT_DIR/marker\"'\n\
+         [[task]]\nname = \"three\"\nrun = 'echo t3 >> \"$SVT_DIR/marker\"'\nrevert = 'echo r3 >> \"$SVT_DIR/marker\"'\n",
     );
+    let second = submit_at(&env, &a.state_dir, &reverting);
     wait_board_task(&pg, &id, 1, "running");
-    wait_board_task(&pg, &held, 1, "running");
+    wait_board_task(&pg, &second, 1, "running");
     kill_host_tree(&mut a);
     wait_rescued(&env, &b.state_dir, &id, "a", "success");
     assert_eq!(env.lines("resumed"), ["t1", "t2", "t2"]);
-    let holder = wait_rescued(&env, &b.state_dir, &held, "a", "crashed");
-    wait_for_log(
-        if holder == "b" { &b.daemon } else { &c.daemon },
-        "on_host_loss = resume: the interrupted task has a revert",
+    let holder = wait_rescued(&env, &b.state_dir, &second, "a", "success");
+    assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "t2", "t3"]);
+    let store = Store::open(
+        &if holder == "b" {
+            b.state_dir.clone()
+        } else {
+            c.state_dir.clone()
+        }
+        .join("state.db"),
     );
-    assert_eq!(env.lines("marker"), ["t1", "t2"]);
+    assert_eq!(
+        store.history(&second, None),
+        [
+            "pending",
+            "crashed",
+            "running",
+            "reverting",
+            "running",
+            "success"
+        ]
+    );
+    assert_eq!(
+        store.history(&second, Some(1)),
+        ["failure", "reverting", "reverted", "running", "success"]
+    );
+    assert_eq!(store.history(&second, Some(0)), Vec::<String>::new());
 }
 
 /// A stale owner's writes are refused: daemon a is frozen (SIGSTOP) while its job's first task

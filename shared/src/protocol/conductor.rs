@@ -325,6 +325,11 @@ pub enum PlanAction {
     Execute { from: u32 },
     /// Revert exactly these tasks, in this order.
     Revert { order: Vec<u32> },
+    /// Revert exactly the tasks in `revert` (those a lost host's death interrupted), in this
+    /// order; if every one succeeded, execute as [`PlanAction::Execute`] does (each task that
+    /// did not succeed, the reverted ones included), else end `revert_failed`
+    /// (`on_host_loss = "resume"`).
+    Resume { revert: Vec<u32> },
 }
 
 /// A task as an earlier conductor left it.

@@ -231,10 +231,7 @@ impl Supervision {
         let now = Instant::now();
         let mut ladder = Ladder::new(conductor.id);
         if purpose == Purpose::Revert {
-            ladder.arm(
-                ladder::revert_deadline(&spec, now),
-                "revert timeout expired",
-            );
+            ladder.arm(ladder::revert_deadline(&spec, now), ladder::REVERT_TIMEOUT);
         }
         let lease = jobs.lease();
         Self {
@@ -872,6 +869,8 @@ impl Supervision {
                 ..
             } => {
                 METRICS.tasks_started.inc();
+                // A resume plan's execute after its reverts is no longer bounded by them.
+                self.ladder.disarm_revert();
             }
             JobEvent::TaskStarting {
                 phase: Phase::Revert,
@@ -879,7 +878,7 @@ impl Supervision {
             } => {
                 // Reverting, for whatever reason, is bounded.
                 let deadline = ladder::revert_deadline(&self.spec, Instant::now());
-                self.ladder.arm(deadline, "revert timeout expired");
+                self.ladder.arm(deadline, ladder::REVERT_TIMEOUT);
             }
             JobEvent::Cancelling { .. } => {
                 // Cancelled by a signal sent to the conductor: the ladder applies all the same.

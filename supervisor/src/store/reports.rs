@@ -117,6 +117,13 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
                          WHERE job_id = ?1 AND idx = ?2",
                     )?
                     .execute(params![id.as_str(), task, attempt, now])?;
+                    // A resume plan executes again once it reverted the interrupted tasks.
+                    move_job_if(
+                        conn,
+                        id,
+                        (JobState::Reverting, JobState::Running),
+                        "resuming after reverting the interrupted tasks",
+                    )?;
                 }
                 Phase::Revert => {
                     // Each attempt of a revert with `revert_retries` is its own transition.
@@ -126,15 +133,12 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
                         "UPDATE tasks SET pid = NULL WHERE job_id = ?1 AND idx = ?2",
                     )?
                     .execute(params![id.as_str(), task])?;
-                    if job_state(conn, id)? == JobState::Running {
-                        change_job_state(
-                            conn,
-                            id,
-                            &[JobState::Running],
-                            JobState::Reverting,
-                            Some("reverting"),
-                        )?;
-                    }
+                    move_job_if(
+                        conn,
+                        id,
+                        (JobState::Running, JobState::Reverting),
+                        "reverting",
+                    )?;
                 }
             }
         }
@@ -171,6 +175,19 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
         // The conductor killed its steps at its fence and exits: the job actor records the
         // hard end (`killed`, the reverts skipped) once it is gone, as after a kill.
         JobEvent::Fenced { .. } => {}
+    }
+    Ok(())
+}
+
+/// Moves the job from `from` to `to` (with `reason`) if it is in `from`; else leaves it.
+fn move_job_if(
+    conn: &Connection,
+    id: &JobId,
+    (from, to): (JobState, JobState),
+    reason: &str,
+) -> Result<()> {
+    if job_state(conn, id)? == from {
+        change_job_state(conn, id, &[from], to, Some(reason))?;
     }
     Ok(())
 }
@@ -312,6 +329,98 @@ mod tests {
         assert_eq!(tasks[1].state, TaskState::Failure);
         assert_eq!(tasks[1].exec_outcome, Some(ExecOutcome::Killed));
         assert_eq!(store.job(&id).expect("job").state, JobState::Killed);
+    }
+
+    /// A resume plan's reports after a hard end: the interrupted task's revert moves the job
+    /// to `reverting`, its execute again back to `running`, and the job can succeed; each step
+    /// is a recorded transition.
+    #[test]
+    fn a_resume_plan_reverts_the_interrupted_task_then_runs_it_again() {
+        let (_dir, store, id) = store_with_job();
+        let starting = |seq, task, phase, attempt| {
+            report(
+                seq,
+                JobEvent::TaskStarting {
+                    task,
+                    phase,
+                    attempt,
+                },
+            )
+        };
+        let finished = |seq, task, phase| {
+            report(
+                seq,
+                JobEvent::TaskFinished {
+                    task,
+                    phase,
+                    outcome: StepOutcome::Success {
+                        result: String::new(),
+                    },
+                },
+            )
+        };
+        let first = [
+            starting(1, 0, Phase::Execute, 1),
+            finished(2, 0, Phase::Execute),
+            starting(3, 1, Phase::Execute, 1),
+        ];
+        store.apply_reports(&id, &first).expect("apply");
+        store
+            .record_hard_end(&id, JobState::Crashed, "host lost: a")
+            .expect("crash");
+        store.begin_resume(&id, "resume").expect("resume");
+        store
+            .apply_reports(
+                &id,
+                &[
+                    starting(4, 1, Phase::Revert, 1),
+                    finished(5, 1, Phase::Revert),
+                ],
+            )
+            .expect("revert");
+        assert_eq!(store.job(&id).expect("job").state, JobState::Reverting);
+        assert_eq!(
+            store.tasks(&id).expect("tasks")[1].state,
+            TaskState::Reverted
+        );
+        store
+            .apply_reports(
+                &id,
+                &[
+                    starting(6, 1, Phase::Execute, 2),
+                    finished(7, 1, Phase::Execute),
+                    report(
+                        8,
+                        JobEvent::JobFinished {
+                            state: JobState::Success,
+                        },
+                    ),
+                ],
+            )
+            .expect("execute again");
+        let tasks = store.tasks(&id).expect("tasks");
+        assert_eq!((tasks[1].state, tasks[1].attempts), (TaskState::Success, 2));
+        let history: Vec<(Option<String>, String)> = store
+            .conn()
+            .prepare("SELECT from_state, to_state FROM transitions WHERE job_id = ?1 AND task_idx IS NULL ORDER BY id")
+            .expect("prepare")
+            .query_map([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        let states: Vec<&str> = history.iter().map(|(_, to)| to.as_str()).collect();
+        assert_eq!(
+            states,
+            [
+                "pending",
+                "running",
+                "crashed",
+                "running",
+                "reverting",
+                "running",
+                "success"
+            ]
+        );
     }
 
     #[test]
