@@ -1056,6 +1056,59 @@ fn a_lost_hosts_job_is_resumed_elsewhere_by_itself() {
     assert_eq!(store.history(&second, Some(0)), Vec::<String>::new());
 }
 
+/// `on_host_loss = "resume"` for a graph (`a`, then `b` and `c` in parallel, then `d`) lost
+/// while `b` and `c` both ran: the rescuer reverts both interrupted tasks, then runs both
+/// again, then `d`; `a` neither runs twice nor is reverted.
+#[test]
+fn a_lost_hosts_graph_is_resumed_after_reverting_every_interrupted_task() {
+    let Some((pg, env)) = board("a_lost_hosts_graph_is_resumed") else {
+        return;
+    };
+    let url = pg.url();
+    let [mut a, b, _c] = start_three_with_lease(&env, &url, LOSS_LEASE);
+    let marker = "\"$SVT_DIR/marker\"";
+    // Each of `b` and `c` sleeps on its first run only.
+    let task = |name: &str, after: &str, first_run_sleeps: bool| {
+        let wait = if first_run_sleeps {
+            format!(" && [ \"$(grep -c \"^{name}$\" {marker})\" -gt 1 ] || sleep 60")
+        } else {
+            String::new()
+        };
+        format!(
+            "[[task]]\nname = \"{name}\"\nafter = [{after}]\nrun = 'echo {name} >> {marker}{wait}'\nrevert = 'echo r{name} >> {marker}'\n"
+        )
+    };
+    let tasks = [
+        task("a", "", false),
+        task("b", "\"a\"", true),
+        task("c", "\"a\"", true),
+        task("d", "\"b\", \"c\"", false),
+    ]
+    .concat();
+    let file = env.job(
+        "graph.toml",
+        "flow = \"graph\"\non_host_loss = \"resume\"",
+        &tasks,
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_board_task(&pg, &id, 1, "running");
+    wait_board_task(&pg, &id, 2, "running");
+    kill_host_tree(&mut a);
+    wait_rescued(&env, &b.state_dir, &id, "a", "success");
+    let lines = env.lines("marker");
+    let sorted = |range: std::ops::Range<usize>| {
+        let mut part = lines.get(range).map(<[String]>::to_vec).unwrap_or_default();
+        part.sort();
+        part
+    };
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(lines[0], "a", "{lines:?}");
+    assert_eq!(sorted(1..3), ["b", "c"], "{lines:?}");
+    assert_eq!(sorted(3..5), ["rb", "rc"], "{lines:?}");
+    assert_eq!(sorted(5..7), ["b", "c"], "{lines:?}");
+    assert_eq!(lines[7], "d", "{lines:?}");
+}
+
 /// A stale owner's writes are refused: daemon a is frozen (SIGSTOP) while its job's first task
 /// runs, past its lease; another host rescues the job; a thawed (SIGCONT) reports task two
 /// starting with the old epoch, which matches no row: it lands in `late_writes`, a logs
