@@ -428,7 +428,13 @@ impl Supervision {
         };
         match link.send_plan(plan.clone()).await {
             Ok(()) => {}
-            Err(err @ (FrameError::TooLarge { .. } | FrameError::Malformed(_))) => {
+            Err(
+                err @ (FrameError::TooLarge { .. }
+                | FrameError::Malformed(_)
+                | FrameError::NotInVersion { .. }),
+            ) => {
+                // A conductor of an older protocol cannot run this plan (a resume plan before
+                // version 6): sending it again would not help.
                 self.give_up(&format!("cannot send the plan: {err}")).await;
             }
             Err(err) => {
