@@ -1054,6 +1054,22 @@ fn a_lost_hosts_job_is_resumed_elsewhere_by_itself() {
         ["failure", "reverting", "reverted", "running", "success"]
     );
     assert_eq!(store.history(&second, Some(0)), Vec::<String>::new());
+    // The board's journal ends the same, under the rescuer's epoch.
+    wait_for(
+        DEADLINE,
+        "the resumed job's journal success at epoch 2",
+        || {
+            let row = pg.sql(&format!(
+                "SELECT state, epoch, host FROM jobs WHERE id = '{second}'"
+            ));
+            if row.trim() == format!("success|2|{holder}") {
+                Ok(())
+            } else {
+                Err(row)
+            }
+        },
+    );
+    wait_board_task(&pg, &second, 2, "success");
 }
 
 /// `on_host_loss = "resume"` for a graph (`a`, then `b` and `c` in parallel, then `d`) lost
