@@ -999,7 +999,8 @@ fn a_lost_hosts_job_is_reverted_elsewhere_by_itself() {
 /// job again from that task and it succeeds there; task one is not run twice. A second job
 /// under `resume` whose interrupted task has a revert: the rescuer reverts that task first
 /// (`r2`), then runs it again and the rest (`t2, t3`), in one conductor; task one is neither
-/// run twice nor reverted, and the job's history on its holder records each step.
+/// run twice nor reverted, and the job's history on its holder records each step. A third
+/// job, lost while reverting after a failure, cannot run again: it is held `crashed`.
 #[test]
 fn a_lost_hosts_job_is_resumed_elsewhere_by_itself() {
     let Some((pg, env)) = board("a_lost_hosts_job_is_resumed_elsewhere") else {
@@ -1023,8 +1024,25 @@ fn a_lost_hosts_job_is_resumed_elsewhere_by_itself() {
          [[task]]\nname = \"three\"\nrun = 'echo t3 >> \"$SVT_DIR/marker\"'\nrevert = 'echo r3 >> \"$SVT_DIR/marker\"'\n",
     );
     let second = submit_at(&env, &a.state_dir, &reverting);
+    // Lost while reverting after a failure: it cannot run again.
+    let failing = env.job(
+        "reverting.toml",
+        "on_host_loss = \"resume\"",
+        "[[task]]\nname = \"one\"\nrun = 'echo t1 >> \"$SVT_DIR/held\"'\nrevert = 'echo r1 >> \"$SVT_DIR/held\" && sleep 60'\n\
+         [[task]]\nname = \"two\"\nrun = 'exit 1'\n",
+    );
+    let third = submit_at(&env, &a.state_dir, &failing);
     wait_board_task(&pg, &id, 1, "running");
     wait_board_task(&pg, &second, 1, "running");
+    wait_board_task(&pg, &third, 0, "reverting");
+    wait_for(DEADLINE, "the third job's revert running", || {
+        let lines = env.lines("held");
+        if lines == ["t1", "r1"] {
+            Ok(())
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    });
     kill_host_tree(&mut a);
     wait_rescued(&env, &b.state_dir, &id, "a", "success");
     assert_eq!(env.lines("resumed"), ["t1", "t2", "t2"]);
@@ -1070,6 +1088,12 @@ fn a_lost_hosts_job_is_resumed_elsewhere_by_itself() {
         },
     );
     wait_board_task(&pg, &second, 2, "success");
+    let holder = wait_rescued(&env, &b.state_dir, &third, "a", "crashed");
+    wait_for_log(
+        if holder == "b" { &b.daemon } else { &c.daemon },
+        "on_host_loss = resume: the job cannot be resumed; it is held",
+    );
+    assert_eq!(env.lines("held"), ["t1", "r1"]);
 }
 
 /// `on_host_loss = "resume"` for a graph (`a`, then `b` and `c` in parallel, then `d`) lost
