@@ -11,12 +11,20 @@
 //!     failure --> reverting
 //!     reverting --> reverted
 //!     reverting --> revert_failure
+//!     reverted --> running: resume after a host's loss
 //! ```
 //!
 //! The task table is TaskFlow's atom table. Two additions make re-runs possible: `supervisor
 //! revert` may revert again a task whose revert failed (`revert_failure -> reverting`), and
 //! `supervisor resume` re-runs a task whose revert never started (`failure -> running`, the retry
-//! edge). Nothing else is legal; an illegal change is an [`InvalidTransition`].
+//! edge). A third makes `on_host_loss = "resume"` possible: a task that a lost host's death
+//! interrupted is reverted first and then runs again (`reverted -> running`). It is safe
+//! because only a resume plan ([`crate::protocol::conductor::PlanAction::Resume`]) executes a
+//! reverted task: an execute plan is never made for a job any of whose tasks began reverting
+//! (`supervisor resume` refuses it), and a revert plan never executes; a reverted task is as if
+//! it never ran, so running it again compensates nothing twice. The job's table has the
+//! matching edge, `reverting -> running`, taken when that plan's first execute starts after
+//! its reverts. Nothing else is legal; an illegal change is an [`InvalidTransition`].
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -83,6 +91,7 @@ impl TaskState {
                 | (Reverting, Reverted | RevertFailure)
                 | (Failure, Running)
                 | (RevertFailure, Reverting)
+                | (Reverted, Running)
         );
         if legal {
             Ok(to)
@@ -146,6 +155,7 @@ impl JobState {
                 )
                 | (Killed | Crashed, Reverting | Running)
                 | (RevertFailed, Reverting)
+                | (Reverting, Running)
         );
         if legal {
             Ok(to)
@@ -268,6 +278,7 @@ mod tests {
             (Reverting, RevertFailure),
             (Failure, Running),
             (RevertFailure, Reverting),
+            (Reverted, Running),
         ];
         for from in TaskState::ALL {
             for to in TaskState::ALL {
@@ -306,6 +317,7 @@ mod tests {
             (Crashed, Reverting),
             (Crashed, Running),
             (RevertFailed, Reverting),
+            (Reverting, Running),
         ];
         for from in JobState::ALL {
             for to in JobState::ALL {

@@ -359,6 +359,7 @@ fn job_plan() -> BoxedStrategy<JobPlan> {
         prop_oneof![
             any::<u32>().prop_map(|from| PlanAction::Execute { from }),
             vec(any::<u32>(), 0..8).prop_map(|order| PlanAction::Revert { order }),
+            vec(any::<u32>(), 0..8).prop_map(|revert| PlanAction::Resume { revert }),
         ],
         vec(prior_task(), 0..4),
     )
@@ -385,6 +386,15 @@ fn to_conductor() -> impl Strategy<Value = ToConductor> {
         (any::<u32>(), text()).prop_map(|(task, result)| ToConductor::PriorResult { task, result }),
         any::<u64>().prop_map(|run_for_ms| ToConductor::Fence { run_for_ms }),
     ]
+}
+
+/// Whether `message` exists only in versions after 4: a fence (5), a resume plan (6).
+fn is_newer_than_4(message: &ToConductor) -> bool {
+    match message {
+        ToConductor::Fence { .. } => true,
+        ToConductor::Start(plan) => matches!(plan.action, PlanAction::Resume { .. }),
+        _ => false,
+    }
 }
 
 /// What a version 3 (or older) peer receives of `spec`: the same, without flows.
@@ -845,7 +855,7 @@ proptest! {
     #[test]
     fn to_conductor_round_trips_in_version_1(message in to_conductor()) {
         let encoded = message.encode(1);
-        if matches!(message, ToConductor::PriorResult { .. } | ToConductor::Fence { .. }) {
+        if matches!(message, ToConductor::PriorResult { .. }) || is_newer_than_4(&message) {
             prop_assert!(matches!(encoded, Err(FrameError::NotInVersion { .. })), "{encoded:?}");
         } else if let Ok(frame) = encoded {
             let decoded = ToConductor::decode_v1(&frame[4..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -908,9 +918,9 @@ proptest! {
 
     #[test]
     fn to_conductor_round_trips_in_version_2(message in to_conductor()) {
-        if matches!(message, ToConductor::Fence { .. }) {
+        if is_newer_than_4(&message) {
             let refused = matches!(message.encode(2), Err(FrameError::NotInVersion { .. }));
-            prop_assert!(refused, "a fence is refused before version 5");
+            prop_assert!(refused, "a fence or a resume plan is refused before its version");
             return Ok(());
         }
         let frame = message.encode(2).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -928,9 +938,9 @@ proptest! {
 
     #[test]
     fn to_conductor_round_trips_in_version_3(message in to_conductor()) {
-        if matches!(message, ToConductor::Fence { .. }) {
+        if is_newer_than_4(&message) {
             let refused = matches!(message.encode(3), Err(FrameError::NotInVersion { .. }));
-            prop_assert!(refused, "a fence is refused before version 5");
+            prop_assert!(refused, "a fence or a resume plan is refused before its version");
             return Ok(());
         }
         let frame = message.encode(3).map_err(|e| TestCaseError::fail(e.to_string()))?;

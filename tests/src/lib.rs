@@ -854,6 +854,22 @@ impl Store {
             .map(|t| t.name)
             .collect()
     }
+
+    /// The states task `task` (`None`: the job itself) went through, in order, from its
+    /// recorded transitions.
+    #[must_use]
+    pub fn history(&self, id: &str, task: Option<u32>) -> Vec<String> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT to_state FROM transitions WHERE job_id = ?1 AND task_idx IS ?2 ORDER BY id",
+            )
+            .expect("transitions query prepares");
+        stmt.query_map(rusqlite::params![id, task], |row| row.get(0))
+            .expect("transitions query runs")
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .expect("transition rows read")
+    }
 }
 
 /// The live job states.

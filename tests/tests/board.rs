@@ -997,8 +997,10 @@ fn a_lost_hosts_job_is_reverted_elsewhere_by_itself() {
 
 /// `on_host_loss = "resume"` where the interrupted task has no revert: the rescuer runs the
 /// job again from that task and it succeeds there; task one is not run twice. A second job
-/// under `resume` whose interrupted task has a revert is held `crashed` instead (reverting
-/// that task before it runs again is not supported yet), none of its reverts run.
+/// under `resume` whose interrupted task has a revert: the rescuer reverts that task first
+/// (`r2`), then runs it again and the rest (`t2, t3`), in one conductor; task one is neither
+/// run twice nor reverted, and the job's history on its holder records each step. A third
+/// job, lost while reverting after a failure, cannot run again: it is held `crashed`.
 #[test]
 fn a_lost_hosts_job_is_resumed_elsewhere_by_itself() {
     let Some((pg, env)) = board("a_lost_hosts_job_is_resumed_elsewhere") else {
@@ -1013,22 +1015,138 @@ fn a_lost_hosts_job_is_resumed_elsewhere_by_itself() {
          [[task]]\nname = \"two\"\nrun = 'echo t2 >> \"$SVT_DIR/resumed\" && [ \"$(grep -c t2 \"$SVT_DIR/resumed\")\" -gt 1 ] || sleep 60'\n",
     );
     let id = submit_at(&env, &a.state_dir, &file);
-    let held = submit_at(
-        &env,
-        &a.state_dir,
-        &two_step_job(&env, "on_host_loss = \"resume\""),
+    // Task two sleeps on its first run only.
+    let reverting = env.job(
+        "revert-first.toml",
+        "on_host_loss = \"resume\"",
+        "[[task]]\nname = \"one\"\nrun = 'echo t1 >> \"$SVT_DIR/marker\"'\nrevert = 'echo r1 >> \"$SVT_DIR/marker\"'\n\
+         [[task]]\nname = \"two\"\nrun = 'echo t2 >> \"$SVT_DIR/marker\" && [ \"$(grep -c t2 \"$SVT_DIR/marker\")\" -gt 1 ] || sleep 60'\nrevert = 'echo r2 >> \"$SVT_DIR/marker\"'\n\
+         [[task]]\nname = \"three\"\nrun = 'echo t3 >> \"$SVT_DIR/marker\"'\nrevert = 'echo r3 >> \"$SVT_DIR/marker\"'\n",
     );
+    let second = submit_at(&env, &a.state_dir, &reverting);
+    // Lost while reverting after a failure: it cannot run again.
+    let failing = env.job(
+        "reverting.toml",
+        "on_host_loss = \"resume\"",
+        "[[task]]\nname = \"one\"\nrun = 'echo t1 >> \"$SVT_DIR/held\"'\nrevert = 'echo r1 >> \"$SVT_DIR/held\" && sleep 60'\n\
+         [[task]]\nname = \"two\"\nrun = 'exit 1'\n",
+    );
+    let third = submit_at(&env, &a.state_dir, &failing);
     wait_board_task(&pg, &id, 1, "running");
-    wait_board_task(&pg, &held, 1, "running");
+    wait_board_task(&pg, &second, 1, "running");
+    wait_board_task(&pg, &third, 0, "reverting");
+    wait_for(DEADLINE, "the third job's revert running", || {
+        let lines = env.lines("held");
+        if lines == ["t1", "r1"] {
+            Ok(())
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    });
     kill_host_tree(&mut a);
     wait_rescued(&env, &b.state_dir, &id, "a", "success");
     assert_eq!(env.lines("resumed"), ["t1", "t2", "t2"]);
-    let holder = wait_rescued(&env, &b.state_dir, &held, "a", "crashed");
+    let holder = wait_rescued(&env, &b.state_dir, &second, "a", "success");
+    assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "t2", "t3"]);
+    let store = Store::open(
+        &if holder == "b" {
+            b.state_dir.clone()
+        } else {
+            c.state_dir.clone()
+        }
+        .join("state.db"),
+    );
+    assert_eq!(
+        store.history(&second, None),
+        [
+            "pending",
+            "crashed",
+            "running",
+            "reverting",
+            "running",
+            "success"
+        ]
+    );
+    assert_eq!(
+        store.history(&second, Some(1)),
+        ["failure", "reverting", "reverted", "running", "success"]
+    );
+    assert_eq!(store.history(&second, Some(0)), Vec::<String>::new());
+    // The board's journal ends the same, under the rescuer's epoch.
+    wait_for(
+        DEADLINE,
+        "the resumed job's journal success at epoch 2",
+        || {
+            let row = pg.sql(&format!(
+                "SELECT state, epoch, host FROM jobs WHERE id = '{second}'"
+            ));
+            if row.trim() == format!("success|2|{holder}") {
+                Ok(())
+            } else {
+                Err(row)
+            }
+        },
+    );
+    wait_board_task(&pg, &second, 2, "success");
+    let holder = wait_rescued(&env, &b.state_dir, &third, "a", "crashed");
     wait_for_log(
         if holder == "b" { &b.daemon } else { &c.daemon },
-        "on_host_loss = resume: the interrupted task has a revert",
+        "on_host_loss = resume: the job cannot be resumed; it is held",
     );
-    assert_eq!(env.lines("marker"), ["t1", "t2"]);
+    assert_eq!(env.lines("held"), ["t1", "r1"]);
+}
+
+/// `on_host_loss = "resume"` for a graph (`a`, then `b` and `c` in parallel, then `d`) lost
+/// while `b` and `c` both ran: the rescuer reverts both interrupted tasks, then runs both
+/// again, then `d`; `a` neither runs twice nor is reverted.
+#[test]
+fn a_lost_hosts_graph_is_resumed_after_reverting_every_interrupted_task() {
+    let Some((pg, env)) = board("a_lost_hosts_graph_is_resumed") else {
+        return;
+    };
+    let url = pg.url();
+    let [mut a, b, _c] = start_three_with_lease(&env, &url, LOSS_LEASE);
+    let marker = "\"$SVT_DIR/marker\"";
+    // Each of `b` and `c` sleeps on its first run only.
+    let task = |name: &str, after: &str, first_run_sleeps: bool| {
+        let wait = if first_run_sleeps {
+            format!(" && [ \"$(grep -c \"^{name}$\" {marker})\" -gt 1 ] || sleep 60")
+        } else {
+            String::new()
+        };
+        format!(
+            "[[task]]\nname = \"{name}\"\nafter = [{after}]\nrun = 'echo {name} >> {marker}{wait}'\nrevert = 'echo r{name} >> {marker}'\n"
+        )
+    };
+    let tasks = [
+        task("a", "", false),
+        task("b", "\"a\"", true),
+        task("c", "\"a\"", true),
+        task("d", "\"b\", \"c\"", false),
+    ]
+    .concat();
+    let file = env.job(
+        "graph.toml",
+        "flow = \"graph\"\non_host_loss = \"resume\"",
+        &tasks,
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_board_task(&pg, &id, 1, "running");
+    wait_board_task(&pg, &id, 2, "running");
+    kill_host_tree(&mut a);
+    wait_rescued(&env, &b.state_dir, &id, "a", "success");
+    let lines = env.lines("marker");
+    let sorted = |range: std::ops::Range<usize>| {
+        let mut part = lines.get(range).map(<[String]>::to_vec).unwrap_or_default();
+        part.sort();
+        part
+    };
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(lines[0], "a", "{lines:?}");
+    assert_eq!(sorted(1..3), ["b", "c"], "{lines:?}");
+    assert_eq!(sorted(3..5), ["rb", "rc"], "{lines:?}");
+    assert_eq!(sorted(5..7), ["b", "c"], "{lines:?}");
+    assert_eq!(lines[7], "d", "{lines:?}");
 }
 
 /// A stale owner's writes are refused: daemon a is frozen (SIGSTOP) while its job's first task

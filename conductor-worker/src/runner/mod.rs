@@ -240,41 +240,56 @@ impl<'a> Runner<'a> {
 
     async fn run(&self) -> anyhow::Result<JobState> {
         match &self.plan.action {
-            PlanAction::Execute { .. } => {
-                // Where to start follows from the prior states: every task that did not
-                // succeed runs once the tasks it runs after did (a linear job's `from`).
-                let walk = self.execute_walk().await?;
-                if walk == Walk::Completed {
-                    return Ok(JobState::Success);
-                }
-                let began: Vec<usize> = {
-                    let progress = self.progress.borrow();
-                    (0..progress.len())
-                        .filter(|&i| progress[i].state != TaskState::Pending)
-                        .collect()
-                };
-                let all_reverted = self.revert_walk(&self.graph.revert_order(&began)).await?;
-                Ok(match (all_reverted, walk) {
-                    (false, _) => JobState::RevertFailed,
-                    (true, Walk::Cancelled) => JobState::Cancelled,
-                    (true, _) => JobState::Reverted,
-                })
-            }
-            PlanAction::Revert { order } => {
-                let count = self.plan.spec.tasks.len();
-                let order: Vec<usize> = order
-                    .iter()
-                    .map(|&i| i as usize)
-                    .filter(|&i| i < count)
-                    .collect();
-                let all_reverted = self.revert_walk(&order).await?;
-                Ok(if all_reverted {
-                    JobState::Reverted
+            PlanAction::Execute { .. } => self.execute_or_revert().await,
+            PlanAction::Revert { order } => Ok(if self.revert_known(order).await? {
+                JobState::Reverted
+            } else {
+                JobState::RevertFailed
+            }),
+            PlanAction::Resume { revert } => {
+                // The interrupted tasks are compensated first; a failed revert leaves the job
+                // to the operator, as a revert plan does.
+                if self.revert_known(revert).await? {
+                    self.execute_or_revert().await
                 } else {
-                    JobState::RevertFailed
-                })
+                    Ok(JobState::RevertFailed)
+                }
             }
         }
+    }
+
+    /// Executes every task that did not succeed; on a failure or a cancel reverts every task
+    /// whose execute began and is not reverted already. Where to start follows from the prior
+    /// states: every task that did not succeed runs once the tasks it runs after did (a linear
+    /// job's `from`).
+    async fn execute_or_revert(&self) -> anyhow::Result<JobState> {
+        let walk = self.execute_walk().await?;
+        if walk == Walk::Completed {
+            return Ok(JobState::Success);
+        }
+        let began: Vec<usize> = {
+            let progress = self.progress.borrow();
+            (0..progress.len())
+                .filter(|&i| !matches!(progress[i].state, TaskState::Pending | TaskState::Reverted))
+                .collect()
+        };
+        let all_reverted = self.revert_walk(&self.graph.revert_order(&began)).await?;
+        Ok(match (all_reverted, walk) {
+            (false, _) => JobState::RevertFailed,
+            (true, Walk::Cancelled) => JobState::Cancelled,
+            (true, _) => JobState::Reverted,
+        })
+    }
+
+    /// Reverts the tasks of `order` this job has (in that order); true when all succeeded.
+    async fn revert_known(&self, order: &[u32]) -> anyhow::Result<bool> {
+        let count = self.plan.spec.tasks.len();
+        let order: Vec<usize> = order
+            .iter()
+            .map(|&i| i as usize)
+            .filter(|&i| i < count)
+            .collect();
+        self.revert_walk(&order).await
     }
 
     /// The fence passed (the walk is dropped already): SIGKILL of every process of the running

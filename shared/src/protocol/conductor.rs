@@ -59,7 +59,17 @@ pub enum ToConductor {
 impl ToConductor {
     /// Encodes the message as a whole frame in protocol `version`.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
-        if version >= 5 {
+        if version >= 6 {
+            return encode_frame(self);
+        }
+        if matches!(self, Self::Start(plan) if matches!(plan.action, PlanAction::Resume { .. })) {
+            return Err(FrameError::NotInVersion {
+                what: "a resume plan",
+                version,
+            });
+        }
+        if version == 5 {
+            // The same layout: `PlanAction::Resume`, the only newer variant, is last.
             return encode_frame(self);
         }
         if matches!(self, Self::Fence { .. }) {
@@ -325,6 +335,11 @@ pub enum PlanAction {
     Execute { from: u32 },
     /// Revert exactly these tasks, in this order.
     Revert { order: Vec<u32> },
+    /// Revert exactly the tasks in `revert` (those a lost host's death interrupted), in this
+    /// order; if every one succeeded, execute as [`PlanAction::Execute`] does (each task that
+    /// did not succeed, the reverted ones included), else end `revert_failed`
+    /// (`on_host_loss = "resume"`). Version 6.
+    Resume { revert: Vec<u32> },
 }
 
 /// A task as an earlier conductor left it.

@@ -26,8 +26,10 @@ pub mod v3;
 /// (`JobSpec::flow`, `max_parallel`, `on_failure`, `TaskSpec::after`, `retry_delay`,
 /// `retry_backoff`; [`v3`] mirrors version 3). Version 5: the lease delegated to conductors
 /// (`ToConductor::Fence`, `JobEvent::Fenced`, both appended: version 4 has the same layout
-/// without them, and a version 4 peer never receives them).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// without them, and a version 4 peer never receives them). Version 6: the resume plan
+/// (`PlanAction::Resume`, appended: version 5 has the same layout without it, and a version 5
+/// peer never receives it).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The oldest version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -61,6 +63,6 @@ mod tests {
         assert_eq!(negotiate(MIN_PROTOCOL_VERSION), Some(MIN_PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION + 5), Some(PROTOCOL_VERSION));
-        assert_eq!(supported_versions(), "1..=5");
+        assert_eq!(supported_versions(), "1..=6");
     }
 }

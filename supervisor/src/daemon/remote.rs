@@ -75,7 +75,11 @@ async fn apply(jobs: &Jobs, request: Pending) -> Option<Outcome> {
         },
         Kind::Kill => Order::Kill { reason, by },
         Kind::Revert => Order::Revert { reason, by },
-        Kind::Resume => Order::Resume { reason, by },
+        Kind::Resume => Order::Resume {
+            reason,
+            by,
+            revert_interrupted: false,
+        },
         Kind::Pause => Order::Pause { by },
         Kind::Continue => Order::Continue { by },
         Kind::Logs => return Some(read_logs(jobs, &id, task.as_deref(), since_ms).await),

@@ -4,10 +4,10 @@
 //! epoch (`board/journal.rs`, `rescue`): each becomes this host's, `crashed` with reason
 //! `host lost: OLD`, at the next epoch. Each is then imported into the local store, so every
 //! local command works on it, and follows its `on_host_loss`: `hold` leaves it `crashed` with
-//! its pending reverts for the operator; `revert` runs them here at once; `resume` runs it
-//! again from its first unfinished task when the task that was running has no revert (one
-//! with a revert would have to be reverted first, which the task state machine does not allow
-//! before an execute yet: such a job is held, and logged).
+//! its pending reverts for the operator; `revert` runs them here at once; `resume` reverts
+//! the tasks that were running (those with a revert), then runs the job again from its first
+//! unfinished task, the reverted ones included, in one conductor (`PlanAction::Resume`). A job
+//! whose host was lost while it was reverting cannot be resumed: it is held, and logged.
 //!
 //! A lost host's steps are stopped by the time its lease expired (it fences itself, and its
 //! conductors stop when its delegated lease runs out), so the rescue never starts a step of a
@@ -19,7 +19,7 @@ use crate::board::lease;
 use crate::job::{Jobs, Order, OrderError};
 use crate::store::ImportedTask;
 use shared::spec::OnHostLoss;
-use shared::state::{JobState, TaskState};
+use shared::state::JobState;
 
 /// The most jobs one rescue takes (the next one, lease/3 later, takes more).
 const BATCH: i64 = 100;
@@ -74,31 +74,24 @@ async fn take_up(jobs: &Jobs, job: Rescued) {
             reason: format!("on_host_loss = revert ({})", job.reason),
             by: None,
         },
-        OnHostLoss::Resume if interrupted_with_revert(&job.tasks) => {
-            tracing::warn!(job_id = %job.id, from = %job.from, "on_host_loss = resume: the interrupted task has a revert, which cannot run before its execute again yet; the job is held");
-            return;
-        }
         OnHostLoss::Resume => Order::Resume {
             reason: format!("on_host_loss = resume ({})", job.reason),
             by: None,
+            revert_interrupted: true,
         },
     };
     match jobs.ask(&job.id, order).await {
+        Ok(()) => {}
+        // A job that had begun reverting cannot run again: it stays crashed.
+        Err(OrderError::WrongState(why)) if policy == OnHostLoss::Resume => {
+            tracing::warn!(job_id = %job.id, from = %job.from, why = %why, "on_host_loss = resume: the job cannot be resumed; it is held");
+        }
         // Nothing to revert: the job stays crashed.
-        Ok(()) | Err(OrderError::WrongState(_)) => {}
+        Err(OrderError::WrongState(_)) => {}
         Err(err) => {
             tracing::warn!(job_id = %job.id, policy = policy.as_str(), error = %err, "cannot follow a rescued job's on_host_loss");
         }
     }
-}
-
-/// Whether a task with a revert was running (or reverting) when the host was lost.
-fn interrupted_with_revert(tasks: &[JournalTask]) -> bool {
-    tasks.iter().any(|task| {
-        task.has_revert
-            && (task.state == TaskState::Running.as_str()
-                || task.state == TaskState::Reverting.as_str())
-    })
 }
 
 /// The board's task rows as the store imports them.
@@ -120,6 +113,7 @@ fn imported_tasks(tasks: &[JournalTask]) -> Result<Vec<ImportedTask>, shared::st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::state::TaskState;
 
     fn task(idx: i32, state: &str, has_revert: bool) -> JournalTask {
         JournalTask {
@@ -131,20 +125,6 @@ mod tests {
             exec_outcome: None,
             result: String::new(),
         }
-    }
-
-    #[test]
-    fn only_a_running_or_reverting_task_with_a_revert_was_interrupted_with_one() {
-        assert!(interrupted_with_revert(&[
-            task(0, "success", true),
-            task(1, "running", true)
-        ]));
-        assert!(interrupted_with_revert(&[task(0, "reverting", true)]));
-        assert!(!interrupted_with_revert(&[
-            task(0, "success", true),
-            task(1, "running", false)
-        ]));
-        assert!(!interrupted_with_revert(&[task(0, "failure", true)]));
     }
 
     #[test]

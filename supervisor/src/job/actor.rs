@@ -128,13 +128,21 @@ impl Actor {
                     .publish_by(&self.id, JobState::Reverting.as_str(), by);
                 Ok(Some(Next::Launch(Purpose::Revert)))
             }
-            Order::Resume { reason, by } => {
+            Order::Resume {
+                reason,
+                by,
+                revert_interrupted,
+            } => {
                 let who = by.clone();
                 self.store(move |s, id| s.begin_resume_by(id, &reason, who.as_ref()))
                     .await?;
                 self.jobs
                     .publish_by(&self.id, JobState::Running.as_str(), by);
-                Ok(Some(Next::Launch(Purpose::Execute)))
+                Ok(Some(Next::Launch(if revert_interrupted {
+                    Purpose::Resume
+                } else {
+                    Purpose::Execute
+                })))
             }
             Order::Cancel { .. } | Order::Kill { .. } => self.stop(order).await,
             Order::Pause { .. } | Order::Continue { .. } => self.pause_unattached(order).await,

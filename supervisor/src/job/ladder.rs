@@ -112,6 +112,15 @@ impl Ladder {
         }
     }
 
+    /// Disarms the kill timer if a revert armed it ([`REVERT_TIMEOUT`]): a resume plan
+    /// executes again after its reverts ended, and the execute is bounded by the job's timeout,
+    /// not by its reverts'. Any other deadline stays.
+    pub fn disarm_revert(&mut self) {
+        if matches!(self.kill_deadline, Some((_, why)) if why == REVERT_TIMEOUT) {
+            self.kill_deadline = None;
+        }
+    }
+
     /// True once the job was hard-killed (or given up on): no further deadline applies.
     #[must_use]
     pub const fn is_over(&self) -> bool {
@@ -128,6 +137,9 @@ impl Ladder {
         }
     }
 }
+
+/// Why the kill timer armed while reverting passed.
+pub const REVERT_TIMEOUT: &str = "revert timeout expired";
 
 /// The kill deadline once a job enters `reverting` (whatever the reason): every attempt of every
 /// revert may take its own `revert_timeout` plus the term grace in which the conductor stops it,
@@ -215,6 +227,25 @@ mod tests {
         assert_eq!(
             revert_deadline(&spec, now),
             now + Duration::from_secs(22) + REVERT_SLACK
+        );
+    }
+
+    /// A resume plan's execute after its reverts drops the revert's kill timer, and only it.
+    #[test]
+    fn only_a_revert_deadline_is_disarmed() {
+        let mut ladder = Ladder::new(ConductorId {
+            pid: 1,
+            start_time: 1,
+        });
+        let now = Instant::now();
+        ladder.arm(now + Duration::from_secs(5), REVERT_TIMEOUT);
+        ladder.disarm_revert();
+        assert!(ladder.kill_deadline.is_none());
+        ladder.arm(now + Duration::from_secs(5), "cancel timeout expired");
+        ladder.disarm_revert();
+        assert_eq!(
+            ladder.kill_deadline.map(|(_, why)| why),
+            Some("cancel timeout expired")
         );
     }
 

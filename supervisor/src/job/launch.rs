@@ -15,11 +15,12 @@ use crate::process::{self, ConductorId, Pidfd, WorkerCommand};
 use crate::session::ConductorLink;
 use crate::spawn::{SpawnConfig, spawn_conductor};
 use crate::state_dir::StateDir;
-use crate::store::{Store, StoreHandle};
+use crate::store::{Store, StoreHandle, TaskRow};
 use anyhow::Context;
 use shared::ids::JobId;
 use shared::protocol::conductor::{JobPlan, PlanAction, PriorTask};
 use shared::spec::JobSpec;
+use shared::state::{ExecOutcome, TaskState};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -326,21 +327,21 @@ pub fn plan(
         })
         .collect();
     let action = match purpose {
-        Purpose::Execute => {
-            let from = tasks
-                .iter()
-                .position(|t| t.state != shared::state::TaskState::Success)
-                .unwrap_or(tasks.len());
-            PlanAction::Execute {
-                from: u32::try_from(from).unwrap_or(u32::MAX),
-            }
-        }
+        Purpose::Execute => execute_from(&tasks),
         Purpose::Revert => PlanAction::Revert {
             order: crate::store::pending_reverts(&tasks)
                 .iter()
                 .map(|t| t.idx)
                 .collect(),
         },
+        Purpose::Resume => {
+            let revert = interrupted_reverts(&tasks);
+            if revert.is_empty() {
+                execute_from(&tasks)
+            } else {
+                PlanAction::Resume { revert }
+            }
+        }
     };
     Ok(JobPlan {
         job_id: job_id.clone(),
@@ -348,6 +349,28 @@ pub fn plan(
         action,
         prior,
     })
+}
+
+/// Execute from the first task that did not succeed.
+fn execute_from(tasks: &[TaskRow]) -> PlanAction {
+    let from = tasks
+        .iter()
+        .position(|t| t.state != TaskState::Success)
+        .unwrap_or(tasks.len());
+    PlanAction::Execute {
+        from: u32::try_from(from).unwrap_or(u32::MAX),
+    }
+}
+
+/// The tasks a hard end (a kill, a crash, a lost host) interrupted mid-execute whose revert is
+/// pending, in the order their reverts must run (last first, a reverse dependency order for a
+/// graph): what a resume plan reverts before it executes again.
+fn interrupted_reverts(tasks: &[TaskRow]) -> Vec<u32> {
+    crate::store::pending_reverts(tasks)
+        .iter()
+        .filter(|t| t.state == TaskState::Failure && t.exec_outcome == Some(ExecOutcome::Killed))
+        .map(|t| t.idx)
+        .collect()
 }
 
 /// Why a start of a job with `spec` must spawn a new conductor rather than take a warm one, if
@@ -387,6 +410,40 @@ mod tests {
     fn spec(top: &str) -> JobSpec {
         let text = format!("{top}\n[[task]]\nname = \"a\"\nrun = \"true\"\n");
         shared::spec::JobSpec::parse(&text, "j.toml", "j").expect("valid")
+    }
+
+    fn task(idx: u32, has_revert: bool, state: TaskState, outcome: Option<ExecOutcome>) -> TaskRow {
+        TaskRow {
+            idx,
+            name: format!("t{idx}"),
+            has_revert,
+            state,
+            attempts: 1,
+            exec_outcome: outcome,
+            result: String::new(),
+            error: None,
+            started_ms: None,
+            ended_ms: None,
+        }
+    }
+
+    /// A resume reverts only the tasks a hard end killed mid-execute that have a revert, last
+    /// first (a graph may leave several running); a task that failed on its own, or that
+    /// succeeded, is not reverted; with none, the resume is a plain execute.
+    #[test]
+    fn a_resume_reverts_exactly_the_interrupted_tasks_last_first() {
+        use ExecOutcome::{Failure, Killed, Success};
+        let tasks = [
+            task(0, true, TaskState::Success, Some(Success)),
+            task(1, true, TaskState::Failure, Some(Killed)),
+            task(2, false, TaskState::Failure, Some(Killed)),
+            task(3, true, TaskState::Failure, Some(Failure)),
+            task(4, true, TaskState::Failure, Some(Killed)),
+            task(5, true, TaskState::Pending, None),
+        ];
+        assert_eq!(interrupted_reverts(&tasks), [4, 1]);
+        assert!(interrupted_reverts(&tasks[..1]).is_empty());
+        assert_eq!(execute_from(&tasks), PlanAction::Execute { from: 1 });
     }
 
     #[test]

@@ -63,10 +63,13 @@ pub enum Order {
         reason: String,
         by: Option<Requester>,
     },
-    /// Run a killed or crashed job again from its first task that did not succeed.
+    /// Run a killed or crashed job again from its first task that did not succeed. With
+    /// `revert_interrupted` (`on_host_loss = "resume"`), the tasks a hard end interrupted
+    /// mid-execute that have a revert are reverted first, then run again with the rest.
     Resume {
         reason: String,
         by: Option<Requester>,
+        revert_interrupted: bool,
     },
     /// At start-up, or for a live job nobody supervises: take up its conductor, or record that
     /// it is gone.
@@ -122,6 +125,9 @@ pub enum Purpose {
     Execute,
     /// Run the pending reverts, last first.
     Revert,
+    /// Revert the tasks a hard end interrupted mid-execute (those with a revert), then execute
+    /// as [`Purpose::Execute`]; just that when none was.
+    Resume,
 }
 
 #[cfg(test)]

@@ -231,10 +231,7 @@ impl Supervision {
         let now = Instant::now();
         let mut ladder = Ladder::new(conductor.id);
         if purpose == Purpose::Revert {
-            ladder.arm(
-                ladder::revert_deadline(&spec, now),
-                "revert timeout expired",
-            );
+            ladder.arm(ladder::revert_deadline(&spec, now), ladder::REVERT_TIMEOUT);
         }
         let lease = jobs.lease();
         Self {
@@ -431,7 +428,13 @@ impl Supervision {
         };
         match link.send_plan(plan.clone()).await {
             Ok(()) => {}
-            Err(err @ (FrameError::TooLarge { .. } | FrameError::Malformed(_))) => {
+            Err(
+                err @ (FrameError::TooLarge { .. }
+                | FrameError::Malformed(_)
+                | FrameError::NotInVersion { .. }),
+            ) => {
+                // A conductor of an older protocol cannot run this plan (a resume plan before
+                // version 6): sending it again would not help.
                 self.give_up(&format!("cannot send the plan: {err}")).await;
             }
             Err(err) => {
@@ -872,6 +875,8 @@ impl Supervision {
                 ..
             } => {
                 METRICS.tasks_started.inc();
+                // A resume plan's execute after its reverts is no longer bounded by them.
+                self.ladder.disarm_revert();
             }
             JobEvent::TaskStarting {
                 phase: Phase::Revert,
@@ -879,7 +884,7 @@ impl Supervision {
             } => {
                 // Reverting, for whatever reason, is bounded.
                 let deadline = ladder::revert_deadline(&self.spec, Instant::now());
-                self.ladder.arm(deadline, "revert timeout expired");
+                self.ladder.arm(deadline, ladder::REVERT_TIMEOUT);
             }
             JobEvent::Cancelling { .. } => {
                 // Cancelled by a signal sent to the conductor: the ladder applies all the same.

@@ -526,6 +526,7 @@ async fn actor_start_revert_and_resume_are_refused_while_a_conductor_lives() {
         Order::Resume {
             reason: reason(),
             by: None,
+            revert_interrupted: true,
         },
     ] {
         match h.jobs.ask(&h.id, order.clone()).await {

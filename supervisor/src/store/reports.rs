@@ -117,6 +117,13 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
                          WHERE job_id = ?1 AND idx = ?2",
                     )?
                     .execute(params![id.as_str(), task, attempt, now])?;
+                    // A resume plan executes again once it reverted the interrupted tasks.
+                    move_job_if(
+                        conn,
+                        id,
+                        (JobState::Reverting, JobState::Running),
+                        "resuming after reverting the interrupted tasks",
+                    )?;
                 }
                 Phase::Revert => {
                     // Each attempt of a revert with `revert_retries` is its own transition.
@@ -126,15 +133,12 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
                         "UPDATE tasks SET pid = NULL WHERE job_id = ?1 AND idx = ?2",
                     )?
                     .execute(params![id.as_str(), task])?;
-                    if job_state(conn, id)? == JobState::Running {
-                        change_job_state(
-                            conn,
-                            id,
-                            &[JobState::Running],
-                            JobState::Reverting,
-                            Some("reverting"),
-                        )?;
-                    }
+                    move_job_if(
+                        conn,
+                        id,
+                        (JobState::Running, JobState::Reverting),
+                        "reverting",
+                    )?;
                 }
             }
         }
@@ -171,6 +175,19 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
         // The conductor killed its steps at its fence and exits: the job actor records the
         // hard end (`killed`, the reverts skipped) once it is gone, as after a kill.
         JobEvent::Fenced { .. } => {}
+    }
+    Ok(())
+}
+
+/// Moves the job from `from` to `to` (with `reason`) if it is in `from`; else leaves it.
+fn move_job_if(
+    conn: &Connection,
+    id: &JobId,
+    (from, to): (JobState, JobState),
+    reason: &str,
+) -> Result<()> {
+    if job_state(conn, id)? == from {
+        change_job_state(conn, id, &[from], to, Some(reason))?;
     }
     Ok(())
 }

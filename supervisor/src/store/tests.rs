@@ -70,18 +70,21 @@ fn finished(seq: u64, task: u32, phase: Phase) -> Report {
 
 /// A job killed after task `a` succeeded: task `a`'s revert is pending.
 fn killed_with_pending_revert(store: &Store) -> JobId {
-    let id = store.create_job(&spec(), "t.toml", None).expect("create");
-    store
-        .transition_job(&id, &[JobState::Pending], JobState::Running, None)
-        .expect("running");
     let batch = [
         starting(1, 0, Phase::Execute),
         finished(2, 0, Phase::Execute),
     ];
-    store.apply_reports(&id, &batch).expect("apply");
+    hard_ended_after(store, &batch, JobState::Killed, "kill requested")
+}
+
+/// A job that ran `batch` and then ended `end` (killed or crashed) with `reason`.
+fn hard_ended_after(store: &Store, batch: &[Report], end: JobState, reason: &str) -> JobId {
+    let id = store.create_job(&spec(), "t.toml", None).expect("create");
     store
-        .record_hard_end(&id, JobState::Killed, "kill requested")
-        .expect("kill");
+        .transition_job(&id, &[JobState::Pending], JobState::Running, None)
+        .expect("running");
+    store.apply_reports(&id, batch).expect("apply");
+    store.record_hard_end(&id, end, reason).expect("hard end");
     id
 }
 
@@ -742,4 +745,58 @@ fn output_pages_are_bounded_and_continue_where_they_stopped() {
     }
     assert_eq!(lines.len(), 10);
     assert_eq!(lines.first().map(String::as_str), Some("line 2"));
+}
+
+/// A resume plan's reports after a hard end: the interrupted task's revert moves the job to
+/// `reverting`, its execute again back to `running`, and the job can succeed; each step is a
+/// recorded transition.
+#[test]
+fn a_resume_plan_reverts_the_interrupted_task_then_runs_it_again() {
+    let (_dir, store) = fresh();
+    let first = [
+        starting(1, 0, Phase::Execute),
+        finished(2, 0, Phase::Execute),
+        starting(3, 1, Phase::Execute),
+    ];
+    let id = hard_ended_after(&store, &first, JobState::Crashed, "host lost: a");
+    store.begin_resume(&id, "resume").expect("resume");
+    let revert = [starting(4, 1, Phase::Revert), finished(5, 1, Phase::Revert)];
+    store.apply_reports(&id, &revert).expect("revert");
+    assert_eq!(store.job(&id).expect("job").state, JobState::Reverting);
+    assert_eq!(
+        store.tasks(&id).expect("tasks")[1].state,
+        TaskState::Reverted
+    );
+    let again = JobEvent::TaskStarting {
+        task: 1,
+        phase: Phase::Execute,
+        attempt: 2,
+    };
+    let end = JobEvent::JobFinished {
+        state: JobState::Success,
+    };
+    let rest = [
+        report(6, again),
+        finished(7, 1, Phase::Execute),
+        report(8, end),
+    ];
+    store.apply_reports(&id, &rest).expect("execute again");
+    let tasks = store.tasks(&id).expect("tasks");
+    assert_eq!((tasks[1].state, tasks[1].attempts), (TaskState::Success, 2));
+    let states: Vec<String> = job_transitions(&store, &id)
+        .into_iter()
+        .map(|(_, to, _)| to)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "pending",
+            "running",
+            "crashed",
+            "running",
+            "reverting",
+            "running",
+            "success"
+        ]
+    );
 }

@@ -8,6 +8,7 @@ pub async fn handle(jobs: &Jobs, job: &str, by: Requester) -> Reply {
     let order = Order::Resume {
         reason: "resume requested".into(),
         by: Some(by),
+        revert_interrupted: false,
     };
     super::order(jobs, job, order).await
 }
