@@ -7,6 +7,7 @@ use super::{Order, OrderError, Purpose};
 use crate::process;
 use crate::store::{JobRow, Store};
 use shared::ids::JobId;
+use shared::spec::JobSpec;
 use shared::state::JobState;
 use std::time::Duration;
 use tracing::Instrument;
@@ -16,8 +17,10 @@ const IDLE: Duration = Duration::from_secs(2);
 
 /// What the actor does after answering an order.
 pub(super) enum Next {
-    /// Start a conductor and supervise it.
-    Launch(Purpose),
+    /// Start a conductor for this purpose and supervise it; the job's spec, read in the store
+    /// call that moved its state (`None` if it could not be read there: read again, and a
+    /// failure recorded, when the supervision begins).
+    Launch(Purpose, Option<Box<JobSpec>>),
     /// Supervise the live conductor already recorded for the job, then apply `order` to it.
     Attach(Box<JobRow>, Option<Order>),
 }
@@ -101,32 +104,36 @@ impl Actor {
         }
         match order {
             Order::Start => {
-                // One store call: the owner check and the compare-and-set.
+                // One store call: the owner check, the compare-and-set and the spec.
                 let started = self
                     .store(|s, id| {
-                        let owner = foreign_owner(&s.job(id)?);
-                        if owner.is_none() {
-                            s.transition_job(id, &[JobState::Pending], JobState::Running, None)?;
+                        if let Some(owner) = foreign_owner(&s.job(id)?) {
+                            return Ok(Err(owner));
                         }
-                        Ok(owner)
+                        s.transition_job(id, &[JobState::Pending], JobState::Running, None)?;
+                        Ok(Ok(s.spec(id).ok().map(Box::new)))
                     })
                     .await?;
-                if started.is_some() {
+                let Ok(spec) = started else {
                     return Err(OrderError::WrongState(format!(
                         "job {} belongs to a `supervisor run`",
                         self.id
                     )));
-                }
+                };
                 self.jobs.publish_state(&self.id, JobState::Running);
-                Ok(Some(Next::Launch(Purpose::Execute)))
+                Ok(Some(Next::Launch(Purpose::Execute, spec)))
             }
             Order::Revert { reason, by } => {
                 let who = by.clone();
-                self.store(move |s, id| s.begin_revert_by(id, &reason, who.as_ref()))
+                let spec = self
+                    .store(move |s, id| {
+                        s.begin_revert_by(id, &reason, who.as_ref())?;
+                        Ok(s.spec(id).ok().map(Box::new))
+                    })
                     .await?;
                 self.jobs
                     .publish_by(&self.id, JobState::Reverting.as_str(), by);
-                Ok(Some(Next::Launch(Purpose::Revert)))
+                Ok(Some(Next::Launch(Purpose::Revert, spec)))
             }
             Order::Resume {
                 reason,
@@ -134,15 +141,20 @@ impl Actor {
                 revert_interrupted,
             } => {
                 let who = by.clone();
-                self.store(move |s, id| s.begin_resume_by(id, &reason, who.as_ref()))
+                let spec = self
+                    .store(move |s, id| {
+                        s.begin_resume_by(id, &reason, who.as_ref())?;
+                        Ok(s.spec(id).ok().map(Box::new))
+                    })
                     .await?;
                 self.jobs
                     .publish_by(&self.id, JobState::Running.as_str(), by);
-                Ok(Some(Next::Launch(if revert_interrupted {
+                let purpose = if revert_interrupted {
                     Purpose::Resume
                 } else {
                     Purpose::Execute
-                })))
+                };
+                Ok(Some(Next::Launch(purpose, spec)))
             }
             Order::Cancel { .. } | Order::Kill { .. } => self.stop(order).await,
             Order::Pause { .. } | Order::Continue { .. } => self.pause_unattached(order).await,

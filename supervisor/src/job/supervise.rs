@@ -61,18 +61,25 @@ impl Actor {
 
     /// Launches the job's conductor, or takes up the one `next` names: the supervision and its
     /// first link, plan and order; `None` when there is nothing to supervise (recorded).
-    async fn prepare(&mut self, next: Next) -> Option<Prepared> {
-        let spec = match self.store(|s, id| s.spec(id)).await {
-            Ok(spec) => spec,
-            Err(err) => {
-                self.unsupervisable(next, &err.to_string()).await;
-                return None;
-            }
+    async fn prepare(&mut self, mut next: Next) -> Option<Prepared> {
+        let read = match &mut next {
+            Next::Launch(_, spec) => spec.take(),
+            Next::Attach(..) => None,
+        };
+        let spec = match read {
+            Some(spec) => *spec,
+            None => match self.store(|s, id| s.spec(id)).await {
+                Ok(spec) => spec,
+                Err(err) => {
+                    self.unsupervisable(next, &err.to_string()).await;
+                    return None;
+                }
+            },
         };
         let mut started_ago = Duration::ZERO;
         let was_paused = matches!(&next, Next::Attach(row, _) if row.paused_ms.is_some());
         let (conductor, pidfd, link, plan, first, purpose) = match next {
-            Next::Launch(purpose) => {
+            Next::Launch(purpose, _) => {
                 let launcher = &self.jobs.inner.launcher;
                 let slot = self.jobs.launch_slot().await;
                 let launched = launcher
