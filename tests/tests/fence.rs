@@ -153,8 +153,12 @@ fn a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed() {
     let file = long_job(&env, "long.toml", r#"echo reverted >> "$SVT_DIR/reverted""#);
     let id = submit_at(&env, &state_dir, &file);
     running_task(&env, &state_dir, &id);
-    // A second job waits for the one slot.
-    let queued = submit_at(&env, &state_dir, &file);
+    // A second job waits for the one slot here (`--host a`: held here, where a plain submit
+    // would be written unclaimed for any host with a free slot).
+    let path = file.to_str().expect("UTF-8");
+    let (code, out, err) = cli_at(&env, &state_dir, &["submit", path, "--host", "a"], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    let queued = out.trim().to_owned();
     let host = (&pg, &env, &daemon, state_dir.as_path());
     let cancelled = ("cancelled", "fenced: board lease not renewed for ");
     let before = stop_the_board_under(host, &id, cancelled);
@@ -176,7 +180,6 @@ fn a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed() {
     assert!(ended < lost, "{}", daemon.report());
 
     // No new job while the lease is not current.
-    let path = file.to_str().expect("UTF-8");
     let (code, out, err) = cli_at(&env, &state_dir, &["submit", path], DEADLINE);
     assert_eq!(code, REFUSED, "stdout {out:?} stderr {err:?}");
     assert!(

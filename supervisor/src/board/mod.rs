@@ -348,6 +348,12 @@ struct Inner {
     /// Set after every renewal and every (re)connect of the listener, and on each request
     /// notification for this host: the owner's requests are due to be read.
     requests_due: Notify,
+    /// Set after every renewal and every (re)connect of the listener, on each claims
+    /// notification for this host or any host, and when a slot may have freed here
+    /// ([`Board::wake_claims`]): unclaimed jobs are due to be claimed.
+    claims_due: Notify,
+    /// `--max-jobs`, as reported at join: the slots claims fill.
+    max_jobs: usize,
     /// The shared connection of [`Role::Query`], opened on first use and again after it fails.
     query: Mutex<Option<Arc<Connection>>>,
     /// The jobs of the journal this daemon holds, with their epochs, and those it lost
@@ -422,6 +428,8 @@ impl Board {
                 config,
                 instance,
                 requests_due: Notify::new(),
+                claims_due: Notify::new(),
+                max_jobs,
                 query: Mutex::new(None),
                 held: Mutex::new(
                     held.into_iter()
@@ -534,6 +542,7 @@ impl Board {
     fn record_renewal(&self, sent: Instant) {
         self.inner.lease.send_modify(|clock| clock.renewed(sent));
         self.inner.requests_due.notify_one();
+        self.inner.claims_due.notify_one();
     }
 
     /// Starts the listener: one dedicated connection that `LISTEN`s for this host's requests
@@ -542,6 +551,24 @@ impl Board {
     #[must_use]
     pub fn start_listener(&self) -> TaskGuard {
         TaskGuard(tokio::spawn(listener::run(self.clone())))
+    }
+
+    /// Resolves when unclaimed jobs are due to be claimed: after a renewal, after the
+    /// listener (re)connected, on a claims notification, or after [`Board::wake_claims`]
+    /// (one wake-up may stand for several).
+    pub async fn claims_due(&self) {
+        self.inner.claims_due.notified().await;
+    }
+
+    /// Asks for a claim soon (a slot may have freed here).
+    pub fn wake_claims(&self) {
+        self.inner.claims_due.notify_one();
+    }
+
+    /// `--max-jobs`: how many jobs this daemon runs at once.
+    #[must_use]
+    pub fn max_jobs(&self) -> usize {
+        self.inner.max_jobs
     }
 
     /// Resolves when this host's requests are due to be read: after a renewal, after the

@@ -3,6 +3,12 @@
 //! its tasks) is committed on the board first, under an id drawn until the board takes it, then
 //! in the local store: the submit is acknowledged after both commits. A submit is refused while
 //! this daemon's lease is not current (it is fencing itself: `daemon/fence.rs`).
+//!
+//! Claims: `submit --host NAME` of another host writes the job on the board unclaimed,
+//! pinned to NAME, and announced (one statement): NAME claims it (`daemon/claims.rs`); the
+//! answer comes after the board's commit, and nothing is stored here. A plain `submit` that
+//! this host cannot start now (as many jobs running or queued here as `--max-jobs`) is
+//! written unclaimed for any host with a free slot. `--host` without a board is refused.
 
 use super::Reply;
 use crate::board::Board;
@@ -14,9 +20,21 @@ use shared::protocol::client::{ClientReply, ErrorCode};
 use shared::spec::JobSpec;
 use shared::state::{JobState, TaskState};
 
-pub async fn handle(jobs: &Jobs, board: Option<&Board>, spec: JobSpec, source: String) -> Reply {
+pub async fn handle(
+    jobs: &Jobs,
+    board: Option<&Board>,
+    spec: JobSpec,
+    source: String,
+    pinned: Option<String>,
+) -> Reply {
     if jobs.is_stopping() {
         return Err((ErrorCode::Unavailable, "the daemon is shutting down".into()));
+    }
+    if let (Some(host), None) = (&pinned, board) {
+        return Err((
+            ErrorCode::InvalidRequest,
+            format!("submit --host {host} needs a daemon on a job board (daemon --board URL)"),
+        ));
     }
     super::check_lease(board)?;
     let mut spec = spec;
@@ -30,7 +48,20 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, spec: JobSpec, source: S
         .map_err(|problem| (ErrorCode::InvalidRequest, format!("{source}: {problem}")))?;
     let name = spec.name.clone();
     let id = match board {
-        Some(board) => submit_on_board(jobs, board, spec, source).await?,
+        Some(board) => {
+            let unclaimed = match pinned {
+                Some(host) if host == board.config().host => None,
+                Some(host) => Some(Some(host)),
+                None if has_room(jobs, board).await? => None,
+                None => Some(None),
+            };
+            if let Some(pinned) = unclaimed {
+                let id = submit_on_board(jobs, board, spec, source, Some(pinned.clone())).await?;
+                tracing::info!(job_id = %id, job = %name, pinned = pinned.as_deref().unwrap_or(""), "job submitted unclaimed");
+                return Ok(ClientReply::Submitted { job: id });
+            }
+            submit_on_board(jobs, board, spec, source, None).await?
+        }
         None => jobs
             .store()
             .call(move |s| {
@@ -53,12 +84,26 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, spec: JobSpec, source: S
 /// board with a chance of one in four billion per thousand jobs).
 const ID_DRAWS: usize = 16;
 
+/// Whether this host can start one more job now: fewer running or queued here than
+/// `--max-jobs` (the lease was checked).
+async fn has_room(jobs: &Jobs, board: &Board) -> Result<bool, super::Refusal> {
+    let queued = jobs
+        .store()
+        .call(|s| s.queued_jobs())
+        .await
+        .map_err(cannot_store)?;
+    Ok(jobs.supervising().saturating_add(queued.len()) < board.max_jobs())
+}
+
 /// Stores the job on the board's journal, then locally under the same id; returns the id.
+/// `unclaimed` (`Some`: pinned to the host named, or to none): on the board only, for a host
+/// to claim.
 async fn submit_on_board(
     jobs: &Jobs,
     board: &Board,
     spec: JobSpec,
     source: String,
+    unclaimed: Option<Option<String>>,
 ) -> Result<JobId, super::Refusal> {
     let spec_json = serde_json::to_string(&spec).map_err(|e| {
         (
@@ -81,15 +126,21 @@ async fn submit_on_board(
             on_host_loss: spec.on_host_loss,
             tasks: journal_tasks(&spec),
         };
-        let taken = !board.insert_job(job).await.map_err(|e| {
-            tracing::warn!(error = %e, "job refused: cannot write it on the board");
-            (
-                ErrorCode::Unavailable,
-                format!("cannot write the job on the board: {e}"),
-            )
-        })?;
+        let taken = !board
+            .insert_job(job, unclaimed.clone())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "job refused: cannot write it on the board");
+                (
+                    ErrorCode::Unavailable,
+                    format!("cannot write the job on the board: {e}"),
+                )
+            })?;
         if taken {
             continue;
+        }
+        if unclaimed.is_some() {
+            return Ok(id);
         }
         let (local_spec, local_source, local_id) = (spec.clone(), source.clone(), id.clone());
         let stored = jobs

@@ -1,0 +1,95 @@
+//! Claims (issue 11): a job written on the board unclaimed (`submit --host OTHER`, or a
+//! `submit` on a host with no free slot) is taken by a host with a free slot. Each claim is
+//! ONE statement on the shared query connection (`board/journal.rs`, `claim`): up to `free`
+//! unclaimed jobs this host may take (pinned to it, or to nobody), oldest first, `FOR UPDATE
+//! SKIP LOCKED`, become this host's at the next epoch. Each is imported into the local store
+//! `pending` (the rescue's import, `rescue.rs`), held at its epoch, and the scheduler is
+//! woken.
+//!
+//! It claims when woken ([`Board::claims_due`]): by a claims notification for this host or
+//! any host (the listener), after every renewal (a lost notification delays a claim by at
+//! most lease/3), after the listener (re)connects, and whenever the scheduler was woken (a
+//! job ended here: a slot freed). It never claims while its lease is not current, and never
+//! more than its free slots: `--max-jobs` less the jobs holding a conductor and those queued
+//! here.
+
+use crate::board::Board;
+use crate::board::journal::Claimed;
+use crate::job::Jobs;
+use shared::state::JobState;
+
+/// Claims jobs each time claims are due, for the daemon's life.
+pub async fn run(jobs: Jobs, board: Board) {
+    loop {
+        board.claims_due().await;
+        if jobs.is_stopping() {
+            return;
+        }
+        claim_free(&jobs, &board).await;
+    }
+}
+
+/// How many more jobs this host may take: `max_jobs` less those running and those queued.
+const fn free_slots(max_jobs: usize, supervising: usize, queued: usize) -> usize {
+    max_jobs.saturating_sub(supervising.saturating_add(queued))
+}
+
+/// One claim of as many jobs as this host has free slots.
+async fn claim_free(jobs: &Jobs, board: &Board) {
+    if !board.is_lease_current() {
+        return;
+    }
+    let queued = match jobs.store().call(|s| s.queued_jobs()).await {
+        Ok(queued) => queued.len(),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot read the queue");
+            return;
+        }
+    };
+    let free = free_slots(board.max_jobs(), jobs.supervising(), queued);
+    if free == 0 {
+        return;
+    }
+    match board.claim(free).await {
+        Ok(claimed) if claimed.is_empty() => {}
+        Ok(claimed) => {
+            for job in claimed {
+                take(jobs, job).await;
+            }
+            jobs.wake();
+        }
+        Err(err) => {
+            let message = format!("{:#}", anyhow::Error::from(err));
+            tracing::warn!(host = %board.config().host, error = %message, "cannot claim jobs");
+        }
+    }
+}
+
+/// Imports a claimed job `pending` (nothing ran: its tasks are the store's defaults).
+async fn take(jobs: &Jobs, job: Claimed) {
+    let texts = (job.spec, job.source);
+    if !super::rescue::import(jobs, &job.id, texts, None, &[]).await {
+        return;
+    }
+    tracing::info!(
+        job_id = %job.id,
+        epoch = job.epoch,
+        pinned = job.pinned.as_deref().unwrap_or(""),
+        "job claimed"
+    );
+    jobs.publish(&job.id, None, JobState::Pending.as_str());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_slots;
+
+    #[test]
+    fn free_slots_count_running_and_queued_jobs() {
+        assert_eq!(free_slots(2, 0, 0), 2);
+        assert_eq!(free_slots(2, 1, 0), 1);
+        assert_eq!(free_slots(2, 1, 1), 0);
+        assert_eq!(free_slots(2, 3, 0), 0);
+        assert_eq!(free_slots(2, usize::MAX, 1), 0);
+    }
+}
