@@ -1,7 +1,9 @@
 //! The job's journal on the board: each job's row of `jobs` (its claim epoch, its file and
 //! validated spec, `on_host_loss`, state and reason) and its rows of `job_tasks`, written by the
 //! job's owner only and only with the current epoch; the stale owner's refused writes in
-//! `late_writes`; and the rescue of a lost host's jobs (ARCHITECTURE.md, The job board).
+//! `late_writes`; the rescue of a lost host's jobs; and the claims of unclaimed jobs (host
+//! NULL, epoch 0, `pinned` to a host or to none) by hosts with free slots (ARCHITECTURE.md,
+//! The job board).
 //!
 //! Every statement here is one statement (data-modifying CTEs where a job and its tasks are
 //! written together), so it is atomic without a transaction and runs on the shared query

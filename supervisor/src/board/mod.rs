@@ -3,9 +3,9 @@
 //! (the mirror), every operator's order reaches a job's owner from anywhere (requests), each
 //! job's journal is on the board under a claim epoch, a lost host's jobs are rescued by
 //! another host, and a daemon that cannot renew its lease fences itself (no two hosts ever run
-//! steps of one job at once). Jobs run on the host where they were submitted or that rescued
-//! them: claims of unpinned submits by any host come in a later slice and build on what is
-//! here.
+//! steps of one job at once). Jobs run on the host where they were submitted, that rescued
+//! them, or that claimed them (a job written unclaimed: `submit --host`, or no free slot on
+//! the host asked).
 //!
 //! # Theory of operation
 //!
@@ -77,10 +77,21 @@
 //!   the database's clock, `FOR UPDATE SKIP LOCKED`, at the next epoch, `crashed` with
 //!   `host lost: OLD`; the rescuer imports them and follows their `on_host_loss`. The epoch
 //!   moved on, so the lost host's writes, should it come back, are refused.
+//! - **Claims** ([`Board::claim`], driven by `daemon/claims.rs`; [`journal::claim`]): a job
+//!   written unclaimed (host NULL, epoch 0, `pinned` the host asked or NULL; announced with
+//!   `pg_notify('sv_claims', PINNED or '')` in its INSERT) is taken by ONE statement per
+//!   claim: up to this host's free slots of the unclaimed unended jobs pinned to it or to
+//!   nobody, oldest first, `FOR UPDATE SKIP LOCKED`, `host = me, epoch = epoch + 1`. The
+//!   claimer holds each at its epoch and imports it `pending`. Claims are due
+//!   ([`Board::claims_due`]) on a notification for this host or any, after the listener's
+//!   (re)connect, after every renewal (a lost notification delays a claim by at most
+//!   lease/3), and when a slot may have freed ([`Board::wake_claims`]); never taken while the
+//!   lease is not current. A cancel or kill of an unclaimed job ends it on the board in one
+//!   statement guarded by `host IS NULL` ([`requests`]).
 //! - **Connections**, one per role ([`Role`], in `application_name`): renewals, the listener,
 //!   the mirror (which also writes the journal), and one shared query connection (`query.rs`)
-//!   for operators' reads and requests, the owner's reads of its requests, submits, write-aheads
-//!   and rescues; `hosts` and leaving open their own.
+//!   for operators' reads and requests, the owner's reads of its requests, submits, write-aheads,
+//!   rescues and claims; `hosts` and leaving open their own.
 //!
 //! Failure modes: the database restarting or unreachable for a while (renewals fail, the
 //! renewer reconnects; the host shows `lost` meanwhile and `alive` again once a renewal
