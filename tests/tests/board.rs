@@ -1425,3 +1425,42 @@ fn an_unclaimed_job_is_listed_without_a_host_and_cancelled_from_anywhere() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--board"), "{err}");
 }
+
+/// Issue 11, claims: a job that its claimer cannot import (here a spec no build can read,
+/// written on the board by hand) is given back unclaimed (`claimed job given back`), not held
+/// and left unrun; it is tried again at the renewals (lease/3), each claim at the next epoch.
+#[test]
+fn a_claimed_job_that_cannot_be_imported_is_given_back() {
+    let Some((pg, env)) = board("a_claimed_job_that_cannot_be_imported") else {
+        return;
+    };
+    let [_a, _b, c] = start_three_of_two_slots(&env, &pg.url(), "1s");
+    let id = "0badc0de";
+    let _ = pg.sql(&format!(
+        "INSERT INTO jobs (id, host, name, state, running, created_at, updated_at, ended, epoch,
+                           source, spec, pinned)
+         VALUES ('{id}', NULL, 'bad', 'pending', 0, now(), now(), false, 0, '/bad.toml',
+                 '{{\"not\": \"a spec\"}}', 'c');
+         SELECT pg_notify('sv_claims', 'c')"
+    ));
+    wait_for_log(&c.daemon, "claimed job given back");
+    wait_for(
+        DEADLINE,
+        "the job claimed again and given back again",
+        || {
+            let row = pg.sql(&format!(
+                "SELECT coalesce(host, '-'), epoch >= 2, state FROM jobs WHERE id = '{id}'"
+            ));
+            if row.trim() == "-|t|pending" {
+                Ok(())
+            } else {
+                Err(row)
+            }
+        },
+    );
+    let store = Store::open(&c.state_dir.join("state.db"));
+    assert!(
+        store.job_ids().is_empty(),
+        "c stored the job it could not import"
+    );
+}

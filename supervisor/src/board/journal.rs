@@ -186,20 +186,54 @@ pub async fn claim(
         .await?;
     let mut claimed = Vec::with_capacity(rows.len());
     for row in &rows {
-        let id: String = row.try_get(0)?;
-        let Some(job_id) = JobId::parse(&id) else {
-            tracing::warn!(job_id = %id, "board job row left out: unreadable");
+        let Some(id) = row_id(row)? else {
             continue;
         };
         claimed.push(Claimed {
-            id: job_id,
+            id,
             epoch: row.try_get(1)?,
             pinned: row.try_get(2)?,
-            source: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
-            spec: row.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
+            source: text_or_empty(row, 3)?,
+            spec: text_or_empty(row, 4)?,
         });
     }
     Ok(claimed)
+}
+
+/// Gives job `id`, claimed by `me` at `epoch`, back to the board unclaimed (its import here
+/// failed); the next claim takes it at the next epoch. Not announced: a job no host can
+/// import (a spec from a newer build, say) is tried again at the hosts' renewals, every
+/// lease/3, not in a loop; a newer host takes it. `false` if the row was no longer `me`'s at
+/// that epoch.
+pub async fn release(
+    client: &Client,
+    me: &str,
+    id: &JobId,
+    epoch: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let released = client
+        .execute(
+            "UPDATE jobs SET host = NULL, updated_at = now()
+             WHERE id = $1 AND host = $2 AND epoch = $3 AND NOT ended",
+            &[&id.as_str(), &me, &epoch],
+        )
+        .await?;
+    Ok(released == 1)
+}
+
+/// Column 0 of a row as a job id; `None` (logged) for an id this build cannot read.
+fn row_id(row: &Row) -> Result<Option<JobId>, tokio_postgres::Error> {
+    let id: String = row.try_get(0)?;
+    let parsed = JobId::parse(&id);
+    if parsed.is_none() {
+        tracing::warn!(job_id = %id, "board job row left out: unreadable");
+    }
+    Ok(parsed)
+}
+
+/// A nullable text column, empty when NULL.
+fn text_or_empty(row: &Row, idx: usize) -> Result<String, tokio_postgres::Error> {
+    Ok(row.try_get::<_, Option<String>>(idx)?.unwrap_or_default())
 }
 
 /// Ends job `id` while it is unclaimed, in one guarded statement: `cancelled` with `reason`
@@ -396,19 +430,17 @@ pub async fn rescue(
         .await?;
     let mut rescued = Vec::with_capacity(rows.len());
     for row in &rows {
-        let id: String = row.try_get(0)?;
-        let Some(job_id) = JobId::parse(&id) else {
-            tracing::warn!(job_id = %id, "board job row left out: unreadable");
+        let Some(id) = row_id(row)? else {
             continue;
         };
         rescued.push(Rescued {
-            id: job_id,
+            id,
             epoch: row.try_get(1)?,
             from: row.try_get(2)?,
-            source: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
-            spec: row.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
+            source: text_or_empty(row, 3)?,
+            spec: text_or_empty(row, 4)?,
             on_host_loss: OnHostLoss::from_name(row.try_get(5)?).unwrap_or_default(),
-            reason: row.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
+            reason: text_or_empty(row, 6)?,
             tasks: Vec::new(),
         });
     }

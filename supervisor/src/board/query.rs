@@ -229,6 +229,20 @@ impl Board {
         .await
     }
 
+    /// Gives job `id`, claimed here at `epoch`, back unclaimed ([`journal::release`]) and
+    /// forgets it; whether the board still had it so.
+    pub async fn release_claim(&self, id: &JobId, epoch: i64) -> Result<bool, BoardError> {
+        let me = self.inner.config.host.clone();
+        let job = id.clone();
+        let released = self
+            .with_query("give a claimed job back", |c| async move {
+                journal::release(c.client(), &me, &job, epoch).await
+            })
+            .await?;
+        self.forget(std::slice::from_ref(id));
+        Ok(released)
+    }
+
     /// Takes up to `batch` jobs of lost hosts ([`journal::rescue`]) and holds them.
     pub async fn rescue(&self, batch: i64) -> Result<Vec<Rescued>, BoardError> {
         let me = self.inner.config.host.clone();

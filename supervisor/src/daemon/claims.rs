@@ -4,7 +4,7 @@
 //! unclaimed jobs this host may take (pinned to it, or to nobody), oldest first, `FOR UPDATE
 //! SKIP LOCKED`, become this host's at the next epoch. Each is imported into the local store
 //! `pending` (the rescue's import, `rescue.rs`), held at its epoch, and the scheduler is
-//! woken.
+//! woken; one the local store refuses is given back unclaimed (`journal::release`).
 //!
 //! It claims when woken ([`Board::claims_due`]): by a claims notification for this host or
 //! any host (the listener), after every renewal (a lost notification delays a claim by at
@@ -54,7 +54,7 @@ async fn claim_free(jobs: &Jobs, board: &Board) {
         Ok(claimed) if claimed.is_empty() => {}
         Ok(claimed) => {
             for job in claimed {
-                take(jobs, job).await;
+                take(jobs, board, job).await;
             }
             jobs.wake();
         }
@@ -65,10 +65,20 @@ async fn claim_free(jobs: &Jobs, board: &Board) {
     }
 }
 
-/// Imports a claimed job `pending` (nothing ran: its tasks are the store's defaults).
-async fn take(jobs: &Jobs, job: Claimed) {
+/// Imports a claimed job `pending` (nothing ran: its tasks are the store's defaults); one
+/// that cannot be imported is given back to the board unclaimed, for another claim.
+async fn take(jobs: &Jobs, board: &Board, job: Claimed) {
     let texts = (job.spec, job.source);
     if !super::rescue::import(jobs, &job.id, texts, None, &[]).await {
+        match board.release_claim(&job.id, job.epoch).await {
+            Ok(released) => {
+                tracing::warn!(job_id = %job.id, epoch = job.epoch, released, "claimed job given back");
+            }
+            Err(err) => {
+                let message = format!("{:#}", anyhow::Error::from(err));
+                tracing::error!(job_id = %job.id, epoch = job.epoch, error = %message, "cannot give a claimed job back; it stays held here, not run");
+            }
+        }
         return;
     }
     tracing::info!(
