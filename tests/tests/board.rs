@@ -1265,7 +1265,8 @@ fn assert_each_ran_once(env: &TestEnv, ids: &[String]) {
 
 /// Issue 11, claims: `submit --host c` at a writes the job unclaimed, pinned to c, and c
 /// claims and runs it (its task writes its id to the marker); the board shows it on c, at
-/// epoch 1 (its first owner). `--host` of this host itself is today's submit, held here.
+/// epoch 2 (claimed: the epoch after the unclaimed row's). `--host` of this host itself is
+/// today's submit, held here; `submit --host b --wait` follows the job to its end on b.
 #[test]
 fn a_job_submitted_for_another_host_runs_there() {
     let Some((pg, env)) = board("a_job_submitted_for_another_host_runs_there") else {
@@ -1284,7 +1285,7 @@ fn a_job_submitted_for_another_host_runs_there() {
         let row = pg.sql(&format!(
             "SELECT host, epoch, pinned, state FROM jobs WHERE id = '{id}'"
         ));
-        if row.trim() == "c|1|c|success" {
+        if row.trim() == "c|2|c|success" {
             Ok(())
         } else {
             Err(row)
@@ -1300,6 +1301,15 @@ fn a_job_submitted_for_another_host_runs_there() {
         "a|1|",
         "a submit --host of this host is held here"
     );
+    // `--wait` follows the job while unclaimed, then on b, to its end.
+    let path = file.to_str().expect("UTF-8");
+    let args = ["submit", path, "--host", "b", "--wait"];
+    let (code, out, err) = cli_at(&env, &a.state_dir, &args, DEADLINE);
+    assert_eq!(
+        code, 0,
+        "submit --host b --wait: stdout {out:?} stderr {err:?}"
+    );
+    assert!(err.contains("on host b"), "{err}");
 }
 
 /// Issue 11, claims: 30 jobs (each appends its id to one file and sleeps 0.3 s) submitted at
@@ -1408,7 +1418,7 @@ fn an_unclaimed_job_is_listed_without_a_host_and_cancelled_from_anywhere() {
     let row = pg.sql(&format!(
         "SELECT coalesce(host, '-'), state, ended, epoch FROM jobs WHERE id = '{id}'"
     ));
-    assert_eq!(row.trim(), "-|cancelled|t|0");
+    assert_eq!(row.trim(), "-|cancelled|t|1");
     let (code, _, err) = cli_at(&env, &b.state_dir, &["cancel", &id], DEADLINE);
     assert_ne!(code, 0, "a second cancel of an ended job: {err}");
     assert!(env.lines("marker").is_empty(), "the cancelled job ran");
@@ -1439,7 +1449,7 @@ fn a_claimed_job_that_cannot_be_imported_is_given_back() {
     let _ = pg.sql(&format!(
         "INSERT INTO jobs (id, host, name, state, running, created_at, updated_at, ended, epoch,
                            source, spec, pinned)
-         VALUES ('{id}', NULL, 'bad', 'pending', 0, now(), now(), false, 0, '/bad.toml',
+         VALUES ('{id}', NULL, 'bad', 'pending', 0, now(), now(), false, 1, '/bad.toml',
                  '{{\"not\": \"a spec\"}}', 'c');
          SELECT pg_notify('sv_claims', 'c')"
     ));
@@ -1449,7 +1459,7 @@ fn a_claimed_job_that_cannot_be_imported_is_given_back() {
         "the job claimed again and given back again",
         || {
             let row = pg.sql(&format!(
-                "SELECT coalesce(host, '-'), epoch >= 2, state FROM jobs WHERE id = '{id}'"
+                "SELECT coalesce(host, '-'), epoch >= 3, state FROM jobs WHERE id = '{id}'"
             ));
             if row.trim() == "-|t|pending" {
                 Ok(())
@@ -1463,4 +1473,30 @@ fn a_claimed_job_that_cannot_be_imported_is_given_back() {
         store.job_ids().is_empty(),
         "c stored the job it could not import"
     );
+}
+
+/// Issue 11, claims: a claim commits on the board before the claimer's store has the job, so
+/// a claimer that dies between the two holds a job it never imported. Here the board row says
+/// what such a death leaves (host d, epoch 2, `pending`) before d ever ran; d, started,
+/// imports it at once and runs it.
+#[test]
+fn a_job_claimed_just_before_a_crash_runs_when_its_host_starts_again() {
+    let Some((pg, env)) = board("a_job_claimed_just_before_a_crash") else {
+        return;
+    };
+    let url = pg.url();
+    let [a, _b, _c] = start_three_of_two_slots(&env, &url, "1s");
+    let file = env.job(
+        "orphan.toml",
+        "",
+        "[[task]]\nname = \"mark\"\nrun = 'echo \"$JOB_ID\" >> \"$SVT_DIR/marker\"'\n",
+    );
+    let id = submit_pinned(&env, &a.state_dir, &file, "d");
+    let _ = pg.sql(&format!(
+        "UPDATE jobs SET host = 'd', epoch = epoch + 1 WHERE id = '{id}' AND host IS NULL"
+    ));
+    let mut d = spawn_host_with(&env, &url, ("d", "d"), "1s", &["--max-jobs", "2"]);
+    wait_daemon_ready(&env, &d.state_dir, &mut d.daemon);
+    wait_local_state(&env, &d.state_dir, &id, DEADLINE, "success");
+    assert_eq!(env.lines("marker"), std::slice::from_ref(&id));
 }

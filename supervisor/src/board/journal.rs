@@ -2,7 +2,7 @@
 //! validated spec, `on_host_loss`, state and reason) and its rows of `job_tasks`, written by the
 //! job's owner only and only with the current epoch; the stale owner's refused writes in
 //! `late_writes`; the rescue of a lost host's jobs; and the claims of unclaimed jobs (host
-//! NULL, epoch 0, `pinned` to a host or to none) by hosts with free slots (ARCHITECTURE.md,
+//! NULL, epoch 1, `pinned` to a host or to none) by hosts with free slots (ARCHITECTURE.md,
 //! The job board).
 //!
 //! Every statement here is one statement (data-modifying CTEs where a job and its tasks are
@@ -92,7 +92,8 @@ pub const CLAIMS_CHANNEL: &str = "sv_claims";
 pub enum Placement<'a> {
     /// Held by this host at epoch 1 (it runs the job: today's submit).
     Here(&'a str),
-    /// Unclaimed (no host, epoch 0), for the host named (`submit --host`), or for any host
+    /// Unclaimed (no host, epoch 1: its first owner holds it at 2, never as a job submitted
+    /// on its holder, [`held_pending`]), for the host named (`submit --host`), or for any host
     /// with a free slot; announced on [`CLAIMS_CHANNEL`] in the same statement.
     Unclaimed { pinned: Option<&'a str> },
 }
@@ -111,7 +112,7 @@ pub async fn insert(
     );
     let (host, pinned, epoch) = match placement {
         Placement::Here(host) => (Some(host), None, 1_i64),
-        Placement::Unclaimed { pinned } => (None, pinned, 0),
+        Placement::Unclaimed { pinned } => (None, pinned, 1),
     };
     let row = client
         .query_one(
@@ -184,8 +185,32 @@ pub async fn claim(
             &[&me, &free],
         )
         .await?;
+    claimed_rows(&rows)
+}
+
+/// The jobs `me` claimed (epoch 2 or later, never rescued) that never started (`pending`,
+/// unended): those it claimed just before a crash, before its store had them, are among them
+/// (read at start). A job submitted on `me` (epoch 1) is not: one whose local commit failed
+/// was refused to its client, and must never run.
+pub async fn held_pending(
+    client: &Client,
+    me: &str,
+) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, epoch, pinned, source, spec FROM jobs
+             WHERE host = $1 AND NOT ended AND state = 'pending' AND spec IS NOT NULL
+               AND epoch >= 2 AND lost_from IS NULL",
+            &[&me],
+        )
+        .await?;
+    claimed_rows(&rows)
+}
+
+/// Rows of (id, epoch, pinned, source, spec) as [`Claimed`] jobs.
+fn claimed_rows(rows: &[Row]) -> Result<Vec<Claimed>, tokio_postgres::Error> {
     let mut claimed = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let Some(id) = row_id(row)? else {
             continue;
         };

@@ -78,7 +78,7 @@
 //!   `host lost: OLD`; the rescuer imports them and follows their `on_host_loss`. The epoch
 //!   moved on, so the lost host's writes, should it come back, are refused.
 //! - **Claims** ([`Board::claim`], driven by `daemon/claims.rs`; [`journal::claim`]): a job
-//!   written unclaimed (host NULL, epoch 0, `pinned` the host asked or NULL; announced with
+//!   written unclaimed (host NULL, epoch 1, `pinned` the host asked or NULL; announced with
 //!   `pg_notify('sv_claims', PINNED or '')` in its INSERT) is taken by ONE statement per
 //!   claim: up to this host's free slots of the unclaimed unended jobs pinned to it or to
 //!   nobody, oldest first, `FOR UPDATE SKIP LOCKED`, `host = me, epoch = epoch + 1`. The
@@ -87,7 +87,10 @@
 //!   (re)connect, after every renewal (a lost notification delays a claim by at most
 //!   lease/3), and when a slot may have freed ([`Board::wake_claims`]); never taken while the
 //!   lease is not current. A cancel or kill of an unclaimed job ends it on the board in one
-//!   statement guarded by `host IS NULL` ([`requests`]).
+//!   statement guarded by `host IS NULL` ([`requests`]). A claim commits before the import:
+//!   at start, the claimed, still pending jobs this host holds but its store lacks are
+//!   imported ([`Board::held_pending`]); one the store refuses is given back unclaimed
+//!   ([`Board::release_claim`]).
 //! - **Connections**, one per role ([`Role`], in `application_name`): renewals, the listener,
 //!   the mirror (which also writes the journal), and one shared query connection (`query.rs`)
 //!   for operators' reads and requests, the owner's reads of its requests, submits, write-aheads,

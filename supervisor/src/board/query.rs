@@ -229,6 +229,15 @@ impl Board {
         .await
     }
 
+    /// The jobs this host holds that never started ([`journal::held_pending`]).
+    pub async fn held_pending(&self) -> Result<Vec<Claimed>, BoardError> {
+        let me = self.inner.config.host.clone();
+        self.with_query("read this host's pending jobs", |c| async move {
+            journal::held_pending(c.client(), &me).await
+        })
+        .await
+    }
+
     /// Gives job `id`, claimed here at `epoch`, back unclaimed ([`journal::release`]) and
     /// forgets it; whether the board still had it so.
     pub async fn release_claim(&self, id: &JobId, epoch: i64) -> Result<bool, BoardError> {

@@ -6,7 +6,8 @@
 //! `pending` (the rescue's import, `rescue.rs`), held at its epoch, and the scheduler is
 //! woken; one the local store refuses is given back unclaimed (`journal::release`).
 //!
-//! It claims when woken ([`Board::claims_due`]): by a claims notification for this host or
+//! At start it first imports the jobs it holds on the board but not in its store (claimed
+//! just before a crash: [`import_orphans`]). It claims when woken ([`Board::claims_due`]): by a claims notification for this host or
 //! any host (the listener), after every renewal (a lost notification delays a claim by at
 //! most lease/3), after the listener (re)connects, and whenever the scheduler was woken (a
 //! job ended here: a slot freed). It never claims while its lease is not current, and never
@@ -16,16 +17,51 @@
 use crate::board::Board;
 use crate::board::journal::Claimed;
 use crate::job::Jobs;
+use crate::store::StoreError;
 use shared::state::JobState;
 
-/// Claims jobs each time claims are due, for the daemon's life.
+/// Claims jobs each time claims are due, for the daemon's life; first imports the jobs it
+/// holds on the board that its store lacks ([`import_orphans`]).
 pub async fn run(jobs: Jobs, board: Board) {
+    import_orphans(&jobs, &board).await;
     loop {
         board.claims_due().await;
         if jobs.is_stopping() {
             return;
         }
         claim_free(&jobs, &board).await;
+    }
+}
+
+/// A claim is committed on the board before its import here: a daemon that died between the
+/// two holds a job on the board that its store does not have. At start, every job this host
+/// holds on the board that never started and is missing from the store is imported as a
+/// claim would have (a failure is logged; the next start tries again).
+async fn import_orphans(jobs: &Jobs, board: &Board) {
+    let held = match board.held_pending().await {
+        Ok(held) => held,
+        Err(err) => {
+            let message = format!("{:#}", anyhow::Error::from(err));
+            tracing::warn!(host = %board.config().host, error = %message, "cannot read this host's pending jobs on the board");
+            return;
+        }
+    };
+    let mut imported = false;
+    for job in held {
+        let id = job.id.clone();
+        match jobs.store().call(move |s| s.job(&id)).await {
+            Err(StoreError::UnknownJob(_)) => {
+                take(jobs, board, job).await;
+                imported = true;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(job_id = %job.id, error = %err, "cannot read a job");
+            }
+        }
+    }
+    if imported {
+        jobs.wake();
     }
 }
 
