@@ -1387,14 +1387,15 @@ fn a_thousand_jobs_from_concurrent_clis_each_run_once() {
 
 /// Issue 11, claims: a job pinned to a host that is not running (`--host z`) stays unclaimed:
 /// `ls --json` at b shows it `pending` with host null, `status --json` too; `cancel --wait` at
-/// b ends it on the board directly (`cancelled`, ended, still no host) and exits 3, and its
-/// task never ran. `--host` on a daemon without a board is refused with exit 2.
+/// b ends it on the board directly (`cancelled`, ended, still no host) and exits 3; `kill` of
+/// another from c ends it the same way; neither task ever ran. `--host` on a daemon without a
+/// board is refused with exit 2.
 #[test]
 fn an_unclaimed_job_is_listed_without_a_host_and_cancelled_from_anywhere() {
     let Some((pg, env)) = board("an_unclaimed_job_is_listed_without_a_host") else {
         return;
     };
-    let [a, b, _c] = start_three_of_two_slots(&env, &pg.url(), "1s");
+    let [a, b, c] = start_three_of_two_slots(&env, &pg.url(), "1s");
     let file = env.job(
         "never.toml",
         "",
@@ -1421,7 +1422,14 @@ fn an_unclaimed_job_is_listed_without_a_host_and_cancelled_from_anywhere() {
     assert_eq!(row.trim(), "-|cancelled|t|1");
     let (code, _, err) = cli_at(&env, &b.state_dir, &["cancel", &id], DEADLINE);
     assert_ne!(code, 0, "a second cancel of an ended job: {err}");
-    assert!(env.lines("marker").is_empty(), "the cancelled job ran");
+    let other = submit_pinned(&env, &a.state_dir, &file, "z");
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["kill", &other], DEADLINE);
+    assert_eq!(code, 0, "kill: stdout {out:?} stderr {err:?}");
+    let row = pg.sql(&format!(
+        "SELECT coalesce(host, '-'), state, ended FROM jobs WHERE id = '{other}'"
+    ));
+    assert_eq!(row.trim(), "-|cancelled|t", "a kill of an unclaimed job");
+    assert!(env.lines("marker").is_empty(), "a cancelled job ran");
 
     let island = TestEnv::new();
     let _daemon = island.start_daemon(&["--warm", "0"]);

@@ -78,18 +78,15 @@ pub async fn forget(
         .await
 }
 
-/// The row of job `id` if a host other than `me` holds it, or none does yet (unclaimed: its
-/// host reads as empty); a list: at most one since ids are unique across the board, schema
-/// version 4.
-pub async fn find(
-    client: &Client,
-    id: &JobId,
-    me: &str,
-) -> Result<Vec<HostedJob>, tokio_postgres::Error> {
+/// The row of job `id` (asked for a job the local store does not have): another host's, an
+/// unclaimed one (its host reads as empty), or this host's own while a claim of it is being
+/// imported here (so that a `--wait` polling it never sees it vanish); a list: at most one
+/// since ids are unique across the board, schema version 4.
+pub async fn find(client: &Client, id: &JobId) -> Result<Vec<HostedJob>, tokio_postgres::Error> {
     let rows = client
         .query(
-            &format!("SELECT {COLUMNS} FROM jobs WHERE id = $1 AND host IS DISTINCT FROM $2 ORDER BY host"),
-            &[&id.as_str(), &me],
+            &format!("SELECT {COLUMNS} FROM jobs WHERE id = $1 ORDER BY host"),
+            &[&id.as_str()],
         )
         .await?;
     rows.iter().filter_map(hosted).collect()

@@ -65,12 +65,11 @@ impl Board {
         }
     }
 
-    /// Job `id` as the mirror shows it on hosts other than this one.
+    /// Job `id` as the mirror shows it ([`mirror::find`]: for a job the local store lacks).
     pub async fn find_job(&self, id: &JobId) -> Result<Vec<HostedJob>, BoardError> {
-        let me = self.inner.config.host.clone();
         let id = id.clone();
         self.with_query("read a job from the board", |c| async move {
-            mirror::find(c.client(), &id, &me).await
+            mirror::find(c.client(), &id).await
         })
         .await
     }
