@@ -1201,6 +1201,11 @@ fn no_task_runs_on_two_hosts_at_once_across_a_partition() {
     assert!(!env.lines("marker").contains(&"overlap".to_owned()));
 }
 
+/// The lease of the claims tests' daemons: one a loaded 2-core machine renews in time (1 s is
+/// fenced now and then when submitters and conductors starve the renewals, and the claims do
+/// not need a short one: notifications drive them).
+const CLAIMS_LEASE: &str = "5s";
+
 /// Daemons a, b and c on the board with `--max-jobs 2` each and `--lease lease`, once each
 /// answers.
 fn start_three_of_two_slots(env: &TestEnv, url: &str, lease: &str) -> [Host; 3] {
@@ -1272,7 +1277,7 @@ fn a_job_submitted_for_another_host_runs_there() {
     let Some((pg, env)) = board("a_job_submitted_for_another_host_runs_there") else {
         return;
     };
-    let [a, _b, c] = start_three_of_two_slots(&env, &pg.url(), "1s");
+    let [a, _b, c] = start_three_of_two_slots(&env, &pg.url(), CLAIMS_LEASE);
     let file = env.job(
         "pinned.toml",
         "",
@@ -1321,7 +1326,7 @@ fn jobs_submitted_on_one_host_spread_over_the_free_slots_of_all() {
     let Some((pg, env)) = board("jobs_submitted_on_one_host_spread_over_the_free") else {
         return;
     };
-    let [a, _b, _c] = start_three_of_two_slots(&env, &pg.url(), "1s");
+    let [a, _b, _c] = start_three_of_two_slots(&env, &pg.url(), CLAIMS_LEASE);
     let file = id_appending_job(&env, " && sleep 0.3");
     let ids: Vec<String> = (0..30)
         .map(|_| submit_at(&env, &a.state_dir, &file))
@@ -1352,9 +1357,7 @@ fn a_thousand_jobs_from_concurrent_clis_each_run_once() {
     let Some((pg, env)) = board("a_thousand_jobs_from_concurrent_clis") else {
         return;
     };
-    // A lease that a loaded 2-core machine renews in time (1 s is fenced now and then when
-    // the submitters and conductors starve the renewals).
-    let hosts = start_three_of_two_slots(&env, &pg.url(), "5s");
+    let hosts = start_three_of_two_slots(&env, &pg.url(), CLAIMS_LEASE);
     let file = id_appending_job(&env, "");
     let dirs: Vec<&Path> = hosts.iter().map(|h| h.state_dir.as_path()).collect();
     let started = std::time::Instant::now();
@@ -1395,7 +1398,7 @@ fn an_unclaimed_job_is_listed_without_a_host_and_cancelled_from_anywhere() {
     let Some((pg, env)) = board("an_unclaimed_job_is_listed_without_a_host") else {
         return;
     };
-    let [a, b, c] = start_three_of_two_slots(&env, &pg.url(), "1s");
+    let [a, b, c] = start_three_of_two_slots(&env, &pg.url(), CLAIMS_LEASE);
     let file = env.job(
         "never.toml",
         "",
@@ -1452,7 +1455,7 @@ fn a_claimed_job_that_cannot_be_imported_is_given_back() {
     let Some((pg, env)) = board("a_claimed_job_that_cannot_be_imported") else {
         return;
     };
-    let [_a, _b, c] = start_three_of_two_slots(&env, &pg.url(), "1s");
+    let [_a, _b, c] = start_three_of_two_slots(&env, &pg.url(), CLAIMS_LEASE);
     let id = "0badc0de";
     let _ = pg.sql(&format!(
         "INSERT INTO jobs (id, host, name, state, running, created_at, updated_at, ended, epoch,
@@ -1493,7 +1496,7 @@ fn a_job_claimed_just_before_a_crash_runs_when_its_host_starts_again() {
         return;
     };
     let url = pg.url();
-    let [a, _b, _c] = start_three_of_two_slots(&env, &url, "1s");
+    let [a, _b, _c] = start_three_of_two_slots(&env, &url, CLAIMS_LEASE);
     let file = env.job(
         "orphan.toml",
         "",
@@ -1503,7 +1506,7 @@ fn a_job_claimed_just_before_a_crash_runs_when_its_host_starts_again() {
     let _ = pg.sql(&format!(
         "UPDATE jobs SET host = 'd', epoch = epoch + 1 WHERE id = '{id}' AND host IS NULL"
     ));
-    let mut d = spawn_host_with(&env, &url, ("d", "d"), "1s", &["--max-jobs", "2"]);
+    let mut d = spawn_host_with(&env, &url, ("d", "d"), CLAIMS_LEASE, &["--max-jobs", "2"]);
     wait_daemon_ready(&env, &d.state_dir, &mut d.daemon);
     wait_local_state(&env, &d.state_dir, &id, DEADLINE, "success");
     assert_eq!(env.lines("marker"), std::slice::from_ref(&id));
