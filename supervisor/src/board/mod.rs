@@ -30,7 +30,8 @@
 //!   newer renewal the lease is no longer current ([`Board::is_lease_current`]): the daemon
 //!   soft-cancels every job holding a conductor through its actor (reason `fenced: board
 //!   lease not renewed for Nms`; the reverts run here while time allows), its scheduler starts
-//!   nothing and `submit`, `revert`, `resume` and `continue` are refused. At `t_r + lease*7/10` it kills the jobs still live (the
+//!   nothing, no job is claimed, and `revert`, `resume`, `continue` and a `submit` it would
+//!   hold are refused (a plain `submit` is written unclaimed for another host). At `t_r + lease*7/10` it kills the jobs still live (the
 //!   kill path: `killed`, the reverts that did not run recorded as skipped for `revert JOB`).
 //!   Each phase logs `board fencing` at WARN. A renewal that succeeds lifts the fence (`board
 //!   lease regained`); the jobs fenced stay ended. A daemon too frozen to fence itself (a

@@ -2,13 +2,14 @@
 //! `pending`, and the scheduler is woken. On a board, the job's journal (its row, epoch 1, and
 //! its tasks) is committed on the board first, under an id drawn until the board takes it, then
 //! in the local store: the submit is acknowledged after both commits. A submit is refused while
-//! this daemon's lease is not current (it is fencing itself: `daemon/fence.rs`).
+//! this daemon's lease is not current (it is fencing itself: `daemon/fence.rs`) when it would
+//! hold the job (`--host` naming itself); otherwise it is written unclaimed, for another host.
 //!
 //! Claims: `submit --host NAME` of another host writes the job on the board unclaimed,
 //! pinned to NAME, and announced (one statement): NAME claims it (`daemon/claims.rs`); the
 //! answer comes after the board's commit, and nothing is stored here. A plain `submit` that
-//! this host cannot start now (as many jobs running or queued here as `--max-jobs`) is
-//! written unclaimed for any host with a free slot. `--host` without a board is refused.
+//! this host cannot start now (its lease not current, or as many jobs running or queued here
+//! as `--max-jobs`) is written unclaimed for any host with a free slot. `--host` without a board is refused.
 
 use super::Reply;
 use crate::board::Board;
@@ -36,7 +37,6 @@ pub async fn handle(
             format!("submit --host {host} needs a daemon on a job board (daemon --board URL)"),
         ));
     }
-    super::check_lease(board)?;
     let mut spec = spec;
     // A client may send any bytes: the spec is checked again as a whole. A relative `cwd`
     // (from an older CLI) resolves against the job file's directory, as the CLI does.
@@ -49,10 +49,15 @@ pub async fn handle(
     let name = spec.name.clone();
     let id = match board {
         Some(board) => {
+            // Held here only by a host that may start it now: its lease current (else it
+            // is fencing itself and takes nothing), a slot free.
             let unclaimed = match pinned {
-                Some(host) if host == board.config().host => None,
+                Some(host) if host == board.config().host => {
+                    super::check_lease(Some(board))?;
+                    None
+                }
                 Some(host) => Some(Some(host)),
-                None if has_room(jobs, board).await? => None,
+                None if board.is_lease_current() && has_room(jobs, board).await? => None,
                 None => Some(None),
             };
             if let Some(pinned) = unclaimed {
