@@ -141,9 +141,10 @@ fn running_task(env: &TestEnv, state_dir: &Path, id: &str) -> (i32, i32) {
 
 /// PostgreSQL stopped under a running job: the daemon soft-cancels it at `t_r + lease/2`, its
 /// revert runs, and it ends `cancelled` before the daemon counts its lease lost (at `t_r +
-/// lease * 4/5`, earlier than the database can judge it expired); meanwhile `submit` is
-/// refused (exit 8, naming the lease), and accepted again once the board is back and a
-/// renewal succeeded.
+/// lease * 4/5`, earlier than the database can judge it expired); meanwhile `submit --host a`
+/// (held here) is refused (exit 8, naming the lease), a plain `submit` too (it would be
+/// written unclaimed, and the board is down), and both are accepted again once the board is
+/// back and a renewal succeeded.
 #[test]
 fn a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed() {
     let test = "a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed";
@@ -153,8 +154,12 @@ fn a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed() {
     let file = long_job(&env, "long.toml", r#"echo reverted >> "$SVT_DIR/reverted""#);
     let id = submit_at(&env, &state_dir, &file);
     running_task(&env, &state_dir, &id);
-    // A second job waits for the one slot.
-    let queued = submit_at(&env, &state_dir, &file);
+    // A second job waits for the one slot here (`--host a`: held here, where a plain submit
+    // would be written unclaimed for any host with a free slot).
+    let path = file.to_str().expect("UTF-8");
+    let (code, out, err) = cli_at(&env, &state_dir, &["submit", path, "--host", "a"], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    let queued = out.trim().to_owned();
     let host = (&pg, &env, &daemon, state_dir.as_path());
     let cancelled = ("cancelled", "fenced: board lease not renewed for ");
     let before = stop_the_board_under(host, &id, cancelled);
@@ -175,9 +180,10 @@ fn a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed() {
     let lost = log_position(&daemon, "lease lost", before);
     assert!(ended < lost, "{}", daemon.report());
 
-    // No new job while the lease is not current.
-    let path = file.to_str().expect("UTF-8");
-    let (code, out, err) = cli_at(&env, &state_dir, &["submit", path], DEADLINE);
+    // No new job held here while the lease is not current; a plain submit would be written
+    // unclaimed for another host, which the board being down refuses too.
+    let pinned_here = ["submit", path, "--host", "a"];
+    let (code, out, err) = cli_at(&env, &state_dir, &pinned_here, DEADLINE);
     assert_eq!(code, REFUSED, "stdout {out:?} stderr {err:?}");
     assert!(
         err.contains(
@@ -185,6 +191,9 @@ fn a_lease_not_renewed_cancels_the_jobs_and_refuses_new_ones_until_renewed() {
         ),
         "{err}"
     );
+    let (code, out, err) = cli_at(&env, &state_dir, &["submit", path], DEADLINE);
+    assert_eq!(code, REFUSED, "stdout {out:?} stderr {err:?}");
+    assert!(err.contains("cannot write the job on the board"), "{err}");
 
     // The slot is free, but the queued job does not start while the lease is not current.
     assert_eq!(

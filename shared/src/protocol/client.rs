@@ -96,12 +96,26 @@ pub enum ClientRequest {
         source: String,
         on_host_loss: OnHostLoss,
     },
+    /// `submit FILE --host NAME` on a job board: the job pinned to host `host` (claimed
+    /// there), with its `on_host_loss`. Version 5; added at the end. A submit without
+    /// `--host` is sent as `Submit` or `SubmitWithHostLoss`, which every daemon understands.
+    SubmitOnBoard {
+        spec: Box<JobSpec>,
+        source: String,
+        on_host_loss: OnHostLoss,
+        host: Option<String>,
+    },
 }
 
 impl ClientRequest {
     /// Encodes the request as a whole frame in protocol `version`.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
-        if version >= 4 {
+        if version < 5 && matches!(self, Self::SubmitOnBoard { .. }) {
+            Err(FrameError::NotInVersion {
+                what: "submit --host",
+                version,
+            })
+        } else if version >= 4 {
             encode_frame(self)
         } else if matches!(self, Self::Hosts) {
             Err(FrameError::NotInVersion {
@@ -498,6 +512,34 @@ mod tests {
                     request.encode(version),
                     Err(FrameError::NotInVersion {
                         what: "on_host_loss",
+                        ..
+                    })
+                ),
+                "version {version}"
+            );
+        }
+    }
+
+    /// `submit --host` carries the host beside the spec, in version 5 only.
+    #[test]
+    fn a_pinned_submit_round_trips_in_version_5_only() {
+        let src = "[[task]]\nname = \"a\"\nrun = \"true\"\n";
+        let spec = JobSpec::parse(src, "p.toml", "p").expect("valid");
+        let request = ClientRequest::SubmitOnBoard {
+            on_host_loss: OnHostLoss::Revert,
+            spec: Box::new(spec),
+            source: "/p.toml".into(),
+            host: Some("c".into()),
+        };
+        let frame = request.encode(5).expect("encodes");
+        let decoded = ClientRequest::decoder(5)(&frame[4..]).expect("decodes");
+        assert_eq!(decoded, request);
+        for version in 1..5 {
+            assert!(
+                matches!(
+                    request.encode(version),
+                    Err(FrameError::NotInVersion {
+                        what: "submit --host",
                         ..
                     })
                 ),

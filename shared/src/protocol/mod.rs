@@ -26,9 +26,10 @@ pub mod v3;
 /// (`JobSpec::flow`, `max_parallel`, `on_failure`, `TaskSpec::after`, `retry_delay`,
 /// `retry_backoff`; [`v3`] mirrors version 3). Version 5: the lease delegated to conductors
 /// (`ToConductor::Fence`, `JobEvent::Fenced`, both appended: version 4 has the same layout
-/// without them, and a version 4 peer never receives them). Version 6: the resume plan
-/// (`PlanAction::Resume`, appended: version 5 has the same layout without it, and a version 5
-/// peer never receives it).
+/// without them, and a version 4 peer never receives them); `ClientRequest::SubmitOnBoard`
+/// (`submit --host`, appended likewise, never sent to a version 4 daemon). Version 6: the
+/// resume plan (`PlanAction::Resume`, appended: version 5 has the same layout without it, and
+/// a version 5 peer never receives it).
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The oldest version this build still speaks.

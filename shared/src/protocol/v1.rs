@@ -273,7 +273,10 @@ impl TryFrom<ClientRequest> for ClientRequestV1 {
             R::Resume { job } => Self::Resume { job },
             R::Events => Self::Events,
             R::Shutdown { cancel } => Self::Shutdown { cancel },
-            other @ (R::Prune { .. } | R::Hosts | R::SubmitWithHostLoss { .. }) => {
+            other @ (R::Prune { .. }
+            | R::Hosts
+            | R::SubmitWithHostLoss { .. }
+            | R::SubmitOnBoard { .. }) => {
                 return Err(other);
             }
             R::Operate {

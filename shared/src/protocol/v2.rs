@@ -295,8 +295,9 @@ impl From<ClientRequest> for ClientRequestV2 {
             R::Shutdown { cancel } => Self::Shutdown { cancel },
             // `ClientRequest::encode` refuses it before version 3; never reached there.
             R::Prune { .. } => Self::List { all: false },
-            // `ClientRequest::encode` refuses them before version 4; never reached there.
-            R::Hosts | R::SubmitWithHostLoss { .. } => Self::Events,
+            // `ClientRequest::encode` refuses them before version 4 (`SubmitOnBoard` before
+            // version 5); never reached there.
+            R::Hosts | R::SubmitWithHostLoss { .. } | R::SubmitOnBoard { .. } => Self::Events,
             R::Operate {
                 job,
                 action,

@@ -328,13 +328,15 @@ impl From<ClientRequestV3> for ClientRequest {
 
 impl From<ClientRequest> for ClientRequestV3 {
     fn from(request: ClientRequest) -> Self {
-        // `ClientRequest::encode` refuses `Hosts` and `SubmitWithHostLoss` before version 4;
-        // never reached there.
+        // `ClientRequest::encode` refuses `Hosts` and `SubmitWithHostLoss` before version 4,
+        // and `SubmitOnBoard` before version 5; never reached there.
         convert_request!(
             ClientRequest,
             Self,
             request,
-            ClientRequest::Hosts | ClientRequest::SubmitWithHostLoss { .. } => Self::Events
+            ClientRequest::Hosts
+                | ClientRequest::SubmitWithHostLoss { .. }
+                | ClientRequest::SubmitOnBoard { .. } => Self::Events
         )
     }
 }

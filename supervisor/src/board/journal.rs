@@ -1,7 +1,9 @@
 //! The job's journal on the board: each job's row of `jobs` (its claim epoch, its file and
 //! validated spec, `on_host_loss`, state and reason) and its rows of `job_tasks`, written by the
 //! job's owner only and only with the current epoch; the stale owner's refused writes in
-//! `late_writes`; and the rescue of a lost host's jobs (ARCHITECTURE.md, The job board).
+//! `late_writes`; the rescue of a lost host's jobs; and the claims of unclaimed jobs (host
+//! NULL, epoch 1, `pinned` to a host or to none) by hosts with free slots (ARCHITECTURE.md,
+//! The job board).
 //!
 //! Every statement here is one statement (data-modifying CTEs where a job and its tasks are
 //! written together), so it is atomic without a transaction and runs on the shared query
@@ -81,23 +83,43 @@ pub struct Rescued {
     pub tasks: Vec<JournalTask>,
 }
 
-/// Inserts `job` held by `host` at epoch 1 with its tasks, in one statement; `false` when the id
-/// is taken on the board (draw another).
+/// The channel on which an unclaimed job is announced; the payload is the host it is pinned
+/// to, empty for any host.
+pub const CLAIMS_CHANNEL: &str = "sv_claims";
+
+/// Where a new job goes on the board.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement<'a> {
+    /// Held by this host at epoch 1 (it runs the job: today's submit).
+    Here(&'a str),
+    /// Unclaimed (no host, epoch 1: its first owner holds it at 2, never as a job submitted
+    /// on its holder, [`held_pending`]), for the host named (`submit --host`), or for any host
+    /// with a free slot; announced on [`CLAIMS_CHANNEL`] in the same statement.
+    Unclaimed { pinned: Option<&'a str> },
+}
+
+/// Inserts `job` as `placement` says with its tasks, in one statement (an unclaimed one is
+/// announced in it, so the notification comes with the commit); `false` when the id is taken
+/// on the board (draw another).
 pub async fn insert(
     client: &Client,
-    host: &str,
+    placement: Placement<'_>,
     job: &NewJob,
 ) -> Result<bool, tokio_postgres::Error> {
     let t = TaskColumns::of(
         std::iter::repeat_n(job.id.as_str(), job.tasks.len()),
         &job.tasks,
     );
+    let (host, pinned, epoch) = match placement {
+        Placement::Here(host) => (Some(host), None, 1_i64),
+        Placement::Unclaimed { pinned } => (None, pinned, 1),
+    };
     let row = client
         .query_one(
             "WITH j AS (
                  INSERT INTO jobs (id, host, name, state, task, running, created_at, updated_at,
-                                   ended, epoch, source, spec, on_host_loss)
-                 VALUES ($1, $2, $3, 'pending', NULL, 0, now(), now(), false, 1, $4, $5, $6)
+                                   ended, epoch, source, spec, on_host_loss, pinned)
+                 VALUES ($1, $2, $3, 'pending', NULL, 0, now(), now(), false, $15, $4, $5, $6, $16)
                  ON CONFLICT (id) DO NOTHING
                  RETURNING id),
              t AS (
@@ -105,8 +127,10 @@ pub async fn insert(
                  SELECT u.* FROM unnest($7::text[], $8::int[], $9::text[], $10::bool[], $11::text[],
                                         $12::int[], $13::text[], $14::text[])
                           AS u(job_id, idx, name, has_revert, state, attempts, exec_outcome, result)
-                 WHERE EXISTS (SELECT 1 FROM j))
-             SELECT count(*) FROM j",
+                 WHERE EXISTS (SELECT 1 FROM j)),
+             n AS (
+                 SELECT pg_notify($17, COALESCE($16::text, ''))::text FROM j WHERE $2::text IS NULL)
+             SELECT (SELECT count(*) FROM j), (SELECT count(*) FROM n)",
             &[
                 &job.id.as_str() as &(dyn ToSql + Sync),
                 &host,
@@ -117,10 +141,142 @@ pub async fn insert(
             ]
             .into_iter()
             .chain(t.params())
+            .chain([
+                &epoch as &(dyn ToSql + Sync),
+                &pinned,
+                &CLAIMS_CHANNEL,
+            ])
             .collect::<Vec<_>>(),
         )
         .await?;
     Ok(row.try_get::<_, i64>(0)? == 1)
+}
+
+/// A job this host claimed ([`claim`]): its tasks are all pending (nothing ran).
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub id: JobId,
+    /// The epoch this host holds it at.
+    pub epoch: i64,
+    /// The host it was pinned to (this one), if any.
+    pub pinned: Option<String>,
+    pub source: String,
+    pub spec: String,
+}
+
+/// The claim: in ONE statement, up to `free` unclaimed, unended jobs that any host or `me`
+/// may take, oldest first, `FOR UPDATE SKIP LOCKED` (another claimer or a cancel holds the
+/// row: skipped), become `me`'s at the next epoch.
+pub async fn claim(
+    client: &Client,
+    me: &str,
+    free: i64,
+) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "UPDATE jobs SET host = $1, epoch = epoch + 1, updated_at = now()
+             WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE host IS NULL AND NOT ended AND spec IS NOT NULL
+                   AND (pinned IS NULL OR pinned = $1)
+                 ORDER BY seq LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, epoch, pinned, source, spec",
+            &[&me, &free],
+        )
+        .await?;
+    claimed_rows(&rows)
+}
+
+/// The jobs `me` claimed (epoch 2 or later, never rescued) that never started (`pending`,
+/// unended): those it claimed just before a crash, before its store had them, are among them
+/// (read at start). A job submitted on `me` (epoch 1) is not: one whose local commit failed
+/// was refused to its client, and must never run.
+pub async fn held_pending(
+    client: &Client,
+    me: &str,
+) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, epoch, pinned, source, spec FROM jobs
+             WHERE host = $1 AND NOT ended AND state = 'pending' AND spec IS NOT NULL
+               AND epoch >= 2 AND lost_from IS NULL",
+            &[&me],
+        )
+        .await?;
+    claimed_rows(&rows)
+}
+
+/// Rows of (id, epoch, pinned, source, spec) as [`Claimed`] jobs.
+fn claimed_rows(rows: &[Row]) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(id) = row_id(row)? else {
+            continue;
+        };
+        claimed.push(Claimed {
+            id,
+            epoch: row.try_get(1)?,
+            pinned: row.try_get(2)?,
+            source: text_or_empty(row, 3)?,
+            spec: text_or_empty(row, 4)?,
+        });
+    }
+    Ok(claimed)
+}
+
+/// Gives job `id`, claimed by `me` at `epoch`, back to the board unclaimed (its import here
+/// failed); the next claim takes it at the next epoch. Not announced: a job no host can
+/// import (a spec from a newer build, say) is tried again at the hosts' renewals, every
+/// lease/3, not in a loop; a newer host takes it. `false` if the row was no longer `me`'s at
+/// that epoch.
+pub async fn release(
+    client: &Client,
+    me: &str,
+    id: &JobId,
+    epoch: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let released = client
+        .execute(
+            "UPDATE jobs SET host = NULL, updated_at = now()
+             WHERE id = $1 AND host = $2 AND epoch = $3 AND NOT ended",
+            &[&id.as_str(), &me, &epoch],
+        )
+        .await?;
+    Ok(released == 1)
+}
+
+/// Column 0 of a row as a job id; `None` (logged) for an id this build cannot read.
+fn row_id(row: &Row) -> Result<Option<JobId>, tokio_postgres::Error> {
+    let id: String = row.try_get(0)?;
+    let parsed = JobId::parse(&id);
+    if parsed.is_none() {
+        tracing::warn!(job_id = %id, "board job row left out: unreadable");
+    }
+    Ok(parsed)
+}
+
+/// A nullable text column, empty when NULL.
+fn text_or_empty(row: &Row, idx: usize) -> Result<String, tokio_postgres::Error> {
+    Ok(row.try_get::<_, Option<String>>(idx)?.unwrap_or_default())
+}
+
+/// Ends job `id` while it is unclaimed, in one guarded statement: `cancelled` with `reason`
+/// (nothing ran, nothing to revert). `false` when it is not unclaimed any more (a host
+/// claimed it meanwhile, or it ended).
+pub async fn cancel_unclaimed(
+    client: &Client,
+    id: &JobId,
+    reason: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let ended = client
+        .execute(
+            "UPDATE jobs SET state = 'cancelled', ended = true, reason = $2, updated_at = now()
+             WHERE id = $1 AND host IS NULL AND NOT ended",
+            &[&id.as_str(), &reason],
+        )
+        .await?;
+    Ok(ended == 1)
 }
 
 /// Removes job `id` of `host` at epoch 1 (a submit whose local commit failed after its board
@@ -299,19 +455,17 @@ pub async fn rescue(
         .await?;
     let mut rescued = Vec::with_capacity(rows.len());
     for row in &rows {
-        let id: String = row.try_get(0)?;
-        let Some(job_id) = JobId::parse(&id) else {
-            tracing::warn!(job_id = %id, "board job row left out: unreadable");
+        let Some(id) = row_id(row)? else {
             continue;
         };
         rescued.push(Rescued {
-            id: job_id,
+            id,
             epoch: row.try_get(1)?,
             from: row.try_get(2)?,
-            source: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
-            spec: row.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
+            source: text_or_empty(row, 3)?,
+            spec: text_or_empty(row, 4)?,
             on_host_loss: OnHostLoss::from_name(row.try_get(5)?).unwrap_or_default(),
-            reason: row.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
+            reason: text_or_empty(row, 6)?,
             tasks: Vec::new(),
         });
     }

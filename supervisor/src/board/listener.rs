@@ -1,12 +1,15 @@
 //! The listener: one dedicated connection per daemon that `LISTEN`s on
 //! [`requests::CHANNEL`](super::requests::CHANNEL) and wakes the owner's request reader
-//! ([`Board::requests_due`]) for each notification naming this host. Nothing else runs on
-//! it, and it is never the renewals' connection.
+//! ([`Board::requests_due`]) for each notification naming this host, and on
+//! [`CLAIMS_CHANNEL`] and wakes the claims ([`Board::claims_due`]) for each unclaimed job
+//! announced for this host or any host. Nothing else runs on it, and it is never the
+//! renewals' connection.
 //!
 //! A notification is only a hint: PostgreSQL drops those sent while the listener is
-//! disconnected, so after every (re)connect the reader is woken to read the pending requests
-//! again, and the renewer wakes it after every renewal as well.
+//! disconnected, so after every (re)connect the reader and the claims are woken to read the
+//! board again, and the renewer wakes both after every renewal as well.
 
+use super::journal::CLAIMS_CHANNEL;
 use super::lease::{next_backoff, renew_interval};
 use super::requests::CHANNEL;
 use super::{Board, CONNECT_TIMEOUT, Role};
@@ -41,7 +44,12 @@ async fn listen(board: &Board) -> String {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(note))) => {
-                    if note.payload() == waker.config().host {
+                    let for_me = note.payload() == waker.config().host;
+                    if note.channel() == CLAIMS_CHANNEL {
+                        if for_me || note.payload().is_empty() {
+                            waker.inner.claims_due.notify_one();
+                        }
+                    } else if for_me {
                         waker.inner.requests_due.notify_one();
                     }
                 }
@@ -51,7 +59,7 @@ async fn listen(board: &Board) -> String {
             }
         }
     });
-    let statement = format!("LISTEN {CHANNEL}");
+    let statement = format!("LISTEN {CHANNEL}; LISTEN {CLAIMS_CHANNEL}");
     let listening = client.batch_execute(&statement);
     match tokio::time::timeout(CONNECT_TIMEOUT, listening).await {
         Ok(Ok(())) => {}
@@ -67,6 +75,7 @@ async fn listen(board: &Board) -> String {
     tracing::info!(host = %config.host, "board listener connected");
     // Whatever was notified while nobody listened is read now.
     board.inner.requests_due.notify_one();
+    board.inner.claims_due.notify_one();
     let ended = driver
         .await
         .unwrap_or_else(|err| format!("the listener's driver failed: {err}"));

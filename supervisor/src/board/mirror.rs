@@ -78,17 +78,15 @@ pub async fn forget(
         .await
 }
 
-/// The row of job `id` if a host other than `me` holds it (a list: at most one since ids are
-/// unique across the board, schema version 4).
-pub async fn find(
-    client: &Client,
-    id: &JobId,
-    me: &str,
-) -> Result<Vec<HostedJob>, tokio_postgres::Error> {
+/// The row of job `id` (asked for a job the local store does not have): another host's, an
+/// unclaimed one (its host reads as empty), or this host's own while a claim of it is being
+/// imported here (so that a `--wait` polling it never sees it vanish); a list: at most one
+/// since ids are unique across the board, schema version 4.
+pub async fn find(client: &Client, id: &JobId) -> Result<Vec<HostedJob>, tokio_postgres::Error> {
     let rows = client
         .query(
-            &format!("SELECT {COLUMNS} FROM jobs WHERE id = $1 AND host <> $2 ORDER BY host"),
-            &[&id.as_str(), &me],
+            &format!("SELECT {COLUMNS} FROM jobs WHERE id = $1 ORDER BY host"),
+            &[&id.as_str()],
         )
         .await?;
     rows.iter().filter_map(hosted).collect()
@@ -98,10 +96,11 @@ pub async fn find(
 const COLUMNS: &str = "seq, host, id, name, state, task, running,
     (extract(epoch FROM created_at) * 1000)::bigint";
 
-/// The `WHERE` of `ls` over the mirror: other hosts' jobs (live ones unless `$2`), filtered
+/// The `WHERE` of `ls` over the mirror: other hosts' jobs and unclaimed ones (live ones
+/// unless `$2`), filtered
 /// as the local list is: states `$3` (any state when given), name `$4` (a `LIKE` pattern,
 /// [`like_pattern`]), created at or after `$5` (ms since the epoch).
-const FILTER: &str = "host <> $1 AND (NOT ended OR $2)
+const FILTER: &str = "host IS DISTINCT FROM $1 AND (NOT ended OR $2)
     AND (cardinality($3::text[]) = 0 OR state = ANY($3))
     AND ($4::text IS NULL OR name LIKE $4)
     AND ($5::bigint IS NULL OR created_at >= to_timestamp($5::bigint / 1000.0))";
@@ -204,11 +203,12 @@ pub async fn list_page(
     })
 }
 
-/// A row as a [`HostedJob`]; `None` for a row whose id or state this build cannot read (a
+/// A row as a [`HostedJob`] (an unclaimed job's host empty: the wire has no null there);
+/// `None` for a row whose id or state this build cannot read (a
 /// newer host's state, say), which is left out and logged rather than failing the whole list.
 fn hosted(row: &Row) -> Option<Result<HostedJob, tokio_postgres::Error>> {
     let fields = (|| {
-        let host: String = row.try_get(1)?;
+        let host: String = row.try_get::<_, Option<String>>(1)?.unwrap_or_default();
         let id: String = row.try_get(2)?;
         let state: String = row.try_get(4)?;
         Ok::<_, tokio_postgres::Error>((host, id, state))

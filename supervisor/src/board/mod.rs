@@ -3,9 +3,9 @@
 //! (the mirror), every operator's order reaches a job's owner from anywhere (requests), each
 //! job's journal is on the board under a claim epoch, a lost host's jobs are rescued by
 //! another host, and a daemon that cannot renew its lease fences itself (no two hosts ever run
-//! steps of one job at once). Jobs run on the host where they were submitted or that rescued
-//! them: claims of unpinned submits by any host come in a later slice and build on what is
-//! here.
+//! steps of one job at once). Jobs run on the host where they were submitted, that rescued
+//! them, or that claimed them (a job written unclaimed: `submit --host`, or no free slot on
+//! the host asked).
 //!
 //! # Theory of operation
 //!
@@ -30,7 +30,8 @@
 //!   newer renewal the lease is no longer current ([`Board::is_lease_current`]): the daemon
 //!   soft-cancels every job holding a conductor through its actor (reason `fenced: board
 //!   lease not renewed for Nms`; the reverts run here while time allows), its scheduler starts
-//!   nothing and `submit`, `revert`, `resume` and `continue` are refused. At `t_r + lease*7/10` it kills the jobs still live (the
+//!   nothing, no job is claimed, and `revert`, `resume`, `continue` and a `submit` it would
+//!   hold are refused (a plain `submit` is written unclaimed for another host). At `t_r + lease*7/10` it kills the jobs still live (the
 //!   kill path: `killed`, the reverts that did not run recorded as skipped for `revert JOB`).
 //!   Each phase logs `board fencing` at WARN. A renewal that succeeds lifts the fence (`board
 //!   lease regained`); the jobs fenced stay ended. A daemon too frozen to fence itself (a
@@ -77,10 +78,24 @@
 //!   the database's clock, `FOR UPDATE SKIP LOCKED`, at the next epoch, `crashed` with
 //!   `host lost: OLD`; the rescuer imports them and follows their `on_host_loss`. The epoch
 //!   moved on, so the lost host's writes, should it come back, are refused.
+//! - **Claims** ([`Board::claim`], driven by `daemon/claims.rs`; [`journal::claim`]): a job
+//!   written unclaimed (host NULL, epoch 1, `pinned` the host asked or NULL; announced with
+//!   `pg_notify('sv_claims', PINNED or '')` in its INSERT) is taken by ONE statement per
+//!   claim: up to this host's free slots of the unclaimed unended jobs pinned to it or to
+//!   nobody, oldest first, `FOR UPDATE SKIP LOCKED`, `host = me, epoch = epoch + 1`. The
+//!   claimer holds each at its epoch and imports it `pending`. Claims are due
+//!   ([`Board::claims_due`]) on a notification for this host or any, after the listener's
+//!   (re)connect, after every renewal (a lost notification delays a claim by at most
+//!   lease/3), and when a slot may have freed ([`Board::wake_claims`]); never taken while the
+//!   lease is not current. A cancel or kill of an unclaimed job ends it on the board in one
+//!   statement guarded by `host IS NULL` ([`requests`]). A claim commits before the import:
+//!   at start, the claimed, still pending jobs this host holds but its store lacks are
+//!   imported ([`Board::held_pending`]); one the store refuses is given back unclaimed
+//!   ([`Board::release_claim`]).
 //! - **Connections**, one per role ([`Role`], in `application_name`): renewals, the listener,
 //!   the mirror (which also writes the journal), and one shared query connection (`query.rs`)
-//!   for operators' reads and requests, the owner's reads of its requests, submits, write-aheads
-//!   and rescues; `hosts` and leaving open their own.
+//!   for operators' reads and requests, the owner's reads of its requests, submits, write-aheads,
+//!   rescues and claims; `hosts` and leaving open their own.
 //!
 //! Failure modes: the database restarting or unreachable for a while (renewals fail, the
 //! renewer reconnects; the host shows `lost` meanwhile and `alive` again once a renewal
@@ -348,6 +363,12 @@ struct Inner {
     /// Set after every renewal and every (re)connect of the listener, and on each request
     /// notification for this host: the owner's requests are due to be read.
     requests_due: Notify,
+    /// Set after every renewal and every (re)connect of the listener, on each claims
+    /// notification for this host or any host, and when a slot may have freed here
+    /// ([`Board::wake_claims`]): unclaimed jobs are due to be claimed.
+    claims_due: Notify,
+    /// `--max-jobs`, as reported at join: the slots claims fill.
+    max_jobs: usize,
     /// The shared connection of [`Role::Query`], opened on first use and again after it fails.
     query: Mutex<Option<Arc<Connection>>>,
     /// The jobs of the journal this daemon holds, with their epochs, and those it lost
@@ -422,6 +443,8 @@ impl Board {
                 config,
                 instance,
                 requests_due: Notify::new(),
+                claims_due: Notify::new(),
+                max_jobs,
                 query: Mutex::new(None),
                 held: Mutex::new(
                     held.into_iter()
@@ -534,6 +557,7 @@ impl Board {
     fn record_renewal(&self, sent: Instant) {
         self.inner.lease.send_modify(|clock| clock.renewed(sent));
         self.inner.requests_due.notify_one();
+        self.inner.claims_due.notify_one();
     }
 
     /// Starts the listener: one dedicated connection that `LISTEN`s for this host's requests
@@ -542,6 +566,24 @@ impl Board {
     #[must_use]
     pub fn start_listener(&self) -> TaskGuard {
         TaskGuard(tokio::spawn(listener::run(self.clone())))
+    }
+
+    /// Resolves when unclaimed jobs are due to be claimed: after a renewal, after the
+    /// listener (re)connected, on a claims notification, or after [`Board::wake_claims`]
+    /// (one wake-up may stand for several).
+    pub async fn claims_due(&self) {
+        self.inner.claims_due.notified().await;
+    }
+
+    /// Asks for a claim soon (a slot may have freed here).
+    pub fn wake_claims(&self) {
+        self.inner.claims_due.notify_one();
+    }
+
+    /// `--max-jobs`: how many jobs this daemon runs at once.
+    #[must_use]
+    pub fn max_jobs(&self) -> usize {
+        self.inner.max_jobs
     }
 
     /// Resolves when this host's requests are due to be read: after a renewal, after the

@@ -5,7 +5,7 @@
 //! stuck one is abandoned), so a board that was down costs one failed request, not the
 //! daemon. It is never the renewals' nor the listener's connection.
 
-use super::journal::{self, Entry, NewJob, Rescued};
+use super::journal::{self, Claimed, Entry, NewJob, Placement, Rescued};
 use super::mirror::{self, RemoteQuery};
 use super::requests::{self, Answer, Ask, Outcome, Pending, Written};
 use super::{Board, BoardError, Connection, QUERY_TIMEOUT, Role, connect};
@@ -65,12 +65,11 @@ impl Board {
         }
     }
 
-    /// Job `id` as the mirror shows it on hosts other than this one.
+    /// Job `id` as the mirror shows it ([`mirror::find`]: for a job the local store lacks).
     pub async fn find_job(&self, id: &JobId) -> Result<Vec<HostedJob>, BoardError> {
-        let me = self.inner.config.host.clone();
         let id = id.clone();
         self.with_query("read a job from the board", |c| async move {
-            mirror::find(c.client(), &id, &me).await
+            mirror::find(c.client(), &id).await
         })
         .await
     }
@@ -141,13 +140,40 @@ impl Board {
         .await
     }
 
-    /// Writes `job` on the journal, held by this host at epoch 1; `false` if its id is taken.
-    pub async fn insert_job(&self, job: NewJob) -> Result<bool, BoardError> {
+    /// Writes `job` on the journal, held by this host at epoch 1 (`pinned` `None`), or
+    /// unclaimed (`pinned` `Some`: the host asked, or `None` for any host) and announced;
+    /// `false` if its id is taken.
+    pub async fn insert_job(
+        &self,
+        job: NewJob,
+        unclaimed: Option<Option<String>>,
+    ) -> Result<bool, BoardError> {
         let me = self.inner.config.host.clone();
         self.with_query("write a job on the board", |c| async move {
-            journal::insert(c.client(), &me, &job).await
+            let placement = match &unclaimed {
+                None => Placement::Here(&me),
+                Some(pinned) => Placement::Unclaimed {
+                    pinned: pinned.as_deref(),
+                },
+            };
+            journal::insert(c.client(), placement, &job).await
         })
         .await
+    }
+
+    /// Claims up to `free` unclaimed jobs ([`journal::claim`]) and holds them.
+    pub async fn claim(&self, free: usize) -> Result<Vec<Claimed>, BoardError> {
+        let me = self.inner.config.host.clone();
+        let free = i64::try_from(free).unwrap_or(i64::MAX);
+        let claimed = self
+            .with_query("claim jobs", |c| async move {
+                journal::claim(c.client(), &me, free).await
+            })
+            .await?;
+        for job in &claimed {
+            self.hold(&job.id, job.epoch);
+        }
+        Ok(claimed)
     }
 
     /// Where request `seq` stands, and whether its job's mirror row changed after
@@ -200,6 +226,29 @@ impl Board {
             journal::late_writes(c.client(), &id).await
         })
         .await
+    }
+
+    /// The jobs this host holds that never started ([`journal::held_pending`]).
+    pub async fn held_pending(&self) -> Result<Vec<Claimed>, BoardError> {
+        let me = self.inner.config.host.clone();
+        self.with_query("read this host's pending jobs", |c| async move {
+            journal::held_pending(c.client(), &me).await
+        })
+        .await
+    }
+
+    /// Gives job `id`, claimed here at `epoch`, back unclaimed ([`journal::release`]) and
+    /// forgets it; whether the board still had it so.
+    pub async fn release_claim(&self, id: &JobId, epoch: i64) -> Result<bool, BoardError> {
+        let me = self.inner.config.host.clone();
+        let job = id.clone();
+        let released = self
+            .with_query("give a claimed job back", |c| async move {
+                journal::release(c.client(), &me, &job, epoch).await
+            })
+            .await?;
+        self.forget(std::slice::from_ref(id));
+        Ok(released)
     }
 
     /// Takes up to `batch` jobs of lost hosts ([`journal::rescue`]) and holds them.

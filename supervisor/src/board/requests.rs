@@ -104,6 +104,11 @@ pub enum Written {
     Unknown,
     /// Several hosts hold a job with this id (two drew the same 32 random bits).
     Ambiguous { hosts: Vec<String> },
+    /// The job was unclaimed: a cancel or kill ended it on the board (`cancelled`; nothing
+    /// ran, nothing to revert).
+    CancelledUnclaimed,
+    /// The job is unclaimed: no host to carry out this order yet.
+    Unclaimed,
 }
 
 /// What an operator asks of another host's job.
@@ -131,25 +136,29 @@ pub async fn request(
     let holders = client
         .query(
             "SELECT host, state, ended, (extract(epoch FROM updated_at) * 1000000)::bigint
-             FROM jobs WHERE id = $1 AND host <> $2 ORDER BY host",
+             FROM jobs WHERE id = $1 AND host IS DISTINCT FROM $2 ORDER BY host",
             &[&id.as_str(), &me],
         )
         .await?;
-    let (host, state, ended, updated_us): (String, String, bool, i64) = match holders.as_slice() {
-        [] => return Ok(Written::Unknown),
-        [one] => (
-            one.try_get(0)?,
-            one.try_get(1)?,
-            one.try_get(2)?,
-            one.try_get(3)?,
-        ),
-        several => {
-            let hosts = several
-                .iter()
-                .map(|row| row.try_get(0))
-                .collect::<Result<_, _>>()?;
-            return Ok(Written::Ambiguous { hosts });
-        }
+    let (host, state, ended, updated_us): (Option<String>, String, bool, i64) =
+        match holders.as_slice() {
+            [] => return Ok(Written::Unknown),
+            [one] => (
+                one.try_get(0)?,
+                one.try_get(1)?,
+                one.try_get(2)?,
+                one.try_get(3)?,
+            ),
+            several => {
+                let hosts = several
+                    .iter()
+                    .map(|row| Ok(row.try_get::<_, Option<String>>(0)?.unwrap_or_default()))
+                    .collect::<Result<_, tokio_postgres::Error>>()?;
+                return Ok(Written::Ambiguous { hosts });
+            }
+        };
+    let Some(host) = host else {
+        return Box::pin(unclaimed(client, id, me, ask, (ended, state))).await;
     };
     if ended && !ask.kind.is_answered() {
         return Ok(Written::Ended { host, state });
@@ -189,6 +198,36 @@ pub async fn request(
         seq: row.try_get(0)?,
         updated_us,
     })
+}
+
+/// An order of job `id`, which no host has claimed: a cancel or kill ends it on the board in
+/// one guarded statement (`journal::cancel_unclaimed`); if a host claimed it meanwhile, the
+/// order is written for that host as usual. Any other order waits for a host.
+async fn unclaimed(
+    client: &Client,
+    id: &JobId,
+    me: &str,
+    ask: &Ask,
+    (ended, state): (bool, String),
+) -> Result<Written, tokio_postgres::Error> {
+    if ended {
+        return Ok(Written::Ended {
+            host: String::new(),
+            state,
+        });
+    }
+    if !matches!(ask.kind, Kind::Cancel | Kind::Kill) {
+        return Ok(Written::Unclaimed);
+    }
+    let reason = format!(
+        "{} before any host claimed it (asked on host {me})",
+        ask.kind.as_str()
+    );
+    if super::journal::cancel_unclaimed(client, id, &reason).await? {
+        return Ok(Written::CancelledUnclaimed);
+    }
+    // Claimed (or ended) meanwhile: its row names its host now, which never goes back.
+    request(client, id, me, ask).await
 }
 
 /// A request waiting for its owner.

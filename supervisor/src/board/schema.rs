@@ -105,6 +105,13 @@ const MIGRATIONS: &[&str] = &[
         at       timestamptz NOT NULL
     );
     CREATE INDEX late_writes_by_job ON late_writes (job_id, seq)",
+    // Claims (`journal::claim`): a job written for any host with a free slot has no host
+    // (NULL) until one claims it, at epoch 1; `pinned` is the host `submit --host` asked (the
+    // only one that may claim it), NULL for any. The index serves the claim query: the
+    // unclaimed jobs in submission order.
+    "ALTER TABLE jobs ALTER COLUMN host DROP NOT NULL;
+    ALTER TABLE jobs ADD COLUMN pinned text;
+    CREATE INDEX jobs_unclaimed ON jobs (seq) WHERE host IS NULL AND NOT ended",
 ];
 
 /// The version this build writes.

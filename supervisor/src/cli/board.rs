@@ -3,7 +3,9 @@
 //! one, which polls its status every [`REMOTE_POLL`] (the local daemon's events do not carry
 //! other hosts' jobs) and its host's liveness every [`HOST_CHECK`]: a wait on a job whose
 //! host lost its lease (or stopped) ends with exit 12 instead of polling a mirror row nobody
-//! updates any more.
+//! updates any more. A job not yet claimed by any host (the daemon answers it with an empty
+//! host) is shown with host `-` (`null` in JSON), and `--wait` follows it until a host
+//! claims it.
 
 use super::client::{Failure, Outcome};
 use super::escape::shown;
@@ -73,10 +75,21 @@ pub struct Listed<'a> {
     pub host: Option<&'a str>,
 }
 
+/// The host that holds a board job, `None` while it is unclaimed (the daemon sends an empty
+/// host for it: `HostedJob::host` has no null on the wire).
+#[must_use]
+pub fn claimed_by(host: &str) -> Option<&str> {
+    (!host.is_empty()).then_some(host)
+}
+
 /// Prints `status` of a job another host holds.
 pub fn print_elsewhere(hosted: &HostedJob) {
     let job = &hosted.job;
     println!("job {} {}: {}", job.id, shown(&job.name), job.state);
+    if claimed_by(&hosted.host).is_none() {
+        println!("  host: - (not claimed yet: a host with a free slot takes it)");
+        return;
+    }
     println!(
         "  host: {} (details are on its host: run `supervisor status {}` there)",
         shown(&hosted.host),
@@ -103,18 +116,22 @@ pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -
     // Since when the job's host is known lost, and how long a rescue may take.
     let mut lost: Option<(String, Instant)> = None;
     loop {
+        let host = claimed_by(&seen.host).unwrap_or("-");
         if let Some(code) = exit::for_job_state(seen.job.state) {
             eprintln!(
-                "job {} ended on host {}: {}",
-                seen.job.id, seen.host, seen.job.state
+                "job {} ended on host {host}: {}",
+                seen.job.id, seen.job.state
             );
             return Ok(code);
         }
-        if !announced {
-            eprintln!("following job {} on host {}", seen.job.id, seen.host);
+        if !announced && claimed_by(&seen.host).is_some() {
+            eprintln!("following job {} on host {host}", seen.job.id);
             announced = true;
         }
-        if Instant::now() >= next_check {
+        // An unclaimed job has no host to lose: the wait follows it until a host claims it.
+        if claimed_by(&seen.host).is_none() {
+            lost = None;
+        } else if Instant::now() >= next_check {
             match check_host(dir.clone(), &seen).await? {
                 None => lost = None,
                 Some((failure, rescue_within)) => {

@@ -28,6 +28,10 @@ pub enum JobCommand {
         /// Follow the job to its end; exit with the codes of `run`
         #[arg(long)]
         wait: bool,
+        /// On a job board: run it on host NAME (it claims the job); without it, a job this
+        /// host has no free slot for is claimed by any host with one
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
     },
     /// List live jobs (all with --all): id, name, state, task, age; on a job board every
     /// host's, with their host
@@ -211,7 +215,7 @@ pub fn main(command: JobCommand, state_dir: Option<PathBuf>) -> i32 {
 
 async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
     match command {
-        JobCommand::Submit { file, wait } => submit(dir, file, wait).await,
+        JobCommand::Submit { file, wait, host } => submit(dir, file, wait, host).await,
         JobCommand::Ls { all, json, filter } => list(dir, all, json, &filter).await,
         JobCommand::Status { jobs, json } => {
             let mut all = Vec::with_capacity(jobs.len());
@@ -329,19 +333,30 @@ async fn prune(
     Ok(exit::SUCCESS)
 }
 
-async fn submit(dir: Option<PathBuf>, file: PathBuf, wait: bool) -> Outcome<i32> {
+async fn submit(
+    dir: Option<PathBuf>,
+    file: PathBuf,
+    wait: bool,
+    host: Option<String>,
+) -> Outcome<i32> {
     let spec = super::load_spec(&file).map_err(|m| Failure::new(exit::INVALID_INPUT, m))?;
     let source = std::fs::canonicalize(&file)
         .unwrap_or(file)
         .display()
         .to_string();
     // The default travels as a plain `Submit`, which every daemon understands.
-    let request = match spec.on_host_loss {
-        OnHostLoss::Hold => ClientRequest::Submit {
+    let request = match (spec.on_host_loss, host) {
+        (on_host_loss, Some(host)) => ClientRequest::SubmitOnBoard {
+            spec: Box::new(spec),
+            source,
+            on_host_loss,
+            host: Some(host),
+        },
+        (OnHostLoss::Hold, None) => ClientRequest::Submit {
             spec: Box::new(spec),
             source,
         },
-        on_host_loss => ClientRequest::SubmitWithHostLoss {
+        (on_host_loss, None) => ClientRequest::SubmitWithHostLoss {
             spec: Box::new(spec),
             source,
             on_host_loss,
@@ -379,6 +394,7 @@ async fn list(
     let now = crate::clock::now_ms();
     let mut print = |out: &mut std::io::BufWriter<_>, job: &JobSummary, host: Option<&str>| {
         if json {
+            let host = host.and_then(super::board::claimed_by);
             print_json_item(out, &Listed { job, host }, printed == 0);
         } else {
             print_row(out, job, host, now);
@@ -453,7 +469,16 @@ fn print_json_item(out: &mut impl Write, job: &Listed<'_>, first: bool) {
 
 fn print_row(out: &mut impl Write, job: &JobSummary, host: Option<&str>, now: i64) {
     let age = Duration::from_millis(u64::try_from(now - job.created_ms).unwrap_or(0));
-    let host = host.map_or_else(String::new, |host| format!("{:<12}  ", shown(host)));
+    let host = host.map_or_else(String::new, |host| {
+        format!(
+            "{:<12}  ",
+            if host.is_empty() {
+                "-".into()
+            } else {
+                shown(host)
+            }
+        )
+    });
     let _ = writeln!(
         out,
         "{:<8}  {host}{:<20}  {:<13}  {:<20}  {}",
@@ -642,7 +667,7 @@ fn status_json(seen: &Seen) -> StatusJson<'_> {
         }),
         Seen::Elsewhere(hosted) => StatusJson::Elsewhere(Listed {
             job: &hosted.job,
-            host: Some(&hosted.host),
+            host: super::board::claimed_by(&hosted.host),
         }),
     }
 }

@@ -7,8 +7,9 @@
 //! - at `t_r + lease/2` without a newer renewal (**soft**): every job holding a conductor is
 //!   soft-cancelled through its actor, exactly as a local `cancel` (reason `fenced: board
 //!   lease not renewed for Nms`), so its reverts run here while time allows; and until a
-//!   renewal succeeds no job starts (the scheduler, and `submit`, `revert`, `resume` and
-//!   `continue`, ask `Board::is_lease_current`);
+//!   renewal succeeds no job starts or is claimed (the scheduler, the claims, and `submit`
+//!   of a job held here, `revert`, `resume` and `continue`, ask `Board::is_lease_current`;
+//!   a plain `submit` is written unclaimed for another host);
 //! - at `t_r + lease*7/10` (**hard**): the jobs still live are killed (the kill path: `killed`,
 //!   the reverts that did not run recorded as skipped, `revert skipped` at WARN, for `revert
 //!   JOB` later).

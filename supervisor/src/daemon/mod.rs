@@ -17,8 +17,10 @@
 //!   and carries them out (`remote.rs`), and answers `ls`, `status`, `cancel` and `kill` for
 //!   other hosts' jobs from the board. When its lease is not renewed in time it fences itself
 //!   (`fence.rs`): its jobs soft-cancelled, then killed, and no job started or accepted until
-//!   a renewal succeeds.
+//!   a renewal succeeds. It claims the board's unclaimed jobs while it has free slots
+//!   (`claims.rs`), and rescues lost hosts' jobs (`rescue.rs`).
 
+mod claims;
 mod fd_limit;
 mod fence;
 mod handlers;
@@ -142,6 +144,7 @@ pub async fn run(
         requests: tokio::spawn(remote::run(jobs.clone(), board.clone())),
         fence: tokio::spawn(fence::run(jobs.clone(), board.clone())),
         rescue: tokio::spawn(rescue::run(jobs.clone(), board.clone())),
+        claims: tokio::spawn(claims::run(jobs.clone(), board.clone())),
     });
     reattach_all(&jobs).await;
     tokio::spawn(scheduler::run(jobs.clone(), max_jobs, board.clone()));
@@ -192,6 +195,7 @@ struct BoardTasks {
     requests: tokio::task::JoinHandle<()>,
     fence: tokio::task::JoinHandle<()>,
     rescue: tokio::task::JoinHandle<()>,
+    claims: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for BoardTasks {
@@ -200,6 +204,7 @@ impl Drop for BoardTasks {
         self.requests.abort();
         self.fence.abort();
         self.rescue.abort();
+        self.claims.abort();
     }
 }
 

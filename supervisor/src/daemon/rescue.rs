@@ -18,6 +18,7 @@ use crate::board::journal::{JournalTask, Rescued};
 use crate::board::lease;
 use crate::job::{Jobs, Order, OrderError};
 use crate::store::ImportedTask;
+use shared::ids::JobId;
 use shared::spec::OnHostLoss;
 use shared::state::JobState;
 
@@ -47,22 +48,40 @@ pub async fn run(jobs: Jobs, board: Board) {
     }
 }
 
-/// Imports a rescued job into the store and follows its `on_host_loss`.
-async fn take_up(jobs: &Jobs, job: Rescued) {
-    let tasks = match imported_tasks(&job.tasks) {
+/// Imports a job taken from the board (rescued: `crashed` with its reason; claimed: `None`,
+/// left `pending`) into the local store, with its tasks as the board has them; whether it
+/// was imported (a failure is logged).
+pub(super) async fn import(
+    jobs: &Jobs,
+    id: &JobId,
+    (spec, source): (String, String),
+    crashed: Option<String>,
+    tasks: &[JournalTask],
+) -> bool {
+    let tasks = match imported_tasks(tasks) {
         Ok(tasks) => tasks,
         Err(err) => {
-            tracing::error!(job_id = %job.id, error = %err, "cannot import a rescued job: unreadable task state");
-            return;
+            tracing::error!(job_id = %id, error = %err, "cannot import a board job: unreadable task state");
+            return false;
         }
     };
-    let (id, spec, source, reason) = (job.id.clone(), job.spec, job.source, job.reason.clone());
+    let local_id = id.clone();
     let imported = jobs
         .store()
-        .call(move |s| s.import_job(&id, &spec, &source, &reason, &tasks))
+        .call(move |s| s.import_job(&local_id, &spec, &source, crashed.as_deref(), &tasks))
         .await;
     if let Err(err) = imported {
-        tracing::error!(job_id = %job.id, from = %job.from, error = %err, "cannot import a rescued job");
+        tracing::error!(job_id = %id, error = %err, "cannot import a board job");
+        return false;
+    }
+    true
+}
+
+/// Imports a rescued job into the store and follows its `on_host_loss`.
+async fn take_up(jobs: &Jobs, job: Rescued) {
+    let texts = (job.spec, job.source);
+    if !import(jobs, &job.id, texts, Some(job.reason.clone()), &job.tasks).await {
+        tracing::error!(job_id = %job.id, from = %job.from, "rescued job not imported");
         return;
     }
     let policy = job.on_host_loss;

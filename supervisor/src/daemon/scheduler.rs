@@ -2,7 +2,8 @@
 //! conductor. It only asks job actors to start; an actor refuses a job that was stopped
 //! meanwhile (its compare-and-set fails), so a killed job never runs. On a job board, no job
 //! starts while the daemon's lease is not current (`fence.rs`, which wakes the scheduler once
-//! a renewal lifts the fence).
+//! a renewal lifts the fence). On a board, each pass ends by waking the claims (`claims.rs`):
+//! a slot may have freed.
 
 use crate::board::Board;
 use crate::job::{Jobs, Order, OrderError};
@@ -13,6 +14,9 @@ pub async fn run(jobs: Jobs, max_jobs: usize, board: Option<Board>) {
     loop {
         if !jobs.is_stopping() {
             start_queued(&jobs, max_jobs, board.as_ref()).await;
+            if let Some(board) = &board {
+                board.wake_claims();
+            }
         }
         jobs.woken().await;
     }

@@ -65,10 +65,12 @@ impl Store {
         Ok(rows)
     }
 
-    /// Imports job `id`, rescued from a lost host: its spec (JSON, as validated at submit) and
-    /// file, its tasks as the lost host last wrote them; a task left `running` becomes
-    /// `failure` (killed) and one left `reverting` `revert_failure`, as after a crash here, and
-    /// the job `crashed` with `reason`. Durable before it returns. A copy of the job this store
+    /// Imports job `id` taken from the board: its spec (JSON, as validated at submit) and
+    /// file, its tasks as the board has them. Rescued from a lost host (`crashed` is the
+    /// reason): a task left `running` becomes `failure` (killed) and one left `reverting`
+    /// `revert_failure`, as after a crash here, and the job `crashed` with that reason.
+    /// Claimed (`crashed` `None`, nothing ran): the job stays `pending`, for the scheduler.
+    /// Durable before it returns. A copy of the job this store
     /// kept from an earlier stint on this host (ended, its conductor gone) is replaced;
     /// [`StoreError::IdTaken`] if this store has a live job `id`.
     pub fn import_job(
@@ -76,7 +78,7 @@ impl Store {
         id: &JobId,
         spec_json: &str,
         source: &str,
-        reason: &str,
+        crashed: Option<&str>,
         tasks: &[ImportedTask],
     ) -> Result<()> {
         let spec: JobSpec =
@@ -103,6 +105,9 @@ impl Store {
                     task.exec_outcome,
                     task.result
                 ])?;
+                let Some(reason) = crashed else {
+                    continue;
+                };
                 let lost = match task.state {
                     TaskState::Running => TaskState::Failure,
                     TaskState::Reverting => TaskState::RevertFailure,
@@ -116,7 +121,9 @@ impl Store {
                 )?
                 .execute(params![id.as_str(), task.idx, reason, now_ms(), outcome])?;
             }
-            change_job_state(tx, id, &[JobState::Pending], JobState::Crashed, Some(reason))?;
+            if let Some(reason) = crashed {
+                change_job_state(tx, id, &[JobState::Pending], JobState::Crashed, Some(reason))?;
+            }
             Ok(())
         })
     }
@@ -163,7 +170,7 @@ mod tests {
         ];
         for _ in 0..2 {
             store
-                .import_job(&id, &json, "/t.toml", "host lost: a", &tasks)
+                .import_job(&id, &json, "/t.toml", Some("host lost: a"), &tasks)
                 .expect("import");
             let job = store.job(&id).expect("job");
             assert_eq!(job.state, JobState::Crashed);
@@ -176,8 +183,29 @@ mod tests {
         }
         store.begin_resume(&id, "test").expect("resume");
         assert!(matches!(
-            store.import_job(&id, &json, "/t.toml", "host lost: a", &tasks),
+            store.import_job(&id, &json, "/t.toml", Some("host lost: a"), &tasks),
             Err(StoreError::IdTaken(_))
         ));
+    }
+
+    /// A claimed job (no crash reason) is imported `pending`, its tasks as written (all
+    /// pending: nothing ran), for the scheduler to start.
+    #[test]
+    fn a_claimed_job_is_imported_pending() {
+        let dir = TempDir::new();
+        let store = Store::open(dir.path()).expect("open");
+        let spec = JobSpec::parse(TWO_TASKS, "t.toml", "t").expect("spec");
+        let json = serde_json::to_string(&spec).expect("json");
+        let id = store.fresh_id().expect("id");
+        store
+            .import_job(&id, &json, "/t.toml", None, &[])
+            .expect("import");
+        assert_eq!(store.job(&id).expect("job").state, JobState::Pending);
+        assert_eq!(
+            store.queued_jobs().expect("queue"),
+            std::slice::from_ref(&id)
+        );
+        let rows = store.tasks(&id).expect("tasks");
+        assert!(rows.iter().all(|t| t.state == TaskState::Pending));
     }
 }

@@ -138,14 +138,25 @@ async fn dispatch(
     request: ClientRequest,
 ) -> Reply {
     match request {
-        ClientRequest::Submit { spec, source } => submit::handle(jobs, board, *spec, source).await,
+        ClientRequest::Submit { spec, source } => {
+            submit::handle(jobs, board, *spec, source, None).await
+        }
         ClientRequest::SubmitWithHostLoss {
             mut spec,
             source,
             on_host_loss,
         } => {
             spec.on_host_loss = on_host_loss;
-            submit::handle(jobs, board, *spec, source).await
+            submit::handle(jobs, board, *spec, source, None).await
+        }
+        ClientRequest::SubmitOnBoard {
+            mut spec,
+            source,
+            on_host_loss,
+            host,
+        } => {
+            spec.on_host_loss = on_host_loss;
+            submit::handle(jobs, board, *spec, source, host).await
         }
         ClientRequest::Status { job } => status::handle(jobs, board, version, &job).await,
         ClientRequest::Shutdown { cancel } => shutdown::handle(jobs, cancel),

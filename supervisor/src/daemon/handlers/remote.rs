@@ -69,7 +69,8 @@ pub async fn request(
             ErrorCode::HostLost if version < 4 => (ErrorCode::Unavailable, message),
             code => (code, message),
         })?;
-    Ok(if version >= 4 {
+    // An unclaimed job cancelled on the board has no host: done, as a local cancel.
+    Ok(if version >= 4 && !host.is_empty() {
         ClientReply::Requested { host }
     } else {
         ClientReply::Done
@@ -119,7 +120,8 @@ fn unknown(job: &str) -> Refusal {
 }
 
 /// Writes `ask` of `job` for the host that holds it and, for the kinds the operator waits on,
-/// awaits its answer; the host, and what it answered.
+/// awaits its answer; the host, and what it answered. A cancel or kill of an unclaimed job
+/// ends it on the board: the host is then empty.
 async fn ask_owner(
     board: &Board,
     job: &str,
@@ -150,9 +152,23 @@ async fn ask_owner(
             }
             Ok((host, reply))
         }
+        Ok(Written::Ended { host, state }) if host.is_empty() => Err((
+            ErrorCode::WrongState,
+            format!("job {id} already ended before any host claimed it: {state}"),
+        )),
         Ok(Written::Ended { host, state }) => Err((
             ErrorCode::WrongState,
             format!("job {id} already ended on host {host}: {state}"),
+        )),
+        Ok(Written::CancelledUnclaimed) => {
+            tracing::info!(job_id = %id, kind = kind.as_str(), "unclaimed job cancelled on the board");
+            Ok((String::new(), None))
+        }
+        Ok(Written::Unclaimed) => Err((
+            ErrorCode::WrongState,
+            format!(
+                "job {id} is not claimed by any host yet: only cancel and kill reach it before a host with a free slot takes it"
+            ),
         )),
         Ok(Written::Unknown) => Err(unknown(job)),
         Ok(Written::Ambiguous { hosts }) => Err(super::status::ambiguous(job, &hosts)),

@@ -2,7 +2,14 @@
 //! `pending`, and the scheduler is woken. On a board, the job's journal (its row, epoch 1, and
 //! its tasks) is committed on the board first, under an id drawn until the board takes it, then
 //! in the local store: the submit is acknowledged after both commits. A submit is refused while
-//! this daemon's lease is not current (it is fencing itself: `daemon/fence.rs`).
+//! this daemon's lease is not current (it is fencing itself: `daemon/fence.rs`) when it would
+//! hold the job (`--host` naming itself); otherwise it is written unclaimed, for another host.
+//!
+//! Claims: `submit --host NAME` of another host writes the job on the board unclaimed,
+//! pinned to NAME, and announced (one statement): NAME claims it (`daemon/claims.rs`); the
+//! answer comes after the board's commit, and nothing is stored here. A plain `submit` that
+//! this host cannot start now (its lease not current, or as many jobs running or queued here
+//! as `--max-jobs`) is written unclaimed for any host with a free slot. `--host` without a board is refused.
 
 use super::Reply;
 use crate::board::Board;
@@ -14,11 +21,22 @@ use shared::protocol::client::{ClientReply, ErrorCode};
 use shared::spec::JobSpec;
 use shared::state::{JobState, TaskState};
 
-pub async fn handle(jobs: &Jobs, board: Option<&Board>, spec: JobSpec, source: String) -> Reply {
+pub async fn handle(
+    jobs: &Jobs,
+    board: Option<&Board>,
+    spec: JobSpec,
+    source: String,
+    pinned: Option<String>,
+) -> Reply {
     if jobs.is_stopping() {
         return Err((ErrorCode::Unavailable, "the daemon is shutting down".into()));
     }
-    super::check_lease(board)?;
+    if let (Some(host), None) = (&pinned, board) {
+        return Err((
+            ErrorCode::InvalidRequest,
+            format!("submit --host {host} needs a daemon on a job board (daemon --board URL)"),
+        ));
+    }
     let mut spec = spec;
     // A client may send any bytes: the spec is checked again as a whole. A relative `cwd`
     // (from an older CLI) resolves against the job file's directory, as the CLI does.
@@ -30,7 +48,25 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, spec: JobSpec, source: S
         .map_err(|problem| (ErrorCode::InvalidRequest, format!("{source}: {problem}")))?;
     let name = spec.name.clone();
     let id = match board {
-        Some(board) => submit_on_board(jobs, board, spec, source).await?,
+        Some(board) => {
+            // Held here only by a host that may start it now: its lease current (else it
+            // is fencing itself and takes nothing), a slot free.
+            let unclaimed = match pinned {
+                Some(host) if host == board.config().host => {
+                    super::check_lease(Some(board))?;
+                    None
+                }
+                Some(host) => Some(Some(host)),
+                None if board.is_lease_current() && has_room(jobs, board).await? => None,
+                None => Some(None),
+            };
+            if let Some(pinned) = unclaimed {
+                let id = submit_on_board(jobs, board, spec, source, Some(pinned.clone())).await?;
+                tracing::info!(job_id = %id, job = %name, pinned = pinned.as_deref().unwrap_or(""), "job submitted unclaimed");
+                return Ok(ClientReply::Submitted { job: id });
+            }
+            submit_on_board(jobs, board, spec, source, None).await?
+        }
         None => jobs
             .store()
             .call(move |s| {
@@ -53,12 +89,26 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, spec: JobSpec, source: S
 /// board with a chance of one in four billion per thousand jobs).
 const ID_DRAWS: usize = 16;
 
+/// Whether this host can start one more job now: fewer running or queued here than
+/// `--max-jobs` (the lease was checked).
+async fn has_room(jobs: &Jobs, board: &Board) -> Result<bool, super::Refusal> {
+    let queued = jobs
+        .store()
+        .call(|s| s.queued_jobs())
+        .await
+        .map_err(cannot_store)?;
+    Ok(jobs.supervising().saturating_add(queued.len()) < board.max_jobs())
+}
+
 /// Stores the job on the board's journal, then locally under the same id; returns the id.
+/// `unclaimed` (`Some`: pinned to the host named, or to none): on the board only, for a host
+/// to claim.
 async fn submit_on_board(
     jobs: &Jobs,
     board: &Board,
     spec: JobSpec,
     source: String,
+    unclaimed: Option<Option<String>>,
 ) -> Result<JobId, super::Refusal> {
     let spec_json = serde_json::to_string(&spec).map_err(|e| {
         (
@@ -81,15 +131,21 @@ async fn submit_on_board(
             on_host_loss: spec.on_host_loss,
             tasks: journal_tasks(&spec),
         };
-        let taken = !board.insert_job(job).await.map_err(|e| {
-            tracing::warn!(error = %e, "job refused: cannot write it on the board");
-            (
-                ErrorCode::Unavailable,
-                format!("cannot write the job on the board: {e}"),
-            )
-        })?;
+        let taken = !board
+            .insert_job(job, unclaimed.clone())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "job refused: cannot write it on the board");
+                (
+                    ErrorCode::Unavailable,
+                    format!("cannot write the job on the board: {e}"),
+                )
+            })?;
         if taken {
             continue;
+        }
+        if unclaimed.is_some() {
+            return Ok(id);
         }
         let (local_spec, local_source, local_id) = (spec.clone(), source.clone(), id.clone());
         let stored = jobs
