@@ -23,20 +23,16 @@
 
 use shared::ids::JobId;
 use shared::protocol::client::{ErrorCode, Requester};
+use shared::protocol::operator::Action;
 use tokio_postgres::Client;
 
 /// The channel of request notifications; the payload is the owner's host name.
 pub const CHANNEL: &str = "sv_requests";
 
-/// What is asked of the job's owner: the operator's orders, as `Action` names them.
+/// What is asked of the job's owner: one of the operator's orders, or a read of its output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    Cancel,
-    Kill,
-    Revert,
-    Resume,
-    Pause,
-    Continue,
+    Order(Action),
     /// A read of the job's output (`logs` without `--follow`), answered with its lines.
     Logs,
 }
@@ -44,25 +40,20 @@ pub enum Kind {
 impl Kind {
     /// Every kind, in the order of the schema's `CHECK`.
     pub const ALL: [Self; 7] = [
-        Self::Cancel,
-        Self::Kill,
-        Self::Revert,
-        Self::Resume,
-        Self::Pause,
-        Self::Continue,
+        Self::Order(Action::Cancel),
+        Self::Order(Action::Kill),
+        Self::Order(Action::Revert),
+        Self::Order(Action::Resume),
+        Self::Order(Action::Pause),
+        Self::Order(Action::Continue),
         Self::Logs,
     ];
 
-    /// The name stored in `requests.kind`.
+    /// The name stored in `requests.kind`: the order's command name, or `logs`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::Cancel => "cancel",
-            Self::Kill => "kill",
-            Self::Revert => "revert",
-            Self::Resume => "resume",
-            Self::Pause => "pause",
-            Self::Continue => "continue",
+            Self::Order(action) => action.as_str(),
             Self::Logs => "logs",
         }
     }
@@ -78,7 +69,7 @@ impl Kind {
     /// they may only reach a live job).
     #[must_use]
     pub const fn is_answered(self) -> bool {
-        !matches!(self, Self::Cancel | Self::Kill)
+        !matches!(self, Self::Order(Action::Cancel | Action::Kill))
     }
 
     /// Whether carrying it out changes the job (every kind but `logs`).
@@ -216,7 +207,7 @@ async fn unclaimed(
             state,
         });
     }
-    if !matches!(ask.kind, Kind::Cancel | Kind::Kill) {
+    if !matches!(ask.kind, Kind::Order(Action::Cancel | Action::Kill)) {
         return Ok(Written::Unclaimed);
     }
     let reason = format!(
@@ -441,8 +432,10 @@ mod tests {
             assert_eq!(Kind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(Kind::parse("reboot"), None);
-        assert!(!Kind::Cancel.is_answered() && !Kind::Kill.is_answered());
-        assert!(Kind::Revert.is_answered() && Kind::Pause.is_answered());
+        assert!(!Kind::Order(Action::Cancel).is_answered());
+        assert!(!Kind::Order(Action::Kill).is_answered());
+        assert!(Kind::Order(Action::Revert).is_answered());
+        assert!(Kind::Order(Action::Pause).is_answered());
         assert!(Kind::Logs.is_answered() && !Kind::Logs.changes_job());
     }
 

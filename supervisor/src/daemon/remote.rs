@@ -20,6 +20,7 @@ use crate::board::requests::{DONE, Kind, Outcome, Pending};
 use crate::job::{Jobs, Order, OrderError};
 use shared::ids::JobId;
 use shared::protocol::client::ErrorCode;
+use shared::protocol::operator::Action;
 
 /// Reads and applies this host's requests each time they are due, for the daemon's life.
 pub async fn run(jobs: Jobs, board: Board) {
@@ -68,20 +69,20 @@ async fn apply(jobs: &Jobs, request: Pending) -> Option<Outcome> {
     };
     let reason = format!("{} requested on host {requested_by}", kind.as_str());
     let order = match kind {
-        Kind::Cancel => Order::Cancel {
+        Kind::Order(Action::Cancel) => Order::Cancel {
             timeout,
             reason,
             by,
         },
-        Kind::Kill => Order::Kill { reason, by },
-        Kind::Revert => Order::Revert { reason, by },
-        Kind::Resume => Order::Resume {
+        Kind::Order(Action::Kill) => Order::Kill { reason, by },
+        Kind::Order(Action::Revert) => Order::Revert { reason, by },
+        Kind::Order(Action::Resume) => Order::Resume {
             reason,
             by,
             revert_interrupted: false,
         },
-        Kind::Pause => Order::Pause { by },
-        Kind::Continue => Order::Continue { by },
+        Kind::Order(Action::Pause) => Order::Pause { by },
+        Kind::Order(Action::Continue) => Order::Continue { by },
         Kind::Logs => return Some(read_logs(jobs, &id, task.as_deref(), since_ms).await),
     };
     let outcome = match jobs.ask(&id, order).await {

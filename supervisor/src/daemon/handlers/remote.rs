@@ -47,16 +47,8 @@ pub async fn request(
     (action, timeout_ms): (Action, Option<u64>),
     by: Requester,
 ) -> Reply {
-    let kind = match action {
-        Action::Cancel => Kind::Cancel,
-        Action::Kill => Kind::Kill,
-        Action::Revert => Kind::Revert,
-        Action::Resume => Kind::Resume,
-        Action::Pause => Kind::Pause,
-        Action::Continue => Kind::Continue,
-    };
     let ask = Ask {
-        kind,
+        kind: Kind::Order(action),
         timeout_ms,
         by: Some(by),
         task: None,
