@@ -28,24 +28,26 @@ pub struct ImportedTask {
 /// One job as its owner writes it to the board: its summary, its reason, its tasks.
 pub type JournalRow = (JobSummary, Option<String>, Vec<TaskRow>);
 
-impl Store {
-    /// An id no job of this store has (the board decides whether it is free there).
-    pub fn fresh_id(&self) -> Result<JobId> {
-        let conn = self.conn();
-        loop {
-            let id = JobId::from_random(random_u32());
-            if !is_taken(&conn, &id)? {
-                return Ok(id);
-            }
-        }
-    }
+/// A job id drawn at random for a submit on a board: the board's insert refuses one another
+/// job of the board has, [`Store::create_job_as`] one this store has (each then drawn again).
+#[must_use]
+pub fn draw_id() -> JobId {
+    JobId::from_random(random_u32())
+}
 
-    /// [`Store::create_job`] under the id `id` the board gave the job (durable before it
-    /// returns); [`StoreError::IdTaken`] if this store has a job `id`.
-    pub fn create_job_as(&self, spec: &JobSpec, source: &str, id: &JobId) -> Result<()> {
-        let spec_json = serde_json::to_string(spec).map_err(StoreError::UnencodableSpec)?;
+impl Store {
+    /// [`Store::create_job`] under the id `id` the board gave the job, its spec already
+    /// encoded as `spec_json` (durable before it returns); [`StoreError::IdTaken`] if this
+    /// store has a job `id`.
+    pub fn create_job_as(
+        &self,
+        spec: &JobSpec,
+        spec_json: &str,
+        source: &str,
+        id: &JobId,
+    ) -> Result<()> {
         self.write(true, |tx| {
-            insert_job(tx, spec, &spec_json, source, Some(id)).map(drop)
+            insert_job(tx, spec, spec_json, source, Some(id)).map(drop)
         })
     }
 
@@ -163,7 +165,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let spec = JobSpec::parse(TWO_TASKS, "t.toml", "t").expect("spec");
         let json = serde_json::to_string(&spec).expect("json");
-        let id = store.fresh_id().expect("id");
+        let id = draw_id();
         let tasks = [
             imported(0, TaskState::Success, Some("success")),
             imported(1, TaskState::Running, None),
@@ -196,7 +198,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let spec = JobSpec::parse(TWO_TASKS, "t.toml", "t").expect("spec");
         let json = serde_json::to_string(&spec).expect("json");
-        let id = store.fresh_id().expect("id");
+        let id = draw_id();
         store
             .import_job(&id, &json, "/t.toml", None, &[])
             .expect("import");

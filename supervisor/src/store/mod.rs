@@ -27,7 +27,7 @@ mod retention;
 mod transitions;
 
 pub use actor::StoreHandle;
-pub use journal::{ImportedTask, JournalRow};
+pub use journal::{ImportedTask, JournalRow, draw_id};
 pub use operators::MetricsCounts;
 pub use reports::Applied;
 

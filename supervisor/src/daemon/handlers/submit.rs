@@ -118,11 +118,7 @@ async fn submit_on_board(
     })?;
     let spec = std::sync::Arc::new(spec);
     for _ in 0..ID_DRAWS {
-        let id = jobs
-            .store()
-            .call(|s| s.fresh_id())
-            .await
-            .map_err(cannot_store)?;
+        let id = crate::store::draw_id();
         let job = NewJob {
             id: id.clone(),
             name: spec.name.clone(),
@@ -147,10 +143,11 @@ async fn submit_on_board(
         if unclaimed.is_some() {
             return Ok(id);
         }
-        let (local_spec, local_source, local_id) = (spec.clone(), source.clone(), id.clone());
+        let (local_spec, local_json) = (spec.clone(), spec_json.clone());
+        let (local_source, local_id) = (source.clone(), id.clone());
         let stored = jobs
             .store()
-            .call(move |s| s.create_job_as(&local_spec, &local_source, &local_id))
+            .call(move |s| s.create_job_as(&local_spec, &local_json, &local_source, &local_id))
             .await;
         match stored {
             Ok(()) => {
