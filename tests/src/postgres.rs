@@ -8,6 +8,9 @@
 //! says yes, and creates the test's database. Drop stops the server (`pg_ctl stop -m
 //! immediate`) and removes the dir. Each test starts its own server, so tests run in parallel.
 //!
+//! [`Postgres::start_tls`] starts one that also listens on TCP at 127.0.0.1 with TLS on, its
+//! certificate (for `localhost`) signed by a CA made for the test ([`TestCa`]).
+//!
 //! Without the binaries, the `postgres` user or root, [`Postgres::start`] returns `None` after
 //! [`skip_unless_ci`](crate::skip_unless_ci): a skip on a developer's machine, a failure under
 //! `CI=true` (`.ci/run` installs the server).
@@ -29,6 +32,54 @@ const PG_USER: &str = "postgres";
 pub struct Postgres {
     bin: PathBuf,
     dir: PathBuf,
+    /// Its port: of the socket's name (`.s.PGSQL.PORT`), and of TCP with [`Postgres::start_tls`].
+    port: u16,
+    /// Whether it listens on 127.0.0.1 with TLS.
+    tls: bool,
+}
+
+/// The port of a server on the Unix socket only (no TCP: nothing to collide on).
+const SOCKET_PORT: u16 = 5432;
+
+/// A CA made for one test, and the server certificate it signed.
+pub struct TestCa {
+    /// The CA's certificate (PEM): what `--board-ca` names.
+    pub ca_pem: String,
+    /// The server's certificate, for `localhost` (PEM).
+    pub cert_pem: String,
+    /// The server's private key (PEM).
+    pub key_pem: String,
+}
+
+impl TestCa {
+    /// A fresh CA and a certificate it signed for `localhost`.
+    #[must_use]
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(
+            DnType::CommonName,
+            format!("supervisor test CA {}", crate::unique_token()),
+        );
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let params = CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+        let key = KeyPair::generate().expect("server key");
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Postgres {
@@ -36,6 +87,76 @@ impl Postgres {
     /// [`skip_unless_ci`](crate::skip_unless_ci)) where this host cannot run one.
     #[must_use]
     pub fn start(test: &str) -> Option<Self> {
+        let server = Self::init(test)?;
+        server.pg_ctl("start");
+        server.ready()
+    }
+
+    /// Starts a fresh server as [`Postgres::start`] does that also listens on 127.0.0.1 (a
+    /// free port) with TLS on, presenting `ca`'s certificate for `localhost`.
+    #[must_use]
+    pub fn start_tls(test: &str, ca: &TestCa) -> Option<Self> {
+        let mut server = Self::init(test)?;
+        server.tls = true;
+        let data = server.data_dir();
+        for (name, pem) in [("server.crt", &ca.cert_pem), ("server.key", &ca.key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).unwrap_or_else(|err| panic!("cannot write {name}: {err}"));
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap_or_else(|err| panic!("cannot chmod {name}: {err}"));
+            let _ = Command::new("chown")
+                .arg(PG_USER)
+                .arg(&path)
+                .status()
+                .map(|status| assert!(status.success(), "chown {name} failed"));
+        }
+        // A port that was free a moment ago: another test may take it first, so a start that
+        // cannot bind is tried again on another one.
+        for _ in 0..20 {
+            server.port = free_port();
+            let args = server.pg_ctl_args("start");
+            let output = server.command(
+                "pg_ctl",
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            );
+            if output.status.success() {
+                return server.ready();
+            }
+            let log = std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default();
+            assert!(
+                log.contains("could not bind") || log.contains("could not create any TCP/IP"),
+                "pg_ctl start failed ({}):\n{}\n--- server log ---\n{log}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        panic!("no free TCP port for PostgreSQL after 20 tries");
+    }
+
+    /// A TCP connection string to the server, for `host` (`localhost`, `127.0.0.1`), with
+    /// `extra` settings (`sslmode=require`).
+    #[must_use]
+    pub fn tcp_url(&self, host: &str, extra: &str) -> String {
+        format!(
+            "host={host} port={} user={PG_USER} dbname={DATABASE} {extra}",
+            self.port
+        )
+    }
+
+    /// Waits until the started server accepts connections, and creates the test's database.
+    fn ready(self) -> Option<Self> {
+        self.wait_ready();
+        let port = self.port.to_string();
+        self.run_as_postgres(
+            "createdb",
+            &["-h", path_str(&self.dir), "-p", &port, DATABASE],
+        );
+        Some(self)
+    }
+
+    /// A fresh data dir, `initdb`-ed; `None` (after [`skip_unless_ci`](crate::skip_unless_ci))
+    /// where this host cannot run a server.
+    fn init(test: &str) -> Option<Self> {
         let Some(bin) = find_bin_dir() else {
             crate::skip_unless_ci(test, "no PostgreSQL server under /usr/lib/postgresql/*/bin");
             return None;
@@ -51,7 +172,12 @@ impl Postgres {
         let dir = make_dir();
         std::os::unix::fs::chown(&dir, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
             .unwrap_or_else(|err| panic!("cannot chown {}: {err}", dir.display()));
-        let server = Self { bin, dir };
+        let server = Self {
+            bin,
+            dir,
+            port: SOCKET_PORT,
+            tls: false,
+        };
         let data = server.data_dir();
         server.run_as_postgres(
             "initdb",
@@ -67,9 +193,6 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        server.pg_ctl("start");
-        server.wait_ready();
-        server.run_as_postgres("createdb", &["-h", path_str(&server.dir), DATABASE]);
         Some(server)
     }
 
@@ -77,8 +200,9 @@ impl Postgres {
     #[must_use]
     pub fn url(&self) -> String {
         format!(
-            "host={} user={PG_USER} dbname={DATABASE}",
-            self.dir.display()
+            "host={} port={} user={PG_USER} dbname={DATABASE}",
+            self.dir.display(),
+            self.port
         )
     }
 
@@ -93,19 +217,7 @@ impl Postgres {
         extra: &[&str],
     ) -> Run {
         let url = self.url();
-        let mut args = vec![
-            "daemon",
-            "--state-dir",
-            path_str(state_dir),
-            "--board",
-            &url,
-            "--host",
-            host,
-            "--lease",
-            lease,
-            "--warm",
-            "0",
-        ];
+        let mut args = daemon_args(&url, state_dir, (host, lease));
         args.extend_from_slice(extra);
         env.spawn(&args)
     }
@@ -138,6 +250,8 @@ impl Postgres {
             &[
                 "-h",
                 path_str(&self.dir),
+                "-p",
+                &self.port.to_string(),
                 "-d",
                 DATABASE,
                 "-X",
@@ -164,35 +278,52 @@ impl Postgres {
 
     /// `pg_ctl ACTION` with the server's options; waits (`-w`) within [`DEADLINE`].
     fn pg_ctl(&self, action: &str) {
+        let args = self.pg_ctl_args(action);
+        self.run_as_postgres(
+            "pg_ctl",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+    }
+
+    /// The arguments of `pg_ctl ACTION`: the server's options, wait (`-w`) within [`DEADLINE`].
+    fn pg_ctl_args(&self, action: &str) -> Vec<String> {
+        let listen = if self.tls {
+            "-c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+        } else {
+            "-c listen_addresses="
+        };
         let options = format!(
-            "-c listen_addresses= -k {} -c fsync=off -c full_page_writes=off",
+            "{listen} -c port={} -k {} -c fsync=off -c full_page_writes=off",
+            self.port,
             self.dir.display()
         );
         let log = self.dir.join("server.log");
-        let timeout = DEADLINE.as_secs().to_string();
-        self.run_as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                path_str(&self.data_dir()),
-                "-l",
-                path_str(&log),
-                "-o",
-                &options,
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                &timeout,
-                action,
-            ],
-        );
+        [
+            "-D",
+            path_str(&self.data_dir()),
+            "-l",
+            path_str(&log),
+            "-o",
+            &options,
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            &DEADLINE.as_secs().to_string(),
+            action,
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 
     /// Polls `pg_isready` on the socket until it says yes (bounded by [`DEADLINE`]).
     fn wait_ready(&self) {
         wait_for(DEADLINE, "PostgreSQL to accept connections", || {
-            let output = self.command("pg_isready", &["-h", path_str(&self.dir), "-q"]);
+            let port = self.port.to_string();
+            let output = self.command(
+                "pg_isready",
+                &["-h", path_str(&self.dir), "-p", &port, "-q"],
+            );
             if output.status.success() {
                 Ok(())
             } else {
@@ -239,6 +370,37 @@ impl Drop for Postgres {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The arguments of `supervisor daemon` on the board `url`: state dir `state_dir`, host `host`,
+/// `--lease LEASE`, no warm conductors.
+#[must_use]
+pub fn daemon_args<'a>(
+    url: &'a str,
+    state_dir: &'a Path,
+    (host, lease): (&'a str, &'a str),
+) -> Vec<&'a str> {
+    vec![
+        "daemon",
+        "--state-dir",
+        path_str(state_dir),
+        "--board",
+        url,
+        "--host",
+        host,
+        "--lease",
+        lease,
+        "--warm",
+        "0",
+    ]
+}
+
+/// A TCP port of 127.0.0.1 free at this moment.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|err| panic!("cannot find a free port: {err}"))
 }
 
 /// The `bin` dir of the newest PostgreSQL under [`PG_ROOT`] that has `initdb`.

@@ -14,7 +14,7 @@ use super::lease::{next_backoff, renew_interval};
 use super::requests::CHANNEL;
 use super::{Board, CONNECT_TIMEOUT, Role};
 use std::time::Duration;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 pub(super) async fn run(board: Board) {
     let cap = renew_interval(board.config().lease);
@@ -30,8 +30,7 @@ pub(super) async fn run(board: Board) {
 /// Connects, listens and forwards notifications until the connection ends; why it ended.
 async fn listen(board: &Board) -> String {
     let config = board.config();
-    let pg = config.pg_for(Role::Listen);
-    let connecting = pg.connect(NoTls);
+    let connecting = config.connect_as(Role::Listen);
     let (client, mut connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(err)) => return describe(err),

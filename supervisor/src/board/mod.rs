@@ -92,6 +92,8 @@
 //!   at start, the claimed, still pending jobs this host holds but its store lacks are
 //!   imported ([`Board::held_pending`]); one the store refuses is given back unclaimed
 //!   ([`Board::release_claim`]).
+//! - **TLS** ([`tls`]): off unless asked (`--board-ca FILE`, or `sslmode=require` in the URL),
+//!   and when asked always verified (chain and host name), for every connection alike.
 //! - **Connections**, one per role ([`Role`], in `application_name`): renewals, the listener,
 //!   the mirror (which also writes the journal), and one shared query connection (`query.rs`)
 //!   for operators' reads and requests, the owner's reads of its requests, submits, write-aheads,
@@ -115,14 +117,16 @@ pub mod redact;
 mod renewer;
 pub mod requests;
 pub mod schema;
+pub mod tls;
 
 pub use held::Held;
 use lease::LeaseClock;
 use shared::protocol::client::HostSummary;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// How long connecting to the board may take (at start, and for each `hosts` request).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -167,6 +171,9 @@ pub enum BoardError {
         "the board's schema is version {found}, newer than this supervisor's ({ours}): upgrade it"
     )]
     SchemaTooNew { found: i32, ours: i32 },
+    /// TLS to the board cannot be set up as asked (`--board-ca`, `sslmode=require`).
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot {what}")]
     Local {
         what: &'static str,
@@ -181,6 +188,8 @@ pub struct BoardConfig {
     /// The URL as it may be shown: without its password.
     shown_url: String,
     pg: tokio_postgres::Config,
+    /// The TLS connector of every connection ([`tls`]: off unless asked).
+    tls: tls::Connector,
     /// The `application_name` each connection's role is appended to (`supervisor-listen`):
     /// the URL's own, else `supervisor`.
     app_name: String,
@@ -203,8 +212,13 @@ impl std::fmt::Debug for BoardConfig {
 
 impl BoardConfig {
     /// Parses `url` (a PostgreSQL connection string or URI); `host` defaults to the machine's
-    /// host name.
-    pub fn new(url: &str, host: Option<String>, lease: Duration) -> Result<Self, BoardError> {
+    /// host name; `ca` is `--board-ca` ([`tls`]).
+    pub fn new(
+        url: &str,
+        host: Option<String>,
+        lease: Duration,
+        ca: Option<&Path>,
+    ) -> Result<Self, BoardError> {
         let shown_url = redact::redact(url);
         let mut pg: tokio_postgres::Config =
             url.parse().map_err(|source| BoardError::InvalidUrl {
@@ -212,6 +226,7 @@ impl BoardConfig {
                 source,
             })?;
         pg.connect_timeout(CONNECT_TIMEOUT);
+        let tls = tls::settle(&mut pg, ca)?;
         let app_name = pg.get_application_name().unwrap_or("supervisor").to_owned();
         let host = match host {
             Some(host) => host,
@@ -220,6 +235,7 @@ impl BoardConfig {
         Ok(Self {
             shown_url,
             pg,
+            tls,
             app_name,
             host,
             lease,
@@ -321,14 +337,31 @@ impl BoardConfig {
         pg.application_name(format!("{}-{}", self.app_name, role.suffix()));
         pg
     }
+
+    /// Connects with the settings of `role`: the caller bounds the time.
+    async fn connect_as(
+        &self,
+        role: Role,
+    ) -> Result<
+        (
+            Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, TlsStream>,
+        ),
+        tokio_postgres::Error,
+    > {
+        self.pg_for(role).connect(self.tls.clone()).await
+    }
 }
+
+/// The stream of a board connection (raw when TLS is off: [`tls`]).
+type TlsStream =
+    <tls::Connector as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream;
 
 /// Opens a connection for `role` (bounded by [`CONNECT_TIMEOUT`]); its driver runs as a task
 /// of its own until the client is dropped, the server goes away, or [`Connection::abandon`].
 pub async fn connect(config: &BoardConfig, role: Role) -> Result<Connection, BoardError> {
     let url = config.shown_url.clone();
-    let pg = config.pg_for(role);
-    let connecting = pg.connect(NoTls);
+    let connecting = config.connect_as(role);
     let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(source)) => return Err(BoardError::Connect { url, source }),

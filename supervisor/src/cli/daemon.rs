@@ -61,6 +61,12 @@ pub struct BoardArgs {
     /// it)
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = shared::duration::parse_duration)]
     pub lease: std::time::Duration,
+
+    /// Require TLS to the board, its certificate signed by a CA of this PEM file and naming the
+    /// URL's host [default: TLS only with `sslmode=require` in the URL, verified against the
+    /// system's roots]
+    #[arg(long, env = "SUPERVISOR_BOARD_CA", value_name = "FILE")]
+    pub board_ca: Option<PathBuf>,
 }
 
 impl BoardArgs {
@@ -73,7 +79,7 @@ impl BoardArgs {
         if self.host.as_deref().is_some_and(str::is_empty) {
             return Err("--host must not be empty".to_owned());
         }
-        BoardConfig::new(url, self.host.clone(), self.lease)
+        BoardConfig::new(url, self.host.clone(), self.lease, self.board_ca.as_deref())
             .map(Some)
             .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
     }
@@ -145,6 +151,7 @@ mod tests {
             board: board.map(str::to_owned),
             host: host.map(str::to_owned),
             lease: Duration::from_millis(lease_ms),
+            board_ca: None,
         }
     }
 
