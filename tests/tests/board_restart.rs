@@ -1,0 +1,117 @@
+//! A daemon restarted on a board (`shutdown`, then a new start: a `systemctl restart`): its
+//! running jobs go on under the new instance, which holds them at their epoch, so their
+//! journal on the board keeps being written and no write of theirs is refused.
+//!
+//! Skips where PostgreSQL cannot run, fails there under `CI=true`. Build the binaries first:
+//! `cargo build --workspace --bins`.
+
+use tests::postgres::Postgres;
+use tests::{DEADLINE, TestEnv, cli_at, is_alive, status_json_at, wait_daemon_ready, wait_for};
+
+/// A lease long enough that the restart fits well before the conductors' fence (lease * 7/10
+/// after the last renewal) on a loaded machine.
+const LEASE: &str = "10s";
+
+/// Tasks a and c run `true`; b waits for the file `go` of the test dir.
+const TASKS: &str = r#"
+[[task]]
+name = "a"
+run = "true"
+
+[[task]]
+name = "b"
+run = "touch \"$SVT_DIR/b-running\"; while [ ! -e \"$SVT_DIR/go\" ]; do sleep 0.05; done"
+
+[[task]]
+name = "c"
+run = "true"
+"#;
+
+/// Waits until `sql` (one value) answers `want` on the board.
+fn wait_board(pg: &Postgres, sql: &str, want: &str) {
+    wait_for(DEADLINE, &format!("{sql} to be {want:?}"), || {
+        let seen = pg.sql(sql);
+        if seen.trim() == want {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    });
+}
+
+#[test]
+fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
+    let Some(pg) = Postgres::start("a_restarted_daemon_keeps_its_running_jobs") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let state_dir = env.path("a");
+    let mut daemon = pg.spawn_daemon(&env, &state_dir, ("a", LEASE), &[]);
+    wait_daemon_ready(&env, &state_dir, &mut daemon);
+
+    let file = env.job("restart.toml", "name = \"restart\"", TASKS);
+    let (code, out, err) = cli_at(
+        &env,
+        &state_dir,
+        &["submit", file.to_str().expect("UTF-8")],
+        DEADLINE,
+    );
+    assert_eq!(code, 0, "submit: {out} {err}");
+    let id = out.trim().to_owned();
+    wait_for(DEADLINE, "task b to run", || {
+        if env.path("b-running").exists() {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    });
+    wait_board(
+        &pg,
+        &format!("SELECT state FROM job_tasks WHERE job_id = '{id}' AND idx = 1"),
+        "running",
+    );
+    let conductor = status_json_at(&env, &state_dir, &id)["conductor_pid"]
+        .as_i64()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .expect("a conductor pid in the status");
+
+    let (code, out, err) = cli_at(&env, &state_dir, &["shutdown"], DEADLINE);
+    assert_eq!(code, 0, "shutdown: {out} {err}");
+    assert_eq!(daemon.wait_exit(DEADLINE), 0, "{}", daemon.report());
+    assert!(
+        is_alive(conductor),
+        "shutdown without --cancel kept the job"
+    );
+
+    let mut again = pg.spawn_daemon(&env, &state_dir, ("a", LEASE), &[]);
+    wait_daemon_ready(&env, &state_dir, &mut again);
+    env.write("go", "");
+
+    wait_for(DEADLINE, "the job to end", || {
+        let status = status_json_at(&env, &state_dir, &id);
+        match status["state"].as_str() {
+            Some("success") => Ok(()),
+            Some(state @ ("failed" | "cancelled" | "killed" | "crashed")) => {
+                panic!("the job ended {state}: {status:#}\n{}", again.report())
+            }
+            _ => Err(status),
+        }
+    });
+    // The new instance holds the job at its epoch: the journal has c's write-ahead and end, and
+    // the job's end, all written after the restart; nothing of it was refused.
+    wait_board(
+        &pg,
+        &format!("SELECT state || ' ' || epoch FROM jobs WHERE id = '{id}'"),
+        "success 1",
+    );
+    wait_board(
+        &pg,
+        &format!("SELECT string_agg(state, ',' ORDER BY idx) FROM job_tasks WHERE job_id = '{id}'"),
+        "success,success,success",
+    );
+    assert_eq!(pg.sql("SELECT count(*) FROM late_writes").trim(), "0");
+    let log = again.stderr();
+    assert!(!log.contains("stale owner"), "{log}");
+    assert!(!log.contains("board fencing"), "{log}");
+    assert!(!again.has_exited(), "{}", again.report());
+}
