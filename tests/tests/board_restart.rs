@@ -1,6 +1,8 @@
-//! A daemon restarted on a board (`shutdown`, then a new start: a `systemctl restart`): its
-//! running jobs go on under the new instance, which holds them at their epoch, so their
-//! journal on the board keeps being written and no write of theirs is refused.
+//! A daemon's life on a board across restarts and upgrades: restarted (`shutdown`, then a new
+//! start: a `systemctl restart`), its running jobs go on under the new instance, which holds
+//! them at their epoch, so their journal on the board keeps being written and no write of
+//! theirs is refused; a newer build does not migrate the board's schema under daemons still
+//! running the old one.
 //!
 //! Skips where PostgreSQL cannot run, fails there under `CI=true`. Build the binaries first:
 //! `cargo build --workspace --bins`.
@@ -114,4 +116,50 @@ fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
     assert!(!log.contains("stale owner"), "{log}");
     assert!(!log.contains("board fencing"), "{log}");
     assert!(!again.has_exited(), "{}", again.report());
+}
+
+/// A newer build does not migrate a board on which a daemon of the old schema lives: its start
+/// stops with the reason, naming the live host and both versions, and the schema stays as it
+/// was. (The board is made to look one version older than this build by setting its version
+/// back: daemon a, already running, stands for the old build.)
+#[test]
+fn a_newer_build_does_not_migrate_the_board_under_a_live_daemon() {
+    let Some(pg) = Postgres::start("a_newer_build_does_not_migrate_the_board") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let a_dir = env.path("a");
+    let mut a = pg.spawn_daemon(&env, &a_dir, ("a", LEASE), &[]);
+    wait_daemon_ready(&env, &a_dir, &mut a);
+    let ours: i32 = pg
+        .sql("SELECT version FROM board_schema")
+        .trim()
+        .parse()
+        .expect("a schema version");
+    let older = ours - 1;
+    let _ = pg.sql(&format!("UPDATE board_schema SET version = {older}"));
+
+    let mut b = pg.spawn_daemon(&env, &env.path("b"), ("b", LEASE), &[]);
+    let code = b.wait_exit(DEADLINE);
+    let err = b.stderr();
+    assert_eq!(code, 10, "{err}");
+    assert!(
+        err.contains(&format!(
+            "the board's schema is version {older}, older than this supervisor's ({ours})"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("a (supervisor "), "names the live host: {err}");
+    assert!(err.contains("stop every daemon of the board"), "{err}");
+    assert_eq!(
+        pg.sql("SELECT version FROM board_schema").trim(),
+        older.to_string(),
+        "nothing was migrated"
+    );
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM hosts WHERE name = 'b'").trim(),
+        "0",
+        "b did not join"
+    );
+    assert!(!a.has_exited(), "{}", a.report());
 }

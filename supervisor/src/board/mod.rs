@@ -171,6 +171,15 @@ pub enum BoardError {
         "the board's schema is version {found}, newer than this supervisor's ({ours}): upgrade it"
     )]
     SchemaTooNew { found: i32, ours: i32 },
+    #[error(
+        "the board's schema is version {found}, older than this supervisor's ({ours}), and daemons still run on it: {hosts}; \
+         migrating it under them would break them: stop every daemon of the board, then start the new build on each"
+    )]
+    UpgradeUnderLiveHosts {
+        found: i32,
+        ours: i32,
+        hosts: String,
+    },
     /// TLS to the board cannot be set up as asked (`--board-ca`, `sslmode=require`).
     #[error("{0}")]
     Tls(String),

@@ -4,10 +4,39 @@
 //!
 //! `board_schema` holds one row, the version; `MIGRATIONS[i]` takes version `i` to `i + 1`.
 //! A board newer than this build is refused (an older daemon must not write a layout it does
-//! not know).
+//! not know); a board older than this build is migrated only when no daemon lives on it
+//! (none whose lease is current and that did not stop): those run the old layout, and a
+//! migration under them would break their writes. Upgrade a board's daemons together: stop
+//! them all, then start the new build.
 
 use super::BoardError;
 use tokio_postgres::Client;
+
+/// The hosts whose lease is current by the database's clock and that did not stop, as `NAME
+/// (supervisor VERSION, renewed Nms ago)`: the daemons a migration would break (they run the
+/// schema as it is).
+async fn live_hosts(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT name, version, (extract(epoch FROM now() - renewed_at) * 1000)::bigint
+             FROM hosts
+             WHERE stopped_at IS NULL AND now() - renewed_at < lease_ms * interval '1 millisecond'
+             ORDER BY name",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let (name, version, age_ms): (String, String, i64) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            Ok(format!(
+                "{name} (supervisor {version}, renewed {age_ms}ms ago)"
+            ))
+        })
+        .collect()
+}
 
 /// The advisory lock key under which the schema changes ("sv-board" in ASCII).
 const SCHEMA_LOCK: i64 = 0x7376_2d62_6f61_7264;
@@ -151,6 +180,16 @@ pub async fn migrate(client: &mut Client) -> Result<i32, BoardError> {
         return Err(BoardError::SchemaTooNew { found, ours });
     }
     let start = usize::try_from(found).map_err(|_| BoardError::SchemaTooNew { found, ours })?;
+    if found > 0 && found < ours {
+        let live = live_hosts(&tx).await.map_err(query)?;
+        if !live.is_empty() {
+            return Err(BoardError::UpgradeUnderLiveHosts {
+                found,
+                ours,
+                hosts: live.join(", "),
+            });
+        }
+    }
     for (version, migration) in MIGRATIONS.iter().enumerate().skip(start) {
         tx.batch_execute(migration).await.map_err(query)?;
         tracing::info!(from = version, to = version + 1, "board schema migrated");
