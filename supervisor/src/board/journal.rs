@@ -9,6 +9,7 @@
 //! written together), so it is atomic without a transaction and runs on the shared query
 //! connection.
 
+use super::mirror::{OLD_STATES, notify_changes};
 use crate::store::TaskRow;
 use shared::ids::JobId;
 use shared::protocol::client::{JobSummary, LateWrite};
@@ -292,8 +293,9 @@ pub async fn forget(client: &Client, host: &str, id: &JobId) -> Result<(), tokio
 }
 
 /// Writes `entries` of `host`'s jobs in one statement, each only where the row is still
-/// `host`'s at the entry's epoch; returns the ids whose write matched no row (refused: the
-/// job was taken from this host).
+/// `host`'s at the entry's epoch, announcing each change of a job's state on
+/// [`JOBS_CHANNEL`](super::mirror::JOBS_CHANNEL) in it; returns the ids whose write matched
+/// no row (refused: the job was taken from this host).
 pub async fn write(
     client: &Client,
     host: &str,
@@ -320,14 +322,16 @@ pub async fn write(
     let t = TaskColumns::of(owners, &all_tasks);
     let rows = client
         .query(
-            "WITH j AS (
+            &format!(
+            "WITH {OLD_STATES},
+             j AS (
                  UPDATE jobs SET name = u.name, state = u.state, task = u.task, running = u.running,
                                  ended = u.ended, reason = u.reason, updated_at = now()
                  FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::int[],
                              $8::bool[], $9::text[])
                       AS u(id, epoch, name, state, task, running, ended, reason)
                  WHERE jobs.id = u.id AND jobs.host = $1 AND jobs.epoch = u.epoch
-                 RETURNING jobs.id),
+                 RETURNING jobs.id, jobs.host, jobs.state, jobs.ended),
              t AS (
                  INSERT INTO job_tasks (job_id, idx, name, has_revert, state, attempts, exec_outcome, result)
                  SELECT v.* FROM unnest($10::text[], $11::int[], $12::text[], $13::bool[], $14::text[],
@@ -336,8 +340,11 @@ pub async fn write(
                  WHERE v.job_id IN (SELECT id FROM j)
                  ON CONFLICT (job_id, idx) DO UPDATE SET
                      state = EXCLUDED.state, attempts = EXCLUDED.attempts,
-                     exec_outcome = EXCLUDED.exec_outcome, result = EXCLUDED.result)
-             SELECT id FROM j",
+                     exec_outcome = EXCLUDED.exec_outcome, result = EXCLUDED.result),
+             {}
+             SELECT id, (SELECT count(*) FROM notified) FROM j",
+                notify_changes("j")
+            ),
             &[
                 &host as &(dyn ToSql + Sync),
                 &ids,

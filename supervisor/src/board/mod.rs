@@ -121,7 +121,7 @@ use lease::LeaseClock;
 use shared::protocol::client::HostSummary;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_postgres::{Client, NoTls};
 
 /// How long connecting to the board may take (at start, and for each `hosts` request).
@@ -129,6 +129,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a `hosts` query may take.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many changes of other hosts' jobs [`Board::remote_jobs`] keeps for a slow receiver
+/// before it lags (and reads again what it follows).
+const REMOTE_JOBS_BACKLOG: usize = 1024;
 
 /// What went wrong with the board.
 #[derive(Debug, thiserror::Error)]
@@ -367,6 +371,8 @@ struct Inner {
     /// notification for this host or any host, and when a slot may have freed here
     /// ([`Board::wake_claims`]): unclaimed jobs are due to be claimed.
     claims_due: Notify,
+    /// The changes of other hosts' jobs the listener heard of, and its reconnects.
+    remote_jobs: broadcast::Sender<mirror::RemoteJobs>,
     /// `--max-jobs`, as reported at join: the slots claims fill.
     max_jobs: usize,
     /// The shared connection of [`Role::Query`], opened on first use and again after it fails.
@@ -444,6 +450,7 @@ impl Board {
                 instance,
                 requests_due: Notify::new(),
                 claims_due: Notify::new(),
+                remote_jobs: broadcast::channel(REMOTE_JOBS_BACKLOG).0,
                 max_jobs,
                 query: Mutex::new(None),
                 held: Mutex::new(
@@ -584,6 +591,15 @@ impl Board {
     #[must_use]
     pub fn max_jobs(&self) -> usize {
         self.inner.max_jobs
+    }
+
+    /// The changes of other hosts' jobs from here on, as their hosts write them to the
+    /// mirror ([`mirror::JOBS_CHANNEL`]), and [`mirror::RemoteJobs::Missed`] after every
+    /// (re)connect of the listener. A hint, as every notification: whoever follows a job reads
+    /// it again after `Missed` or a lag, and now and then anyway.
+    #[must_use]
+    pub fn remote_jobs(&self) -> broadcast::Receiver<mirror::RemoteJobs> {
+        self.inner.remote_jobs.subscribe()
     }
 
     /// Resolves when this host's requests are due to be read: after a renewal, after the
