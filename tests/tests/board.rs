@@ -749,7 +749,8 @@ fn job_events(events: &Run, id: &str) -> Vec<(String, String)> {
 
 /// Issue 11: `events` on one host carries the state changes of another host's jobs, from the
 /// board's notifications, with their host in `--json`: a job of a is seen on b running, then
-/// cancelled (from c), in that order; b's own jobs come as before, without a host.
+/// cancelled (from c), in that order; b's own jobs come as before, without a host; an
+/// unclaimed job cancelled from c comes with a null host.
 #[test]
 fn events_on_one_host_show_another_hosts_job_changes() {
     let Some((_pg, env, [a, b, c])) =
@@ -807,6 +808,24 @@ fn events_on_one_host_show_another_hosts_job_changes() {
         "running, then cancelled: {seen:?}"
     );
     assert!(seen.iter().all(|(_, host)| host == "a"), "{seen:?}");
+
+    // A job no host claims (pinned to a host that is not running), cancelled from c: ended on
+    // the board directly, and shown on b without a host.
+    let unclaimed = submit_pinned(&env, &a.state_dir, &file, "z");
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["cancel", &unclaimed], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    wait_for(
+        DEADLINE,
+        "b's events to show the unclaimed job cancelled",
+        || {
+            let seen = job_events(&events, &unclaimed);
+            if seen == [("cancelled".to_owned(), String::new())] {
+                Ok(())
+            } else {
+                Err(events.report())
+            }
+        },
+    );
 }
 
 /// Issue 11, rule 3: a lost notification only delays a `--wait` on another host's job. b's

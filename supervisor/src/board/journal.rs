@@ -9,7 +9,7 @@
 //! written together), so it is atomic without a transaction and runs on the shared query
 //! connection.
 
-use super::mirror::{OLD_STATES, notify_changes};
+use super::mirror::{notify_changes, old_states};
 use crate::store::TaskRow;
 use shared::ids::JobId;
 use shared::protocol::client::{JobSummary, LateWrite};
@@ -263,21 +263,32 @@ fn text_or_empty(row: &Row, idx: usize) -> Result<String, tokio_postgres::Error>
 }
 
 /// Ends job `id` while it is unclaimed, in one guarded statement: `cancelled` with `reason`
-/// (nothing ran, nothing to revert). `false` when it is not unclaimed any more (a host
-/// claimed it meanwhile, or it ended).
+/// (nothing ran, nothing to revert), announced on
+/// [`JOBS_CHANNEL`](super::mirror::JOBS_CHANNEL) in it. `false` when it is not unclaimed any
+/// more (a host claimed it meanwhile, or it ended).
 pub async fn cancel_unclaimed(
     client: &Client,
     id: &JobId,
     reason: &str,
 ) -> Result<bool, tokio_postgres::Error> {
-    let ended = client
-        .execute(
-            "UPDATE jobs SET state = 'cancelled', ended = true, reason = $2, updated_at = now()
-             WHERE id = $1 AND host IS NULL AND NOT ended",
+    let row = client
+        .query_one(
+            &format!(
+                "WITH {},
+                 j AS (
+                     UPDATE jobs SET state = 'cancelled', ended = true, reason = $2,
+                                     updated_at = now()
+                     WHERE id = $1 AND host IS NULL AND NOT ended
+                     RETURNING id, host, state, ended),
+                 {}
+                 SELECT (SELECT count(*) FROM j), (SELECT count(*) FROM notified)",
+                old_states("ARRAY[$1::text]"),
+                notify_changes("j")
+            ),
             &[&id.as_str(), &reason],
         )
         .await?;
-    Ok(ended == 1)
+    Ok(row.try_get::<_, i64>(0)? == 1)
 }
 
 /// Removes job `id` of `host` at epoch 1 (a submit whose local commit failed after its board
@@ -323,7 +334,7 @@ pub async fn write(
     let rows = client
         .query(
             &format!(
-            "WITH {OLD_STATES},
+            "WITH {},
              j AS (
                  UPDATE jobs SET name = u.name, state = u.state, task = u.task, running = u.running,
                                  ended = u.ended, reason = u.reason, updated_at = now()
@@ -343,6 +354,7 @@ pub async fn write(
                      exec_outcome = EXCLUDED.exec_outcome, result = EXCLUDED.result),
              {}
              SELECT id, (SELECT count(*) FROM notified) FROM j",
+                old_states("$2::text[]"),
                 notify_changes("j")
             ),
             &[

@@ -26,7 +26,8 @@ const MAX_NOTIFIED_HOST: i32 = 1000;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 pub struct JobChange {
     pub id: JobId,
-    /// The host that holds the job and wrote the change.
+    /// The host that holds the job and wrote the change; empty while the job is unclaimed
+    /// (a cancel of it ended it).
     pub host: String,
     pub state: JobState,
     /// Whether `state` is terminal.
@@ -62,22 +63,25 @@ pub enum RemoteJobs {
     Missed,
 }
 
-/// The CTE `old` of a statement that writes the rows of jobs `$2` (a `text[]`): their states
-/// before it (every CTE reads one snapshot, taken before any of them writes).
-pub(super) const OLD_STATES: &str =
-    "old AS (SELECT id, state FROM jobs WHERE id = ANY($2::text[]))";
+/// The CTE `old` of a statement that writes the rows of jobs `ids` (a `text[]` expression):
+/// their states before it (every CTE reads one snapshot, taken before any of them writes).
+pub(super) fn old_states(ids: &str) -> String {
+    format!("old AS (SELECT id, state FROM jobs WHERE id = ANY({ids}))")
+}
 
 /// The CTE `notified` that announces on [`JOBS_CHANNEL`] each row of the CTE `written`
-/// (`id, host, state, ended` of the rows a statement wrote) whose state differs from `old`'s
-/// ([`OLD_STATES`]); a statement must read it (`SELECT count(*) FROM notified`) for it to run.
+/// (`id, host, state, ended` of the rows a statement wrote; the host NULL while unclaimed,
+/// announced empty) whose state differs from `old`'s ([`old_states`]); a statement must read
+/// it (`SELECT count(*) FROM notified`) for it to run.
 pub(super) fn notify_changes(written: &str) -> String {
     format!(
         "notified AS (
              SELECT w.id, pg_notify('{JOBS_CHANNEL}', json_build_object(
-                 'id', w.id, 'host', w.host, 'state', w.state, 'ended', w.ended,
+                 'id', w.id, 'host', COALESCE(w.host, ''), 'state', w.state, 'ended', w.ended,
                  'at_ms', (extract(epoch FROM now()) * 1000)::bigint)::text)
              FROM {written} w LEFT JOIN old o ON o.id = w.id
-             WHERE o.state IS DISTINCT FROM w.state AND octet_length(w.host) <= {MAX_NOTIFIED_HOST})"
+             WHERE o.state IS DISTINCT FROM w.state
+               AND octet_length(COALESCE(w.host, '')) <= {MAX_NOTIFIED_HOST})"
     )
 }
 
@@ -106,7 +110,7 @@ pub async fn publish(
     client
         .query_one(
             &format!(
-                "WITH {OLD_STATES},
+                "WITH {},
                  written AS (
                      INSERT INTO jobs AS j (id, host, name, state, task, running, created_at,
                                             updated_at, ended)
@@ -121,6 +125,7 @@ pub async fn publish(
                      RETURNING j.id, j.host, j.state, j.ended),
                  {}
                  SELECT count(*) FROM notified",
+                old_states("$2::text[]"),
                 notify_changes("written")
             ),
             &[&host, &ids, &names, &states, &tasks, &running, &ended],

@@ -54,7 +54,15 @@
 //! - **Mirror** ([`mirror`], published by `daemon/mirror.rs` on its own connection): each
 //!   daemon writes its jobs' summaries (state, current task, running count) to `jobs` from its
 //!   job-event broadcast, in the background; after a lag or a reconnect it re-publishes its
-//!   live jobs. Other hosts read it for `ls`, `status` and `--wait`.
+//!   live jobs. Other hosts read it for `ls`, `status` and `--wait`. Every statement that
+//!   writes a job's row (`mirror::publish`, `journal::write`, `journal::cancel_unclaimed`)
+//!   announces each state it changed in the same statement: `pg_notify('sv_jobs', ...)`
+//!   ([`mirror::JOBS_CHANNEL`], a [`mirror::JobChange`] of about 100 bytes). Every daemon's
+//!   listener hears them and hands other hosts' changes to [`Board::remote_jobs`], with
+//!   [`mirror::RemoteJobs::Missed`] after each of its (re)connects; the daemon's `events`
+//!   relays them to its clients (protocol 7), and a CLI's `--wait` on another host's job
+//!   ends on its terminal state from there, reading the mirror every second and after a gap
+//!   as well (a lost notification delays the end, never loses it).
 //! - **Requests** ([`requests`]): an order (`cancel`, `kill`, `revert`, `resume`, `pause`,
 //!   `continue`) of another host's job, or `logs` of it, is a row of `requests` plus
 //!   `pg_notify('sv_requests', HOST)` in one statement. The operator's answer comes after the
@@ -62,7 +70,7 @@
 //!   refusal's code and text, or the lines of `logs`, written back), read again by the asking
 //!   daemon every 50 ms ([`Board::request_answer`]), or at once when the owner's lease
 //!   expired. The owner's `listener` (one dedicated `LISTEN` connection,
-//!   named `supervisor-listen`) wakes its reader ([`Board::requests_due`]) on a notification
+//!   named `supervisor-listen`, on requests, claims and job changes) wakes its reader ([`Board::requests_due`]) on a notification
 //!   and after every (re)connect, and every renewal wakes it too: a lost notification delays
 //!   a request by at most lease/3. The reader (`daemon/remote.rs`) applies each through the
 //!   job's actor, as a local order, and marks it done with the outcome.

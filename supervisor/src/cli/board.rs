@@ -19,6 +19,7 @@ use shared::protocol::client::{
     ClientReply, Event, HostState, HostedJob, JobStatus, JobSummary, LateWrite,
 };
 use shared::state::JobState;
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -119,16 +120,19 @@ pub fn print_elsewhere(hosted: &HostedJob) {
     }
 }
 
-/// `events --json` of another host's job: the event's fields, then `host`.
+/// `events --json` of another host's job: the event's fields, then `host` (null while the
+/// job is unclaimed).
 #[derive(serde::Serialize)]
 struct HostedEventJson<'a> {
     #[serde(flatten)]
     event: &'a Event,
-    host: &'a str,
+    host: Option<&'a str>,
 }
 
-/// Prints an `events` line of a job `host` holds (`--json`: with its `host`).
+/// Prints an `events` line of a job `host` holds (`--json`: with its `host`); an unclaimed
+/// job's (`host` empty) shows host `-`.
 pub fn print_hosted_event(event: &Event, host: &str, json: bool) {
+    let host = claimed_by(host);
     if json {
         let item = HostedEventJson { event, host };
         println!("{}", serde_json::to_string(&item).unwrap_or_default());
@@ -138,7 +142,7 @@ pub fn print_hosted_event(event: &Event, host: &str, json: bool) {
             event.at_ms,
             event.job,
             shown(&event.state),
-            shown(host)
+            host.map_or(Cow::Borrowed("-"), shown)
         );
     }
 }

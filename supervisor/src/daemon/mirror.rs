@@ -15,6 +15,9 @@
 //! The jobs of the journal (submitted or rescued on the board) are written with their tasks
 //! and under their epochs: task ends, results and the job's end reach the board from here,
 //! asynchronously; only the write-ahead is written synchronously, by the job's actor.
+//!
+//! Each publication announces the jobs whose state it changed to every host, in its own
+//! statement ([`mirror::JOBS_CHANNEL`]): other hosts' `events` and `--wait` follow them.
 
 use crate::board::journal::{self, Entry, JournalTask};
 use crate::board::mirror;
