@@ -19,7 +19,7 @@ pub const JOBS_CHANNEL: &str = "sv_jobs";
 /// The longest host name (bytes) whose jobs' changes are announced: PostgreSQL refuses a
 /// payload of 8000 bytes or more, and a refused `pg_notify` would fail the write it rides on.
 /// A longer name's jobs are seen by the readers' backstop reads only.
-const MAX_NOTIFIED_HOST: i32 = 1000;
+pub const MAX_NOTIFIED_HOST: i32 = 1000;
 
 /// A change of a job's state as [`JOBS_CHANNEL`] announces it (JSON, under 1.1 kB: an id, a
 /// host name of at most [`MAX_NOTIFIED_HOST`] bytes, a state name, a flag and a time).
