@@ -105,7 +105,8 @@ pub enum JobCommand {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
-    /// Follow every job and task transition as it happens
+    /// Follow every job and task transition as it happens (on a job board, also the other
+    /// hosts' job state changes)
     Events {
         #[arg(long)]
         json: bool,
