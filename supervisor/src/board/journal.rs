@@ -9,7 +9,7 @@
 //! written together), so it is atomic without a transaction and runs on the shared query
 //! connection.
 
-use super::mirror::{notify_changes, old_states};
+use super::mirror::notify_rows;
 use crate::store::TaskRow;
 use shared::ids::JobId;
 use shared::protocol::client::{JobSummary, LateWrite};
@@ -274,16 +274,14 @@ pub async fn cancel_unclaimed(
     let row = client
         .query_one(
             &format!(
-                "WITH {},
-                 j AS (
+                "WITH j AS (
                      UPDATE jobs SET state = 'cancelled', ended = true, reason = $2,
                                      updated_at = now()
                      WHERE id = $1 AND host IS NULL AND NOT ended
                      RETURNING id, host, state, ended),
                  {}
                  SELECT (SELECT count(*) FROM j), (SELECT count(*) FROM notified)",
-                old_states("ARRAY[$1::text]"),
-                notify_changes("j")
+                notify_rows("j", "true")
             ),
             &[&id.as_str(), &reason],
         )
@@ -304,13 +302,24 @@ pub async fn forget(client: &Client, host: &str, id: &JobId) -> Result<(), tokio
 }
 
 /// Writes `entries` of `host`'s jobs in one statement, each only where the row is still
-/// `host`'s at the entry's epoch, announcing each change of a job's state on
-/// [`JOBS_CHANNEL`](super::mirror::JOBS_CHANNEL) in it; returns the ids whose write matched
-/// no row (refused: the job was taken from this host).
+/// `host`'s at the entry's epoch; returns the ids whose write matched no row (refused: the
+/// job was taken from this host). Announces nothing: see [`write_announcing`].
 pub async fn write(
     client: &Client,
     host: &str,
     entries: &[Entry],
+) -> Result<Vec<JobId>, tokio_postgres::Error> {
+    write_announcing(client, host, entries, &[]).await
+}
+
+/// [`write`](fn@write), and in the same statement the rows written of the jobs in
+/// `announce` (those whose state changed since their last publication) announced on
+/// [`JOBS_CHANNEL`](super::mirror::JOBS_CHANNEL).
+pub async fn write_announcing(
+    client: &Client,
+    host: &str,
+    entries: &[Entry],
+    announce: &[&str],
 ) -> Result<Vec<JobId>, tokio_postgres::Error> {
     if entries.is_empty() {
         return Ok(Vec::new());
@@ -334,8 +343,7 @@ pub async fn write(
     let rows = client
         .query(
             &format!(
-            "WITH {},
-             j AS (
+            "WITH j AS (
                  UPDATE jobs SET name = u.name, state = u.state, task = u.task, running = u.running,
                                  ended = u.ended, reason = u.reason, updated_at = now()
                  FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::int[],
@@ -354,8 +362,7 @@ pub async fn write(
                      exec_outcome = EXCLUDED.exec_outcome, result = EXCLUDED.result),
              {}
              SELECT id, (SELECT count(*) FROM notified) FROM j",
-                old_states("$2::text[]"),
-                notify_changes("j")
+                notify_rows("j", "w.id = ANY($18::text[])")
             ),
             &[
                 &host as &(dyn ToSql + Sync),
@@ -370,6 +377,7 @@ pub async fn write(
             ]
             .into_iter()
             .chain(t.params())
+            .chain([&announce as &(dyn ToSql + Sync)])
             .collect::<Vec<_>>(),
         )
         .await?;

@@ -12,8 +12,10 @@ use shared::protocol::client::{HostedJob, JobSummary, ListQuery};
 use shared::state::JobState;
 use tokio_postgres::{Client, Row};
 
-/// The channel on which every change of a job's state written to `jobs` is announced, in the
-/// statement that writes it ([`publish`], `journal::write`); the payload is a [`JobChange`].
+/// The channel on which a host announces the changes of its jobs' states, in the statements
+/// that publish them to `jobs` ([`publish`], `journal::write_announcing`; the mirror
+/// publisher's, in the background) and in `journal::cancel_unclaimed`; the payload is a
+/// [`JobChange`].
 pub const JOBS_CHANNEL: &str = "sv_jobs";
 
 /// The longest host name (bytes) whose jobs' changes are announced: PostgreSQL refuses a
@@ -63,37 +65,32 @@ pub enum RemoteJobs {
     Missed,
 }
 
-/// The CTE `old` of a statement that writes the rows of jobs `ids` (a `text[]` expression):
-/// their states before it (every CTE reads one snapshot, taken before any of them writes).
-pub(super) fn old_states(ids: &str) -> String {
-    format!("old AS (SELECT id, state FROM jobs WHERE id = ANY({ids}))")
-}
-
 /// The CTE `notified` that announces on [`JOBS_CHANNEL`] each row of the CTE `written`
 /// (`id, host, state, ended` of the rows a statement wrote; the host NULL while unclaimed,
-/// announced empty) whose state differs from `old`'s ([`old_states`]); a statement must read
-/// it (`SELECT count(*) FROM notified`) for it to run.
-pub(super) fn notify_changes(written: &str) -> String {
+/// announced empty) for which `which` (an SQL condition on `w`, the written row) holds; a
+/// statement must read it (`SELECT count(*) FROM notified`) for it to run.
+pub(super) fn notify_rows(written: &str, which: &str) -> String {
     format!(
         "notified AS (
              SELECT w.id, pg_notify('{JOBS_CHANNEL}', json_build_object(
                  'id', w.id, 'host', COALESCE(w.host, ''), 'state', w.state, 'ended', w.ended,
                  'at_ms', (extract(epoch FROM now()) * 1000)::bigint)::text)
-             FROM {written} w LEFT JOIN old o ON o.id = w.id
-             WHERE o.state IS DISTINCT FROM w.state
-               AND octet_length(COALESCE(w.host, '')) <= {MAX_NOTIFIED_HOST})"
+             FROM {written} w
+             WHERE ({which}) AND octet_length(COALESCE(w.host, '')) <= {MAX_NOTIFIED_HOST})"
     )
 }
 
 /// Writes `jobs` (of `host`) in one statement: new rows get `created_at = now()`, every row
 /// `updated_at = now()`; a job in a terminal state is marked ended. Their `created_ms` and
 /// `paused_since_ms` are not mirrored. A row another host holds (the job was rescued from
-/// this one) is left as it is. Each row whose state changed is announced on [`JOBS_CHANNEL`]
-/// in the same statement. For the jobs of this daemon's journal, see `journal::write`.
+/// this one) is left as it is. The rows of the jobs in `announce` (those whose state changed
+/// since their last publication) are announced on [`JOBS_CHANNEL`] in the same statement. For
+/// the jobs of this daemon's journal, see `journal::write`.
 pub async fn publish(
     client: &Client,
     host: &str,
     jobs: &[JobSummary],
+    announce: &[&str],
 ) -> Result<(), tokio_postgres::Error> {
     if jobs.is_empty() {
         return Ok(());
@@ -110,8 +107,7 @@ pub async fn publish(
     client
         .query_one(
             &format!(
-                "WITH {},
-                 written AS (
+                "WITH written AS (
                      INSERT INTO jobs AS j (id, host, name, state, task, running, created_at,
                                             updated_at, ended)
                      SELECT u.id, $1, u.name, u.state, u.task, u.running, now(), now(), u.ended
@@ -125,10 +121,11 @@ pub async fn publish(
                      RETURNING j.id, j.host, j.state, j.ended),
                  {}
                  SELECT count(*) FROM notified",
-                old_states("$2::text[]"),
-                notify_changes("written")
+                notify_rows("written", "w.id = ANY($8::text[])")
             ),
-            &[&host, &ids, &names, &states, &tasks, &running, &ended],
+            &[
+                &host, &ids, &names, &states, &tasks, &running, &ended, &announce,
+            ],
         )
         .await?;
     Ok(())

@@ -54,10 +54,11 @@
 //! - **Mirror** ([`mirror`], published by `daemon/mirror.rs` on its own connection): each
 //!   daemon writes its jobs' summaries (state, current task, running count) to `jobs` from its
 //!   job-event broadcast, in the background; after a lag or a reconnect it re-publishes its
-//!   live jobs. Other hosts read it for `ls`, `status` and `--wait`. Every statement that
-//!   writes a job's row (`mirror::publish`, `journal::write`, `journal::cancel_unclaimed`)
-//!   announces each state it changed in the same statement: `pg_notify('sv_jobs', ...)`
-//!   ([`mirror::JOBS_CHANNEL`], a [`mirror::JobChange`] of about 100 bytes). Every daemon's
+//!   live jobs. Other hosts read it for `ls`, `status` and `--wait`. The publisher's
+//!   statements (`mirror::publish`, `journal::write_announcing`) and
+//!   `journal::cancel_unclaimed` announce the jobs whose state changed in the same statement:
+//!   `pg_notify('sv_jobs', ...)` ([`mirror::JOBS_CHANNEL`], a [`mirror::JobChange`] of about
+//!   100 bytes); the job actor's write-ahead announces nothing. Every daemon's
 //!   listener hears them and hands other hosts' changes to [`Board::remote_jobs`], with
 //!   [`mirror::RemoteJobs::Missed`] after each of its (re)connects; the daemon's `events`
 //!   relays them to its clients (protocol 7), and a CLI's `--wait` on another host's job
