@@ -218,10 +218,9 @@ async fn republish(jobs: &Jobs, board: &Board, client: &Connection) -> anyhow::R
 
 /// Publishes the current state of `ids` (a job the store no longer has is skipped): the jobs
 /// of the journal this daemon holds with their tasks, under their epochs
-/// (`journal::write_announcing`);
-/// the others (submitted before this daemon was on the board) as summaries; none of those it
-/// lost; those of `changed` announced. A refused write makes the job stale here
-/// (`Board::refused`) and kills it if it runs.
+/// (`journal::write_announcing`); the others (submitted before this daemon was on the board)
+/// as summaries; none of those it lost; those of `changed` announced. A refused write makes
+/// the job stale here (`Board::refused`) and kills it if it runs.
 async fn publish_ids(
     jobs: &Jobs,
     board: &Board,
