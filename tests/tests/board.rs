@@ -272,6 +272,34 @@ fn three_hosts_share_a_board_and_a_dead_one_shows_lost() {
     }
 }
 
+/// Terminates every daemon's listener connection (`pg_terminate_backend`): a notification
+/// sent before it reconnects is lost.
+fn terminate_listeners(pg: &Postgres) {
+    let terminated = pg.sql(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'supervisor-listen') AS t",
+    );
+    assert_eq!(terminated.trim(), "3", "one listener per daemon");
+}
+
+/// Waits until `waiter`, a `--wait` on job `id`, follows it on host `host`.
+fn wait_following(waiter: &Run, id: &str, host: &str) {
+    wait_for(
+        DEADLINE,
+        &format!("the wait to follow {id} on {host}"),
+        || {
+            if waiter
+                .stderr()
+                .contains(&format!("following job {id} on host {host}"))
+            {
+                Ok(())
+            } else {
+                Err(waiter.report())
+            }
+        },
+    );
+}
+
 /// Waits until the daemon's log (stderr) holds `message`.
 fn wait_for_log(daemon: &Run, message: &str) {
     wait_for(DEADLINE, &format!("the daemon to log {message:?}"), || {
@@ -514,11 +542,7 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     // of a. It still arrives within lease/3 (plus what a status round costs).
     let third = submit_at(&env, &a.state_dir, &file);
     wait_listed_running(&env, &b.state_dir, &third, "a");
-    let terminated = pg.sql(
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE application_name = 'supervisor-listen') AS t",
-    );
-    assert_eq!(terminated.trim(), "3", "one listener per daemon");
+    terminate_listeners(&pg);
     let (code, out, err) = cli_at(&env, &b.state_dir, &["cancel", &third], DEADLINE);
     assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
     wait_local_state(
@@ -687,14 +711,7 @@ fn a_wait_on_a_lost_hosts_job_follows_its_rescue() {
     wait_listed_running(&env, &b.state_dir, &id, "a");
     let b_dir = b.state_dir.to_str().expect("UTF-8");
     let mut waiter = env.spawn(&["cancel", &id, "--wait", "--state-dir", b_dir]);
-    wait_for(DEADLINE, "b's wait to follow the job on a", || {
-        let err = waiter.stderr();
-        if err.contains(&format!("following job {id} on host a")) {
-            Ok(())
-        } else {
-            Err(format!("stdout {:?} stderr {err:?}", waiter.stdout()))
-        }
-    });
+    wait_following(&waiter, &id, "a");
     wait_local_state(&env, &a.state_dir, &id, DEADLINE, "cancelling");
 
     sigkill_run(&mut a.daemon);
@@ -709,6 +726,156 @@ fn a_wait_on_a_lost_hosts_job_follows_its_rescue() {
     let rescuer = if seen["host"] == "b" { &b } else { &c };
     let status = status_json_at(&env, &rescuer.state_dir, &id);
     assert_eq!(status["reason"], "host lost: a", "{status}");
+}
+
+/// How often a `--wait` on another host's job reads its status when the daemon's events carry
+/// the job's changes (`cli::board::REMOTE_BACKSTOP`): what a lost notification delays its end
+/// by at most, on top of a status round.
+const REMOTE_BACKSTOP: Duration = Duration::from_secs(1);
+
+/// The `events --json` lines of `events` about job `id`: (state, host), in order.
+fn job_events(events: &Run, id: &str) -> Vec<(String, String)> {
+    events
+        .stdout_lines()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["job"] == id)
+        .map(|event| {
+            let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
+            (text("state"), text("host"))
+        })
+        .collect()
+}
+
+/// Issue 11: `events` on one host carries the state changes of another host's jobs, from the
+/// board's notifications, with their host in `--json`: a job of a is seen on b running, then
+/// cancelled (from c), in that order; b's own jobs come as before, without a host; an
+/// unclaimed job cancelled from c comes with a null host.
+#[test]
+fn events_on_one_host_show_another_hosts_job_changes() {
+    let Some((_pg, env, [a, b, c])) =
+        board_of_three("events_on_one_host_show_another_hosts_job_changes")
+    else {
+        return;
+    };
+    let b_dir = b.state_dir.to_str().expect("UTF-8");
+    let events = env.spawn(&["events", "--json", "--state-dir", b_dir]);
+    // The subscription is in place once the stream carries a job of b's own.
+    let probe = env.job(
+        "probe.toml",
+        "name = \"probe\"",
+        "[[task]]\nname = \"t\"\nrun = \"true\"\n",
+    );
+    let probe_id = submit_at(&env, &b.state_dir, &probe);
+    wait_for(DEADLINE, "b's events to carry its own job", || {
+        let seen = job_events(&events, &probe_id);
+        if seen.iter().any(|(state, _)| state == "success") {
+            Ok(seen)
+        } else {
+            Err(events.report())
+        }
+    });
+    assert!(
+        job_events(&events, &probe_id)
+            .iter()
+            .all(|(_, host)| host.is_empty()),
+        "{}",
+        events.report()
+    );
+
+    let file = env.job(
+        "long.toml",
+        "name = \"long\"",
+        "[[task]]\nname = \"wait\"\nrun = \"sleep 60\"\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &c.state_dir, &id, "a");
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["cancel", &id], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    let seen = wait_for(DEADLINE, "b's events to show a's job cancelled", || {
+        let seen = job_events(&events, &id);
+        if seen.iter().any(|(state, _)| state == "cancelled") {
+            Ok(seen)
+        } else {
+            Err(events.report())
+        }
+    });
+    let states: Vec<&str> = seen.iter().map(|(state, _)| state.as_str()).collect();
+    let running = states.iter().position(|s| *s == "running");
+    let cancelled = states.iter().position(|s| *s == "cancelled");
+    assert!(
+        running.is_some() && running < cancelled,
+        "running, then cancelled: {seen:?}"
+    );
+    assert!(seen.iter().all(|(_, host)| host == "a"), "{seen:?}");
+
+    // A job no host claims (pinned to a host that is not running), cancelled from c: ended on
+    // the board directly, and shown on b without a host.
+    let unclaimed = submit_pinned(&env, &a.state_dir, &file, "z");
+    let (code, out, err) = cli_at(&env, &c.state_dir, &["cancel", &unclaimed], DEADLINE);
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    wait_for(
+        DEADLINE,
+        "b's events to show the unclaimed job cancelled",
+        || {
+            let seen = job_events(&events, &unclaimed);
+            if seen == [("cancelled".to_owned(), String::new())] {
+                Ok(())
+            } else {
+                Err(events.report())
+            }
+        },
+    );
+}
+
+/// Issue 11, rule 3: a lost notification only delays a `--wait` on another host's job. b's
+/// `cancel --wait` of a job of a follows it while its revert waits for a go file; b's daemon
+/// is frozen (SIGSTOP), every listener's connection terminated (`pg_terminate_backend`), and
+/// the revert let go: the job's end is written and announced while b listens to nothing.
+/// Thawed (SIGCONT), b's wait still ends, exit 3, within its backstop read.
+#[test]
+fn a_remote_wait_ends_though_the_jobs_notification_was_lost() {
+    let Some((pg, env, [a, b, _c])) =
+        board_of_three("a_remote_wait_ends_though_the_jobs_notification_was_lost")
+    else {
+        return;
+    };
+    let file = env.job(
+        "gated.toml",
+        "name = \"gated\"",
+        "[[task]]\nname = \"wait\"\nrun = \"sleep 60\"\n\
+         revert = 'until [ -e \"$SVT_DIR/go\" ]; do sleep 0.05; done; echo reverted >> \"$SVT_DIR/reverted\"'\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_listed_running(&env, &b.state_dir, &id, "a");
+    let b_dir = b.state_dir.to_str().expect("UTF-8");
+    let mut waiter = env.spawn(&["cancel", &id, "--wait", "--state-dir", b_dir]);
+    wait_following(&waiter, &id, "a");
+    wait_local_state(&env, &a.state_dir, &id, DEADLINE, "cancelling");
+
+    send_signal(b.daemon.pid(), Signal::SIGSTOP);
+    terminate_listeners(&pg);
+    env.write("go", "");
+    // The end is on the board, so its notification was sent: b's listener was gone.
+    wait_for(DEADLINE, "a to write the job's end to the board", || {
+        let state = pg.sql(&format!("SELECT state FROM jobs WHERE id = '{id}'"));
+        if state.trim() == "cancelled" {
+            Ok(())
+        } else {
+            Err(state)
+        }
+    });
+    send_signal(b.daemon.pid(), Signal::SIGCONT);
+    let code = waiter.wait_exit(REMOTE_BACKSTOP + POLL_SLACK);
+    assert_eq!(code, 3, "{}", waiter.report());
+    assert!(
+        waiter
+            .stderr()
+            .contains(&format!("job {id} ended on host a: cancelled")),
+        "{}",
+        waiter.report()
+    );
+    assert_eq!(env.lines("reverted"), ["reverted"]);
 }
 
 /// Issue 11: `ls --limit N` on a board is the N most recent jobs of the whole board, in order,

@@ -5,7 +5,10 @@
 //! the request in it with [`ClientRequest::decoder`]), then carries one request. Replies have the
 //! same layout in every supported version. Most requests get exactly one reply; `Logs { follow: true }` and
 //! `Events` get a stream of replies that ends when the daemon closes the connection; in version
-//! 3, `List` gets pages of jobs and a `Done`.
+//! 3, `List` gets pages of jobs and a `Done`. In version 7, `Events` also carries other hosts'
+//! job changes ([`ClientReply::HostedEvent`]), and a `Done` after its first one says that the
+//! stream had a gap (a slow client lagged, or the daemon's board listener reconnected): a client
+//! that follows a job reads its state again.
 
 use crate::ids::JobId;
 use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
@@ -249,6 +252,13 @@ pub enum ClientReply {
         host: String,
         status: Box<JobStatus>,
         late_writes: Vec<LateWrite>,
+    },
+    /// In `events`, to a version 7 client of a daemon on a job board: a state change of a job
+    /// another host holds, as that host wrote it to the board (`event.task` is `None`, `by`
+    /// too). Added at the end (protocol 7).
+    HostedEvent {
+        host: String,
+        event: Event,
     },
 }
 

@@ -9,6 +9,7 @@
 //! written together), so it is atomic without a transaction and runs on the shared query
 //! connection.
 
+use super::mirror::notify_rows;
 use crate::store::TaskRow;
 use shared::ids::JobId;
 use shared::protocol::client::{JobSummary, LateWrite};
@@ -262,21 +263,30 @@ fn text_or_empty(row: &Row, idx: usize) -> Result<String, tokio_postgres::Error>
 }
 
 /// Ends job `id` while it is unclaimed, in one guarded statement: `cancelled` with `reason`
-/// (nothing ran, nothing to revert). `false` when it is not unclaimed any more (a host
-/// claimed it meanwhile, or it ended).
+/// (nothing ran, nothing to revert), announced on
+/// [`JOBS_CHANNEL`](super::mirror::JOBS_CHANNEL) in it. `false` when it is not unclaimed any
+/// more (a host claimed it meanwhile, or it ended).
 pub async fn cancel_unclaimed(
     client: &Client,
     id: &JobId,
     reason: &str,
 ) -> Result<bool, tokio_postgres::Error> {
-    let ended = client
-        .execute(
-            "UPDATE jobs SET state = 'cancelled', ended = true, reason = $2, updated_at = now()
-             WHERE id = $1 AND host IS NULL AND NOT ended",
+    let row = client
+        .query_one(
+            &format!(
+                "WITH j AS (
+                     UPDATE jobs SET state = 'cancelled', ended = true, reason = $2,
+                                     updated_at = now()
+                     WHERE id = $1 AND host IS NULL AND NOT ended
+                     RETURNING id, host, state, ended),
+                 {}
+                 SELECT (SELECT count(*) FROM j), (SELECT count(*) FROM notified)",
+                notify_rows("j", "true")
+            ),
             &[&id.as_str(), &reason],
         )
         .await?;
-    Ok(ended == 1)
+    Ok(row.try_get::<_, i64>(0)? == 1)
 }
 
 /// Removes job `id` of `host` at epoch 1 (a submit whose local commit failed after its board
@@ -293,11 +303,23 @@ pub async fn forget(client: &Client, host: &str, id: &JobId) -> Result<(), tokio
 
 /// Writes `entries` of `host`'s jobs in one statement, each only where the row is still
 /// `host`'s at the entry's epoch; returns the ids whose write matched no row (refused: the
-/// job was taken from this host).
+/// job was taken from this host). Announces nothing: see [`write_announcing`].
 pub async fn write(
     client: &Client,
     host: &str,
     entries: &[Entry],
+) -> Result<Vec<JobId>, tokio_postgres::Error> {
+    write_announcing(client, host, entries, &[]).await
+}
+
+/// [`write`](fn@write), and in the same statement the rows written of the jobs in
+/// `announce` (those whose state changed since their last publication) announced on
+/// [`JOBS_CHANNEL`](super::mirror::JOBS_CHANNEL).
+pub async fn write_announcing(
+    client: &Client,
+    host: &str,
+    entries: &[Entry],
+    announce: &[&str],
 ) -> Result<Vec<JobId>, tokio_postgres::Error> {
     if entries.is_empty() {
         return Ok(Vec::new());
@@ -320,6 +342,7 @@ pub async fn write(
     let t = TaskColumns::of(owners, &all_tasks);
     let rows = client
         .query(
+            &format!(
             "WITH j AS (
                  UPDATE jobs SET name = u.name, state = u.state, task = u.task, running = u.running,
                                  ended = u.ended, reason = u.reason, updated_at = now()
@@ -327,7 +350,7 @@ pub async fn write(
                              $8::bool[], $9::text[])
                       AS u(id, epoch, name, state, task, running, ended, reason)
                  WHERE jobs.id = u.id AND jobs.host = $1 AND jobs.epoch = u.epoch
-                 RETURNING jobs.id),
+                 RETURNING jobs.id, jobs.host, jobs.state, jobs.ended),
              t AS (
                  INSERT INTO job_tasks (job_id, idx, name, has_revert, state, attempts, exec_outcome, result)
                  SELECT v.* FROM unnest($10::text[], $11::int[], $12::text[], $13::bool[], $14::text[],
@@ -336,8 +359,11 @@ pub async fn write(
                  WHERE v.job_id IN (SELECT id FROM j)
                  ON CONFLICT (job_id, idx) DO UPDATE SET
                      state = EXCLUDED.state, attempts = EXCLUDED.attempts,
-                     exec_outcome = EXCLUDED.exec_outcome, result = EXCLUDED.result)
-             SELECT id FROM j",
+                     exec_outcome = EXCLUDED.exec_outcome, result = EXCLUDED.result),
+             {}
+             SELECT id, (SELECT count(*) FROM notified) FROM j",
+                notify_rows("j", "w.id = ANY($18::text[])")
+            ),
             &[
                 &host as &(dyn ToSql + Sync),
                 &ids,
@@ -351,6 +377,7 @@ pub async fn write(
             ]
             .into_iter()
             .chain(t.params())
+            .chain([&announce as &(dyn ToSql + Sync)])
             .collect::<Vec<_>>(),
         )
         .await?;

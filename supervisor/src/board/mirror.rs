@@ -12,14 +12,85 @@ use shared::protocol::client::{HostedJob, JobSummary, ListQuery};
 use shared::state::JobState;
 use tokio_postgres::{Client, Row};
 
+/// The channel on which a host announces the changes of its jobs' states, in the statements
+/// that publish them to `jobs` ([`publish`], `journal::write_announcing`; the mirror
+/// publisher's, in the background) and in `journal::cancel_unclaimed`; the payload is a
+/// [`JobChange`].
+pub const JOBS_CHANNEL: &str = "sv_jobs";
+
+/// The longest host name (bytes) whose jobs' changes are announced: PostgreSQL refuses a
+/// payload of 8000 bytes or more, and a refused `pg_notify` would fail the write it rides on.
+/// A longer name's jobs are seen by the readers' backstop reads only.
+pub const MAX_NOTIFIED_HOST: i32 = 1000;
+
+/// A change of a job's state as [`JOBS_CHANNEL`] announces it (JSON, under 1.1 kB: an id, a
+/// host name of at most [`MAX_NOTIFIED_HOST`] bytes, a state name, a flag and a time).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct JobChange {
+    pub id: JobId,
+    /// The host that holds the job and wrote the change; empty while the job is unclaimed
+    /// (a cancel of it ended it).
+    pub host: String,
+    pub state: JobState,
+    /// Whether `state` is terminal.
+    pub ended: bool,
+    /// When it was written, ms since the epoch (the database's clock).
+    pub at_ms: i64,
+}
+
+impl JobChange {
+    /// A notification's payload; `None` (logged) for one this build cannot read (a newer
+    /// host's state, say).
+    #[must_use]
+    pub fn parse(payload: &str) -> Option<Self> {
+        match serde_json::from_str(payload) {
+            Ok(change) => Some(change),
+            Err(err) => {
+                tracing::debug!(error = %err, payload, "board job change left out: unreadable");
+                None
+            }
+        }
+    }
+}
+
+/// What a daemon learns of other hosts' jobs from its listener ([`Board::remote_jobs`]).
+///
+/// [`Board::remote_jobs`]: super::Board::remote_jobs
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteJobs {
+    /// A job another host holds changed state.
+    Changed(JobChange),
+    /// The listener (re)connected: changes announced while it was away are lost, so whoever
+    /// follows a job reads its state again.
+    Missed,
+}
+
+/// The CTE `notified` that announces on [`JOBS_CHANNEL`] each row of the CTE `written`
+/// (`id, host, state, ended` of the rows a statement wrote; the host NULL while unclaimed,
+/// announced empty) for which `which` (an SQL condition on `w`, the written row) holds; a
+/// statement must read it (`SELECT count(*) FROM notified`) for it to run.
+pub(super) fn notify_rows(written: &str, which: &str) -> String {
+    format!(
+        "notified AS (
+             SELECT w.id, pg_notify('{JOBS_CHANNEL}', json_build_object(
+                 'id', w.id, 'host', COALESCE(w.host, ''), 'state', w.state, 'ended', w.ended,
+                 'at_ms', (extract(epoch FROM now()) * 1000)::bigint)::text)
+             FROM {written} w
+             WHERE ({which}) AND octet_length(COALESCE(w.host, '')) <= {MAX_NOTIFIED_HOST})"
+    )
+}
+
 /// Writes `jobs` (of `host`) in one statement: new rows get `created_at = now()`, every row
 /// `updated_at = now()`; a job in a terminal state is marked ended. Their `created_ms` and
 /// `paused_since_ms` are not mirrored. A row another host holds (the job was rescued from
-/// this one) is left as it is. For the jobs of this daemon's journal, see `journal::write`.
+/// this one) is left as it is. The rows of the jobs in `announce` (those whose state changed
+/// since their last publication) are announced on [`JOBS_CHANNEL`] in the same statement. For
+/// the jobs of this daemon's journal, see `journal::write`.
 pub async fn publish(
     client: &Client,
     host: &str,
     jobs: &[JobSummary],
+    announce: &[&str],
 ) -> Result<(), tokio_postgres::Error> {
     if jobs.is_empty() {
         return Ok(());
@@ -34,16 +105,27 @@ pub async fn publish(
         .collect();
     let ended: Vec<bool> = jobs.iter().map(|j| !j.state.is_live()).collect();
     client
-        .execute(
-            "INSERT INTO jobs AS j (id, host, name, state, task, running, created_at, updated_at, ended)
-             SELECT u.id, $1, u.name, u.state, u.task, u.running, now(), now(), u.ended
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::bool[])
-                  AS u(id, name, state, task, running, ended)
-             ON CONFLICT (id) DO UPDATE SET
-                 name = EXCLUDED.name, state = EXCLUDED.state, task = EXCLUDED.task,
-                 running = EXCLUDED.running, updated_at = now(), ended = EXCLUDED.ended
-             WHERE j.host = $1",
-            &[&host, &ids, &names, &states, &tasks, &running, &ended],
+        .query_one(
+            &format!(
+                "WITH written AS (
+                     INSERT INTO jobs AS j (id, host, name, state, task, running, created_at,
+                                            updated_at, ended)
+                     SELECT u.id, $1, u.name, u.state, u.task, u.running, now(), now(), u.ended
+                     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                                 $7::bool[])
+                          AS u(id, name, state, task, running, ended)
+                     ON CONFLICT (id) DO UPDATE SET
+                         name = EXCLUDED.name, state = EXCLUDED.state, task = EXCLUDED.task,
+                         running = EXCLUDED.running, updated_at = now(), ended = EXCLUDED.ended
+                     WHERE j.host = $1
+                     RETURNING j.id, j.host, j.state, j.ended),
+                 {}
+                 SELECT count(*) FROM notified",
+                notify_rows("written", "w.id = ANY($8::text[])")
+            ),
+            &[
+                &host, &ids, &names, &states, &tasks, &running, &ended, &announce,
+            ],
         )
         .await?;
     Ok(())
@@ -265,6 +347,26 @@ mod tests {
         assert_eq!(like_pattern("a?c"), "a_c");
         assert_eq!(like_pattern("100%_done\\"), "100\\%\\_done\\\\");
         assert_eq!(like_pattern(""), "");
+    }
+
+    #[test]
+    fn a_change_is_read_from_its_payload_and_an_unreadable_one_left_out() {
+        let payload = r#"{"id" : "0123abcd", "host" : "a", "state" : "cancelled", "ended" : true, "at_ms" : 17}"#;
+        let change = JobChange::parse(payload).expect("readable");
+        assert_eq!(
+            change,
+            JobChange {
+                id: JobId::parse("0123abcd").expect("valid"),
+                host: "a".into(),
+                state: JobState::Cancelled,
+                ended: true,
+                at_ms: 17,
+            }
+        );
+        let newer = payload.replace("cancelled", "hibernating");
+        assert_eq!(JobChange::parse(&newer), None);
+        assert_eq!(JobChange::parse(&payload.replace("0123abcd", "../x")), None);
+        assert_eq!(JobChange::parse("a"), None);
     }
 
     #[test]

@@ -54,7 +54,16 @@
 //! - **Mirror** ([`mirror`], published by `daemon/mirror.rs` on its own connection): each
 //!   daemon writes its jobs' summaries (state, current task, running count) to `jobs` from its
 //!   job-event broadcast, in the background; after a lag or a reconnect it re-publishes its
-//!   live jobs. Other hosts read it for `ls`, `status` and `--wait`.
+//!   live jobs. Other hosts read it for `ls`, `status` and `--wait`. The publisher's
+//!   statements (`mirror::publish`, `journal::write_announcing`) and
+//!   `journal::cancel_unclaimed` announce the jobs whose state changed in the same statement:
+//!   `pg_notify('sv_jobs', ...)` ([`mirror::JOBS_CHANNEL`], a [`mirror::JobChange`] of about
+//!   100 bytes); the job actor's write-ahead announces nothing. Every daemon's
+//!   listener hears them and hands other hosts' changes to [`Board::remote_jobs`], with
+//!   [`mirror::RemoteJobs::Missed`] after each of its (re)connects; the daemon's `events`
+//!   relays them to its clients (protocol 7), and a CLI's `--wait` on another host's job
+//!   ends on its terminal state from there, reading the mirror every second and after a gap
+//!   as well (a lost notification delays the end, never loses it).
 //! - **Requests** ([`requests`]): an order (`cancel`, `kill`, `revert`, `resume`, `pause`,
 //!   `continue`) of another host's job, or `logs` of it, is a row of `requests` plus
 //!   `pg_notify('sv_requests', HOST)` in one statement. The operator's answer comes after the
@@ -62,7 +71,7 @@
 //!   refusal's code and text, or the lines of `logs`, written back), read again by the asking
 //!   daemon every 50 ms ([`Board::request_answer`]), or at once when the owner's lease
 //!   expired. The owner's `listener` (one dedicated `LISTEN` connection,
-//!   named `supervisor-listen`) wakes its reader ([`Board::requests_due`]) on a notification
+//!   named `supervisor-listen`, on requests, claims and job changes) wakes its reader ([`Board::requests_due`]) on a notification
 //!   and after every (re)connect, and every renewal wakes it too: a lost notification delays
 //!   a request by at most lease/3. The reader (`daemon/remote.rs`) applies each through the
 //!   job's actor, as a local order, and marks it done with the outcome.
@@ -125,7 +134,7 @@ use shared::protocol::client::HostSummary;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_postgres::Client;
 
 /// How long connecting to the board may take (at start, and for each `hosts` request).
@@ -133,6 +142,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a `hosts` query may take.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many changes of other hosts' jobs [`Board::remote_jobs`] keeps for a slow receiver
+/// before it lags (and reads again what it follows).
+const REMOTE_JOBS_BACKLOG: usize = 1024;
 
 /// What went wrong with the board.
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +422,8 @@ struct Inner {
     /// notification for this host or any host, and when a slot may have freed here
     /// ([`Board::wake_claims`]): unclaimed jobs are due to be claimed.
     claims_due: Notify,
+    /// The changes of other hosts' jobs the listener heard of, and its reconnects.
+    remote_jobs: broadcast::Sender<mirror::RemoteJobs>,
     /// `--max-jobs`, as reported at join: the slots claims fill.
     max_jobs: usize,
     /// The shared connection of [`Role::Query`], opened on first use and again after it fails.
@@ -486,6 +501,7 @@ impl Board {
                 instance,
                 requests_due: Notify::new(),
                 claims_due: Notify::new(),
+                remote_jobs: broadcast::channel(REMOTE_JOBS_BACKLOG).0,
                 max_jobs,
                 query: Mutex::new(None),
                 held: Mutex::new(
@@ -626,6 +642,15 @@ impl Board {
     #[must_use]
     pub fn max_jobs(&self) -> usize {
         self.inner.max_jobs
+    }
+
+    /// The changes of other hosts' jobs from here on, as their hosts write them to the
+    /// mirror ([`mirror::JOBS_CHANNEL`]), and [`mirror::RemoteJobs::Missed`] after every
+    /// (re)connect of the listener. A hint, as every notification: whoever follows a job reads
+    /// it again after `Missed` or a lag, and now and then anyway.
+    #[must_use]
+    pub fn remote_jobs(&self) -> broadcast::Receiver<mirror::RemoteJobs> {
+        self.inner.remote_jobs.subscribe()
     }
 
     /// Resolves when this host's requests are due to be read: after a renewal, after the

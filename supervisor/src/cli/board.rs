@@ -1,20 +1,37 @@
 //! What the CLI shows of another host's jobs on a job board: `ls` rows and `--json` items with
-//! their host, `status` of a job held elsewhere (from the board's mirror), and `--wait` on
-//! one, which polls its status every [`REMOTE_POLL`] (the local daemon's events do not carry
-//! other hosts' jobs) and its host's liveness every [`HOST_CHECK`]: a wait on a job whose
-//! host lost its lease (or stopped) ends with exit 12 instead of polling a mirror row nobody
-//! updates any more. A job not yet claimed by any host (the daemon answers it with an empty
-//! host) is shown with host `-` (`null` in JSON), and `--wait` follows it until a host
+//! their host, `status` of a job held elsewhere (from the board's mirror), `events` of other
+//! hosts' jobs (protocol 7: the daemon relays their changes from the board's notifications), and
+//! `--wait` on another host's job, which follows those changes on the local daemon's events
+//! and ends as soon as its terminal state arrives, reading its status (from the mirror) every
+//! [`REMOTE_BACKSTOP`] and at once after a gap in the stream, so that a lost notification only
+//! delays the end; from a daemon older than protocol 7 it polls the status every
+//! [`REMOTE_POLL`]. Every [`HOST_CHECK`] it asks whether the job's host is alive: a wait on a
+//! job whose host lost its lease (or stopped) ends with exit 12 instead of following a mirror
+//! row nobody updates any more. A job not yet claimed by any host (the daemon answers it with
+//! an empty host) is shown with host `-` (`null` in JSON), and `--wait` follows it until a host
 //! claims it.
 
-use super::client::{Failure, Outcome};
+use super::client::{Failure, Outcome, Replies};
 use super::escape::shown;
 use shared::exit;
-use shared::protocol::client::{HostState, HostedJob, JobStatus, JobSummary, LateWrite};
+use shared::ids::JobId;
+use shared::protocol::client::{
+    ClientReply, Event, HostState, HostedJob, JobStatus, JobSummary, LateWrite,
+};
+use shared::state::JobState;
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// How often `--wait` reads the status of a job another host holds.
+/// The first protocol version whose `events` carry other hosts' job changes.
+pub const BOARD_EVENTS: u32 = 7;
+
+/// How often `--wait` reads the status of a job another host holds while the daemon's events
+/// carry that job's changes: only a backstop, should a notification be lost.
+pub const REMOTE_BACKSTOP: Duration = Duration::from_secs(1);
+
+/// How often `--wait` reads the status of a job another host holds from a daemon whose events
+/// do not carry it (older than protocol [`BOARD_EVENTS`]).
 pub const REMOTE_POLL: Duration = Duration::from_millis(50);
 
 /// How often `--wait` on another host's job asks whether that host is still alive (by the
@@ -103,16 +120,56 @@ pub fn print_elsewhere(hosted: &HostedJob) {
     }
 }
 
-/// Follows a job another host holds to its end, reading its status from the local daemon
-/// (which reads the board's mirror) every [`REMOTE_POLL`]; the exit code of `run` for its
-/// state. Every [`HOST_CHECK`] it asks whether the job's host is alive: a lost or stopped one
-/// ends the wait with [`exit::HOST_LOST`] unless the job was rescued meanwhile (its row names
-/// another host, which the wait then follows). A job that moved to this daemon (rescued here
-/// from a lost host) is followed as a local one.
-pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -> Outcome<i32> {
+/// `events --json` of another host's job: the event's fields, then `host` (null while the
+/// job is unclaimed).
+#[derive(serde::Serialize)]
+struct HostedEventJson<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    host: Option<&'a str>,
+}
+
+/// Prints an `events` line of a job `host` holds (`--json`: with its `host`); an unclaimed
+/// job's (`host` empty) shows host `-`.
+pub fn print_hosted_event(event: &Event, host: &str, json: bool) {
+    let host = claimed_by(host);
+    if json {
+        let item = HostedEventJson { event, host };
+        println!("{}", serde_json::to_string(&item).unwrap_or_default());
+    } else {
+        println!(
+            "{} {} job {} on host {}",
+            event.at_ms,
+            event.job,
+            shown(&event.state),
+            host.map_or(Cow::Borrowed("-"), shown)
+        );
+    }
+}
+
+/// Follows a job another host holds to its end; the exit code of `run` for its state.
+/// `events` is the local daemon's stream when it carries other hosts' changes (protocol
+/// [`BOARD_EVENTS`]): the wait ends as soon as the job's terminal state arrives on it, and
+/// reads the job's status (the board's mirror) every [`REMOTE_BACKSTOP`] and after a gap;
+/// without it, every [`REMOTE_POLL`]. Every [`HOST_CHECK`] it asks whether the job's host is
+/// alive: a lost or stopped one ends the wait with [`exit::HOST_LOST`] unless the job was
+/// rescued meanwhile (its row names another host, which the wait then follows). A job that
+/// moved to this daemon (rescued here from a lost host) is followed as a local one.
+pub async fn wait_elsewhere(
+    dir: Option<PathBuf>,
+    job: &str,
+    first: HostedJob,
+    mut events: Option<Replies>,
+) -> Outcome<i32> {
     let mut seen = first;
     let mut announced = false;
-    let mut next_check = Instant::now();
+    let mut next_check = Instant::now() + HOST_CHECK;
+    let poll = if events.is_some() {
+        REMOTE_BACKSTOP
+    } else {
+        REMOTE_POLL
+    };
+    let mut next_read = Instant::now() + poll;
     // Since when the job's host is known lost, and how long a rescue may take.
     let mut lost: Option<(String, Instant)> = None;
     loop {
@@ -147,10 +204,59 @@ pub async fn wait_elsewhere(dir: Option<PathBuf>, job: &str, first: HostedJob) -
             }
             next_check = Instant::now() + HOST_CHECK;
         }
-        tokio::time::sleep(REMOTE_POLL).await;
+        match heard(&mut events, &seen.job.id, next_read.min(next_check)).await? {
+            Heard::Changed { host, state } => {
+                (seen.host, seen.job.state) = (host, state);
+                continue;
+            }
+            Heard::Nothing if Instant::now() < next_read => continue,
+            Heard::Nothing | Heard::Gap => {}
+        }
+        next_read = Instant::now() + poll;
         match super::jobs::status_any(dir.clone(), job).await? {
             Seen::Elsewhere(hosted) => seen = *hosted,
             Seen::Here { .. } => return Box::pin(super::jobs::wait_for_end(dir, job)).await,
+        }
+    }
+}
+
+/// What [`heard`] heard of the job followed.
+enum Heard {
+    /// Its host wrote a new state.
+    Changed { host: String, state: JobState },
+    /// Nothing until the time given.
+    Nothing,
+    /// Its state is to be read now: the stream had a gap (its changes may be among what it
+    /// lost), ended, or this daemon's own events name the job (it may have moved here).
+    Gap,
+}
+
+/// Waits until `until` for a change of job `id` on `events` (without them, only the time
+/// passes). A stream that ends is given up (`None`): the status reads go on without it.
+async fn heard(events: &mut Option<Replies>, id: &JobId, until: Instant) -> Outcome<Heard> {
+    let Some(stream) = events else {
+        tokio::time::sleep_until(until.into()).await;
+        return Ok(Heard::Nothing);
+    };
+    loop {
+        let Ok(next) = tokio::time::timeout_at(until.into(), stream.next()).await else {
+            return Ok(Heard::Nothing);
+        };
+        match next? {
+            Some(ClientReply::HostedEvent { host, event }) if event.job == *id => {
+                return Ok(match event.state.parse::<JobState>() {
+                    Ok(state) if event.task.is_none() => Heard::Changed { host, state },
+                    _ => Heard::Gap,
+                });
+            }
+            Some(ClientReply::Event(event)) if event.job == *id => return Ok(Heard::Gap),
+            Some(ClientReply::Done) => return Ok(Heard::Gap),
+            Some(ClientReply::Event(_) | ClientReply::HostedEvent { .. }) => {}
+            Some(other) => return Err(super::jobs::unexpected(&other)),
+            None => {
+                *events = None;
+                return Ok(Heard::Gap);
+            }
         }
     }
 }

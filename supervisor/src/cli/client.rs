@@ -29,6 +29,8 @@ pub type Outcome<T> = Result<T, Failure>;
 /// A connection to the daemon that carries one request.
 pub struct Client {
     stream: UnixStream,
+    /// The protocol version both ends speak (the daemon's answer to the hello).
+    version: u32,
 }
 
 impl Client {
@@ -59,12 +61,20 @@ impl Client {
         match (read_frame::<ClientReply, _>(&mut stream).await, sent) {
             (Ok(Some(ClientReply::Error { code, message })), _) => Err(failure(code, message)),
             (_, Err(err)) | (Err(err), Ok(())) => Err(internal(err)),
-            (Ok(Some(ClientReply::Hello { .. })), Ok(())) => Ok(Self { stream }),
+            (Ok(Some(ClientReply::Hello { protocol_version })), Ok(())) => Ok(Self {
+                stream,
+                version: protocol_version,
+            }),
             (Ok(other), Ok(())) => Err(Failure::new(
                 exit::INTERNAL,
                 format!("unexpected answer from the daemon: {other:?}"),
             )),
         }
+    }
+
+    /// The protocol version both ends speak.
+    pub const fn version(&self) -> u32 {
+        self.version
     }
 
     pub async fn send(&mut self, request: &ClientRequest) -> Outcome<()> {

@@ -105,7 +105,8 @@ pub enum JobCommand {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
-    /// Follow every job and task transition as it happens
+    /// Follow every job and task transition as it happens (on a job board, also the other
+    /// hosts' job state changes)
     Events {
         #[arg(long)]
         json: bool,
@@ -527,12 +528,19 @@ async fn events(dir: Option<PathBuf>, json: bool) -> Outcome<i32> {
     client.send(&ClientRequest::Events).await?;
     while let Some(reply) = client.next().await? {
         if reply == ClientReply::Done {
-            // The subscription is in place (version 3): nothing to print.
+            // The subscription is in place (version 3), or the stream had a gap (version 7):
+            // nothing to print.
             continue;
         }
-        let ClientReply::Event(event) = reply else {
-            return Err(unexpected(&reply));
+        let (event, host) = match reply {
+            ClientReply::Event(event) => (event, None),
+            ClientReply::HostedEvent { host, event } => (event, Some(host)),
+            other => return Err(unexpected(&other)),
         };
+        if let Some(host) = host {
+            super::board::print_hosted_event(&event, &host, json);
+            continue;
+        }
         if json {
             println!("{}", serde_json::to_string(&event).unwrap_or_default());
             continue;
@@ -676,7 +684,9 @@ fn status_json(seen: &Seen) -> StatusJson<'_> {
 /// daemon's events first, then reads the status once (the job may be over already), then waits
 /// for the job's terminal event, whose state is the end: it returns as soon as the daemon
 /// publishes the end. A slow status read (every [`WAIT_CHECK`], or each redraw of the
-/// progress line) guards against a missed event (a lagging subscriber).
+/// progress line) guards against a missed event (a lagging subscriber), and a gap the daemon
+/// announces (a `Done` in the stream, version 7) reads it at once. Another host's job is
+/// followed by [`wait_elsewhere`](super::board::wait_elsewhere), on the same events.
 pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32> {
     let mut progress = super::progress::ProgressLine::new();
     let mut events = Client::connect(dir.clone()).await?;
@@ -686,12 +696,13 @@ pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32
         Some(other) => return Err(unexpected(&other)),
         None => return Err(closed()),
     }
+    let carries_board = events.version() >= super::board::BOARD_EVENTS;
     let mut events = events.into_replies();
     let mut status = match status_any(dir.clone(), job).await? {
         Seen::Here { status, .. } => *status,
         Seen::Elsewhere(hosted) => {
-            drop(events);
-            return super::board::wait_elsewhere(dir, job, *hosted).await;
+            let events = carries_board.then_some(events);
+            return super::board::wait_elsewhere(dir, job, *hosted, events).await;
         }
     };
     let check = if progress.is_enabled() {
@@ -710,6 +721,13 @@ pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32
         }
         let event = match tokio::time::timeout(check, events.next()).await {
             Ok(Ok(Some(ClientReply::Event(event)))) => event,
+            // Another host's job: not this one.
+            Ok(Ok(Some(ClientReply::HostedEvent { .. }))) => continue,
+            // A gap in the stream (version 7): the job's end may be among what it lost.
+            Ok(Ok(Some(ClientReply::Done))) => {
+                status = self::status(dir.clone(), job).await?;
+                continue;
+            }
             Ok(Ok(Some(other))) => return Err(unexpected(&other)),
             Ok(Ok(None)) => return Err(closed()),
             Ok(Err(failure)) => return Err(failure),

@@ -15,6 +15,13 @@
 //! The jobs of the journal (submitted or rescued on the board) are written with their tasks
 //! and under their epochs: task ends, results and the job's end reach the board from here,
 //! asynchronously; only the write-ahead is written synchronously, by the job's actor.
+//!
+//! Each publication announces to every host, in its own statement ([`mirror::JOBS_CHANNEL`]),
+//! the jobs whose job-level events (a change of the job's state, not of a task's) arrived
+//! since their last publication: other hosts' `events` and `--wait` follow them. A
+//! re-publication announces the jobs whose end the mirror missed. The job actor's own
+//! write-ahead (`job/journal.rs`) announces nothing, so no announcement is in a job's write
+//! path.
 
 use crate::board::journal::{self, Entry, JournalTask};
 use crate::board::mirror;
@@ -40,6 +47,7 @@ pub async fn run(jobs: Jobs, board: Board) {
         connection: None,
         backoff: Duration::ZERO,
         dirty: BTreeSet::new(),
+        changed: BTreeSet::new(),
         resync: true,
     };
     loop {
@@ -74,6 +82,8 @@ struct Publisher {
     backoff: Duration,
     /// The jobs whose events arrived and are not yet published.
     dirty: BTreeSet<JobId>,
+    /// Those of `dirty` whose state changed (a job-level event): to be announced.
+    changed: BTreeSet<JobId>,
     /// Every live job is due to be published again (start, reconnect, lag).
     resync: bool,
 }
@@ -124,21 +134,25 @@ impl Publisher {
     /// re-publication.
     async fn gather(&mut self) -> Step {
         match self.events.recv().await {
-            Ok(event) => {
-                self.dirty.insert(event.job);
-            }
+            Ok(event) => self.note(event),
             Err(RecvError::Lagged(missed)) => self.lagged(missed),
             Err(RecvError::Closed) => return Step::Closed,
         }
         loop {
             match self.events.try_recv() {
-                Ok(event) => {
-                    self.dirty.insert(event.job);
-                }
+                Ok(event) => self.note(event),
                 Err(TryRecvError::Lagged(missed)) => self.lagged(missed),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => return Step::Next,
             }
         }
+    }
+
+    /// Marks the event's job due to be published, and announced if its state changed.
+    fn note(&mut self, event: Event) {
+        if event.task.is_none() {
+            self.changed.insert(event.job.clone());
+        }
+        self.dirty.insert(event.job);
     }
 
     fn lagged(&mut self, missed: u64) {
@@ -152,10 +166,11 @@ impl Publisher {
             return Step::Next;
         };
         let ids: Vec<JobId> = self.dirty.iter().take(BATCH).cloned().collect();
-        match publish_ids(&self.jobs, &self.board, client, ids.clone()).await {
+        match publish_ids(&self.jobs, &self.board, client, ids.clone(), &self.changed).await {
             Ok(()) => {
                 for id in &ids {
                     self.dirty.remove(id);
+                    self.changed.remove(id);
                 }
                 Step::Next
             }
@@ -179,36 +194,46 @@ fn next_pause(board: &Board, backoff: Duration, err: anyhow::Error) -> Duration 
     lease::next_backoff(backoff, lease::renew_interval(board.config().lease))
 }
 
-/// Publishes every live job of the store, and those the mirror still shows live; how many.
+/// Publishes every live job of the store, and those the mirror still shows live (announced:
+/// their end was missed); how many.
 async fn republish(jobs: &Jobs, board: &Board, client: &Connection) -> anyhow::Result<usize> {
     let live = jobs.store().call(|s| s.list(false)).await?;
     let host = &board.config().host;
     let shown = mirror::unended(client.client(), host).await?;
     let live_ids: BTreeSet<&str> = live.iter().map(|job| job.id.as_str()).collect();
-    let missed = shown
+    let missed: BTreeSet<JobId> = shown
         .iter()
         .filter(|id| !live_ids.contains(id.as_str()))
-        .filter_map(|id| JobId::parse(id));
+        .filter_map(|id| JobId::parse(id))
+        .collect();
     let ids: Vec<JobId> = live
         .iter()
         .map(|job| job.id.clone())
-        .chain(missed)
+        .chain(missed.iter().cloned())
         .collect();
     let count = ids.len();
-    publish_ids(jobs, board, client, ids).await?;
+    publish_ids(jobs, board, client, ids, &missed).await?;
     Ok(count)
 }
 
 /// Publishes the current state of `ids` (a job the store no longer has is skipped): the jobs
-/// of the journal this daemon holds with their tasks, under their epochs (`journal::write`);
-/// the others (submitted before this daemon was on the board) as summaries; none of those it
-/// lost. A refused write makes the job stale here (`Board::refused`) and kills it if it runs.
+/// of the journal this daemon holds with their tasks, under their epochs
+/// (`journal::write_announcing`); the others (submitted before this daemon was on the board)
+/// as summaries; none of those it lost; those of `changed` announced. A refused write makes
+/// the job stale here (`Board::refused`) and kills it if it runs.
 async fn publish_ids(
     jobs: &Jobs,
     board: &Board,
     client: &Connection,
     ids: Vec<JobId>,
+    changed: &BTreeSet<JobId>,
 ) -> anyhow::Result<()> {
+    let announce: Vec<String> = ids
+        .iter()
+        .filter(|id| changed.contains(*id))
+        .map(|id| id.as_str().to_owned())
+        .collect();
+    let announce: Vec<&str> = announce.iter().map(String::as_str).collect();
     let mut epochs = HashMap::new();
     let mut outside = Vec::new();
     for id in ids {
@@ -221,7 +246,7 @@ async fn publish_ids(
         }
     }
     let rows = read_summaries(jobs, outside).await?;
-    mirror::publish(client.client(), &board.config().host, &rows).await?;
+    mirror::publish(client.client(), &board.config().host, &rows, &announce).await?;
     if epochs.is_empty() {
         return Ok(());
     }
@@ -238,7 +263,8 @@ async fn publish_ids(
             })
         })
         .collect();
-    let refused = journal::write(client.client(), &board.config().host, &entries).await?;
+    let host = &board.config().host;
+    let refused = journal::write_announcing(client.client(), host, &entries, &announce).await?;
     for id in refused {
         let epoch = epochs.get(&id).copied().unwrap_or_default();
         board.refused(&id, epoch, "job state").await;

@@ -106,7 +106,7 @@ pub async fn serve_client(jobs: Jobs, board: Option<Board>, mut stream: UnixStre
             let asked = (job.as_str(), task.as_deref(), follow);
             logs::stream_since(&jobs, board.as_ref(), &mut stream, asked, since_ms).await;
         }
-        ClientRequest::Events => events::stream(&jobs, &mut stream, version).await,
+        ClientRequest::Events => events::stream(&jobs, board.as_ref(), &mut stream, version).await,
         ClientRequest::List { all, query } => {
             list::stream(&jobs, board.as_ref(), &mut stream, version, all, query).await;
         }
