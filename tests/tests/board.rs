@@ -927,6 +927,15 @@ fn wait_rescued(env: &TestEnv, via: &Path, id: &str, lost: &str, state: &str) ->
     )
 }
 
+/// The state dir of host `name`, b or c (the one that took a lost host's job).
+fn dir_of<'h>(name: &str, b: &'h Host, c: &'h Host) -> &'h Path {
+    if name == "b" {
+        &b.state_dir
+    } else {
+        &c.state_dir
+    }
+}
+
 /// A host's death with a job mid-flight, `on_host_loss` left to its default (`hold`): another
 /// host takes the job at the next epoch once the lease expired by the database's clock, and
 /// holds it `crashed` (reason `host lost: a`) with both reverts pending; `revert` on that host
@@ -953,11 +962,7 @@ fn a_lost_hosts_job_is_held_crashed_elsewhere_and_reverted_on_demand() {
     kill_host_tree(&mut a);
 
     let rescuer = wait_rescued(&env, &b.state_dir, &id, "a", "crashed");
-    let dir = if rescuer == "b" {
-        &b.state_dir
-    } else {
-        &c.state_dir
-    };
+    let dir = dir_of(&rescuer, &b, &c);
     let status = status_json_at(&env, dir, &id);
     assert_eq!(status["reason"], "host lost: a", "{status}");
     let pending: Vec<bool> = status["tasks"]
@@ -1215,6 +1220,66 @@ fn a_stale_owners_write_is_refused_and_kept_as_a_late_write() {
     let (code, text, err) = cli_at(&env, holder, &["status", &id], DEADLINE);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("late writes"), "{text}");
+}
+
+/// Issue 11: a lost host's job that never began a step goes back to the board, not `crashed`.
+/// Daemon a has one slot: its first job runs (task two `sleep 60`), its second (`submit
+/// --host a`, held there) waits in its queue. a's daemon tree is SIGKILLed: the running job is
+/// held `crashed` elsewhere (its `on_host_loss`, `hold`), while the waiting one is given back
+/// unclaimed at the next epoch, claimed by b or c at the one after, and runs there to
+/// `success` from the start (never `crashed`, no reason). a, started again, ends its queued
+/// copy `killed` as a stale owner, and the job ran exactly once.
+#[test]
+fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
+    let Some((pg, env)) = board("a_lost_hosts_unstarted_job_goes_back") else {
+        return;
+    };
+    let url = pg.url();
+    let one_slot = ["--max-jobs", "1"];
+    let mut a = spawn_host_with(&env, &url, ("a", "a"), LOSS_LEASE, &one_slot);
+    let mut b = spawn_host_with_lease(&env, &url, "b", "b", LOSS_LEASE);
+    let mut c = spawn_host_with_lease(&env, &url, "c", "c", LOSS_LEASE);
+    for host in [&mut a, &mut b, &mut c] {
+        wait_daemon_ready(&env, &host.state_dir, &mut host.daemon);
+    }
+    let running = submit_at(&env, &a.state_dir, &two_step_job(&env, ""));
+    wait_board_task(&pg, &running, 1, "running");
+    let waiting = submit_pinned(&env, &a.state_dir, &id_appending_job(&env, ""), "a");
+    let row = pg.sql(&format!(
+        "SELECT host, epoch, state FROM jobs WHERE id = '{waiting}'"
+    ));
+    assert_eq!(row.trim(), "a|1|pending", "queued on a");
+    kill_host_tree(&mut a);
+
+    let claimer = wait_rescued(&env, &b.state_dir, &waiting, "a", "success");
+    let status = status_json_at(&env, dir_of(&claimer, &b, &c), &waiting);
+    assert_eq!(status["reason"], Value::Null, "{status}");
+    wait_for(DEADLINE, "the board to show the claim's end", || {
+        let row = pg.sql(&format!(
+            "SELECT host, epoch, lost_from, state FROM jobs WHERE id = '{waiting}'"
+        ));
+        if row.trim() == format!("{claimer}|3|a|success") {
+            Ok(())
+        } else {
+            Err(row)
+        }
+    });
+    let holder = wait_rescued(&env, &b.state_dir, &running, "a", "crashed");
+    let status = status_json_at(&env, dir_of(&holder, &b, &c), &running);
+    assert_eq!(status["reason"], "host lost: a", "{status}");
+
+    let mut a = spawn_host_with(&env, &url, ("a", "a"), LOSS_LEASE, &one_slot);
+    wait_daemon_ready(&env, &a.state_dir, &mut a.daemon);
+    wait_local_state(&env, &a.state_dir, &waiting, DEADLINE, "killed");
+    assert_each_ran_once(&env, std::slice::from_ref(&waiting));
+    let row = pg.sql(&format!(
+        "SELECT host, epoch, state FROM jobs WHERE id = '{waiting}'"
+    ));
+    assert_eq!(
+        row.trim(),
+        format!("{claimer}|3|success"),
+        "a's copy wrote nothing"
+    );
 }
 
 /// On a board, `submit` is acknowledged only after the job's journal is committed there: with

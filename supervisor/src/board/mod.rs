@@ -76,8 +76,12 @@
 //! - **Rescue** ([`Board::rescue`], driven by `daemon/rescue.rs` every lease/3 on the query
 //!   connection): one statement takes the unended journal jobs of hosts whose lease expired by
 //!   the database's clock, `FOR UPDATE SKIP LOCKED`, at the next epoch, `crashed` with
-//!   `host lost: OLD`; the rescuer imports them and follows their `on_host_loss`. The epoch
-//!   moved on, so the lost host's writes, should it come back, are refused.
+//!   `host lost: OLD`; the rescuer imports them and follows their `on_host_loss`. A job that
+//!   never began a step (`pending`, every task `pending`) is given back unclaimed instead, in
+//!   the same statement (host NULL, `pinned` kept, announced on `sv_claims`), for any host
+//!   to claim and run from the start. The epoch moved on, so the lost host's writes, should
+//!   it come back, are refused; a restarted one ends its queued copies of jobs it no longer
+//!   holds before it schedules anything ([`Board::taken_elsewhere`]).
 //! - **Claims** ([`Board::claim`], driven by `daemon/claims.rs`; [`journal::claim`]): a job
 //!   written unclaimed (host NULL, epoch 1, `pinned` the host asked or NULL; announced with
 //!   `pg_notify('sv_claims', PINNED or '')` in its INSERT) is taken by ONE statement per
