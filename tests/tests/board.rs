@@ -1574,8 +1574,11 @@ fn a_thousand_jobs_from_concurrent_clis_each_run_once() {
 /// Issue 11, claims: a job pinned to a host that is not running (`--host z`) stays unclaimed:
 /// `ls --json` at b shows it `pending` with host null, `status --json` too; `cancel --wait` at
 /// b ends it on the board directly (`cancelled`, ended, still no host) and exits 3; `kill` of
-/// another from c ends it the same way; neither task ever ran. `--host` on a daemon without a
-/// board is refused with exit 2.
+/// another from c ends it the same way; neither task ever ran. `prune` on a (which neither
+/// submitted nor cancelled them: no host's store has them) deletes both from the board, but
+/// not before they are older than `--older-than`, nor when `--state` names another state; a
+/// second prune, on b, finds nothing. `--host` on a daemon without a board is refused with
+/// exit 2.
 #[test]
 fn an_unclaimed_job_is_listed_without_a_host_and_cancelled_from_anywhere() {
     let Some((pg, env)) = board("an_unclaimed_job_is_listed_without_a_host") else {
@@ -1616,6 +1619,50 @@ fn an_unclaimed_job_is_listed_without_a_host_and_cancelled_from_anywhere() {
     ));
     assert_eq!(row.trim(), "-|cancelled|t", "a kill of an unclaimed job");
     assert!(env.lines("marker").is_empty(), "a cancelled job ran");
+
+    // No host's store has them; a prune on any host deletes them from the board, within its
+    // age and state filter.
+    let unclaimed_rows = || {
+        pg.sql(&format!(
+            "SELECT count(*) FROM jobs WHERE id IN ('{id}', '{other}')"
+        ))
+    };
+    for filter in [
+        &["--older-than", "1h"][..],
+        &["--older-than", "0s", "--state", "success"],
+    ] {
+        let mut args = vec!["prune", "--json"];
+        args.extend_from_slice(filter);
+        let (code, out, err) = cli_at(&env, &a.state_dir, &args, DEADLINE);
+        assert_eq!(code, 0, "prune {filter:?}: {err}");
+        assert_eq!(unclaimed_rows().trim(), "2", "prune {filter:?}: {out}");
+    }
+    let args = [
+        "prune",
+        "--older-than",
+        "0s",
+        "--state",
+        "cancelled",
+        "--json",
+    ];
+    let (code, out, err) = cli_at(&env, &a.state_dir, &args, DEADLINE);
+    assert_eq!(code, 0, "prune: {err}");
+    let summary: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(summary["jobs"], serde_json::json!([id, other]), "{summary}");
+    assert_eq!(unclaimed_rows().trim(), "0", "pruned from the board");
+    let (code, out, err) = cli_at(
+        &env,
+        &b.state_dir,
+        &["prune", "--older-than", "0s", "--json"],
+        DEADLINE,
+    );
+    assert_eq!(code, 0, "a second prune: {err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)
+            .map(|s| s["jobs"].clone())
+            .ok(),
+        Some(serde_json::json!([]))
+    );
 
     let island = TestEnv::new();
     let _daemon = island.start_daemon(&["--warm", "0"]);

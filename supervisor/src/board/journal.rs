@@ -259,6 +259,15 @@ fn row_id(row: &Row) -> Result<Option<JobId>, tokio_postgres::Error> {
     Ok(parsed)
 }
 
+/// Column 0 of each row as a job id, those this build cannot read left out (logged).
+fn row_ids(rows: &[Row]) -> Result<Vec<JobId>, tokio_postgres::Error> {
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.extend(row_id(row)?);
+    }
+    Ok(ids)
+}
+
 /// A nullable text column, empty when NULL.
 fn text_or_empty(row: &Row, idx: usize) -> Result<String, tokio_postgres::Error> {
     Ok(row.try_get::<_, Option<String>>(idx)?.unwrap_or_default())
@@ -280,6 +289,31 @@ pub async fn cancel_unclaimed(
         )
         .await?;
     Ok(ended == 1)
+}
+
+/// Deletes the ended unclaimed jobs (cancelled or killed before any host claimed them: no
+/// host's store has them, so no host's own prune reaches them) whose end is older than
+/// `older_than_ms` by the database's clock, in `states` (any ended state when empty), with
+/// their tasks; their ids, oldest first. One statement: two hosts pruning at once each delete
+/// a row at most once (the second waits for the first's row lock, then finds it gone).
+pub async fn prune_unclaimed(
+    client: &Client,
+    older_than_ms: i64,
+    states: &[&str],
+) -> Result<Vec<JobId>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH d AS (
+                 DELETE FROM jobs
+                 WHERE host IS NULL AND ended
+                   AND updated_at < now() - $1::bigint * interval '1 millisecond'
+                   AND (cardinality($2::text[]) = 0 OR state = ANY($2))
+                 RETURNING seq, id)
+             SELECT id FROM d ORDER BY seq",
+            &[&older_than_ms, &states],
+        )
+        .await?;
+    row_ids(&rows)
 }
 
 /// Removes job `id` of `host` at epoch 1 (a submit whose local commit failed after its board
@@ -434,11 +468,7 @@ pub async fn held_elsewhere(
             &[&me, &ids],
         )
         .await?;
-    let mut taken = Vec::with_capacity(rows.len());
-    for row in &rows {
-        taken.extend(row_id(row)?);
-    }
-    Ok(taken)
+    row_ids(&rows)
 }
 
 /// The jobs of the journal `host` holds, with their epochs (read at join).

@@ -105,6 +105,21 @@ impl Board {
         .await
     }
 
+    /// Deletes the board's ended unclaimed jobs older than `older_than` in `states`
+    /// ([`journal::prune_unclaimed`]); their ids.
+    pub async fn prune_unclaimed(
+        &self,
+        older_than: std::time::Duration,
+        states: Vec<shared::state::JobState>,
+    ) -> Result<Vec<JobId>, BoardError> {
+        let older_than_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        self.with_query("prune the board's unclaimed jobs", |c| async move {
+            let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+            journal::prune_unclaimed(c.client(), older_than_ms, &states).await
+        })
+        .await
+    }
+
     /// Writes `ask` of job `id` for the host that holds it, and notifies it.
     pub async fn request(&self, id: &JobId, ask: Ask) -> Result<Written, BoardError> {
         let me = self.inner.config.host.clone();
