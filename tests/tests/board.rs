@@ -775,8 +775,8 @@ fn ls_limit_is_the_boards_most_recent_and_prune_deletes_the_mirror_rows() {
 
 /// Issue 11: `logs` of another host's job is asked of its host, which answers with the lines:
 /// b prints what a prints (`--task` too); an output larger than the answer's bound comes as
-/// its last lines after a notice of how many were left out; `--follow` is refused (exit 2),
-/// naming the host to run it on.
+/// its last lines after a notice of how many were left out; `--follow` of it (ended) prints
+/// all of it, as a does, in pages, and leaves no request behind.
 #[test]
 fn logs_of_another_hosts_job_come_from_its_host() {
     let Some((pg, env, [a, b, _c])) =
@@ -839,10 +839,60 @@ fn logs_of_another_hosts_job_come_from_its_host() {
         "the replies read are cleared from the board"
     );
 
-    let (code, _, err) = cli_at(&env, &b.state_dir, &["logs", &id, "--follow"], DEADLINE);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("not supported yet"), "{err}");
-    assert!(err.contains("on host a"), "{err}");
+    // `--follow` of the ended job: all of it, in bounded pages, then it exits.
+    let followed = cli_at(&env, &b.state_dir, &["logs", &id, "--follow"], DEADLINE);
+    assert_eq!(followed.0, 0, "{}", followed.2);
+    assert_eq!(followed.1, full.1, "--follow from b prints what a prints");
+    let left = pg.sql("SELECT count(*) FROM requests WHERE kind = 'logs_after'");
+    assert_eq!(
+        left.trim(),
+        "0",
+        "the follow's requests are deleted once read"
+    );
+}
+
+/// Issue 11: `logs --follow` from b of a job running on a prints its lines as a's job writes
+/// them, and exits 0 once the job ended; a follow of a job whose host is then lost (its
+/// daemon tree SIGKILLed) ends with the lost-host exit code (12), naming the host.
+#[test]
+fn logs_follow_of_another_hosts_job_prints_its_lines_as_they_come() {
+    let Some((pg, env, [mut a, b, _c])) = board_of_three("logs_follow_of_another_hosts_job") else {
+        return;
+    };
+    let file = env.job(
+        "gated.toml",
+        "",
+        "[[task]]\nname = \"talk\"\n\
+         run = 'echo one; while [ ! -e \"$SVT_DIR/go\" ]; do sleep 0.05; done; echo two'\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_board_task(&pg, &id, 0, "running");
+    let b_dir = b.state_dir.to_str().expect("UTF-8");
+    let mut follower = env.spawn(&["logs", &id, "--follow", "--state-dir", b_dir]);
+    follower.wait_for_stdout_line("[talk] one");
+    assert!(!follower.has_exited(), "{}", follower.report());
+    env.write("go", "");
+    follower.wait_for_stdout_line("[talk] two");
+    let code = follower.wait_exit(DEADLINE);
+    assert_eq!(code, 0, "{}", follower.report());
+    assert_eq!(follower.stdout_lines(), ["[talk] one", "[talk] two"]);
+
+    let file = env.job(
+        "long.toml",
+        "",
+        "[[task]]\nname = \"wait\"\nrun = 'echo start; sleep 60'\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    let mut follower = env.spawn(&["logs", &id, "--follow", "--state-dir", b_dir]);
+    follower.wait_for_stdout_line("[wait] start");
+    kill_host_tree(&mut a);
+    let code = follower.wait_exit(RESCUE_DEADLINE);
+    assert_eq!(code, 12, "{}", follower.report());
+    assert!(
+        follower.stderr().contains("host a"),
+        "{}",
+        follower.report()
+    );
 }
 
 /// The lease of the host-loss tests' daemons (`--lease`, as `spawn_host_with_lease` takes it).

@@ -56,7 +56,8 @@
 //!   job-event broadcast, in the background; after a lag or a reconnect it re-publishes its
 //!   live jobs. Other hosts read it for `ls`, `status` and `--wait`.
 //! - **Requests** ([`requests`]): an order (`cancel`, `kill`, `revert`, `resume`, `pause`,
-//!   `continue`) of another host's job, or `logs` of it, is a row of `requests` plus
+//!   `continue`) of another host's job, or `logs` of it (each page of `logs --follow` a
+//!   `logs_after` row with the owner's cursor, deleted once read), is a row of `requests` plus
 //!   `pg_notify('sv_requests', HOST)` in one statement. The operator's answer comes after the
 //!   commit for `cancel` and `kill`; for the others, once the owner marked the row done (its
 //!   refusal's code and text, or the lines of `logs`, written back), read again by the asking

@@ -155,6 +155,14 @@ impl Board {
         .await
     }
 
+    /// Deletes request `seq` (done, its answer read).
+    pub async fn forget_request(&self, seq: i64) -> Result<(), BoardError> {
+        self.with_query("delete a request", |c| async move {
+            requests::forget(c.client(), seq).await
+        })
+        .await
+    }
+
     /// Writes `job` on the journal, held by this host at epoch 1 (`pinned` `None`), or
     /// unclaimed (`pinned` `Some`: the host asked, or `None` for any host) and announced;
     /// `false` if its id is taken.
