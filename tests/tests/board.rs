@@ -1332,6 +1332,55 @@ fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
     );
 }
 
+/// Issue 11: a host frozen past its lease (SIGSTOP) with a job queued never runs its stale
+/// copy. a, b and c have one slot each, b's and c's taken by jobs that wait for a file: when
+/// a's queued job is given back to the board (epoch 2, `lost_from` a), no host can claim it.
+/// a, thawed (SIGCONT), finds its own first job fenced; its queued copy is either refused at
+/// its first write (epoch 1) and killed, or taken back by a's own claim; either way the job
+/// runs exactly once, on a, to `success`, at a later epoch.
+#[test]
+fn a_frozen_hosts_queued_job_runs_once_after_it_thaws() {
+    let Some((pg, env)) = board("a_frozen_hosts_queued_job_runs_once") else {
+        return;
+    };
+    let url = pg.url();
+    let one_slot = ["--max-jobs", "1"];
+    let mut hosts = ["a", "b", "c"]
+        .map(|name| spawn_host_with(&env, &url, (name, name), LOSS_LEASE, &one_slot));
+    for host in &mut hosts {
+        wait_daemon_ready(&env, &host.state_dir, &mut host.daemon);
+    }
+    let [a, b, c] = &hosts;
+    let gated = env.job(
+        "gated.toml",
+        "",
+        "[[task]]\nname = \"gate\"\nrun = 'while [ ! -e \"$SVT_DIR/free\" ]; do sleep 0.05; done'\n",
+    );
+    for host in [a, b, c] {
+        let id = submit_at(&env, &host.state_dir, &gated);
+        wait_board_task(&pg, &id, 0, "running");
+    }
+    let queued = submit_pinned(&env, &a.state_dir, &id_appending_job(&env, ""), "a");
+    a.daemon.signal(Signal::SIGSTOP);
+    wait_for(RESCUE_DEADLINE, "the queued job back on the board", || {
+        let row = pg.sql(&format!(
+            "SELECT coalesce(host, '-'), epoch, lost_from, state FROM jobs WHERE id = '{queued}'"
+        ));
+        if row.trim() == "-|2|a|pending" {
+            Ok(())
+        } else {
+            Err(row)
+        }
+    });
+    a.daemon.signal(Signal::SIGCONT);
+    wait_local_state(&env, &a.state_dir, &queued, LONG_DEADLINE, "success");
+    assert_each_ran_once(&env, std::slice::from_ref(&queued));
+    let row = pg.sql(&format!(
+        "SELECT host, epoch >= 3, state FROM jobs WHERE id = '{queued}'"
+    ));
+    assert_eq!(row.trim(), "a|t|success", "run on a at a later epoch");
+}
+
 /// On a board, `submit` is acknowledged only after the job's journal is committed there: with
 /// the board down it is refused (exit 8) and nothing is stored; once the board is back, the
 /// job is on the board (epoch 1, this host) and in the local store under the same id.
