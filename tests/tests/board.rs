@@ -930,6 +930,18 @@ fn wait_board_task(pg: &Postgres, id: &str, idx: u32, state: &str) {
     );
 }
 
+/// Waits until `sql` on the board reads `want` (trimmed).
+fn wait_sql(pg: &Postgres, deadline: Duration, sql: &str, want: &str) {
+    wait_for(deadline, &format!("{sql} to read {want}"), || {
+        let seen = pg.sql(sql);
+        if seen.trim() == want {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    });
+}
+
 /// SIGKILLs daemon `host` and every process below it (its conductors and their tasks), all
 /// stopped first so that none reacts to another's death.
 fn kill_host_tree(host: &mut Host) {
@@ -1034,14 +1046,8 @@ fn a_lost_hosts_job_is_held_crashed_elsewhere_and_reverted_on_demand() {
     let (code, _, err) = cli_at(&env, dir, &["revert", &id, "--wait"], LONG_DEADLINE);
     assert_eq!(code, 0, "revert --wait: {err}");
     assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "r1"]);
-    wait_for(DEADLINE, "the journal to show the job reverted", || {
-        let seen = pg.sql(&format!("SELECT state, epoch FROM jobs WHERE id = '{id}'"));
-        if seen.trim() == "reverted|2" {
-            Ok(())
-        } else {
-            Err(seen)
-        }
-    });
+    let sql = format!("SELECT state, epoch FROM jobs WHERE id = '{id}'");
+    wait_sql(&pg, DEADLINE, &sql, "reverted|2");
 }
 
 /// `on_host_loss = "revert"`: the rescuer runs the pending reverts by itself, last first,
@@ -1304,16 +1310,8 @@ fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
     let claimer = wait_rescued(&env, &b.state_dir, &waiting, "a", "success");
     let status = status_json_at(&env, dir_of(&claimer, &b, &c), &waiting);
     assert_eq!(status["reason"], Value::Null, "{status}");
-    wait_for(DEADLINE, "the board to show the claim's end", || {
-        let row = pg.sql(&format!(
-            "SELECT host, epoch, lost_from, state FROM jobs WHERE id = '{waiting}'"
-        ));
-        if row.trim() == format!("{claimer}|3|a|success") {
-            Ok(())
-        } else {
-            Err(row)
-        }
-    });
+    let sql = format!("SELECT host, epoch, lost_from, state FROM jobs WHERE id = '{waiting}'");
+    wait_sql(&pg, DEADLINE, &sql, &format!("{claimer}|3|a|success"));
     let holder = wait_rescued(&env, &b.state_dir, &running, "a", "crashed");
     let status = status_json_at(&env, dir_of(&holder, &b, &c), &running);
     assert_eq!(status["reason"], "host lost: a", "{status}");
@@ -1362,16 +1360,10 @@ fn a_frozen_hosts_queued_job_runs_once_after_it_thaws() {
     }
     let queued = submit_pinned(&env, &a.state_dir, &id_appending_job(&env, ""), "a");
     a.daemon.signal(Signal::SIGSTOP);
-    wait_for(RESCUE_DEADLINE, "the queued job back on the board", || {
-        let row = pg.sql(&format!(
-            "SELECT coalesce(host, '-'), epoch, lost_from, state FROM jobs WHERE id = '{queued}'"
-        ));
-        if row.trim() == "-|2|a|pending" {
-            Ok(())
-        } else {
-            Err(row)
-        }
-    });
+    let sql = format!(
+        "SELECT coalesce(host, '-'), epoch, lost_from, state FROM jobs WHERE id = '{queued}'"
+    );
+    wait_sql(&pg, RESCUE_DEADLINE, &sql, "-|2|a|pending");
     a.daemon.signal(Signal::SIGCONT);
     wait_local_state(&env, &a.state_dir, &queued, LONG_DEADLINE, "success");
     assert_each_ran_once(&env, std::slice::from_ref(&queued));
