@@ -1283,8 +1283,10 @@ fn a_stale_owners_write_is_refused_and_kept_as_a_late_write() {
 /// --host a`, held there) waits in its queue. a's daemon tree is SIGKILLed: the running job is
 /// held `crashed` elsewhere (its `on_host_loss`, `hold`), while the waiting one is given back
 /// unclaimed at the next epoch, claimed by b or c at the one after, and runs there to
-/// `success` from the start (never `crashed`, no reason). a, started again, ends its queued
-/// copy `killed` as a stale owner, and the job ran exactly once.
+/// `success` from the start (never `crashed`, no reason). A third job, queued on a too, whose
+/// cancel from b was written for a while a was frozen, is ended `cancelled` on the board by
+/// the rescue (never run, the request done). a, started again, ends its queued copy `killed`
+/// as a stale owner, and the job ran exactly once.
 #[test]
 fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
     let Some((pg, env)) = board("a_lost_hosts_unstarted_job_goes_back") else {
@@ -1300,11 +1302,17 @@ fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
     }
     let running = submit_at(&env, &a.state_dir, &two_step_job(&env, ""));
     wait_board_task(&pg, &running, 1, "running");
-    let waiting = submit_pinned(&env, &a.state_dir, &id_appending_job(&env, ""), "a");
+    let appending = id_appending_job(&env, "");
+    let waiting = submit_pinned(&env, &a.state_dir, &appending, "a");
     let row = pg.sql(&format!(
         "SELECT host, epoch, state FROM jobs WHERE id = '{waiting}'"
     ));
     assert_eq!(row.trim(), "a|1|pending", "queued on a");
+    let cancelled = submit_pinned(&env, &a.state_dir, &appending, "a");
+    a.daemon.signal(Signal::SIGSTOP);
+    let (code, out, err) = cli_at(&env, &b.state_dir, &["cancel", &cancelled], DEADLINE);
+    assert_eq!(code, 0, "cancel from b: {err}");
+    assert_eq!(out.trim(), "cancel requested on host a");
     kill_host_tree(&mut a);
 
     let claimer = wait_rescued(&env, &b.state_dir, &waiting, "a", "success");
@@ -1315,6 +1323,12 @@ fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
     let holder = wait_rescued(&env, &b.state_dir, &running, "a", "crashed");
     let status = status_json_at(&env, dir_of(&holder, &b, &c), &running);
     assert_eq!(status["reason"], "host lost: a", "{status}");
+    let sql = format!(
+        "SELECT coalesce(host, '-'), state, ended, epoch, lost_from FROM jobs WHERE id = '{cancelled}'"
+    );
+    wait_sql(&pg, DEADLINE, &sql, "-|cancelled|t|2|a");
+    let pending = pg.sql("SELECT count(*) FROM requests WHERE done_at IS NULL");
+    assert_eq!(pending.trim(), "0", "the cancel is done");
 
     let mut a = spawn_host_with(&env, &url, ("a", "a"), LOSS_LEASE, &one_slot);
     wait_daemon_ready(&env, &a.state_dir, &mut a.daemon);

@@ -503,12 +503,14 @@ pub struct Returned {
     pub pinned: Option<String>,
 }
 
-/// What one [`rescue`] took: the jobs now this host's, `crashed`, and those given back to
-/// the board unclaimed.
+/// What one [`rescue`] took: the jobs now this host's, `crashed`; those given back to the
+/// board unclaimed; and those that never began a step but had a cancel or kill waiting for
+/// the lost host, ended `cancelled` on the board instead (unclaimed).
 #[derive(Clone, Debug, Default)]
 pub struct Rescue {
     pub taken: Vec<Rescued>,
     pub returned: Vec<Returned>,
+    pub cancelled: Vec<Returned>,
 }
 
 /// The rescue (DESIGN.md section 11): in ONE statement, up to `batch` unended jobs of the
@@ -523,7 +525,10 @@ pub struct Rescue {
 ///   with a free slot claims it at the epoch after ([`claim`]) and runs it from the start. Its
 ///   `pinned` is kept, the lost host's own name included: a job submitted for one host runs
 ///   there only, and waits unclaimed for that host to join again (a restarted daemon of that
-///   name claims it at once), or for an operator's `cancel` from any host;
+///   name claims it at once), or for an operator's `cancel` from any host. One for which a
+///   `cancel` or `kill` was written for the lost host and not yet carried out is ended
+///   `cancelled` instead, unclaimed, and those requests marked done: an accepted cancel is
+///   never lost with its host;
 /// - any other is this host's, `crashed` with reason `host lost: OLD`; then their task rows
 ///   are read, for the rescuer to follow their `on_host_loss`.
 pub async fn rescue(
@@ -535,9 +540,16 @@ pub async fn rescue(
         .query(
             "WITH lost AS (
                  SELECT j.id, j.host,
-                        j.state = 'pending' AND NOT EXISTS (
-                            SELECT 1 FROM job_tasks t
-                            WHERE t.job_id = j.id AND t.state <> 'pending') AS unstarted
+                        CASE WHEN j.state <> 'pending' OR EXISTS (
+                                  SELECT 1 FROM job_tasks t
+                                  WHERE t.job_id = j.id AND t.state <> 'pending')
+                             THEN 'crashed'
+                             WHEN EXISTS (
+                                  SELECT 1 FROM requests q
+                                  WHERE q.job_id = j.id AND q.host = j.host
+                                    AND q.done_at IS NULL AND q.kind IN ('cancel', 'kill'))
+                             THEN 'cancelled'
+                             ELSE 'returned' END AS fate
                  FROM jobs j JOIN hosts h ON h.name = j.host
                  WHERE NOT j.ended AND j.host <> $1 AND j.spec IS NOT NULL
                    AND now() - h.renewed_at > h.lease_ms * interval '1 millisecond'
@@ -545,16 +557,25 @@ pub async fn rescue(
                  FOR UPDATE OF j SKIP LOCKED),
              r AS (
                  UPDATE jobs j SET
-                     host = CASE WHEN lost.unstarted THEN NULL ELSE $1 END,
+                     host = CASE WHEN lost.fate = 'crashed' THEN $1 END,
                      epoch = j.epoch + 1, lost_from = lost.host,
-                     state = CASE WHEN lost.unstarted THEN 'pending' ELSE 'crashed' END,
-                     reason = CASE WHEN lost.unstarted THEN NULL ELSE 'host lost: ' || lost.host END,
-                     task = NULL, running = 0, ended = NOT lost.unstarted, updated_at = now()
+                     state = CASE WHEN lost.fate = 'returned' THEN 'pending' ELSE lost.fate END,
+                     reason = CASE lost.fate
+                         WHEN 'crashed' THEN 'host lost: ' || lost.host
+                         WHEN 'cancelled' THEN 'cancelled before it started (its host '
+                             || lost.host || ' was lost with the request pending)' END,
+                     task = NULL, running = 0, ended = lost.fate <> 'returned', updated_at = now()
                  FROM lost WHERE j.id = lost.id
-                 RETURNING j.id, j.epoch, lost.host, j.source, j.spec, j.on_host_loss, j.reason,
-                           lost.unstarted, j.pinned),
+                 RETURNING j.id, j.epoch, lost.host AS lost_host, j.source, j.spec, j.on_host_loss,
+                           j.reason, lost.fate, j.pinned),
+             q AS (
+                 UPDATE requests SET done_at = now(), outcome = 'done'
+                 FROM r
+                 WHERE r.fate = 'cancelled' AND requests.job_id = r.id
+                   AND requests.host = r.lost_host AND requests.done_at IS NULL
+                   AND requests.kind IN ('cancel', 'kill')),
              n AS (
-                 SELECT pg_notify($3, COALESCE(pinned, ''))::text FROM r WHERE unstarted)
+                 SELECT pg_notify($3, COALESCE(pinned, ''))::text FROM r WHERE fate = 'returned')
              SELECT r.*, (SELECT count(*) FROM n) FROM r",
             &[&me, &batch, &CLAIMS_CHANNEL],
         )
@@ -564,13 +585,19 @@ pub async fn rescue(
         let Some(id) = row_id(row)? else {
             continue;
         };
-        if row.try_get(7)? {
-            rescue.returned.push(Returned {
+        let fate: String = row.try_get(7)?;
+        if fate != "crashed" {
+            let returned = Returned {
                 id,
                 epoch: row.try_get(1)?,
                 from: row.try_get(2)?,
                 pinned: row.try_get(8)?,
-            });
+            };
+            if fate == "cancelled" {
+                rescue.cancelled.push(returned);
+            } else {
+                rescue.returned.push(returned);
+            }
             continue;
         }
         rescue.taken.push(Rescued {

@@ -80,7 +80,8 @@
 //!   `host lost: OLD`; the rescuer imports them and follows their `on_host_loss`. A job that
 //!   never began a step (`pending`, every task `pending`) is given back unclaimed instead, in
 //!   the same statement (host NULL, `pinned` kept, announced on `sv_claims`), for any host
-//!   to claim and run from the start. The epoch moved on, so the lost host's writes, should
+//!   to claim and run from the start; or ended `cancelled` there, unclaimed, when a cancel
+//!   or kill written for the lost host was still pending. The epoch moved on, so the lost host's writes, should
 //!   it come back, are refused; a restarted one ends its queued copies of jobs it no longer
 //!   holds before it schedules anything ([`Board::taken_elsewhere`]).
 //! - **Claims** ([`Board::claim`], driven by `daemon/claims.rs`; [`journal::claim`]): a job

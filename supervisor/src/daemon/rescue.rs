@@ -11,7 +11,8 @@
 //!
 //! A job of the lost host that never began a step is not taken: the same statement gives it
 //! back to the board unclaimed at the next epoch (`journal::rescue`), and any host with a
-//! free slot claims it (`claims.rs`) and runs it from the start. Should the lost host come
+//! free slot claims it (`claims.rs`) and runs it from the start (unless a cancel or kill
+//! for the lost host was pending: then it ends `cancelled` there). Should the lost host come
 //! back, its queued copy is stale: a restarted daemon ends it at start ([`end_taken`]); one
 //! that was frozen has its first write about it refused and kills it, unless it claims the
 //! job back itself (then it runs its queued copy at the new epoch: `claims.rs`).
@@ -45,6 +46,9 @@ pub async fn run(jobs: Jobs, board: Board) {
             Ok(rescue) => {
                 for job in &rescue.returned {
                     tracing::info!(job_id = %job.id, from = %job.from, epoch = job.epoch, pinned = job.pinned.as_deref().unwrap_or(""), "host lost: unstarted job back on the board");
+                }
+                for job in &rescue.cancelled {
+                    tracing::info!(job_id = %job.id, from = %job.from, epoch = job.epoch, "host lost: unstarted job cancelled on the board");
                 }
                 if !rescue.returned.is_empty() {
                     board.wake_claims();
