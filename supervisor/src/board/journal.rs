@@ -520,7 +520,7 @@ pub struct Rescue {
 ///
 /// - a job that never began a step (`pending` on its host, every task of its journal
 ///   `pending`: the write-ahead puts a task's start on the board before the step starts, and
-///   [`write`] never sets a started task back to `pending`) is given back unclaimed (host
+///   [`write()`] never sets a started task back to `pending`) is given back unclaimed (host
 ///   NULL, still `pending`) and announced on [`CLAIMS_CHANNEL`] in the same statement: a host
 ///   with a free slot claims it at the epoch after ([`claim`]) and runs it from the start. Its
 ///   `pinned` is kept, the lost host's own name included: a job submitted for one host runs
