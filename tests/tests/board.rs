@@ -942,8 +942,8 @@ fn ls_limit_is_the_boards_most_recent_and_prune_deletes_the_mirror_rows() {
 
 /// Issue 11: `logs` of another host's job is asked of its host, which answers with the lines:
 /// b prints what a prints (`--task` too); an output larger than the answer's bound comes as
-/// its last lines after a notice of how many were left out; `--follow` is refused (exit 2),
-/// naming the host to run it on.
+/// its last lines after a notice of how many were left out; `--follow` of it (ended) prints
+/// all of it, as a does, in pages, and leaves no request behind.
 #[test]
 fn logs_of_another_hosts_job_come_from_its_host() {
     let Some((pg, env, [a, b, _c])) =
@@ -1006,10 +1006,60 @@ fn logs_of_another_hosts_job_come_from_its_host() {
         "the replies read are cleared from the board"
     );
 
-    let (code, _, err) = cli_at(&env, &b.state_dir, &["logs", &id, "--follow"], DEADLINE);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("not supported yet"), "{err}");
-    assert!(err.contains("on host a"), "{err}");
+    // `--follow` of the ended job: all of it, in bounded pages, then it exits.
+    let followed = cli_at(&env, &b.state_dir, &["logs", &id, "--follow"], DEADLINE);
+    assert_eq!(followed.0, 0, "{}", followed.2);
+    assert_eq!(followed.1, full.1, "--follow from b prints what a prints");
+    let left = pg.sql("SELECT count(*) FROM requests WHERE kind = 'logs_after'");
+    assert_eq!(
+        left.trim(),
+        "0",
+        "the follow's requests are deleted once read"
+    );
+}
+
+/// Issue 11: `logs --follow` from b of a job running on a prints its lines as a's job writes
+/// them, and exits 0 once the job ended; a follow of a job whose host is then lost (its
+/// daemon tree SIGKILLed) ends with the lost-host exit code (12), naming the host.
+#[test]
+fn logs_follow_of_another_hosts_job_prints_its_lines_as_they_come() {
+    let Some((pg, env, [mut a, b, _c])) = board_of_three("logs_follow_of_another_hosts_job") else {
+        return;
+    };
+    let file = env.job(
+        "gated.toml",
+        "",
+        "[[task]]\nname = \"talk\"\n\
+         run = 'echo one; while [ ! -e \"$SVT_DIR/go\" ]; do sleep 0.05; done; echo two'\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    wait_board_task(&pg, &id, 0, "running");
+    let b_dir = b.state_dir.to_str().expect("UTF-8");
+    let mut follower = env.spawn(&["logs", &id, "--follow", "--state-dir", b_dir]);
+    follower.wait_for_stdout_line("[talk] one");
+    assert!(!follower.has_exited(), "{}", follower.report());
+    env.write("go", "");
+    follower.wait_for_stdout_line("[talk] two");
+    let code = follower.wait_exit(DEADLINE);
+    assert_eq!(code, 0, "{}", follower.report());
+    assert_eq!(follower.stdout_lines(), ["[talk] one", "[talk] two"]);
+
+    let file = env.job(
+        "long.toml",
+        "",
+        "[[task]]\nname = \"wait\"\nrun = 'echo start; sleep 60'\n",
+    );
+    let id = submit_at(&env, &a.state_dir, &file);
+    let mut follower = env.spawn(&["logs", &id, "--follow", "--state-dir", b_dir]);
+    follower.wait_for_stdout_line("[wait] start");
+    kill_host_tree(&mut a);
+    let code = follower.wait_exit(RESCUE_DEADLINE);
+    assert_eq!(code, 12, "{}", follower.report());
+    assert!(
+        follower.stderr().contains("host a"),
+        "{}",
+        follower.report()
+    );
 }
 
 /// The lease of the host-loss tests' daemons (`--lease`, as `spawn_host_with_lease` takes it).
@@ -1045,6 +1095,18 @@ fn wait_board_task(pg: &Postgres, id: &str, idx: u32, state: &str) {
             }
         },
     );
+}
+
+/// Waits until `sql` on the board reads `want` (trimmed).
+fn wait_sql(pg: &Postgres, deadline: Duration, sql: &str, want: &str) {
+    wait_for(deadline, &format!("{sql} to read {want}"), || {
+        let seen = pg.sql(sql);
+        if seen.trim() == want {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    });
 }
 
 /// SIGKILLs daemon `host` and every process below it (its conductors and their tasks), all
@@ -1094,6 +1156,15 @@ fn wait_rescued(env: &TestEnv, via: &Path, id: &str, lost: &str, state: &str) ->
     )
 }
 
+/// The state dir of host `name`, b or c (the one that took a lost host's job).
+fn dir_of<'h>(name: &str, b: &'h Host, c: &'h Host) -> &'h Path {
+    if name == "b" {
+        &b.state_dir
+    } else {
+        &c.state_dir
+    }
+}
+
 /// A host's death with a job mid-flight, `on_host_loss` left to its default (`hold`): another
 /// host takes the job at the next epoch once the lease expired by the database's clock, and
 /// holds it `crashed` (reason `host lost: a`) with both reverts pending; `revert` on that host
@@ -1120,11 +1191,7 @@ fn a_lost_hosts_job_is_held_crashed_elsewhere_and_reverted_on_demand() {
     kill_host_tree(&mut a);
 
     let rescuer = wait_rescued(&env, &b.state_dir, &id, "a", "crashed");
-    let dir = if rescuer == "b" {
-        &b.state_dir
-    } else {
-        &c.state_dir
-    };
+    let dir = dir_of(&rescuer, &b, &c);
     let status = status_json_at(&env, dir, &id);
     assert_eq!(status["reason"], "host lost: a", "{status}");
     let pending: Vec<bool> = status["tasks"]
@@ -1146,14 +1213,8 @@ fn a_lost_hosts_job_is_held_crashed_elsewhere_and_reverted_on_demand() {
     let (code, _, err) = cli_at(&env, dir, &["revert", &id, "--wait"], LONG_DEADLINE);
     assert_eq!(code, 0, "revert --wait: {err}");
     assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "r1"]);
-    wait_for(DEADLINE, "the journal to show the job reverted", || {
-        let seen = pg.sql(&format!("SELECT state, epoch FROM jobs WHERE id = '{id}'"));
-        if seen.trim() == "reverted|2" {
-            Ok(())
-        } else {
-            Err(seen)
-        }
-    });
+    let sql = format!("SELECT state, epoch FROM jobs WHERE id = '{id}'");
+    wait_sql(&pg, DEADLINE, &sql, "reverted|2");
 }
 
 /// `on_host_loss = "revert"`: the rescuer runs the pending reverts by itself, last first,
@@ -1382,6 +1443,115 @@ fn a_stale_owners_write_is_refused_and_kept_as_a_late_write() {
     let (code, text, err) = cli_at(&env, holder, &["status", &id], DEADLINE);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("late writes"), "{text}");
+}
+
+/// Issue 11: a lost host's job that never began a step goes back to the board, not `crashed`.
+/// Daemon a has one slot: its first job runs (task two `sleep 60`), its second (`submit
+/// --host a`, held there) waits in its queue. a's daemon tree is SIGKILLed: the running job is
+/// held `crashed` elsewhere (its `on_host_loss`, `hold`), while the waiting one is given back
+/// unclaimed at the next epoch, claimed by b or c at the one after, and runs there to
+/// `success` from the start (never `crashed`, no reason). A third job, queued on a too, whose
+/// cancel from b was written for a while a was frozen, is ended `cancelled` on the board by
+/// the rescue (never run, the request done). a, started again, ends its queued copy `killed`
+/// as a stale owner, and the job ran exactly once.
+#[test]
+fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
+    let Some((pg, env)) = board("a_lost_hosts_unstarted_job_goes_back") else {
+        return;
+    };
+    let url = pg.url();
+    let one_slot = ["--max-jobs", "1"];
+    let mut a = spawn_host_with(&env, &url, ("a", "a"), LOSS_LEASE, &one_slot);
+    let mut b = spawn_host_with_lease(&env, &url, "b", "b", LOSS_LEASE);
+    let mut c = spawn_host_with_lease(&env, &url, "c", "c", LOSS_LEASE);
+    for host in [&mut a, &mut b, &mut c] {
+        wait_daemon_ready(&env, &host.state_dir, &mut host.daemon);
+    }
+    let running = submit_at(&env, &a.state_dir, &two_step_job(&env, ""));
+    wait_board_task(&pg, &running, 1, "running");
+    let appending = id_appending_job(&env, "");
+    let waiting = submit_pinned(&env, &a.state_dir, &appending, "a");
+    let row = pg.sql(&format!(
+        "SELECT host, epoch, state FROM jobs WHERE id = '{waiting}'"
+    ));
+    assert_eq!(row.trim(), "a|1|pending", "queued on a");
+    let cancelled = submit_pinned(&env, &a.state_dir, &appending, "a");
+    a.daemon.signal(Signal::SIGSTOP);
+    let (code, out, err) = cli_at(&env, &b.state_dir, &["cancel", &cancelled], DEADLINE);
+    assert_eq!(code, 0, "cancel from b: {err}");
+    assert_eq!(out.trim(), "cancel requested on host a");
+    kill_host_tree(&mut a);
+
+    let claimer = wait_rescued(&env, &b.state_dir, &waiting, "a", "success");
+    let status = status_json_at(&env, dir_of(&claimer, &b, &c), &waiting);
+    assert_eq!(status["reason"], Value::Null, "{status}");
+    let sql = format!("SELECT host, epoch, lost_from, state FROM jobs WHERE id = '{waiting}'");
+    wait_sql(&pg, DEADLINE, &sql, &format!("{claimer}|3|a|success"));
+    let holder = wait_rescued(&env, &b.state_dir, &running, "a", "crashed");
+    let status = status_json_at(&env, dir_of(&holder, &b, &c), &running);
+    assert_eq!(status["reason"], "host lost: a", "{status}");
+    let sql = format!(
+        "SELECT coalesce(host, '-'), state, ended, epoch, lost_from FROM jobs WHERE id = '{cancelled}'"
+    );
+    wait_sql(&pg, DEADLINE, &sql, "-|cancelled|t|2|a");
+    let pending = pg.sql("SELECT count(*) FROM requests WHERE done_at IS NULL");
+    assert_eq!(pending.trim(), "0", "the cancel is done");
+
+    let mut a = spawn_host_with(&env, &url, ("a", "a"), LOSS_LEASE, &one_slot);
+    wait_daemon_ready(&env, &a.state_dir, &mut a.daemon);
+    wait_local_state(&env, &a.state_dir, &waiting, DEADLINE, "killed");
+    assert_each_ran_once(&env, std::slice::from_ref(&waiting));
+    let row = pg.sql(&format!(
+        "SELECT host, epoch, state FROM jobs WHERE id = '{waiting}'"
+    ));
+    assert_eq!(
+        row.trim(),
+        format!("{claimer}|3|success"),
+        "a's copy wrote nothing"
+    );
+}
+
+/// Issue 11: a host frozen past its lease (SIGSTOP) with a job queued never runs its stale
+/// copy. a, b and c have one slot each, b's and c's taken by jobs that wait for a file: when
+/// a's queued job is given back to the board (epoch 2, `lost_from` a), no host can claim it.
+/// a, thawed (SIGCONT), finds its own first job fenced; its queued copy is either refused at
+/// its first write (epoch 1) and killed, or taken back by a's own claim; either way the job
+/// runs exactly once, on a, to `success`, at a later epoch.
+#[test]
+fn a_frozen_hosts_queued_job_runs_once_after_it_thaws() {
+    let Some((pg, env)) = board("a_frozen_hosts_queued_job_runs_once") else {
+        return;
+    };
+    let url = pg.url();
+    let one_slot = ["--max-jobs", "1"];
+    let mut hosts = ["a", "b", "c"]
+        .map(|name| spawn_host_with(&env, &url, (name, name), LOSS_LEASE, &one_slot));
+    for host in &mut hosts {
+        wait_daemon_ready(&env, &host.state_dir, &mut host.daemon);
+    }
+    let [a, b, c] = &hosts;
+    let gated = env.job(
+        "gated.toml",
+        "",
+        "[[task]]\nname = \"gate\"\nrun = 'while [ ! -e \"$SVT_DIR/free\" ]; do sleep 0.05; done'\n",
+    );
+    for host in [a, b, c] {
+        let id = submit_at(&env, &host.state_dir, &gated);
+        wait_board_task(&pg, &id, 0, "running");
+    }
+    let queued = submit_pinned(&env, &a.state_dir, &id_appending_job(&env, ""), "a");
+    a.daemon.signal(Signal::SIGSTOP);
+    let sql = format!(
+        "SELECT coalesce(host, '-'), epoch, lost_from, state FROM jobs WHERE id = '{queued}'"
+    );
+    wait_sql(&pg, RESCUE_DEADLINE, &sql, "-|2|a|pending");
+    a.daemon.signal(Signal::SIGCONT);
+    wait_local_state(&env, &a.state_dir, &queued, LONG_DEADLINE, "success");
+    assert_each_ran_once(&env, std::slice::from_ref(&queued));
+    let row = pg.sql(&format!(
+        "SELECT host, epoch >= 3, state FROM jobs WHERE id = '{queued}'"
+    ));
+    assert_eq!(row.trim(), "a|t|success", "run on a at a later epoch");
 }
 
 /// On a board, `submit` is acknowledged only after the job's journal is committed there: with
@@ -1676,8 +1846,11 @@ fn a_thousand_jobs_from_concurrent_clis_each_run_once() {
 /// Issue 11, claims: a job pinned to a host that is not running (`--host z`) stays unclaimed:
 /// `ls --json` at b shows it `pending` with host null, `status --json` too; `cancel --wait` at
 /// b ends it on the board directly (`cancelled`, ended, still no host) and exits 3; `kill` of
-/// another from c ends it the same way; neither task ever ran. `--host` on a daemon without a
-/// board is refused with exit 2.
+/// another from c ends it the same way; neither task ever ran. `prune` on a (which neither
+/// submitted nor cancelled them: no host's store has them) deletes both from the board, but
+/// not before they are older than `--older-than`, nor when `--state` names another state; a
+/// second prune, on b, finds nothing. `--host` on a daemon without a board is refused with
+/// exit 2.
 #[test]
 fn an_unclaimed_job_is_listed_without_a_host_and_cancelled_from_anywhere() {
     let Some((pg, env)) = board("an_unclaimed_job_is_listed_without_a_host") else {
@@ -1718,6 +1891,50 @@ fn an_unclaimed_job_is_listed_without_a_host_and_cancelled_from_anywhere() {
     ));
     assert_eq!(row.trim(), "-|cancelled|t", "a kill of an unclaimed job");
     assert!(env.lines("marker").is_empty(), "a cancelled job ran");
+
+    // No host's store has them; a prune on any host deletes them from the board, within its
+    // age and state filter.
+    let unclaimed_rows = || {
+        pg.sql(&format!(
+            "SELECT count(*) FROM jobs WHERE id IN ('{id}', '{other}')"
+        ))
+    };
+    for filter in [
+        &["--older-than", "1h"][..],
+        &["--older-than", "0s", "--state", "success"],
+    ] {
+        let mut args = vec!["prune", "--json"];
+        args.extend_from_slice(filter);
+        let (code, out, err) = cli_at(&env, &a.state_dir, &args, DEADLINE);
+        assert_eq!(code, 0, "prune {filter:?}: {err}");
+        assert_eq!(unclaimed_rows().trim(), "2", "prune {filter:?}: {out}");
+    }
+    let args = [
+        "prune",
+        "--older-than",
+        "0s",
+        "--state",
+        "cancelled",
+        "--json",
+    ];
+    let (code, out, err) = cli_at(&env, &a.state_dir, &args, DEADLINE);
+    assert_eq!(code, 0, "prune: {err}");
+    let summary: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(summary["jobs"], serde_json::json!([id, other]), "{summary}");
+    assert_eq!(unclaimed_rows().trim(), "0", "pruned from the board");
+    let (code, out, err) = cli_at(
+        &env,
+        &b.state_dir,
+        &["prune", "--older-than", "0s", "--json"],
+        DEADLINE,
+    );
+    assert_eq!(code, 0, "a second prune: {err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)
+            .map(|s| s["jobs"].clone())
+            .ok(),
+        Some(serde_json::json!([]))
+    );
 
     let island = TestEnv::new();
     let _daemon = island.start_daemon(&["--warm", "0"]);

@@ -336,7 +336,8 @@ impl std::fmt::Display for HostState {
 /// What `prune` did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PruneSummary {
-    /// The jobs deleted, in submission order.
+    /// The jobs deleted, in submission order: this host's, then (on a job board) the ended
+    /// unclaimed ones it deleted from the board.
     pub jobs: Vec<JobId>,
     /// The store's size on disk (database and WAL) before and after.
     pub store_bytes_before: u64,

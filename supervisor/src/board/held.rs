@@ -50,7 +50,7 @@ impl Board {
     }
 
     /// Records that job `id` was taken from this daemon; `false` if that was known already.
-    fn mark_stale(&self, id: &JobId) -> bool {
+    pub(super) fn mark_stale(&self, id: &JobId) -> bool {
         let previous = self
             .inner
             .held

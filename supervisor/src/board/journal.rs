@@ -189,10 +189,11 @@ pub async fn claim(
     claimed_rows(&rows)
 }
 
-/// The jobs `me` claimed (epoch 2 or later, never rescued) that never started (`pending`,
-/// unended): those it claimed just before a crash, before its store had them, are among them
-/// (read at start). A job submitted on `me` (epoch 1) is not: one whose local commit failed
-/// was refused to its client, and must never run.
+/// The jobs `me` claimed (epoch 2 or later) that never began a step (`pending`, unended,
+/// every task `pending`; a rescued job that began one is not among them): those it claimed
+/// just before a crash, before its store had them, are among them (read at start). A job
+/// submitted on `me` (epoch 1) is not: one whose local commit failed was refused to its
+/// client, and must never run.
 pub async fn held_pending(
     client: &Client,
     me: &str,
@@ -201,7 +202,9 @@ pub async fn held_pending(
         .query(
             "SELECT id, epoch, pinned, source, spec FROM jobs
              WHERE host = $1 AND NOT ended AND state = 'pending' AND spec IS NOT NULL
-               AND epoch >= 2 AND lost_from IS NULL",
+               AND epoch >= 2
+               AND NOT EXISTS (SELECT 1 FROM job_tasks t
+                               WHERE t.job_id = jobs.id AND t.state <> 'pending')",
             &[&me],
         )
         .await?;
@@ -257,6 +260,15 @@ fn row_id(row: &Row) -> Result<Option<JobId>, tokio_postgres::Error> {
     Ok(parsed)
 }
 
+/// Column 0 of each row as a job id, those this build cannot read left out (logged).
+fn row_ids(rows: &[Row]) -> Result<Vec<JobId>, tokio_postgres::Error> {
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.extend(row_id(row)?);
+    }
+    Ok(ids)
+}
+
 /// A nullable text column, empty when NULL.
 fn text_or_empty(row: &Row, idx: usize) -> Result<String, tokio_postgres::Error> {
     Ok(row.try_get::<_, Option<String>>(idx)?.unwrap_or_default())
@@ -289,6 +301,31 @@ pub async fn cancel_unclaimed(
     Ok(row.try_get::<_, i64>(0)? == 1)
 }
 
+/// Deletes the ended unclaimed jobs (cancelled or killed before any host claimed them: no
+/// host's store has them, so no host's own prune reaches them) whose end is older than
+/// `older_than_ms` by the database's clock, in `states` (any ended state when empty), with
+/// their tasks; their ids, oldest first. One statement: two hosts pruning at once each delete
+/// a row at most once (the second waits for the first's row lock, then finds it gone).
+pub async fn prune_unclaimed(
+    client: &Client,
+    older_than_ms: i64,
+    states: &[&str],
+) -> Result<Vec<JobId>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH d AS (
+                 DELETE FROM jobs
+                 WHERE host IS NULL AND ended
+                   AND updated_at < now() - $1::bigint * interval '1 millisecond'
+                   AND (cardinality($2::text[]) = 0 OR state = ANY($2))
+                 RETURNING seq, id)
+             SELECT id FROM d ORDER BY seq",
+            &[&older_than_ms, &states],
+        )
+        .await?;
+    row_ids(&rows)
+}
+
 /// Removes job `id` of `host` at epoch 1 (a submit whose local commit failed after its board
 /// one).
 pub async fn forget(client: &Client, host: &str, id: &JobId) -> Result<(), tokio_postgres::Error> {
@@ -303,7 +340,10 @@ pub async fn forget(client: &Client, host: &str, id: &JobId) -> Result<(), tokio
 
 /// Writes `entries` of `host`'s jobs in one statement, each only where the row is still
 /// `host`'s at the entry's epoch; returns the ids whose write matched no row (refused: the
-/// job was taken from this host). Announces nothing: see [`write_announcing`].
+/// job was taken from this host). A task the board shows begun is never written back to
+/// `pending` (no task goes back there; a mirror snapshot read before a write-ahead's local
+/// commit and written after its board commit would): the rescue reads "every task pending"
+/// as "never began a step" ([`rescue`]). Announces nothing: see [`write_announcing`].
 pub async fn write(
     client: &Client,
     host: &str,
@@ -359,7 +399,8 @@ pub async fn write_announcing(
                  WHERE v.job_id IN (SELECT id FROM j)
                  ON CONFLICT (job_id, idx) DO UPDATE SET
                      state = EXCLUDED.state, attempts = EXCLUDED.attempts,
-                     exec_outcome = EXCLUDED.exec_outcome, result = EXCLUDED.result),
+                     exec_outcome = EXCLUDED.exec_outcome, result = EXCLUDED.result
+                 WHERE EXCLUDED.state <> 'pending' OR job_tasks.state = 'pending'),
              {}
              SELECT id, (SELECT count(*) FROM notified) FROM j",
                 notify_rows("j", "w.id = ANY($18::text[])")
@@ -436,6 +477,27 @@ pub async fn late_writes(
         .collect()
 }
 
+/// Of `ids`, the jobs of the journal that `me` does not hold: another host's, or
+/// unclaimed (a rescue took them while `me` was away).
+pub async fn held_elsewhere(
+    client: &Client,
+    me: &str,
+    ids: &[JobId],
+) -> Result<Vec<JobId>, tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = ids.iter().map(JobId::as_str).collect();
+    let rows = client
+        .query(
+            "SELECT id FROM jobs
+             WHERE id = ANY($2) AND spec IS NOT NULL AND host IS DISTINCT FROM $1",
+            &[&me, &ids],
+        )
+        .await?;
+    row_ids(&rows)
+}
+
 /// The jobs of the journal `host` holds, with their epochs (read at join).
 pub async fn held(client: &Client, host: &str) -> Result<Vec<(JobId, i64)>, tokio_postgres::Error> {
     let rows = client
@@ -454,38 +516,118 @@ pub async fn held(client: &Client, host: &str) -> Result<Vec<(JobId, i64)>, toki
     Ok(held)
 }
 
+/// A job of a lost host that never began a step, given back to the board unclaimed by
+/// [`rescue`] for any host with a free slot to claim (nothing ran: nothing to revert).
+#[derive(Clone, Debug)]
+pub struct Returned {
+    pub id: JobId,
+    /// The new epoch (the old one plus one): the lost host's late writes are refused, and
+    /// its claimer holds it at the next.
+    pub epoch: i64,
+    /// The lost host.
+    pub from: String,
+    /// The host it stays pinned to, if any (the lost one itself included: see [`rescue`]).
+    pub pinned: Option<String>,
+}
+
+/// What one [`rescue`] took: the jobs now this host's, `crashed`; those given back to the
+/// board unclaimed; and those that never began a step but had a cancel or kill waiting for
+/// the lost host, ended `cancelled` on the board instead (unclaimed).
+#[derive(Clone, Debug, Default)]
+pub struct Rescue {
+    pub taken: Vec<Rescued>,
+    pub returned: Vec<Returned>,
+    pub cancelled: Vec<Returned>,
+}
+
 /// The rescue (DESIGN.md section 11): in ONE statement, up to `batch` unended jobs of the
 /// journal whose host's lease expired by the database's clock (never this host's, never by
 /// run time) are taken, `FOR UPDATE SKIP LOCKED` (an owner's write in flight, or another
-/// rescuer, holds its row: skipped), with `host = me`, the epoch plus one, `lost_from` the old
-/// host, state `crashed` and reason `host lost: OLD`. Then their task rows are read.
+/// rescuer, holds its row: skipped), each at the epoch plus one with `lost_from` the old host:
+///
+/// - a job that never began a step (`pending` on its host, every task of its journal
+///   `pending`: the write-ahead puts a task's start on the board before the step starts, and
+///   [`write()`] never sets a started task back to `pending`) is given back unclaimed (host
+///   NULL, still `pending`) and announced on [`CLAIMS_CHANNEL`] in the same statement: a host
+///   with a free slot claims it at the epoch after ([`claim`]) and runs it from the start. Its
+///   `pinned` is kept, the lost host's own name included: a job submitted for one host runs
+///   there only, and waits unclaimed for that host to join again (a restarted daemon of that
+///   name claims it at once), or for an operator's `cancel` from any host. One for which a
+///   `cancel` or `kill` was written for the lost host and not yet carried out is ended
+///   `cancelled` instead, unclaimed, and those requests marked done: an accepted cancel is
+///   never lost with its host;
+/// - any other is this host's, `crashed` with reason `host lost: OLD`; then their task rows
+///   are read, for the rescuer to follow their `on_host_loss`.
 pub async fn rescue(
     client: &Client,
     me: &str,
     batch: i64,
-) -> Result<Vec<Rescued>, tokio_postgres::Error> {
+) -> Result<Rescue, tokio_postgres::Error> {
     let rows = client
         .query(
             "WITH lost AS (
-                 SELECT j.id, j.host FROM jobs j JOIN hosts h ON h.name = j.host
+                 SELECT j.id, j.host,
+                        CASE WHEN j.state <> 'pending' OR EXISTS (
+                                  SELECT 1 FROM job_tasks t
+                                  WHERE t.job_id = j.id AND t.state <> 'pending')
+                             THEN 'crashed'
+                             WHEN EXISTS (
+                                  SELECT 1 FROM requests q
+                                  WHERE q.job_id = j.id AND q.host = j.host
+                                    AND q.done_at IS NULL AND q.kind IN ('cancel', 'kill'))
+                             THEN 'cancelled'
+                             ELSE 'returned' END AS fate
+                 FROM jobs j JOIN hosts h ON h.name = j.host
                  WHERE NOT j.ended AND j.host <> $1 AND j.spec IS NOT NULL
                    AND now() - h.renewed_at > h.lease_ms * interval '1 millisecond'
                  ORDER BY j.seq LIMIT $2
-                 FOR UPDATE OF j SKIP LOCKED)
-             UPDATE jobs j SET host = $1, epoch = j.epoch + 1, lost_from = lost.host,
-                               state = 'crashed', reason = 'host lost: ' || lost.host,
-                               task = NULL, running = 0, ended = true, updated_at = now()
-             FROM lost WHERE j.id = lost.id
-             RETURNING j.id, j.epoch, lost.host, j.source, j.spec, j.on_host_loss, j.reason",
-            &[&me, &batch],
+                 FOR UPDATE OF j SKIP LOCKED),
+             r AS (
+                 UPDATE jobs j SET
+                     host = CASE WHEN lost.fate = 'crashed' THEN $1 END,
+                     epoch = j.epoch + 1, lost_from = lost.host,
+                     state = CASE WHEN lost.fate = 'returned' THEN 'pending' ELSE lost.fate END,
+                     reason = CASE lost.fate
+                         WHEN 'crashed' THEN 'host lost: ' || lost.host
+                         WHEN 'cancelled' THEN 'cancelled before it started (its host '
+                             || lost.host || ' was lost with the request pending)' END,
+                     task = NULL, running = 0, ended = lost.fate <> 'returned', updated_at = now()
+                 FROM lost WHERE j.id = lost.id
+                 RETURNING j.id, j.epoch, lost.host AS lost_host, j.source, j.spec, j.on_host_loss,
+                           j.reason, lost.fate, j.pinned),
+             q AS (
+                 UPDATE requests SET done_at = now(), outcome = 'done'
+                 FROM r
+                 WHERE r.fate = 'cancelled' AND requests.job_id = r.id
+                   AND requests.host = r.lost_host AND requests.done_at IS NULL
+                   AND requests.kind IN ('cancel', 'kill')),
+             n AS (
+                 SELECT pg_notify($3, COALESCE(pinned, ''))::text FROM r WHERE fate = 'returned')
+             SELECT r.*, (SELECT count(*) FROM n) FROM r",
+            &[&me, &batch, &CLAIMS_CHANNEL],
         )
         .await?;
-    let mut rescued = Vec::with_capacity(rows.len());
+    let mut rescue = Rescue::default();
     for row in &rows {
         let Some(id) = row_id(row)? else {
             continue;
         };
-        rescued.push(Rescued {
+        let fate: String = row.try_get(7)?;
+        if fate != "crashed" {
+            let returned = Returned {
+                id,
+                epoch: row.try_get(1)?,
+                from: row.try_get(2)?,
+                pinned: row.try_get(8)?,
+            };
+            if fate == "cancelled" {
+                rescue.cancelled.push(returned);
+            } else {
+                rescue.returned.push(returned);
+            }
+            continue;
+        }
+        rescue.taken.push(Rescued {
             id,
             epoch: row.try_get(1)?,
             from: row.try_get(2)?,
@@ -496,10 +638,10 @@ pub async fn rescue(
             tasks: Vec::new(),
         });
     }
-    if rescued.is_empty() {
-        return Ok(rescued);
+    if rescue.taken.is_empty() {
+        return Ok(rescue);
     }
-    let ids: Vec<&str> = rescued.iter().map(|r| r.id.as_str()).collect();
+    let ids: Vec<&str> = rescue.taken.iter().map(|r| r.id.as_str()).collect();
     let rows = client
         .query(
             "SELECT job_id, idx, name, has_revert, state, attempts, exec_outcome, result
@@ -510,11 +652,11 @@ pub async fn rescue(
     for row in &rows {
         let owner: String = row.try_get(0)?;
         let task = journal_task(row)?;
-        if let Some(job) = rescued.iter_mut().find(|r| r.id.as_str() == owner) {
+        if let Some(job) = rescue.taken.iter_mut().find(|r| r.id.as_str() == owner) {
             job.tasks.push(task);
         }
     }
-    Ok(rescued)
+    Ok(rescue)
 }
 
 fn journal_task(row: &Row) -> Result<JournalTask, tokio_postgres::Error> {

@@ -65,7 +65,8 @@
 //!   ends on its terminal state from there, reading the mirror every second and after a gap
 //!   as well (a lost notification delays the end, never loses it).
 //! - **Requests** ([`requests`]): an order (`cancel`, `kill`, `revert`, `resume`, `pause`,
-//!   `continue`) of another host's job, or `logs` of it, is a row of `requests` plus
+//!   `continue`) of another host's job, or `logs` of it (each page of `logs --follow` a
+//!   `logs_after` row with the owner's cursor, deleted once read), is a row of `requests` plus
 //!   `pg_notify('sv_requests', HOST)` in one statement. The operator's answer comes after the
 //!   commit for `cancel` and `kill`; for the others, once the owner marked the row done (its
 //!   refusal's code and text, or the lines of `logs`, written back), read again by the asking
@@ -85,8 +86,13 @@
 //! - **Rescue** ([`Board::rescue`], driven by `daemon/rescue.rs` every lease/3 on the query
 //!   connection): one statement takes the unended journal jobs of hosts whose lease expired by
 //!   the database's clock, `FOR UPDATE SKIP LOCKED`, at the next epoch, `crashed` with
-//!   `host lost: OLD`; the rescuer imports them and follows their `on_host_loss`. The epoch
-//!   moved on, so the lost host's writes, should it come back, are refused.
+//!   `host lost: OLD`; the rescuer imports them and follows their `on_host_loss`. A job that
+//!   never began a step (`pending`, every task `pending`) is given back unclaimed instead, in
+//!   the same statement (host NULL, `pinned` kept, announced on `sv_claims`), for any host
+//!   to claim and run from the start; or ended `cancelled` there, unclaimed, when a cancel
+//!   or kill written for the lost host was still pending. The epoch moved on, so the lost host's writes, should
+//!   it come back, are refused; a restarted one ends its queued copies of jobs it no longer
+//!   holds before it schedules anything ([`Board::taken_elsewhere`]).
 //! - **Claims** ([`Board::claim`], driven by `daemon/claims.rs`; [`journal::claim`]): a job
 //!   written unclaimed (host NULL, epoch 1, `pinned` the host asked or NULL; announced with
 //!   `pg_notify('sv_claims', PINNED or '')` in its INSERT) is taken by ONE statement per

@@ -5,7 +5,7 @@
 //! stuck one is abandoned), so a board that was down costs one failed request, not the
 //! daemon. It is never the renewals' nor the listener's connection.
 
-use super::journal::{self, Claimed, Entry, NewJob, Placement, Rescued};
+use super::journal::{self, Claimed, Entry, NewJob, Placement, Rescue};
 use super::mirror::{self, RemoteQuery};
 use super::requests::{self, Answer, Ask, Outcome, Pending, Written};
 use super::{Board, BoardError, Connection, QUERY_TIMEOUT, Role, connect};
@@ -105,6 +105,21 @@ impl Board {
         .await
     }
 
+    /// Deletes the board's ended unclaimed jobs older than `older_than` in `states`
+    /// ([`journal::prune_unclaimed`]); their ids.
+    pub async fn prune_unclaimed(
+        &self,
+        older_than: std::time::Duration,
+        states: Vec<shared::state::JobState>,
+    ) -> Result<Vec<JobId>, BoardError> {
+        let older_than_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        self.with_query("prune the board's unclaimed jobs", |c| async move {
+            let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+            journal::prune_unclaimed(c.client(), older_than_ms, &states).await
+        })
+        .await
+    }
+
     /// Writes `ask` of job `id` for the host that holds it, and notifies it.
     pub async fn request(&self, id: &JobId, ask: Ask) -> Result<Written, BoardError> {
         let me = self.inner.config.host.clone();
@@ -136,6 +151,14 @@ impl Board {
     pub async fn clear_reply(&self, seq: i64) -> Result<(), BoardError> {
         self.with_query("clear a request's reply", |c| async move {
             requests::clear_reply(c.client(), seq).await
+        })
+        .await
+    }
+
+    /// Deletes request `seq` (done, its answer read).
+    pub async fn forget_request(&self, seq: i64) -> Result<(), BoardError> {
+        self.with_query("delete a request", |c| async move {
+            requests::forget(c.client(), seq).await
         })
         .await
     }
@@ -251,17 +274,34 @@ impl Board {
         Ok(released)
     }
 
-    /// Takes up to `batch` jobs of lost hosts ([`journal::rescue`]) and holds them.
-    pub async fn rescue(&self, batch: i64) -> Result<Vec<Rescued>, BoardError> {
+    /// Takes up to `batch` jobs of lost hosts ([`journal::rescue`]) and holds those it took
+    /// (those given back unclaimed are claimed as any other).
+    pub async fn rescue(&self, batch: i64) -> Result<Rescue, BoardError> {
         let me = self.inner.config.host.clone();
-        let rescued = self
+        let rescue = self
             .with_query("rescue the jobs of lost hosts", |c| async move {
                 journal::rescue(c.client(), &me, batch).await
             })
             .await?;
-        for job in &rescued {
+        for job in &rescue.taken {
             self.hold(&job.id, job.epoch);
         }
-        Ok(rescued)
+        Ok(rescue)
+    }
+
+    /// Of `ids` (jobs of the local store), those the journal has and this host does not hold
+    /// ([`journal::held_elsewhere`]: taken while this daemon was away); each is marked stale
+    /// here, so nothing about it is written or started under an epoch of the past.
+    pub async fn taken_elsewhere(&self, ids: Vec<JobId>) -> Result<Vec<JobId>, BoardError> {
+        let me = self.inner.config.host.clone();
+        let taken = self
+            .with_query("read which jobs another host holds", |c| async move {
+                journal::held_elsewhere(c.client(), &me, &ids).await
+            })
+            .await?;
+        for id in &taken {
+            self.mark_stale(id);
+        }
+        Ok(taken)
     }
 }

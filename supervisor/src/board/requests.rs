@@ -1,5 +1,6 @@
 //! The `requests` table: an operator's order about a job (`cancel`, `kill`, `revert`,
-//! `resume`, `pause`, `continue`) or a read of its output (`logs`), written by whichever host
+//! `resume`, `pause`, `continue`) or a read of its output (`logs`; `logs_after` for
+//! `logs --follow`), written by whichever host
 //! the operator asked, for the host that holds the job (issue 11, rule 3).
 //!
 //! - **Write** ([`request`]): one statement inserts the row (only for a job the mirror shows
@@ -35,11 +36,14 @@ pub enum Kind {
     Order(Action),
     /// A read of the job's output (`logs` without `--follow`), answered with its lines.
     Logs,
+    /// A read of the job's output after a cursor (`logs --follow`), answered with the next
+    /// bounded page of lines, the new cursor and whether the job is live ([`LogsPage`]).
+    LogsAfter,
 }
 
 impl Kind {
     /// Every kind, in the order of the schema's `CHECK`.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Order(Action::Cancel),
         Self::Order(Action::Kill),
         Self::Order(Action::Revert),
@@ -47,14 +51,16 @@ impl Kind {
         Self::Order(Action::Pause),
         Self::Order(Action::Continue),
         Self::Logs,
+        Self::LogsAfter,
     ];
 
-    /// The name stored in `requests.kind`: the order's command name, or `logs`.
+    /// The name stored in `requests.kind`: the order's command name, `logs` or `logs_after`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Order(action) => action.as_str(),
             Self::Logs => "logs",
+            Self::LogsAfter => "logs_after",
         }
     }
 
@@ -72,10 +78,10 @@ impl Kind {
         !matches!(self, Self::Order(Action::Cancel | Action::Kill))
     }
 
-    /// Whether carrying it out changes the job (every kind but `logs`).
+    /// Whether carrying it out changes the job (every kind but the reads of its output).
     #[must_use]
     pub const fn changes_job(self) -> bool {
-        !matches!(self, Self::Logs)
+        !matches!(self, Self::Logs | Self::LogsAfter)
     }
 }
 
@@ -114,6 +120,24 @@ pub struct Ask {
     pub task: Option<String>,
     /// `logs --since`: from the lines written at or after this time (ms since the epoch).
     pub since_ms: Option<i64>,
+    /// `logs --follow`: the owner's cursor after the last line the requester has
+    /// ([`LogsPage::last`]); `None` for the first read.
+    pub after: Option<i64>,
+}
+
+/// What the owner answers to [`Kind::LogsAfter`] (JSON in `requests.reply`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogsPage {
+    /// The lines after the cursor asked, oldest first (of the task asked), at most
+    /// `REMOTE_FOLLOW_MAX_BYTES` of text (`daemon/handlers/logs.rs`).
+    pub lines: Vec<shared::protocol::client::LogLine>,
+    /// The cursor after the last line read (to ask for the next page with).
+    pub last: i64,
+    /// Whether the job was live when the page was read (in the same read of the store): a
+    /// page read from an ended job, not cut by the bound, is its last one.
+    pub live: bool,
+    /// Whether the bound cut the page: more lines are stored already.
+    pub more: bool,
 }
 
 /// Writes a request for job `id` held by a host other than `me`, and notifies that host, in
@@ -166,8 +190,8 @@ pub async fn request(
             "WITH r AS (
                  INSERT INTO requests
                      (job_id, host, kind, requested_at, requested_by, by_json, timeout_ms,
-                      task, since_ms)
-                 VALUES ($1, $2, $3, now(), $4, $5, $6, $8, $9)
+                      task, since_ms, after_line)
+                 VALUES ($1, $2, $3, now(), $4, $5, $6, $8, $9, $10)
                  RETURNING seq, host
              )
              SELECT seq, pg_notify($7, host)::text FROM r",
@@ -181,6 +205,7 @@ pub async fn request(
                 &CHANNEL,
                 &ask.task,
                 &ask.since_ms,
+                &ask.after,
             ],
         )
         .await?;
@@ -240,13 +265,16 @@ pub struct Pending {
     pub task: Option<String>,
     /// `logs --since` (ms since the epoch).
     pub since_ms: Option<i64>,
+    /// `logs --follow`: the cursor to read after.
+    pub after: Option<i64>,
 }
 
 /// `host`'s requests not yet done, oldest first.
 pub async fn pending(client: &Client, host: &str) -> Result<Vec<Pending>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT seq, job_id, kind, requested_by, by_json, timeout_ms, task, since_ms
+            "SELECT seq, job_id, kind, requested_by, by_json, timeout_ms, task, since_ms,
+                    after_line
              FROM requests
              WHERE host = $1 AND done_at IS NULL ORDER BY seq",
             &[&host],
@@ -269,6 +297,7 @@ pub async fn pending(client: &Client, host: &str) -> Result<Vec<Pending>, tokio_
                     .map(std::time::Duration::from_millis),
                 task: row.try_get(6)?,
                 since_ms: row.try_get(7)?,
+                after: row.try_get(8)?,
             })
         })
         .collect()
@@ -399,6 +428,15 @@ pub async fn clear_reply(client: &Client, seq: i64) -> Result<(), tokio_postgres
     Ok(())
 }
 
+/// Deletes request `seq` (done, and its answer read: a `logs --follow` asks every
+/// quarter second, and leaves no row behind).
+pub async fn forget(client: &Client, seq: i64) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("DELETE FROM requests WHERE seq = $1", &[&seq])
+        .await?;
+    Ok(())
+}
+
 /// The name an error code is stored under in `requests.error_code`.
 #[must_use]
 pub const fn code_name(code: ErrorCode) -> &'static str {
@@ -437,6 +475,7 @@ mod tests {
         assert!(Kind::Order(Action::Revert).is_answered());
         assert!(Kind::Order(Action::Pause).is_answered());
         assert!(Kind::Logs.is_answered() && !Kind::Logs.changes_job());
+        assert!(Kind::LogsAfter.is_answered() && !Kind::LogsAfter.changes_job());
     }
 
     #[test]

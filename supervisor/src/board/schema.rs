@@ -141,6 +141,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ALTER COLUMN host DROP NOT NULL;
     ALTER TABLE jobs ADD COLUMN pinned text;
     CREATE INDEX jobs_unclaimed ON jobs (seq) WHERE host IS NULL AND NOT ended",
+    // `logs --follow` of another host's job (`requests.rs`, `Kind::LogsAfter`): the requester
+    // asks for the lines after the last one it has (`after_line`, the owner's cursor), and
+    // the owner answers with the next bounded page of them in `reply`.
+    "ALTER TABLE requests DROP CONSTRAINT requests_kind_check;
+    ALTER TABLE requests ADD CONSTRAINT requests_kind_check
+        CHECK (kind IN ('cancel', 'kill', 'revert', 'resume', 'pause', 'continue', 'logs',
+                        'logs_after'));
+    ALTER TABLE requests ADD COLUMN after_line bigint",
 ];
 
 /// The version this build writes.

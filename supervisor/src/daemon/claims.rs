@@ -102,8 +102,16 @@ async fn claim_free(jobs: &Jobs, board: &Board) {
 }
 
 /// Imports a claimed job `pending` (nothing ran: its tasks are the store's defaults); one
-/// that cannot be imported is given back to the board unclaimed, for another claim.
+/// that cannot be imported is given back to the board unclaimed, for another claim. A job
+/// the store has queued already is this host's own copy from before it was lost (frozen
+/// past its lease, its unstarted job given back to the board by a rescue, then claimed back
+/// here): that copy never started, so it runs as is, now held at the claim's epoch.
 async fn take(jobs: &Jobs, board: &Board, job: Claimed) {
+    if is_queued_here(jobs, &job).await {
+        tracing::info!(job_id = %job.id, epoch = job.epoch, "job claimed back: its queued copy here runs");
+        jobs.publish(&job.id, None, JobState::Pending.as_str());
+        return;
+    }
     let texts = (job.spec, job.source);
     if !super::rescue::import(jobs, &job.id, texts, None, &[]).await {
         match board.release_claim(&job.id, job.epoch).await {
@@ -124,6 +132,15 @@ async fn take(jobs: &Jobs, board: &Board, job: Claimed) {
         "job claimed"
     );
     jobs.publish(&job.id, None, JobState::Pending.as_str());
+}
+
+/// Whether the local store has `job` queued (`pending`: no job goes back to it once started).
+async fn is_queued_here(jobs: &Jobs, job: &Claimed) -> bool {
+    let id = job.id.clone();
+    matches!(
+        jobs.store().call(move |s| s.job(&id)).await,
+        Ok(row) if row.state == JobState::Pending
+    )
 }
 
 #[cfg(test)]

@@ -277,18 +277,21 @@ async fn publish_ids(
 /// background: the order waits for the job's actor).
 pub fn stop_stale(jobs: &Jobs, id: JobId) {
     let jobs = jobs.clone();
-    tokio::spawn(async move {
-        let order = Order::Kill {
-            reason: "stale owner: the job was taken by another host".into(),
-            by: None,
-        };
-        match jobs.ask(&id, order).await {
-            Ok(()) | Err(OrderError::WrongState(_)) => {}
-            Err(err) => {
-                tracing::warn!(job_id = %id, error = %err, "cannot kill a job lost to another host")
-            }
+    tokio::spawn(async move { kill_stale(&jobs, &id).await });
+}
+
+/// Kills job `id`, lost to another host, and waits for its actor (a failure is logged).
+pub async fn kill_stale(jobs: &Jobs, id: &JobId) {
+    let order = Order::Kill {
+        reason: "stale owner: the job was taken by another host".into(),
+        by: None,
+    };
+    match jobs.ask(id, order).await {
+        Ok(()) | Err(OrderError::WrongState(_)) => {}
+        Err(err) => {
+            tracing::warn!(job_id = %id, error = %err, "cannot kill a job lost to another host")
         }
-    });
+    }
 }
 
 /// The summaries of `ids` from the store, in one call.

@@ -138,6 +138,11 @@ pub async fn run(
     }
     // Set once, here: the renewals count its live jobs from now on.
     let _ = registry.set(jobs.clone());
+    // Before anything is scheduled, claimed or published: queued jobs taken while this host
+    // was away are ended here, never run.
+    if let Some(board) = &board {
+        rescue::end_taken(&jobs, board).await;
+    }
     let board_tasks = board.as_ref().map(|board| BoardTasks {
         _listener: board.start_listener(),
         mirror: tokio::spawn(mirror::run(jobs.clone(), board.clone())),

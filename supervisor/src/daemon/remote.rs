@@ -3,7 +3,8 @@
 //! exactly as the local `cancel`, `kill`, `revert`, `resume`, `pause` or `continue` is
 //! (`Jobs::ask`), then marked done with the outcome: a refusal is written back with the code
 //! and text a local operator would have got, for the requesting host to show. A `logs`
-//! request is answered with the job's last lines (`handlers/logs.rs`, `tail`), bounded.
+//! request is answered with the job's last lines (`handlers/logs.rs`, `tail`), bounded; a
+//! `logs_after` one (`logs --follow`) with the page after its cursor (`page_after`), bounded.
 //!
 //! The reader wakes when the board says requests are due (`Board::requests_due`): on a
 //! notification from the listener, after the listener (re)connects, and after every lease
@@ -57,6 +58,7 @@ async fn apply(jobs: &Jobs, request: Pending) -> Option<Outcome> {
         timeout,
         task,
         since_ms,
+        after,
         ..
     } = request;
     let (Some(id), Some(kind)) = (job, kind) else {
@@ -84,6 +86,10 @@ async fn apply(jobs: &Jobs, request: Pending) -> Option<Outcome> {
         Kind::Order(Action::Pause) => Order::Pause { by },
         Kind::Order(Action::Continue) => Order::Continue { by },
         Kind::Logs => return Some(read_logs(jobs, &id, task.as_deref(), since_ms).await),
+        Kind::LogsAfter => {
+            let read = (task.as_deref(), since_ms);
+            return Some(read_logs_after(jobs, &id, read, after).await);
+        }
     };
     let outcome = match jobs.ask(&id, order).await {
         Ok(()) => Outcome {
@@ -111,11 +117,28 @@ fn refused(text: String, refusal: (ErrorCode, String)) -> Outcome {
 /// `logs` asked by another host: the last lines that fit `REMOTE_LOGS_MAX_BYTES`, as JSON.
 async fn read_logs(jobs: &Jobs, id: &JobId, task: Option<&str>, since_ms: Option<i64>) -> Outcome {
     let lines = logs::tail(jobs, id, (task, since_ms), logs::REMOTE_LOGS_MAX_BYTES).await;
-    let lines = match lines {
-        Ok(lines) => lines,
+    answer_read(lines)
+}
+
+/// `logs --follow` asked by another host: the page of lines after the cursor `after` that
+/// fits `REMOTE_FOLLOW_MAX_BYTES`, as JSON ([`crate::board::requests::LogsPage`]).
+async fn read_logs_after(
+    jobs: &Jobs,
+    id: &JobId,
+    read: (Option<&str>, Option<i64>),
+    after: Option<i64>,
+) -> Outcome {
+    let page = logs::page_after(jobs, id, read, after, logs::REMOTE_FOLLOW_MAX_BYTES).await;
+    answer_read(page)
+}
+
+/// The outcome of a read of a job's output: what was read, as JSON, or the refusal.
+fn answer_read<T: serde::Serialize>(read: Result<T, (ErrorCode, String)>) -> Outcome {
+    let read = match read {
+        Ok(read) => read,
         Err(refusal) => return refused(format!("refused: {}", refusal.1), refusal),
     };
-    match serde_json::to_string(&lines) {
+    match serde_json::to_string(&read) {
         Ok(json) => Outcome {
             text: DONE.to_owned(),
             refusal: None,

@@ -9,6 +9,14 @@
 //! unfinished task, the reverted ones included, in one conductor (`PlanAction::Resume`). A job
 //! whose host was lost while it was reverting cannot be resumed: it is held, and logged.
 //!
+//! A job of the lost host that never began a step is not taken: the same statement gives it
+//! back to the board unclaimed at the next epoch (`journal::rescue`), and any host with a
+//! free slot claims it (`claims.rs`) and runs it from the start (unless a cancel or kill
+//! for the lost host was pending: then it ends `cancelled` there). Should the lost host come
+//! back, its queued copy is stale: a restarted daemon ends it at start ([`end_taken`]); one
+//! that was frozen has its first write about it refused and kills it, unless it claims the
+//! job back itself (then it runs its queued copy at the new epoch: `claims.rs`).
+//!
 //! A lost host's steps are stopped by the time its lease expired (it fences itself, and its
 //! conductors stop when its delegated lease runs out), so the rescue never starts a step of a
 //! job while another host runs one.
@@ -35,8 +43,17 @@ pub async fn run(jobs: Jobs, board: Board) {
             return;
         }
         match board.rescue(BATCH).await {
-            Ok(rescued) => {
-                for job in rescued {
+            Ok(rescue) => {
+                for job in &rescue.returned {
+                    tracing::info!(job_id = %job.id, from = %job.from, epoch = job.epoch, pinned = job.pinned.as_deref().unwrap_or(""), "host lost: unstarted job back on the board");
+                }
+                for job in &rescue.cancelled {
+                    tracing::info!(job_id = %job.id, from = %job.from, epoch = job.epoch, "host lost: unstarted job cancelled on the board");
+                }
+                if !rescue.returned.is_empty() {
+                    board.wake_claims();
+                }
+                for job in rescue.taken {
                     take_up(&jobs, job).await;
                 }
             }
@@ -45,6 +62,36 @@ pub async fn run(jobs: Jobs, board: Board) {
                 tracing::warn!(host = %board.config().host, error = %message, "cannot rescue the jobs of lost hosts");
             }
         }
+    }
+}
+
+/// At start, before anything is scheduled or claimed: the jobs queued in the local store
+/// (`pending`: never started here) that the journal shows held by another host or unclaimed
+/// were taken while this daemon was away (its host lost, each given back to the board or
+/// rescued). Each is marked stale ([`Board::taken_elsewhere`]) and killed here (`killed`,
+/// reason `stale owner: ...`; nothing ran): it never runs on this host under its old epoch.
+/// If this host claims one of them again later, the claim's import replaces the ended copy.
+/// A board that cannot answer is logged; the write-ahead still refuses the first step of a
+/// job this host does not hold.
+pub async fn end_taken(jobs: &Jobs, board: &Board) {
+    let queued = match jobs.store().call(|s| s.queued_jobs()).await {
+        Ok(queued) => queued,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot read the queue");
+            return;
+        }
+    };
+    let taken = match board.taken_elsewhere(queued).await {
+        Ok(taken) => taken,
+        Err(err) => {
+            let message = format!("{:#}", anyhow::Error::from(err));
+            tracing::warn!(host = %board.config().host, error = %message, "cannot read which queued jobs another host took");
+            return;
+        }
+    };
+    for id in taken {
+        tracing::warn!(job_id = %id, host = %board.config().host, "stale owner: queued job taken while this host was away");
+        super::mirror::kill_stale(jobs, &id).await;
     }
 }
 

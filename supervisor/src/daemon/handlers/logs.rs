@@ -4,10 +4,13 @@
 //! On a job board, `logs` of a job this daemon does not hold is asked of its host through a
 //! request (`remote.rs`): the host answers with the last lines that fit
 //! [`REMOTE_LOGS_MAX_BYTES`] ([`tail`]), after a notice line when earlier ones were left out.
-//! `--follow` of another host's job is refused, naming the host to run it on.
+//! `--follow` of another host's job is a loop of requests for the lines after a cursor
+//! (`follow.rs`), each answered by the owner with [`page_after`], at most
+//! [`REMOTE_FOLLOW_MAX_BYTES`] of them.
 
 use super::{Refusal, find};
 use crate::board::Board;
+use crate::board::requests::LogsPage;
 use crate::job::Jobs;
 use shared::ids::JobId;
 use shared::protocol::client::{ClientReply, ErrorCode, LogLine};
@@ -24,6 +27,9 @@ const PAGE: u32 = 512;
 /// The most text (bytes of the lines) a host answers to `logs` of its job asked from another
 /// host: the last lines that fit.
 pub const REMOTE_LOGS_MAX_BYTES: usize = 1 << 20;
+/// The most text (bytes of the lines) one answer to `logs --follow` from another host
+/// carries (at least one line, each bounded as stored); a longer backlog comes in several.
+pub const REMOTE_FOLLOW_MAX_BYTES: usize = 256 << 10;
 
 pub async fn stream(
     jobs: &Jobs,
@@ -57,11 +63,19 @@ async fn stream_from(
     let id = match find(jobs, job).await {
         Ok(id) => id,
         Err(refusal) => {
-            let lines = match board {
-                Some(board) => super::remote::logs(board, job, task, follow, since_ms).await,
-                None => Err(refusal),
-            };
-            send_lines(stream, lines).await;
+            match board {
+                Some(board) if follow => {
+                    super::follow::follow_remote(board, stream, (job, task), since_ms).await;
+                }
+                Some(board) => {
+                    send_lines(
+                        stream,
+                        super::remote::logs(board, job, task, since_ms).await,
+                    )
+                    .await;
+                }
+                None => send_lines(stream, Err(refusal)).await,
+            }
             return;
         }
     };
@@ -150,6 +164,38 @@ pub async fn tail(
     Ok(kept.into())
 }
 
+/// The lines of job `id`'s output (of `task`) after the cursor `after` (the first read: from
+/// `since_ms`, or the first line), oldest first, whose text fits `max_bytes` (at least one
+/// line), with the cursor after them, whether the job was live when they were read, and
+/// whether the bound cut them. For another host's `logs --follow` (`daemon/remote.rs`).
+pub async fn page_after(
+    jobs: &Jobs,
+    id: &JobId,
+    (task, since_ms): (Option<&str>, Option<i64>),
+    after: Option<i64>,
+    max_bytes: usize,
+) -> Result<LogsPage, Refusal> {
+    let mut reader = Reader::open(jobs, id, task, since_ms.filter(|_| after.is_none())).await?;
+    if let Some(after) = after {
+        reader.after = after;
+    }
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    loop {
+        let (live, page, more) = reader.next_page_within(max_bytes - bytes).await;
+        bytes += page.iter().map(|line| line.line.len()).sum::<usize>();
+        lines.extend(page);
+        if !more || bytes >= max_bytes {
+            return Ok(LogsPage {
+                lines,
+                last: reader.after,
+                live,
+                more,
+            });
+        }
+    }
+}
+
 /// Reads a job's output a page at a time, from where the last page stopped.
 struct Reader<'a> {
     jobs: &'a Jobs,
@@ -198,6 +244,12 @@ impl<'a> Reader<'a> {
     /// Whether the job is live, the next page's lines (of the task asked), and whether the
     /// page was full (more may be stored already).
     async fn next_page(&mut self) -> (bool, Vec<LogLine>, bool) {
+        self.next_page_within(usize::MAX).await
+    }
+
+    /// [`Reader::next_page`] with at most `budget` bytes of line text (at least one line):
+    /// the lines past it are left for the next page, which then may be read at once.
+    async fn next_page_within(&mut self, budget: usize) -> (bool, Vec<LogLine>, bool) {
         let (job, from) = (self.id.clone(), self.after);
         let read = self
             .jobs
@@ -210,9 +262,14 @@ impl<'a> Reader<'a> {
             })
             .await;
         let (live, lines) = read.unwrap_or((false, Vec::new()));
-        let full_page = lines.len() >= PAGE as usize;
+        let mut full_page = lines.len() >= PAGE as usize;
         let mut page = Vec::with_capacity(lines.len());
+        let mut bytes = 0_usize;
         for output in lines {
+            if !page.is_empty() && bytes.saturating_add(output.line.len()) > budget {
+                full_page = true;
+                break;
+            }
             self.after = output.id;
             let name = usize::try_from(output.task)
                 .ok()
@@ -222,6 +279,7 @@ impl<'a> Reader<'a> {
             if self.task.as_ref().is_some_and(|t| *t != name) {
                 continue;
             }
+            bytes = bytes.saturating_add(output.line.len());
             page.push(LogLine {
                 task: name,
                 phase: output.phase,

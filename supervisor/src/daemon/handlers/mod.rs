@@ -6,6 +6,7 @@
 
 mod cancel;
 mod events;
+mod follow;
 mod hosts;
 mod kill;
 mod list;

@@ -2,7 +2,11 @@
 //! jobs are deleted with their rows (jobs, tasks, transitions, output), their conductor's log
 //! and their socket, and the space is given back (README, Retention). On a job board, their
 //! rows of the board's mirror go too (after the store's delete: a failure there only leaves
-//! ended rows on the board, logged, and the next prune does not see them again).
+//! ended rows on the board, logged, and the next prune does not see them again). So do the
+//! board's ended *unclaimed* jobs (cancelled or killed before any host claimed them, in no
+//! host's store) that match the same age and states, on whichever host prunes first
+//! (`journal::prune_unclaimed`, one statement; their age by the database's clock); they are
+//! listed with the pruned jobs.
 
 use super::Reply;
 use crate::board::Board;
@@ -48,22 +52,25 @@ pub async fn prune(
     let before = store_bytes(jobs);
     let cutoff = crate::clock::now_ms()
         .saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
+    let on_board = states.clone();
     let pruned = jobs.store().call(move |s| s.prune(cutoff, &states)).await?;
     for id in &pruned {
         remove_files(jobs, id);
     }
+    let mut listed = pruned.clone();
     if let Some(board) = board {
         // Nothing more is written about them from here, and their rows leave the board.
         board.forget(&pruned);
         if !pruned.is_empty() {
             forget_on_board(board, pruned.clone()).await;
         }
+        listed.extend(prune_unclaimed(board, older_than, on_board).await);
     }
     if !pruned.is_empty() || vacuum {
         jobs.store().call(move |s| s.reclaim(vacuum)).await?;
     }
     let summary = PruneSummary {
-        jobs: pruned,
+        jobs: listed,
         store_bytes_before: before,
         store_bytes_after: store_bytes(jobs),
     };
@@ -98,6 +105,27 @@ async fn forget_on_board(board: &Board, pruned: Vec<JobId>) {
         Err(err) => {
             let message = format!("{:#}", anyhow::Error::from(err));
             tracing::warn!(count, error = %message, "cannot delete pruned jobs from the board; their ended rows stay there");
+        }
+    }
+}
+
+/// Deletes the board's ended unclaimed jobs of the same age and states; their ids (none,
+/// logged, when the board cannot: the next prune, on any host, deletes them).
+async fn prune_unclaimed(board: &Board, older_than: Duration, states: Vec<JobState>) -> Vec<JobId> {
+    match board.prune_unclaimed(older_than, states).await {
+        Ok(pruned) => {
+            if !pruned.is_empty() {
+                tracing::info!(
+                    count = pruned.len(),
+                    "pruned unclaimed jobs deleted from the board"
+                );
+            }
+            pruned
+        }
+        Err(err) => {
+            let message = format!("{:#}", anyhow::Error::from(err));
+            tracing::warn!(error = %message, "cannot delete the board's ended unclaimed jobs");
+            Vec::new()
         }
     }
 }

@@ -7,10 +7,11 @@
 //! never reads the state from before it; a refusal comes back with the owner's code and text,
 //! as if local. A lost owner ends the wait with [`ErrorCode::HostLost`]; an owner alive but
 //! silent for [`ANSWER_TIMEOUT`] with `Unavailable` (the request stays on the board). `logs`
-//! (without `--follow`) is asked the same way, and answered with the lines in the row.
+//! is asked the same way, and answered with the lines in the row; each page of `logs
+//! --follow` too ([`logs_after`], the loop in `logs.rs`), its row deleted once read.
 
 use super::{Refusal, Reply};
-use crate::board::requests::{Answer, Ask, Kind, Written};
+use crate::board::requests::{Answer, Ask, Kind, LogsPage, Written};
 use crate::board::{Board, BoardError};
 use shared::ids::JobId;
 use shared::protocol::client::{Action, ClientReply, ErrorCode, HostedJob, LogLine, Requester};
@@ -53,6 +54,7 @@ pub async fn request(
         by: Some(by),
         task: None,
         since_ms: None,
+        after: None,
     };
     let (host, _) = ask_owner(board, job, ask)
         .await
@@ -70,36 +72,49 @@ pub async fn request(
 }
 
 /// `logs` of `job` (`--task`, `--since`), asked of the host that holds it: the lines it
-/// answered (at most `logs::REMOTE_LOGS_MAX_BYTES` of text). `--follow` is refused, naming the
-/// host to run it on.
+/// answered (at most `logs::REMOTE_LOGS_MAX_BYTES` of text).
 pub async fn logs(
     board: &Board,
     job: &str,
     task: Option<&str>,
-    follow: bool,
     since_ms: Option<i64>,
 ) -> Result<Vec<LogLine>, Refusal> {
-    if follow {
-        let Some(hosted) = find(board, job).await? else {
-            return Err(unknown(job));
-        };
-        return Err((
-            ErrorCode::InvalidRequest,
-            format!(
-                "logs --follow of another host's job is not supported yet: run `supervisor logs {} --follow` on host {}",
-                hosted.job.id, hosted.host
-            ),
-        ));
-    }
-    let ask = Ask {
-        kind: Kind::Logs,
+    let ask = logs_ask(Kind::Logs, task, since_ms, None);
+    let (host, reply) = ask_owner(board, job, ask).await?;
+    read_reply(&host, reply.as_deref().unwrap_or("[]"))
+}
+
+/// One page of `logs --follow` of `job`, asked of the host that holds it: the lines after the
+/// cursor `after` (`None`: from `since_ms`, or the first line), at most
+/// `logs::REMOTE_FOLLOW_MAX_BYTES` of text; the host, and its page.
+pub async fn logs_after(
+    board: &Board,
+    job: &str,
+    task: Option<&str>,
+    since_ms: Option<i64>,
+    after: Option<i64>,
+) -> Result<(String, LogsPage), Refusal> {
+    let ask = logs_ask(Kind::LogsAfter, task, since_ms, after);
+    let (host, reply) = ask_owner(board, job, ask).await?;
+    let page = read_reply(&host, reply.as_deref().unwrap_or_default())?;
+    Ok((host, page))
+}
+
+/// A read of a job's output, of `kind`.
+fn logs_ask(kind: Kind, task: Option<&str>, since_ms: Option<i64>, after: Option<i64>) -> Ask {
+    Ask {
+        kind,
         timeout_ms: None,
         by: None,
         task: task.map(str::to_owned),
         since_ms,
-    };
-    let (host, reply) = ask_owner(board, job, ask).await?;
-    serde_json::from_str(reply.as_deref().unwrap_or("[]")).map_err(|err| {
+        after,
+    }
+}
+
+/// The owner `host`'s answer to a read of a job's output, as JSON.
+fn read_reply<T: serde::de::DeserializeOwned>(host: &str, reply: &str) -> Result<T, Refusal> {
+    serde_json::from_str(reply).map_err(|err| {
         (
             ErrorCode::Internal,
             format!("host {host} answered logs this supervisor cannot read: {err}"),
@@ -136,11 +151,15 @@ async fn ask_owner(
             } else {
                 None
             };
-            if reply.is_some() {
-                if let Err(err) = board.clear_reply(seq).await {
-                    let message = format!("{:#}", anyhow::Error::from(err));
-                    tracing::warn!(job_id = %id, seq, error = %message, "cannot clear a request's reply; it stays on the board");
-                }
+            let cleared = match kind {
+                // Asked every quarter second while it follows: no row stays behind.
+                Kind::LogsAfter => board.forget_request(seq).await,
+                _ if reply.is_some() => board.clear_reply(seq).await,
+                _ => Ok(()),
+            };
+            if let Err(err) = cleared {
+                let message = format!("{:#}", anyhow::Error::from(err));
+                tracing::warn!(job_id = %id, seq, error = %message, "cannot clear a request's reply; it stays on the board");
             }
             Ok((host, reply))
         }
