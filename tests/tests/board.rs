@@ -701,7 +701,8 @@ fn revert_resume_and_pause_of_another_hosts_job_are_answered_by_its_host() {
 /// --wait` of a job of a follows it (its revert takes a minute); a's daemon is SIGKILLed (its
 /// conductor fences itself: it kills the revert before a's lease can expire); once a's lease
 /// expired, b or c rescues the job and holds it `crashed` (`host lost: a`), and b's wait ends
-/// there with the exit code of a crashed job, naming the host that holds it now.
+/// there with the exit code of a crashed job, naming the host that holds it now; the other
+/// host's `events` show the job `crashed` on its rescuer (the rescue announces it).
 #[test]
 fn a_wait_on_a_lost_hosts_job_follows_its_rescue() {
     let Some((_pg, env, [mut a, b, c])) =
@@ -716,6 +717,8 @@ fn a_wait_on_a_lost_hosts_job_follows_its_rescue() {
     );
     let id = submit_at(&env, &a.state_dir, &file);
     wait_listed_running(&env, &b.state_dir, &id, "a");
+    let on_b = subscribed_events(&env, &b);
+    let on_c = subscribed_events(&env, &c);
     let b_dir = b.state_dir.to_str().expect("UTF-8");
     let mut waiter = env.spawn(&["cancel", &id, "--wait", "--state-dir", b_dir]);
     wait_following(&waiter, &id, "a");
@@ -730,9 +733,27 @@ fn a_wait_on_a_lost_hosts_job_follows_its_rescue() {
     let (_, out, err) = cli_at(&env, &c.state_dir, &["status", &id, "--json"], DEADLINE);
     let seen: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
     assert_eq!(seen["state"], "crashed", "{seen}");
-    let rescuer = if seen["host"] == "b" { &b } else { &c };
+    let (rescuer, other, name) = if seen["host"] == "b" {
+        (&b, &on_c, "b")
+    } else {
+        (&c, &on_b, "c")
+    };
     let status = status_json_at(&env, &rescuer.state_dir, &id);
     assert_eq!(status["reason"], "host lost: a", "{status}");
+    // The rescue announced the move: the other host's events show the job crashed on its
+    // rescuer.
+    wait_for(
+        DEADLINE,
+        "the other host's events to show the rescue",
+        || {
+            let seen = job_events(other, &id);
+            if seen.contains(&("crashed".to_owned(), name.to_owned())) {
+                Ok(())
+            } else {
+                Err(seen)
+            }
+        },
+    );
 }
 
 /// How often a `--wait` on another host's job reads its status when the daemon's events carry
@@ -754,6 +775,39 @@ fn job_events(events: &Run, id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `events --json` on `host`, once its subscription is in place: the stream carried a job of
+/// the host's own (a probe run there, its events without a host).
+fn subscribed_events(env: &TestEnv, host: &Host) -> Run {
+    let dir = host.state_dir.to_str().expect("UTF-8");
+    let events = env.spawn(&["events", "--json", "--state-dir", dir]);
+    let probe = env.job(
+        "probe.toml",
+        "name = \"probe\"",
+        "[[task]]\nname = \"t\"\nrun = \"true\"\n",
+    );
+    let probe_id = submit_at(env, &host.state_dir, &probe);
+    wait_for(
+        DEADLINE,
+        "the events stream to carry the host's own job",
+        || {
+            let seen = job_events(&events, &probe_id);
+            if seen.iter().any(|(state, _)| state == "success") {
+                Ok(seen)
+            } else {
+                Err(events.report())
+            }
+        },
+    );
+    assert!(
+        job_events(&events, &probe_id)
+            .iter()
+            .all(|(_, host)| host.is_empty()),
+        "{}",
+        events.report()
+    );
+    events
+}
+
 /// Issue 11: `events` on one host carries the state changes of another host's jobs, from the
 /// board's notifications, with their host in `--json`: a job of a is seen on b running, then
 /// cancelled (from c), in that order; b's own jobs come as before, without a host; an
@@ -765,30 +819,7 @@ fn events_on_one_host_show_another_hosts_job_changes() {
     else {
         return;
     };
-    let b_dir = b.state_dir.to_str().expect("UTF-8");
-    let events = env.spawn(&["events", "--json", "--state-dir", b_dir]);
-    // The subscription is in place once the stream carries a job of b's own.
-    let probe = env.job(
-        "probe.toml",
-        "name = \"probe\"",
-        "[[task]]\nname = \"t\"\nrun = \"true\"\n",
-    );
-    let probe_id = submit_at(&env, &b.state_dir, &probe);
-    wait_for(DEADLINE, "b's events to carry its own job", || {
-        let seen = job_events(&events, &probe_id);
-        if seen.iter().any(|(state, _)| state == "success") {
-            Ok(seen)
-        } else {
-            Err(events.report())
-        }
-    });
-    assert!(
-        job_events(&events, &probe_id)
-            .iter()
-            .all(|(_, host)| host.is_empty()),
-        "{}",
-        events.report()
-    );
+    let events = subscribed_events(&env, &b);
 
     let file = env.job(
         "long.toml",

@@ -558,6 +558,10 @@ pub struct Rescue {
 ///   never lost with its host;
 /// - any other is this host's, `crashed` with reason `host lost: OLD`; then their task rows
 ///   are read, for the rescuer to follow their `on_host_loss`.
+///
+/// Every job moved is announced on [`JOBS_CHANNEL`](super::mirror::JOBS_CHANNEL) in the same
+/// statement (its new host, empty when given back, and state): a `--wait` on it elsewhere
+/// follows it at once.
 pub async fn rescue(
     client: &Client,
     me: &str,
@@ -565,7 +569,8 @@ pub async fn rescue(
 ) -> Result<Rescue, tokio_postgres::Error> {
     let rows = client
         .query(
-            "WITH lost AS (
+            &format!(
+                "WITH lost AS (
                  SELECT j.id, j.host,
                         CASE WHEN j.state <> 'pending' OR EXISTS (
                                   SELECT 1 FROM job_tasks t
@@ -594,7 +599,7 @@ pub async fn rescue(
                      task = NULL, running = 0, ended = lost.fate <> 'returned', updated_at = now()
                  FROM lost WHERE j.id = lost.id
                  RETURNING j.id, j.epoch, lost.host AS lost_host, j.source, j.spec, j.on_host_loss,
-                           j.reason, lost.fate, j.pinned),
+                           j.reason, lost.fate, j.pinned, j.host, j.state, j.ended),
              q AS (
                  UPDATE requests SET done_at = now(), outcome = 'done'
                  FROM r
@@ -602,8 +607,11 @@ pub async fn rescue(
                    AND requests.host = r.lost_host AND requests.done_at IS NULL
                    AND requests.kind IN ('cancel', 'kill')),
              n AS (
-                 SELECT pg_notify($3, COALESCE(pinned, ''))::text FROM r WHERE fate = 'returned')
-             SELECT r.*, (SELECT count(*) FROM n) FROM r",
+                 SELECT pg_notify($3, COALESCE(pinned, ''))::text FROM r WHERE fate = 'returned'),
+             {}
+             SELECT r.*, (SELECT count(*) FROM n), (SELECT count(*) FROM notified) FROM r",
+                super::mirror::notify_rows("r", "true")
+            ),
             &[&me, &batch, &CLAIMS_CHANNEL],
         )
         .await?;
