@@ -51,7 +51,9 @@ elif [ -n "$rev" ]; then
   src=/tmp/svbench-build/$sha
   if [ ! -f "$src/Cargo.toml" ]; then
     mkdir -p "$src"
-    git -C "$root" archive "$sha" | tar -x -C "$src"
+    # -m: the files get the time of extraction, not the commit's, so that cargo rebuilds them
+    # in the shared target dir (artifacts of a later build there would look newer otherwise).
+    git -C "$root" archive "$sha" | tar -x -m -C "$src"
   fi
   echo "run.sh: building $sha (release) in $src" >&2
   (cd "$src" && CARGO_TARGET_DIR=/tmp/svbench-build/target cargo build --release --workspace --bins >&2)

@@ -765,7 +765,14 @@ impl Supervision {
                     self.observe(&report.event);
                 }
                 // Applied again on a retry, they are held already: observed once.
-                match journal::write_ahead(&self.jobs, &self.id, &batch).await {
+                // Boxed, and only on a board: the board's write (a PostgreSQL query's future)
+                // would otherwise sit in every job's supervision for its whole life.
+                let written = if self.jobs.board().is_some() {
+                    Box::pin(journal::write_ahead(&self.jobs, &self.id, &batch)).await
+                } else {
+                    Ok(WriteAhead::Done)
+                };
+                match written {
                     Ok(WriteAhead::Done) => {}
                     Ok(WriteAhead::Refused) => {
                         return self
