@@ -324,7 +324,8 @@ fn hosts_without_a_board_is_a_clear_error() {
 }
 
 /// A board that cannot be reached stops the daemon at start (nonzero exit), with a message
-/// naming the URL but not its password.
+/// naming the URL but not its password; a password given on the command line (where `ps`
+/// shows it to every user) is warned about, one given in `SUPERVISOR_BOARD` is not.
 #[test]
 fn an_unreachable_board_stops_the_daemon_without_showing_the_password() {
     let env = TestEnv::new();
@@ -351,6 +352,32 @@ fn an_unreachable_board_stops_the_daemon_without_showing_the_password() {
         "{err}"
     );
     assert!(err.contains("password=***"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // The password was on the command line, readable by every user: the daemon says so.
+    assert!(
+        err.contains("the board's password is on the command line"),
+        "{err}"
+    );
+
+    // The same URL in SUPERVISOR_BOARD: not on the command line, no warning.
+    let mut daemon = env.spawn_with_env(
+        &[
+            "daemon",
+            "--state-dir",
+            state_dir.to_str().expect("UTF-8"),
+            "--host",
+            "a",
+        ],
+        &[("SUPERVISOR_BOARD", &url)],
+        &[],
+    );
+    assert_ne!(daemon.wait_exit(DEADLINE), 0, "{}", daemon.report());
+    let err = daemon.stderr();
+    assert!(
+        err.contains("cannot connect to the board at host="),
+        "{err}"
+    );
+    assert!(!err.contains("on the command line"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
 

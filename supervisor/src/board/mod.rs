@@ -275,6 +275,12 @@ impl BoardConfig {
     pub fn shown_url(&self) -> &str {
         &self.shown_url
     }
+
+    /// Whether the URL carries a password.
+    #[must_use]
+    pub fn has_password(&self) -> bool {
+        self.pg.get_password().is_some()
+    }
 }
 
 /// The machine's host name, as the kernel has it.

@@ -79,10 +79,23 @@ impl BoardArgs {
         if self.host.as_deref().is_some_and(str::is_empty) {
             return Err("--host must not be empty".to_owned());
         }
-        BoardConfig::new(url, self.host.clone(), self.lease, self.board_ca.as_deref())
-            .map(Some)
-            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
+        let config = BoardConfig::new(url, self.host.clone(), self.lease, self.board_ca.as_deref())
+            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
+        if config.has_password() && board_on_command_line(std::env::args_os()) {
+            tracing::warn!(
+                url = config.shown_url(),
+                "the board's password is on the command line, where every user of this host can read it (ps, /proc/PID/cmdline): give the URL in SUPERVISOR_BOARD instead, or connect over a Unix socket with peer authentication"
+            );
+        }
+        Ok(Some(config))
     }
+}
+
+/// Whether `args` (the process's) give `--board` itself, not its environment variable.
+fn board_on_command_line(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    args.into_iter()
+        .any(|arg| arg.as_bytes() == b"--board" || arg.as_bytes().starts_with(b"--board="))
 }
 
 pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
@@ -153,6 +166,27 @@ mod tests {
             lease: Duration::from_millis(lease_ms),
             board_ca: None,
         }
+    }
+
+    #[test]
+    fn a_board_url_on_the_command_line_is_told_apart_from_the_environment() {
+        let args = |list: &[&str]| {
+            list.iter()
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+        };
+        assert!(board_on_command_line(
+            args(&["supervisor", "daemon", "--board", "host=db"]).into_iter()
+        ));
+        assert!(board_on_command_line(
+            args(&["supervisor", "daemon", "--board=host=db"]).into_iter()
+        ));
+        assert!(!board_on_command_line(
+            args(&["supervisor", "daemon", "--board-ca", "ca.pem"]).into_iter()
+        ));
+        assert!(!board_on_command_line(
+            args(&["supervisor", "daemon", "--host", "a"]).into_iter()
+        ));
     }
 
     #[test]
