@@ -104,11 +104,15 @@ impl Postgres {
             std::fs::write(&path, pem).unwrap_or_else(|err| panic!("cannot write {name}: {err}"));
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .unwrap_or_else(|err| panic!("cannot chmod {name}: {err}"));
-            let _ = Command::new("chown")
-                .arg(PG_USER)
-                .arg(&path)
-                .status()
-                .map(|status| assert!(status.success(), "chown {name} failed"));
+            // The server reads its key only when its own user owns it: the data dir's owner.
+            let owner = std::fs::metadata(&data)
+                .unwrap_or_else(|err| panic!("cannot stat {}: {err}", data.display()));
+            let (uid, gid) = (
+                std::os::unix::fs::MetadataExt::uid(&owner),
+                std::os::unix::fs::MetadataExt::gid(&owner),
+            );
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .unwrap_or_else(|err| panic!("cannot chown {name}: {err}"));
         }
         // A port that was free a moment ago: another test may take it first, so a start that
         // cannot bind is tried again on another one.
@@ -270,6 +274,18 @@ impl Postgres {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Polls `sql` (one value) until it reads `want` (trimmed), within `deadline`.
+    pub fn wait_sql(&self, deadline: std::time::Duration, sql: &str, want: &str) {
+        wait_for(deadline, &format!("{sql} to read {want}"), || {
+            let seen = self.sql(sql);
+            if seen.trim() == want {
+                Ok(())
+            } else {
+                Err(seen)
+            }
+        });
     }
 
     fn data_dir(&self) -> PathBuf {

@@ -1146,32 +1146,11 @@ fn two_step_job(env: &TestEnv, top: &str) -> PathBuf {
 
 /// Waits until the board's journal shows task `idx` of job `id` in `state`.
 fn wait_board_task(pg: &Postgres, id: &str, idx: u32, state: &str) {
-    wait_for(
+    pg.wait_sql(
         DEADLINE,
-        &format!("task {idx} of {id} {state} on the board"),
-        || {
-            let seen = pg.sql(&format!(
-                "SELECT state FROM job_tasks WHERE job_id = '{id}' AND idx = {idx}"
-            ));
-            if seen.trim() == state {
-                Ok(())
-            } else {
-                Err(seen)
-            }
-        },
+        &format!("SELECT state FROM job_tasks WHERE job_id = '{id}' AND idx = {idx}"),
+        state,
     );
-}
-
-/// Waits until `sql` on the board reads `want` (trimmed).
-fn wait_sql(pg: &Postgres, deadline: Duration, sql: &str, want: &str) {
-    wait_for(deadline, &format!("{sql} to read {want}"), || {
-        let seen = pg.sql(sql);
-        if seen.trim() == want {
-            Ok(())
-        } else {
-            Err(seen)
-        }
-    });
 }
 
 /// SIGKILLs daemon `host` and every process below it (its conductors and their tasks), all
@@ -1279,7 +1258,7 @@ fn a_lost_hosts_job_is_held_crashed_elsewhere_and_reverted_on_demand() {
     assert_eq!(code, 0, "revert --wait: {err}");
     assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "r1"]);
     let sql = format!("SELECT state, epoch FROM jobs WHERE id = '{id}'");
-    wait_sql(&pg, DEADLINE, &sql, "reverted|2");
+    pg.wait_sql(DEADLINE, &sql, "reverted|2");
 }
 
 /// `on_host_loss = "revert"`: the rescuer runs the pending reverts by itself, last first,
@@ -1551,14 +1530,14 @@ fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
     let status = status_json_at(&env, dir_of(&claimer, &b, &c), &waiting);
     assert_eq!(status["reason"], Value::Null, "{status}");
     let sql = format!("SELECT host, epoch, lost_from, state FROM jobs WHERE id = '{waiting}'");
-    wait_sql(&pg, DEADLINE, &sql, &format!("{claimer}|3|a|success"));
+    pg.wait_sql(DEADLINE, &sql, &format!("{claimer}|3|a|success"));
     let holder = wait_rescued(&env, &b.state_dir, &running, "a", "crashed");
     let status = status_json_at(&env, dir_of(&holder, &b, &c), &running);
     assert_eq!(status["reason"], "host lost: a", "{status}");
     let sql = format!(
         "SELECT coalesce(host, '-'), state, ended, epoch, lost_from FROM jobs WHERE id = '{cancelled}'"
     );
-    wait_sql(&pg, DEADLINE, &sql, "-|cancelled|t|2|a");
+    pg.wait_sql(DEADLINE, &sql, "-|cancelled|t|2|a");
     let pending = pg.sql("SELECT count(*) FROM requests WHERE done_at IS NULL");
     assert_eq!(pending.trim(), "0", "the cancel is done");
 
@@ -1609,7 +1588,7 @@ fn a_frozen_hosts_queued_job_runs_once_after_it_thaws() {
     let sql = format!(
         "SELECT coalesce(host, '-'), epoch, lost_from, state FROM jobs WHERE id = '{queued}'"
     );
-    wait_sql(&pg, RESCUE_DEADLINE, &sql, "-|2|a|pending");
+    pg.wait_sql(RESCUE_DEADLINE, &sql, "-|2|a|pending");
     a.daemon.signal(Signal::SIGCONT);
     wait_local_state(&env, &a.state_dir, &queued, LONG_DEADLINE, "success");
     assert_each_ran_once(&env, std::slice::from_ref(&queued));

@@ -29,18 +29,6 @@ name = "c"
 run = "true"
 "#;
 
-/// Waits until `sql` (one value) answers `want` on the board.
-fn wait_board(pg: &Postgres, sql: &str, want: &str) {
-    wait_for(DEADLINE, &format!("{sql} to be {want:?}"), || {
-        let seen = pg.sql(sql);
-        if seen.trim() == want {
-            Ok(())
-        } else {
-            Err(seen)
-        }
-    });
-}
-
 #[test]
 fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
     let Some(pg) = Postgres::start("a_restarted_daemon_keeps_its_running_jobs") else {
@@ -67,8 +55,8 @@ fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
             Err("not yet")
         }
     });
-    wait_board(
-        &pg,
+    pg.wait_sql(
+        DEADLINE,
         &format!("SELECT state FROM job_tasks WHERE job_id = '{id}' AND idx = 1"),
         "running",
     );
@@ -101,13 +89,13 @@ fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
     });
     // The new instance holds the job at its epoch: the journal has c's write-ahead and end, and
     // the job's end, all written after the restart; nothing of it was refused.
-    wait_board(
-        &pg,
+    pg.wait_sql(
+        DEADLINE,
         &format!("SELECT state || ' ' || epoch FROM jobs WHERE id = '{id}'"),
         "success 1",
     );
-    wait_board(
-        &pg,
+    pg.wait_sql(
+        DEADLINE,
         &format!("SELECT string_agg(state, ',' ORDER BY idx) FROM job_tasks WHERE job_id = '{id}'"),
         "success,success,success",
     );

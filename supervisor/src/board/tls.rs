@@ -40,7 +40,7 @@ pub fn settle(pg: &mut tokio_postgres::Config, ca: Option<&Path>) -> Result<Conn
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|err| tls_error(format!("cannot set up TLS: {err}")))?;
+        .map_err(|err| BoardError::Tls(format!("cannot set up TLS: {err}")))?;
     let config = builder
         .with_root_certificates(roots.unwrap_or_else(rustls::RootCertStore::empty))
         .with_no_client_auth();
@@ -53,11 +53,13 @@ fn roots_from(file: &Path) -> Result<rustls::RootCertStore, BoardError> {
     use rustls_pki_types::pem::PemObject;
     let shown = file.display();
     let certs = CertificateDer::pem_file_iter(file)
-        .map_err(|err| tls_error(format!("cannot read --board-ca {shown}: {err}")))?
+        .map_err(|err| BoardError::Tls(format!("cannot read --board-ca {shown}: {err}")))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| tls_error(format!("--board-ca {shown} is not PEM certificates: {err}")))?;
+        .map_err(|err| {
+            BoardError::Tls(format!("--board-ca {shown} is not PEM certificates: {err}"))
+        })?;
     if certs.is_empty() {
-        return Err(tls_error(format!(
+        return Err(BoardError::Tls(format!(
             "--board-ca {shown} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)"
         )));
     }
@@ -65,7 +67,7 @@ fn roots_from(file: &Path) -> Result<rustls::RootCertStore, BoardError> {
     for cert in certs {
         roots
             .add(cert)
-            .map_err(|err| tls_error(format!("--board-ca {shown}: {err}")))?;
+            .map_err(|err| BoardError::Tls(format!("--board-ca {shown}: {err}")))?;
     }
     Ok(roots)
 }
@@ -77,7 +79,7 @@ fn system_roots() -> Result<rustls::RootCertStore, BoardError> {
     let (added, _ignored) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
         let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-        return Err(tls_error(format!(
+        return Err(BoardError::Tls(format!(
             "sslmode=require: no system root certificate found ({}); give the board's CA with --board-ca FILE",
             if why.is_empty() {
                 "none installed".to_owned()
@@ -87,10 +89,6 @@ fn system_roots() -> Result<rustls::RootCertStore, BoardError> {
         )));
     }
     Ok(roots)
-}
-
-fn tls_error(message: String) -> BoardError {
-    BoardError::Tls(message)
 }
 
 #[cfg(test)]

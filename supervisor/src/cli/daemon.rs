@@ -92,10 +92,9 @@ impl BoardArgs {
 }
 
 /// Whether `args` (the process's) give `--board` itself, not its environment variable.
-fn board_on_command_line(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+fn board_on_command_line(mut args: impl Iterator<Item = std::ffi::OsString>) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    args.into_iter()
-        .any(|arg| arg.as_bytes() == b"--board" || arg.as_bytes().starts_with(b"--board="))
+    args.any(|arg| arg.as_bytes() == b"--board" || arg.as_bytes().starts_with(b"--board="))
 }
 
 pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
