@@ -1127,6 +1127,56 @@ fn logs_follow_of_another_hosts_job_prints_its_lines_as_they_come() {
     );
 }
 
+/// Issue 11: `logs --follow` of a job no host claimed yet (pinned to z, not running) waits
+/// for its host instead of failing: once z starts and claims it, the follower prints its lines
+/// and exits 0; one that ends unclaimed (cancelled) ends the follow with exit 0 and no line.
+#[test]
+fn logs_follow_of_an_unclaimed_job_waits_for_its_host() {
+    let Some((pg, env, [a, b, _c])) = board_of_three("logs_follow_of_an_unclaimed_job") else {
+        return;
+    };
+    let file = env.job(
+        "hello.toml",
+        "",
+        "[[task]]\nname = \"hi\"\nrun = 'echo hello'\n",
+    );
+    let id = submit_pinned(&env, &a.state_dir, &file, "z");
+    let b_dir = b.state_dir.to_str().expect("UTF-8");
+    let mut follower = env.spawn(&["logs", &id, "--follow", "--state-dir", b_dir]);
+    wait_for_follow_waiting(&b.daemon, &id);
+    assert!(!follower.has_exited(), "{}", follower.report());
+    let mut z = spawn_host(&env, &pg.url(), "z", "z");
+    wait_daemon_ready(&env, &z.state_dir, &mut z.daemon);
+    let code = follower.wait_exit(DEADLINE);
+    assert_eq!(code, 0, "{}", follower.report());
+    assert_eq!(follower.stdout_lines(), ["[hi] hello"]);
+
+    let other = submit_pinned(&env, &a.state_dir, &file, "y");
+    let mut follower = env.spawn(&["logs", &other, "--follow", "--state-dir", b_dir]);
+    wait_for_follow_waiting(&b.daemon, &other);
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["cancel", &other], DEADLINE);
+    assert_eq!(code, 0, "cancel of the unclaimed job: {err}");
+    let code = follower.wait_exit(DEADLINE);
+    assert_eq!(code, 0, "{}", follower.report());
+    assert!(follower.stdout_lines().is_empty(), "{}", follower.report());
+}
+
+/// Waits until `daemon` logs that a `logs --follow` of job `id` waits for a host to claim it.
+fn wait_for_follow_waiting(daemon: &Run, id: &str) {
+    let message = "logs --follow waits for a host to claim the job";
+    wait_for(
+        DEADLINE,
+        &format!("the follow of {id} to wait for a host"),
+        || {
+            let log = daemon.stderr();
+            let waiting = log
+                .lines()
+                .any(|line| line.contains(message) && line.contains(id));
+            if waiting { Ok(()) } else { Err(log) }
+        },
+    );
+}
+
 /// The lease of the host-loss tests' daemons (`--lease`, as `spawn_host_with_lease` takes it).
 const LOSS_LEASE: &str = "1500ms";
 /// How long after a host's death its jobs are rescued at worst: its lease by the database's

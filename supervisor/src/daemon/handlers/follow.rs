@@ -3,7 +3,9 @@
 //! `remote.rs`) every [`REMOTE_FOLLOW_EVERY`], at once again while an answer is cut by
 //! `logs::REMOTE_FOLLOW_MAX_BYTES` (the owner's `logs::page_after`), and sends them on as they
 //! come: from the first line (or `--since`), all of them, until a page read from the ended
-//! job (the owner reads its state with the page) comes back uncut. A lost owner ends it with
+//! job (the owner reads its state with the page) comes back uncut. A job no host claimed yet
+//! is waited for, at the same pace, until one does (then followed there) or it ends unclaimed
+//! (cancelled: no output, `Done`). A lost owner ends it with
 //! the lost-host error of every remote command; so does the job turning up on another host
 //! (rescued, or given back to the board), whose store does not know the cursor.
 
@@ -28,6 +30,7 @@ pub async fn follow_remote(
 ) {
     let mut after = None;
     let mut owner: Option<String> = None;
+    let mut waiting = false;
     loop {
         let asked = remote::logs_after(board, job, task, since_ms, after).await;
         let page = match asked {
@@ -42,6 +45,25 @@ pub async fn follow_remote(
             }
             Err((code, message)) => {
                 let reply = match remote::find(board, job).await {
+                    // Not claimed by any host yet: its output begins on the host that claims
+                    // it; one cancelled before that has none.
+                    Ok(Some(now)) if owner.is_none() && now.host.is_empty() => {
+                        if !now.job.state.is_live() {
+                            let _ = write_frame(stream, &ClientReply::Done).await;
+                            return;
+                        }
+                        if !waiting {
+                            tracing::info!(
+                                job_id = job,
+                                "logs --follow waits for a host to claim the job"
+                            );
+                            waiting = true;
+                        }
+                        if !pause(stream).await {
+                            return;
+                        }
+                        continue;
+                    }
                     // Taken from its host meanwhile (rescued, or back on the board).
                     Ok(Some(now)) if owner.as_ref().is_some_and(|first| *first != now.host) => {
                         moved(job, owner.as_deref().unwrap_or_default(), &now.host)
@@ -65,11 +87,16 @@ pub async fn follow_remote(
             let _ = write_frame(stream, &ClientReply::Done).await;
             return;
         }
-        tokio::time::sleep(REMOTE_FOLLOW_EVERY).await;
-        if is_client_gone(stream) {
+        if !pause(stream).await {
             return;
         }
     }
+}
+
+/// Waits [`REMOTE_FOLLOW_EVERY`]; whether the client is still there.
+async fn pause(stream: &UnixStream) -> bool {
+    tokio::time::sleep(REMOTE_FOLLOW_EVERY).await;
+    !is_client_gone(stream)
 }
 
 /// The end of a remote `logs --follow` whose job left the host it was followed on.
