@@ -1819,14 +1819,15 @@ fn assert_each_ran_once(env: &TestEnv, ids: &[String]) {
 
 /// Issue 11, claims: `submit --host c` at a writes the job unclaimed, pinned to c, and c
 /// claims and runs it (its task writes its id to the marker); the board shows it on c, at
-/// epoch 2 (claimed: the epoch after the unclaimed row's). `--host` of this host itself is
-/// today's submit, held here; `submit --host b --wait` follows the job to its end on b.
+/// epoch 2 (claimed: the epoch after the unclaimed row's), and b's `events` show the claim
+/// (`pending` on c). `--host` of this host itself is today's submit, held here; `submit --host b --wait` follows the job to its end on b.
 #[test]
 fn a_job_submitted_for_another_host_runs_there() {
     let Some((pg, env)) = board("a_job_submitted_for_another_host_runs_there") else {
         return;
     };
-    let [a, _b, c] = start_three_of_two_slots(&env, &pg.url(), CLAIMS_LEASE);
+    let [a, b, c] = start_three_of_two_slots(&env, &pg.url(), CLAIMS_LEASE);
+    let events = subscribed_events(&env, &b);
     let file = env.job(
         "pinned.toml",
         "",
@@ -1834,6 +1835,16 @@ fn a_job_submitted_for_another_host_runs_there() {
     );
     let id = submit_pinned(&env, &a.state_dir, &file, "c");
     wait_local_state(&env, &c.state_dir, &id, DEADLINE, "success");
+    // The claim itself is announced: b's events show the job pending on c.
+    wait_for(DEADLINE, "b's events to show the claim by c", || {
+        let seen = job_events(&events, &id);
+        let claimed = (String::from("pending"), String::from("c"));
+        if seen.contains(&claimed) {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    });
     assert_eq!(env.lines("marker"), std::slice::from_ref(&id));
     wait_for(DEADLINE, "the board to show the job done on c", || {
         let row = pg.sql(&format!(
