@@ -1546,8 +1546,11 @@ fn a_stale_owners_write_is_refused_and_kept_as_a_late_write() {
 /// unclaimed at the next epoch, claimed by b or c at the one after, and runs there to
 /// `success` from the start (never `crashed`, no reason). A third job, queued on a too, whose
 /// cancel from b was written for a while a was frozen, is ended `cancelled` on the board by
-/// the rescue (never run, the request done). a, started again, ends its queued copy `killed`
-/// as a stale owner, and the job ran exactly once.
+/// the rescue (never run, the request done). A fourth, queued on a and cancelled on a itself
+/// just before, is `cancelled` on the board by the time the cancel returns (its end written
+/// there before the acknowledgement), so the rescue leaves it ended: it never runs. a,
+/// started again, ends its queued copy `killed` as a stale owner, and the job ran exactly
+/// once.
 #[test]
 fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
     let Some((pg, env)) = board("a_lost_hosts_unstarted_job_goes_back") else {
@@ -1569,6 +1572,16 @@ fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
         "SELECT host, epoch, state FROM jobs WHERE id = '{waiting}'"
     ));
     assert_eq!(row.trim(), "a|1|pending", "queued on a");
+    let stopped = submit_pinned(&env, &a.state_dir, &appending, "a");
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["cancel", &stopped], DEADLINE);
+    assert_eq!(code, 0, "cancel on a: {err}");
+    let stopped_row = format!("SELECT host, state, ended, epoch FROM jobs WHERE id = '{stopped}'");
+    let row = pg.sql(&stopped_row);
+    assert_eq!(
+        row.trim(),
+        "a|cancelled|t|1",
+        "on the board before the cancel returned"
+    );
     let cancelled = submit_pinned(&env, &a.state_dir, &appending, "a");
     a.daemon.signal(Signal::SIGSTOP);
     let (code, out, err) = cli_at(&env, &b.state_dir, &["cancel", &cancelled], DEADLINE);
@@ -1590,6 +1603,12 @@ fn a_lost_hosts_unstarted_job_goes_back_to_the_board_and_runs_elsewhere() {
     pg.wait_sql(DEADLINE, &sql, "-|cancelled|t|2|a");
     let pending = pg.sql("SELECT count(*) FROM requests WHERE done_at IS NULL");
     assert_eq!(pending.trim(), "0", "the cancel is done");
+    let row = pg.sql(&stopped_row);
+    assert_eq!(
+        row.trim(),
+        "a|cancelled|t|1",
+        "the rescue left the stopped job ended"
+    );
 
     let mut a = spawn_host_with(&env, &url, ("a", "a"), LOSS_LEASE, &one_slot);
     wait_daemon_ready(&env, &a.state_dir, &mut a.daemon);

@@ -2,6 +2,7 @@
 //! (compare-and-set), and hands over to [`supervise`](super::supervise) when there is a
 //! conductor to watch.
 
+use super::journal;
 use super::registry::{Command, Inbox, Jobs};
 use super::{Order, OrderError, Purpose};
 use crate::process;
@@ -200,6 +201,10 @@ impl Actor {
                     )
                 })
                 .await?;
+                if self.jobs.board().is_some() {
+                    // Boxed: the board's query is no part of every job actor's future.
+                    Box::pin(journal::write_stopped(&self.jobs, &self.id)).await;
+                }
                 self.jobs.job_ended(&self.id, end, false, None);
                 self.jobs.publish_by(&self.id, end.as_str(), by);
                 Ok(None)

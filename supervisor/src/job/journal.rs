@@ -3,7 +3,9 @@
 //! the board, under the job's epoch, before the conductor gets its acknowledgement; so a step
 //! starts only after both commits. A write that matches no row (the job was rescued by another
 //! host) is refused: the job is stale here. A revert's write-ahead alone is let through while
-//! the board is unreachable and this daemon's lease holds (see [`write_ahead`]).
+//! the board is unreachable and this daemon's lease holds (see [`write_ahead`]). The end of
+//! a queued job stopped here is written the same way before its cancel or kill is
+//! acknowledged ([`write_stopped`]).
 
 use super::Jobs;
 use crate::board::journal::{Entry, JournalTask};
@@ -56,6 +58,29 @@ pub(super) async fn write_ahead(
             Ok(WriteAhead::Done)
         }
         written => written,
+    }
+}
+
+/// Writes the end of job `id`, stopped here before it started (a cancel or kill of a queued
+/// job), to its journal on the board before the order is acknowledged: a host that dies right
+/// after cannot leave it `pending` there, to be given back to the board by the rescue and run
+/// elsewhere. A board that does not answer leaves it to the mirror's next publication (a WARN
+/// says so); a refusal means another host holds the job now (recorded as a late write).
+pub(super) async fn write_stopped(jobs: &Jobs, id: &JobId) {
+    let Some(board) = jobs.board() else {
+        return;
+    };
+    let Some(Held::Epoch(epoch)) = board.held(id) else {
+        return;
+    };
+    match write(jobs, board, id, epoch, "stopped before it started").await {
+        Ok(WriteAhead::Done) => {}
+        Ok(WriteAhead::Refused) => {
+            tracing::warn!(job_id = %id, epoch, "stopped a queued job another host holds now");
+        }
+        Err(err) => {
+            tracing::warn!(job_id = %id, error = format!("{err:#}"), "stop of a queued job not yet on the board; the mirror writes it later");
+        }
     }
 }
 
