@@ -482,7 +482,7 @@ fn wait_local_state(env: &TestEnv, state_dir: &Path, id: &str, deadline: Duratio
 
 /// Issue 11, rule 3, and the mirror: three daemons on one board; a job submitted on a shows
 /// in `ls` of b and c with its host; `cancel --wait` from b reaches a, runs the job's revert
-/// and exits 3, and b's `status` then shows it cancelled on a (`ls --all` too); `kill` from c
+/// and exits 3, and b's `status` then shows it cancelled on a, with its tasks as a's own status shows them (`ls --all` too); `kill` from c
 /// ends another job of a `killed`; and with every listener's connection terminated
 /// (`pg_terminate_backend`: a notification may be lost), a cancel from b still reaches a
 /// within lease/3 (the owner reads its requests at every renewal, and after a reconnect), as
@@ -539,10 +539,22 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     let (code, out, err) = cli_at(&env, &b.state_dir, &["status", &first], DEADLINE);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cancelled"), "{out}");
-    assert!(out.contains("host: a (details are on its host"), "{out}");
+    assert!(out.contains("host: a (from the board's journal"), "{out}");
+    assert!(out.contains("attempts 1"), "its tasks are listed: {out}");
     let remote = status_json_at(&env, &b.state_dir, &first);
     assert_eq!(remote["host"], "a", "{remote}");
     assert_eq!(remote["state"], "cancelled", "{remote}");
+    // Its tasks as the board's journal has them: the same as a's own status shows.
+    let states = |status: &Value| -> Vec<(String, String)> {
+        let tasks = status["tasks"].as_array().cloned().unwrap_or_default();
+        tasks
+            .iter()
+            .map(|t| (t["name"].to_string(), t["state"].to_string()))
+            .collect()
+    };
+    assert!(!states(&remote).is_empty(), "{remote}");
+    assert_eq!(states(&remote), states(&owned), "b {remote}\na {owned}");
+    assert_eq!(remote["reason"], owned["reason"], "{remote}");
     // Ended: gone from b's live list, still in its `ls --all`.
     let live = ls_json(&env, &b.state_dir, &[]).unwrap_or_default();
     assert!(

@@ -260,6 +260,15 @@ pub enum ClientReply {
         host: String,
         event: Event,
     },
+    /// `status` of a job another host holds (or no host yet), to a version 8 client: the
+    /// mirror's summary (its host, current task) and its status as the board's journal has it:
+    /// its reason, file and tasks (state, attempts, result, revert pending), a moment behind
+    /// its host; its output, times, process and history stay on its host. Added at the end
+    /// (protocol 8); older clients get `HostedStatus`.
+    BoardStatus {
+        hosted: Box<HostedJob>,
+        status: Box<JobStatus>,
+    },
 }
 
 /// A write a stale owner made about a job after the job was taken from it, refused by the
@@ -603,10 +612,14 @@ mod tests {
         for message in [
             reply,
             ClientReply::HostedJobs(vec![hosted.clone()]),
-            ClientReply::HostedStatus(Box::new(hosted)),
+            ClientReply::HostedStatus(Box::new(hosted.clone())),
             ClientReply::Requested { host: "b".into() },
             ClientReply::HostStatus {
                 host: "c".into(),
+                status: Box::new(status.clone()),
+            },
+            ClientReply::BoardStatus {
+                hosted: Box::new(hosted.clone()),
                 status: Box::new(status.clone()),
             },
             ClientReply::JournalStatus {

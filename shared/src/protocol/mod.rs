@@ -31,8 +31,10 @@ pub mod v3;
 /// resume plan (`PlanAction::Resume`, appended: version 5 has the same layout without it, and
 /// a version 5 peer never receives it). Version 7: other hosts' job changes in `events`
 /// (`ClientReply::HostedEvent`, appended), and a `Done` in that stream after a gap; a version 6
-/// client gets neither (the conductor's messages are version 6's).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// client gets neither (the conductor's messages are version 6's). Version 8: `status` of
+/// another host's job with its tasks from the board's journal (`ClientReply::BoardStatus`,
+/// appended; a version 7 client gets `HostedStatus`).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The oldest version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -66,6 +68,6 @@ mod tests {
         assert_eq!(negotiate(MIN_PROTOCOL_VERSION), Some(MIN_PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION + 5), Some(PROTOCOL_VERSION));
-        assert_eq!(supported_versions(), "1..=7");
+        assert_eq!(supported_versions(), "1..=8");
     }
 }

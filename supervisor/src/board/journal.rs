@@ -14,6 +14,7 @@ use crate::store::TaskRow;
 use shared::ids::JobId;
 use shared::protocol::client::{JobSummary, LateWrite};
 use shared::spec::OnHostLoss;
+use shared::state::ExecOutcome;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
@@ -43,6 +44,80 @@ impl From<&TaskRow> for JournalTask {
             result: task.result.clone(),
         }
     }
+}
+
+impl TryFrom<&JournalTask> for TaskRow {
+    type Error = shared::state::UnknownState;
+
+    /// The journal's task as the store's row, without what the journal does not keep (its
+    /// error, its times).
+    fn try_from(task: &JournalTask) -> Result<Self, Self::Error> {
+        Ok(Self {
+            idx: u32::try_from(task.idx).unwrap_or(u32::MAX),
+            name: task.name.clone(),
+            has_revert: task.has_revert,
+            state: task.state.parse()?,
+            attempts: u32::try_from(task.attempts).unwrap_or(0),
+            exec_outcome: task.exec_outcome.as_deref().and_then(ExecOutcome::parse),
+            result: task.result.clone(),
+            error: None,
+            started_ms: None,
+            ended_ms: None,
+        })
+    }
+}
+
+/// What the board's journal holds of a job besides its mirrored summary: its reason, file,
+/// spec (JSON) and tasks, read together in one statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Journaled {
+    pub reason: Option<String>,
+    pub source: String,
+    pub spec: String,
+    pub tasks: Vec<JournalTask>,
+}
+
+/// The journal of job `id` as host `host` (empty: no host) holds it; `None` when the board
+/// has no such row.
+pub async fn read(
+    client: &Client,
+    id: &JobId,
+    host: &str,
+) -> Result<Option<Journaled>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT j.reason, j.source, j.spec, t.idx, t.name, t.has_revert, t.state, t.attempts,
+                    t.exec_outcome, t.result
+             FROM jobs j LEFT JOIN job_tasks t ON t.job_id = j.id
+             WHERE j.id = $1 AND COALESCE(j.host, '') = $2
+             ORDER BY t.idx",
+            &[&id.as_str(), &host],
+        )
+        .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut journaled = Journaled {
+        reason: first.try_get(0)?,
+        source: text_or_empty(first, 1)?,
+        spec: text_or_empty(first, 2)?,
+        tasks: Vec::with_capacity(rows.len()),
+    };
+    for row in &rows {
+        let Some(idx) = row.try_get::<_, Option<i32>>(3)? else {
+            continue;
+        };
+        journaled.tasks.push(JournalTask {
+            idx,
+            name: row.try_get(4)?,
+            has_revert: row.try_get(5)?,
+            state: row.try_get(6)?,
+            attempts: row.try_get(7)?,
+            exec_outcome: row.try_get(8)?,
+            result: text_or_empty(row, 9)?,
+        });
+    }
+    Ok(Some(journaled))
 }
 
 /// A job as `submit` writes it on the board (epoch 1, state `pending`).

@@ -74,6 +74,19 @@ impl Board {
         .await
     }
 
+    /// The journal of job `id` as `host` (empty: no host) holds it ([`journal::read`]).
+    pub async fn read_journal(
+        &self,
+        id: &JobId,
+        host: &str,
+    ) -> Result<Option<journal::Journaled>, BoardError> {
+        let (id, host) = (id.clone(), host.to_owned());
+        self.with_query("read a job's journal from the board", |c| async move {
+            journal::read(c.client(), &id, &host).await
+        })
+        .await
+    }
+
     /// Where the `limit` most recent jobs of `query` begin in the mirror.
     pub async fn list_start(&self, query: Arc<RemoteQuery>, limit: u64) -> Result<i64, BoardError> {
         self.with_query("list the board's jobs", |c| async move {

@@ -52,7 +52,11 @@ pub enum Seen {
         /// A stale owner's refused writes about the job (on a board).
         late_writes: Vec<LateWrite>,
     },
-    Elsewhere(Box<HostedJob>),
+    Elsewhere {
+        hosted: Box<HostedJob>,
+        /// Its status as the board's journal has it (a version 8 daemon), when it has one.
+        journal: Option<Box<JobStatus>>,
+    },
 }
 
 /// `status --json` of a job this daemon holds: its status, then `host` (null without a board),
@@ -117,6 +121,19 @@ pub fn print_elsewhere(hosted: &HostedJob) {
     }
     if job.running > 1 {
         println!("  tasks running: {}", job.running);
+    }
+}
+
+/// What `status` of another host's job (or an unclaimed one) shows on its host line, under a
+/// status read from the board's journal.
+#[must_use]
+pub fn journal_host_line(hosted: &HostedJob) -> String {
+    match claimed_by(&hosted.host) {
+        Some(host) => format!(
+            "{host} (from the board's journal: its output, times and history are on {host}: `supervisor logs {}`)",
+            hosted.job.id
+        ),
+        None => "- (not claimed yet: a host with a free slot takes it)".to_owned(),
     }
 }
 
@@ -214,7 +231,7 @@ pub async fn wait_elsewhere(
         }
         next_read = Instant::now() + poll;
         match super::jobs::status_any(dir.clone(), job).await? {
-            Seen::Elsewhere(hosted) => seen = *hosted,
+            Seen::Elsewhere { hosted, .. } => seen = *hosted,
             Seen::Here { .. } => return Box::pin(super::jobs::wait_for_end(dir, job)).await,
         }
     }

@@ -241,7 +241,16 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
                             print_status(status, host.as_deref());
                             super::board::print_late_writes(late_writes);
                         }
-                        Seen::Elsewhere(hosted) => super::board::print_elsewhere(hosted),
+                        Seen::Elsewhere {
+                            hosted,
+                            journal: Some(status),
+                        } => {
+                            print_status(status, Some(&super::board::journal_host_line(hosted)));
+                        }
+                        Seen::Elsewhere {
+                            hosted,
+                            journal: None,
+                        } => super::board::print_elsewhere(hosted),
                     }
                 }
             }
@@ -613,7 +622,7 @@ async fn simple(
 async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
     match status_any(dir, job).await? {
         Seen::Here { status, .. } => Ok(*status),
-        Seen::Elsewhere(hosted) => Err(Failure::new(
+        Seen::Elsewhere { hosted, .. } => Err(Failure::new(
             exit::INTERNAL,
             format!("job {} moved to host {}", hosted.job.id, hosted.host),
         )),
@@ -649,12 +658,21 @@ pub(super) async fn status_any(dir: Option<PathBuf>, job: &str) -> Outcome<Seen>
             host: Some(host),
             late_writes,
         }),
-        ClientReply::HostedStatus(hosted) => Ok(Seen::Elsewhere(hosted)),
+        ClientReply::HostedStatus(hosted) => Ok(Seen::Elsewhere {
+            hosted,
+            journal: None,
+        }),
+        ClientReply::BoardStatus { hosted, status } => Ok(Seen::Elsewhere {
+            hosted,
+            journal: Some(status),
+        }),
         other => Err(unexpected(&other)),
     }
 }
 
-/// `status --json` of one job: its whole status, or another host's job's summary with `host`.
+/// `status --json` of one job: its whole status with `host` (another host's job: as the board's
+/// journal has it), or another host's job's summary with `host` (from a daemon older than
+/// protocol 8, or a job only mirrored).
 #[derive(serde::Serialize)]
 #[serde(untagged)]
 enum StatusJson<'a> {
@@ -673,7 +691,18 @@ fn status_json(seen: &Seen) -> StatusJson<'_> {
             host: host.as_deref(),
             late_writes,
         }),
-        Seen::Elsewhere(hosted) => StatusJson::Elsewhere(Listed {
+        Seen::Elsewhere {
+            hosted,
+            journal: Some(status),
+        } => StatusJson::Here(StatusHere {
+            status,
+            host: super::board::claimed_by(&hosted.host),
+            late_writes: &[],
+        }),
+        Seen::Elsewhere {
+            hosted,
+            journal: None,
+        } => StatusJson::Elsewhere(Listed {
             job: &hosted.job,
             host: super::board::claimed_by(&hosted.host),
         }),
@@ -700,7 +729,7 @@ pub(super) async fn wait_for_end(dir: Option<PathBuf>, job: &str) -> Outcome<i32
     let mut events = events.into_replies();
     let mut status = match status_any(dir.clone(), job).await? {
         Seen::Here { status, .. } => *status,
-        Seen::Elsewhere(hosted) => {
+        Seen::Elsewhere { hosted, .. } => {
             let events = carries_board.then_some(events);
             return super::board::wait_elsewhere(dir, job, *hosted, events).await;
         }

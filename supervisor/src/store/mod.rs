@@ -29,6 +29,7 @@ mod transitions;
 pub use actor::StoreHandle;
 pub use journal::{ImportedTask, JournalRow, draw_id};
 pub use operators::MetricsCounts;
+pub use queries::task_statuses;
 pub use reports::Applied;
 
 use rusqlite::{Connection, OptionalExtension, params};

@@ -96,11 +96,6 @@ impl Store {
         let (last_order, spec): (Option<String>, String) = conn
             .prepare_cached("SELECT last_order, spec FROM jobs WHERE id = ?1")?
             .query_row([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        let after = after_names(&spec);
-        let accounting = matches!(
-            job.state,
-            JobState::Killed | JobState::Crashed | JobState::RevertFailed
-        );
         Ok(JobStatus {
             id: id.clone(),
             name: job.name,
@@ -115,16 +110,7 @@ impl Store {
             unresponsive_since_ms: job.unresponsive_ms,
             last_order: super::operators::decode(last_order.as_deref()),
             paused_since_ms: job.paused_ms,
-            tasks: tasks
-                .into_iter()
-                .map(|t| {
-                    let after = usize::try_from(t.idx)
-                        .ok()
-                        .and_then(|i| after.get(i).cloned())
-                        .unwrap_or_default();
-                    task_status(t, accounting, after)
-                })
-                .collect(),
+            tasks: task_statuses(job.state, tasks, &spec),
         })
     }
 
@@ -181,6 +167,28 @@ fn after_names(spec: &str) -> Vec<Vec<String>> {
                 .iter()
                 .map(|&d| spec.tasks[d].name.clone())
                 .collect()
+        })
+        .collect()
+}
+
+/// The tasks of a job in `state` as `status` shows them, from their rows and the job's spec
+/// (JSON; a graph's `after` comes from it): the store's, or the board's journal of another
+/// host's job.
+#[must_use]
+pub fn task_statuses(state: JobState, tasks: Vec<TaskRow>, spec: &str) -> Vec<TaskStatus> {
+    let after = after_names(spec);
+    let accounting = matches!(
+        state,
+        JobState::Killed | JobState::Crashed | JobState::RevertFailed
+    );
+    tasks
+        .into_iter()
+        .map(|t| {
+            let after = usize::try_from(t.idx)
+                .ok()
+                .and_then(|i| after.get(i).cloned())
+                .unwrap_or_default();
+            task_status(t, accounting, after)
         })
         .collect()
 }

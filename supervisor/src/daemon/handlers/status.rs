@@ -1,19 +1,33 @@
 //! `status JOB`: the job and each of its tasks. On a job board (to version 4 clients), a job
 //! this daemon holds comes with its host name (`HostStatus`), and a job it does not hold is
-//! answered from the board's mirror (`HostedStatus`): its host, name, state and task; the
-//! details stay on its host. A job whose journal holds a stale owner's refused writes comes
-//! with them (`JournalStatus`).
+//! answered from the board: to a version 8 client with its status as the board's journal has
+//! it (`BoardStatus`: reason, file, each task's state, attempts, result and pending revert, a
+//! moment behind its host; its output, times and history stay there), to older ones, or for
+//! a job without a journal (mirrored only), with the mirror's summary (`HostedStatus`). A job
+//! whose journal holds a stale owner's refused writes comes with them (`JournalStatus`).
 
 use super::{Reply, find, remote, store_refusal};
 use crate::board::Board;
 use crate::job::Jobs;
-use shared::protocol::client::{ClientReply, ErrorCode};
+use crate::store::{TaskRow, task_statuses};
+use shared::protocol::client::{ClientReply, ErrorCode, HostedJob, JobStatus};
+
+/// The first protocol version whose clients read `BoardStatus`.
+const BOARD_STATUS: u32 = 8;
 
 pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str) -> Reply {
     let id = match (find(jobs, job).await, board) {
         (Ok(id), _) => id,
         (Err(refusal), Some(board)) if version >= 4 => {
             let hosted = remote::find(board, job).await?.ok_or(refusal)?;
+            if version >= BOARD_STATUS {
+                if let Some(status) = journal_status(board, &hosted).await {
+                    return Ok(ClientReply::BoardStatus {
+                        hosted: Box::new(hosted),
+                        status: Box::new(status),
+                    });
+                }
+            }
             return Ok(ClientReply::HostedStatus(Box::new(hosted)));
         }
         (Err(refusal), _) => return Err(refusal),
@@ -46,6 +60,52 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str)
             status: Box::new(status),
             late_writes,
         }
+    })
+}
+
+/// The status of `hosted`, another host's job, from the board's journal; `None` when the
+/// journal has no task of it (a job only mirrored), or cannot be read or understood (logged):
+/// the mirror's summary answers then.
+async fn journal_status(board: &Board, hosted: &HostedJob) -> Option<JobStatus> {
+    let job = &hosted.job;
+    let journaled = match board.read_journal(&job.id, &hosted.host).await {
+        Ok(journaled) => journaled?,
+        Err(err) => {
+            let message = format!("{:#}", anyhow::Error::from(err));
+            tracing::warn!(job_id = %job.id, error = %message, "cannot read a job's journal from the board");
+            return None;
+        }
+    };
+    let tasks = match journaled
+        .tasks
+        .iter()
+        .map(TaskRow::try_from)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(tasks) => tasks,
+        Err(err) => {
+            tracing::warn!(job_id = %job.id, error = %err, "a job's journal on the board is unreadable here");
+            return None;
+        }
+    };
+    if tasks.is_empty() {
+        return None;
+    }
+    Some(JobStatus {
+        id: job.id.clone(),
+        name: job.name.clone(),
+        state: job.state,
+        reason: journaled.reason,
+        source: journaled.source,
+        created_ms: job.created_ms,
+        started_ms: None,
+        ended_ms: None,
+        conductor_pid: None,
+        containment: None,
+        unresponsive_since_ms: None,
+        tasks: task_statuses(job.state, tasks, &journaled.spec),
+        last_order: None,
+        paused_since_ms: job.paused_since_ms,
     })
 }
 
