@@ -237,6 +237,46 @@ fn happy_path_submit_wait_status_ls_logs() {
     assert_eq!(out.lines().collect::<Vec<_>>(), ["[b] out-b"]);
 }
 
+/// A status too large for one reply (20 tasks of 60,000-byte results, 1.2 MB against the
+/// protocol's 1 MiB frame) is sent with each task's result cut, saying so, instead of a
+/// connection closed without a word; the whole output stays in `logs` (in lines of 16 KiB).
+#[test]
+fn a_status_of_large_results_is_cut_to_fit_one_reply() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon(&[]);
+    let tasks: String = (0..20)
+        .map(|i| {
+            format!("[[task]]\nname = \"t{i}\"\nrun = \"head -c 60000 /dev/zero | tr '\\\\0' x\"\n")
+        })
+        .collect();
+    let file = job(&env, "large", "", &tasks);
+    let mut waiter = spawn_cli(&env, &["submit", file.to_str().expect("UTF-8"), "--wait"]);
+    assert_eq!(waiter.wait_exit(LONG_DEADLINE), 0, "{}", waiter.report());
+    let id = waiter
+        .stdout_lines()
+        .first()
+        .map(|l| l.trim().to_owned())
+        .expect("job id");
+
+    let (code, out, err) = cli(&env, &["status", &id, "--json"]);
+    assert_eq!(code, 0, "status: {err}");
+    let status: Value = serde_json::from_str(&out).expect("status --json is JSON");
+    let results = task_field(&status, "result");
+    assert_eq!(results.len(), 20, "{out}");
+    for (task, result) in &results {
+        assert!(result.starts_with("xxx"), "{task}: {result}");
+        assert!(result.ends_with(" bytes cut]"), "{task}: {}", result.len());
+    }
+    let (code, out, err) = cli(&env, &["logs", &id, "--task", "t7"]);
+    assert_eq!(code, 0, "logs: {err}");
+    // Split into lines of at most 16 KiB, all of it there.
+    let text: String = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("[t7] "))
+        .collect();
+    assert_eq!(text, "x".repeat(60_000), "{}", out.len());
+}
+
 #[test]
 fn error_exit_codes() {
     let env = TestEnv::new();

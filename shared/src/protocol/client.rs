@@ -11,7 +11,10 @@
 //! that follows a job reads its state again.
 
 use crate::ids::JobId;
-use crate::protocol::codec::{Decoder, FrameError, decode_body, encode_frame};
+use crate::protocol::codec::{
+    Decoder, FrameError, MAX_FRAME_LEN, decode_body, encode_frame, encoded_len,
+};
+use crate::protocol::conductor::{MAX_RESULT_LEN, bound_with_marker};
 pub use crate::protocol::operator::{Action, Requester};
 use crate::protocol::v1::ClientRequestV1;
 use crate::protocol::v2::ClientRequestV2;
@@ -469,6 +472,71 @@ pub struct LogLine {
     pub line: String,
 }
 
+impl JobStatus {
+    /// Bounds each task's result and error to `max` bytes, marker included
+    /// ([`bound_with_marker`]): a status of many large results then fits in one frame. The
+    /// whole texts stay in the store; a result is its step's stdout (`supervisor logs`).
+    pub fn bound_texts(&mut self, max: usize) {
+        for task in &mut self.tasks {
+            bound_with_marker(&mut task.result, max);
+            if let Some(error) = &mut task.error {
+                bound_with_marker(error, max);
+            }
+        }
+    }
+}
+
+impl ClientReply {
+    /// The job status this reply carries, if it carries one.
+    pub fn status_mut(&mut self) -> Option<&mut JobStatus> {
+        match self {
+            Self::Status(status)
+            | Self::HostStatus { status, .. }
+            | Self::JournalStatus { status, .. }
+            | Self::BoardStatus { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// This reply as one frame can carry it: a status too large for one has its tasks' texts
+    /// cut ([`JobStatus::bound_texts`]), to less and less until it fits; any other reply too
+    /// large, or a status that cannot fit (tens of thousands of tasks), becomes an error that
+    /// says so, instead of a connection closed without a word.
+    #[must_use]
+    pub fn within_frame(mut self) -> Self {
+        let mut max = MAX_RESULT_LEN;
+        loop {
+            let len = match encoded_len(&self) {
+                Ok(len) if len <= MAX_FRAME_LEN => return self,
+                Ok(len) => len,
+                Err(err) => {
+                    return Self::Error {
+                        code: ErrorCode::Internal,
+                        message: format!("cannot encode the reply: {err}"),
+                    };
+                }
+            };
+            match self.status_mut() {
+                Some(status) if max >= MIN_BOUND => {
+                    status.bound_texts(max);
+                    max /= 4;
+                }
+                _ => {
+                    return Self::Error {
+                        code: ErrorCode::Internal,
+                        message: format!(
+                            "the reply is {len} bytes, over the protocol's limit of {MAX_FRAME_LEN}"
+                        ),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The least a status's texts are cut to before [`ClientReply::within_frame`] gives up.
+const MIN_BOUND: usize = 64;
+
 /// A state change, for `events`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -646,5 +714,77 @@ mod tests {
             let decoded: ClientReply = decode_body(&frame[4..]).expect("decodes");
             assert_eq!(decoded, message);
         }
+    }
+
+    fn status_of(tasks: usize, result_len: usize) -> JobStatus {
+        JobStatus {
+            id: JobId::from_random(7),
+            name: "big".into(),
+            state: JobState::Success,
+            reason: None,
+            source: "/jobs/big.toml".into(),
+            created_ms: 1,
+            started_ms: None,
+            ended_ms: None,
+            conductor_pid: None,
+            containment: None,
+            unresponsive_since_ms: None,
+            tasks: (0..tasks)
+                .map(|i| TaskStatus {
+                    name: format!("t{i}"),
+                    state: TaskState::Success,
+                    revert_pending: false,
+                    attempts: 1,
+                    exec_outcome: None,
+                    result: "é".repeat(result_len / 2),
+                    error: Some("x".repeat(result_len)),
+                    started_ms: None,
+                    ended_ms: None,
+                    after: Vec::new(),
+                })
+                .collect(),
+            last_order: None,
+            paused_since_ms: None,
+        }
+    }
+
+    /// A status whose results do not fit in one frame is sent with its texts cut, saying so;
+    /// one that fits is sent as it is.
+    #[test]
+    fn a_status_too_large_for_a_frame_is_sent_with_its_texts_cut() {
+        let small = ClientReply::Status(Box::new(status_of(3, 1000)));
+        assert_eq!(small.clone().within_frame(), small);
+
+        let reply = ClientReply::Status(Box::new(status_of(40, 60_000))).within_frame();
+        let len = encoded_len(&reply).expect("encodes");
+        assert!(len <= MAX_FRAME_LEN, "{len}");
+        let ClientReply::Status(status) = reply else {
+            panic!("not a status: {reply:?}");
+        };
+        assert_eq!(status.tasks.len(), 40);
+        for task in &status.tasks {
+            assert!(
+                task.result.ends_with(" bytes cut]"),
+                "{}",
+                task.result.len()
+            );
+            assert!(task.result.starts_with("éé"), "cut at a character boundary");
+            assert!(
+                task.error
+                    .as_deref()
+                    .is_some_and(|e| e.ends_with(" bytes cut]"))
+            );
+        }
+    }
+
+    /// A reply that cannot be cut to fit becomes an error that says why.
+    #[test]
+    fn a_reply_that_cannot_fit_becomes_an_error() {
+        let huge = ClientReply::Status(Box::new(status_of(200_000, 0)));
+        let ClientReply::Error { code, message } = huge.within_frame() else {
+            panic!("not an error");
+        };
+        assert_eq!(code, ErrorCode::Internal);
+        assert!(message.contains("over the protocol's limit"), "{message}");
     }
 }
