@@ -222,6 +222,52 @@ fn ls_streams_a_history_larger_than_a_frame() {
     shutdown(&env, &mut daemon);
 }
 
+/// A prune of more jobs than one reply can list (130,000, about 1.2 MB of ids against the
+/// protocol's 1 MiB frame) succeeds and says how many it deleted, listing the first 100,000,
+/// instead of a closed connection after the deed.
+#[test]
+fn a_prune_of_more_jobs_than_one_reply_lists_counts_them_all() {
+    const MANY: usize = 130_000;
+    let env = TestEnv::new();
+    let mut daemon = start_daemon_at(&env, &env.state_dir(), &[]);
+    let file = env.job(
+        "one.toml",
+        "name = \"one\"",
+        "[[task]]\nname = \"t\"\nrun = \"true\"\n",
+    );
+    let template = submit_at(&env, &env.state_dir(), &file);
+    wait_for(DEADLINE, "the template job to end", || {
+        let (_, out, _) = cli(&env, &["status", &template, "--json"], DEADLINE);
+        out.contains("\"success\"").then_some(()).ok_or(out)
+    });
+    shutdown(&env, &mut daemon);
+    fill_history(&env.state_dir().join("state.db"), &template, MANY);
+
+    let mut daemon = start_daemon_at(&env, &env.state_dir(), &[]);
+    let start = Instant::now();
+    let (code, out, err) = cli(
+        &env,
+        &["prune", "--older-than", "0s", "--json"],
+        LONG_DEADLINE,
+    );
+    println!("prune of {} jobs: {:?}", MANY + 1, start.elapsed());
+    assert_eq!(code, 0, "prune: {err}");
+    let pruned: serde_json::Value = serde_json::from_str(&out).expect("prune --json is JSON");
+    assert_eq!(pruned["count"], MANY + 1, "{}", &out[..out.len().min(300)]);
+    let listed = pruned["jobs"].as_array().map_or(0, Vec::len);
+    assert_eq!(listed, 100_000);
+    assert_eq!(pruned["jobs"][0], template.as_str(), "in submission order");
+    assert_eq!(
+        ls_ids(&env, &["--all"]),
+        Vec::<String>::new(),
+        "all of them gone"
+    );
+    let (code, out, err) = cli(&env, &["prune", "--older-than", "0s"], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("pruned 0 job(s)"), "{out}");
+    shutdown(&env, &mut daemon);
+}
+
 #[test]
 fn submit_wait_returns_at_the_end_of_the_job() {
     let env = TestEnv::new();

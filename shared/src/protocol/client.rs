@@ -272,6 +272,14 @@ pub enum ClientReply {
         hosted: Box<HostedJob>,
         status: Box<JobStatus>,
     },
+    /// The answer to `Prune` when the ids of the jobs it deleted do not fit in one frame (over
+    /// a hundred thousand), to a version 8 client: `count` jobs were deleted, `summary.jobs`
+    /// lists the first of them. Added at the end (protocol 8); an older client gets an error
+    /// that says the reply is too large (the prune is done all the same).
+    PrunedMany {
+        summary: PruneSummary,
+        count: u64,
+    },
 }
 
 /// A write a stale owner made about a job after the job was taken from it, refused by the
@@ -346,7 +354,7 @@ impl std::fmt::Display for HostState {
 }
 
 /// What `prune` did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PruneSummary {
     /// The jobs deleted, in submission order: this host's, then (on a job board) the ended
     /// unclaimed ones it deleted from the board.
@@ -498,12 +506,14 @@ impl ClientReply {
         }
     }
 
-    /// This reply as one frame can carry it: a status too large for one has its tasks' texts
-    /// cut ([`JobStatus::bound_texts`]), to less and less until it fits; any other reply too
-    /// large, or a status that cannot fit (tens of thousands of tasks), becomes an error that
-    /// says so, instead of a connection closed without a word.
+    /// This reply as one frame can carry it, to a client of protocol `version`: a status too
+    /// large for one has its tasks' texts cut ([`JobStatus::bound_texts`]), to less and less
+    /// until it fits; a prune's list of jobs is cut to its first [`PRUNED_LISTED`] with their
+    /// count beside (`PrunedMany`, version 8); any other reply too large, or a status that
+    /// cannot fit (tens of thousands of tasks), becomes an error that says so, instead of a
+    /// connection closed without a word.
     #[must_use]
-    pub fn within_frame(mut self) -> Self {
+    pub fn within_frame(mut self, version: u32) -> Self {
         let mut max = MAX_RESULT_LEN;
         loop {
             let len = match encoded_len(&self) {
@@ -516,6 +526,14 @@ impl ClientReply {
                     };
                 }
             };
+            if let Self::Pruned(summary) = &mut self {
+                if version >= PRUNED_MANY && summary.jobs.len() > PRUNED_LISTED {
+                    let count = u64::try_from(summary.jobs.len()).unwrap_or(u64::MAX);
+                    summary.jobs.truncate(PRUNED_LISTED);
+                    let summary = std::mem::take(summary);
+                    return Self::PrunedMany { summary, count };
+                }
+            }
             match self.status_mut() {
                 Some(status) if max >= MIN_BOUND => {
                     status.bound_texts(max);
@@ -536,6 +554,13 @@ impl ClientReply {
 
 /// The least a status's texts are cut to before [`ClientReply::within_frame`] gives up.
 const MIN_BOUND: usize = 64;
+
+/// How many of a prune's jobs a `PrunedMany` lists: their ids take 9 bytes each, so these fit
+/// in one frame with room to spare.
+pub const PRUNED_LISTED: usize = 100_000;
+
+/// The first protocol version whose clients read `PrunedMany`.
+const PRUNED_MANY: u32 = 8;
 
 /// A state change, for `events`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -753,9 +778,15 @@ mod tests {
     #[test]
     fn a_status_too_large_for_a_frame_is_sent_with_its_texts_cut() {
         let small = ClientReply::Status(Box::new(status_of(3, 1000)));
-        assert_eq!(small.clone().within_frame(), small);
+        assert_eq!(
+            small
+                .clone()
+                .within_frame(crate::protocol::PROTOCOL_VERSION),
+            small
+        );
 
-        let reply = ClientReply::Status(Box::new(status_of(40, 60_000))).within_frame();
+        let reply = ClientReply::Status(Box::new(status_of(40, 60_000)))
+            .within_frame(crate::protocol::PROTOCOL_VERSION);
         let len = encoded_len(&reply).expect("encodes");
         assert!(len <= MAX_FRAME_LEN, "{len}");
         let ClientReply::Status(status) = reply else {
@@ -777,11 +808,46 @@ mod tests {
         }
     }
 
+    /// A prune of more jobs than one frame lists says how many, and lists the first; a client
+    /// older than version 8 gets an error instead (the prune is done all the same).
+    #[test]
+    fn a_prune_of_more_jobs_than_a_frame_lists_gives_their_count() {
+        let summary = PruneSummary {
+            jobs: (0..130_000).map(JobId::from_random).collect(),
+            store_bytes_before: 9,
+            store_bytes_after: 3,
+        };
+        let reply = ClientReply::Pruned(summary.clone()).within_frame(8);
+        let ClientReply::PrunedMany {
+            summary: cut,
+            count,
+        } = &reply
+        else {
+            panic!("not PrunedMany");
+        };
+        assert_eq!(*count, 130_000);
+        assert_eq!(cut.jobs[..], summary.jobs[..PRUNED_LISTED]);
+        assert_eq!((cut.store_bytes_before, cut.store_bytes_after), (9, 3));
+        let frame = encode_frame(&reply).expect("fits one frame");
+        assert_eq!(
+            decode_body::<ClientReply>(&frame[4..]).expect("decodes"),
+            reply
+        );
+        assert!(matches!(
+            ClientReply::Pruned(summary).within_frame(7),
+            ClientReply::Error { .. }
+        ));
+        let small = ClientReply::Pruned(PruneSummary::default());
+        assert_eq!(small.clone().within_frame(8), small);
+    }
+
     /// A reply that cannot be cut to fit becomes an error that says why.
     #[test]
     fn a_reply_that_cannot_fit_becomes_an_error() {
         let huge = ClientReply::Status(Box::new(status_of(200_000, 0)));
-        let ClientReply::Error { code, message } = huge.within_frame() else {
+        let ClientReply::Error { code, message } =
+            huge.within_frame(crate::protocol::PROTOCOL_VERSION)
+        else {
             panic!("not an error");
         };
         assert_eq!(code, ErrorCode::Internal);

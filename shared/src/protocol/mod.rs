@@ -33,7 +33,8 @@ pub mod v3;
 /// (`ClientReply::HostedEvent`, appended), and a `Done` in that stream after a gap; a version 6
 /// client gets neither (the conductor's messages are version 6's). Version 8: `status` of
 /// another host's job with its tasks from the board's journal (`ClientReply::BoardStatus`,
-/// appended; a version 7 client gets `HostedStatus`).
+/// appended; a version 7 client gets `HostedStatus`), and a prune of more jobs than one frame
+/// lists (`ClientReply::PrunedMany`, appended; a version 7 client gets an error).
 pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The oldest version this build still speaks.

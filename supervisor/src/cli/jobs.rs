@@ -324,23 +324,40 @@ async fn prune(
         vacuum,
     };
     let reply = Client::call(dir, &request).await?;
-    let ClientReply::Pruned(summary) = reply else {
-        return Err(unexpected(&reply));
+    let (summary, count) = match reply {
+        ClientReply::Pruned(summary) => {
+            let count = u64::try_from(summary.jobs.len()).unwrap_or(u64::MAX);
+            (summary, count)
+        }
+        // More than one reply lists: the first ones, and how many.
+        ClientReply::PrunedMany { summary, count } => (summary, count),
+        other => return Err(unexpected(&other)),
     };
     if json {
+        let shown = PrunedJson {
+            summary: &summary,
+            count,
+        };
         println!(
             "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
+            serde_json::to_string_pretty(&shown).unwrap_or_default()
         );
     } else {
         println!(
-            "pruned {} job(s); store {} -> {} bytes",
-            summary.jobs.len(),
-            summary.store_bytes_before,
-            summary.store_bytes_after
+            "pruned {count} job(s); store {} -> {} bytes",
+            summary.store_bytes_before, summary.store_bytes_after
         );
     }
     Ok(exit::SUCCESS)
+}
+
+/// `prune --json`: the summary's fields, then `count`, how many jobs were deleted (more than
+/// `jobs` lists when they were too many for one reply).
+#[derive(serde::Serialize)]
+struct PrunedJson<'a> {
+    #[serde(flatten)]
+    summary: &'a shared::protocol::client::PruneSummary,
+    count: u64,
 }
 
 async fn submit(

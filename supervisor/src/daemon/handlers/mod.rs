@@ -115,20 +115,20 @@ pub async fn serve_client(jobs: Jobs, board: Option<Board>, mut stream: UnixStre
             let reply = operate::handle(&jobs, board.as_ref(), version, peer, order)
                 .await
                 .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
-            let _ = write_frame(&mut stream, &reply.within_frame()).await;
+            let _ = write_frame(&mut stream, &reply.within_frame(version)).await;
         }
         ClientRequest::Hosts => {
             let reply = hosts::handle(board.as_ref())
                 .await
                 .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
-            let _ = write_frame(&mut stream, &reply.within_frame()).await;
+            let _ = write_frame(&mut stream, &reply.within_frame(version)).await;
         }
         other => {
             let reply = dispatch(&jobs, board.as_ref(), version, other)
                 .await
                 .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
             // A status of many large results is cut to fit one frame (saying so in them).
-            let _ = write_frame(&mut stream, &reply.within_frame()).await;
+            let _ = write_frame(&mut stream, &reply.within_frame(version)).await;
         }
     }
 }
