@@ -129,28 +129,34 @@ fn read_reply(socket: &mut UnixStream) -> ClientReply {
     decode_body(&body).expect("a reply")
 }
 
-#[test]
-fn ls_streams_a_history_larger_than_a_frame() {
-    let env = TestEnv::new();
-    let mut daemon = start_daemon_at(&env, &env.state_dir(), &[]);
+/// A store of `count` finished jobs and their template (the first, returned), run once by a
+/// daemon and copied with SQL ([`fill_history`]); no daemon runs on it after.
+fn history_of(env: &TestEnv, count: usize) -> String {
+    let mut daemon = start_daemon_at(env, &env.state_dir(), &[]);
     let file = env.job(
         "one.toml",
         "name = \"one\"",
         "[[task]]\nname = \"t\"\nrun = \"true\"\n",
     );
-    let template = submit_at(&env, &env.state_dir(), &file);
+    let template = submit_at(env, &env.state_dir(), &file);
     wait_for(DEADLINE, "the template job to end", || {
-        let (_, out, _) = cli(&env, &["status", &template, "--json"], DEADLINE);
+        let (_, out, _) = cli(env, &["status", &template, "--json"], DEADLINE);
         out.contains("\"success\"").then_some(()).ok_or(out)
     });
-    shutdown(&env, &mut daemon);
-
+    shutdown(env, &mut daemon);
     let start = Instant::now();
-    fill_history(&env.state_dir().join("state.db"), &template, HISTORY);
+    fill_history(&env.state_dir().join("state.db"), &template, count);
     println!(
-        "fixture: {HISTORY} finished jobs inserted in {:?}",
+        "fixture: {count} finished jobs inserted in {:?}",
         start.elapsed()
     );
+    template
+}
+
+#[test]
+fn ls_streams_a_history_larger_than_a_frame() {
+    let env = TestEnv::new();
+    let template = history_of(&env, HISTORY);
 
     let mut daemon = start_daemon_at(&env, &env.state_dir(), &[]);
     let start = Instant::now();
@@ -229,19 +235,7 @@ fn ls_streams_a_history_larger_than_a_frame() {
 fn a_prune_of_more_jobs_than_one_reply_lists_counts_them_all() {
     const MANY: usize = 130_000;
     let env = TestEnv::new();
-    let mut daemon = start_daemon_at(&env, &env.state_dir(), &[]);
-    let file = env.job(
-        "one.toml",
-        "name = \"one\"",
-        "[[task]]\nname = \"t\"\nrun = \"true\"\n",
-    );
-    let template = submit_at(&env, &env.state_dir(), &file);
-    wait_for(DEADLINE, "the template job to end", || {
-        let (_, out, _) = cli(&env, &["status", &template, "--json"], DEADLINE);
-        out.contains("\"success\"").then_some(()).ok_or(out)
-    });
-    shutdown(&env, &mut daemon);
-    fill_history(&env.state_dir().join("state.db"), &template, MANY);
+    let template = history_of(&env, MANY);
 
     let mut daemon = start_daemon_at(&env, &env.state_dir(), &[]);
     let start = Instant::now();
