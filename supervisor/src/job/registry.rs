@@ -72,6 +72,11 @@ pub(super) struct Inner {
     ended: Notify,
     /// Wakes the scheduler: a job was queued or a slot freed.
     wake: Notify,
+    /// Jobs queued since the scheduler last looked, in submission order ([`Jobs::queued`]):
+    /// its next pass starts them without reading the queue from the store, unless `reread`.
+    added: Mutex<Vec<JobId>>,
+    /// The scheduler's next pass reads the queue from the store ([`Jobs::wake`]).
+    reread: AtomicBool,
     events: broadcast::Sender<Event>,
     stopping: AtomicBool,
     /// Set when the daemon stops without `--cancel`: supervisions end, conductors keep running.
@@ -104,6 +109,8 @@ impl Jobs {
                 supervising: Mutex::new(HashSet::new()),
                 ended: Notify::new(),
                 wake: Notify::new(),
+                added: Mutex::new(Vec::new()),
+                reread: AtomicBool::new(false),
                 events: broadcast::channel(4096).0,
                 stopping: AtomicBool::new(false),
                 detach: watch::channel(false).0,
@@ -241,7 +248,8 @@ impl Jobs {
     pub(super) fn supervision_ended(&self, id: &JobId) {
         self.supervised().remove(id);
         self.inner.ended.notify_waiters();
-        self.wake();
+        // A slot freed: the scheduler reads the queue only if its last pass left some behind.
+        self.inner.wake.notify_one();
     }
 
     /// Publishes a state change to `events` subscribers.
@@ -276,9 +284,35 @@ impl Jobs {
         self.inner.events.subscribe()
     }
 
-    /// Wakes the scheduler.
+    /// Wakes the scheduler to read the queue from the store: jobs were queued (claimed,
+    /// imported) or may start again (the lease regained).
     pub fn wake(&self) {
+        self.inner.reread.store(true, Ordering::SeqCst);
         self.inner.wake.notify_one();
+    }
+
+    /// Job `id`, just stored `pending` here, is queued: the scheduler starts it at its next
+    /// pass, after any job queued before it, without reading the queue from the store.
+    pub fn queued(&self, id: JobId) {
+        self.inner
+            .added
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(id);
+        self.inner.wake.notify_one();
+    }
+
+    /// What the scheduler has to look at since its last pass: the jobs queued through
+    /// [`Jobs::queued`], in order, and whether it must read the queue from the store.
+    pub fn take_queued(&self) -> (Vec<JobId>, bool) {
+        let added = std::mem::take(
+            &mut *self
+                .inner
+                .added
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        (added, self.inner.reread.swap(false, Ordering::SeqCst))
     }
 
     /// Resolves when the scheduler should look at the queue again.

@@ -81,7 +81,7 @@ pub async fn handle(
     };
     tracing::info!(job_id = %id, job = %name, "job submitted");
     jobs.publish(&id, None, JobState::Pending.as_str());
-    jobs.wake();
+    jobs.queued(id.clone());
     Ok(ClientReply::Submitted { job: id })
 }
 
