@@ -26,9 +26,10 @@ use crate::job::{Jobs, OrderError};
 use crate::store::StoreError;
 use shared::ids::JobId;
 use shared::protocol::client::{ClientReply, ClientRequest, ErrorCode};
-use shared::protocol::codec::{read_frame, read_frame_with, write_frame};
+use shared::protocol::codec::{FrameError, encode_frame, read_frame, read_frame_with, write_frame};
 use shared::protocol::{negotiate, supported_versions};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// How long a client has to say hello and send its request.
@@ -115,21 +116,36 @@ pub async fn serve_client(jobs: Jobs, board: Option<Board>, mut stream: UnixStre
             let reply = operate::handle(&jobs, board.as_ref(), version, peer, order)
                 .await
                 .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
-            let _ = write_frame(&mut stream, &reply.within_frame(version)).await;
+            send_reply(&mut stream, reply, version).await;
         }
         ClientRequest::Hosts => {
             let reply = hosts::handle(board.as_ref())
                 .await
                 .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
-            let _ = write_frame(&mut stream, &reply.within_frame(version)).await;
+            send_reply(&mut stream, reply, version).await;
         }
         other => {
             let reply = dispatch(&jobs, board.as_ref(), version, other)
                 .await
                 .unwrap_or_else(|(code, message)| ClientReply::Error { code, message });
-            // A status of many large results is cut to fit one frame (saying so in them).
-            let _ = write_frame(&mut stream, &reply.within_frame(version)).await;
+            send_reply(&mut stream, reply, version).await;
         }
+    }
+}
+
+/// Sends `reply`, encoded once; only one too large for a frame is made to fit first
+/// ([`ClientReply::within_frame`]: a status of many large results cut, saying so, a large
+/// prune counted), never dropped with the connection.
+async fn send_reply(stream: &mut UnixStream, reply: ClientReply, version: u32) {
+    let frame = match encode_frame(&reply) {
+        Err(FrameError::TooLarge { .. }) => encode_frame(&reply.within_frame(version)),
+        encoded => encoded,
+    };
+    match frame {
+        Ok(frame) => {
+            let _ = stream.write_all(&frame).await;
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot encode a reply"),
     }
 }
 
