@@ -1046,6 +1046,27 @@ impl TestEnv {
         submit_at(self, &self.state_dir(), file)
     }
 
+    /// `submit FILE --wait` on this environment's own state dir, asserting exit 0 within
+    /// `deadline` (the job succeeded): the job's id, the first line it prints.
+    #[must_use]
+    pub fn submit_wait(&self, file: &Path, deadline: Duration) -> String {
+        let state_dir = self.state_dir();
+        let args = [
+            "submit",
+            path_str(file),
+            "--wait",
+            "--state-dir",
+            path_str(&state_dir),
+        ];
+        let mut waiter = self.spawn(&args);
+        assert_eq!(waiter.wait_exit(deadline), 0, "{}", waiter.report());
+        waiter
+            .stdout_lines()
+            .first()
+            .map(|l| l.trim().to_owned())
+            .expect("submit --wait prints the job id first")
+    }
+
     /// [`status_json_at`] on this environment's own state dir.
     #[must_use]
     pub fn status_json(&self, id: &str) -> serde_json::Value {

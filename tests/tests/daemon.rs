@@ -181,13 +181,7 @@ fn happy_path_submit_wait_status_ls_logs() {
     let _daemon = env.start_daemon(&[]);
     let file = job(&env, "happy", "", THREE_TASKS);
 
-    let mut waiter = spawn_cli(&env, &["submit", file.to_str().expect("UTF-8"), "--wait"]);
-    assert_eq!(waiter.wait_exit(LONG_DEADLINE), 0, "{}", waiter.report());
-    let id = waiter
-        .stdout_lines()
-        .first()
-        .map(|l| l.trim().to_owned())
-        .expect("submit --wait prints the job id first");
+    let id = env.submit_wait(&file, LONG_DEADLINE);
     assert!(
         id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "first line {id:?} is not a job id"
@@ -250,13 +244,7 @@ fn a_status_of_large_results_is_cut_to_fit_one_reply() {
         })
         .collect();
     let file = job(&env, "large", "", &tasks);
-    let mut waiter = spawn_cli(&env, &["submit", file.to_str().expect("UTF-8"), "--wait"]);
-    assert_eq!(waiter.wait_exit(LONG_DEADLINE), 0, "{}", waiter.report());
-    let id = waiter
-        .stdout_lines()
-        .first()
-        .map(|l| l.trim().to_owned())
-        .expect("job id");
+    let id = env.submit_wait(&file, LONG_DEADLINE);
 
     let (code, out, err) = cli(&env, &["status", &id, "--json"]);
     assert_eq!(code, 0, "status: {err}");

@@ -767,13 +767,7 @@ fn task_sees_only_descriptors_0_1_2() {
     );
 
     let _daemon = env.start_daemon(&[]);
-    let mut waiter = spawn_cli(&env, &["submit", path_str(&file), "--wait"]);
-    assert_eq!(waiter.wait_exit(LONG_DEADLINE), 0, "{}", waiter.report());
-    let id = waiter
-        .stdout_lines()
-        .first()
-        .map(|l| l.trim().to_owned())
-        .expect("submit --wait prints the job id first");
+    let id = env.submit_wait(&file, LONG_DEADLINE);
     let (code, out, err) = cli(&env, &["logs", &id]);
     assert_eq!(code, 0, "logs: {err}");
     let lines: Vec<&str> = out.lines().map(str::trim_end).collect();

@@ -63,25 +63,6 @@ fn start_daemon_with_env(env: &TestEnv, set: &[(&str, &str)]) -> Run {
     daemon
 }
 
-/// `submit FILE --wait`; the job id (asserting the job succeeded).
-fn submit_and_wait(env: &TestEnv, file: &Path, deadline: Duration) -> String {
-    let state_dir = env.state_dir();
-    let args = [
-        "submit",
-        path_str(file),
-        "--wait",
-        "--state-dir",
-        path_str(&state_dir),
-    ];
-    let mut waiter = env.spawn(&args);
-    assert_eq!(waiter.wait_exit(deadline), 0, "{}", waiter.report());
-    waiter
-        .stdout_lines()
-        .first()
-        .map(|l| l.trim().to_owned())
-        .expect("submit --wait prints the job id first")
-}
-
 /// The job's stored output (`supervisor logs ID`), one line each.
 fn logs(env: &TestEnv, id: &str) -> Vec<String> {
     let (code, out, err) = cli(env, &["logs", id]);
@@ -115,7 +96,7 @@ fn a_task_sees_only_the_allowed_environment() {
         "inherit_env = [\"HTTP_PROXY\", \"NOT_SET_ANYWHERE\"]",
         "[[task]]\nname = \"e\"\nrun = \"env\"\nenv = { TASK_VAR = \"t\" }\n",
     );
-    let id = submit_and_wait(&env, &file, LONG_DEADLINE);
+    let id = env.submit_wait(&file, LONG_DEADLINE);
     let seen = env_map(
         &logs(&env, &id)
             .iter()
@@ -314,7 +295,7 @@ fn a_task_as_nobody_sees_only_descriptors_0_1_2() {
         "[limits]\nuser = \"nobody\"",
         "[[task]]\nname = \"fds\"\nrun = 'id -un; ls /proc/$$/fd; true'\n",
     );
-    let id = submit_and_wait(&env, &file, LONG_DEADLINE);
+    let id = env.submit_wait(&file, LONG_DEADLINE);
     let lines: Vec<String> = logs(&env, &id)
         .iter()
         .map(|l| l.trim_end().to_owned())
@@ -496,7 +477,7 @@ fn an_output_flood_grows_the_store_by_about_the_cap() {
         "[[task]]\nname = \"flood\"\n\
          run = \"head -c 300000000 /dev/zero | tr '\\\\0' x | fold -w 100; echo; echo last line\"\n",
     );
-    let id = submit_and_wait(&env, &file, Duration::from_secs(120));
+    let id = env.submit_wait(&file, Duration::from_secs(120));
     let store_after = tree_size(&state_dir);
     let rss_after = rss_kib(daemon.pid());
     let grown = store_after.saturating_sub(store_before);
