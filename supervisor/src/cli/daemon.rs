@@ -115,10 +115,12 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
     let result = (|| {
         let state_dir = StateDir::resolve(state_dir)?;
         let worker = WorkerCommand::locate(args.conductor_bin)?;
-        // Blocking threads run spawns, session-mode kills and the slow close of an inotify
-        // watch: on a host of a few cores, 64 keep a burst of thousands of starts moving without
-        // a thread (and its stack) per job (ARCHITECTURE.md, Bounds).
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        // One runtime thread for every actor and handler: each step of a job is a hop between
+        // it, the store's thread and the conductor, and a second worker only added wake-ups
+        // (ARCHITECTURE.md, Processes). Blocking threads run spawns, session-mode kills and the
+        // slow close of an inotify watch: on a host of a few cores, 64 keep a burst of
+        // thousands of starts moving without a thread (and its stack) per job (Bounds).
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .max_blocking_threads(64)
             .enable_all()
             .build()?;
