@@ -233,7 +233,12 @@ async fn find(jobs: &Jobs, text: &str) -> Result<JobId, Refusal> {
     jobs.store()
         .call(move |s| s.find_job(&text))
         .await
-        .map_err(|_| (ErrorCode::UnknownJob, format!("no such job: {shown}")))
+        .map_err(|_| unknown(&shown))
+}
+
+/// The refusal of a job id that names no job here.
+fn unknown(job: &str) -> Refusal {
+    (ErrorCode::UnknownJob, format!("no such job: {job}"))
 }
 
 /// On a job board, refuses what would start a conductor (`submit`, `revert`, `resume`) or

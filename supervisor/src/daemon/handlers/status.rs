@@ -6,19 +6,26 @@
 //! a job without a journal (mirrored only), with the mirror's summary (`HostedStatus`). A job
 //! whose journal holds a stale owner's refused writes comes with them (`JournalStatus`).
 
-use super::{Reply, find, remote, store_refusal};
+use super::{Reply, remote, store_refusal, unknown};
 use crate::board::Board;
 use crate::job::Jobs;
-use crate::store::{TaskRow, task_statuses};
+use crate::store::{StoreError, TaskRow, task_statuses};
 use shared::protocol::client::{ClientReply, ErrorCode, HostedJob, JobStatus};
 
 /// The first protocol version whose clients read `BoardStatus`.
 const BOARD_STATUS: u32 = 8;
 
 pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str) -> Reply {
-    let id = match (find(jobs, job).await, board) {
-        (Ok(id), _) => id,
-        (Err(refusal), Some(board)) if version >= 4 => {
+    // One store call finds the job and reads its status (a `--wait` ends with this call).
+    let text = job.to_owned();
+    let found = jobs
+        .store()
+        .call(move |s| s.find_job(&text).and_then(|id| s.status(&id)))
+        .await;
+    let status = match (found, board) {
+        (Ok(status), _) => status,
+        (Err(StoreError::UnknownJob(_) | StoreError::BadJobId(_)), Some(board)) if version >= 4 => {
+            let refusal = unknown(job);
             let hosted = remote::find(board, job).await?.ok_or(refusal)?;
             if version >= BOARD_STATUS {
                 if let Some(status) = journal_status(board, &hosted).await {
@@ -30,13 +37,9 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str)
             }
             return Ok(ClientReply::HostedStatus(Box::new(hosted)));
         }
-        (Err(refusal), _) => return Err(refusal),
+        (Err(StoreError::UnknownJob(_) | StoreError::BadJobId(_)), _) => return Err(unknown(job)),
+        (Err(err), _) => return Err(store_refusal(err)),
     };
-    let status = jobs
-        .store()
-        .call(move |s| s.status(&id))
-        .await
-        .map_err(store_refusal)?;
     let Some(board) = board.filter(|_| version >= 4) else {
         return Ok(ClientReply::Status(Box::new(status)));
     };
