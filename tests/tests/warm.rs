@@ -195,6 +195,12 @@ fn one_job_per_warm_conductor_and_none_survives_a_cancelling_shutdown(mode: Mode
         });
         wait_state(&env, &id, "success");
         note(&mut conductors, &id, pid);
+        // Its record was emptied for reuse when the job took it over: a restarted daemon must
+        // never find a job's conductor among the pool's.
+        assert!(
+            !records(&env).iter().any(|r| r.pid == pid),
+            "job {id}'s conductor {pid} still has a pool record"
+        );
         assert_eq!(
             log_count(&env, &id, "warm conductor assigned"),
             1,

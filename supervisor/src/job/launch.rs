@@ -8,7 +8,7 @@
 //! would be (ARCHITECTURE.md, Warm conductors).
 
 use super::Purpose;
-use super::warm::{self, Warm, WarmPool};
+use super::warm::{Warm, WarmPool};
 use crate::containment::{Containment, JobCgroup};
 use crate::metrics::METRICS;
 use crate::process::{self, ConductorId, Pidfd, WorkerCommand};
@@ -155,7 +155,9 @@ impl Launcher {
         let _ = std::fs::remove_file(&warm_log);
         match result {
             Ok((socket, plan)) => {
-                warm::owned_by_job(&record);
+                if let Some(pool) = &self.warm {
+                    pool.owned_by_job(record);
+                }
                 tracing::info!(job_id = %job_id, pid = id.pid, warm = true, "conductor started");
                 let link = ConductorLink::connect(&socket, job_id, id).await?;
                 let pidfd = guard

@@ -8,7 +8,10 @@
 //! A warm conductor must never outlive its daemon unnoticed:
 //! - every one has a record in `STATE_DIR/warm/` (its pid, start time and cgroup) from before
 //!   its spawn until its job owns it; a daemon starting on the state dir kills and removes
-//!   whatever those records name ([`clear_leftovers`]);
+//!   whatever those records name ([`clear_leftovers`]). A record a job took over is emptied
+//!   and kept for the next spawn ([`WarmPool::owned_by_job`]), not removed and created again:
+//!   on ext4 without a journal, every new inode is searched for past the inodes freed in the
+//!   last seconds, and that search grows with the rate of starts (bench/NOTES.md);
 //! - the pool is killed when the daemon stops, with or without `--cancel` ([`WarmPool::close`]);
 //! - a conductor that receives no plan exits by itself after its plan timeout (60 s from its
 //!   start); the pool replaces each one after [`MAX_AGE`], so that one taken at the last moment
@@ -53,7 +56,7 @@ pub struct Warm {
     pub log: PathBuf,
     /// Its cgroup, in cgroup mode: the job's cgroup once assigned.
     pub cgroup: Option<JobCgroup>,
-    /// Its record in `STATE_DIR/warm/`, removed once a job owns it ([`owned_by_job`]).
+    /// Its record in `STATE_DIR/warm/`, emptied once a job owns it ([`WarmPool::owned_by_job`]).
     pub record: PathBuf,
     born: Instant,
 }
@@ -103,6 +106,8 @@ struct Inner {
 struct State {
     ready: VecDeque<Warm>,
     closed: bool,
+    /// Emptied records of conductors that jobs took over, for the next spawns to reuse.
+    spare_records: Vec<PathBuf>,
 }
 
 impl WarmPool {
@@ -165,6 +170,31 @@ impl WarmPool {
             tokio::spawn(warm.discard());
         }
         taken
+    }
+
+    /// A job owns the warm conductor of `record` now (the store names it): a restarted daemon
+    /// must adopt it, never clear it as a leftover of the pool. The record is emptied (an empty
+    /// record names nothing to clear) and kept for a later spawn; past the pool's size in
+    /// spares, it is removed.
+    pub fn owned_by_job(&self, record: PathBuf) {
+        let emptied = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&record);
+        if let Err(err) = emptied {
+            tracing::warn!(path = %record.display(), error = %err, "cannot empty a warm conductor's record");
+            let _ = std::fs::remove_file(&record);
+            return;
+        }
+        let mut state = lock(&self.inner.state);
+        if state.closed || state.spare_records.len() >= self.inner.target {
+            drop(state);
+            if let Err(err) = std::fs::remove_file(&record) {
+                tracing::warn!(path = %record.display(), error = %err, "cannot remove a warm conductor's record");
+            }
+        } else {
+            state.spare_records.push(record);
+        }
     }
 
     /// Stops refilling and kills every warm conductor (the daemon stops, with or without
@@ -269,10 +299,11 @@ impl Inner {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let dir = warm_dir(&self.state_dir);
         let name = format!("s{n:x}");
+        let spare = lock(&self.state).spare_records.pop();
         let (socket, log, record) = (
             dir.join(&name),
             dir.join(format!("{name}.log")),
-            dir.join(format!("{name}.rec")),
+            spare.unwrap_or_else(|| dir.join(format!("{name}.rec"))),
         );
         let daemon = crate::process::own_id().map_or((0, 0), |id| (id.pid, id.start_time));
         let cgroup_name = format!("{CGROUP_PREFIX}{:x}-{:x}-{n:x}", daemon.0, daemon.1);
@@ -332,14 +363,6 @@ impl Inner {
             return Err(err);
         }
         Ok(warm)
-    }
-}
-
-/// A job owns the warm conductor of `record` now (the store names it): a restarted daemon must
-/// adopt it, never clear it as a leftover of the pool.
-pub fn owned_by_job(record: &Path) {
-    if let Err(err) = std::fs::remove_file(record) {
-        tracing::warn!(path = %record.display(), error = %err, "cannot remove a warm conductor's record");
     }
 }
 
