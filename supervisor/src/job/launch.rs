@@ -13,17 +13,18 @@ use crate::containment::{Containment, JobCgroup};
 use crate::metrics::METRICS;
 use crate::process::{self, ConductorId, Pidfd, WorkerCommand};
 use crate::session::ConductorLink;
-use crate::spawn::{SpawnConfig, spawn_conductor};
+use crate::spawn::{SpawnConfig, Spawned, spawn_conductor};
 use crate::state_dir::StateDir;
 use crate::store::{Store, StoreHandle, TaskRow};
 use anyhow::Context;
 use shared::ids::JobId;
+use shared::limits::Limits;
 use shared::protocol::conductor::{JobPlan, PlanAction, PriorTask};
 use shared::spec::JobSpec;
 use shared::state::{ExecOutcome, TaskState};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Spawns and connects conductors for stored jobs.
 pub struct Launcher {
@@ -245,32 +246,23 @@ impl Launcher {
                 .await?
         };
         let socket = self.state_dir.socket(job_id);
-        let _ = std::fs::remove_file(&socket);
-        let listener = std::os::unix::net::UnixListener::bind(&socket)
-            .with_context(|| format!("cannot bind the job socket {}", socket.display()))?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
-        let cgroup = self.containment.create_job(job_id, &plan.spec.limits)?;
-        let worker = self.worker_for(&plan);
-        let mut guard = SpawnGuard {
-            conductor: None,
+        // Its socket, its cgroup and the spawn (a fork/clone and the exec report) are blocking:
+        // off the runtime's thread, which the other jobs need meanwhile.
+        let (spawned, cgroup) = {
+            let (containment, worker) = (self.containment.clone(), self.worker_for(&plan));
+            let (job, socket, limits) = (job_id.clone(), socket.clone(), plan.spec.limits.clone());
+            let log = self.state_dir.conductor_log(job_id);
+            tokio::task::spawn_blocking(move || {
+                spawn_cold(&containment, &worker, &job, &socket, &log, &limits)
+            })
+            .await
+            .context("the spawn task failed")??
+        };
+        let id = spawned.id;
+        let guard = SpawnGuard {
+            conductor: Some(spawned.pidfd),
             cgroup: cgroup.clone(),
         };
-        let config = SpawnConfig::new(
-            &worker.program,
-            &worker.conductor_args(job_id.as_str()),
-            listener.as_fd(),
-            &self.state_dir.conductor_log(job_id),
-            cgroup.as_ref().map(|c| c.path.as_path()),
-        )?;
-        // fork/clone and the exec report are blocking: off the async workers.
-        let spawned = tokio::task::spawn_blocking(move || spawn_conductor(&config))
-            .await
-            .context("the spawn task failed")??;
-        let id = spawned.id;
-        guard.conductor = Some(spawned.pidfd);
-        // The conductor holds the listener now; ours closes.
-        drop(listener);
         tracing::info!(job_id = %job_id, pid = id.pid, "conductor started");
         {
             let (job, socket) = (job_id.clone(), socket.clone());
@@ -403,6 +395,42 @@ pub fn check_runnable(spec: &JobSpec, containment: &Containment) -> Result<(), S
         return Err("limits.user and limits.group need the supervisor to run as root".into());
     }
     Ok(())
+}
+
+/// The blocking part of a cold launch: the job's listening socket, its cgroup (with its
+/// limits) and the spawn. The conductor holds the listener once spawned; ours closes here. On
+/// an error after the cgroup exists, the cgroup is killed (the caller's cleanup removes it).
+fn spawn_cold(
+    containment: &Containment,
+    worker: &WorkerCommand,
+    job_id: &JobId,
+    socket: &Path,
+    log: &Path,
+    limits: &Limits,
+) -> anyhow::Result<(Spawned, Option<JobCgroup>)> {
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .with_context(|| format!("cannot bind the job socket {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+    let cgroup = containment.create_job(job_id, limits)?;
+    let spawned = SpawnConfig::new(
+        &worker.program,
+        &worker.conductor_args(job_id.as_str()),
+        listener.as_fd(),
+        log,
+        cgroup.as_ref().map(|c| c.path.as_path()),
+    )
+    .and_then(|config| spawn_conductor(&config));
+    match spawned {
+        Ok(spawned) => Ok((spawned, cgroup)),
+        Err(err) => {
+            if let Some(cgroup) = &cgroup {
+                cgroup.kill();
+            }
+            Err(err)
+        }
+    }
 }
 
 #[cfg(test)]

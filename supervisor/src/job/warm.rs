@@ -294,76 +294,100 @@ impl Inner {
     }
 
     /// Spawns one warm conductor: its record first (so that a daemon dying at any later point
-    /// leaves something to clear), then its cgroup, its socket and the process.
+    /// leaves something to clear), then its cgroup, its socket and the process. All of it runs
+    /// on a blocking thread: a cgroup's `mkdir`, two new inodes and the spawn itself would
+    /// otherwise hold the runtime's one thread while the job that took the last conductor
+    /// waits to start.
     async fn spawn_one(&self) -> anyhow::Result<Warm> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let dir = warm_dir(&self.state_dir);
         let name = format!("s{n:x}");
         let spare = lock(&self.state).spare_records.pop();
-        let (socket, log, record) = (
-            dir.join(&name),
-            dir.join(format!("{name}.log")),
-            spare.unwrap_or_else(|| dir.join(format!("{name}.rec"))),
-        );
+        let files = WarmFiles {
+            socket: dir.join(&name),
+            log: dir.join(format!("{name}.log")),
+            record: spare.unwrap_or_else(|| dir.join(format!("{name}.rec"))),
+        };
         let daemon = crate::process::own_id().map_or((0, 0), |id| (id.pid, id.start_time));
         let cgroup_name = format!("{CGROUP_PREFIX}{:x}-{:x}-{n:x}", daemon.0, daemon.1);
         let cgroup_path = self.containment.job_cgroup_named(&cgroup_name);
-        write_record(&record, None, cgroup_path.as_deref())?;
-        let made = self
-            .spawn_process(&socket, &log, &record, &cgroup_name)
-            .await;
-        if made.is_err() {
-            if let Some(path) = cgroup_path {
-                JobCgroup { path }.kill_and_remove().await;
-            }
-            for path in [&socket, &log, &record] {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        made
-    }
-
-    async fn spawn_process(
-        &self,
-        socket: &Path,
-        log: &Path,
-        record: &Path,
-        cgroup_name: &str,
-    ) -> anyhow::Result<Warm> {
-        let cgroup = self.containment.create_warm(cgroup_name)?;
-        let _ = std::fs::remove_file(socket);
-        let listener = std::os::unix::net::UnixListener::bind(socket)
-            .with_context(|| format!("cannot bind {}", socket.display()))?;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
-        let config = SpawnConfig::new(
-            &self.worker.program,
-            &self.worker.warm_args(),
-            listener.as_fd(),
-            log,
-            cgroup.as_ref().map(|c| c.path.as_path()),
-        )?;
-        let spawned = tokio::task::spawn_blocking(move || spawn_conductor(&config))
+        let made = {
+            let (containment, worker, files) =
+                (self.containment.clone(), self.worker.clone(), files.clone());
+            tokio::task::spawn_blocking(move || {
+                spawn_warm(&containment, &worker, &files, &cgroup_name)
+            })
             .await
-            .context("the spawn task failed")??;
-        let warm = Warm {
-            pidfd: spawned.pidfd,
-            socket: socket.to_owned(),
-            log: log.to_owned(),
-            cgroup,
-            record: record.to_owned(),
-            born: Instant::now(),
+            .context("the spawn task failed")
+            .and_then(|made| made)
         };
-        if let Err(err) = write_record(
-            record,
-            Some(warm.id()),
-            warm.cgroup.as_ref().map(|c| c.path.as_path()),
-        ) {
-            warm.discard().await;
-            return Err(err);
+        match made {
+            Ok((pidfd, cgroup)) => Ok(Warm {
+                pidfd,
+                socket: files.socket,
+                log: files.log,
+                cgroup,
+                record: files.record,
+                born: Instant::now(),
+            }),
+            Err(err) => {
+                // A conductor that was spawned is in its cgroup (killed with it), or, in
+                // session mode, was killed by `spawn_warm` itself.
+                if let Some(path) = cgroup_path {
+                    JobCgroup { path }.kill_and_remove().await;
+                }
+                for path in [&files.socket, &files.log, &files.record] {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(err)
+            }
         }
-        Ok(warm)
     }
+}
+
+/// A warm conductor's files in `STATE_DIR/warm/`.
+#[derive(Clone)]
+struct WarmFiles {
+    socket: PathBuf,
+    log: PathBuf,
+    record: PathBuf,
+}
+
+/// The blocking part of a warm conductor's spawn: its record (before anything else exists),
+/// its cgroup, its listening socket, the process, and its record again with its identity.
+fn spawn_warm(
+    containment: &Containment,
+    worker: &WorkerCommand,
+    files: &WarmFiles,
+    cgroup_name: &str,
+) -> anyhow::Result<(Pidfd, Option<JobCgroup>)> {
+    let cgroup_path = containment.job_cgroup_named(cgroup_name);
+    write_record(&files.record, None, cgroup_path.as_deref())?;
+    let cgroup = containment.create_warm(cgroup_name)?;
+    let socket = &files.socket;
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .with_context(|| format!("cannot bind {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+    let config = SpawnConfig::new(
+        &worker.program,
+        &worker.warm_args(),
+        listener.as_fd(),
+        &files.log,
+        cgroup.as_ref().map(|c| c.path.as_path()),
+    )?;
+    let spawned = spawn_conductor(&config)?;
+    if let Err(err) = write_record(
+        &files.record,
+        Some(spawned.pidfd.id()),
+        cgroup.as_ref().map(|c| c.path.as_path()),
+    ) {
+        // It has started no task: killing it is killing all of it (its cgroup goes after).
+        let _ = spawned.pidfd.signal(nix::sys::signal::Signal::SIGKILL);
+        return Err(err);
+    }
+    Ok((spawned.pidfd, cgroup))
 }
 
 /// Where the warm conductors' sockets, logs and records are: `STATE_DIR/warm/`.
