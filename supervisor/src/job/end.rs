@@ -40,8 +40,10 @@ impl HardEnd {
 /// Records a job's hard end (killed or crashed) and, in the same commit, that no conductor of
 /// it runs (every caller has seen it gone, or never started one), retrying while the store
 /// refuses (a full disk gets freed), and logs the skipped reverts at WARN with who or what
-/// caused the end; gives up loudly after a while.
-pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
+/// caused the end; gives up loudly after a while. A job the store holds ended already is left
+/// as it is, and its end returned (a re-attached conductor whose end was stored but not yet
+/// acknowledged): one store call, not a read before the write.
+pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) -> Option<JobState> {
     let end = hard.state;
     let reason = hard.reason.as_str();
     for attempt in 0..=STORE_RETRIES {
@@ -67,7 +69,11 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
                 jobs.observe(&JobEvent::JobFinished { state: end });
                 jobs.job_ended(id, end, !pending.is_empty(), None);
                 jobs.publish_by(id, end.as_str(), hard.by);
-                return;
+                return None;
+            }
+            Err(StoreError::WrongState { state, .. }) if !state.is_live() => {
+                tracing::debug!(job_id = %id, state = state.as_str(), "the job's end was stored already");
+                return Some(state);
             }
             Err(
                 err @ (StoreError::Illegal(_)
@@ -75,7 +81,7 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
                 | StoreError::UnknownJob(_)),
             ) => {
                 tracing::error!(job_id = %id, error = %err, "cannot record the job's end");
-                return;
+                return None;
             }
             Err(err) => {
                 if attempt == 0 {
@@ -86,6 +92,7 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) {
         }
     }
     tracing::error!(job_id = %id, "gave up recording the job's end: the store kept refusing");
+    None
 }
 
 /// The job's socket file, once its conductor (the only process listening on it) is gone: the
@@ -114,6 +121,6 @@ pub(super) async fn record_crash(jobs: &Jobs, row: &JobRow) {
         "the conductor died while no supervisor watched",
         "conductor gone while no supervisor watched",
     );
-    record_end(jobs, &row.id, end).await;
+    let _ = record_end(jobs, &row.id, end).await;
     remove_socket(&jobs.state_dir().socket(&row.id));
 }

@@ -153,7 +153,7 @@ impl Actor {
         } else {
             let reason = format!("cannot read the job's spec: {why}");
             let end = HardEnd::crashed(&reason, "supervision failed");
-            record_end(&self.jobs, &self.id, end).await;
+            let _ = record_end(&self.jobs, &self.id, end).await;
         }
     }
 
@@ -164,7 +164,7 @@ impl Actor {
             cgroup.kill_and_remove().await;
         }
         let end = HardEnd::crashed(&reason, "supervision failed");
-        record_end(&self.jobs, &self.id, end).await;
+        let _ = record_end(&self.jobs, &self.id, end).await;
     }
 }
 
@@ -994,31 +994,25 @@ impl Supervision {
             self.record_conductor_exited().await;
             return;
         }
-        let id = self.id.clone();
-        match self.jobs.store().call(move |s| s.job(&id)).await {
-            // Re-attached only to acknowledge an end the store already held.
-            Ok(row) if !row.state.is_live() => {
-                tracing::info!(state = row.state.as_str(), "job ended");
-                // Hooks the previous daemon ran already are recorded, and not run again.
-                self.jobs
-                    .job_ended(&self.id, row.state, false, Some(self.spec.hooks.clone()));
-                self.jobs.publish_state(&self.id, row.state);
-                self.record_conductor_exited().await;
-            }
-            _ => {
-                let (state, reason) = self.ladder.hard_end();
-                let end = HardEnd {
-                    state,
-                    reason,
-                    cause: if state == JobState::Crashed && self.ladder.crashed.is_some() {
-                        "supervision failed"
-                    } else {
-                        self.ladder.cause
-                    },
-                    by: self.ladder.by.clone(),
-                };
-                record_end(&self.jobs, &self.id, end).await;
-            }
+        let (state, reason) = self.ladder.hard_end();
+        let end = HardEnd {
+            state,
+            reason,
+            cause: if state == JobState::Crashed && self.ladder.crashed.is_some() {
+                "supervision failed"
+            } else {
+                self.ladder.cause
+            },
+            by: self.ladder.by.clone(),
+        };
+        // Re-attached only to acknowledge an end the store already held: that end stands.
+        if let Some(stored) = record_end(&self.jobs, &self.id, end).await {
+            tracing::info!(state = stored.as_str(), "job ended");
+            // Hooks the previous daemon ran already are recorded, and not run again.
+            self.jobs
+                .job_ended(&self.id, stored, false, Some(self.spec.hooks.clone()));
+            self.jobs.publish_state(&self.id, stored);
+            self.record_conductor_exited().await;
         }
     }
 
