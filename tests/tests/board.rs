@@ -2211,11 +2211,16 @@ fn a_postgres_restart_under_load_loses_nothing_and_delivers_every_cancel() {
         refused.len(),
         jobs.len()
     );
+    // A cancel refused while its statement was in flight may have committed all the same (its
+    // answer lost with the connection): its owner then carries it out, and the retry finds the
+    // job cancelled already.
     for (id, owner) in &refused {
         let via = &hosts[(owner + 2) % 3].state_dir;
         wait_for(LONG_DEADLINE, &format!("cancel of {id} accepted"), || {
             let (code, out, err) = cli_at(&env, via, &["cancel", id], DEADLINE);
-            if code == 0 {
+            let delivered_before =
+                code == 8 && err.contains("already ended") && err.contains("cancelled");
+            if code == 0 || delivered_before {
                 Ok(())
             } else {
                 Err(format!("exit {code}: {out} {err}"))

@@ -68,7 +68,7 @@ impl Board {
     /// Job `id` as the mirror shows it ([`mirror::find`]: for a job the local store lacks).
     pub async fn find_job(&self, id: &JobId) -> Result<Vec<HostedJob>, BoardError> {
         let id = id.clone();
-        self.with_query("read a job from the board", |c| async move {
+        self.with_query("read a job", |c| async move {
             mirror::find(c.client(), &id).await
         })
         .await
@@ -81,7 +81,7 @@ impl Board {
         host: &str,
     ) -> Result<Option<journal::Journaled>, BoardError> {
         let (id, host) = (id.clone(), host.to_owned());
-        self.with_query("read a job's journal from the board", |c| async move {
+        self.with_query("read a job's journal", |c| async move {
             journal::read(c.client(), &id, &host).await
         })
         .await
@@ -111,7 +111,7 @@ impl Board {
     /// Deletes this host's mirror rows of `ids` (jobs it pruned); how many it deleted.
     pub async fn forget_jobs(&self, ids: Vec<JobId>) -> Result<u64, BoardError> {
         let me = self.inner.config.host.clone();
-        self.with_query("delete pruned jobs from the board", |c| async move {
+        self.with_query("delete pruned jobs", |c| async move {
             let ids: Vec<&str> = ids.iter().map(JobId::as_str).collect();
             mirror::forget(c.client(), &me, &ids).await
         })
@@ -137,7 +137,7 @@ impl Board {
     pub async fn request(&self, id: &JobId, ask: Ask) -> Result<Written, BoardError> {
         let me = self.inner.config.host.clone();
         let id = id.clone();
-        self.with_query("write a request on the board", |c| async move {
+        self.with_query("write a request", |c| async move {
             requests::request(c.client(), &id, &me, &ask).await
         })
         .await
@@ -185,7 +185,7 @@ impl Board {
         unclaimed: Option<Option<String>>,
     ) -> Result<bool, BoardError> {
         let me = self.inner.config.host.clone();
-        self.with_query("write a job on the board", |c| async move {
+        self.with_query("write a job", |c| async move {
             let placement = match &unclaimed {
                 None => Placement::Here(&me),
                 Some(pinned) => Placement::Unclaimed {
@@ -224,7 +224,7 @@ impl Board {
     pub async fn forget_job(&self, id: &JobId) -> Result<(), BoardError> {
         let me = self.inner.config.host.clone();
         let id = id.clone();
-        self.with_query("remove a job from the board", |c| async move {
+        self.with_query("remove a job", |c| async move {
             journal::forget(c.client(), &me, &id).await
         })
         .await

@@ -10,7 +10,7 @@
 //! is asked the same way, and answered with the lines in the row; each page of `logs
 //! --follow` too ([`logs_after`], the loop in `logs.rs`), its row deleted once read.
 
-use super::{Refusal, Reply};
+use super::{Refusal, Reply, unknown};
 use crate::board::requests::{Answer, Ask, Kind, LogsPage, Written};
 use crate::board::{Board, BoardError};
 use shared::ids::JobId;
@@ -122,10 +122,6 @@ fn read_reply<T: serde::de::DeserializeOwned>(host: &str, reply: &str) -> Result
     })
 }
 
-fn unknown(job: &str) -> Refusal {
-    (ErrorCode::UnknownJob, format!("no such job: {job}"))
-}
-
 /// Writes `ask` of `job` for the host that holds it and, for the kinds the operator waits on,
 /// awaits its answer; the host, and what it answered. A cancel or kill of an unclaimed job
 /// ends it on the board: the host is then empty.
@@ -183,6 +179,17 @@ async fn ask_owner(
         )),
         Ok(Written::Unknown) => Err(unknown(job)),
         Ok(Written::Ambiguous { hosts }) => Err(super::status::ambiguous(job, &hosts)),
+        // The statement was sent: it may have committed before its answer was lost (a server
+        // restarting, a timeout), and then the owner carries it out all the same.
+        Err(err @ (BoardError::Query { .. } | BoardError::Timeout { .. })) => {
+            let (code, message) = board_refusal(err);
+            Err((
+                code,
+                format!(
+                    "{message}; the request may have reached the board before the answer was lost: `supervisor status {id}` shows whether it took effect"
+                ),
+            ))
+        }
         Err(err) => Err(board_refusal(err)),
     }
 }
