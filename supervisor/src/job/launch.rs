@@ -13,7 +13,7 @@ use crate::containment::{Containment, JobCgroup};
 use crate::metrics::METRICS;
 use crate::process::{self, ConductorId, Pidfd, WorkerCommand};
 use crate::session::ConductorLink;
-use crate::spawn::{SpawnConfig, Spawned, spawn_conductor};
+use crate::spawn::{Spawned, spawn_listening};
 use crate::state_dir::StateDir;
 use crate::store::{Store, StoreHandle, TaskRow};
 use anyhow::Context;
@@ -22,8 +22,6 @@ use shared::limits::Limits;
 use shared::protocol::conductor::{JobPlan, PlanAction, PriorTask};
 use shared::spec::JobSpec;
 use shared::state::{ExecOutcome, TaskState};
-use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Spawns and connects conductors for stored jobs.
@@ -397,9 +395,9 @@ pub fn check_runnable(spec: &JobSpec, containment: &Containment) -> Result<(), S
     Ok(())
 }
 
-/// The blocking part of a cold launch: the job's listening socket, its cgroup (with its
-/// limits) and the spawn. The conductor holds the listener once spawned; ours closes here. On
-/// an error after the cgroup exists, the cgroup is killed (the caller's cleanup removes it).
+/// The blocking part of a cold launch: the job's cgroup (with its limits), its listening
+/// socket and the spawn. On an error after the cgroup exists, the cgroup is killed (the
+/// caller's cleanup removes it).
 fn spawn_cold(
     containment: &Containment,
     worker: &WorkerCommand,
@@ -408,20 +406,14 @@ fn spawn_cold(
     log: &Path,
     limits: &Limits,
 ) -> anyhow::Result<(Spawned, Option<JobCgroup>)> {
-    let _ = std::fs::remove_file(socket);
-    let listener = std::os::unix::net::UnixListener::bind(socket)
-        .with_context(|| format!("cannot bind the job socket {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
     let cgroup = containment.create_job(job_id, limits)?;
-    let spawned = SpawnConfig::new(
+    let spawned = spawn_listening(
         &worker.program,
         &worker.conductor_args(job_id.as_str()),
-        listener.as_fd(),
+        socket,
         log,
         cgroup.as_ref().map(|c| c.path.as_path()),
-    )
-    .and_then(|config| spawn_conductor(&config));
+    );
     match spawned {
         Ok(spawned) => Ok((spawned, cgroup)),
         Err(err) => {

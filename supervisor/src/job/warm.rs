@@ -20,11 +20,10 @@
 use crate::containment::{Containment, JobCgroup};
 use crate::metrics::METRICS;
 use crate::process::{ConductorId, Pidfd, WorkerCommand};
-use crate::spawn::{SpawnConfig, spawn_conductor};
+use crate::spawn::spawn_listening;
 use crate::state_dir::StateDir;
 use anyhow::Context;
 use std::collections::VecDeque;
-use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -364,20 +363,13 @@ fn spawn_warm(
     let cgroup_path = containment.job_cgroup_named(cgroup_name);
     write_record(&files.record, None, cgroup_path.as_deref())?;
     let cgroup = containment.create_warm(cgroup_name)?;
-    let socket = &files.socket;
-    let _ = std::fs::remove_file(socket);
-    let listener = std::os::unix::net::UnixListener::bind(socket)
-        .with_context(|| format!("cannot bind {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
-    let config = SpawnConfig::new(
+    let spawned = spawn_listening(
         &worker.program,
         &worker.warm_args(),
-        listener.as_fd(),
+        &files.socket,
         &files.log,
         cgroup.as_ref().map(|c| c.path.as_path()),
     )?;
-    let spawned = spawn_conductor(&config)?;
     if let Err(err) = write_record(
         &files.record,
         Some(spawned.pidfd.id()),

@@ -24,8 +24,9 @@ use crate::process::reaper::Children;
 use crate::process::{ConductorId, Pidfd};
 use anyhow::{Context, bail};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// The open files soft limit before the daemon raised it; conductors (and so their tasks) are
@@ -126,6 +127,26 @@ pub struct Spawned {
 pub fn spawn_conductor(config: &SpawnConfig) -> anyhow::Result<Spawned> {
     let program = config.program.to_string_lossy().into_owned();
     spawn(config).with_context(|| format!("cannot start the conductor {program}"))
+}
+
+/// Binds a fresh listening socket at `socket` (0600, a stale file there replaced) and spawns
+/// `program` with it as its fd 3, its stderr on `log`, born in `cgroup` if given: what every
+/// conductor's launch does, warm or cold. Blocking; our end of the listener closes on return
+/// (the conductor holds it).
+pub fn spawn_listening(
+    program: &Path,
+    args: &[String],
+    socket: &Path,
+    log: &Path,
+    cgroup: Option<&Path>,
+) -> anyhow::Result<Spawned> {
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .with_context(|| format!("cannot bind the conductor's socket {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+    let config = SpawnConfig::new(program, args, listener.as_fd(), log, cgroup)?;
+    spawn_conductor(&config)
 }
 
 fn spawn(config: &SpawnConfig) -> anyhow::Result<Spawned> {
