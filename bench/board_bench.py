@@ -16,6 +16,8 @@ Figures (medians over --rounds unless said; every interval on CLOCK_MONOTONIC in
 - cancel from a host that does not own the job: `cancel` sent through host b for a job running
   on host a (a `sleep` task with a `true` revert) until a's own event stream shows `cancelled`;
   the same from a itself; and the whole `cancel --wait` command from b;
+- `status` of a job running on host a: the whole command on a, and through host b (which
+  asks a through the board for the job's whole status);
 - host death (only when the build knows `on_host_loss`): SIGKILL of daemon a and its conductors
   under a job with `on_host_loss = "revert"`, until its revert (which writes to a FIFO) starts
   on another host.
@@ -176,6 +178,27 @@ def cancel_latency(sv, owner, via, job, fifo, rounds):
     return {"to_cancelled_seen_by_owner": summary(seen), "cancel_wait_command": summary(whole)}
 
 
+def status_latency(sv, owner, via, job, fifo, rounds):
+    """The whole `status JOB` command through `via`, of a job running on `owner` (through
+    another host: asked of the owner through the board, protocol 9)."""
+    fifo.arm()
+    jid = owner.submit(job)
+    fifo.wait()
+    owner.wait_event(jid, "running", task="t")
+    out = []
+    for _ in range(rounds):
+        t0 = now()
+        r = subprocess.run([sv, "status", jid, "--state-dir", via.dir],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        t1 = now()
+        if r.returncode != 0:
+            raise RuntimeError(f"status {jid}: {r.stderr}")
+        out.append(ms(t1 - t0))
+    subprocess.run([sv, "kill", jid, "--state-dir", owner.dir], capture_output=True)
+    owner.wait_terminal(jid)
+    return summary(out)
+
+
 def knows_on_host_loss(sv, work):
     path = jobfile(work, "probe", 'on_host_loss = "revert"\n[[task]]\nname = "t"\nrun = "true"\n')
     return subprocess.run([sv, "validate", path], capture_output=True).returncode == 0
@@ -247,6 +270,9 @@ def main():
         cancel = jobfile(work, "cancel", f'[[task]]\nname = "t"\nrun = "echo > {fifo.path}; sleep 600"\nrevert = "true"\n')
         result["cancel_from_owner"] = cancel_latency(sv, a, a, cancel, fifo, args.rounds // 2)
         result["cancel_from_other_host"] = cancel_latency(sv, a, b, cancel, fifo, args.rounds // 2)
+        bench.log("status")
+        result["status_on_owner"] = status_latency(sv, a, a, cancel, fifo, args.rounds)
+        result["status_from_other_host"] = status_latency(sv, a, b, cancel, fifo, args.rounds)
         for d in ds:
             d.stop()
         if knows_on_host_loss(sv, work):

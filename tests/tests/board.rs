@@ -546,25 +546,18 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     assert_eq!(owned["last_order"]["action"], "cancel", "{owned}");
     assert_eq!(owned["last_order"]["reason"], "from b", "{owned}");
     assert_eq!(env.lines("reverted"), ["reverted"]);
+    // `status` on b is asked of a, which answers with its whole status: the same as a's own
+    // (times, last order, tasks' times), with host a.
     let (code, out, err) = cli_at(&env, &b.state_dir, &["status", &first], DEADLINE);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cancelled"), "{out}");
-    assert!(out.contains("host: a (from the board's journal"), "{out}");
+    assert!(out.contains("  host: a\n"), "{out}");
     assert!(out.contains("attempts 1"), "its tasks are listed: {out}");
     let remote = status_json_at(&env, &b.state_dir, &first);
-    assert_eq!(remote["host"], "a", "{remote}");
-    assert_eq!(remote["state"], "cancelled", "{remote}");
-    // Its tasks as the board's journal has them: the same as a's own status shows.
-    let states = |status: &Value| -> Vec<(String, String)> {
-        let tasks = status["tasks"].as_array().cloned().unwrap_or_default();
-        tasks
-            .iter()
-            .map(|t| (t["name"].to_string(), t["state"].to_string()))
-            .collect()
-    };
-    assert!(!states(&remote).is_empty(), "{remote}");
-    assert_eq!(states(&remote), states(&owned), "b {remote}\na {owned}");
-    assert_eq!(remote["reason"], owned["reason"], "{remote}");
+    assert_eq!(remote, owned, "b {remote}\na {owned}");
+    assert!(remote["ended_ms"].is_i64(), "{remote}");
+    let pending = pg.sql("SELECT count(*) FROM requests WHERE kind = 'status'");
+    assert_eq!(pending.trim(), "0", "a status request leaves no row behind");
     // Ended: gone from b's live list, still in its `ls --all`.
     let live = ls_json(&env, &b.state_dir, &[]).unwrap_or_default();
     assert!(
@@ -658,6 +651,27 @@ fn every_host_sees_the_board_jobs_and_cancels_or_kills_them_from_anywhere() {
     assert_eq!(ids(&["--all", "--limit", "2"]), vec![fourth, fifth.clone()]);
     assert_eq!(ids(&["--all", "--limit", "1"]), vec![fifth]);
     assert_eq!(ids(&["--all"]).len(), 5);
+
+    // With a stopped, its jobs' status on b comes from the board's journal at once: the same
+    // tasks and reason as a's own status showed.
+    let (code, _, err) = cli_at(&env, &a.state_dir, &["shutdown"], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli_at(&env, &b.state_dir, &["status", &first], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("host: a (from the board's journal"), "{out}");
+    let journal = status_json_at(&env, &b.state_dir, &first);
+    assert_eq!(journal["host"], "a", "{journal}");
+    assert_eq!(journal["state"], "cancelled", "{journal}");
+    let states = |status: &Value| -> Vec<(String, String)> {
+        let tasks = status["tasks"].as_array().cloned().unwrap_or_default();
+        tasks
+            .iter()
+            .map(|t| (t["name"].to_string(), t["state"].to_string()))
+            .collect()
+    };
+    assert!(!states(&journal).is_empty(), "{journal}");
+    assert_eq!(states(&journal), states(&owned), "b {journal}\na {owned}");
+    assert_eq!(journal["reason"], owned["reason"], "{journal}");
 }
 
 /// Issue 11: every operator's order reaches another host's job, answered by its host as if

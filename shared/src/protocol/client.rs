@@ -111,12 +111,25 @@ pub enum ClientRequest {
         on_host_loss: OnHostLoss,
         host: Option<String>,
     },
+    /// `status JOB` as the operator reads it: like `Status`, but a job another host of the
+    /// board holds is asked of that host, which answers with its whole status
+    /// ([`ClientReply::OwnerStatus`]); the daemon falls back to the board's journal when the
+    /// host cannot answer. `Status` stays the cheap read (the `--wait` loops). Version 9;
+    /// added at the end.
+    StatusFromHost {
+        job: String,
+    },
 }
 
 impl ClientRequest {
     /// Encodes the request as a whole frame in protocol `version`.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, FrameError> {
-        if version < 5 && matches!(self, Self::SubmitOnBoard { .. }) {
+        if version < 9 && matches!(self, Self::StatusFromHost { .. }) {
+            Err(FrameError::NotInVersion {
+                what: "status from the job's host",
+                version,
+            })
+        } else if version < 5 && matches!(self, Self::SubmitOnBoard { .. }) {
             Err(FrameError::NotInVersion {
                 what: "submit --host",
                 version,
@@ -279,6 +292,15 @@ pub enum ClientReply {
     PrunedMany {
         summary: PruneSummary,
         count: u64,
+    },
+    /// The answer to `StatusFromHost` of a job another host holds: the mirror's summary (its
+    /// host) and the whole status as that host answered it (times, process, tasks' errors and
+    /// times, the last order), with the refused writes of a stale owner kept on the board.
+    /// Added at the end (protocol 9).
+    OwnerStatus {
+        hosted: Box<HostedJob>,
+        status: Box<JobStatus>,
+        late_writes: Vec<LateWrite>,
     },
 }
 
@@ -501,7 +523,8 @@ impl ClientReply {
             Self::Status(status)
             | Self::HostStatus { status, .. }
             | Self::JournalStatus { status, .. }
-            | Self::BoardStatus { status, .. } => Some(status),
+            | Self::BoardStatus { status, .. }
+            | Self::OwnerStatus { status, .. } => Some(status),
             _ => None,
         }
     }
@@ -633,6 +656,30 @@ mod tests {
         }
     }
 
+    /// `status` asked of the job's host is a version 9 request: an older daemon is never sent
+    /// it (the CLI sends it `Status` instead).
+    #[test]
+    fn a_status_from_the_host_round_trips_in_version_9_only() {
+        let request = ClientRequest::StatusFromHost {
+            job: "0000abcd".into(),
+        };
+        let frame = request.encode(9).expect("encodes");
+        let decoded = ClientRequest::decoder(9)(&frame[4..]).expect("decodes");
+        assert_eq!(decoded, request);
+        for version in 1..9 {
+            assert!(
+                matches!(
+                    request.encode(version),
+                    Err(FrameError::NotInVersion {
+                        what: "status from the job's host",
+                        ..
+                    })
+                ),
+                "version {version}"
+            );
+        }
+    }
+
     /// `submit --host` carries the host beside the spec, in version 5 only.
     #[test]
     fn a_pinned_submit_round_trips_in_version_5_only() {
@@ -714,6 +761,11 @@ mod tests {
             ClientReply::BoardStatus {
                 hosted: Box::new(hosted.clone()),
                 status: Box::new(status.clone()),
+            },
+            ClientReply::OwnerStatus {
+                hosted: Box::new(hosted.clone()),
+                status: Box::new(status.clone()),
+                late_writes: Vec::new(),
             },
             ClientReply::JournalStatus {
                 host: "c".into(),

@@ -34,8 +34,11 @@ pub mod v3;
 /// client gets neither (the conductor's messages are version 6's). Version 8: `status` of
 /// another host's job with its tasks from the board's journal (`ClientReply::BoardStatus`,
 /// appended; a version 7 client gets `HostedStatus`), and a prune of more jobs than one frame
-/// lists (`ClientReply::PrunedMany`, appended; a version 7 client gets an error).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// lists (`ClientReply::PrunedMany`, appended; a version 7 client gets an error). Version 9:
+/// `status` of another host's job asked of that host (`ClientRequest::StatusFromHost`,
+/// answered with `ClientReply::OwnerStatus`, both appended; a version 8 daemon is never sent
+/// the request, and the CLI asks it `Status` instead).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The oldest version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -69,6 +72,6 @@ mod tests {
         assert_eq!(negotiate(MIN_PROTOCOL_VERSION), Some(MIN_PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION + 5), Some(PROTOCOL_VERSION));
-        assert_eq!(supported_versions(), "1..=8");
+        assert_eq!(supported_versions(), "1..=9");
     }
 }

@@ -276,7 +276,8 @@ impl TryFrom<ClientRequest> for ClientRequestV1 {
             other @ (R::Prune { .. }
             | R::Hosts
             | R::SubmitWithHostLoss { .. }
-            | R::SubmitOnBoard { .. }) => {
+            | R::SubmitOnBoard { .. }
+            | R::StatusFromHost { .. }) => {
                 return Err(other);
             }
             R::Operate {

@@ -296,8 +296,11 @@ impl From<ClientRequest> for ClientRequestV2 {
             // `ClientRequest::encode` refuses it before version 3; never reached there.
             R::Prune { .. } => Self::List { all: false },
             // `ClientRequest::encode` refuses them before version 4 (`SubmitOnBoard` before
-            // version 5); never reached there.
-            R::Hosts | R::SubmitWithHostLoss { .. } | R::SubmitOnBoard { .. } => Self::Events,
+            // version 5, `StatusFromHost` before 9); never reached there.
+            R::Hosts
+            | R::SubmitWithHostLoss { .. }
+            | R::SubmitOnBoard { .. }
+            | R::StatusFromHost { .. } => Self::Events,
             R::Operate {
                 job,
                 action,

@@ -329,14 +329,15 @@ impl From<ClientRequestV3> for ClientRequest {
 impl From<ClientRequest> for ClientRequestV3 {
     fn from(request: ClientRequest) -> Self {
         // `ClientRequest::encode` refuses `Hosts` and `SubmitWithHostLoss` before version 4,
-        // and `SubmitOnBoard` before version 5; never reached there.
+        // `SubmitOnBoard` before version 5 and `StatusFromHost` before 9; never reached there.
         convert_request!(
             ClientRequest,
             Self,
             request,
             ClientRequest::Hosts
                 | ClientRequest::SubmitWithHostLoss { .. }
-                | ClientRequest::SubmitOnBoard { .. } => Self::Events
+                | ClientRequest::SubmitOnBoard { .. }
+                | ClientRequest::StatusFromHost { .. } => Self::Events
         )
     }
 }

@@ -1,6 +1,6 @@
 //! The `requests` table: an operator's order about a job (`cancel`, `kill`, `revert`,
-//! `resume`, `pause`, `continue`) or a read of its output (`logs`; `logs_after` for
-//! `logs --follow`), written by whichever host
+//! `resume`, `pause`, `continue`), a read of its output (`logs`; `logs_after` for
+//! `logs --follow`) or of its whole status (`status`), written by whichever host
 //! the operator asked, for the host that holds the job (issue 11, rule 3).
 //!
 //! - **Write** ([`request`]): one statement inserts the row (only for a job the mirror shows
@@ -14,7 +14,8 @@
 //! - **Done** ([`mark_done`]): once the job's actor answered, `done_at = now()` and the
 //!   outcome, with the error code and text of a refusal, and for `logs` the lines (`reply`,
 //!   JSON, bounded by the owner: `daemon/handlers/logs.rs`; its requester clears it once read:
-//!   [`clear_reply`]). A request read twice (a crash between
+//!   [`clear_reply`]); for `status`, the job's status (JSON, within one frame), its row
+//!   deleted once read ([`forget`]). A request read twice (a crash between
 //!   applying and marking it) is applied twice: a second cancel or kill of the same job does no
 //!   harm (the actor refuses it or it is already on the ladder), and a second revert, resume,
 //!   pause or continue is refused by the job's state like any repeated order.
@@ -39,11 +40,14 @@ pub enum Kind {
     /// A read of the job's output after a cursor (`logs --follow`), answered with the next
     /// bounded page of lines, the new cursor and whether the job is live ([`LogsPage`]).
     LogsAfter,
+    /// A read of the job's whole status (`status`, version 9 clients), answered with the
+    /// owner's `JobStatus`.
+    Status,
 }
 
 impl Kind {
     /// Every kind, in the order of the schema's `CHECK`.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Order(Action::Cancel),
         Self::Order(Action::Kill),
         Self::Order(Action::Revert),
@@ -52,15 +56,18 @@ impl Kind {
         Self::Order(Action::Continue),
         Self::Logs,
         Self::LogsAfter,
+        Self::Status,
     ];
 
-    /// The name stored in `requests.kind`: the order's command name, `logs` or `logs_after`.
+    /// The name stored in `requests.kind`: the order's command name, `logs`, `logs_after` or
+    /// `status`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Order(action) => action.as_str(),
             Self::Logs => "logs",
             Self::LogsAfter => "logs_after",
+            Self::Status => "status",
         }
     }
 
@@ -78,10 +85,10 @@ impl Kind {
         !matches!(self, Self::Order(Action::Cancel | Action::Kill))
     }
 
-    /// Whether carrying it out changes the job (every kind but the reads of its output).
+    /// Whether carrying it out changes the job (every kind but the reads).
     #[must_use]
     pub const fn changes_job(self) -> bool {
-        !matches!(self, Self::Logs | Self::LogsAfter)
+        !matches!(self, Self::Logs | Self::LogsAfter | Self::Status)
     }
 }
 
@@ -476,6 +483,7 @@ mod tests {
         assert!(Kind::Order(Action::Pause).is_answered());
         assert!(Kind::Logs.is_answered() && !Kind::Logs.changes_job());
         assert!(Kind::LogsAfter.is_answered() && !Kind::LogsAfter.changes_job());
+        assert!(Kind::Status.is_answered() && !Kind::Status.changes_job());
     }
 
     #[test]

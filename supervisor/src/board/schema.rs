@@ -149,6 +149,12 @@ const MIGRATIONS: &[&str] = &[
         CHECK (kind IN ('cancel', 'kill', 'revert', 'resume', 'pause', 'continue', 'logs',
                         'logs_after'));
     ALTER TABLE requests ADD COLUMN after_line bigint",
+    // `status` of another host's job asked of its host (`requests.rs`, `Kind::Status`): the
+    // owner answers with the job's whole status in `reply`.
+    "ALTER TABLE requests DROP CONSTRAINT requests_kind_check;
+    ALTER TABLE requests ADD CONSTRAINT requests_kind_check
+        CHECK (kind IN ('cancel', 'kill', 'revert', 'resume', 'pause', 'continue', 'logs',
+                        'logs_after', 'status'))",
 ];
 
 /// The version this build writes.

@@ -54,8 +54,12 @@ pub enum Seen {
     },
     Elsewhere {
         hosted: Box<HostedJob>,
-        /// Its status as the board's journal has it (a version 8 daemon), when it has one.
-        journal: Option<Box<JobStatus>>,
+        /// Its status, when the daemon knows one: as its host answered it (`from_host`, a
+        /// version 9 daemon's answer to `status`), or as the board's journal has it.
+        status: Option<Box<JobStatus>>,
+        from_host: bool,
+        /// A stale owner's refused writes about the job (with a status from its host).
+        late_writes: Vec<LateWrite>,
     },
 }
 

@@ -221,7 +221,7 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
         JobCommand::Status { jobs, json } => {
             let mut all = Vec::with_capacity(jobs.len());
             for job in &jobs {
-                all.push(status_any(dir.clone(), job).await?);
+                all.push(status_from_host(dir.clone(), job).await?);
             }
             if json {
                 let values: Vec<StatusJson<'_>> = all.iter().map(status_json).collect();
@@ -243,13 +243,25 @@ async fn dispatch(command: JobCommand, dir: Option<PathBuf>) -> Outcome<i32> {
                         }
                         Seen::Elsewhere {
                             hosted,
-                            journal: Some(status),
+                            status: Some(status),
+                            from_host: true,
+                            late_writes,
+                        } => {
+                            print_status(status, super::board::claimed_by(&hosted.host));
+                            super::board::print_late_writes(late_writes);
+                        }
+                        Seen::Elsewhere {
+                            hosted,
+                            status: Some(status),
+                            from_host: false,
+                            ..
                         } => {
                             print_status(status, Some(&super::board::journal_host_line(hosted)));
                         }
                         Seen::Elsewhere {
                             hosted,
-                            journal: None,
+                            status: None,
+                            ..
                         } => super::board::print_elsewhere(hosted),
                     }
                 }
@@ -646,16 +658,35 @@ async fn status(dir: Option<PathBuf>, job: &str) -> Outcome<JobStatus> {
     }
 }
 
-/// `status` of a job this daemon holds, or (on a job board) another host holds.
+/// `status` of a job this daemon holds, or (on a job board) another host holds, as the board
+/// has it: the cheap read of the `--wait` loops.
 pub(super) async fn status_any(dir: Option<PathBuf>, job: &str) -> Outcome<Seen> {
-    match Client::call(
-        dir,
-        &ClientRequest::Status {
-            job: job.to_owned(),
-        },
-    )
-    .await?
-    {
+    let request = ClientRequest::Status {
+        job: job.to_owned(),
+    };
+    seen(Client::call(dir, &request).await?)
+}
+
+/// `status JOB` as the operator reads it: another host's job is asked of its host (a version 9
+/// daemon), which answers with its whole status; an older daemon is asked `Status`.
+async fn status_from_host(dir: Option<PathBuf>, job: &str) -> Outcome<Seen> {
+    let mut client = Client::connect(dir).await?;
+    let job = job.to_owned();
+    let request = if client.version() >= STATUS_FROM_HOST {
+        ClientRequest::StatusFromHost { job }
+    } else {
+        ClientRequest::Status { job }
+    };
+    client.send(&request).await?;
+    seen(client.next().await?.ok_or_else(closed)?)
+}
+
+/// The first protocol version whose daemons take `StatusFromHost`.
+const STATUS_FROM_HOST: u32 = 9;
+
+/// The job a status reply shows, and where.
+fn seen(reply: ClientReply) -> Outcome<Seen> {
+    match reply {
         ClientReply::Status(status) => Ok(Seen::Here {
             status,
             host: None,
@@ -677,11 +708,25 @@ pub(super) async fn status_any(dir: Option<PathBuf>, job: &str) -> Outcome<Seen>
         }),
         ClientReply::HostedStatus(hosted) => Ok(Seen::Elsewhere {
             hosted,
-            journal: None,
+            status: None,
+            from_host: false,
+            late_writes: Vec::new(),
         }),
         ClientReply::BoardStatus { hosted, status } => Ok(Seen::Elsewhere {
             hosted,
-            journal: Some(status),
+            status: Some(status),
+            from_host: false,
+            late_writes: Vec::new(),
+        }),
+        ClientReply::OwnerStatus {
+            hosted,
+            status,
+            late_writes,
+        } => Ok(Seen::Elsewhere {
+            hosted,
+            status: Some(status),
+            from_host: true,
+            late_writes,
         }),
         other => Err(unexpected(&other)),
     }
@@ -710,15 +755,18 @@ fn status_json(seen: &Seen) -> StatusJson<'_> {
         }),
         Seen::Elsewhere {
             hosted,
-            journal: Some(status),
+            status: Some(status),
+            late_writes,
+            ..
         } => StatusJson::Here(StatusHere {
             status,
             host: super::board::claimed_by(&hosted.host),
-            late_writes: &[],
+            late_writes,
         }),
         Seen::Elsewhere {
             hosted,
-            journal: None,
+            status: None,
+            ..
         } => StatusJson::Elsewhere(Listed {
             job: &hosted.job,
             host: super::board::claimed_by(&hosted.host),

@@ -4,7 +4,9 @@
 //! (`Jobs::ask`), then marked done with the outcome: a refusal is written back with the code
 //! and text a local operator would have got, for the requesting host to show. A `logs`
 //! request is answered with the job's last lines (`handlers/logs.rs`, `tail`), bounded; a
-//! `logs_after` one (`logs --follow`) with the page after its cursor (`page_after`), bounded.
+//! `logs_after` one (`logs --follow`) with the page after its cursor (`page_after`), bounded;
+//! a `status` one with the job's whole status, as a local `status` reads it, cut to one
+//! frame (`ClientReply::within_frame`).
 //!
 //! The reader wakes when the board says requests are due (`Board::requests_due`): on a
 //! notification from the listener, after the listener (re)connects, and after every lease
@@ -15,12 +17,13 @@
 //! the store refuses writes) stays pending for the next wake-up; any other refusal is the
 //! request's outcome (`requests.outcome`, `error_code`, `error`).
 
-use super::handlers::{logs, order_refusal};
+use super::handlers::{logs, order_refusal, store_refusal};
 use crate::board::Board;
 use crate::board::requests::{DONE, Kind, Outcome, Pending};
 use crate::job::{Jobs, Order, OrderError};
 use shared::ids::JobId;
-use shared::protocol::client::ErrorCode;
+use shared::protocol::PROTOCOL_VERSION;
+use shared::protocol::client::{ClientReply, ErrorCode};
 use shared::protocol::operator::Action;
 
 /// Reads and applies this host's requests each time they are due, for the daemon's life.
@@ -90,6 +93,7 @@ async fn apply(jobs: &Jobs, request: Pending) -> Option<Outcome> {
             let read = (task.as_deref(), since_ms);
             return Some(read_logs_after(jobs, &id, read, after).await);
         }
+        Kind::Status => return Some(read_status(jobs, &id).await),
     };
     let outcome = match jobs.ask(&id, order).await {
         Ok(()) => Outcome {
@@ -132,11 +136,30 @@ async fn read_logs_after(
     answer_read(page)
 }
 
-/// The outcome of a read of a job's output: what was read, as JSON, or the refusal.
+/// `status` asked by another host: the job's status as a local `status` reads it, its tasks'
+/// texts cut as the reply to a client would be, so that the requester can send it on.
+async fn read_status(jobs: &Jobs, id: &JobId) -> Outcome {
+    let job = id.clone();
+    let status = match jobs.store().call(move |s| s.status(&job)).await {
+        Ok(status) => ClientReply::Status(Box::new(status)).within_frame(PROTOCOL_VERSION),
+        Err(err) => return refused_read(store_refusal(err)),
+    };
+    match status {
+        ClientReply::Status(status) => answer_read(Ok(status)),
+        ClientReply::Error { code, message } => refused_read((code, message)),
+        other => refused_read((ErrorCode::Internal, format!("unexpected status: {other:?}"))),
+    }
+}
+
+fn refused_read(refusal: (ErrorCode, String)) -> Outcome {
+    refused(format!("refused: {}", refusal.1), refusal)
+}
+
+/// The outcome of a read (a job's output or status): what was read, as JSON, or the refusal.
 fn answer_read<T: serde::Serialize>(read: Result<T, (ErrorCode, String)>) -> Outcome {
     let read = match read {
         Ok(read) => read,
-        Err(refusal) => return refused(format!("refused: {}", refusal.1), refusal),
+        Err(refusal) => return refused_read(refusal),
     };
     match serde_json::to_string(&read) {
         Ok(json) => Outcome {
@@ -144,12 +167,9 @@ fn answer_read<T: serde::Serialize>(read: Result<T, (ErrorCode, String)>) -> Out
             refusal: None,
             reply: Some(json),
         },
-        Err(err) => {
-            let refusal = (
-                ErrorCode::Internal,
-                format!("cannot encode the lines: {err}"),
-            );
-            refused(format!("refused: {}", refusal.1), refusal)
-        }
+        Err(err) => refused_read((
+            ErrorCode::Internal,
+            format!("cannot encode the answer: {err}"),
+        )),
     }
 }

@@ -176,7 +176,12 @@ async fn dispatch(
             spec.on_host_loss = on_host_loss;
             submit::handle(jobs, board, *spec, source, host).await
         }
-        ClientRequest::Status { job } => status::handle(jobs, board, version, &job).await,
+        ClientRequest::Status { job } => {
+            status::handle(jobs, board, version, &job, status::Source::Board).await
+        }
+        ClientRequest::StatusFromHost { job } => {
+            status::handle(jobs, board, version, &job, status::Source::Host).await
+        }
         ClientRequest::Shutdown { cancel } => shutdown::handle(jobs, cancel),
         ClientRequest::Prune {
             older_than_ms,
@@ -254,7 +259,8 @@ fn check_lease(board: Option<&Board>) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn store_refusal(err: StoreError) -> Refusal {
+/// The code and text a store's error is answered with.
+pub(super) fn store_refusal(err: StoreError) -> Refusal {
     match err {
         StoreError::UnknownJob(id) => (ErrorCode::UnknownJob, format!("no such job: {id}")),
         other => (ErrorCode::Internal, other.to_string()),

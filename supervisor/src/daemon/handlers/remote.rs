@@ -8,17 +8,30 @@
 //! as if local. A lost owner ends the wait with [`ErrorCode::HostLost`]; an owner alive but
 //! silent for [`ANSWER_TIMEOUT`] with `Unavailable` (the request stays on the board). `logs`
 //! is asked the same way, and answered with the lines in the row; each page of `logs
-//! --follow` too ([`logs_after`], the loop in `logs.rs`), its row deleted once read.
+//! --follow` too ([`logs_after`], the loop in `logs.rs`), its row deleted once read; and
+//! `status` ([`status`]), within [`STATUS_TIMEOUT`], its row deleted once answered or given
+//! up (a status read later is of no use to anyone). The row is first read [`FIRST_POLL`]
+//! after it is written, then at twice the last wait, up to [`ANSWER_POLL`]: an owner that
+//! answers at once is heard within milliseconds, a slow one costs a read every 50 ms.
 
 use super::{Refusal, Reply, unknown};
 use crate::board::requests::{Answer, Ask, Kind, LogsPage, Written};
 use crate::board::{Board, BoardError};
 use shared::ids::JobId;
-use shared::protocol::client::{Action, ClientReply, ErrorCode, HostedJob, LogLine, Requester};
+use shared::protocol::client::{
+    Action, ClientReply, ErrorCode, HostedJob, JobStatus, LogLine, Requester,
+};
 use std::time::{Duration, Instant};
 
-/// How often the requesting host reads the owner's answer.
+/// The longest wait between two reads of the owner's answer.
 pub const ANSWER_POLL: Duration = Duration::from_millis(50);
+
+/// The first wait for the owner's answer (doubled at each read, up to [`ANSWER_POLL`]).
+pub const FIRST_POLL: Duration = Duration::from_millis(2);
+
+/// How long the requesting host waits for the owner's answer to `status`, before it answers
+/// from the board's journal instead.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long the requesting host waits for the answer of an owner that stays alive.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -71,6 +84,14 @@ pub async fn request(
     })
 }
 
+/// `status` of `job`, asked of the host that holds it: the job's whole status as that host
+/// answered it (its texts cut to one frame), within [`STATUS_TIMEOUT`].
+pub async fn status(board: &Board, job: &str) -> Result<JobStatus, Refusal> {
+    let ask = logs_ask(Kind::Status, None, None, None);
+    let (host, reply) = ask_owner(board, job, ask).await?;
+    read_reply(&host, reply.as_deref().unwrap_or_default())
+}
+
 /// `logs` of `job` (`--task`, `--since`), asked of the host that holds it: the lines it
 /// answered (at most `logs::REMOTE_LOGS_MAX_BYTES` of text).
 pub async fn logs(
@@ -100,7 +121,7 @@ pub async fn logs_after(
     Ok((host, page))
 }
 
-/// A read of a job's output, of `kind`.
+/// A read of a job (its output, or its status), of `kind`.
 fn logs_ask(kind: Kind, task: Option<&str>, since_ms: Option<i64>, after: Option<i64>) -> Ask {
     Ask {
         kind,
@@ -112,12 +133,12 @@ fn logs_ask(kind: Kind, task: Option<&str>, since_ms: Option<i64>, after: Option
     }
 }
 
-/// The owner `host`'s answer to a read of a job's output, as JSON.
+/// The owner `host`'s answer to a read of a job (its output, or its status), as JSON.
 fn read_reply<T: serde::de::DeserializeOwned>(host: &str, reply: &str) -> Result<T, Refusal> {
     serde_json::from_str(reply).map_err(|err| {
         (
             ErrorCode::Internal,
-            format!("host {host} answered logs this supervisor cannot read: {err}"),
+            format!("host {host} answered a read this supervisor cannot read: {err}"),
         )
     })
 }
@@ -141,18 +162,25 @@ async fn ask_owner(
             updated_us,
         }) => {
             tracing::info!(job_id = %id, host = %host, kind = kind.as_str(), seq, "board request written");
-            let reply = if kind.is_answered() {
+            let answered = if kind.is_answered() {
                 let since = kind.changes_job().then_some(updated_us);
-                await_answer(board, &id, &host, seq, since).await?
+                let timeout = if kind == Kind::Status {
+                    STATUS_TIMEOUT
+                } else {
+                    ANSWER_TIMEOUT
+                };
+                await_answer(board, (&id, &host, seq), since, timeout).await
             } else {
-                None
+                Ok(None)
             };
-            let cleared = match kind {
-                // Asked every quarter second while it follows: no row stays behind.
-                Kind::LogsAfter => board.forget_request(seq).await,
-                _ if reply.is_some() => board.clear_reply(seq).await,
+            let cleared = match (kind, &answered) {
+                // Asked every quarter second while it follows, and a status is of no use
+                // later: no row stays behind, answered or not.
+                (Kind::LogsAfter | Kind::Status, _) => board.forget_request(seq).await,
+                (_, Ok(Some(_))) => board.clear_reply(seq).await,
                 _ => Ok(()),
             };
+            let reply = answered?;
             if let Err(err) = cleared {
                 let message = format!("{:#}", anyhow::Error::from(err));
                 tracing::warn!(job_id = %id, seq, error = %message, "cannot clear a request's reply; it stays on the board");
@@ -194,17 +222,18 @@ async fn ask_owner(
     }
 }
 
-/// Reads request `seq` every [`ANSWER_POLL`] until its owner `host` answered it and (when it
-/// carried it out, and `since` is given) the mirror shows job `id` changed after `since`, its
-/// owner is lost, or [`ANSWER_TIMEOUT`] passed; what the owner answered.
+/// Reads request `seq` of job `id` (at [`FIRST_POLL`], doubling to [`ANSWER_POLL`]) until its
+/// owner `host` answered it and (when it carried it out, and `since` is given) the mirror
+/// shows the job changed after `since`, its owner is lost, or `timeout` passed; what the
+/// owner answered.
 async fn await_answer(
     board: &Board,
-    id: &JobId,
-    host: &str,
-    seq: i64,
+    (id, host, seq): (&JobId, &str, i64),
     since: Option<i64>,
+    timeout: Duration,
 ) -> Result<Option<String>, Refusal> {
-    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    let deadline = Instant::now() + timeout;
+    let mut poll = FIRST_POLL;
     loop {
         let answer = board
             .request_answer(seq, since.unwrap_or(i64::MIN))
@@ -236,13 +265,14 @@ async fn await_answer(
                     ErrorCode::Unavailable,
                     format!(
                         "host {host} did not answer within {}s; the request stays on the board and is carried out when {host} reads it",
-                        ANSWER_TIMEOUT.as_secs()
+                        timeout.as_secs()
                     ),
                 ));
             }
             Answer::Done { .. } | Answer::Pending { .. } => {}
         }
-        tokio::time::sleep(ANSWER_POLL).await;
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(ANSWER_POLL);
     }
 }
 

@@ -1,21 +1,43 @@
 //! `status JOB`: the job and each of its tasks. On a job board (to version 4 clients), a job
 //! this daemon holds comes with its host name (`HostStatus`), and a job it does not hold is
-//! answered from the board: to a version 8 client with its status as the board's journal has
-//! it (`BoardStatus`: reason, file, each task's state, attempts, result and pending revert, a
-//! moment behind its host; its output, times and history stay there), to older ones, or for
-//! a job without a journal (mirrored only), with the mirror's summary (`HostedStatus`). A job
-//! whose journal holds a stale owner's refused writes comes with them (`JournalStatus`).
+//! answered from the board. Asked as `StatusFromHost` (the `status` command of a version 9
+//! client), the job's host is asked for its whole status through the board (`OwnerStatus`:
+//! as a local `status` reads it there, `remote::status`); when that host cannot answer (lost,
+//! stopped, silent for `remote::STATUS_TIMEOUT`, or older than this build), and for `Status`
+//! (the `--wait` loops' cheap read), a version 8 client gets the job's status as the board's
+//! journal has it (`BoardStatus`: reason, file, each task's state, attempts, result and
+//! pending revert, a moment behind its host; its times and process stay there), older ones,
+//! or a job without a journal (mirrored only), the mirror's summary (`HostedStatus`). A job
+//! whose journal holds a stale owner's refused writes comes with them (`JournalStatus`, or
+//! in `OwnerStatus`).
 
 use super::{Reply, remote, store_refusal, unknown};
 use crate::board::Board;
 use crate::job::Jobs;
 use crate::store::{StoreError, TaskRow, task_statuses};
-use shared::protocol::client::{ClientReply, ErrorCode, HostedJob, JobStatus};
+use shared::ids::JobId;
+use shared::protocol::client::{ClientReply, ErrorCode, HostedJob, JobStatus, LateWrite};
 
 /// The first protocol version whose clients read `BoardStatus`.
 const BOARD_STATUS: u32 = 8;
 
-pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str) -> Reply {
+/// Where the status of another host's job is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The board alone (`Status`): its journal, or the mirror's summary.
+    Board,
+    /// The job's host first, through the board (`StatusFromHost`); the board's journal when
+    /// the host cannot answer.
+    Host,
+}
+
+pub async fn handle(
+    jobs: &Jobs,
+    board: Option<&Board>,
+    version: u32,
+    job: &str,
+    source: Source,
+) -> Reply {
     // One store call finds the job and reads its status (a `--wait` ends with this call).
     let text = job.to_owned();
     let found = jobs
@@ -27,6 +49,21 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str)
         (Err(StoreError::UnknownJob(_) | StoreError::BadJobId(_)), Some(board)) if version >= 4 => {
             let refusal = unknown(job);
             let hosted = remote::find(board, job).await?.ok_or(refusal)?;
+            if source == Source::Host && !hosted.host.is_empty() {
+                match remote::status(board, job).await {
+                    Ok(status) => {
+                        let late_writes = late_writes(board, &status.id).await;
+                        return Ok(ClientReply::OwnerStatus {
+                            hosted: Box::new(hosted),
+                            status: Box::new(status),
+                            late_writes,
+                        });
+                    }
+                    Err((code, message)) => {
+                        tracing::info!(job_id = %hosted.job.id, host = %hosted.host, code = ?code, error = %message, "status from the board's journal: the job's host did not answer");
+                    }
+                }
+            }
             if version >= BOARD_STATUS {
                 if let Some(status) = journal_status(board, &hosted).await {
                     return Ok(ClientReply::BoardStatus {
@@ -44,14 +81,7 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str)
         return Ok(ClientReply::Status(Box::new(status)));
     };
     let host = board.config().host.clone();
-    let late_writes = match board.late_writes(&status.id).await {
-        Ok(late_writes) => late_writes,
-        Err(err) => {
-            let message = format!("{:#}", anyhow::Error::from(err));
-            tracing::warn!(job_id = %status.id, error = %message, "cannot read a job's late writes");
-            Vec::new()
-        }
-    };
+    let late_writes = late_writes(board, &status.id).await;
     Ok(if late_writes.is_empty() {
         ClientReply::HostStatus {
             host,
@@ -64,6 +94,19 @@ pub async fn handle(jobs: &Jobs, board: Option<&Board>, version: u32, job: &str)
             late_writes,
         }
     })
+}
+
+/// The refused writes of a stale owner about job `id` the board keeps (none when it cannot be
+/// read: logged).
+async fn late_writes(board: &Board, id: &JobId) -> Vec<LateWrite> {
+    match board.late_writes(id).await {
+        Ok(late_writes) => late_writes,
+        Err(err) => {
+            let message = format!("{:#}", anyhow::Error::from(err));
+            tracing::warn!(job_id = %id, error = %message, "cannot read a job's late writes");
+            Vec::new()
+        }
+    }
 }
 
 /// The status of `hosted`, another host's job, from the board's journal; `None` when the
