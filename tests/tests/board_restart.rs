@@ -2,7 +2,8 @@
 //! start: a `systemctl restart`), its running jobs go on under the new instance, which holds
 //! them at their epoch, so their journal on the board keeps being written and no write of
 //! theirs is refused; a newer build does not migrate the board's schema under daemons still
-//! running the old one.
+//! running the old one, unless every step it runs keeps them working (a rolling upgrade), and
+//! an older build joins a newer board only when every newer step kept it working.
 //!
 //! Skips where PostgreSQL cannot run, fails there under `CI=true`. Build the binaries first:
 //! `cargo build --workspace --bins`.
@@ -106,10 +107,11 @@ fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
     assert!(!again.has_exited(), "{}", again.report());
 }
 
-/// A newer build does not migrate a board on which a daemon of the old schema lives: its start
-/// stops with the reason, naming the live host and both versions, and the schema stays as it
-/// was. (The board is made to look one version older than this build by setting its version
-/// back: daemon a, already running, stands for the old build.)
+/// A newer build does not migrate a board on which a daemon of the old schema lives when a
+/// step does not keep it working: its start stops with the reason, naming the live host and
+/// both versions, and the schema stays as it was. (The board is made to look older than this
+/// build by setting its version back to 5, as the step from 5 to 6 keeps no older daemon
+/// working: daemon a, already running, stands for the old build.)
 #[test]
 fn a_newer_build_does_not_migrate_the_board_under_a_live_daemon() {
     let Some(pg) = Postgres::start("a_newer_build_does_not_migrate_the_board") else {
@@ -124,7 +126,7 @@ fn a_newer_build_does_not_migrate_the_board_under_a_live_daemon() {
         .trim()
         .parse()
         .expect("a schema version");
-    let older = ours - 1;
+    let older = 5;
     let _ = pg.sql(&format!("UPDATE board_schema SET version = {older}"));
 
     let mut b = pg.spawn_daemon(&env, &env.path("b"), ("b", LEASE), &[]);
@@ -150,4 +152,75 @@ fn a_newer_build_does_not_migrate_the_board_under_a_live_daemon() {
         "b did not join"
     );
     assert!(!a.has_exited(), "{}", a.report());
+}
+
+/// A rolling upgrade: the step from version 6 to 7 keeps older daemons working, so a newer
+/// build runs it at once under a live daemon of version 6, which goes on running jobs; a build
+/// older than the board joins it when every newer step kept it working (`readable_from`), and
+/// is refused when one did not. (Daemon a, already running, stands for the old build; the
+/// board's version is set back, or ahead, by hand.)
+#[test]
+fn a_schema_step_that_keeps_older_daemons_runs_under_them() {
+    let Some(pg) = Postgres::start("a_schema_step_that_keeps_older_daemons") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let a_dir = env.path("a");
+    let mut a = pg.spawn_daemon(&env, &a_dir, ("a", LEASE), &[]);
+    wait_daemon_ready(&env, &a_dir, &mut a);
+    let schema = || pg.sql("SELECT version, readable_from FROM board_schema");
+    assert_eq!(
+        schema().trim(),
+        "7|6",
+        "this build's version, and the oldest it keeps"
+    );
+    let _ = pg.sql("UPDATE board_schema SET version = 6, readable_from = NULL");
+
+    // b migrates under a: one step, which keeps a working.
+    let b_dir = env.path("b");
+    let mut b = pg.spawn_daemon(&env, &b_dir, ("b", LEASE), &[]);
+    wait_daemon_ready(&env, &b_dir, &mut b);
+    assert!(
+        b.stderr().contains("board schema migrated"),
+        "{}",
+        b.report()
+    );
+    assert_eq!(schema().trim(), "7|6");
+    assert!(!a.has_exited(), "{}", a.report());
+    let file = env.job(
+        "true.toml",
+        "name = \"t\"",
+        "[[task]]\nname = \"t\"\nrun = \"true\"\n",
+    );
+    let (code, out, err) = cli_at(
+        &env,
+        &a_dir,
+        &["submit", file.to_str().expect("UTF-8"), "--wait"],
+        DEADLINE,
+    );
+    assert_eq!(code, 0, "a still runs jobs: {out} {err}");
+
+    // A board one version newer, whose step kept this build working: joined as it is.
+    let _ = pg.sql("UPDATE board_schema SET version = 8, readable_from = 7");
+    let c_dir = env.path("c");
+    let mut c = pg.spawn_daemon(&env, &c_dir, ("c", LEASE), &[]);
+    wait_daemon_ready(&env, &c_dir, &mut c);
+    assert!(
+        c.stderr().contains("board schema newer than this build"),
+        "{}",
+        c.report()
+    );
+    assert_eq!(schema().trim(), "8|7", "nothing was migrated");
+
+    // One whose step did not: refused, and nothing changes.
+    let _ = pg.sql("UPDATE board_schema SET readable_from = 8");
+    let mut d = pg.spawn_daemon(&env, &env.path("d"), ("d", LEASE), &[]);
+    let code = d.wait_exit(DEADLINE);
+    let err = d.stderr();
+    assert_eq!(code, 10, "{err}");
+    assert!(
+        err.contains("the board's schema is version 8, newer than this supervisor's (7)"),
+        "{err}"
+    );
+    assert_eq!(schema().trim(), "8|8");
 }
