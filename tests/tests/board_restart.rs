@@ -8,8 +8,12 @@
 //! Skips where PostgreSQL cannot run, fails there under `CI=true`. Build the binaries first:
 //! `cargo build --workspace --bins`.
 
+use std::path::Path;
+use std::time::{Duration, Instant};
 use tests::postgres::Postgres;
-use tests::{DEADLINE, TestEnv, cli_at, is_alive, status_json_at, wait_daemon_ready, wait_for};
+use tests::{
+    DEADLINE, Run, TestEnv, cli_at, is_alive, status_json_at, wait_daemon_ready, wait_for,
+};
 
 /// A lease long enough that the restart fits well before the conductors' fence (lease * 7/10
 /// after the last renewal) on a loaded machine.
@@ -30,20 +34,15 @@ name = "c"
 run = "true"
 "#;
 
-#[test]
-fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
-    let Some(pg) = Postgres::start("a_restarted_daemon_keeps_its_running_jobs") else {
-        return;
-    };
-    let env = TestEnv::new();
-    let state_dir = env.path("a");
-    let mut daemon = pg.spawn_daemon(&env, &state_dir, ("a", LEASE), &[]);
-    wait_daemon_ready(&env, &state_dir, &mut daemon);
-
+/// Starts daemon `a` on `state_dir` and a job of [`TASKS`] there, and waits until its task b
+/// runs (its write-ahead on the board); the daemon, the job's id and its conductor's pid.
+fn a_job_waiting_on_a(pg: &Postgres, env: &TestEnv, state_dir: &Path) -> (Run, String, i32) {
+    let mut daemon = pg.spawn_daemon(env, state_dir, ("a", LEASE), &[]);
+    wait_daemon_ready(env, state_dir, &mut daemon);
     let file = env.job("restart.toml", "name = \"restart\"", TASKS);
     let (code, out, err) = cli_at(
-        &env,
-        &state_dir,
+        env,
+        state_dir,
         &["submit", file.to_str().expect("UTF-8")],
         DEADLINE,
     );
@@ -61,10 +60,35 @@ fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
         &format!("SELECT state FROM job_tasks WHERE job_id = '{id}' AND idx = 1"),
         "running",
     );
-    let conductor = status_json_at(&env, &state_dir, &id)["conductor_pid"]
+    let conductor = status_json_at(env, state_dir, &id)["conductor_pid"]
         .as_i64()
         .and_then(|pid| i32::try_from(pid).ok())
         .expect("a conductor pid in the status");
+    (daemon, id, conductor)
+}
+
+/// Waits until job `id` on `state_dir` ends `success` (any other end fails the test).
+fn wait_success(env: &TestEnv, state_dir: &Path, id: &str, daemon: &Run) {
+    wait_for(DEADLINE, "the job to end", || {
+        let status = status_json_at(env, state_dir, id);
+        match status["state"].as_str() {
+            Some("success") => Ok(()),
+            Some(state @ ("failed" | "cancelled" | "killed" | "crashed")) => {
+                panic!("the job ended {state}: {status:#}\n{}", daemon.report())
+            }
+            _ => Err(status),
+        }
+    });
+}
+
+#[test]
+fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
+    let Some(pg) = Postgres::start("a_restarted_daemon_keeps_its_running_jobs") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let state_dir = env.path("a");
+    let (mut daemon, id, conductor) = a_job_waiting_on_a(&pg, &env, &state_dir);
 
     let (code, out, err) = cli_at(&env, &state_dir, &["shutdown"], DEADLINE);
     assert_eq!(code, 0, "shutdown: {out} {err}");
@@ -77,17 +101,7 @@ fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
     let mut again = pg.spawn_daemon(&env, &state_dir, ("a", LEASE), &[]);
     wait_daemon_ready(&env, &state_dir, &mut again);
     env.write("go", "");
-
-    wait_for(DEADLINE, "the job to end", || {
-        let status = status_json_at(&env, &state_dir, &id);
-        match status["state"].as_str() {
-            Some("success") => Ok(()),
-            Some(state @ ("failed" | "cancelled" | "killed" | "crashed")) => {
-                panic!("the job ended {state}: {status:#}\n{}", again.report())
-            }
-            _ => Err(status),
-        }
-    });
+    wait_success(&env, &state_dir, &id, &again);
     // The new instance holds the job at its epoch: the journal has c's write-ahead and end, and
     // the job's end, all written after the restart; nothing of it was refused.
     pg.wait_sql(
@@ -224,3 +238,46 @@ fn a_schema_step_that_keeps_older_daemons_runs_under_them() {
     );
     assert_eq!(schema().trim(), "8|8");
 }
+
+/// A clean stop renews the lease as it leaves the board, and the conductors it leaves running
+/// get their last fence from that renewal: a restart has the whole `lease*7/10` (7 s here) to
+/// reconnect to them, however old the last periodic renewal was. The daemon stops once its
+/// last periodic renewal is 2.5 s old (a fence counted from it would end 4.5 s after the
+/// stop), and the new one starts 5 s after the stop: the job still ends `success`.
+#[test]
+fn a_clean_stop_gives_its_conductors_the_whole_fence_for_a_restart() {
+    let Some(pg) = Postgres::start("a_clean_stop_gives_its_conductors") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let state_dir = env.path("a");
+    let (mut daemon, id, conductor) = a_job_waiting_on_a(&pg, &env, &state_dir);
+    pg.wait_sql(
+        DEADLINE,
+        "SELECT now() - renewed_at >= interval '2.5 seconds' FROM hosts WHERE name = 'a'",
+        "t",
+    );
+    let stopped = Instant::now();
+    let (code, out, err) = cli_at(&env, &state_dir, &["shutdown"], DEADLINE);
+    assert_eq!(code, 0, "shutdown: {out} {err}");
+    assert_eq!(daemon.wait_exit(DEADLINE), 0, "{}", daemon.report());
+    assert_eq!(
+        pg.sql("SELECT renewed_at = stopped_at FROM hosts WHERE name = 'a'")
+            .trim(),
+        "t",
+        "the lease was renewed as the daemon left"
+    );
+    // The restart's delay: the scenario itself, not a wait for something to happen.
+    std::thread::sleep(SLOW_RESTART.saturating_sub(stopped.elapsed()));
+    assert!(is_alive(conductor), "the conductor waits for a daemon");
+    let mut again = pg.spawn_daemon(&env, &state_dir, ("a", LEASE), &[]);
+    wait_daemon_ready(&env, &state_dir, &mut again);
+    env.write("go", "");
+    wait_success(&env, &state_dir, &id, &again);
+    assert!(!again.stderr().contains("fenced"), "{}", again.report());
+}
+
+/// How long after its stop the daemon starts again in the slow restart: past a fence counted
+/// from a renewal 2.5 s before the stop (`10s * 7/10 - 2.5s`), well before one counted from
+/// the stop.
+const SLOW_RESTART: Duration = Duration::from_secs(5);

@@ -126,19 +126,24 @@ pub async fn renew(
 }
 
 /// Marks this instance stopped (a clean `shutdown`): the host name is free for its next start
-/// at once, without waiting for the lease to run out.
+/// at once, without waiting for the lease to run out. With `renew`, the lease is renewed in
+/// the same statement (the conductors left running then get a fence counted from it); whether
+/// the row was this instance's.
 pub async fn stopped(
     client: &Client,
     host: &str,
     instance: &str,
-) -> Result<(), tokio_postgres::Error> {
-    client
+    renew: bool,
+) -> Result<bool, tokio_postgres::Error> {
+    let updated = client
         .execute(
-            "UPDATE hosts SET stopped_at = now() WHERE name = $1 AND instance = $2",
-            &[&host, &instance],
+            "UPDATE hosts SET stopped_at = now(),
+                 renewed_at = CASE WHEN $3 THEN now() ELSE renewed_at END
+             WHERE name = $1 AND instance = $2",
+            &[&host, &instance, &renew],
         )
         .await?;
-    Ok(())
+    Ok(updated > 0)
 }
 
 /// Every host of the board, by name.

@@ -546,21 +546,28 @@ impl Board {
     }
 
     /// Marks this instance stopped, at a clean shutdown; a failure is only logged (the lease
-    /// then runs out as after a crash).
+    /// then runs out as after a crash). While the lease is current, it is renewed in the same
+    /// statement, and its send time recorded as the last renewal's: the conductors this
+    /// daemon leaves running get their last fence from it (`job/supervise.rs`, at the
+    /// detach), so that a restart has the whole `lease*7/10` to reconnect to them.
     pub async fn leave(&self) {
         let (host, instance) = (&self.inner.config.host, &self.inner.instance);
+        let renew = self.is_lease_current();
         let left = async {
             let connection = connect(&self.inner.config, Role::Once).await?;
+            let sent = Instant::now();
             let marked = tokio::time::timeout(
                 QUERY_TIMEOUT,
-                hosts::stopped(connection.client(), host, instance),
+                hosts::stopped(connection.client(), host, instance, renew),
             )
             .await;
             match marked {
-                Ok(result) => result.map_err(|source| BoardError::Query {
-                    what: "mark this host stopped",
-                    source,
-                }),
+                Ok(result) => result
+                    .map(|ours| (ours, sent))
+                    .map_err(|source| BoardError::Query {
+                        what: "mark this host stopped",
+                        source,
+                    }),
                 Err(_) => {
                     connection.abandon();
                     Err(BoardError::Timeout {
@@ -571,7 +578,15 @@ impl Board {
             }
         };
         match left.await {
-            Ok(()) => tracing::info!(host = %host, instance = %instance, "left the board"),
+            Ok((true, sent)) => {
+                if renew {
+                    self.record_renewal(sent);
+                }
+                tracing::info!(host = %host, instance = %instance, renewed = renew, "left the board");
+            }
+            Ok((false, _)) => {
+                tracing::warn!(host = %host, instance = %instance, "cannot mark this host stopped: another instance holds the name");
+            }
             Err(err) => {
                 tracing::warn!(host = %host, error = %err, "cannot mark this host stopped; its lease runs out instead")
             }

@@ -84,7 +84,7 @@ pub async fn run(
     // Renewals start at once (the start below can outlast a short lease); they count the live
     // jobs once the registry exists.
     let registry: Arc<OnceLock<Jobs>> = Arc::default();
-    let (board, renewals) = match &config.board {
+    let (board, mut renewals) = match &config.board {
         Some(board) => {
             let (board, renewer) = Board::join(board.clone(), max_jobs).await?;
             let jobs = Arc::clone(&registry);
@@ -183,14 +183,25 @@ pub async fn run(
     if let Some(pool) = &warm {
         pool.close().await;
     }
+    // Leaving its conductors running (no `--cancel`), the daemon leaves the board first: its
+    // lease renewed there, the detach gives each conductor a fence from that renewal.
+    if !cancel_on_exit {
+        leave(board.as_ref(), &mut renewals).await;
+    }
     jobs.stop(cancel_on_exit).await;
     drop(board_tasks);
-    if let Some(board) = &board {
-        drop(renewals);
-        board.leave().await;
-    }
+    leave(board.as_ref(), &mut renewals).await;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// Stops the renewals and leaves the board (`Board::leave`), once: nothing without a board,
+/// or after the first call.
+async fn leave(board: Option<&Board>, renewals: &mut Option<crate::board::TaskGuard>) {
+    if let (Some(board), Some(renewer)) = (board, renewals.take()) {
+        drop(renewer);
+        board.leave().await;
+    }
 }
 
 /// The daemon's background tasks on the board, stopped when dropped.

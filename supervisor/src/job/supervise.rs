@@ -296,7 +296,12 @@ impl Supervision {
                 frame = next_frame(&mut self.state.link) => self.on_frame(frame).await,
                 () = exited(self.pidfd.as_ref()) => break,
                 Some(command) = inbox.recv() => Box::pin(self.on_command(command)).await,
-                () = super::registry::detached(&mut detach) => return,
+                () = super::registry::detached(&mut detach) => {
+                    // Left running: its last fence counts from the lease's last renewal (at
+                    // a clean stop, the one made as the daemon left the board).
+                    self.send_fence().await;
+                    return;
+                }
                 () = sleep_until(self.ladder.kill_deadline.map_or(far, |(at, _)| at)), if ticking => {
                     let why = self.ladder.kill_deadline.map_or("kill timer", |(_, why)| why);
                     tracing::warn!(pid = self.conductor.id.pid, reason = why, "killing the job");
