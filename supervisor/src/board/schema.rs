@@ -4,7 +4,7 @@
 //!
 //! `board_schema` holds one row: the version, and (from version 7) `readable_from`, the oldest
 //! version whose daemons still run correctly on this layout. `MIGRATIONS[i]` takes version `i`
-//! to `i + 1`; a step that [keeps older daemons](Migration::keeps_older) working only adds
+//! to `i + 1`; a step that keeps older daemons working (`Migration::keeps_older`) only adds
 //! what they never read or write (a request kind they never write, a column they never name).
 //!
 //! - A board older than this build is migrated at once when every step from its version keeps

@@ -186,6 +186,7 @@ pub async fn run(
     // Leaving its conductors running (no `--cancel`), the daemon leaves the board first: its
     // lease renewed there, the detach gives each conductor a fence from that renewal.
     if !cancel_on_exit {
+        jobs.begin_stopping();
         leave(board.as_ref(), &mut renewals).await;
     }
     jobs.stop(cancel_on_exit).await;

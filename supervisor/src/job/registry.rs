@@ -325,6 +325,12 @@ impl Jobs {
         self.inner.stopping.load(Ordering::SeqCst)
     }
 
+    /// Takes no new work from now on (no start, revert, resume or claim), ahead of
+    /// [`Jobs::stop`]: a daemon leaving the board first must claim nothing as it leaves.
+    pub fn begin_stopping(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+    }
+
     pub(super) fn detach_signal(&self) -> watch::Receiver<bool> {
         self.inner.detach.subscribe()
     }
@@ -347,7 +353,7 @@ impl Jobs {
     /// without, the conductors keep running for the next daemon. Then every actor ends at its
     /// next await point outside a kill.
     pub async fn stop(&self, cancel: bool) {
-        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.begin_stopping();
         if cancel {
             for id in self.supervised_jobs() {
                 let order = Order::Cancel {
