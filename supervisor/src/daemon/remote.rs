@@ -140,7 +140,7 @@ async fn read_logs_after(
 /// texts cut as the reply to a client would be, so that the requester can send it on.
 async fn read_status(jobs: &Jobs, id: &JobId) -> Outcome {
     let job = id.clone();
-    let status = match jobs.store().call(move |s| s.status(&job)).await {
+    let status = match jobs.store().read(move |s| s.status(&job)).await {
         Ok(status) => ClientReply::Status(Box::new(status)).within_frame(PROTOCOL_VERSION),
         Err(err) => return refused_read(store_refusal(err)),
     };

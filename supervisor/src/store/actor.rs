@@ -5,7 +5,12 @@
 //! the [`Store`] and runs the calls one at a time, in arrival order, in batches: every call
 //! already queued (at most [`BATCH`]) runs inside one transaction, committed once, and a call
 //! that ran inside it is answered only after that commit (group commit, `group.rs`). A call
-//! that ran before the batch's first write (a read) is answered at once. A panic inside one
+//! that ran before the batch's first write is answered at once. A call made with
+//! [`StoreHandle::read`] only reads: it runs before the batch's writes, outside their
+//! transaction, and is answered at once, so that a read never waits for their commit nor
+//! fails with it (a full disk). That order is one the calls could have arrived in: a write of
+//! the batch is answered only after its commit, so nothing queued beside it can depend on it.
+//! A panic inside one
 //! call is caught and answered as [`StoreError::Unavailable`] to that caller only (its writes
 //! are rolled back, the batch's others stand); the thread serves on. The thread ends when the
 //! last handle is dropped.
@@ -18,7 +23,11 @@ use std::sync::mpsc;
 use std::thread::ThreadId;
 
 /// One call: runs on the store's thread and returns its answer, to be sent when the store says.
-type Call = Box<dyn FnOnce(&Store) -> Answer + Send>;
+struct Call {
+    run: Box<dyn FnOnce(&Store) -> Answer + Send>,
+    /// It only reads ([`StoreHandle::read`]): run before the batch's writes.
+    reads_only: bool,
+}
 
 /// A call's answer, held until its batch's commit: sent as it is, or as the error that kept
 /// the batch from committing.
@@ -90,15 +99,38 @@ impl StoreHandle {
         &self,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.call_as(false, f).await
+    }
+
+    /// Like [`call`](Self::call), for a call that only reads (`f` must write nothing): in a
+    /// batch it runs before the writes, outside their transaction, and is answered at once.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.call_as(true, f).await
+    }
+
+    async fn call_as<T: Send + 'static>(
+        &self,
+        reads_only: bool,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         if let Some(store) = &self.in_place {
             return run_caught(store, f);
         }
-        tracing::trace!(call = std::any::type_name_of_val(&f), "store: call");
+        tracing::trace!(
+            call = std::any::type_name_of_val(&f),
+            reads_only,
+            "store: call"
+        );
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send(boxed(f, move |result| {
+        let mut call = boxed(f, move |result| {
             // The caller may have gone (a cancelled future): nobody to tell.
             let _ = reply.send(result);
-        }))?;
+        });
+        call.reads_only = reads_only;
+        self.send(call)?;
         answer.await.map_err(|_| gone())?
     }
 
@@ -136,30 +168,38 @@ fn boxed<T: Send + 'static>(
     f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     deliver: impl FnOnce(Result<T>) + Send + 'static,
 ) -> Call {
-    Box::new(move |store| {
-        let result = run_caught(store, f);
-        Box::new(move |failed: Option<&StoreError>| {
-            deliver(failed.map_or(result, |err| Err(replicate(err))));
-        })
-    })
+    Call {
+        run: Box::new(move |store| {
+            let result = run_caught(store, f);
+            Box::new(move |failed: Option<&StoreError>| {
+                deliver(failed.map_or(result, |err| Err(replicate(err))));
+            })
+        }),
+        reads_only: false,
+    }
 }
 
-/// Runs one batch of calls in one transaction (opened by its first write) and answers each: a
-/// call that ran before any write at once, the others once the commit covers them. A call alone
-/// runs as it would outside the thread (each write its own transaction, committed before the
-/// answer).
-fn run_batch(store: &Store, mut batch: Vec<Call>) {
-    if batch.len() == 1 {
+/// Runs one batch of calls: those that only read first, each answered at once; then the others
+/// in one transaction (opened by their first write), a call that ran before any write answered
+/// at once, the others once the commit covers them. A call alone runs as it would outside the
+/// thread (each write its own transaction, committed before the answer).
+fn run_batch(store: &Store, batch: Vec<Call>) {
+    let (reads, mut batch): (Vec<Call>, Vec<Call>) =
+        batch.into_iter().partition(|call| call.reads_only);
+    for call in reads {
+        (call.run)(store)(None);
+    }
+    if batch.len() <= 1 {
         // Alone: its writes are transactions of their own, without savepoints to pay for.
         if let Some(call) = batch.pop() {
-            call(store)(None);
+            (call.run)(store)(None);
         }
         return;
     }
     store.begin_group();
     let mut held = Vec::with_capacity(batch.len());
     for call in batch {
-        let answer = call(store);
+        let answer = (call.run)(store);
         if store.group_holds_answers() {
             held.push(answer);
         } else {

@@ -162,7 +162,7 @@ async fn local_latest(
     let start_query = Arc::clone(&query);
     let mut after = jobs
         .store()
-        .call(move |s| s.list_start(all, &start_query))
+        .read(move |s| s.list_start(all, &start_query))
         .await
         .map_err(store_refusal)?;
     let mut latest = Vec::new();
@@ -214,7 +214,7 @@ async fn pages(
         0
     } else {
         jobs.store()
-            .call(move |s| s.list_start(all, &start_query))
+            .read(move |s| s.list_start(all, &start_query))
             .await
             .map_err(store_refusal)?
     };
@@ -258,7 +258,7 @@ async fn local_page(
     let size = u32::try_from(left.min(u64::from(PAGE))).unwrap_or(PAGE);
     let (page, last) = jobs
         .store()
-        .call(move |s| s.list_page(all, &page_query, after, size))
+        .read(move |s| s.list_page(all, &page_query, after, size))
         .await
         .map_err(store_refusal)?;
     let full = page.len() == size as usize;
@@ -348,7 +348,7 @@ async fn whole(jobs: &Jobs, all: bool) -> Result<Option<ClientReply>, Refusal> {
     loop {
         let (page, last) = jobs
             .store()
-            .call(move |s| s.list_page(all, &ListQuery::default(), after, PAGE))
+            .read(move |s| s.list_page(all, &ListQuery::default(), after, PAGE))
             .await
             .map_err(store_refusal)?;
         let full = page.len() == PAGE as usize;

@@ -226,7 +226,7 @@ impl<'a> Reader<'a> {
                 let job = id.clone();
                 let first = jobs
                     .store()
-                    .call(move |s| s.output_before(&job, since))
+                    .read(move |s| s.output_before(&job, since))
                     .await;
                 first.unwrap_or(0)
             }
@@ -254,7 +254,7 @@ impl<'a> Reader<'a> {
         let read = self
             .jobs
             .store()
-            .call(move |s| {
+            .read(move |s| {
                 Ok((
                     s.job(&job)?.state.is_live(),
                     s.output_page(&job, from, PAGE)?,
@@ -294,7 +294,7 @@ impl<'a> Reader<'a> {
 async fn task_names(jobs: &Jobs, id: &JobId) -> Vec<String> {
     let id = id.clone();
     jobs.store()
-        .call(move |s| s.spec(&id))
+        .read(move |s| s.spec(&id))
         .await
         .map(|s| s.tasks.into_iter().map(|t| t.name).collect())
         .unwrap_or_default()

@@ -236,7 +236,7 @@ async fn find(jobs: &Jobs, text: &str) -> Result<JobId, Refusal> {
     let text = text.to_owned();
     let shown = text.clone();
     jobs.store()
-        .call(move |s| s.find_job(&text))
+        .read(move |s| s.find_job(&text))
         .await
         .map_err(|_| unknown(&shown))
 }

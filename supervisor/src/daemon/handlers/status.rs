@@ -42,7 +42,7 @@ pub async fn handle(
     let text = job.to_owned();
     let found = jobs
         .store()
-        .call(move |s| s.find_job(&text).and_then(|id| s.status(&id)))
+        .read(move |s| s.find_job(&text).and_then(|id| s.status(&id)))
         .await;
     let status = match (found, board) {
         (Ok(status), _) => status,

@@ -305,3 +305,37 @@ fn a_full_disk_in_a_batch_never_acknowledges_a_lost_write() {
         );
     }
 }
+
+/// A call that only reads runs before the batch's writes, outside their transaction: answered
+/// at once with what is committed, even when the batch then fails (here a write that loses the
+/// transaction); a plain call that reads after that failure gets the batch's error.
+#[test]
+fn a_read_is_answered_before_the_batch_and_never_with_its_failure() {
+    let dir = TempDir::new();
+    let (store, other, id) = store_with_job(&dir);
+    let (write, write_rx) = probe(start(&id));
+    let (loses, loses_rx) = probe(|s| {
+        s.write(false, |conn| -> Result<()> {
+            conn.execute_batch("ROLLBACK")?;
+            Ok(())
+        })
+    });
+    let (plain, plain_rx) = {
+        let id = id.clone();
+        probe(move |s| s.job(&id).map(|j| j.state))
+    };
+    let (read, read_rx) = {
+        let id = id.clone();
+        probe(move |s| s.job(&id).map(|j| j.state))
+    };
+    let read = Call {
+        reads_only: true,
+        ..read
+    };
+    run_batch(&store, vec![write, loses, plain, read]);
+    assert_eq!(answer(&read_rx).expect("read"), JobState::Pending);
+    assert!(answer(&write_rx).is_err(), "the batch was lost");
+    assert!(answer(&loses_rx).is_err());
+    assert!(answer(&plain_rx).is_err(), "held, then the batch's error");
+    assert_eq!(other.job(&id).expect("job").state, JobState::Pending);
+}
