@@ -34,10 +34,15 @@ name = "c"
 run = "true"
 "#;
 
-/// Starts daemon `a` on `state_dir` and a job of [`TASKS`] there, and waits until its task b
+/// Starts daemon `a` on `state_dir` (with `lease`) and a job of [`TASKS`] there, and waits until its task b
 /// runs (its write-ahead on the board); the daemon, the job's id and its conductor's pid.
-fn a_job_waiting_on_a(pg: &Postgres, env: &TestEnv, state_dir: &Path) -> (Run, String, i32) {
-    let mut daemon = pg.spawn_daemon(env, state_dir, ("a", LEASE), &[]);
+fn a_job_waiting_on_a(
+    pg: &Postgres,
+    env: &TestEnv,
+    state_dir: &Path,
+    lease: &str,
+) -> (Run, String, i32) {
+    let mut daemon = pg.spawn_daemon(env, state_dir, ("a", lease), &[]);
     wait_daemon_ready(env, state_dir, &mut daemon);
     let file = env.job("restart.toml", "name = \"restart\"", TASKS);
     let (code, out, err) = cli_at(
@@ -88,7 +93,7 @@ fn a_restarted_daemon_keeps_its_running_jobs_and_their_journal() {
     };
     let env = TestEnv::new();
     let state_dir = env.path("a");
-    let (mut daemon, id, conductor) = a_job_waiting_on_a(&pg, &env, &state_dir);
+    let (mut daemon, id, conductor) = a_job_waiting_on_a(&pg, &env, &state_dir, LEASE);
 
     let (code, out, err) = cli_at(&env, &state_dir, &["shutdown"], DEADLINE);
     assert_eq!(code, 0, "shutdown: {out} {err}");
@@ -240,10 +245,11 @@ fn a_schema_step_that_keeps_older_daemons_runs_under_them() {
 }
 
 /// A clean stop renews the lease as it leaves the board, and the conductors it leaves running
-/// get their last fence from that renewal: a restart has the whole `lease*7/10` (7 s here) to
-/// reconnect to them, however old the last periodic renewal was. The daemon stops once its
-/// last periodic renewal is 2.5 s old (a fence counted from it would end 4.5 s after the
-/// stop), and the new one starts 5 s after the stop: the job still ends `success`.
+/// get their last fence from that renewal: a restart has the whole `lease*7/10` (14 s here,
+/// with a 20 s lease) to reconnect to them, however old the last periodic renewal was. The
+/// daemon stops once its last periodic renewal is 5 s old (a fence counted from it would end
+/// 9 s after the stop), and the new one starts 10 s after the stop, 4 s before the fence
+/// counted from the stop: the job still ends `success`.
 #[test]
 fn a_clean_stop_gives_its_conductors_the_whole_fence_for_a_restart() {
     let Some(pg) = Postgres::start("a_clean_stop_gives_its_conductors") else {
@@ -251,10 +257,10 @@ fn a_clean_stop_gives_its_conductors_the_whole_fence_for_a_restart() {
     };
     let env = TestEnv::new();
     let state_dir = env.path("a");
-    let (mut daemon, id, conductor) = a_job_waiting_on_a(&pg, &env, &state_dir);
+    let (mut daemon, id, conductor) = a_job_waiting_on_a(&pg, &env, &state_dir, SLOW_LEASE);
     pg.wait_sql(
         DEADLINE,
-        "SELECT now() - renewed_at >= interval '2.5 seconds' FROM hosts WHERE name = 'a'",
+        "SELECT now() - renewed_at >= interval '5 seconds' FROM hosts WHERE name = 'a'",
         "t",
     );
     let stopped = Instant::now();
@@ -270,14 +276,17 @@ fn a_clean_stop_gives_its_conductors_the_whole_fence_for_a_restart() {
     // The restart's delay: the scenario itself, not a wait for something to happen.
     std::thread::sleep(SLOW_RESTART.saturating_sub(stopped.elapsed()));
     assert!(is_alive(conductor), "the conductor waits for a daemon");
-    let mut again = pg.spawn_daemon(&env, &state_dir, ("a", LEASE), &[]);
+    let mut again = pg.spawn_daemon(&env, &state_dir, ("a", SLOW_LEASE), &[]);
     wait_daemon_ready(&env, &state_dir, &mut again);
     env.write("go", "");
     wait_success(&env, &state_dir, &id, &again);
     assert!(!again.stderr().contains("fenced"), "{}", again.report());
 }
 
+/// The slow restart's lease: its fence, 14 s, leaves a restart in a loaded CI 4 s to spare.
+const SLOW_LEASE: &str = "20s";
+
 /// How long after its stop the daemon starts again in the slow restart: past a fence counted
-/// from a renewal 2.5 s before the stop (`10s * 7/10 - 2.5s`), well before one counted from
-/// the stop.
-const SLOW_RESTART: Duration = Duration::from_secs(5);
+/// from a renewal 5 s before the stop (`20s * 7/10 - 5s`), 4 s before one counted from the
+/// stop.
+const SLOW_RESTART: Duration = Duration::from_secs(10);
