@@ -9,7 +9,6 @@
 //! `cargo build --workspace --bins`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 use tests::postgres::Postgres;
 use tests::{
     DEADLINE, Run, TestEnv, cli_at, is_alive, status_json_at, wait_daemon_ready, wait_for,
@@ -247,9 +246,9 @@ fn a_schema_step_that_keeps_older_daemons_runs_under_them() {
 /// A clean stop renews the lease as it leaves the board, and the conductors it leaves running
 /// get their last fence from that renewal: a restart has the whole `lease*7/10` (14 s here,
 /// with a 20 s lease) to reconnect to them, however old the last periodic renewal was. The
-/// daemon stops once its last periodic renewal is 5 s old (a fence counted from it would end
-/// 9 s after the stop), and the new one starts 10 s after the stop, 4 s before the fence
-/// counted from the stop: the job still ends `success`.
+/// daemon stops once its last periodic renewal is 5 s old, and the new one starts once the
+/// database's clock is past a fence counted from that renewal (`renewed_at + 14.5 s`), at
+/// least 4.5 s before the fence counted from the stop: the job still ends `success`.
 #[test]
 fn a_clean_stop_gives_its_conductors_the_whole_fence_for_a_restart() {
     let Some(pg) = Postgres::start("a_clean_stop_gives_its_conductors") else {
@@ -263,7 +262,7 @@ fn a_clean_stop_gives_its_conductors_the_whole_fence_for_a_restart() {
         "SELECT now() - renewed_at >= interval '5 seconds' FROM hosts WHERE name = 'a'",
         "t",
     );
-    let stopped = Instant::now();
+    let last_periodic = pg.sql("SELECT renewed_at FROM hosts WHERE name = 'a'");
     let (code, out, err) = cli_at(&env, &state_dir, &["shutdown"], DEADLINE);
     assert_eq!(code, 0, "shutdown: {out} {err}");
     assert_eq!(daemon.wait_exit(DEADLINE), 0, "{}", daemon.report());
@@ -273,8 +272,16 @@ fn a_clean_stop_gives_its_conductors_the_whole_fence_for_a_restart() {
         "t",
         "the lease was renewed as the daemon left"
     );
-    // The restart's delay: the scenario itself, not a wait for something to happen.
-    std::thread::sleep(SLOW_RESTART.saturating_sub(stopped.elapsed()));
+    // The slow restart: the new daemon starts only once a conductor holding a fence from the
+    // last periodic renewal would have killed its step.
+    pg.wait_sql(
+        DEADLINE,
+        &format!(
+            "SELECT now() >= timestamptz '{}' + interval '14.5 seconds'",
+            last_periodic.trim()
+        ),
+        "t",
+    );
     assert!(is_alive(conductor), "the conductor waits for a daemon");
     let mut again = pg.spawn_daemon(&env, &state_dir, ("a", SLOW_LEASE), &[]);
     wait_daemon_ready(&env, &state_dir, &mut again);
@@ -283,10 +290,5 @@ fn a_clean_stop_gives_its_conductors_the_whole_fence_for_a_restart() {
     assert!(!again.stderr().contains("fenced"), "{}", again.report());
 }
 
-/// The slow restart's lease: its fence, 14 s, leaves a restart in a loaded CI 4 s to spare.
+/// The slow restart's lease: its fence, 14 s, leaves a restart in a loaded CI 4.5 s to spare.
 const SLOW_LEASE: &str = "20s";
-
-/// How long after its stop the daemon starts again in the slow restart: past a fence counted
-/// from a renewal 5 s before the stop (`20s * 7/10 - 5s`), 4 s before one counted from the
-/// stop.
-const SLOW_RESTART: Duration = Duration::from_secs(10);
