@@ -203,8 +203,15 @@ impl Postgres {
     /// The connection string of the test database (Unix socket, user `postgres`).
     #[must_use]
     pub fn url(&self) -> String {
+        self.url_of(DATABASE)
+    }
+
+    /// The connection string of the server's database `database` (Unix socket, user
+    /// `postgres`).
+    #[must_use]
+    pub fn url_of(&self, database: &str) -> String {
         format!(
-            "host={} port={} user={PG_USER} dbname={DATABASE}",
+            "host={} port={} user={PG_USER} dbname={database}",
             self.dir.display(),
             self.port
         )

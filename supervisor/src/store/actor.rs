@@ -236,4 +236,4 @@ fn run_caught<T>(store: &Store, f: impl FnOnce(&Store) -> Result<T>) -> Result<T
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

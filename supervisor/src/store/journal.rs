@@ -2,13 +2,13 @@
 //! under the id the board gave it, the rows its owner writes to the board, and a job rescued
 //! from a lost host imported with its tasks as that host last wrote them.
 
+use super::db::{Database, args};
 use super::retention::delete_job;
 use super::transitions::change_job_state;
 use super::{
     Result, Store, StoreError, TaskRow, change_task_state, insert_job, is_taken, job_row, now_ms,
     random_u32, task_rows,
 };
-use rusqlite::params;
 use shared::ids::JobId;
 use shared::protocol::client::JobSummary;
 use shared::spec::JobSpec;
@@ -55,13 +55,16 @@ impl Store {
     /// out).
     pub fn journal_rows(&self, ids: &[JobId]) -> Result<Vec<JournalRow>> {
         let summaries = self.summaries(ids)?;
-        let conn = self.conn();
+        let db = self.db();
         let mut rows = Vec::with_capacity(summaries.len());
         for summary in summaries {
-            let reason: Option<String> = conn
-                .prepare_cached("SELECT reason FROM jobs WHERE id = ?1")?
-                .query_row([summary.id.as_str()], |row| row.get(0))?;
-            let tasks = task_rows(&conn, &summary.id)?;
+            let reason: Option<String> = db
+                .query_one(
+                    "SELECT reason FROM jobs WHERE id = ?1",
+                    args![summary.id.as_str()],
+                )?
+                .get(0)?;
+            let tasks = task_rows(&**db, &summary.id)?;
             rows.push((summary, reason, tasks));
         }
         Ok(rows)
@@ -95,18 +98,18 @@ impl Store {
             }
             insert_job(tx, &spec, spec_json, source, Some(id))?;
             for task in tasks {
-                tx.prepare_cached(
+                tx.execute(
                     "UPDATE tasks SET state = ?3, attempts = ?4, exec_outcome = ?5, result = ?6
                      WHERE job_id = ?1 AND idx = ?2",
-                )?
-                .execute(params![
-                    id.as_str(),
-                    task.idx,
-                    task.state.as_str(),
-                    task.attempts,
-                    task.exec_outcome,
-                    task.result
-                ])?;
+                    args![
+                        id.as_str(),
+                        task.idx,
+                        task.state.as_str(),
+                        task.attempts,
+                        task.exec_outcome.as_deref(),
+                        &task.result
+                    ],
+                )?;
                 let Some(reason) = crashed else {
                     continue;
                 };
@@ -117,11 +120,11 @@ impl Store {
                 };
                 change_task_state(tx, id, task.idx, task.state, lost, Some(reason))?;
                 let outcome = (lost == TaskState::Failure).then_some(ExecOutcome::Killed.as_str());
-                tx.prepare_cached(
+                tx.execute(
                     "UPDATE tasks SET error = ?3, ended_ms = ?4, exec_outcome = COALESCE(?5, exec_outcome)
                      WHERE job_id = ?1 AND idx = ?2",
-                )?
-                .execute(params![id.as_str(), task.idx, reason, now_ms(), outcome])?;
+                    args![id.as_str(), task.idx, reason, now_ms(), outcome],
+                )?;
             }
             if let Some(reason) = crashed {
                 change_job_state(tx, id, &[JobState::Pending], JobState::Crashed, Some(reason))?;
@@ -132,17 +135,19 @@ impl Store {
 }
 
 /// Whether the job's conductor was seen gone.
-fn is_conductor_gone(conn: &rusqlite::Connection, id: &JobId) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT conductor_exited FROM jobs WHERE id = ?1")?
-        .query_row([id.as_str()], |row| row.get::<_, bool>(0))?)
+fn is_conductor_gone(db: &dyn Database, id: &JobId) -> Result<bool> {
+    db.query_one(
+        "SELECT conductor_exited FROM jobs WHERE id = ?1",
+        args![id.as_str()],
+    )?
+    .get(0)
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::pending_reverts;
-    use crate::store::tests::TempDir;
+    use crate::store::tests::Backend;
 
     const TWO_TASKS: &str = "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert = \"true\"\n[[task]]\nname = \"b\"\nrun = \"true\"\nrevert = \"true\"\n";
 
@@ -159,10 +164,10 @@ mod tests {
     /// A rescued job is imported as a crash here would leave it: the running task failed
     /// (killed), both reverts pending, the job crashed with the reason; an ended local copy
     /// from an earlier stint is replaced, a live one refused.
-    #[test]
-    fn a_rescued_job_is_imported_crashed_with_its_reverts_pending() {
-        let dir = TempDir::new();
-        let store = Store::open(dir.path()).expect("open");
+    pub(in crate::store) fn a_rescued_job_is_imported_crashed_with_its_reverts_pending(
+        backend: &Backend,
+    ) {
+        let store = backend.open();
         let spec = JobSpec::parse(TWO_TASKS, "t.toml", "t").expect("spec");
         let json = serde_json::to_string(&spec).expect("json");
         let id = draw_id();
@@ -192,10 +197,8 @@ mod tests {
 
     /// A claimed job (no crash reason) is imported `pending`, its tasks as written (all
     /// pending: nothing ran), for the scheduler to start.
-    #[test]
-    fn a_claimed_job_is_imported_pending() {
-        let dir = TempDir::new();
-        let store = Store::open(dir.path()).expect("open");
+    pub(in crate::store) fn a_claimed_job_is_imported_pending(backend: &Backend) {
+        let store = backend.open();
         let spec = JobSpec::parse(TWO_TASKS, "t.toml", "t").expect("spec");
         let json = serde_json::to_string(&spec).expect("json");
         let id = draw_id();

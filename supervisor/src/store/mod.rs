@@ -1,14 +1,15 @@
-//! The store: SQLite (WAL) in the state dir, the single truth about jobs.
+//! The store, the single truth about jobs: SQLite (WAL) in the state dir, the embedded
+//! default, or PostgreSQL ([`Store::open_postgres`]); both behind one trait,
+//! [`db::Database`], and the store's logic written once over it (`db.rs`).
 //!
 //! Durability: the commits that must survive a power loss before anything acts on them (a
-//! stored job, a write-ahead record, a job's end) are fsynced (`synchronous=FULL`); the others
-//! are not (`NORMAL`), and become durable with the next fsynced commit (the WAL is sequential).
-//! `SUPERVISOR_DURABILITY=normal` trades the fsyncs away: still safe against crashes of any
-//! process, not against a power loss or a kernel crash.
+//! stored job, a write-ahead record, a job's end) are durable when they return (fsynced on
+//! SQLite, flushed by the server on PostgreSQL); the others are not, and become durable with
+//! the next durable commit. `SUPERVISOR_DURABILITY=normal` trades that away: still safe against
+//! crashes of any process, not against a power loss or a kernel crash.
 //!
-//! Every write is one `BEGIN IMMEDIATE` transaction: it takes the write lock before it reads,
-//! so a second process on the same store (a `supervisor run` beside a daemon) makes it wait
-//! (the busy timeout), never fail on a stale snapshot.
+//! Every write is one write transaction that takes the write lock before it reads, so another
+//! writer (a `supervisor run` beside a daemon) makes it wait, never fail on a stale snapshot.
 //!
 //! Jobs, tasks, every state change with its time (the `transitions` table), results, failure
 //! reasons, and each job's task output. Every state change goes through the transition functions
@@ -17,13 +18,16 @@
 //! [`StoreHandle`] runs a `Store` on its own thread for async callers (ARCHITECTURE.md, Store).
 
 mod actor;
+pub mod db;
 mod group;
 mod journal;
 mod migrate;
 mod operators;
+mod postgres;
 mod queries;
 mod reports;
 mod retention;
+mod sqlite;
 mod transitions;
 
 pub use actor::StoreHandle;
@@ -32,27 +36,41 @@ pub use operators::MetricsCounts;
 pub use queries::task_statuses;
 pub use reports::Applied;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use db::{Database, Row, Value, args};
 use shared::ids::JobId;
 use shared::spec::JobSpec;
 use shared::state::{ExecOutcome, InvalidTransition, JobState, TaskState};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 pub use migrate::SCHEMA_VERSION;
-
-/// How many prepared statements the connection keeps: more than the store has on its hot path
-/// (a job's submit, start, reports and end), so that none is parsed again per job.
-const STATEMENT_CACHE: usize = 128;
-
-/// How long a writer waits for another process's transaction (a `run` beside a daemon).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The disk is full (another call of the batch met it).
+    #[error("store: {0}")]
+    DiskFull(String),
+    /// A column read holds another type than the store's logic expects.
+    #[error("store: column {index} holds {found}, not {wanted}")]
+    Column {
+        index: usize,
+        wanted: &'static str,
+        found: String,
+    },
+    /// An argument that cannot be bound as the type its parameter takes.
+    #[error("store: argument {index} ({value}) is not a {ty}")]
+    BadArgument {
+        index: usize,
+        value: String,
+        ty: String,
+    },
+    /// A statement that must return a row returned none.
+    #[error("store: no row from {0}")]
+    NoRow(String),
     #[error(transparent)]
     Illegal(#[from] InvalidTransition),
     #[error("no such job: {0}")]
@@ -101,7 +119,14 @@ impl StoreError {
     /// The disk (or the state dir's file system) is full.
     #[must_use]
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            Self::Postgres(e) => e.code() == Some(&::postgres::error::SqlState::DISK_FULL),
+            Self::DiskFull(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -116,13 +141,9 @@ pub struct SupervisorId {
 /// The store; cheap to share behind an `Arc`. Each call is one short transaction (or a part of
 /// its batch's one, on the store's thread: `group.rs`).
 pub struct Store {
-    conn: Mutex<Connection>,
-    /// How durable commits reach the disk.
-    durability: group::Durability,
+    db: Mutex<Box<dyn Database>>,
     /// The batch the store's thread runs now, if any.
     group: Mutex<group::Group>,
-    /// Durable commits flushed so far (one per batch that holds a durable write).
-    syncs: std::sync::atomic::AtomicU64,
 }
 
 /// A job's row.
@@ -189,85 +210,39 @@ pub use crate::clock::now_ms;
 impl Store {
     /// Opens (creating if needed) `state.db` in `dir`, migrating an older schema forward.
     pub fn open(dir: &Path) -> Result<Self> {
-        // Processes opening one store at once (a daemon and `supervisor run`, say) can meet
-        // `SQLITE_BUSY` that the busy handler does not wait out (a switch to WAL, the schema's
-        // creation); the open is tried again until the busy timeout.
-        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-        loop {
-            match Self::open_once(dir) {
-                Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(err, _)))
-                    if err.code == rusqlite::ErrorCode::DatabaseBusy
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                opened => return opened,
-            }
-        }
+        Ok(Self::on(Box::new(sqlite::Sqlite::open(dir)?)))
     }
 
-    fn open_once(dir: &Path) -> Result<Self> {
-        let mut conn = Connection::open(dir.join("state.db"))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // Before anything else, and on a fresh store only: it takes effect only on a database
-        // without tables, yet on any other it still writes page 1 and syncs it, at every open.
-        // See `retention.rs` for why incremental.
-        let fresh: bool = conn.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |row| {
-            row.get(0)
-        })?;
-        if fresh {
-            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-        }
-        let journal: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Every statement of the hot path stays prepared (rusqlite's default keeps 16).
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        // A small WAL: checkpointed every 200 pages (800 KiB) and truncated back to 1 MiB, so
-        // that a nearly full disk can still absorb it into the database (the default 4 MiB WAL
-        // can fill a small disk and then never be checkpointed).
-        conn.pragma_update(None, "wal_autocheckpoint", 200)?;
-        conn.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
-        migrate::prepare(&mut conn)?;
-        let fsync = std::env::var("SUPERVISOR_DURABILITY").map_or(true, |mode| mode != "normal");
-        let durability = if !fsync {
-            group::Durability::Off
-        } else if journal.eq_ignore_ascii_case("wal") {
-            // The WAL exists now (the schema was read): its directory entry is made durable
-            // once, as SQLite does at the first sync of a new WAL.
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(StoreError::Sync)?;
-            group::Durability::SyncWal(dir.join("state.db-wal"))
-        } else {
-            tracing::warn!(
-                journal,
-                "store: no WAL on this file system; every commit is fsynced"
-            );
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            group::Durability::Always
-        };
-        Ok(Self {
-            conn: Mutex::new(conn),
-            durability,
+    /// Connects to the PostgreSQL database `url` (a connection string or URI), creating the
+    /// store's tables if needed.
+    pub fn open_postgres(url: &str) -> Result<Self> {
+        Ok(Self::on(Box::new(postgres::Postgres::connect(url)?)))
+    }
+
+    fn on(db: Box<dyn Database>) -> Self {
+        Self {
+            db: Mutex::new(db),
             group: Mutex::default(),
-            syncs: std::sync::atomic::AtomicU64::new(0),
-        })
+        }
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    fn db(&self) -> MutexGuard<'_, Box<dyn Database>> {
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Durable commits flushed so far (one per batch that holds a durable write).
+    pub fn syncs(&self) -> u64 {
+        self.db().syncs()
     }
 
     fn group(&self) -> MutexGuard<'_, group::Group> {
         self.group.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// After a full disk: moves the WAL into the database and truncates it, which gives back
-    /// the space the WAL held (it only grows until a checkpoint, and a full disk can stop those).
+    /// After a full disk: gives back what the database can (SQLite's WAL only grows until a
+    /// checkpoint, and a full disk can stop those).
     pub fn reclaim_space(&self) {
-        checkpoint_truncate(&self.settled_conn());
+        self.settled_db().after_disk_full();
     }
 
     /// Stores a new `pending` job and its tasks; returns its fresh id.
@@ -285,14 +260,10 @@ impl Store {
         self.write(true, |tx| {
             let id = insert_job(tx, spec, &spec_json, source, None)?;
             if let Some(owner) = owner {
-                tx.prepare_cached(
+                tx.execute(
                     "UPDATE jobs SET supervisor_pid = ?2, supervisor_start = ?3 WHERE id = ?1",
-                )?
-                .execute(params![
-                    id.as_str(),
-                    owner.pid,
-                    i64::try_from(owner.start_time).unwrap_or(i64::MAX)
-                ])?;
+                    args![id.as_str(), owner.pid, owner.start_time],
+                )?;
             }
             Ok(id)
         })
@@ -301,22 +272,19 @@ impl Store {
     /// The job's spec as it was validated at submission.
     pub fn spec(&self, id: &JobId) -> Result<JobSpec> {
         let text: String = self
-            .conn()
-            .prepare_cached("SELECT spec FROM jobs WHERE id = ?1")?
-            .query_row([id.as_str()], |row| row.get(0))
-            .optional()?
-            .ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
+            .db()
+            .query_opt("SELECT spec FROM jobs WHERE id = ?1", args![id.as_str()])?
+            .ok_or_else(|| StoreError::UnknownJob(id.clone()))?
+            .get(0)?;
         serde_json::from_str(&text).map_err(|e| StoreError::BadSpec(id.clone(), e))
     }
 
     pub fn job(&self, id: &JobId) -> Result<JobRow> {
-        let conn = self.conn();
-        job_row(&conn, id)?.ok_or_else(|| StoreError::UnknownJob(id.clone()))
+        job_row(&**self.db(), id)?.ok_or_else(|| StoreError::UnknownJob(id.clone()))
     }
 
     pub fn tasks(&self, id: &JobId) -> Result<Vec<TaskRow>> {
-        let conn = self.conn();
-        task_rows(&conn, id)
+        task_rows(&**self.db(), id)
     }
 
     /// Records the conductor now serving the job, and `supervisor` as its supervisor; the
@@ -334,14 +302,14 @@ impl Store {
             "UPDATE jobs SET conductor_pid = ?2, conductor_start = ?3, socket = ?4, last_report = 0, conductor_exited = 0,
                              started_ms = COALESCE(started_ms, ?5), supervisor_pid = ?6, supervisor_start = ?7
              WHERE id = ?1",
-            params![
+            args![
                 id.as_str(),
                 pid,
-                to_sql_u64(start_time),
-                socket.to_string_lossy(),
+                start_time,
+                &*socket.to_string_lossy(),
                 now_ms(),
                 supervisor.pid,
-                to_sql_u64(supervisor.start_time)
+                supervisor.start_time
             ],
         )
     }
@@ -351,7 +319,7 @@ impl Store {
         self.update_job(
             id,
             "UPDATE jobs SET conductor_exited = 1 WHERE id = ?1",
-            params![id.as_str()],
+            args![id.as_str()],
         )
     }
 
@@ -360,10 +328,10 @@ impl Store {
         self.update_job(
             id,
             "UPDATE jobs SET containment = ?2, cgroup = ?3 WHERE id = ?1",
-            params![
+            args![
                 id.as_str(),
                 mode,
-                cgroup.map(|p| p.to_string_lossy().into_owned())
+                cgroup.map(|p| p.to_string_lossy()).as_deref()
             ],
         )
     }
@@ -373,7 +341,7 @@ impl Store {
         self.update_job(
             id,
             "UPDATE jobs SET unresponsive_ms = ?2 WHERE id = ?1",
-            params![id.as_str(), since_ms],
+            args![id.as_str(), since_ms],
         )
     }
 
@@ -382,42 +350,28 @@ impl Store {
         self.update_job(
             id,
             "UPDATE jobs SET supervisor_pid = ?2, supervisor_start = ?3 WHERE id = ?1",
-            params![
-                id.as_str(),
-                supervisor.pid,
-                to_sql_u64(supervisor.start_time)
-            ],
+            args![id.as_str(), supervisor.pid, supervisor.start_time],
         )
     }
 
     /// One non-durable update of the job's row; [`StoreError::UnknownJob`] if it has none.
-    fn update_job(&self, id: &JobId, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Result<()> {
-        self.write(false, |tx| {
-            match tx.prepare_cached(sql)?.execute(params)? {
-                0 => Err(StoreError::UnknownJob(id.clone())),
-                _ => Ok(()),
-            }
+    fn update_job(&self, id: &JobId, sql: &str, args: &[Value<'_>]) -> Result<()> {
+        self.write(false, |tx| match tx.execute(sql, args)? {
+            0 => Err(StoreError::UnknownJob(id.clone())),
+            _ => Ok(()),
         })
     }
 }
 
-/// Moves the WAL into the database and truncates it.
-fn checkpoint_truncate(conn: &Connection) {
-    let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-        row.get::<_, i64>(0)
-    });
-    tracing::info!(?result, "store: checkpointed the WAL to reclaim space");
-}
-
-/// A `u64` (a start time) as SQLite's signed integer, saturating.
-fn to_sql_u64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
+/// Whether durable commits are made durable (`SUPERVISOR_DURABILITY` is not `normal`).
+fn durability_on() -> bool {
+    std::env::var("SUPERVISOR_DURABILITY").map_or(true, |mode| mode != "normal")
 }
 
 /// Inserts a `pending` job with a fresh id, and its tasks.
 /// `chosen`: the id the board gave it ([`StoreError::IdTaken`] if this store has it).
 fn insert_job(
-    tx: &Connection,
+    tx: &dyn Database,
     spec: &JobSpec,
     spec_json: &str,
     source: &str,
@@ -435,29 +389,29 @@ fn insert_job(
             return Err(StoreError::IdTaken(id));
         }
     };
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO jobs (id, seq, name, source, spec, state, created_ms)
          VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        id.as_str(),
-        spec.name,
-        source,
-        spec_json,
-        JobState::Pending.as_str(),
-        now
-    ])?;
-    for (idx, task) in spec.tasks.iter().enumerate() {
-        tx.prepare_cached(
-            "INSERT INTO tasks (job_id, idx, name, has_revert, state) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
+        args![
             id.as_str(),
-            u32::try_from(idx).unwrap_or(u32::MAX),
-            task.name,
-            task.body.has_revert(),
-            TaskState::Pending.as_str()
-        ])?;
+            &spec.name,
+            source,
+            spec_json,
+            JobState::Pending.as_str(),
+            now
+        ],
+    )?;
+    for (idx, task) in spec.tasks.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO tasks (job_id, idx, name, has_revert, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+            args![
+                id.as_str(),
+                u32::try_from(idx).unwrap_or(u32::MAX),
+                &task.name,
+                task.body.has_revert(),
+                TaskState::Pending.as_str()
+            ],
+        )?;
     }
     record_transition(
         tx,
@@ -472,11 +426,9 @@ fn insert_job(
 }
 
 /// Whether the store has a job `id`.
-fn is_taken(conn: &Connection, id: &JobId) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
-        .query_row([id.as_str()], |_| Ok(()))
-        .optional()?
+fn is_taken(db: &dyn Database, id: &JobId) -> Result<bool> {
+    Ok(db
+        .query_opt("SELECT 1 FROM jobs WHERE id = ?1", args![id.as_str()])?
         .is_some())
 }
 
@@ -521,102 +473,71 @@ fn random_u32() -> u32 {
     }
 }
 
-fn job_row(conn: &Connection, id: &JobId) -> Result<Option<JobRow>> {
-    let as_u64 = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
-    let row = conn
-        .prepare_cached(
-            "SELECT name, source, state, reason, created_ms, started_ms, ended_ms,
-                    conductor_pid, conductor_start, supervisor_pid, supervisor_start,
-                    containment, cgroup, unresponsive_ms, paused_ms
-             FROM jobs WHERE id = ?1",
-        )?
-        .query_row([id.as_str()], |row| {
-            let supervisor = match (row.get::<_, Option<i32>>(9)?, as_u64(row.get(10)?)) {
-                (Some(pid), Some(start)) => Some((pid, start)),
-                _ => None,
-            };
-            let state: String = row.get(2)?;
-            let job = JobRow {
-                id: id.clone(),
-                name: row.get(0)?,
-                source: row.get(1)?,
-                state: JobState::Pending,
-                reason: row.get(3)?,
-                created_ms: row.get(4)?,
-                started_ms: row.get(5)?,
-                ended_ms: row.get(6)?,
-                conductor_pid: row.get(7)?,
-                conductor_start: as_u64(row.get(8)?),
-                supervisor,
-                containment: row.get(11)?,
-                cgroup: row.get::<_, Option<String>>(12)?.map(PathBuf::from),
-                unresponsive_ms: row.get(13)?,
-                paused_ms: row.get(14)?,
-            };
-            Ok((job, state))
-        })
-        .optional()?;
-    let Some((mut job, state)) = row else {
+fn job_row(db: &dyn Database, id: &JobId) -> Result<Option<JobRow>> {
+    let Some(row) = db.query_opt(
+        "SELECT name, source, state, reason, created_ms, started_ms, ended_ms,
+                conductor_pid, conductor_start, supervisor_pid, supervisor_start,
+                containment, cgroup, unresponsive_ms, paused_ms
+         FROM jobs WHERE id = ?1",
+        args![id.as_str()],
+    )?
+    else {
         return Ok(None);
     };
-    job.state = state.parse()?;
-    Ok(Some(job))
+    let supervisor = match (row.get::<Option<i32>>(9)?, row.get::<Option<u64>>(10)?) {
+        (Some(pid), Some(start)) => Some((pid, start)),
+        _ => None,
+    };
+    Ok(Some(JobRow {
+        id: id.clone(),
+        name: row.get(0)?,
+        source: row.get(1)?,
+        state: row.get::<String>(2)?.parse()?,
+        reason: row.get(3)?,
+        created_ms: row.get(4)?,
+        started_ms: row.get(5)?,
+        ended_ms: row.get(6)?,
+        conductor_pid: row.get(7)?,
+        conductor_start: row.get(8)?,
+        supervisor,
+        containment: row.get(11)?,
+        cgroup: row.get::<Option<String>>(12)?.map(PathBuf::from),
+        unresponsive_ms: row.get(13)?,
+        paused_ms: row.get(14)?,
+    }))
 }
 
-fn task_rows(conn: &Connection, id: &JobId) -> Result<Vec<TaskRow>> {
-    let mut stmt = conn.prepare_cached(
+fn task_rows(db: &dyn Database, id: &JobId) -> Result<Vec<TaskRow>> {
+    db.query(
         "SELECT idx, name, has_revert, state, attempts, exec_outcome, result, error, started_ms, ended_ms
          FROM tasks WHERE job_id = ?1 ORDER BY idx",
-    )?;
-    let rows = stmt
-        .query_map([id.as_str()], |row| {
-            Ok((
-                row.get::<_, u32>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, bool>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, u32>(4)?,
-                row.get::<_, Option<String>>(5)?,
-                row.get::<_, String>(6)?,
-                row.get::<_, Option<String>>(7)?,
-                row.get::<_, Option<i64>>(8)?,
-                row.get::<_, Option<i64>>(9)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter()
-        .map(
-            |(
-                idx,
-                name,
-                has_revert,
-                state,
-                attempts,
-                outcome,
-                result,
-                error,
-                started_ms,
-                ended_ms,
-            )| {
-                Ok(TaskRow {
-                    idx,
-                    name,
-                    has_revert,
-                    state: state.parse()?,
-                    attempts,
-                    exec_outcome: outcome.as_deref().and_then(ExecOutcome::parse),
-                    result,
-                    error,
-                    started_ms,
-                    ended_ms,
-                })
-            },
-        )
-        .collect()
+        args![id.as_str()],
+    )?
+    .iter()
+    .map(task_row)
+    .collect()
+}
+
+fn task_row(row: &Row) -> Result<TaskRow> {
+    Ok(TaskRow {
+        idx: row.get(0)?,
+        name: row.get(1)?,
+        has_revert: row.get(2)?,
+        state: row.get::<String>(3)?.parse()?,
+        attempts: row.get(4)?,
+        exec_outcome: row
+            .get::<Option<String>>(5)?
+            .as_deref()
+            .and_then(ExecOutcome::parse),
+        result: row.get(6)?,
+        error: row.get(7)?,
+        started_ms: row.get(8)?,
+        ended_ms: row.get(9)?,
+    })
 }
 
 fn record_transition(
-    conn: &Connection,
+    db: &dyn Database,
     id: &JobId,
     task: Option<u32>,
     from: Option<&str>,
@@ -624,16 +545,16 @@ fn record_transition(
     at_ms: i64,
     reason: Option<&str>,
 ) -> Result<()> {
-    conn.prepare_cached(
+    db.execute(
         "INSERT INTO transitions (job_id, task_idx, from_state, to_state, at_ms, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![id.as_str(), task, from, to, at_ms, reason])?;
+        args![id.as_str(), task, from, to, at_ms, reason],
+    )?;
     Ok(())
 }
 
 /// Moves a task through the transition table.
 fn change_task_state(
-    conn: &Connection,
+    db: &dyn Database,
     id: &JobId,
     idx: u32,
     from: TaskState,
@@ -641,10 +562,12 @@ fn change_task_state(
     reason: Option<&str>,
 ) -> Result<()> {
     from.transition(to)?;
-    conn.prepare_cached("UPDATE tasks SET state = ?3 WHERE job_id = ?1 AND idx = ?2")?
-        .execute(params![id.as_str(), idx, to.as_str()])?;
+    db.execute(
+        "UPDATE tasks SET state = ?3 WHERE job_id = ?1 AND idx = ?2",
+        args![id.as_str(), idx, to.as_str()],
+    )?;
     record_transition(
-        conn,
+        db,
         id,
         Some(idx),
         Some(from.as_str()),

@@ -2,9 +2,9 @@
 //! order caused, and as the job's last order), whether a job is paused, and which alert hooks
 //! were started.
 
+use super::db::{Database, args};
 use super::transitions::change_job_state;
 use super::{Result, Store, StoreError};
-use rusqlite::{Connection, params};
 use shared::ids::JobId;
 use shared::protocol::client::Requester;
 use shared::state::JobState;
@@ -42,9 +42,10 @@ impl Store {
         by: Option<&Requester>,
     ) -> Result<()> {
         self.write(false, |tx| {
-            let changed = tx
-                .prepare_cached("UPDATE jobs SET paused_ms = ?2 WHERE id = ?1")?
-                .execute(params![id.as_str(), since_ms])?;
+            let changed = tx.execute(
+                "UPDATE jobs SET paused_ms = ?2 WHERE id = ?1",
+                args![id.as_str(), since_ms],
+            )?;
             if changed == 0 {
                 return Err(StoreError::UnknownJob(id.clone()));
             }
@@ -61,11 +62,11 @@ impl Store {
     /// that follows the start.
     pub fn begin_hook(&self, id: &JobId, event: &str, hook: &str) -> Result<bool> {
         self.write(true, |tx| {
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO hook_runs (job_id, event, hook, started_ms) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![id.as_str(), event, hook, super::now_ms()])?;
+            let inserted = tx.execute(
+                "INSERT INTO hook_runs (job_id, event, hook, started_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+                args![id.as_str(), event, hook, super::now_ms()],
+            )?;
             Ok(inserted == 1)
         })
     }
@@ -75,11 +76,12 @@ impl Store {
     /// The number of the job's last output line written before `since_ms` (0 if none): pass
     /// it to [`Store::output_page`] for the lines written since.
     pub fn output_before(&self, id: &JobId, since_ms: i64) -> Result<i64> {
-        Ok(self.conn().query_row(
-            "SELECT COALESCE(MAX(id), 0) FROM output WHERE job_id = ?1 AND at_ms < ?2",
-            params![id.as_str(), since_ms],
-            |row| row.get(0),
-        )?)
+        self.db()
+            .query_one(
+                "SELECT COALESCE(MAX(id), 0) FROM output WHERE job_id = ?1 AND at_ms < ?2",
+                args![id.as_str(), since_ms],
+            )?
+            .get(0)
     }
 }
 
@@ -97,24 +99,21 @@ pub struct MetricsCounts {
 impl Store {
     /// The counts the metrics show at each scrape: one read transaction.
     pub fn metrics_counts(&self) -> Result<MetricsCounts> {
-        let conn = self.conn();
-        let by_state = conn
-            .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-            .into_iter()
-            .filter_map(|(state, n)| Some((state.parse().ok()?, n)))
-            .collect();
+        let db = self.db();
+        let mut by_state = Vec::new();
+        for row in db.query("SELECT state, COUNT(*) FROM jobs GROUP BY state", args![])? {
+            if let Ok(state) = row.get::<String>(0)?.parse() {
+                by_state.push((state, row.get(1)?));
+            }
+        }
         let live = super::sql_list(super::live_states());
-        let (unresponsive, paused) = conn.query_row(
+        let row = db.query_one(
             &format!(
                 "SELECT COUNT(unresponsive_ms), COUNT(paused_ms) FROM jobs WHERE state IN ({live})"
             ),
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            args![],
         )?;
+        let (unresponsive, paused) = (row.get(0)?, row.get(1)?);
         Ok(MetricsCounts {
             by_state,
             unresponsive,
@@ -125,22 +124,24 @@ impl Store {
 
 /// Stamps the transition just recorded in this transaction with the order that caused it, and
 /// makes it the job's last order. Nothing without an order.
-pub(super) fn stamp_order(conn: &Connection, id: &JobId, by: Option<&Requester>) -> Result<()> {
+pub(super) fn stamp_order(db: &dyn Database, id: &JobId, by: Option<&Requester>) -> Result<()> {
     let Some(by) = by else {
         return Ok(());
     };
-    let json = encode(by);
-    conn.prepare_cached(
-        "UPDATE transitions SET by_order = ?2 WHERE id = last_insert_rowid() AND job_id = ?1",
-    )?
-    .execute(params![id.as_str(), json])?;
-    set_last_order(conn, id, by)
+    // The job's newest transition: the one this transaction just recorded.
+    db.execute(
+        "UPDATE transitions SET by_order = ?2
+         WHERE id = (SELECT MAX(id) FROM transitions WHERE job_id = ?1)",
+        args![id.as_str(), encode(by).as_str()],
+    )?;
+    set_last_order(db, id, by)
 }
 
-fn set_last_order(conn: &Connection, id: &JobId, by: &Requester) -> Result<()> {
-    let changed = conn
-        .prepare_cached("UPDATE jobs SET last_order = ?2 WHERE id = ?1")?
-        .execute(params![id.as_str(), encode(by)])?;
+fn set_last_order(db: &dyn Database, id: &JobId, by: &Requester) -> Result<()> {
+    let changed = db.execute(
+        "UPDATE jobs SET last_order = ?2 WHERE id = ?1",
+        args![id.as_str(), encode(by).as_str()],
+    )?;
     if changed == 0 {
         return Err(StoreError::UnknownJob(id.clone()));
     }
@@ -159,8 +160,8 @@ pub(super) fn decode(json: Option<&str>) -> Option<Requester> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::tests::TempDir;
+pub(super) mod tests {
+    use super::super::tests::Backend;
     use super::*;
     use shared::protocol::client::Action;
     use shared::spec::JobSpec;
@@ -176,10 +177,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_order_is_stored_with_its_transition_and_as_the_last_order() {
-        let dir = TempDir::new();
-        let store = Store::open(dir.path()).expect("open");
+    pub(in crate::store) fn an_order_is_stored_with_its_transition_and_as_the_last_order(
+        backend: &Backend,
+    ) {
+        let store = backend.open();
         let spec = JobSpec::parse("[[task]]\nname = \"a\"\nrun = \"true\"\n", "t.toml", "t")
             .expect("spec");
         let id = store.create_job(&spec, "t.toml", None).expect("create");
@@ -196,22 +197,22 @@ mod tests {
         let status = store.status(&id).expect("status");
         assert_eq!(status.last_order.as_ref(), Some(&by));
         let stamped: Vec<Option<String>> = store
-            .conn()
-            .prepare("SELECT by_order FROM transitions WHERE job_id = ?1 ORDER BY id")
-            .expect("prepare")
-            .query_map([id.as_str()], |row| row.get(0))
+            .db()
+            .query(
+                "SELECT by_order FROM transitions WHERE job_id = ?1 ORDER BY id",
+                args![id.as_str()],
+            )
             .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows");
+            .iter()
+            .map(|row| row.get(0).expect("by_order"))
+            .collect();
         assert_eq!(stamped.len(), 2, "{stamped:?}");
         assert_eq!(stamped[0], None, "the submission had no order");
         assert_eq!(decode(stamped[1].as_deref()), Some(by));
     }
 
-    #[test]
-    fn a_hook_is_begun_once() {
-        let dir = TempDir::new();
-        let store = Store::open(dir.path()).expect("open");
+    pub(in crate::store) fn a_hook_is_begun_once(backend: &Backend) {
+        let store = backend.open();
         let id = JobId::from_random(7);
         assert!(store.begin_hook(&id, "end", "job").expect("first"));
         assert!(!store.begin_hook(&id, "end", "job").expect("second"));

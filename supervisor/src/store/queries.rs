@@ -1,7 +1,7 @@
 //! Read-side queries for the CLI: job lookup, `ls`, `status`.
 
+use super::db::{Database, Dialect, Row, args};
 use super::{Result, Store, StoreError, TaskRow, job_row, live_states, sql_list, task_rows};
-use rusqlite::params;
 use shared::ids::JobId;
 use shared::protocol::client::{JobStatus, JobSummary, ListQuery, TaskStatus};
 use shared::state::{JobState, TaskState};
@@ -11,8 +11,7 @@ impl Store {
     /// [`StoreError::UnknownJob`] when there is no such job.
     pub fn find_job(&self, text: &str) -> Result<JobId> {
         let id = parse_id(text.trim())?;
-        let conn = self.conn();
-        match job_row(&conn, &id)? {
+        match job_row(&**self.db(), &id)? {
             Some(_) => Ok(id),
             None => Err(StoreError::UnknownJob(id)),
         }
@@ -33,16 +32,19 @@ impl Store {
         if limit == 0 {
             return Ok(i64::MAX);
         }
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT j.seq FROM jobs j WHERE {} ORDER BY j.seq DESC LIMIT 1 OFFSET ?4",
-            list_filter(all, query)
-        ))?;
+        let db = self.db();
+        let dialect = db.dialect();
         let offset = i64::try_from(limit - 1).unwrap_or(i64::MAX);
-        let (name, since) = list_params(query);
-        let mut rows = stmt.query(params![0_i64, name, since, offset])?;
-        match rows.next()? {
-            Some(row) => Ok(row.get::<_, i64>(0)? - 1),
+        let (name, since) = list_params(dialect, query);
+        let row = db.query_opt(
+            &format!(
+                "SELECT j.seq FROM jobs j WHERE {} ORDER BY j.seq DESC LIMIT 1 OFFSET ?4",
+                list_filter(dialect, all, query)
+            ),
+            args![0_i64, name.as_deref(), since, offset],
+        )?;
+        match row {
+            Some(row) => Ok(row.get::<i64>(0)? - 1),
             None => Ok(0),
         }
     }
@@ -56,33 +58,33 @@ impl Store {
         after: i64,
         page: u32,
     ) -> Result<(Vec<JobSummary>, i64)> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "{} LIMIT ?4",
-            summary_sql(&list_filter(all, query))
-        ))?;
-        let (name, since) = list_params(query);
-        let rows = stmt
-            .query_map(params![after, name, since, page], summary_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let last = rows.last().map_or(after, |row| row.0);
-        let jobs = rows.into_iter().map(summary).collect::<Result<Vec<_>>>()?;
+        let db = self.db();
+        let dialect = db.dialect();
+        let (name, since) = list_params(dialect, query);
+        let rows = db.query(
+            &format!(
+                "{} LIMIT ?4",
+                summary_sql(&list_filter(dialect, all, query))
+            ),
+            args![after, name.as_deref(), since, page],
+        )?;
+        let last = match rows.last() {
+            Some(row) => row.get(0)?,
+            None => after,
+        };
+        let jobs = rows.iter().map(summary).collect::<Result<Vec<_>>>()?;
         Ok((jobs, last))
     }
 
     /// The summaries (as `ls` shows them) of those of `ids` the store has, one indexed read
     /// each: what the board's mirror publishes, lighter than a whole [`Store::status`].
     pub fn summaries(&self, ids: &[JobId]) -> Result<Vec<JobSummary>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&summary_sql("j.id = ?1"))?;
+        let db = self.db();
+        let sql = summary_sql("j.id = ?1");
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(row) = stmt
-                .query_map([id.as_str()], summary_row)?
-                .next()
-                .transpose()?
-            {
-                jobs.push(summary(row)?);
+            if let Some(row) = db.query_opt(&sql, args![id.as_str()])? {
+                jobs.push(summary(&row)?);
             }
         }
         Ok(jobs)
@@ -90,12 +92,15 @@ impl Store {
 
     /// The job and each of its tasks.
     pub fn status(&self, id: &JobId) -> Result<JobStatus> {
-        let conn = self.conn();
-        let job = job_row(&conn, id)?.ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
-        let tasks = task_rows(&conn, id)?;
-        let (last_order, spec): (Option<String>, String) = conn
-            .prepare_cached("SELECT last_order, spec FROM jobs WHERE id = ?1")?
-            .query_row([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        let db = self.db();
+        let db: &dyn Database = &**db;
+        let job = job_row(db, id)?.ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
+        let tasks = task_rows(db, id)?;
+        let row = db.query_one(
+            "SELECT last_order, spec FROM jobs WHERE id = ?1",
+            args![id.as_str()],
+        )?;
+        let (last_order, spec): (Option<String>, String) = (row.get(0)?, row.get(1)?);
         Ok(JobStatus {
             id: id.clone(),
             name: job.name,
@@ -118,29 +123,31 @@ impl Store {
     /// saw (a daemon that died between storing a job's end and acknowledging it leaves such a
     /// conductor waiting for the acknowledgement). A new daemon must re-attach to them.
     pub fn attached_jobs(&self) -> Result<Vec<super::JobRow>> {
-        let ids: Vec<String> = {
-            let conn = self.conn();
-            let attached = live_states()
-                .into_iter()
-                .filter(|s| *s != JobState::Pending);
-            let mut stmt = conn.prepare_cached(&format!(
+        let attached = live_states()
+            .into_iter()
+            .filter(|s| *s != JobState::Pending);
+        let rows = self.db().query(
+            &format!(
                 "SELECT id FROM jobs WHERE state IN ({}) OR conductor_exited = 0 ORDER BY seq",
                 sql_list(attached),
-            ))?;
-            stmt.query_map([], |row| row.get(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        ids.iter().map(|id| self.job(&parse_id(id)?)).collect()
+            ),
+            args![],
+        )?;
+        rows.iter()
+            .map(|row| self.job(&parse_id(&row.get::<String>(0)?)?))
+            .collect()
     }
 
     /// Pending jobs in submission order.
     pub fn queued_jobs(&self) -> Result<Vec<JobId>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT id FROM jobs WHERE state = ?1 ORDER BY seq")?;
-        let ids = stmt
-            .query_map([JobState::Pending.as_str()], |row| row.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        ids.iter().map(|id| parse_id(id)).collect()
+        self.db()
+            .query(
+                "SELECT id FROM jobs WHERE state = ?1 ORDER BY seq",
+                args![JobState::Pending.as_str()],
+            )?
+            .iter()
+            .map(|row| parse_id(&row.get::<String>(0)?))
+            .collect()
     }
 }
 
@@ -212,7 +219,7 @@ fn task_status(task: TaskRow, accounting: bool, after: Vec<String>) -> TaskStatu
 /// The `WHERE` clause of `ls`: `?1` the `seq` to start after, `?2` the name glob, `?3` the
 /// earliest `created_ms`. The states are inlined (names from `as_str`, never input) so that the
 /// planner sees them and walks `jobs_by_state` for the live jobs instead of the whole table.
-fn list_filter(all: bool, query: &ListQuery) -> String {
+fn list_filter(dialect: Dialect, all: bool, query: &ListQuery) -> String {
     let states = if !query.states.is_empty() {
         format!(
             "j.state IN ({}) AND ",
@@ -223,23 +230,13 @@ fn list_filter(all: bool, query: &ListQuery) -> String {
     } else {
         format!("j.state IN ({}) AND ", sql_list(live_states()))
     };
+    // The casts give PostgreSQL the parameters' types where NULL is tested.
+    let name = dialect.name_matches("j.name", "?2");
     format!(
-        "{states}j.seq > ?1 AND (?2 IS NULL OR j.name GLOB ?2) AND (?3 IS NULL OR j.created_ms >= ?3)"
+        "{states}j.seq > ?1 AND (CAST(?2 AS TEXT) IS NULL OR {name})
+         AND (CAST(?3 AS BIGINT) IS NULL OR j.created_ms >= ?3)"
     )
 }
-
-/// A job summary's columns as [`summary_row`] reads them: `seq`, id, name, state, created,
-/// paused since, the task that runs (or last began), how many tasks run.
-type SummaryRow = (
-    i64,
-    String,
-    String,
-    String,
-    i64,
-    Option<i64>,
-    Option<String>,
-    i64,
-);
 
 /// The `SELECT` of the summaries of the jobs `j` where `filter` holds, in submission order.
 fn summary_sql(filter: &str) -> String {
@@ -257,48 +254,34 @@ fn summary_sql(filter: &str) -> String {
     )
 }
 
-fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-    ))
-}
-
-fn summary(
-    (_, id, name, state, created_ms, paused_since_ms, task, running): SummaryRow,
-) -> Result<JobSummary> {
+/// A summary from its row of [`summary_sql`]: `seq`, id, name, state, created, paused since,
+/// the task that runs (or last began), how many tasks run.
+fn summary(row: &Row) -> Result<JobSummary> {
     Ok(JobSummary {
-        id: parse_id(&id)?,
-        name,
-        state: state.parse()?,
-        task,
-        created_ms,
-        paused_since_ms,
-        running: u32::try_from(running).unwrap_or(0),
+        id: parse_id(&row.get::<String>(1)?)?,
+        name: row.get(2)?,
+        state: row.get::<String>(3)?.parse()?,
+        task: row.get(6)?,
+        created_ms: row.get(4)?,
+        paused_since_ms: row.get(5)?,
+        running: row.get::<u32>(7).unwrap_or(0),
     })
 }
 
-/// The bound values of [`list_filter`]: the name glob in SQLite's syntax, the earliest time.
-fn list_params(query: &ListQuery) -> (Option<String>, Option<i64>) {
-    // `ls --name` knows `*` and `?` only: a `[` is a literal, which GLOB spells `[[]`.
-    let name = query.name.as_ref().map(|glob| glob.replace('[', "[[]"));
+/// The bound values of [`list_filter`]: the name glob in the database's syntax, the earliest
+/// time.
+fn list_params(dialect: Dialect, query: &ListQuery) -> (Option<String>, Option<i64>) {
+    let name = query.name.as_deref().map(|glob| dialect.name_pattern(glob));
     (name, query.since_ms)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::tests::TempDir;
+pub(super) mod tests {
+    use super::super::tests::Backend;
     use super::*;
 
-    fn store_with(names: &[&str]) -> (TempDir, Store, Vec<JobId>) {
-        let dir = TempDir::new();
-        let store = Store::open(dir.path()).expect("open");
+    fn store_with(backend: &Backend, names: &[&str]) -> (Store, Vec<JobId>) {
+        let store = backend.open();
         let ids = names
             .iter()
             .map(|name| {
@@ -307,25 +290,24 @@ mod tests {
                 store.create_job(&spec, "t.toml", None).expect("create")
             })
             .collect();
-        (dir, store, ids)
+        (store, ids)
     }
 
     #[test]
     fn live_jobs_are_read_by_the_state_index() {
-        let (_dir, store, _) = store_with(&["a"]);
-        let conn = store.conn();
+        let backend = Backend::sqlite();
+        let (store, _) = store_with(&backend, &["a"]);
         let sql = format!(
             "EXPLAIN QUERY PLAN SELECT j.seq FROM jobs j WHERE {} ORDER BY j.seq LIMIT ?4",
-            list_filter(false, &ListQuery::default())
+            list_filter(Dialect::Sqlite, false, &ListQuery::default())
         );
-        let mut stmt = conn.prepare(&sql).expect("prepare");
-        let plan: Vec<String> = stmt
-            .query_map(params![0_i64, None::<String>, None::<i64>, 500], |row| {
-                row.get::<_, String>(3)
-            })
+        let plan: Vec<String> = store
+            .db()
+            .query(&sql, args![0_i64, None::<&str>, None::<i64>, 500])
             .expect("plan")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows");
+            .iter()
+            .map(|row| row.get(3).expect("detail"))
+            .collect();
         assert!(
             plan.iter().any(|step| step.contains("jobs_by_state")),
             "{plan:?}"
@@ -336,9 +318,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn summaries_are_those_of_the_list_and_skip_unknown_ids() {
-        let (_dir, store, ids) = store_with(&["a", "b", "c"]);
+    pub(in crate::store) fn summaries_are_those_of_the_list_and_skip_unknown_ids(
+        backend: &Backend,
+    ) {
+        let (store, ids) = store_with(backend, &["a", "b", "c"]);
         let unknown = JobId::from_random(0);
         let asked = [ids[2].clone(), unknown, ids[0].clone()];
         let got = store.summaries(&asked).expect("summaries");
@@ -346,9 +329,8 @@ mod tests {
         assert_eq!(got, [listed[2].clone(), listed[0].clone()]);
     }
 
-    #[test]
-    fn pages_limits_and_globs() {
-        let (_dir, store, ids) = store_with(&["a1", "a2", "b[1]", "a3", "a4"]);
+    pub(in crate::store) fn pages_limits_and_globs(backend: &Backend) {
+        let (store, ids) = store_with(backend, &["a1", "a2", "b[1]", "a3", "a4", "c%_d", "cxyd"]);
         let all = |query: &ListQuery| {
             let mut after = store.list_start(true, query).expect("start");
             let mut got = Vec::new();
@@ -367,7 +349,7 @@ mod tests {
             limit: Some(2),
             ..ListQuery::default()
         };
-        assert_eq!(store.list_start(true, &limited).expect("start"), 3);
+        assert_eq!(store.list_start(true, &limited).expect("start"), 5);
         let named = |glob: &str, limit| ListQuery {
             name: Some(glob.into()),
             limit,
@@ -379,6 +361,9 @@ mod tests {
         );
         assert_eq!(all(&named("b[1]", None)), [ids[2].clone()]);
         assert_eq!(all(&named("b1", None)), Vec::<JobId>::new());
+        // Only `*` and `?` are wildcards, in either database's pattern syntax.
+        assert_eq!(all(&named("c%_d", None)), [ids[5].clone()]);
+        assert_eq!(all(&named("c??d", None)), [5, 6].map(|i| ids[i].clone()));
         let none = ListQuery {
             limit: Some(0),
             ..ListQuery::default()

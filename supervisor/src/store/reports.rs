@@ -1,9 +1,9 @@
 //! Applying a conductor's numbered reports to the store: each once, in order, in one transaction
 //! per batch, so that the acknowledgement that follows means "durable".
 
+use super::db::{Database, args};
 use super::transitions::{change_job_state, job_state};
 use super::{Result, Store, StoreError, change_task_state, now_ms};
-use rusqlite::{Connection, OptionalExtension, params};
 use shared::ids::JobId;
 use shared::protocol::conductor::{JobEvent, Phase, Report, StepOutcome};
 use shared::state::{ExecOutcome, JobState, TaskState};
@@ -37,45 +37,44 @@ impl Store {
                     | JobEvent::Fenced { .. }
             )
         });
-        self.write(durable, |tx| self.apply_in(tx, id, reports))
+        self.write(durable, |tx| apply_in(tx, id, reports))
     }
+}
 
-    fn apply_in(&self, tx: &Connection, id: &JobId, reports: &[Report]) -> Result<Applied> {
-        let held: u64 = tx
-            .prepare_cached("SELECT last_report FROM jobs WHERE id = ?1")?
-            .query_row([id.as_str()], |row| {
-                row.get::<_, i64>(0).map(|v| u64::try_from(v).unwrap_or(0))
-            })
-            .optional()?
-            .ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
-        let fresh_from = reports
-            .iter()
-            .position(|r| r.seq > held)
-            .unwrap_or(reports.len());
-        check_no_gap(held, &reports[fresh_from..])?;
-        let mut last = held;
-        for report in &reports[fresh_from..] {
-            match apply_one(tx, id, &report.event) {
-                Ok(()) => {}
-                Err(StoreError::Illegal(err)) => {
-                    tracing::error!(job_id = %id, seq = report.seq, event = ?report.event, error = %err, "illegal transition reported by the conductor");
-                }
-                Err(other) => return Err(other),
+fn apply_in(tx: &dyn Database, id: &JobId, reports: &[Report]) -> Result<Applied> {
+    let held: u64 = tx
+        .query_opt(
+            "SELECT last_report FROM jobs WHERE id = ?1",
+            args![id.as_str()],
+        )?
+        .ok_or_else(|| StoreError::UnknownJob(id.clone()))?
+        .get(0)?;
+    let fresh_from = reports
+        .iter()
+        .position(|r| r.seq > held)
+        .unwrap_or(reports.len());
+    check_no_gap(held, &reports[fresh_from..])?;
+    let mut last = held;
+    for report in &reports[fresh_from..] {
+        match apply_one(tx, id, &report.event) {
+            Ok(()) => {}
+            Err(StoreError::Illegal(err)) => {
+                tracing::error!(job_id = %id, seq = report.seq, event = ?report.event, error = %err, "illegal transition reported by the conductor");
             }
-            last = report.seq;
+            Err(other) => return Err(other),
         }
-        if last != held {
-            tx.prepare_cached("UPDATE jobs SET last_report = ?2 WHERE id = ?1")?
-                .execute(params![
-                    id.as_str(),
-                    i64::try_from(last).unwrap_or(i64::MAX)
-                ])?;
-        }
-        Ok(Applied {
-            held: last,
-            fresh_from,
-        })
+        last = report.seq;
     }
+    if last != held {
+        tx.execute(
+            "UPDATE jobs SET last_report = ?2 WHERE id = ?1",
+            args![id.as_str(), last],
+        )?;
+    }
+    Ok(Applied {
+        held: last,
+        fresh_from,
+    })
 }
 
 /// The fresh reports must number on from `held` one by one.
@@ -93,14 +92,17 @@ fn check_no_gap(held: u64, fresh: &[Report]) -> Result<()> {
     Ok(())
 }
 
-fn task_state(conn: &Connection, id: &JobId, task: u32) -> Result<TaskState> {
-    let state: String = conn
-        .prepare_cached("SELECT state FROM tasks WHERE job_id = ?1 AND idx = ?2")?
-        .query_row(params![id.as_str(), task], |row| row.get(0))?;
+fn task_state(db: &dyn Database, id: &JobId, task: u32) -> Result<TaskState> {
+    let state: String = db
+        .query_one(
+            "SELECT state FROM tasks WHERE job_id = ?1 AND idx = ?2",
+            args![id.as_str(), task],
+        )?
+        .get(0)?;
     Ok(state.parse()?)
 }
 
-fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
+fn apply_one(db: &dyn Database, id: &JobId, event: &JobEvent) -> Result<()> {
     let now = now_ms();
     match event {
         JobEvent::TaskStarting {
@@ -108,18 +110,18 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
             phase,
             attempt,
         } => {
-            let from = task_state(conn, id, *task)?;
+            let from = task_state(db, id, *task)?;
             match phase {
                 Phase::Execute => {
-                    change_task_state(conn, id, *task, from, TaskState::Running, None)?;
-                    conn.prepare_cached(
+                    change_task_state(db, id, *task, from, TaskState::Running, None)?;
+                    db.execute(
                         "UPDATE tasks SET attempts = ?3, started_ms = ?4, ended_ms = NULL, error = NULL, pid = NULL
                          WHERE job_id = ?1 AND idx = ?2",
-                    )?
-                    .execute(params![id.as_str(), task, attempt, now])?;
+                        args![id.as_str(), *task, *attempt, now],
+                    )?;
                     // A resume plan executes again once it reverted the interrupted tasks.
                     move_job_if(
-                        conn,
+                        db,
                         id,
                         (JobState::Reverting, JobState::Running),
                         "resuming after reverting the interrupted tasks",
@@ -128,13 +130,13 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
                 Phase::Revert => {
                     // Each attempt of a revert with `revert_retries` is its own transition.
                     let why = (*attempt > 1).then(|| format!("revert attempt {attempt}"));
-                    change_task_state(conn, id, *task, from, TaskState::Reverting, why.as_deref())?;
-                    conn.prepare_cached(
+                    change_task_state(db, id, *task, from, TaskState::Reverting, why.as_deref())?;
+                    db.execute(
                         "UPDATE tasks SET pid = NULL WHERE job_id = ?1 AND idx = ?2",
-                    )?
-                    .execute(params![id.as_str(), task])?;
+                        args![id.as_str(), *task],
+                    )?;
                     move_job_if(
-                        conn,
+                        db,
                         id,
                         (JobState::Running, JobState::Reverting),
                         "reverting",
@@ -143,8 +145,10 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
             }
         }
         JobEvent::TaskSpawned { task, pid, .. } => {
-            conn.prepare_cached("UPDATE tasks SET pid = ?3 WHERE job_id = ?1 AND idx = ?2")?
-                .execute(params![id.as_str(), task, pid])?;
+            db.execute(
+                "UPDATE tasks SET pid = ?3 WHERE job_id = ?1 AND idx = ?2",
+                args![id.as_str(), *task, *pid],
+            )?;
         }
         JobEvent::Output {
             task,
@@ -152,25 +156,25 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
             stream,
             line,
         } => {
-            conn.prepare_cached(
+            db.execute(
                 "INSERT INTO output (job_id, task_idx, phase, stream, line, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![id.as_str(), task, phase.as_str(), stream.as_str(), line, now])?;
+                args![id.as_str(), *task, phase.as_str(), stream.as_str(), line, now],
+            )?;
         }
         JobEvent::TaskFinished {
             task,
             phase,
             outcome,
-        } => finish_task(conn, id, *task, *phase, outcome, now)?,
+        } => finish_task(db, id, *task, *phase, outcome, now)?,
         JobEvent::Cancelling { reason } => {
             let from = [JobState::Running, JobState::Reverting];
-            if from.contains(&job_state(conn, id)?) {
-                change_job_state(conn, id, &from, JobState::Cancelling, Some(reason))?;
+            if from.contains(&job_state(db, id)?) {
+                change_job_state(db, id, &from, JobState::Cancelling, Some(reason))?;
             }
         }
         JobEvent::JobFinished { state } => {
             // Any state: the transition table decides (an illegal end is logged and held).
-            change_job_state(conn, id, &JobState::ALL, *state, None)?;
+            change_job_state(db, id, &JobState::ALL, *state, None)?;
         }
         // The conductor killed its steps at its fence and exits: the job actor records the
         // hard end (`killed`, the reverts skipped) once it is gone, as after a kill.
@@ -181,65 +185,66 @@ fn apply_one(conn: &Connection, id: &JobId, event: &JobEvent) -> Result<()> {
 
 /// Moves the job from `from` to `to` (with `reason`) if it is in `from`; else leaves it.
 fn move_job_if(
-    conn: &Connection,
+    db: &dyn Database,
     id: &JobId,
     (from, to): (JobState, JobState),
     reason: &str,
 ) -> Result<()> {
-    if job_state(conn, id)? == from {
-        change_job_state(conn, id, &[from], to, Some(reason))?;
+    if job_state(db, id)? == from {
+        change_job_state(db, id, &[from], to, Some(reason))?;
     }
     Ok(())
 }
 
 fn finish_task(
-    conn: &Connection,
+    db: &dyn Database,
     id: &JobId,
     task: u32,
     phase: Phase,
     outcome: &StepOutcome,
     now: i64,
 ) -> Result<()> {
-    let from = task_state(conn, id, task)?;
+    let from = task_state(db, id, task)?;
     let to = match (phase, outcome) {
         (Phase::Execute, StepOutcome::Success { .. }) => TaskState::Success,
         (Phase::Execute, StepOutcome::Failure { .. }) => TaskState::Failure,
         (Phase::Revert, StepOutcome::Success { .. }) => TaskState::Reverted,
         (Phase::Revert, StepOutcome::Failure { .. }) => TaskState::RevertFailure,
     };
-    change_task_state(conn, id, task, from, to, None)?;
+    change_task_state(db, id, task, from, to, None)?;
     match (phase, outcome) {
-        (Phase::Execute, StepOutcome::Success { result }) => conn
-            .prepare_cached(
-                "UPDATE tasks SET result = ?3, exec_outcome = ?4, error = NULL, ended_ms = ?5 WHERE job_id = ?1 AND idx = ?2",
-            )?
-            .execute(params![id.as_str(), task, result, ExecOutcome::Success.as_str(), now])?,
+        (Phase::Execute, StepOutcome::Success { result }) => db.execute(
+            "UPDATE tasks SET result = ?3, exec_outcome = ?4, error = NULL, ended_ms = ?5 WHERE job_id = ?1 AND idx = ?2",
+            args![id.as_str(), task, result, ExecOutcome::Success.as_str(), now],
+        )?,
         (Phase::Execute, StepOutcome::Failure { reason, cancelled, result }) => {
             let outcome = if *cancelled { ExecOutcome::Cancelled } else { ExecOutcome::Failure };
-            conn.prepare_cached(
+            db.execute(
                 "UPDATE tasks SET result = ?3, exec_outcome = ?4, error = ?5, ended_ms = ?6 WHERE job_id = ?1 AND idx = ?2",
+                args![id.as_str(), task, result, outcome.as_str(), reason, now],
             )?
-            .execute(params![id.as_str(), task, result, outcome.as_str(), reason, now])?
         }
-        (Phase::Revert, StepOutcome::Success { .. }) => conn
-            // The execute's failure reason stays: the revert does not undo why the job failed.
-            .prepare_cached("UPDATE tasks SET ended_ms = ?3 WHERE job_id = ?1 AND idx = ?2")?
-            .execute(params![id.as_str(), task, now])?,
-        (Phase::Revert, StepOutcome::Failure { reason, .. }) => conn
-            .prepare_cached("UPDATE tasks SET error = ?3, ended_ms = ?4 WHERE job_id = ?1 AND idx = ?2")?
-            .execute(params![id.as_str(), task, format!("revert: {reason}"), now])?,
+        // The execute's failure reason stays: the revert does not undo why the job failed.
+        (Phase::Revert, StepOutcome::Success { .. }) => db.execute(
+            "UPDATE tasks SET ended_ms = ?3 WHERE job_id = ?1 AND idx = ?2",
+            args![id.as_str(), task, now],
+        )?,
+        (Phase::Revert, StepOutcome::Failure { reason, .. }) => db.execute(
+            "UPDATE tasks SET error = ?3, ended_ms = ?4 WHERE job_id = ?1 AND idx = ?2",
+            args![id.as_str(), task, format!("revert: {reason}").as_str(), now],
+        )?,
     };
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::store::tests::Backend;
     use shared::spec::JobSpec;
 
-    fn store_with_job() -> (tempdir::Dir, Store, JobId) {
-        let dir = tempdir::Dir::new();
-        let store = Store::open(dir.path()).expect("open");
+    fn store_with_job(backend: &Backend) -> (Store, JobId) {
+        let store = backend.open();
         let spec = JobSpec::parse(
             "[[task]]\nname = \"a\"\nrun = \"true\"\nrevert = \"true\"\n[[task]]\nname = \"b\"\nrun = \"true\"\nrevert = \"true\"\n",
             "t.toml",
@@ -250,16 +255,15 @@ mod tests {
         store
             .transition_job(&id, &[JobState::Pending], JobState::Running, None)
             .expect("running");
-        (dir, store, id)
+        (store, id)
     }
 
     fn report(seq: u64, event: JobEvent) -> Report {
         Report { seq, event }
     }
 
-    #[test]
-    fn reports_apply_once_and_replays_are_skipped() {
-        let (_dir, store, id) = store_with_job();
+    pub(in crate::store) fn reports_apply_once_and_replays_are_skipped(backend: &Backend) {
+        let (store, id) = store_with_job(backend);
         let batch = [
             report(
                 1,
@@ -288,9 +292,10 @@ mod tests {
         assert_eq!(tasks[0].attempts, 1);
     }
 
-    #[test]
-    fn hard_end_marks_running_as_killed_and_lists_pending_last_first() {
-        let (_dir, store, id) = store_with_job();
+    pub(in crate::store) fn hard_end_marks_running_as_killed_and_lists_pending_last_first(
+        backend: &Backend,
+    ) {
+        let (store, id) = store_with_job(backend);
         let batch = [
             report(
                 1,
@@ -331,9 +336,8 @@ mod tests {
         assert_eq!(store.job(&id).expect("job").state, JobState::Killed);
     }
 
-    #[test]
-    fn illegal_report_is_skipped_but_held() {
-        let (_dir, store, id) = store_with_job();
+    pub(in crate::store) fn illegal_report_is_skipped_but_held(backend: &Backend) {
+        let (store, id) = store_with_job(backend);
         let batch = [report(
             1,
             JobEvent::TaskFinished {
@@ -350,29 +354,5 @@ mod tests {
             store.tasks(&id).expect("tasks")[0].state,
             TaskState::Pending
         );
-    }
-
-    /// A throwaway directory for store tests.
-    mod tempdir {
-        pub struct Dir(std::path::PathBuf);
-        impl Dir {
-            pub fn new() -> Self {
-                let path = std::env::temp_dir().join(format!(
-                    "store-test-{}-{}",
-                    std::process::id(),
-                    super::super::super::random_u32()
-                ));
-                std::fs::create_dir_all(&path).expect("mkdir");
-                Self(path)
-            }
-            pub fn path(&self) -> &std::path::Path {
-                &self.0
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 }

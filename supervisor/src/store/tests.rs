@@ -1,6 +1,27 @@
 //! Store tests: compare-and-set, the guarded orders, two writers, migration, the actor.
 
+use super::actor::tests::{
+    a_call_that_needs_no_transaction_runs_inside_a_batch,
+    a_panic_in_a_write_outside_a_batch_leaves_the_store_usable,
+    a_read_before_the_first_write_is_answered_at_once, concurrent_calls_are_answered_committed,
+    no_answer_is_sent_before_the_commit_that_covers_it,
+    one_call_fails_alone_and_the_others_of_its_batch_commit,
+};
+use super::journal::tests::{
+    a_claimed_job_is_imported_pending, a_rescued_job_is_imported_crashed_with_its_reverts_pending,
+};
+use super::operators::tests::{
+    a_hook_is_begun_once, an_order_is_stored_with_its_transition_and_as_the_last_order,
+};
+use super::queries::tests::{
+    pages_limits_and_globs, summaries_are_those_of_the_list_and_skip_unknown_ids,
+};
+use super::reports::tests::{
+    hard_end_marks_running_as_killed_and_lists_pending_last_first,
+    illegal_report_is_skipped_but_held, reports_apply_once_and_replays_are_skipped,
+};
 use super::*;
+use rusqlite::Connection;
 use shared::protocol::conductor::{JobEvent, Phase, Report, StepOutcome};
 
 /// A throwaway directory, removed at drop.
@@ -25,6 +46,103 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The store's behavioural suite: every case runs on SQLite (a test of its own each) and on
+/// PostgreSQL (all in [`the_suite_on_postgres`], on one server, a fresh database each).
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        /// Every case, by name.
+        const SUITE: &[(&str, fn(&Backend))] = &[$((stringify!($case), $case)),*];
+
+        /// Each case of the suite on SQLite.
+        mod on_sqlite {
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(&super::Backend::sqlite());
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    transition_is_compare_and_set,
+    revert_needs_a_stopped_job_with_a_pending_revert,
+    resume_refuses_a_job_that_began_reverting,
+    hard_end_acts_only_on_a_live_job,
+    racing_orders_on_one_job_start_it_once,
+    two_stores_on_one_database_write_concurrently,
+    a_gap_in_the_reports_is_refused_whole,
+    a_bad_job_id_is_its_own_error,
+    state_lists_follow_job_state,
+    prune_deletes_finished_jobs_and_keeps_live_recent_and_owing_ones,
+    output_pages_are_bounded_and_continue_where_they_stopped,
+    a_resume_plan_reverts_the_interrupted_task_then_runs_it_again,
+    reports_apply_once_and_replays_are_skipped,
+    hard_end_marks_running_as_killed_and_lists_pending_last_first,
+    illegal_report_is_skipped_but_held,
+    summaries_are_those_of_the_list_and_skip_unknown_ids,
+    pages_limits_and_globs,
+    an_order_is_stored_with_its_transition_and_as_the_last_order,
+    a_hook_is_begun_once,
+    a_rescued_job_is_imported_crashed_with_its_reverts_pending,
+    a_claimed_job_is_imported_pending,
+    one_call_fails_alone_and_the_others_of_its_batch_commit,
+    no_answer_is_sent_before_the_commit_that_covers_it,
+    a_read_before_the_first_write_is_answered_at_once,
+    a_call_that_needs_no_transaction_runs_inside_a_batch,
+    a_panic_in_a_write_outside_a_batch_leaves_the_store_usable,
+    concurrent_calls_are_answered_committed,
+);
+
+/// Each case of the suite on one PostgreSQL server, a fresh database each; the failed cases
+/// are named together at the end. Skipped without a server on a developer's machine, a
+/// failure under `CI=true` (`.ci/run` installs one).
+#[test]
+fn the_suite_on_postgres() {
+    let Some(server) = harness::postgres::Postgres::start("the_suite_on_postgres") else {
+        return;
+    };
+    let mut failed = Vec::new();
+    for (i, (name, case)) in SUITE.iter().enumerate() {
+        let database = format!("case{i}");
+        let _created = server.sql(&format!("CREATE DATABASE {database}"));
+        let backend = Backend::Postgres(server.url_of(&database));
+        if std::panic::catch_unwind(|| case(&backend)).is_err() {
+            failed.push(*name);
+        }
+    }
+    assert!(failed.is_empty(), "failed on PostgreSQL: {failed:?}");
+}
+
+/// Where a case's stores live: every [`Backend::open`] is a new connection to one database.
+pub(super) enum Backend {
+    Sqlite(TempDir),
+    /// A connection string.
+    Postgres(String),
+}
+
+impl Backend {
+    pub(super) fn sqlite() -> Self {
+        Self::Sqlite(TempDir::new())
+    }
+
+    /// The state dir of a SQLite backend.
+    pub(super) fn dir(&self) -> &Path {
+        match self {
+            Self::Sqlite(dir) => dir.path(),
+            Self::Postgres(_) => panic!("a PostgreSQL backend has no dir"),
+        }
+    }
+
+    pub(super) fn open(&self) -> Store {
+        match self {
+            Self::Sqlite(dir) => Store::open(dir.path()).expect("open SQLite"),
+            Self::Postgres(url) => Store::open_postgres(url).expect("open PostgreSQL"),
+        }
     }
 }
 
@@ -89,21 +207,26 @@ fn hard_ended_after(store: &Store, batch: &[Report], end: JobState, reason: &str
 }
 
 fn job_transitions(store: &Store, id: &JobId) -> Vec<(Option<String>, String, Option<String>)> {
-    let conn = store.conn();
-    let mut stmt = conn
-        .prepare("SELECT from_state, to_state, reason FROM transitions WHERE job_id = ?1 AND task_idx IS NULL ORDER BY id")
-        .expect("prepare");
-    stmt.query_map([id.as_str()], |row| {
-        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-    })
-    .expect("query")
-    .collect::<rusqlite::Result<Vec<_>>>()
-    .expect("rows")
+    store
+        .db()
+        .query(
+            "SELECT from_state, to_state, reason FROM transitions WHERE job_id = ?1 AND task_idx IS NULL ORDER BY id",
+            args![id.as_str()],
+        )
+        .expect("query")
+        .iter()
+        .map(|row| {
+            (
+                row.get(0).expect("from"),
+                row.get(1).expect("to"),
+                row.get(2).expect("reason"),
+            )
+        })
+        .collect()
 }
 
-#[test]
-fn transition_is_compare_and_set() {
-    let (_dir, store) = fresh();
+fn transition_is_compare_and_set(backend: &Backend) {
+    let store = backend.open();
     let id = store.create_job(&spec(), "t.toml", None).expect("create");
     let was = store
         .transition_job(&id, &[JobState::Pending], JobState::Running, Some("go"))
@@ -157,9 +280,8 @@ fn transition_is_compare_and_set() {
     );
 }
 
-#[test]
-fn revert_needs_a_stopped_job_with_a_pending_revert() {
-    let (_dir, store) = fresh();
+fn revert_needs_a_stopped_job_with_a_pending_revert(backend: &Backend) {
+    let store = backend.open();
     let id = killed_with_pending_revert(&store);
     // A job killed before any task ran has nothing to revert.
     let empty = store.create_job(&spec(), "t.toml", None).expect("create");
@@ -187,9 +309,8 @@ fn revert_needs_a_stopped_job_with_a_pending_revert() {
     ));
 }
 
-#[test]
-fn resume_refuses_a_job_that_began_reverting() {
-    let (_dir, store) = fresh();
+fn resume_refuses_a_job_that_began_reverting(backend: &Backend) {
+    let store = backend.open();
     let id = killed_with_pending_revert(&store);
     store.begin_resume(&id, "resume requested").expect("resume");
     assert_eq!(store.job(&id).expect("job").state, JobState::Running);
@@ -224,9 +345,8 @@ fn resume_refuses_a_job_that_began_reverting() {
     assert_eq!(store.job(&id).expect("job").state, JobState::Killed);
 }
 
-#[test]
-fn hard_end_acts_only_on_a_live_job() {
-    let (_dir, store) = fresh();
+fn hard_end_acts_only_on_a_live_job(backend: &Backend) {
+    let store = backend.open();
     let id = killed_with_pending_revert(&store);
     let before = store.job(&id).expect("job");
     let again = store.record_hard_end(&id, JobState::Crashed, "the conductor died");
@@ -250,16 +370,15 @@ fn hard_end_acts_only_on_a_live_job() {
 }
 
 /// Two orders on one job, from two processes' worth of connections at once: exactly one wins.
-#[test]
-fn racing_orders_on_one_job_start_it_once() {
-    let (dir, store) = fresh();
+fn racing_orders_on_one_job_start_it_once(backend: &Backend) {
+    let store = backend.open();
     let id = killed_with_pending_revert(&store);
     let results: Vec<Result<()>> = std::thread::scope(|scope| {
         let racers: Vec<_> = (0..4)
             .map(|n| {
-                let (dir, id) = (dir.path(), id.clone());
+                let id = id.clone();
                 scope.spawn(move || {
-                    let store = Store::open(dir).expect("open");
+                    let store = backend.open();
                     if n % 2 == 0 {
                         store.begin_revert(&id, "revert requested")
                     } else {
@@ -283,14 +402,10 @@ fn racing_orders_on_one_job_start_it_once() {
     }
 }
 
-/// A `run` beside a daemon: two `Store`s on one file, writing at once, never see SQLITE_BUSY.
-#[test]
-fn two_stores_on_one_file_write_concurrently() {
-    let dir = TempDir::new();
-    let stores = [
-        Store::open(dir.path()).expect("open 1"),
-        Store::open(dir.path()).expect("open 2"),
-    ];
+/// A `run` beside a daemon: two `Store`s on one database, writing at once, never see SQLITE_BUSY
+/// (nor, on PostgreSQL, a duplicate `seq`).
+fn two_stores_on_one_database_write_concurrently(backend: &Backend) {
+    let stores = [backend.open(), backend.open()];
     std::thread::scope(|scope| {
         for store in &stores {
             scope.spawn(move || {
@@ -332,9 +447,8 @@ fn two_stores_on_one_file_write_concurrently() {
     assert!(all.iter().all(|j| j.state == JobState::Success));
 }
 
-#[test]
-fn a_gap_in_the_reports_is_refused_whole() {
-    let (_dir, store) = fresh();
+fn a_gap_in_the_reports_is_refused_whole(backend: &Backend) {
+    let store = backend.open();
     let id = store.create_job(&spec(), "t.toml", None).expect("create");
     store
         .transition_job(&id, &[JobState::Pending], JobState::Running, None)
@@ -404,7 +518,7 @@ fn schema_1_store_is_migrated() {
             .expect("fixture");
     }
     let store = Store::open(dir.path()).expect("open migrates");
-    let version = migrate::user_version(&store.conn()).expect("version");
+    let version = user_version(&store);
     assert_eq!(version, SCHEMA_VERSION);
     let state = |id: &str| {
         store
@@ -423,16 +537,16 @@ fn schema_1_store_is_migrated() {
         .collect();
     assert_eq!(pending, ["b", "a"]);
     assert_eq!(store.spec(&killed).expect("spec").tasks.len(), 2);
-    let exited: Vec<(String, bool)> = {
-        let conn = store.conn();
-        let mut stmt = conn
-            .prepare("SELECT id, conductor_exited FROM jobs ORDER BY seq")
-            .expect("prepare");
-        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows")
-    };
+    let exited: Vec<(String, bool)> = store
+        .db()
+        .query(
+            "SELECT id, conductor_exited FROM jobs ORDER BY seq",
+            args![],
+        )
+        .expect("query")
+        .iter()
+        .map(|row| (row.get(0).expect("id"), row.get(1).expect("exited")))
+        .collect();
     let expected = [
         ("1a2b3c4d", true),
         ("5e6f7a8b", true),
@@ -474,10 +588,7 @@ fn concurrent_opens_migrate_once() {
     });
     for store in opened {
         let store = store.expect("open");
-        assert_eq!(
-            migrate::user_version(&store.conn()).expect("version"),
-            SCHEMA_VERSION
-        );
+        assert_eq!(user_version(&store), SCHEMA_VERSION);
         assert_eq!(store.list(true).expect("list").len(), 4);
     }
 }
@@ -485,18 +596,25 @@ fn concurrent_opens_migrate_once() {
 /// The migrations end where a fresh store starts: the same columns, in the same order.
 #[test]
 fn migrated_schema_equals_the_fresh_schema() {
-    let columns = |conn: &Connection| -> Vec<(String, String, String)> {
-        let mut stmt = conn
-            .prepare(
+    let columns = |store: &Store| -> Vec<(String, String, String)> {
+        store
+            .db()
+            .query(
                 "SELECT m.name, p.name, p.type || ' ' || p.\"notnull\" || ' ' || COALESCE(p.dflt_value, '')
                  FROM sqlite_master m, pragma_table_info(m.name) p
                  WHERE m.type = 'table' ORDER BY m.name, p.cid",
+                args![],
             )
-            .expect("prepare");
-        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
             .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows")
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0).expect("table"),
+                    row.get(1).expect("column"),
+                    row.get(2).expect("type"),
+                )
+            })
+            .collect()
     };
     let (_fresh_dir, fresh) = fresh();
     let old = TempDir::new();
@@ -505,7 +623,7 @@ fn migrated_schema_equals_the_fresh_schema() {
         .execute_batch(include_str!("fixtures/schema1.sql"))
         .expect("fixture");
     let migrated = Store::open(old.path()).expect("migrate");
-    assert_eq!(columns(&migrated.conn()), columns(&fresh.conn()));
+    assert_eq!(columns(&migrated), columns(&fresh));
 }
 
 #[test]
@@ -521,9 +639,8 @@ fn a_newer_store_is_refused() {
     assert!(err.to_string().contains("newer version"), "{err}");
 }
 
-#[test]
-fn a_bad_job_id_is_its_own_error() {
-    let (_dir, store) = fresh();
+fn a_bad_job_id_is_its_own_error(backend: &Backend) {
+    let store = backend.open();
     let err = store.find_job("nope").expect_err("not an id");
     assert!(
         matches!(&err, StoreError::BadJobId(text) if text == "nope"),
@@ -536,13 +653,8 @@ fn a_bad_job_id_is_its_own_error() {
     ));
 }
 
-#[test]
-fn state_lists_follow_job_state() {
-    assert_eq!(
-        sql_list(live_states()),
-        "'pending', 'running', 'cancelling', 'reverting'"
-    );
-    let (_dir, store) = fresh();
+fn state_lists_follow_job_state(backend: &Backend) {
+    let store = backend.open();
     let queued = store.create_job(&spec(), "t.toml", None).expect("create");
     let done = killed_with_pending_revert(&store);
     let live: Vec<_> = store
@@ -646,16 +758,29 @@ fn migrations_are_consecutive() {
     );
 }
 
-/// Retention: finished jobs go with every row; live ones, recent ones and those that still owe
-/// reverts stay (the latter go when their state is named); a fresh store vacuums incrementally.
 #[test]
-fn prune_deletes_finished_jobs_and_keeps_live_recent_and_owing_ones() {
+fn live_states_are_listed_for_sql() {
+    assert_eq!(
+        sql_list(live_states()),
+        "'pending', 'running', 'cancelling', 'reverting'"
+    );
+}
+
+#[test]
+fn a_fresh_sqlite_store_vacuums_incrementally() {
     let (_dir, store) = fresh();
     let auto_vacuum: i64 = store
-        .conn()
-        .query_row("PRAGMA auto_vacuum", [], |row| row.get(0))
+        .db()
+        .query_one("PRAGMA auto_vacuum", args![])
+        .and_then(|row| row.get(0))
         .expect("pragma");
-    assert_eq!(auto_vacuum, 2, "a fresh store vacuums incrementally");
+    assert_eq!(auto_vacuum, 2);
+}
+
+/// Retention: finished jobs go with every row; live ones, recent ones and those that still owe
+/// reverts stay (the latter go when their state is named).
+fn prune_deletes_finished_jobs_and_keeps_live_recent_and_owing_ones(backend: &Backend) {
+    let store = backend.open();
     let done = store.create_job(&spec(), "t.toml", None).expect("create");
     store
         .transition_job(&done, &[JobState::Pending], JobState::Running, None)
@@ -673,15 +798,15 @@ fn prune_deletes_finished_jobs_and_keeps_live_recent_and_owing_ones() {
     }
     let count = |table: &str, id: &JobId| -> i64 {
         store
-            .conn()
-            .query_row(
+            .db()
+            .query_one(
                 &format!(
                     "SELECT COUNT(*) FROM {table} WHERE {} = ?1",
                     if table == "jobs" { "id" } else { "job_id" }
                 ),
-                [id.as_str()],
-                |row| row.get(0),
+                args![id.as_str()],
             )
+            .and_then(|row| row.get(0))
             .expect("count")
     };
     assert!(count("transitions", &done) > 0);
@@ -714,9 +839,8 @@ fn prune_deletes_finished_jobs_and_keeps_live_recent_and_owing_ones() {
     store.reclaim(true).expect("vacuum");
 }
 
-#[test]
-fn output_pages_are_bounded_and_continue_where_they_stopped() {
-    let (_dir, store) = fresh();
+fn output_pages_are_bounded_and_continue_where_they_stopped(backend: &Backend) {
+    let store = backend.open();
     let id = store.create_job(&spec(), "t.toml", None).expect("create");
     store
         .transition_job(&id, &[JobState::Pending], JobState::Running, None)
@@ -750,9 +874,8 @@ fn output_pages_are_bounded_and_continue_where_they_stopped() {
 /// A resume plan's reports after a hard end: the interrupted task's revert moves the job to
 /// `reverting`, its execute again back to `running`, and the job can succeed; each step is a
 /// recorded transition.
-#[test]
-fn a_resume_plan_reverts_the_interrupted_task_then_runs_it_again() {
-    let (_dir, store) = fresh();
+fn a_resume_plan_reverts_the_interrupted_task_then_runs_it_again(backend: &Backend) {
+    let store = backend.open();
     let first = [
         starting(1, 0, Phase::Execute),
         finished(2, 0, Phase::Execute),
@@ -799,4 +922,13 @@ fn a_resume_plan_reverts_the_interrupted_task_then_runs_it_again() {
             "success"
         ]
     );
+}
+
+/// The schema version SQLite keeps (`PRAGMA user_version`).
+fn user_version(store: &Store) -> i64 {
+    store
+        .db()
+        .query_one("PRAGMA user_version", args![])
+        .and_then(|row| row.get(0))
+        .expect("version")
 }

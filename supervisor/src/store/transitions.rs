@@ -2,12 +2,12 @@
 //! transaction, so that two orders racing on one job cannot both pass (review H4: two
 //! concurrent `revert`s used to start two conductors).
 
+use super::db::{Database, args};
 use super::operators::stamp_order;
 use super::{
     Result, Store, StoreError, TaskRow, change_task_state, live_states, now_ms, pending_reverts,
     record_transition, task_rows,
 };
-use rusqlite::{Connection, OptionalExtension, params};
 use shared::ids::JobId;
 use shared::protocol::client::Requester;
 use shared::state::{ExecOutcome, JobState, TaskState};
@@ -108,7 +108,7 @@ impl Store {
                 tx.execute(
                     "UPDATE tasks SET error = ?3, ended_ms = ?4, exec_outcome = COALESCE(?5, exec_outcome)
                      WHERE job_id = ?1 AND idx = ?2",
-                    params![id.as_str(), task.idx, reason, now, outcome.map(ExecOutcome::as_str)],
+                    args![id.as_str(), task.idx, reason, now, outcome.map(ExecOutcome::as_str)],
                 )?;
             }
             change_job_state(tx, id, &live, end, Some(reason))?;
@@ -119,12 +119,11 @@ impl Store {
 }
 
 /// The job's state; [`StoreError::UnknownJob`] if there is no such job.
-pub(super) fn job_state(conn: &Connection, id: &JobId) -> Result<JobState> {
-    let state: String = conn
-        .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
-        .query_row([id.as_str()], |row| row.get(0))
-        .optional()?
-        .ok_or_else(|| StoreError::UnknownJob(id.clone()))?;
+pub(super) fn job_state(db: &dyn Database, id: &JobId) -> Result<JobState> {
+    let state: String = db
+        .query_opt("SELECT state FROM jobs WHERE id = ?1", args![id.as_str()])?
+        .ok_or_else(|| StoreError::UnknownJob(id.clone()))?
+        .get(0)?;
     Ok(state.parse()?)
 }
 
@@ -142,36 +141,29 @@ fn refuse_unless(id: &JobId, state: JobState, from: &[JobState]) -> Result<()> {
 /// Compare-and-set of the job's state inside the caller's transaction: from one of `from` to
 /// `to` through the transition table; records the transition; returns the previous state.
 pub(super) fn change_job_state(
-    conn: &Connection,
+    db: &dyn Database,
     id: &JobId,
     from: &[JobState],
     to: JobState,
     reason: Option<&str>,
 ) -> Result<JobState> {
-    let was = job_state(conn, id)?;
+    let was = job_state(db, id)?;
     refuse_unless(id, was, from)?;
     was.transition(to)?;
     let now = now_ms();
     let ended = (!to.is_live()).then_some(now);
-    let changed = conn
-        .prepare_cached(
-            "UPDATE jobs SET state = ?3, reason = COALESCE(?4, reason), ended_ms = ?5
-             WHERE id = ?1 AND state = ?2",
-        )?
-        .execute(params![
-            id.as_str(),
-            was.as_str(),
-            to.as_str(),
-            reason,
-            ended
-        ])?;
+    let changed = db.execute(
+        "UPDATE jobs SET state = ?3, reason = COALESCE(?4, reason), ended_ms = ?5
+         WHERE id = ?1 AND state = ?2",
+        args![id.as_str(), was.as_str(), to.as_str(), reason, ended],
+    )?;
     if changed != 1 {
         // Cannot happen inside an immediate transaction; refuse rather than guess.
         return Err(StoreError::WrongState {
             id: id.clone(),
-            state: job_state(conn, id)?,
+            state: job_state(db, id)?,
         });
     }
-    record_transition(conn, id, None, Some(was.as_str()), to.as_str(), now, reason)?;
+    record_transition(db, id, None, Some(was.as_str()), to.as_str(), now, reason)?;
     Ok(was)
 }

@@ -1,8 +1,9 @@
 //! Group commit on the store's thread: a batch's calls commit together, each one's failure
 //! (an error, a panic) stays its own, and no call is answered before the commit that covers it.
 
-use super::super::tests::TempDir;
+use super::super::tests::Backend;
 use super::*;
+use crate::store::db::args;
 use shared::ids::JobId;
 use shared::spec::JobSpec;
 use shared::state::JobState;
@@ -28,13 +29,12 @@ fn answer<T>(rx: &mpsc::Receiver<Result<T>>) -> Result<T> {
     rx.try_recv().expect("answered once the batch is over")
 }
 
-/// A store on `dir` with one pending job, and a second connection to the same file (what
-/// another process would see: only what is committed).
-fn store_with_job(dir: &TempDir) -> (Store, Store, JobId) {
-    let store = Store::open(dir.path()).expect("open");
+/// A store with one pending job, and a second connection to the same database (what another
+/// process would see: only what is committed).
+fn store_with_job(backend: &Backend) -> (Store, Store, JobId) {
+    let store = backend.open();
     let id = store.create_job(&spec(), "t.toml", None).expect("create");
-    let other = Store::open(dir.path()).expect("second connection");
-    (store, other, id)
+    (store, backend.open(), id)
 }
 
 fn start(id: &JobId) -> impl FnOnce(&Store) -> Result<JobState> + Send + 'static {
@@ -42,10 +42,8 @@ fn start(id: &JobId) -> impl FnOnce(&Store) -> Result<JobState> + Send + 'static
     move |s| s.transition_job(&id, &[JobState::Pending], JobState::Running, None)
 }
 
-#[test]
-fn one_call_fails_alone_and_the_others_of_its_batch_commit() {
-    let dir = TempDir::new();
-    let (store, other, id) = store_with_job(&dir);
+pub(in crate::store) fn one_call_fails_alone_and_the_others_of_its_batch_commit(backend: &Backend) {
+    let (store, other, id) = store_with_job(backend);
     let (started, started_rx) = probe(start(&id));
     // The same compare-and-set again: refused, as it would be alone.
     let (again, again_rx) = probe(start(&id));
@@ -55,7 +53,7 @@ fn one_call_fails_alone_and_the_others_of_its_batch_commit() {
         s.write(true, |conn| -> Result<()> {
             conn.execute(
                 "UPDATE jobs SET name = 'renamed' WHERE id = ?1",
-                [renamed.as_str()],
+                args![renamed.as_str()],
             )?;
             panic!("deliberate test panic");
         })
@@ -91,20 +89,18 @@ fn one_call_fails_alone_and_the_others_of_its_batch_commit() {
         JobState::Pending
     );
     let starts: i64 = other
-        .conn()
-        .query_row(
+        .db()
+        .query_one(
             "SELECT COUNT(*) FROM transitions WHERE job_id = ?1 AND to_state = 'running'",
-            [id.as_str()],
-            |row| row.get(0),
+            args![id.as_str()],
         )
+        .and_then(|row| row.get(0))
         .expect("count");
     assert_eq!(starts, 1);
 }
 
-#[test]
-fn no_answer_is_sent_before_the_commit_that_covers_it() {
-    let dir = TempDir::new();
-    let (store, other, id) = store_with_job(&dir);
+pub(in crate::store) fn no_answer_is_sent_before_the_commit_that_covers_it(backend: &Backend) {
+    let (store, other, id) = store_with_job(backend);
     let other = Arc::new(other);
     let answered = Arc::new(AtomicBool::new(false));
     // The answer checks, as it is delivered, that another connection sees the write.
@@ -138,10 +134,16 @@ fn no_answer_is_sent_before_the_commit_that_covers_it() {
 
 #[test]
 fn a_batch_of_durable_writes_is_flushed_once() {
-    let dir = TempDir::new();
-    let (mut store, other, id) = store_with_job(&dir);
-    store.durability = super::super::group::Durability::SyncWal(dir.path().join("state.db-wal"));
-    let before = store.syncs.load(Ordering::Relaxed);
+    let backend = Backend::sqlite();
+    let (store, other, id) = store_with_job(&backend);
+    drop(store);
+    // Flushed even when the tests run with `SUPERVISOR_DURABILITY=normal`.
+    let store = Store::on(Box::new(
+        super::super::sqlite::Sqlite::open(backend.dir())
+            .expect("open")
+            .flushing(backend.dir()),
+    ));
+    let before = store.syncs();
     let mut answers = Vec::new();
     let mut batch = Vec::new();
     for _ in 0..5 {
@@ -153,7 +155,7 @@ fn a_batch_of_durable_writes_is_flushed_once() {
     let (started, started_rx) = probe(start(&id));
     batch.push(started);
     run_batch(&store, batch);
-    assert_eq!(store.syncs.load(Ordering::Relaxed) - before, 1);
+    assert_eq!(store.syncs() - before, 1);
     for rx in &answers {
         let id = answer(rx).expect("created");
         assert_eq!(other.job(&id).expect("committed").state, JobState::Pending);
@@ -163,20 +165,18 @@ fn a_batch_of_durable_writes_is_flushed_once() {
     let (created, created_rx) = probe(|s| s.create_job(&spec(), "t.toml", None));
     run_batch(&store, vec![created]);
     answer(&created_rx).expect("alone");
-    assert_eq!(store.syncs.load(Ordering::Relaxed) - before, 2);
+    assert_eq!(store.syncs() - before, 2);
     let again = id.clone();
     let (exited, exited_rx) = probe(move |s| s.set_conductor_exited(&again));
     let (read, read_rx) = probe(|s| s.queued_jobs());
     run_batch(&store, vec![exited, read]);
     answer(&exited_rx).expect("exited");
     answer(&read_rx).expect("read");
-    assert_eq!(store.syncs.load(Ordering::Relaxed) - before, 2);
+    assert_eq!(store.syncs() - before, 2);
 }
 
-#[test]
-fn a_read_before_the_first_write_is_answered_at_once() {
-    let dir = TempDir::new();
-    let (store, _other, id) = store_with_job(&dir);
+pub(in crate::store) fn a_read_before_the_first_write_is_answered_at_once(backend: &Backend) {
+    let (store, _other, id) = store_with_job(backend);
     let answered = Arc::new(AtomicBool::new(false));
     let read = {
         let (answered, id) = (answered.clone(), id.clone());
@@ -198,10 +198,8 @@ fn a_read_before_the_first_write_is_answered_at_once() {
     assert_eq!(answer(&write_rx).expect("write"), JobState::Pending);
 }
 
-#[test]
-fn a_call_that_needs_no_transaction_runs_inside_a_batch() {
-    let dir = TempDir::new();
-    let (store, other, id) = store_with_job(&dir);
+pub(in crate::store) fn a_call_that_needs_no_transaction_runs_inside_a_batch(backend: &Backend) {
+    let (store, other, id) = store_with_job(backend);
     let (write, write_rx) = probe(start(&id));
     let (vacuum, vacuum_rx) = probe(|s| s.reclaim(true));
     let (created, created_rx) = probe(|s| s.create_job(&spec(), "u.toml", None));
@@ -213,13 +211,13 @@ fn a_call_that_needs_no_transaction_runs_inside_a_batch() {
     assert_eq!(other.job(&created).expect("job").state, JobState::Pending);
 }
 
-#[test]
-fn a_panic_in_a_write_outside_a_batch_leaves_the_store_usable() {
-    let dir = TempDir::new();
-    let (store, _other, id) = store_with_job(&dir);
+pub(in crate::store) fn a_panic_in_a_write_outside_a_batch_leaves_the_store_usable(
+    backend: &Backend,
+) {
+    let (store, _other, id) = store_with_job(backend);
     let panicked = run_caught(&store, |s| {
         s.write(false, |conn| -> Result<()> {
-            conn.execute("UPDATE jobs SET name = 'renamed'", [])?;
+            conn.execute("UPDATE jobs SET name = 'renamed'", args![])?;
             panic!("deliberate test panic")
         })
     });
@@ -229,17 +227,18 @@ fn a_panic_in_a_write_outside_a_batch_leaves_the_store_usable() {
 }
 
 /// Concurrent callers through the real thread: every answer, when it arrives, is committed.
-#[test]
-fn concurrent_calls_are_answered_committed() {
-    let dir = TempDir::new();
-    let handle = StoreHandle::open(dir.path()).expect("open");
-    let other = Arc::new(Store::open(dir.path()).expect("second connection"));
+pub(in crate::store) fn concurrent_calls_are_answered_committed(backend: &Backend) {
+    let handle = StoreHandle::serve(backend.open()).expect("serve");
+    let other = Arc::new(backend.open());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async move {
+    // A clone into the runtime: the last one, whose drop closes a blocking client, is dropped
+    // outside it.
+    let reader = other.clone();
+    let seen = runtime.block_on(async move {
         let mut calls = tokio::task::JoinSet::new();
         for _ in 0..100 {
             let handle = handle.clone();
@@ -249,19 +248,27 @@ fn concurrent_calls_are_answered_committed() {
         let mut seen = 0;
         while let Some(created) = calls.join_next().await {
             let id = created.expect("join").expect("created");
-            assert_eq!(other.job(&id).expect("committed").state, JobState::Pending);
+            // Read as the answer arrives, off the runtime's threads (a blocking client).
+            let other = reader.clone();
+            let state = tokio::task::spawn_blocking(move || other.job(&id).map(|j| j.state))
+                .await
+                .expect("join")
+                .expect("committed");
+            assert_eq!(state, JobState::Pending);
             seen += 1;
         }
-        assert_eq!(seen, 100);
+        seen
     });
+    assert_eq!(seen, 100);
+    drop(other);
 }
 
 /// A full disk in the middle of a batch (the database may not grow): whatever SQLite rolls
 /// back with the failing write, no call is answered `Ok` for a write that did not commit.
 #[test]
 fn a_full_disk_in_a_batch_never_acknowledges_a_lost_write() {
-    let dir = TempDir::new();
-    let (store, other, id) = store_with_job(&dir);
+    let backend = Backend::sqlite();
+    let (store, other, id) = store_with_job(&backend);
     let big = {
         let tasks: String = (0..40)
             .map(|i| {
@@ -275,9 +282,9 @@ fn a_full_disk_in_a_batch_never_acknowledges_a_lost_write() {
     };
     let (started, started_rx) = probe(start(&id));
     let (limit, limit_rx) = probe(|s| {
-        let conn = s.conn();
-        let pages: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
-        conn.pragma_update(None, "max_page_count", pages)?;
+        let db = s.db();
+        let pages: i64 = db.query_one("PRAGMA page_count", args![])?.get(0)?;
+        db.query(&format!("PRAGMA max_page_count = {pages}"), args![])?;
         Ok(())
     });
     let (full, full_rx) = {
@@ -311,12 +318,12 @@ fn a_full_disk_in_a_batch_never_acknowledges_a_lost_write() {
 /// transaction); a plain call that reads after that failure gets the batch's error.
 #[test]
 fn a_read_is_answered_before_the_batch_and_never_with_its_failure() {
-    let dir = TempDir::new();
-    let (store, other, id) = store_with_job(&dir);
+    let backend = Backend::sqlite();
+    let (store, other, id) = store_with_job(&backend);
     let (write, write_rx) = probe(start(&id));
     let (loses, loses_rx) = probe(|s| {
         s.write(false, |conn| -> Result<()> {
-            conn.execute_batch("ROLLBACK")?;
+            conn.batch("ROLLBACK")?;
             Ok(())
         })
     });
