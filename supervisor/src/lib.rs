@@ -7,8 +7,9 @@
 //!   handlers and scheduler, and `supervisor run`, only send it orders ([`job::Jobs::ask`]); it
 //!   alone changes the job's state (compare-and-set in the store) and talks to its conductor:
 //!   launch, write-ahead acknowledgements, the cancellation ladder, reconnection, the end.
-//! - [`store`] is SQLite (WAL) on a thread of its own ([`store::StoreHandle`]): every write one
-//!   immediate transaction, older schemas migrated forward at open.
+//! - [`store`] is the store on a thread of its own ([`store::StoreHandle`]): its logic written
+//!   once over [`store::db::Database`], SQLite (WAL) in the state dir by default, PostgreSQL
+//!   with `daemon --store`; every write one transaction that holds the write lock.
 //! - [`spawn`] starts a conductor in a new session, born in its cgroup, with the job's listening
 //!   socket as fd 3 and a pidfd from the clone; [`process`] holds the rest of the Linux details:
 //!   `/proc` stat and start times, pidfds, session-mode kills, reaping as a child subreaper.

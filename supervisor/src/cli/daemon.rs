@@ -5,6 +5,7 @@ use crate::board::BoardConfig;
 use crate::daemon::{self, DaemonConfig};
 use crate::process::WorkerCommand;
 use crate::state_dir::StateDir;
+use crate::store::PostgresStore;
 use shared::exit;
 use std::path::PathBuf;
 use tokio::signal::unix::{SignalKind, signal};
@@ -36,7 +37,46 @@ pub struct DaemonArgs {
     #[command(flatten)]
     pub operators: super::operators::DaemonOperatorArgs,
     #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
     pub board: BoardArgs,
+}
+
+/// Where the daemon keeps its store (README, Durability).
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// Keep the store in this PostgreSQL database, not in SQLite in the state dir: a connection
+    /// string (`host=/run/pg dbname=jobs`) or URI. The history then outlives the host's disk;
+    /// every write-ahead and end waits for the server's commit [default: SQLite in the state
+    /// dir]
+    #[arg(
+        long = "store",
+        env = "SUPERVISOR_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub url: Option<String>,
+
+    /// The schema of the store's tables in that database; one daemon per schema
+    #[arg(long, value_name = "NAME", default_value = crate::store::PostgresStore::DEFAULT_SCHEMA, requires = "url")]
+    pub store_schema: String,
+}
+
+impl StoreArgs {
+    /// The store in PostgreSQL, if asked; the error is the message to print (exit 2).
+    fn location(&self) -> Result<Option<PostgresStore>, String> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let at = PostgresStore::new(url, &self.store_schema)?;
+        if at.has_password() && flag_on_command_line(std::env::args_os(), "--store") {
+            tracing::warn!(
+                url = at.shown_url(),
+                "the store's password is on the command line, where every user of this host can read it (ps, /proc/PID/cmdline): give the URL in SUPERVISOR_STORE instead, or connect over a Unix socket with peer authentication"
+            );
+        }
+        Ok(Some(at))
+    }
 }
 
 /// Many hosts on one job board (README, Many hosts). Jobs stay local in this release: the
@@ -81,7 +121,7 @@ impl BoardArgs {
         }
         let config = BoardConfig::new(url, self.host.clone(), self.lease, self.board_ca.as_deref())
             .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
-        if config.has_password() && board_on_command_line(std::env::args_os()) {
+        if config.has_password() && flag_on_command_line(std::env::args_os(), "--board") {
             tracing::warn!(
                 url = config.shown_url(),
                 "the board's password is on the command line, where every user of this host can read it (ps, /proc/PID/cmdline): give the URL in SUPERVISOR_BOARD instead, or connect over a Unix socket with peer authentication"
@@ -91,10 +131,13 @@ impl BoardArgs {
     }
 }
 
-/// Whether `args` (the process's) give `--board` itself, not its environment variable.
-fn board_on_command_line(mut args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+/// Whether `args` (the process's) give `flag` itself, not its environment variable.
+fn flag_on_command_line(mut args: impl Iterator<Item = std::ffi::OsString>, flag: &str) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    args.any(|arg| arg.as_bytes() == b"--board" || arg.as_bytes().starts_with(b"--board="))
+    let with_value = format!("{flag}=");
+    args.any(|arg| {
+        arg.as_bytes() == flag.as_bytes() || arg.as_bytes().starts_with(with_value.as_bytes())
+    })
 }
 
 pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
@@ -107,6 +150,13 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
     };
     let board = match args.board.config() {
         Ok(board) => board,
+        Err(err) => {
+            eprintln!("supervisor daemon: {err}");
+            return exit::INVALID_INPUT;
+        }
+    };
+    let store = match args.store.location() {
+        Ok(store) => store,
         Err(err) => {
             eprintln!("supervisor daemon: {err}");
             return exit::INVALID_INPUT;
@@ -133,6 +183,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
                 cgroup_root: args.cgroup_root,
                 keep: args.keep,
                 operators,
+                store,
                 board,
             };
             let mut terminate = signal(SignalKind::terminate())?;
@@ -171,22 +222,29 @@ mod tests {
 
     #[test]
     fn a_board_url_on_the_command_line_is_told_apart_from_the_environment() {
-        let args = |list: &[&str]| {
-            list.iter()
-                .map(std::ffi::OsString::from)
-                .collect::<Vec<_>>()
+        let given = |list: &[&str], flag| {
+            flag_on_command_line(list.iter().map(std::ffi::OsString::from), flag)
         };
-        assert!(board_on_command_line(
-            args(&["supervisor", "daemon", "--board", "host=db"]).into_iter()
+        assert!(given(
+            &["supervisor", "daemon", "--board", "host=db"],
+            "--board"
         ));
-        assert!(board_on_command_line(
-            args(&["supervisor", "daemon", "--board=host=db"]).into_iter()
+        assert!(given(
+            &["supervisor", "daemon", "--board=host=db"],
+            "--board"
         ));
-        assert!(!board_on_command_line(
-            args(&["supervisor", "daemon", "--board-ca", "ca.pem"]).into_iter()
+        assert!(!given(
+            &["supervisor", "daemon", "--board-ca", "ca.pem"],
+            "--board"
         ));
-        assert!(!board_on_command_line(
-            args(&["supervisor", "daemon", "--host", "a"]).into_iter()
+        assert!(!given(&["supervisor", "daemon", "--host", "a"], "--board"));
+        assert!(given(
+            &["supervisor", "daemon", "--store=host=db"],
+            "--store"
+        ));
+        assert!(!given(
+            &["supervisor", "daemon", "--store-schema", "a"],
+            "--store"
         ));
     }
 

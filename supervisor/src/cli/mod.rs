@@ -68,7 +68,7 @@ pub enum Command {
     /// Check a job file and print what it would run; nothing runs
     Validate(validate::ValidateArgs),
     /// Run the daemon in the foreground (systemd style); ready once the control socket accepts
-    Daemon(daemon::DaemonArgs),
+    Daemon(Box<daemon::DaemonArgs>),
     #[command(flatten)]
     Job(jobs::JobCommand),
     /// Print a shell completion script (e.g. `supervisor completions bash > /etc/bash_completion.d/supervisor`)
@@ -98,7 +98,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run(args) => run::main(args, cli.state_dir),
         Command::Validate(args) => validate::main(&args),
-        Command::Daemon(args) => daemon::main(args, cli.state_dir),
+        Command::Daemon(args) => daemon::main(*args, cli.state_dir),
         Command::Job(command) => jobs::main(command, cli.state_dir),
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -55,6 +55,8 @@ pub struct DaemonConfig {
     pub keep: Option<std::time::Duration>,
     /// What operators add: alert hooks, metrics.
     pub operators: OperatorOptions,
+    /// `--store`: the store in PostgreSQL; `None`: SQLite in the state dir.
+    pub store: Option<crate::store::PostgresStore>,
     /// `--board`: the job board to join; `None`: this daemon is an island.
     pub board: Option<crate::board::BoardConfig>,
 }
@@ -75,7 +77,18 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.state_dir.create()?;
     let live_jobs_allowed = fd_limit::raise();
-    let store = StoreHandle::open(config.state_dir.root()).context("cannot open the store")?;
+    let store = match &config.store {
+        None => StoreHandle::open(config.state_dir.root()),
+        Some(at) => {
+            tracing::info!(
+                url = at.shown_url(),
+                schema = at.schema,
+                "store: in PostgreSQL"
+            );
+            StoreHandle::open_postgres(at.clone())
+        }
+    }
+    .context("cannot open the store")?;
     process::start_reaper()?;
     // Held for the daemon's whole life: one daemon per state dir, and `shutdown` waits on it.
     let _lock = lock_state_dir(&config.state_dir)?;

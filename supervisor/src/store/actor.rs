@@ -16,7 +16,7 @@
 //! last handle is dropped.
 
 use super::group::replicate;
-use super::{Result, Store, StoreError};
+use super::{Holder, PostgresStore, Result, Store, StoreError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::mpsc;
@@ -48,18 +48,41 @@ pub struct StoreHandle {
 }
 
 impl StoreHandle {
-    /// Opens the store in `dir` (on the calling thread, so that an error returns here) and
-    /// starts its thread.
+    /// Opens the store in `dir` on its own thread; an error returns here.
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::serve(Store::open(dir)?)
+        let dir = dir.to_owned();
+        Self::start(move || Store::open(&dir))
+    }
+
+    /// Opens the store in PostgreSQL at `at` on its own thread (the blocking client must not
+    /// run on an async runtime's), held as the daemon's; an error returns here.
+    pub fn open_postgres(at: PostgresStore) -> Result<Self> {
+        Self::start(move || Store::open_postgres(&at, Holder::Daemon))
     }
 
     /// Moves an open store onto its own thread.
     pub fn serve(store: Store) -> Result<Self> {
+        Self::start(move || Ok(store))
+    }
+
+    /// Starts the store's thread, which opens the store with `open` (the answer returns here)
+    /// and then serves its calls.
+    fn start(open: impl FnOnce() -> Result<Store> + Send + 'static) -> Result<Self> {
         let (calls, incoming) = mpsc::channel::<Call>();
+        let (opened, open_result) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
+                let store = match open() {
+                    Ok(store) => {
+                        let _ = opened.send(Ok(()));
+                        store
+                    }
+                    Err(err) => {
+                        let _ = opened.send(Err(err));
+                        return;
+                    }
+                };
                 while let Ok(first) = incoming.recv() {
                     let mut batch = vec![first];
                     while batch.len() < BATCH {
@@ -73,6 +96,7 @@ impl StoreHandle {
                 tracing::debug!("store: last handle dropped; thread ends");
             })
             .map_err(|err| StoreError::Unavailable(format!("cannot start its thread: {err}")))?;
+        open_result.recv().map_err(|_| gone())??;
         Ok(Self {
             calls,
             thread: thread.thread().id(),

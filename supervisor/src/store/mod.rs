@@ -33,6 +33,7 @@ mod transitions;
 pub use actor::StoreHandle;
 pub use journal::{ImportedTask, JournalRow, draw_id};
 pub use operators::MetricsCounts;
+pub use postgres::{Holder, PostgresStore};
 pub use queries::task_statuses;
 pub use reports::Applied;
 
@@ -68,6 +69,11 @@ pub enum StoreError {
         value: String,
         ty: String,
     },
+    /// Another daemon holds the store's schema in PostgreSQL.
+    #[error(
+        "another daemon keeps its store in schema {0} of this database: stop it, or give this one another --store-schema"
+    )]
+    InUse(String),
     /// A statement that must return a row returned none.
     #[error("store: no row from {0}")]
     NoRow(String),
@@ -213,10 +219,11 @@ impl Store {
         Ok(Self::on(Box::new(sqlite::Sqlite::open(dir)?)))
     }
 
-    /// Connects to the PostgreSQL database `url` (a connection string or URI), creating the
-    /// store's tables if needed.
-    pub fn open_postgres(url: &str) -> Result<Self> {
-        Ok(Self::on(Box::new(postgres::Postgres::connect(url)?)))
+    /// Connects to the store in PostgreSQL at `at`, creating its schema and tables if needed;
+    /// as `holder` ([`Holder::Daemon`]: refused while another daemon holds the schema). Never
+    /// on an async runtime's thread: the client blocks.
+    pub fn open_postgres(at: &PostgresStore, holder: Holder) -> Result<Self> {
+        Ok(Self::on(Box::new(postgres::Postgres::connect(at, holder)?)))
     }
 
     fn on(db: Box<dyn Database>) -> Self {

@@ -1,9 +1,17 @@
 //! The store's database on PostgreSQL: the same tables as on SQLite (`migrate.rs`), with
 //! `bigint` for every integer, and the same SQL (`?N` parameters become `$N`).
 //!
+//! The tables live in a schema of their own ([`PostgresStore::schema`], `supervisor` by
+//! default), so that they never meet the board's, and several daemons can keep their stores in
+//! one database, each in its schema. A daemon holds its schema ([`Holder::Daemon`]: a session
+//! advisory lock): a second daemon on the same schema is refused, as a second daemon on one
+//! state dir is.
+//!
 //! One connection ([`postgres::Client`], the blocking client: the store runs on its own
-//! thread), its statements prepared once each. Arguments are bound as the types the server
-//! inferred for them, so that the store's logic needs no per-database types.
+//! thread, and the client must never be used, nor dropped, on an async runtime's thread), its
+//! statements prepared once each. Arguments are bound as the types the server inferred for
+//! them, so that the store's logic needs no per-database types. TLS as to the board
+//! (`board/tls.rs`: only with `sslmode=require`, verified against the system's roots).
 //!
 //! Durability: a durable commit returns once the server flushed it (`synchronous_commit` as
 //! the server has it, `on` by default); any other commit is made with
@@ -18,7 +26,7 @@
 use super::db::{Cell, Database, Dialect, Row, Value};
 use super::{Result, StoreError};
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 use std::cell::{Cell as Flag, RefCell};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,15 +111,87 @@ CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions(job_id, id);
 /// once never both create it (a number of its own: the board's locks are others).
 const SCHEMA_LOCK: i64 = 0x5355_5053_544f_5245; // "SUPSTORE"
 
-/// The advisory lock every write transaction holds: the store's write lock.
-const WRITE_LOCK: i64 = 0x5355_5053_5752_4954; // "SUPSWRIT"
+/// The advisory locks of one schema's store, as the arguments of `pg_advisory_lock`: two 32-bit
+/// keys (a key space apart from the one-key locks above), the lock's kind and the schema's
+/// name (checked by [`PostgresStore::new`]: letters, digits and `_`, so a literal as it is).
+/// `write`: held by every write transaction; `daemon`: held by the daemon for its session.
+fn lock_keys(kind: &str, schema: &str) -> String {
+    format!("hashtext('supervisor store {kind}'), hashtext('{schema}')")
+}
+
+/// How long a connection may take when the URL does not say (`connect_timeout`).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where a store lives in PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresStore {
+    /// A connection string or URI.
+    pub url: String,
+    /// The schema of the store's tables: letters, digits and `_`, not starting with a digit.
+    pub schema: String,
+}
+
+impl PostgresStore {
+    /// The schema when none is given.
+    pub const DEFAULT_SCHEMA: &str = "supervisor";
+
+    /// Checks the URL and the schema's name; the error says what is wrong (the URL shown
+    /// without its password).
+    pub fn new(url: &str, schema: &str) -> std::result::Result<Self, String> {
+        let valid = schema.len() <= 63
+            && schema.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "--store-schema {schema:?} is not a schema name: letters, digits and `_`, at most 63, not starting with a digit"
+            ));
+        }
+        url.parse::<tokio_postgres::Config>().map_err(|err| {
+            format!(
+                "--store {} is not a PostgreSQL connection string or URI: {err}",
+                crate::board::redact::redact(url)
+            )
+        })?;
+        Ok(Self {
+            url: url.to_owned(),
+            schema: schema.to_ascii_lowercase(),
+        })
+    }
+
+    /// The URL without its password, for messages.
+    #[must_use]
+    pub fn shown_url(&self) -> String {
+        crate::board::redact::redact(&self.url)
+    }
+
+    /// Whether the URL holds a password (then it must not be on the command line).
+    #[must_use]
+    pub fn has_password(&self) -> bool {
+        self.url
+            .parse::<tokio_postgres::Config>()
+            .is_ok_and(|config| config.get_password().is_some())
+    }
+}
+
+/// Who opens a store: its daemon holds the schema for its whole life; any other connection
+/// (a test's second view, a tool) shares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    Daemon,
+    Shared,
+}
 
 /// A store's connection to PostgreSQL.
 pub struct Postgres {
-    url: String,
+    at: PostgresStore,
+    holder: Holder,
     client: RefCell<Client>,
     /// Prepared statements by their SQL as the store's logic writes it.
     statements: RefCell<HashMap<String, Statement>>,
+    /// What opens a write transaction: `BEGIN` and the schema's write lock, one round trip.
+    begin: String,
     /// A transaction is open.
     open: Flag<bool>,
     durable_commits: bool,
@@ -119,12 +199,18 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Connects to `url` and creates the store's tables if the database has none.
-    pub fn connect(url: &str) -> Result<Self> {
-        let mut client = Client::connect(url, NoTls)?;
-        prepare(&mut client)?;
+    /// Connects, creates the store's schema and tables if the database has none, and as the
+    /// daemon, holds the schema ([`StoreError::InUse`] if another daemon does).
+    pub fn connect(at: &PostgresStore, holder: Holder) -> Result<Self> {
+        let mut client = session(at, holder)?;
+        prepare(&mut client, &at.schema)?;
         Ok(Self {
-            url: url.to_owned(),
+            begin: format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({})",
+                lock_keys("write", &at.schema)
+            ),
+            at: at.clone(),
+            holder,
             client: RefCell::new(client),
             statements: RefCell::default(),
             open: Flag::new(false),
@@ -139,7 +225,7 @@ impl Postgres {
         let mut client = self.client.borrow_mut();
         if client.is_closed() && !self.open.get() {
             tracing::warn!("store: the PostgreSQL connection was closed; connecting again");
-            *client = Client::connect(&self.url, NoTls)?;
+            *client = session(&self.at, self.holder)?;
             self.statements.borrow_mut().clear();
         }
         Ok(client)
@@ -158,10 +244,45 @@ impl Postgres {
     }
 }
 
-/// Creates the tables under the schema lock, or checks the version of those found.
-fn prepare(client: &mut Client) -> Result<()> {
+/// A connection whose tables are the schema's (`search_path`), holding the schema as the
+/// daemon when it is one. The schema need not exist yet: [`prepare`] creates it.
+fn session(at: &PostgresStore, holder: Holder) -> Result<Client> {
+    let mut pg: tokio_postgres::Config = at
+        .url
+        .parse()
+        .map_err(|err| StoreError::Unavailable(format!("bad store URL: {err}")))?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    pg.application_name("supervisor store");
+    pg.options(format!("-c search_path={}", at.schema));
+    let tls = crate::board::tls::settle(&mut pg, None)
+        .map_err(|err| StoreError::Unavailable(err.to_string()))?;
+    let mut client = postgres::Config::from(pg).connect(tls)?;
+    if holder == Holder::Daemon {
+        let held: bool = client
+            .query_one(
+                &format!(
+                    "SELECT pg_try_advisory_lock({})",
+                    lock_keys("daemon", &at.schema)
+                ),
+                &[],
+            )?
+            .try_get(0)?;
+        if !held {
+            return Err(StoreError::InUse(at.schema.clone()));
+        }
+    }
+    Ok(client)
+}
+
+/// Creates the schema and its tables under the schema lock, or checks the version of those
+/// found.
+fn prepare(client: &mut Client, schema: &str) -> Result<()> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+    // The name was checked ([`PostgresStore::new`]): letters, digits and `_`.
+    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
     tx.batch_execute(SCHEMA)?;
     let version: Option<i64> = tx
         .query_opt("SELECT version FROM store_schema", &[])?
@@ -294,10 +415,7 @@ impl Database for Postgres {
     }
 
     fn begin(&self) -> Result<()> {
-        // One round trip: both statements in one simple query.
-        self.batch(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
-        ))?;
+        self.batch(&self.begin)?;
         self.open.set(true);
         Ok(())
     }

@@ -141,7 +141,10 @@ impl Backend {
     pub(super) fn open(&self) -> Store {
         match self {
             Self::Sqlite(dir) => Store::open(dir.path()).expect("open SQLite"),
-            Self::Postgres(url) => Store::open_postgres(url).expect("open PostgreSQL"),
+            Self::Postgres(url) => {
+                let at = PostgresStore::new(url, PostgresStore::DEFAULT_SCHEMA).expect("url");
+                Store::open_postgres(&at, Holder::Shared).expect("open PostgreSQL")
+            }
         }
     }
 }
