@@ -9,10 +9,12 @@ daemon on SQLite alone. Python 3 standard library only; needs root (the server r
 Figures (medians over --rounds unless said; every interval on CLOCK_MONOTONIC in this process):
 
 - submit to first task running, on a board daemon and on a plain one (the task writes to a FIFO
-  this process polls, as bench.py's `spawn` row);
+  this process polls, as bench.py's `spawn` row), and on a plain one whose store is in this
+  PostgreSQL (`daemon --store`, when the build knows it);
 - throughput of trivial (`true`) jobs: --jobs jobs submitted by 6 CLIs spread over the three
   hosts (`--max-jobs 8` each), first submit to last end; and what PostgreSQL did meanwhile
-  (commits per second from pg_stat_database, and the server processes' CPU seconds);
+  (commits per second from pg_stat_database, and the server processes' CPU seconds); the same
+  on the plain daemon, and on the plain daemon with its store in PostgreSQL;
 - cancel from a host that does not own the job: `cancel` sent through host b for a job running
   on host a (a `sleep` task with a `true` revert) until a's own event stream shows `cancelled`;
   the same from a itself; and the whole `cancel --wait` command from b;
@@ -199,6 +201,12 @@ def status_latency(sv, owner, via, job, fifo, rounds):
     return summary(out)
 
 
+def knows_store(sv):
+    """Whether this build has `daemon --store` (the store in PostgreSQL)."""
+    r = subprocess.run([sv, "daemon", "--help"], capture_output=True, text=True)
+    return "--store" in r.stdout
+
+
 def knows_on_host_loss(sv, work):
     path = jobfile(work, "probe", 'on_host_loss = "revert"\n[[task]]\nname = "t"\nrun = "true"\n')
     return subprocess.run([sv, "validate", path], capture_output=True).returncode == 0
@@ -266,6 +274,13 @@ def main():
         result["throughput_plain"] = throughput(sv, [plain], true_job, args.jobs, pg)
         result["throughput_board"] = throughput(sv, ds, true_job, args.jobs, pg)
         plain.stop()
+        if knows_store(sv):
+            bench.log("a plain daemon with its store in PostgreSQL")
+            on_pg = Daemon(sv, os.path.join(work, "pgstore"), 8, os.path.join(work, "pgstore.log"),
+                           ("--store", pg.url))
+            result["first_task_pg_store"] = first_task(sv, on_pg, first, fifo, args.rounds)
+            result["throughput_pg_store"] = throughput(sv, [on_pg], true_job, args.jobs, pg)
+            on_pg.stop()
         bench.log("cancel")
         cancel = jobfile(work, "cancel", f'[[task]]\nname = "t"\nrun = "echo > {fifo.path}; sleep 600"\nrevert = "true"\n')
         result["cancel_from_owner"] = cancel_latency(sv, a, a, cancel, fifo, args.rounds // 2)
