@@ -195,3 +195,41 @@ fn a_bad_store_is_refused_at_start() {
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("cannot open the store"), "{err}");
 }
+
+/// PostgreSQL restarted (every connection cut) while a job runs on a `--store` daemon: the
+/// step's end is written once the server is back (the job actor writes again; the store
+/// connects again), the job ends `success` with every step once, and the daemon takes new
+/// jobs and answers `status` at once after the restart.
+#[test]
+fn a_store_outlives_a_restart_of_its_server() {
+    let Some(pg) = Postgres::start("a_store_outlives_a_restart_of_its_server") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let url = pg.url();
+    let a = env.path("a");
+    let mut daemon = start_daemon_at(&env, &a, &["--store", &url]);
+    let id = submit_at(&env, &a, &env.job("gated.toml", "", GATED));
+    wait_task_running(&env, &a, &id, "second");
+    pg.restart();
+    // The first call after the restart finds the connection closed and connects again.
+    let status = status_json_at(&env, &a, &id);
+    assert_eq!(job_state(&status), "running", "{status:#}");
+    std::fs::write(env.path("go"), "").expect("go");
+    let status = wait_ended(&env, &a, &id);
+    assert_eq!(job_state(&status), "success", "{status:#}");
+    assert_eq!(env.lines("steps"), ["first", "second"]);
+    let next = submit_at(&env, &a, &env.job("next.toml", "", GATED));
+    let status = wait_ended(&env, &a, &next);
+    assert_eq!(job_state(&status), "success", "{status:#}");
+    let (code, _, err) = cli_at(&env, &a, &["shutdown"], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(daemon.wait_exit(DEADLINE), 0, "{}", daemon.report());
+    assert!(
+        daemon
+            .stderr()
+            .contains("the PostgreSQL connection was closed; connecting again"),
+        "{}",
+        daemon.report()
+    );
+}

@@ -21,7 +21,8 @@
 //! database write one at a time, and a check and its change are never split by another writer.
 //!
 //! A connection the server closed (a restart) is opened again at the next call outside a
-//! transaction; a call inside one fails, and with it its batch.
+//! transaction, and a read or a `BEGIN` that found it closed is tried once more on the new one;
+//! a call inside a transaction fails, and with it its batch (the job actor writes again later).
 
 use super::db::{Cell, Database, Dialect, Row, Value};
 use super::{Result, StoreError};
@@ -380,18 +381,32 @@ impl Postgres {
         &self,
         sql: &str,
         args: &[Value<'_>],
-        run: impl FnOnce(&mut Client, &Statement, &[&(dyn ToSql + Sync)]) -> Result<T>,
+        run: impl Fn(&mut Client, &Statement, &[&(dyn ToSql + Sync)]) -> Result<T>,
     ) -> Result<T> {
-        let mut client = self.client()?;
-        let statement = self.statement(&mut client, sql)?;
-        let bound = args
-            .iter()
-            .zip(statement.params())
-            .enumerate()
-            .map(|(i, (value, ty))| bind(*value, ty, i + 1))
-            .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|b| &**b).collect();
-        run(&mut client, &statement, &refs)
+        self.retried(|client| {
+            let statement = self.statement(client, sql)?;
+            let bound = args
+                .iter()
+                .zip(statement.params())
+                .enumerate()
+                .map(|(i, (value, ty))| bind(*value, ty, i + 1))
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|b| &**b).collect();
+            run(client, &statement, &refs)
+        })
+    }
+
+    /// Runs `attempt` on the connection; when it failed because the server closed the
+    /// connection (a restart) while no transaction was open, once more on a new one: outside a
+    /// transaction the store only reads and begins, which the old connection took with it.
+    fn retried<T>(&self, attempt: impl Fn(&mut Client) -> Result<T>) -> Result<T> {
+        let first = attempt(&mut *self.client()?);
+        match first {
+            Err(_) if !self.open.get() && self.client.borrow().is_closed() => {
+                attempt(&mut *self.client()?)
+            }
+            other => other,
+        }
     }
 }
 
@@ -410,8 +425,7 @@ impl Database for Postgres {
     }
 
     fn batch(&self, sql: &str) -> Result<()> {
-        self.client()?.batch_execute(sql)?;
-        Ok(())
+        self.retried(|client| Ok(client.batch_execute(sql)?))
     }
 
     fn begin(&self) -> Result<()> {
