@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tests::postgres::Postgres;
 use tests::{
-    DEADLINE, LONG_DEADLINE, Run, Store, TestEnv, cli_at, is_alive, live_processes, send_signal,
-    sigkill_run, status_json_at, submit_at, wait_daemon_ready, wait_for,
+    DEADLINE, LONG_DEADLINE, Run, Store, TestEnv, cli_at, is_alive, live_processes, ls_all_json_at,
+    send_signal, sigkill_run, status_json_at, submit_at, wait_daemon_ready, wait_for,
 };
 
 /// The lease the test daemons hold (`--lease`).
@@ -1364,6 +1364,68 @@ fn a_lost_hosts_job_is_reverted_elsewhere_by_itself() {
     kill_host_tree(&mut a);
     wait_rescued(&env, &b.state_dir, &id, "a", "reverted");
     assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "r1"]);
+}
+
+/// Hosts whose stores are in the board's own database (`--store` with the board's URL: each
+/// in its schema, `store_a`, `store_b`): a job submitted on `a` is listed on `b` and cancelled
+/// from it, its reverts run on `a` last first; when `a` dies, its `on_host_loss = "revert"` job
+/// is rescued into `b`'s store and reverted there.
+#[test]
+fn hosts_keep_their_stores_in_the_boards_database() {
+    let Some((pg, env)) = board("hosts_keep_their_stores_in_the_boards_database") else {
+        return;
+    };
+    let url = pg.url();
+    let store = ["--store", url.as_str()];
+    let mut hosts: Vec<Host> = ["a", "b"]
+        .into_iter()
+        .map(|name| spawn_host_with(&env, &url, (name, name), LOSS_LEASE, &store))
+        .collect();
+    for host in &mut hosts {
+        wait_daemon_ready(&env, &host.state_dir, &mut host.daemon);
+    }
+    let [mut a, b] = <[Host; 2]>::try_from(hosts).unwrap_or_else(|_| unreachable!());
+    let schemas = pg.sql(
+        "SELECT string_agg(schema_name, ',' ORDER BY schema_name) FROM information_schema.schemata WHERE schema_name LIKE 'store_%'",
+    );
+    assert_eq!(schemas.trim(), "store_a,store_b");
+
+    let cancelled = submit_at(&env, &a.state_dir, &two_step_job(&env, ""));
+    wait_board_task(&pg, &cancelled, 1, "running");
+    let listed = ls_all_json_at(&env, &b.state_dir);
+    assert!(
+        listed
+            .iter()
+            .any(|j| j["id"] == cancelled.as_str() && j["host"] == "a"),
+        "{listed:?}"
+    );
+    let (code, _, err) = cli_at(
+        &env,
+        &b.state_dir,
+        &["cancel", &cancelled, "--wait"],
+        LONG_DEADLINE,
+    );
+    assert_eq!(code, 3, "cancel --wait from b: {err}");
+    assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "r1"]);
+    let stored = pg.sql(&format!(
+        "SELECT state FROM store_a.jobs WHERE id = '{cancelled}'"
+    ));
+    assert_eq!(stored.trim(), "cancelled");
+    std::fs::remove_file(env.path("marker")).expect("marker");
+
+    let lost = submit_at(
+        &env,
+        &a.state_dir,
+        &two_step_job(&env, "on_host_loss = \"revert\""),
+    );
+    wait_board_task(&pg, &lost, 1, "running");
+    kill_host_tree(&mut a);
+    wait_rescued(&env, &b.state_dir, &lost, "a", "reverted");
+    assert_eq!(env.lines("marker"), ["t1", "t2", "r2", "r1"]);
+    let stored = pg.sql(&format!(
+        "SELECT state FROM store_b.jobs WHERE id = '{lost}'"
+    ));
+    assert_eq!(stored.trim(), "reverted");
 }
 
 /// `on_host_loss = "resume"` where the interrupted task has no revert: the rescuer runs the

@@ -57,18 +57,25 @@ pub struct StoreArgs {
     )]
     pub url: Option<String>,
 
-    /// The schema of the store's tables in that database; one daemon per schema
-    #[arg(long, value_name = "NAME", default_value = crate::store::PostgresStore::DEFAULT_SCHEMA, requires = "url")]
-    pub store_schema: String,
+    /// The schema of the store's tables in that database; one daemon per schema [default:
+    /// `supervisor`; on a job board `store_HOST`, so that every host can keep its store in the
+    /// board's database]
+    #[arg(long, value_name = "NAME", requires = "url")]
+    pub store_schema: Option<String>,
 }
 
 impl StoreArgs {
     /// The store in PostgreSQL, if asked; the error is the message to print (exit 2).
-    fn location(&self) -> Result<Option<PostgresStore>, String> {
+    fn location(&self, board: Option<&BoardConfig>) -> Result<Option<PostgresStore>, String> {
         let Some(url) = &self.url else {
             return Ok(None);
         };
-        let at = PostgresStore::new(url, &self.store_schema)?;
+        let schema = match (&self.store_schema, board) {
+            (Some(schema), _) => schema.clone(),
+            (None, Some(board)) => PostgresStore::schema_of_host(&board.host),
+            (None, None) => PostgresStore::DEFAULT_SCHEMA.to_owned(),
+        };
+        let at = PostgresStore::new(url, &schema)?;
         if at.has_password() && flag_on_command_line(std::env::args_os(), "--store") {
             tracing::warn!(
                 url = at.shown_url(),
@@ -155,7 +162,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
             return exit::INVALID_INPUT;
         }
     };
-    let store = match args.store.location() {
+    let store = match args.store.location(board.as_ref()) {
         Ok(store) => store,
         Err(err) => {
             eprintln!("supervisor daemon: {err}");

@@ -161,6 +161,25 @@ impl PostgresStore {
         })
     }
 
+    /// The schema of a board host's store: `store_` and the host's name, lower case, each
+    /// character other than a letter or digit as `_`, at most 63 bytes (two names that differ
+    /// only there share it, and the second daemon is refused: give it `--store-schema`).
+    #[must_use]
+    pub fn schema_of_host(host: &str) -> String {
+        let mut schema: String = "store_"
+            .chars()
+            .chain(host.chars().map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            }))
+            .collect();
+        schema.truncate(63);
+        schema
+    }
+
     /// The URL without its password, for messages.
     #[must_use]
     pub fn shown_url(&self) -> String {
@@ -476,6 +495,19 @@ impl Database for Postgres {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_name_makes_a_schema_name() {
+        assert_eq!(
+            PostgresStore::schema_of_host("Web-1.example"),
+            "store_web_1_example"
+        );
+        let long = PostgresStore::schema_of_host(&"h".repeat(100));
+        assert_eq!(long.len(), 63);
+        assert!(PostgresStore::new("host=/tmp", &long).is_ok());
+        assert!(PostgresStore::new("host=/tmp", "1x").is_err());
+        assert!(PostgresStore::new("host=/tmp", "a;b").is_err());
+    }
 
     #[test]
     fn question_mark_parameters_become_dollar_ones() {
