@@ -77,6 +77,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.state_dir.create()?;
     let live_jobs_allowed = fd_limit::raise();
+    // Held for the daemon's whole life: one daemon per state dir, and `shutdown` waits on it.
+    // Taken before the store is opened: a second daemon on the dir is told so, whatever its
+    // store.
+    let _lock = lock_state_dir(&config.state_dir)?;
     let store = match &config.store {
         None => StoreHandle::open(config.state_dir.root()),
         Some(at) => {
@@ -90,8 +94,6 @@ pub async fn run(
     }
     .context("cannot open the store")?;
     process::start_reaper()?;
-    // Held for the daemon's whole life: one daemon per state dir, and `shutdown` waits on it.
-    let _lock = lock_state_dir(&config.state_dir)?;
     let max_jobs = fd_limit::cap_max_jobs(config.max_jobs.max(1), live_jobs_allowed);
     // On the board before anyone can reach the daemon: a refused host name stops it here.
     // Renewals start at once (the start below can outlast a short lease); they count the live

@@ -60,7 +60,8 @@ impl StoreHandle {
         Self::start(move || Store::open_postgres(&at, Holder::Daemon))
     }
 
-    /// Moves an open store onto its own thread.
+    /// Moves an open store onto its own thread: for tests.
+    #[cfg(test)]
     pub fn serve(store: Store) -> Result<Self> {
         Self::start(move || Ok(store))
     }

@@ -237,7 +237,8 @@ impl Store {
         self.db.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Durable commits flushed so far (one per batch that holds a durable write).
+    /// Durable commits flushed so far (one per batch that holds a durable write): for tests.
+    #[cfg(test)]
     pub fn syncs(&self) -> u64 {
         self.db().syncs()
     }
