@@ -17,8 +17,9 @@
 //! - [`session`] is the supervisor's end of a job socket: handshake (versions N and N-1), frames.
 //! - [`daemon`] is the control socket (one handler per request), the scheduler and re-attachment.
 //! - [`state_dir`] lays out the state dir (0700): the store, one socket per job, conductor logs.
-//! - [`board`] is the job board on PostgreSQL (`--board`): hosts register and renew leases;
-//!   jobs stay local for now.
+//! - [`board`] is the job board on PostgreSQL (`--board`): hosts register and renew leases,
+//!   each job's journal is kept there under a claim epoch, and orders, rescues and claims
+//!   travel through it.
 //! - [`cli`] is the command line; only it maps outcomes to exit codes.
 
 pub mod board;

@@ -86,8 +86,8 @@ impl StoreArgs {
     }
 }
 
-/// Many hosts on one job board (README, Many hosts). Jobs stay local in this release: the
-/// board shows the hosts and their leases.
+/// Many hosts on one job board (README, Many hosts): leases, every host's jobs listed and
+/// ordered from any host, a lost host's jobs rescued.
 #[derive(clap::Args, Debug)]
 pub struct BoardArgs {
     /// Join the job board in this PostgreSQL database: a connection string (`host=/run/pg
