@@ -47,9 +47,9 @@ fn tls_connections(pg: &Postgres) -> (u32, u32) {
     (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
 }
 
-/// A daemon with `--board-ca` joins a board over TLS: every connection it opens is TLS, and a
-/// job submitted there runs through the board (the submit and its write-ahead are board
-/// commits) to its end.
+/// A daemon with `--board-ca` joins a board over TLS: every connection it opens is TLS, its
+/// store's too (`--store` on the board's URL takes the board's CA), and a job submitted there
+/// runs through the board (the submit and its write-ahead are board commits) to its end.
 #[test]
 fn a_board_over_tls_is_verified_against_the_ca_given() {
     let ca = TestCa::new();
@@ -60,7 +60,7 @@ fn a_board_over_tls_is_verified_against_the_ca_given() {
     let env = TestEnv::new();
     let ca_path = ca_file(&env, &ca);
     let url = pg.tcp_url("localhost", "");
-    let mut daemon = spawn_daemon(&env, &url, "a", &["--board-ca", &ca_path]);
+    let mut daemon = spawn_daemon(&env, &url, "a", &["--board-ca", &ca_path, "--store", &url]);
     let state_dir = env.path("a");
     wait_daemon_ready(&env, &state_dir, &mut daemon);
 
@@ -93,14 +93,26 @@ fn a_board_over_tls_is_verified_against_the_ca_given() {
         "the board's journal has the job's end"
     );
 
+    let stored = pg.sql(&format!("SELECT state FROM store_a.jobs WHERE id = '{id}'"));
+    assert_eq!(
+        stored.trim(),
+        "success",
+        "the store in the board's database"
+    );
+
     wait_for(
         DEADLINE,
         "the daemon's connections to show in pg_stat_ssl",
         || match tls_connections(&pg) {
-            (tls, 0) if tls >= 2 => Ok(()),
+            (tls, 0) if tls >= 3 => Ok(()),
             other => Err(other),
         },
     );
+    let store_tls = pg.sql(
+        "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.application_name = 'supervisor-store'",
+    );
+    assert_eq!(store_tls.trim(), "t", "the store's connection is TLS");
 }
 
 /// Exit code of a daemon that cannot join its board (`shared::exit` 10: another error).

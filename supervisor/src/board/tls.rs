@@ -9,8 +9,9 @@
 //! - Otherwise (`sslmode` absent, `prefer` or `disable`): no TLS, as over a Unix socket, where
 //!   PostgreSQL offers none.
 //!
-//! Every connection of the daemon (renewals, the listener, the mirror, queries) uses the same
-//! settings; rustls with the *ring* provider, built for this config only (no process-wide
+//! Every connection of the daemon to the board (renewals, the listener, the mirror, queries)
+//! uses the same settings, and so does the store's in PostgreSQL (`--store`, with
+//! `--store-ca`); rustls with the *ring* provider, built for this config only (no process-wide
 //! default provider).
 
 use super::BoardError;
@@ -53,21 +54,23 @@ fn roots_from(file: &Path) -> Result<rustls::RootCertStore, BoardError> {
     use rustls_pki_types::pem::PemObject;
     let shown = file.display();
     let certs = CertificateDer::pem_file_iter(file)
-        .map_err(|err| BoardError::Tls(format!("cannot read --board-ca {shown}: {err}")))?
+        .map_err(|err| BoardError::Tls(format!("cannot read the CA file {shown}: {err}")))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| {
-            BoardError::Tls(format!("--board-ca {shown} is not PEM certificates: {err}"))
+            BoardError::Tls(format!(
+                "the CA file {shown} is not PEM certificates: {err}"
+            ))
         })?;
     if certs.is_empty() {
         return Err(BoardError::Tls(format!(
-            "--board-ca {shown} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)"
+            "the CA file {shown} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)"
         )));
     }
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
         roots
             .add(cert)
-            .map_err(|err| BoardError::Tls(format!("--board-ca {shown}: {err}")))?;
+            .map_err(|err| BoardError::Tls(format!("the CA file {shown}: {err}")))?;
     }
     Ok(roots)
 }
@@ -80,7 +83,7 @@ fn system_roots() -> Result<rustls::RootCertStore, BoardError> {
     if added == 0 {
         let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
         return Err(BoardError::Tls(format!(
-            "sslmode=require: no system root certificate found ({}); give the board's CA with --board-ca FILE",
+            "sslmode=require: no system root certificate found ({}); give the server's CA with --board-ca (or --store-ca) FILE",
             if why.is_empty() {
                 "none installed".to_owned()
             } else {
@@ -127,7 +130,7 @@ mod tests {
         let Err(err) = settle(&mut pg, Some(&missing)) else {
             panic!("a missing file was taken");
         };
-        assert!(err.to_string().contains("cannot read --board-ca"), "{err}");
+        assert!(err.to_string().contains("cannot read the CA file"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

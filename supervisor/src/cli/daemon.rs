@@ -62,20 +62,41 @@ pub struct StoreArgs {
     /// board's database]
     #[arg(long, value_name = "NAME", requires = "url")]
     pub store_schema: Option<String>,
+
+    /// Require TLS to the store, its certificate signed by a CA of this PEM file and naming
+    /// the URL's host [default: `--board-ca` when the store is in the board's database (the
+    /// same URL); otherwise TLS only with `sslmode=require` in the URL, verified against the
+    /// system's roots]
+    #[arg(
+        long,
+        env = "SUPERVISOR_STORE_CA",
+        value_name = "FILE",
+        requires = "url"
+    )]
+    pub store_ca: Option<PathBuf>,
 }
 
 impl StoreArgs {
     /// The store in PostgreSQL, if asked; the error is the message to print (exit 2).
-    fn location(&self, board: Option<&BoardConfig>) -> Result<Option<PostgresStore>, String> {
+    fn location(
+        &self,
+        board: Option<&BoardConfig>,
+        board_args: &BoardArgs,
+    ) -> Result<Option<PostgresStore>, String> {
         let Some(url) = &self.url else {
             return Ok(None);
+        };
+        let ca = match (&self.store_ca, &board_args.board) {
+            (Some(ca), _) => Some(ca.as_path()),
+            (None, Some(board_url)) if board_url == url => board_args.board_ca.as_deref(),
+            (None, _) => None,
         };
         let schema = match (&self.store_schema, board) {
             (Some(schema), _) => schema.clone(),
             (None, Some(board)) => PostgresStore::schema_of_host(&board.host),
             (None, None) => PostgresStore::DEFAULT_SCHEMA.to_owned(),
         };
-        let at = PostgresStore::new(url, &schema)?;
+        let at = PostgresStore::new(url, &schema, ca)?;
         if at.has_password() && flag_on_command_line(std::env::args_os(), "--store") {
             tracing::warn!(
                 url = at.shown_url(),
@@ -162,7 +183,7 @@ pub fn main(args: DaemonArgs, state_dir: Option<PathBuf>) -> i32 {
             return exit::INVALID_INPUT;
         }
     };
-    let store = match args.store.location(board.as_ref()) {
+    let store = match args.store.location(board.as_ref(), &args.board) {
         Ok(store) => store,
         Err(err) => {
             eprintln!("supervisor daemon: {err}");

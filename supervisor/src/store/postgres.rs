@@ -11,11 +11,13 @@
 //! thread, and the client must never be used, nor dropped, on an async runtime's thread), its
 //! statements prepared once each. Arguments are bound as the types the server inferred for
 //! them, so that the store's logic needs no per-database types. TLS as to the board
-//! (`board/tls.rs`: only with `sslmode=require`, verified against the system's roots).
+//! (`board/tls.rs`): required and verified against `--store-ca` (or the board's `--board-ca`
+//! when the store is in the board's database), else only with `sslmode=require`, verified
+//! against the system's roots.
 //!
-//! Durability: a durable commit returns once the server flushed it (`synchronous_commit` as
-//! the server has it, `on` by default); any other commit is made with
-//! `synchronous_commit = off` (`SET LOCAL` just before it), which the next flush covers, as a
+//! Durability: a durable commit is made with `synchronous_commit = on` (`SET LOCAL` just
+//! before it, whatever the server's default), so it returns once the server flushed its WAL;
+//! any other commit with `synchronous_commit = off`, which the next flush covers, as a
 //! non-durable commit on SQLite. A write transaction takes the store's write lock (an advisory
 //! lock held to its end) before it reads, as SQLite's `BEGIN IMMEDIATE` does: two stores on one
 //! database write one at a time, and a check and its change are never split by another writer.
@@ -130,6 +132,9 @@ pub struct PostgresStore {
     pub url: String,
     /// The schema of the store's tables: letters, digits and `_`, not starting with a digit.
     pub schema: String,
+    /// TLS required, the server's certificate verified against this CA (PEM) and the URL's
+    /// host; `None`: as the URL's `sslmode` says (`board/tls.rs`).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl PostgresStore {
@@ -138,7 +143,11 @@ impl PostgresStore {
 
     /// Checks the URL and the schema's name; the error says what is wrong (the URL shown
     /// without its password).
-    pub fn new(url: &str, schema: &str) -> std::result::Result<Self, String> {
+    pub fn new(
+        url: &str,
+        schema: &str,
+        ca: Option<&std::path::Path>,
+    ) -> std::result::Result<Self, String> {
         let valid = schema.len() <= 63
             && schema.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && schema
@@ -158,6 +167,7 @@ impl PostgresStore {
         Ok(Self {
             url: url.to_owned(),
             schema: schema.to_ascii_lowercase(),
+            ca: ca.map(std::path::Path::to_path_buf),
         })
     }
 
@@ -274,9 +284,10 @@ fn session(at: &PostgresStore, holder: Holder) -> Result<Client> {
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
     }
-    pg.application_name("supervisor store");
+    // Beside the board's connections (`supervisor-listen`, ...) in `pg_stat_activity`.
+    pg.application_name("supervisor-store");
     pg.options(format!("-c search_path={}", at.schema));
-    let tls = crate::board::tls::settle(&mut pg, None)
+    let tls = crate::board::tls::settle(&mut pg, at.ca.as_deref())
         .map_err(|err| StoreError::Unavailable(err.to_string()))?;
     let mut client = postgres::Config::from(pg).connect(tls)?;
     if holder == Holder::Daemon {
@@ -504,9 +515,9 @@ mod tests {
         );
         let long = PostgresStore::schema_of_host(&"h".repeat(100));
         assert_eq!(long.len(), 63);
-        assert!(PostgresStore::new("host=/tmp", &long).is_ok());
-        assert!(PostgresStore::new("host=/tmp", "1x").is_err());
-        assert!(PostgresStore::new("host=/tmp", "a;b").is_err());
+        assert!(PostgresStore::new("host=/tmp", &long, None).is_ok());
+        assert!(PostgresStore::new("host=/tmp", "1x", None).is_err());
+        assert!(PostgresStore::new("host=/tmp", "a;b", None).is_err());
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl Backend {
         match self {
             Self::Sqlite(dir) => Store::open(dir.path()).expect("open SQLite"),
             Self::Postgres(url) => {
-                let at = PostgresStore::new(url, PostgresStore::DEFAULT_SCHEMA).expect("url");
+                let at = PostgresStore::new(url, PostgresStore::DEFAULT_SCHEMA, None).expect("url");
                 Store::open_postgres(&at, Holder::Shared).expect("open PostgreSQL")
             }
         }
