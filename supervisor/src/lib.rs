@@ -20,6 +20,8 @@
 //! - [`board`] is the job board on PostgreSQL (`--board`): hosts register and renew leases,
 //!   each job's journal is kept there under a claim epoch, and orders, rescues and claims
 //!   travel through it.
+//! - [`pg`] is what the board and a store in PostgreSQL share to connect: TLS, and URLs
+//!   shown without their password.
 //! - [`cli`] is the command line; only it maps outcomes to exit codes.
 
 pub mod board;
@@ -30,6 +32,7 @@ pub mod daemon;
 pub mod job;
 pub mod logging;
 pub mod metrics;
+pub mod pg;
 pub mod process;
 pub mod session;
 pub mod spawn;

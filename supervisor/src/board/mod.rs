@@ -128,12 +128,11 @@ pub mod lease;
 mod listener;
 pub mod mirror;
 mod query;
-pub mod redact;
 mod renewer;
 pub mod requests;
 pub mod schema;
-pub mod tls;
 
+use crate::pg::{redact, tls};
 pub use held::Held;
 use lease::LeaseClock;
 use shared::protocol::client::HostSummary;
@@ -200,8 +199,8 @@ pub enum BoardError {
         hosts: String,
     },
     /// TLS to the board cannot be set up as asked (`--board-ca`, `sslmode=require`).
-    #[error("{0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot {what}")]
     Local {
         what: &'static str,

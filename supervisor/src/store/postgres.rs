@@ -11,7 +11,7 @@
 //! thread, and the client must never be used, nor dropped, on an async runtime's thread), its
 //! statements prepared once each. Arguments are bound as the types the server inferred for
 //! them, so that the store's logic needs no per-database types. TLS as to the board
-//! (`board/tls.rs`): required and verified against `--store-ca` (or the board's `--board-ca`
+//! (`pg/tls.rs`): required and verified against `--store-ca` (or the board's `--board-ca`
 //! when the store is in the board's database), else only with `sslmode=require`, verified
 //! against the system's roots.
 //!
@@ -133,7 +133,7 @@ pub struct PostgresStore {
     /// The schema of the store's tables: letters, digits and `_`, not starting with a digit.
     pub schema: String,
     /// TLS required, the server's certificate verified against this CA (PEM) and the URL's
-    /// host; `None`: as the URL's `sslmode` says (`board/tls.rs`).
+    /// host; `None`: as the URL's `sslmode` says (`pg/tls.rs`).
     pub ca: Option<std::path::PathBuf>,
 }
 
@@ -161,7 +161,7 @@ impl PostgresStore {
         url.parse::<tokio_postgres::Config>().map_err(|err| {
             format!(
                 "--store {} is not a PostgreSQL connection string or URI: {err}",
-                crate::board::redact::redact(url)
+                crate::pg::redact::redact(url)
             )
         })?;
         Ok(Self {
@@ -193,7 +193,7 @@ impl PostgresStore {
     /// The URL without its password, for messages.
     #[must_use]
     pub fn shown_url(&self) -> String {
-        crate::board::redact::redact(&self.url)
+        crate::pg::redact::redact(&self.url)
     }
 
     /// Whether the URL holds a password (then it must not be on the command line).
@@ -287,7 +287,7 @@ fn session(at: &PostgresStore, holder: Holder) -> Result<Client> {
     // Beside the board's connections (`supervisor-listen`, ...) in `pg_stat_activity`.
     pg.application_name("supervisor-store");
     pg.options(format!("-c search_path={}", at.schema));
-    let tls = crate::board::tls::settle(&mut pg, at.ca.as_deref())
+    let tls = crate::pg::tls::settle(&mut pg, at.ca.as_deref())
         .map_err(|err| StoreError::Unavailable(err.to_string()))?;
     let mut client = postgres::Config::from(pg).connect(tls)?;
     if holder == Holder::Daemon {

@@ -1,4 +1,5 @@
-//! TLS to the board (README, Many hosts): off unless asked, and when asked, always verified.
+//! TLS to PostgreSQL, the board's (README, Many hosts) and a store's (README, The store in
+//! PostgreSQL): off unless asked, and when asked, always verified.
 //!
 //! - `--board-ca FILE` (`SUPERVISOR_BOARD_CA`): TLS is required, and the server's certificate
 //!   must chain to a certificate of FILE (PEM) and name the host the URL connects to.
@@ -14,7 +15,10 @@
 //! `--store-ca`); rustls with the *ring* provider, built for this config only (no process-wide
 //! default provider).
 
-use super::BoardError;
+/// Why TLS cannot be set up as asked: the message names the file, or the roots missing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
 use std::path::Path;
 use std::sync::Arc;
 use tokio_postgres::config::SslMode;
@@ -26,7 +30,7 @@ pub type Connector = MakeRustlsConnect;
 
 /// Settles TLS for `pg` (as the module's comment says): sets its `sslmode`, and returns the
 /// connector to connect with.
-pub fn settle(pg: &mut tokio_postgres::Config, ca: Option<&Path>) -> Result<Connector, BoardError> {
+pub fn settle(pg: &mut tokio_postgres::Config, ca: Option<&Path>) -> Result<Connector, TlsError> {
     let roots = match ca {
         Some(file) => Some(roots_from(file)?),
         None if pg.get_ssl_mode() == SslMode::Require => Some(system_roots()?),
@@ -41,7 +45,7 @@ pub fn settle(pg: &mut tokio_postgres::Config, ca: Option<&Path>) -> Result<Conn
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|err| BoardError::Tls(format!("cannot set up TLS: {err}")))?;
+        .map_err(|err| TlsError(format!("cannot set up TLS: {err}")))?;
     let config = builder
         .with_root_certificates(roots.unwrap_or_else(rustls::RootCertStore::empty))
         .with_no_client_auth();
@@ -49,20 +53,20 @@ pub fn settle(pg: &mut tokio_postgres::Config, ca: Option<&Path>) -> Result<Conn
 }
 
 /// The certificates of the PEM file `file`: at least one, every one valid.
-fn roots_from(file: &Path) -> Result<rustls::RootCertStore, BoardError> {
+fn roots_from(file: &Path) -> Result<rustls::RootCertStore, TlsError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let shown = file.display();
     let certs = CertificateDer::pem_file_iter(file)
-        .map_err(|err| BoardError::Tls(format!("cannot read the CA file {shown}: {err}")))?
+        .map_err(|err| TlsError(format!("cannot read the CA file {shown}: {err}")))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| {
-            BoardError::Tls(format!(
+            TlsError(format!(
                 "the CA file {shown} is not PEM certificates: {err}"
             ))
         })?;
     if certs.is_empty() {
-        return Err(BoardError::Tls(format!(
+        return Err(TlsError(format!(
             "the CA file {shown} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)"
         )));
     }
@@ -70,19 +74,19 @@ fn roots_from(file: &Path) -> Result<rustls::RootCertStore, BoardError> {
     for cert in certs {
         roots
             .add(cert)
-            .map_err(|err| BoardError::Tls(format!("the CA file {shown}: {err}")))?;
+            .map_err(|err| TlsError(format!("the CA file {shown}: {err}")))?;
     }
     Ok(roots)
 }
 
 /// The system's root certificates.
-fn system_roots() -> Result<rustls::RootCertStore, BoardError> {
+fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
         let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-        return Err(BoardError::Tls(format!(
+        return Err(TlsError(format!(
             "sslmode=require: no system root certificate found ({}); give the server's CA with --board-ca (or --store-ca) FILE",
             if why.is_empty() {
                 "none installed".to_owned()

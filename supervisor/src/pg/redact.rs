@@ -1,4 +1,5 @@
-//! A board URL as logs and error messages may show it: without its password.
+//! A PostgreSQL URL (the board's, a store's) as logs and error messages may show it: without
+//! its password.
 //!
 //! PostgreSQL takes two forms (libpq's, which `tokio-postgres` follows): a URI
 //! (`postgresql://user:secret@host/db?password=secret`) and key-value pairs
