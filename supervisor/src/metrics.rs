@@ -142,7 +142,7 @@ impl Metrics {
         );
         registry.register(
             "store_bytes",
-            "Size of the store (state.db and its WAL)",
+            "Size of the store (state.db and its WAL, or its schema's tables in PostgreSQL)",
             metrics.store_bytes.clone(),
         );
         registry.register(

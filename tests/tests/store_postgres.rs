@@ -109,6 +109,20 @@ fn a_daemon_keeps_its_store_in_postgres() {
         !a.join("state.db").exists(),
         "a SQLite store was made in the state dir"
     );
+    // The store's size is its schema's, in PostgreSQL.
+    let (code, out, err) = cli_at(
+        &env,
+        &a,
+        &["prune", "--older-than", "1000d", "--json"],
+        DEADLINE,
+    );
+    assert_eq!(code, 0, "{err}");
+    let pruned: Value = serde_json::from_str(&out).expect("prune JSON");
+    assert_eq!(pruned["count"], 0, "{pruned}");
+    assert!(
+        pruned["store_bytes_before"].as_u64().unwrap_or(0) > 0,
+        "{pruned}"
+    );
     assert_eq!(pg.sql("SELECT count(*) FROM supervisor.jobs").trim(), "3");
 
     // One daemon per schema: a second one on it is refused, naming the way out.

@@ -13,7 +13,6 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -27,9 +26,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves `/metrics` on `listener` until the daemon stops.
-pub async fn serve(listener: TcpListener, jobs: Jobs, state_root: PathBuf) {
+pub async fn serve(listener: TcpListener, jobs: Jobs) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let state_root = Arc::new(state_root);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -42,11 +40,11 @@ pub async fn serve(listener: TcpListener, jobs: Jobs, state_root: PathBuf) {
                 continue;
             }
         };
-        let (jobs, root) = (jobs.clone(), state_root.clone());
+        let jobs = jobs.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let (jobs, root) = (jobs.clone(), root.clone());
-                async move { Ok::<_, Infallible>(answer(&request, &jobs, &root).await) }
+                let jobs = jobs.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &jobs).await) }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -62,11 +60,7 @@ pub async fn serve(listener: TcpListener, jobs: Jobs, state_root: PathBuf) {
     }
 }
 
-async fn answer(
-    request: &Request<Incoming>,
-    jobs: &Jobs,
-    root: &std::path::Path,
-) -> Response<Full<Bytes>> {
+async fn answer(request: &Request<Incoming>, jobs: &Jobs) -> Response<Full<Bytes>> {
     let status = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => None,
         (_, "/metrics") => Some(StatusCode::METHOD_NOT_ALLOWED),
@@ -77,7 +71,7 @@ async fn answer(
         *response.status_mut() = status;
         return response;
     }
-    refresh_gauges(jobs, root).await;
+    refresh_gauges(jobs).await;
     let mut response = Response::new(Full::new(Bytes::from(METRICS.render())));
     if let Ok(value) = hyper::header::HeaderValue::from_str(CONTENT_TYPE) {
         response
@@ -88,24 +82,19 @@ async fn answer(
 }
 
 /// Reads what the gauges show now.
-async fn refresh_gauges(jobs: &Jobs, root: &std::path::Path) {
-    match jobs.store().call(|s| s.metrics_counts()).await {
+async fn refresh_gauges(jobs: &Jobs) {
+    match jobs.store().read(|s| s.metrics_counts()).await {
         Ok(counts) => {
             METRICS.set_jobs(&counts.by_state);
             METRICS.unresponsive_conductors.set(counts.unresponsive);
             METRICS.paused_jobs.set(counts.paused);
+            METRICS
+                .store_bytes
+                .set(i64::try_from(counts.store_bytes).unwrap_or(i64::MAX));
         }
         Err(err) => tracing::warn!(error = %err, "metrics: cannot read the store"),
     }
     METRICS
         .live_conductors
         .set(i64::try_from(jobs.supervising()).unwrap_or(i64::MAX));
-    let size: u64 = ["state.db", "state.db-wal"]
-        .iter()
-        .filter_map(|name| std::fs::metadata(root.join(name)).ok())
-        .map(|meta| meta.len())
-        .sum();
-    METRICS
-        .store_bytes
-        .set(i64::try_from(size).unwrap_or(i64::MAX));
 }

@@ -148,8 +148,7 @@ pub async fn run(
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         tracing::info!(addr = %metrics.local_addr().unwrap_or(addr), "metrics served at /metrics");
-        let root = config.state_dir.root().to_path_buf();
-        tokio::spawn(metrics_server::serve(metrics, jobs.clone(), root));
+        tokio::spawn(metrics_server::serve(metrics, jobs.clone()));
     }
     // Set once, here: the renewals count its live jobs from now on.
     let _ = registry.set(jobs.clone());

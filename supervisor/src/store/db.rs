@@ -233,6 +233,9 @@ pub trait Database: Send {
     /// transaction.
     fn after_disk_full(&self) {}
 
+    /// How many bytes the store takes where it lives (its files; its tables and indexes).
+    fn size_bytes(&self) -> Result<u64>;
+
     /// Durable commits flushed so far.
     fn syncs(&self) -> u64;
 

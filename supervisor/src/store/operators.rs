@@ -94,9 +94,17 @@ pub struct MetricsCounts {
     pub unresponsive: i64,
     /// Live jobs paused.
     pub paused: i64,
+    /// The store's size ([`Store::size_bytes`]).
+    pub store_bytes: u64,
 }
 
 impl Store {
+    /// How many bytes the store takes where it lives: SQLite's file and WAL, or the tables
+    /// and indexes of its schema in PostgreSQL.
+    pub fn size_bytes(&self) -> Result<u64> {
+        self.db().size_bytes()
+    }
+
     /// The counts the metrics show at each scrape: one read transaction.
     pub fn metrics_counts(&self) -> Result<MetricsCounts> {
         let db = self.db();
@@ -118,6 +126,7 @@ impl Store {
             by_state,
             unresponsive,
             paused,
+            store_bytes: db.size_bytes()?,
         })
     }
 }

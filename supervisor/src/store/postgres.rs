@@ -494,6 +494,17 @@ impl Database for Postgres {
         ))
     }
 
+    /// The schema's tables with their indexes and TOAST.
+    fn size_bytes(&self) -> Result<u64> {
+        let row = self.query_one(
+            "SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+            &[],
+        )?;
+        row.get(0)
+    }
+
     fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
     }

@@ -44,6 +44,8 @@ enum Durability {
 /// `state.db` in the state dir.
 pub struct Sqlite {
     conn: Connection,
+    /// The state dir, where `state.db` and its WAL are.
+    dir: PathBuf,
     durability: Durability,
     /// Durable commits flushed so far.
     syncs: AtomicU64,
@@ -112,6 +114,7 @@ impl Sqlite {
         };
         Ok(Self {
             conn,
+            dir: dir.to_owned(),
             durability,
             syncs: AtomicU64::new(0),
         })
@@ -237,6 +240,15 @@ impl Database for Sqlite {
     /// the database and truncated.
     fn after_disk_full(&self) {
         self.checkpoint_truncate();
+    }
+
+    /// The database file and its WAL.
+    fn size_bytes(&self) -> Result<u64> {
+        Ok(["state.db", "state.db-wal"]
+            .iter()
+            .filter_map(|name| std::fs::metadata(self.dir.join(name)).ok())
+            .map(|meta| meta.len())
+            .sum())
     }
 
     fn syncs(&self) -> u64 {

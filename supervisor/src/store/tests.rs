@@ -81,6 +81,7 @@ suite!(
     prune_deletes_finished_jobs_and_keeps_live_recent_and_owing_ones,
     output_pages_are_bounded_and_continue_where_they_stopped,
     a_resume_plan_reverts_the_interrupted_task_then_runs_it_again,
+    the_store_knows_its_size,
     reports_apply_once_and_replays_are_skipped,
     hard_end_marks_running_as_killed_and_lists_pending_last_first,
     illegal_report_is_skipped_but_held,
@@ -925,6 +926,19 @@ fn a_resume_plan_reverts_the_interrupted_task_then_runs_it_again(backend: &Backe
             "success"
         ]
     );
+}
+
+/// The store's size (for `prune` and the metrics) is that of what it holds, and grows with it.
+fn the_store_knows_its_size(backend: &Backend) {
+    let store = backend.open();
+    let empty = store.size_bytes().expect("size");
+    assert!(empty > 0, "an empty store still has its tables");
+    for _ in 0..200 {
+        store.create_job(&spec(), "t.toml", None).expect("create");
+    }
+    store.reclaim(false).expect("settle");
+    let full = store.size_bytes().expect("size");
+    assert!(full > empty, "{full} after 200 jobs, {empty} before");
 }
 
 /// The schema version SQLite keeps (`PRAGMA user_version`).

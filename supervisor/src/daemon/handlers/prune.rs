@@ -49,7 +49,7 @@ pub async fn prune(
     states: Vec<JobState>,
     vacuum: bool,
 ) -> anyhow::Result<PruneSummary> {
-    let before = store_bytes(jobs);
+    let before = store_bytes(jobs).await;
     let cutoff = crate::clock::now_ms()
         .saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
     let on_board = states.clone();
@@ -72,7 +72,7 @@ pub async fn prune(
     let summary = PruneSummary {
         jobs: listed,
         store_bytes_before: before,
-        store_bytes_after: store_bytes(jobs),
+        store_bytes_after: store_bytes(jobs).await,
     };
     tracing::info!(
         count = summary.jobs.len(),
@@ -144,12 +144,11 @@ fn remove_files(jobs: &Jobs, id: &JobId) {
     }
 }
 
-/// The store's size on disk: the database and its WAL.
-fn store_bytes(jobs: &Jobs) -> u64 {
-    let root = jobs.state_dir().root();
-    ["state.db", "state.db-wal"]
-        .iter()
-        .filter_map(|name| std::fs::metadata(root.join(name)).ok())
-        .map(|m| m.len())
-        .sum()
+/// The store's size ([`crate::store::Store::size_bytes`]); 0 when it cannot be read (the
+/// prune's own result says what went wrong).
+async fn store_bytes(jobs: &Jobs) -> u64 {
+    jobs.store()
+        .read(|s| s.size_bytes())
+        .await
+        .unwrap_or_default()
 }
