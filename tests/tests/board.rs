@@ -7,6 +7,12 @@
 //! server cannot run (no binaries, not root) and fails there under `CI=true`. Build the binaries
 //! first: `cargo build --workspace --bins`. Nothing sleeps a fixed time: every wait polls
 //! `hosts --json` under a deadline.
+//!
+//! With `SVT_BOARD_STORE=postgres`, every host's store is in the board's own database
+//! (`daemon --store` with the board's URL: schema `store_HOST`), so that the board's behaviour
+//! is proven on both of the store's databases; `.ci/run` runs the file again so, but for the
+//! tests named there, which read a host's SQLite store or stop the server that is then every
+//! host's store too.
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -83,8 +89,16 @@ fn spawn_host_with(
         "0",
     ];
     args.extend_from_slice(extra);
+    if stores_on_the_board() && !extra.contains(&"--store") {
+        args.extend_from_slice(&["--store", url]);
+    }
     let daemon = env.spawn(&args);
     Host { daemon, state_dir }
+}
+
+/// Whether every host keeps its store in the board's database (`SVT_BOARD_STORE=postgres`).
+fn stores_on_the_board() -> bool {
+    std::env::var("SVT_BOARD_STORE").is_ok_and(|store| store == "postgres")
 }
 
 /// [`spawn_host`] on `ENV/NAME`, then waits until the daemon answers.

@@ -112,7 +112,9 @@ impl From<crate::store::StoreError> for OrderError {
             | StoreError::AlreadyReverting(_)
             | StoreError::Illegal(_) => Self::WrongState(err.to_string()),
             StoreError::Unavailable(_) => Self::Unavailable(err.to_string()),
-            other if other.is_disk_full() => Self::Unavailable(other.to_string()),
+            other if other.is_disk_full() || other.is_unreachable() => {
+                Self::Unavailable(other.to_string())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

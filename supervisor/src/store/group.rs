@@ -180,6 +180,9 @@ fn in_savepoint<T>(db: &dyn Database, write: impl FnOnce(&dyn Database) -> Resul
 /// the batch may be acknowledged.
 fn check_not_lost(db: &dyn Database, group: &mut Group) {
     if group.open && !db.in_transaction() {
+        // Let go of what the database keeps of the lost transaction (on PostgreSQL, that one
+        // is open: until then, a closed connection is never opened again).
+        db.rollback();
         group.open = false;
         group.durable = false;
         tracing::error!("store: the database rolled a batch's transaction back");

@@ -122,6 +122,20 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 impl StoreError {
+    /// The store's database cannot be reached now (PostgreSQL down, restarting, or the
+    /// connection lost): not an error of the call, which may succeed later.
+    #[must_use]
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            // A closed connection, or an I/O error under it (connecting, reading, writing).
+            Self::Postgres(e) => {
+                e.is_closed()
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            _ => false,
+        }
+    }
+
     /// The disk (or the state dir's file system) is full.
     #[must_use]
     pub fn is_disk_full(&self) -> bool {

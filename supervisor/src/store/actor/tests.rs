@@ -346,3 +346,35 @@ fn a_read_is_answered_before_the_batch_and_never_with_its_failure() {
     assert!(answer(&plain_rx).is_err(), "held, then the batch's error");
     assert_eq!(other.job(&id).expect("job").state, JobState::Pending);
 }
+
+/// PostgreSQL: a batch whose connection is cut in its middle (here its own backend
+/// terminated, as a server restart does) fails whole, nothing of it acknowledged nor
+/// committed, and the next call connects again (it used to find the connection closed for
+/// good: the lost transaction was still counted open). Skipped without a server outside CI.
+#[test]
+fn a_batch_that_loses_its_connection_fails_and_the_next_call_connects_again() {
+    let Some(server) = harness::postgres::Postgres::start("a_batch_that_loses_its_connection")
+    else {
+        return;
+    };
+    let backend = Backend::Postgres(server.url());
+    let (store, other, id) = store_with_job(&backend);
+    let (started, started_rx) = probe(start(&id));
+    let (cut, cut_rx) = probe(|s| {
+        s.write(false, |db| {
+            db.query("SELECT pg_terminate_backend(pg_backend_pid())", args![])
+                .map(drop)
+        })
+    });
+    let (after, after_rx) = probe(|s| s.create_job(&spec(), "t.toml", None));
+    run_batch(&store, vec![started, cut, after]);
+    assert!(
+        answer(&started_rx).is_err(),
+        "a write of a lost transaction was acknowledged"
+    );
+    assert!(answer(&cut_rx).is_err());
+    assert!(answer(&after_rx).is_err());
+    assert_eq!(other.job(&id).expect("job").state, JobState::Pending);
+    start(&id)(&store).expect("a write on a new connection");
+    assert_eq!(other.job(&id).expect("job").state, JobState::Running);
+}
