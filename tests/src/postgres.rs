@@ -218,7 +218,8 @@ impl Postgres {
     }
 
     /// Starts `supervisor daemon` on this board, without waiting: host `host`, state dir
-    /// `state_dir`, `--lease LEASE`, no warm conductors, and `extra` arguments.
+    /// `state_dir`, `--lease LEASE`, no warm conductors, and `extra` arguments; with
+    /// [`stores_on_the_board`], its store in the board's database too.
     #[must_use]
     pub fn spawn_daemon(
         &self,
@@ -230,6 +231,9 @@ impl Postgres {
         let url = self.url();
         let mut args = daemon_args(&url, state_dir, (host, lease));
         args.extend_from_slice(extra);
+        if stores_on_the_board() && !extra.contains(&"--store") {
+            args.extend_from_slice(&["--store", &url]);
+        }
         env.spawn(&args)
     }
 
@@ -416,6 +420,14 @@ pub fn daemon_args<'a>(
         "--warm",
         "0",
     ]
+}
+
+/// Whether the board tests' daemons keep their stores in the board's own database
+/// (`SVT_BOARD_STORE=postgres`: `daemon --store` with the board's URL, schema `store_HOST`), so
+/// that the board's behaviour is proven on both of the store's databases (`.ci/run`).
+#[must_use]
+pub fn stores_on_the_board() -> bool {
+    std::env::var("SVT_BOARD_STORE").is_ok_and(|store| store == "postgres")
 }
 
 /// A TCP port of 127.0.0.1 free at this moment.

@@ -19,7 +19,7 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tests::postgres::Postgres;
+use tests::postgres::{Postgres, stores_on_the_board};
 use tests::{
     DEADLINE, LONG_DEADLINE, Run, Store, TestEnv, cli_at, is_alive, live_processes, ls_all_json_at,
     send_signal, sigkill_run, status_json_at, submit_at, wait_daemon_ready, wait_for,
@@ -94,11 +94,6 @@ fn spawn_host_with(
     }
     let daemon = env.spawn(&args);
     Host { daemon, state_dir }
-}
-
-/// Whether every host keeps its store in the board's database (`SVT_BOARD_STORE=postgres`).
-fn stores_on_the_board() -> bool {
-    std::env::var("SVT_BOARD_STORE").is_ok_and(|store| store == "postgres")
 }
 
 /// [`spawn_host`] on `ENV/NAME`, then waits until the daemon answers.

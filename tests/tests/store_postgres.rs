@@ -247,3 +247,57 @@ fn a_store_outlives_a_restart_of_its_server() {
         daemon.report()
     );
 }
+
+/// PostgreSQL stopped (not restarted) under a running job of a `--store` daemon: while it is
+/// down, `status`, `ls` and `submit` are refused as `unavailable` (exit 8, try again), not as
+/// an internal error, and nothing is acknowledged; the step's end, reached during the outage,
+/// waits (the conductor's reports are applied in order or not at all) and is recorded once
+/// the server is back: the job ends `success`, each
+/// step once.
+#[test]
+fn a_store_whose_server_is_down_answers_unavailable_and_records_the_end_later() {
+    let Some(pg) = Postgres::start("a_store_whose_server_is_down") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let url = pg.url();
+    let a = env.path("a");
+    let mut daemon = start_daemon_at(&env, &a, &["--store", &url]);
+    let file = env.job("gated.toml", "", GATED);
+    let id = submit_at(&env, &a, &file);
+    wait_task_running(&env, &a, &id, "second");
+    pg.stop();
+    for args in [
+        vec!["status", id.as_str(), "--json"],
+        vec!["ls", "--json"],
+        vec!["submit", file.to_str().expect("UTF-8")],
+    ] {
+        let (code, out, err) = cli_at(&env, &a, &args, DEADLINE);
+        assert_eq!(
+            code,
+            shared::exit::REFUSED,
+            "{args:?} with the store's server down: {out:?} {err:?}"
+        );
+        assert!(out.trim().is_empty(), "{args:?}: {out:?}");
+        assert!(!err.trim().is_empty(), "{args:?}: a refusal says why");
+    }
+    std::fs::write(env.path("go"), "").expect("go");
+    // The conductor's report of the step's end (or the job's end) cannot be written: it waits.
+    wait_for(DEADLINE, "the step's end to wait for the store", || {
+        let stderr = daemon.stderr();
+        if stderr.contains("cannot apply the conductor's reports")
+            || stderr.contains("cannot record the job's end")
+        {
+            Ok(())
+        } else {
+            Err(stderr.lines().last().unwrap_or_default().to_owned())
+        }
+    });
+    pg.start_again();
+    let status = wait_ended(&env, &a, &id);
+    assert_eq!(job_state(&status), "success", "{status:#}");
+    assert_eq!(env.lines("steps"), ["first", "second"]);
+    let (code, _, err) = cli_at(&env, &a, &["shutdown"], DEADLINE);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(daemon.wait_exit(DEADLINE), 0, "{}", daemon.report());
+}

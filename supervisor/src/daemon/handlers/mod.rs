@@ -259,10 +259,15 @@ fn check_lease(board: Option<&Board>) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The code and text a store's error is answered with.
+/// The code and text a store's error is answered with: a store that cannot be reached (a
+/// PostgreSQL store whose server is down) or whose disk is full is `Unavailable` (exit 8: try
+/// again later), as for orders (`OrderError::from`).
 pub(super) fn store_refusal(err: StoreError) -> Refusal {
     match err {
         StoreError::UnknownJob(id) => (ErrorCode::UnknownJob, format!("no such job: {id}")),
+        other if other.is_unreachable() || other.is_disk_full() => {
+            (ErrorCode::Unavailable, other.to_string())
+        }
         other => (ErrorCode::Internal, other.to_string()),
     }
 }
