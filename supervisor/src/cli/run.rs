@@ -95,6 +95,8 @@ async fn run_job(
         // No board: nothing to delegate.
         lease: None,
         board: None,
+        // One job, followed here as it goes: a lag skips its older events, never its end.
+        events_kept: 64,
     });
     let mut states = jobs.subscribe();
     let printer = tokio::spawn(super::printer::print_events(spec, events));

@@ -142,6 +142,7 @@ pub async fn run(
         hooks: config.operators.hooks.clone(),
         lease: board.as_ref().map(Board::lease_watch),
         board: board.clone(),
+        events_kept: EVENTS_KEPT,
     });
     if let Some(addr) = config.operators.metrics {
         let metrics = tokio::net::TcpListener::bind(addr)
@@ -259,6 +260,10 @@ async fn start_warm_pool(
     pool.start();
     Ok(Some(pool))
 }
+
+/// How many state events an `events` or `--wait` client may fall behind by: room for a burst
+/// of a few thousand jobs' changes between two of its reads.
+const EVENTS_KEPT: usize = 4096;
 
 /// The pause after a failed accept (out of descriptors, say) before the next one.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);

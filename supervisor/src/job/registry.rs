@@ -46,6 +46,11 @@ pub struct JobsConfig {
     /// The job board this daemon is on (`--board`): each job's write-ahead goes to its journal
     /// before the conductor's acknowledgement.
     pub board: Option<crate::board::Board>,
+    /// How many state events a subscriber ([`Jobs::subscribe`]) may fall behind by before it
+    /// misses the oldest (it is told so). Their room is allocated up front, about 170 bytes
+    /// each: the daemon's `events` and `--wait` clients need it for bursts of many jobs,
+    /// `supervisor run` follows one job and keeps a few.
+    pub events_kept: usize,
 }
 
 /// The registry; cheap to clone, shared by the accept loop, the scheduler and every handler.
@@ -111,7 +116,7 @@ impl Jobs {
                 wake: Notify::new(),
                 added: Mutex::new(Vec::new()),
                 reread: AtomicBool::new(false),
-                events: broadcast::channel(4096).0,
+                events: broadcast::channel(config.events_kept).0,
                 stopping: AtomicBool::new(false),
                 detach: watch::channel(false).0,
                 shutdown: watch::channel(None).0,

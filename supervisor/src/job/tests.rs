@@ -120,6 +120,7 @@ impl Harness {
             hooks: crate::job::DaemonHooks::default(),
             lease,
             board: None,
+            events_kept: 4096,
         });
         let events = jobs.subscribe();
         Self {

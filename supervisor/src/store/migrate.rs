@@ -127,6 +127,14 @@ CREATE TABLE IF NOT EXISTS hook_runs (
 /// migration's source. (`as`: a const context, and a handful of migrations.)
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 
+/// Writes [`SCHEMA`] at [`SCHEMA_VERSION`] into an empty database, in one transaction.
+pub(super) fn create(conn: &Connection) -> Result<()> {
+    conn.execute_batch(&format!(
+        "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))?;
+    Ok(())
+}
+
 /// Brings the store to [`SCHEMA_VERSION`]: creates a fresh one, migrates an older one (one
 /// immediate transaction), refuses a newer or unknown one.
 pub(super) fn prepare(conn: &mut Connection) -> Result<()> {

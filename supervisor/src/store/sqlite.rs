@@ -72,6 +72,7 @@ impl Sqlite {
     }
 
     fn open_once(dir: &Path) -> Result<Self> {
+        create(dir);
         let mut conn = Connection::open(dir.join("state.db"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Before anything else, and on a fresh store only: it takes effect only on a database
@@ -137,6 +138,61 @@ impl Sqlite {
             });
         tracing::info!(?result, "store: checkpointed the WAL to reclaim space");
     }
+}
+
+/// Makes a new `state.db` whole before it gets its name, when there is none: built under a
+/// name of this process's without a journal or a sync (nothing in it yet to lose), flushed
+/// once, then linked into place unless another process made one meanwhile; the open that
+/// follows finds it current and writes nothing: two fsyncs. Made in place, a fresh store cost
+/// eight (for `auto_vacuum` and for the switch to WAL, each a rollback journal synced twice,
+/// its directory and the database). A crash leaves at worst a `.state.db.new.*` file, never a
+/// half-made `state.db`. Where this cannot be done (a file system without hard links, say),
+/// the open makes the store in place, as it would report any error.
+fn create(dir: &Path) {
+    let path = dir.join("state.db");
+    if std::fs::symlink_metadata(&path).is_ok() {
+        return;
+    }
+    static BUILDS: AtomicU64 = AtomicU64::new(0);
+    let building = dir.join(format!(
+        ".state.db.new.{}.{}",
+        std::process::id(),
+        BUILDS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let made = build_fresh(&building).and_then(|()| {
+        // `link` fails if `state.db` exists: a store made meanwhile is kept, not replaced.
+        match std::fs::hard_link(&building, &path) {
+            Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(StoreError::Sync(err))
+            }
+            _ => std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(StoreError::Sync),
+        }
+    });
+    let _ = std::fs::remove_file(&building);
+    if let Err(err) = made {
+        tracing::debug!(error = %err, "store: made in place");
+    }
+}
+
+/// Writes a store of the current schema at `path` (replacing any file there), flushed.
+fn build_fresh(path: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    {
+        let conn = Connection::open(path)?;
+        // `auto_vacuum` before any table (`retention.rs` says why incremental); the WAL last,
+        // so that the file is in WAL mode from its first open under its name.
+        conn.execute_batch(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; \
+             PRAGMA auto_vacuum = INCREMENTAL;",
+        )?;
+        migrate::create(&conn)?;
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+    }
+    std::fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(StoreError::Sync)
 }
 
 impl rusqlite::ToSql for Value<'_> {

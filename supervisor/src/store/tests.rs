@@ -573,6 +573,17 @@ fn schema_1_store_is_migrated() {
     Store::open(dir.path()).expect("reopen a current store");
 }
 
+/// `n` openers of the store in `dir` at once, each on its own thread.
+fn open_at_once(dir: &Path, n: usize) -> Vec<Result<Store>> {
+    std::thread::scope(|scope| {
+        let openers: Vec<_> = (0..n).map(|_| scope.spawn(|| Store::open(dir))).collect();
+        openers
+            .into_iter()
+            .map(|o| o.join().expect("thread"))
+            .collect()
+    })
+}
+
 /// Two processes upgrading at once: the second finds the store migrated, under the lock.
 #[test]
 fn concurrent_opens_migrate_once() {
@@ -581,20 +592,46 @@ fn concurrent_opens_migrate_once() {
         .expect("create")
         .execute_batch(include_str!("fixtures/schema1.sql"))
         .expect("fixture");
-    let opened: Vec<Result<Store>> = std::thread::scope(|scope| {
-        let openers: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| Store::open(dir.path())))
-            .collect();
-        openers
-            .into_iter()
-            .map(|o| o.join().expect("thread"))
-            .collect()
-    });
+    let opened = open_at_once(dir.path(), 4);
     for store in opened {
         let store = store.expect("open");
         assert_eq!(user_version(&store), SCHEMA_VERSION);
         assert_eq!(store.list(true).expect("list").len(), 4);
     }
+}
+
+/// Processes creating one store at once: one `state.db` is made, every opener uses it, and no
+/// file of the making is left.
+#[test]
+fn concurrent_fresh_opens_share_one_store() {
+    let dir = TempDir::new();
+    let opened = open_at_once(dir.path(), 4);
+    let stores: Vec<Store> = opened.into_iter().map(|s| s.expect("open")).collect();
+    let id = stores[0]
+        .create_job(&spec(), "t.toml", None)
+        .expect("create");
+    for store in &stores {
+        assert_eq!(user_version(store), SCHEMA_VERSION);
+        assert_eq!(store.job(&id).expect("seen by every opener").id, id);
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|name| name.to_string_lossy().starts_with(".state.db.new"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// An empty `state.db` (a file system where a store cannot be made aside, or an empty file
+/// found there) is made a store in place, the same as one made aside.
+#[test]
+fn an_empty_state_db_is_made_a_store_in_place() {
+    let dir = TempDir::new();
+    std::fs::write(dir.path().join("state.db"), b"").expect("empty file");
+    let store = Store::open(dir.path()).expect("open");
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+    assert_eq!(auto_vacuum(&store), 2, "incremental");
+    store.create_job(&spec(), "t.toml", None).expect("create");
 }
 
 /// The migrations end where a fresh store starts: the same columns, in the same order.
@@ -773,12 +810,7 @@ fn live_states_are_listed_for_sql() {
 #[test]
 fn a_fresh_sqlite_store_vacuums_incrementally() {
     let (_dir, store) = fresh();
-    let auto_vacuum: i64 = store
-        .db()
-        .query_one("PRAGMA auto_vacuum", args![])
-        .and_then(|row| row.get(0))
-        .expect("pragma");
-    assert_eq!(auto_vacuum, 2);
+    assert_eq!(auto_vacuum(&store), 2, "incremental");
 }
 
 /// Retention: finished jobs go with every row; live ones, recent ones and those that still owe
@@ -943,9 +975,18 @@ fn the_store_knows_its_size(backend: &Backend) {
 
 /// The schema version SQLite keeps (`PRAGMA user_version`).
 fn user_version(store: &Store) -> i64 {
+    pragma(store, "user_version")
+}
+
+fn auto_vacuum(store: &Store) -> i64 {
+    pragma(store, "auto_vacuum")
+}
+
+/// An integer pragma's value.
+fn pragma(store: &Store, name: &str) -> i64 {
     store
         .db()
-        .query_one("PRAGMA user_version", args![])
+        .query_one(&format!("PRAGMA {name}"), args![])
         .and_then(|row| row.get(0))
-        .expect("version")
+        .expect(name)
 }
