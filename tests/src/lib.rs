@@ -723,6 +723,15 @@ pub fn send_signal(pid: i32, signal: Signal) {
         .unwrap_or_else(|err| panic!("cannot send {signal} to {pid}: {err}"));
 }
 
+/// Sends `signal` to `pid`, taken from a listing of processes: one that has exited since and
+/// been reaped (`ESRCH`) is not an error.
+pub fn send_signal_if_alive(pid: i32, signal: Signal) {
+    match kill(Pid::from_raw(pid), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(err) => panic!("cannot send {signal} to {pid}: {err}"),
+    }
+}
+
 /// A job's row, as far as the tests look at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobInfo {

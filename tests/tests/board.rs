@@ -22,7 +22,8 @@ use std::time::Duration;
 use tests::postgres::{Postgres, stores_on_the_board};
 use tests::{
     DEADLINE, LONG_DEADLINE, Run, Store, TestEnv, cli_at, is_alive, live_processes, ls_all_json_at,
-    send_signal, sigkill_run, status_json_at, submit_at, wait_daemon_ready, wait_for,
+    send_signal, send_signal_if_alive, sigkill_run, status_json_at, submit_at, wait_daemon_ready,
+    wait_for,
 };
 
 /// The lease the test daemons hold (`--lease`).
@@ -1264,11 +1265,13 @@ fn kill_host_tree(host: &mut Host) {
         }
         tree.extend(below);
     }
+    // A process listed above may have exited and been reaped since (a task ending, a zombie
+    // its conductor reaps before its own SIGSTOP): that is no error.
     for &pid in &tree {
-        send_signal(pid, Signal::SIGSTOP);
+        send_signal_if_alive(pid, Signal::SIGSTOP);
     }
     for &pid in &tree {
-        send_signal(pid, Signal::SIGKILL);
+        send_signal_if_alive(pid, Signal::SIGKILL);
     }
     sigkill_run(&mut host.daemon);
     wait_for(DEADLINE, "the dead host's processes to be gone", || {

@@ -17,7 +17,8 @@
 use std::path::{Path, PathBuf};
 use tests::{
     DEADLINE, GONE_DEADLINE, LONG_DEADLINE, MARK_VAR, Run, TestEnv, cli_at, live_processes,
-    send_signal, sigkill_run, skip_unless_ci, submit_at, wait_daemon_ready, wait_for,
+    send_signal, send_signal_if_alive, sigkill_run, skip_unless_ci, submit_at, wait_daemon_ready,
+    wait_for,
 };
 
 /// One server: its binary, the shell command that starts it daemonized, its pid file.
@@ -243,7 +244,7 @@ struct Reap<'a>(&'a Server, &'a TestEnv);
 impl Drop for Reap<'_> {
     fn drop(&mut self) {
         for pid in self.0.processes(self.1) {
-            send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+            send_signal_if_alive(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
