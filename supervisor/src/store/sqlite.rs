@@ -147,10 +147,15 @@ impl Sqlite {
 /// eight (for `auto_vacuum` and for the switch to WAL, each a rollback journal synced twice,
 /// its directory and the database). A crash leaves at worst a `.state.db.new.*` file, never a
 /// half-made `state.db`. Where this cannot be done (a file system without hard links, say),
-/// the open makes the store in place, as it would report any error.
+/// the open makes the store in place, as it would report any error. So it does when a WAL is
+/// there without its database (`state.db` deleted, not its `-wal`): SQLite deletes the WAL of
+/// an empty database at its first read, and would replay it onto a whole one. (A WAL appears
+/// only beside a `state.db`, and then the link fails: the check cannot race another creator.)
 fn create(dir: &Path) {
     let path = dir.join("state.db");
-    if std::fs::symlink_metadata(&path).is_ok() {
+    if std::fs::symlink_metadata(&path).is_ok()
+        || std::fs::symlink_metadata(dir.join("state.db-wal")).is_ok()
+    {
         return;
     }
     static BUILDS: AtomicU64 = AtomicU64::new(0);

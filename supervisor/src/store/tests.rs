@@ -634,6 +634,36 @@ fn an_empty_state_db_is_made_a_store_in_place() {
     store.create_job(&spec(), "t.toml", None).expect("create");
 }
 
+/// A WAL left without its database (`state.db` deleted, its `-wal` not) is not replayed onto a
+/// new store: the new store is whole and empty.
+#[test]
+fn a_wal_left_without_its_database_is_not_replayed_onto_a_new_store() {
+    let dir = TempDir::new();
+    let other = TempDir::new();
+    let old = Connection::open(other.path().join("old.db")).expect("open");
+    old.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+         CREATE TABLE jobs (x); INSERT INTO jobs VALUES (randomblob(5000));",
+    )
+    .expect("an old database with its pages in its WAL");
+    std::fs::copy(
+        other.path().join("old.db-wal"),
+        dir.path().join("state.db-wal"),
+    )
+    .expect("the WAL left behind");
+    drop(old);
+    let store = Store::open(dir.path()).expect("open");
+    assert_eq!(user_version(&store), SCHEMA_VERSION);
+    assert!(store.list(true).expect("list").is_empty());
+    store.create_job(&spec(), "t.toml", None).expect("create");
+    let check: String = store
+        .db()
+        .query_one("PRAGMA integrity_check", args![])
+        .and_then(|row| row.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+}
+
 /// The migrations end where a fresh store starts: the same columns, in the same order.
 #[test]
 fn migrated_schema_equals_the_fresh_schema() {
