@@ -307,6 +307,35 @@ fn a_task_as_nobody_sees_only_descriptors_0_1_2() {
     );
 }
 
+/// A user unknown on this host fails the task that needs it, with the name in the reason; a
+/// command without `revert` then has nothing to undo: the job ends `reverted` (exit 1), not
+/// `revert_failed` (exit 5, which asked for a `supervisor revert` that could only fail again).
+#[test]
+fn an_unknown_user_fails_the_task_and_a_command_without_revert_needs_no_revert() {
+    let env = TestEnv::new();
+    let file = job(
+        &env,
+        "nouser",
+        "[limits]\nuser = \"sv-no-such-user\"",
+        "[[task]]\nname = \"a\"\nrun = \"true\"\n",
+    );
+    let (code, run) = run_job(&env, &file, LONG_DEADLINE);
+    assert_eq!(code, shared::exit::TASK_FAILED, "{}", run.report());
+    let lines = task_lines(&run, "a");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("failure: no user \"sv-no-such-user\" on this host")),
+        "{}",
+        run.report()
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("revert failed")),
+        "{}",
+        run.report()
+    );
+}
+
 /// Hole 3 closed: `group` without `user` kept uid 0 (a task ran as root with another group).
 /// Now it is refused at validation: exit 2, at the `group` key, saying why.
 #[test]
