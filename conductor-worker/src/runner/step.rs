@@ -6,7 +6,6 @@ use crate::link::LinkHandle;
 use crate::output_cap::OutputCap;
 use crate::task::{NOTES_CAPACITY, Note, TaskError};
 use shared::protocol::conductor::{JobEvent, MAX_RESULT_LEN, Phase, Stream, truncate_at_boundary};
-use shared::spec::{TaskBody, TaskSpec};
 use std::cell::RefCell;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -26,7 +25,7 @@ impl Runner<'_> {
             Ok(task) => task,
             // A command without `revert` has nothing to undo, built or not: a task that could
             // not be built here (its user unknown on this host) fails its execute, not its revert.
-            Err(_) if phase == Phase::Revert && has_no_revert(spec) => return Ok(String::new()),
+            Err(_) if phase == Phase::Revert && !spec.body.has_revert() => return Ok(String::new()),
             Err(problem) => return Err(TaskError::new(problem.clone())),
         };
         let task_index = u32::try_from(index).unwrap_or(u32::MAX);
@@ -88,11 +87,6 @@ impl Runner<'_> {
             }
         }
     }
-}
-
-/// A command task without a `revert`: its revert does nothing.
-fn has_no_revert(spec: &TaskSpec) -> bool {
-    matches!(&spec.body, TaskBody::Command { revert: None, .. })
 }
 
 /// Where a step's notes go: its lines through its output cap, then to the link.
