@@ -57,6 +57,7 @@ impl Sqlite {
         // Processes opening one store at once (a daemon and `supervisor run`, say) can meet
         // `SQLITE_BUSY` that the busy handler does not wait out (a switch to WAL, the schema's
         // creation); the open is tried again until the busy timeout.
+        create(dir);
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
         loop {
             match Self::open_once(dir) {
@@ -72,7 +73,6 @@ impl Sqlite {
     }
 
     fn open_once(dir: &Path) -> Result<Self> {
-        create(dir);
         let mut conn = Connection::open(dir.join("state.db"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Before anything else, and on a fresh store only: it takes effect only on a database
@@ -164,21 +164,21 @@ fn create(dir: &Path) {
         std::process::id(),
         BUILDS.fetch_add(1, Ordering::Relaxed)
     ));
-    let made = build_fresh(&building).and_then(|()| {
+    match build_fresh(&building) {
+        Err(err) => tracing::debug!(error = %err, "store: cannot be built aside; made in place"),
         // `link` fails if `state.db` exists: a store made meanwhile is kept, not replaced.
-        match std::fs::hard_link(&building, &path) {
+        Ok(()) => match std::fs::hard_link(&building, &path) {
             Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
-                Err(StoreError::Sync(err))
+                tracing::debug!(error = %err, "store: cannot be linked into place; made in place");
             }
-            _ => std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(StoreError::Sync),
-        }
-    });
-    let _ = std::fs::remove_file(&building);
-    if let Err(err) = made {
-        tracing::debug!(error = %err, "store: made in place");
+            _ => {
+                if let Err(err) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+                    tracing::debug!(error = %err, "store: its directory cannot be flushed");
+                }
+            }
+        },
     }
+    let _ = std::fs::remove_file(&building);
 }
 
 /// Writes a store of the current schema at `path` (replacing any file there), flushed.
