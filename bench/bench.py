@@ -376,10 +376,12 @@ def write(path, text):
 
 
 def spawn_reap(argv, env=None, file_actions=None):
+    """Spawns and reaps `argv`: (the wall time in ns, the process's CPU, user + system, in ms
+    from its rusage: what its life costs the machine, exec to exit)."""
     t0 = now()
     pid = os.posix_spawn(argv[0], argv, env if env is not None else os.environ, file_actions=file_actions or [])
-    os.waitpid(pid, 0)
-    return now() - t0
+    _, _, usage = os.wait4(pid, 0)
+    return now() - t0, (usage.ru_utime + usage.ru_stime) * 1000
 
 
 DEVNULL_ACTIONS = [
@@ -390,23 +392,11 @@ DEVNULL_ACTIONS = [
 
 
 def floor_spawn(argv, n, warm=3):
+    """`n` spawns and reaps of `argv`: (their wall times, their CPU), in ms."""
     for _ in range(warm):
         spawn_reap(argv, file_actions=DEVNULL_ACTIONS)
-    return [ms(spawn_reap(argv, file_actions=DEVNULL_ACTIONS)) for _ in range(n)]
-
-
-def cpu_of_spawn(argv):
-    """The CPU (user + system, ms) of one spawned process's whole life, from its rusage."""
-    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=DEVNULL_ACTIONS)
-    _, _, usage = os.wait4(pid, 0)
-    return (usage.ru_utime + usage.ru_stime) * 1000
-
-
-def floor_cpu(argv, n, warm=3):
-    """The CPU of a process's life, exec to exit: what each job pays per process it starts."""
-    for _ in range(warm):
-        cpu_of_spawn(argv)
-    return [cpu_of_spawn(argv) for _ in range(n)]
+    samples = [spawn_reap(argv, file_actions=DEVNULL_ACTIONS) for _ in range(n)]
+    return [ms(wall) for wall, _ in samples], [cpu for _, cpu in samples]
 
 
 def floor_sh_signal(fifo, n, warm=3):
@@ -737,15 +727,14 @@ class Bench:
         self.sqlite = SqliteFloor(self.work)
         self.cgroup = CgroupFloor()
         self.fifo2 = Fifo(os.path.join(self.work, "floor.fifo"))
-        fs["true"] = floor_spawn(["/bin/true"], n)
-        fs["sh_true"] = floor_spawn(["/bin/sh", "-c", "true"], n)
+        fs["true"] = floor_spawn(["/bin/true"], n)[0]
+        # A job's two process lives (its task's sh, its conductor): their CPU too.
+        fs["sh_true"], fs["cpu_sh_true"] = floor_spawn(["/bin/sh", "-c", "true"], n)
         fs["sh_signal"] = floor_sh_signal(self.fifo2, n)
-        fs["sv_version"] = floor_spawn([self.sv, "--version"], n)
+        fs["sv_version"] = floor_spawn([self.sv, "--version"], n)[0]
         if os.path.exists(self.worker):
             fs["conductor_handshake"], fs["sigkill_reap"] = floor_conductor_handshake(self.worker, self.work, n)
-            fs["conductor_noargs"] = floor_spawn([self.worker], n)
-            fs["cpu_conductor_noargs"] = floor_cpu([self.worker], n)
-        fs["cpu_sh_true"] = floor_cpu(["/bin/sh", "-c", "true"], n)
+            fs["conductor_noargs"], fs["cpu_conductor_noargs"] = floor_spawn([self.worker], n)
         fs["sqlite_commit"] = self.sqlite.sample(n)
         if self.cgroup.base:
             fs["cgroup_procs"] = self.cgroup.sample(n)
@@ -755,16 +744,19 @@ class Bench:
 
     def interleave(self):
         fs = self.fs
-        fs["true"] += floor_spawn(["/bin/true"], 1, warm=0)
-        fs["sh_true"] += floor_spawn(["/bin/sh", "-c", "true"], 1, warm=0)
+        fs["true"] += floor_spawn(["/bin/true"], 1, warm=0)[0]
+        wall, cpu = floor_spawn(["/bin/sh", "-c", "true"], 1, warm=0)
+        fs["sh_true"] += wall
+        fs["cpu_sh_true"] += cpu
         fs["sh_signal"] += floor_sh_signal(self.fifo2, 1, warm=0)
-        fs["sv_version"] += floor_spawn([self.sv, "--version"], 1, warm=0)
+        fs["sv_version"] += floor_spawn([self.sv, "--version"], 1, warm=0)[0]
         if "conductor_handshake" in fs:
             hs, kills = floor_conductor_handshake(self.worker, self.work, 1, warm=0)
             fs["conductor_handshake"] += hs
             fs["sigkill_reap"] += kills
-            fs["cpu_conductor_noargs"] += floor_cpu([self.worker], 1, warm=0)
-        fs["cpu_sh_true"] += floor_cpu(["/bin/sh", "-c", "true"], 1, warm=0)
+            wall, cpu = floor_spawn([self.worker], 1, warm=0)
+            fs["conductor_noargs"] += wall
+            fs["cpu_conductor_noargs"] += cpu
         fs["sqlite_commit"] += self.sqlite.sample(1)
         if self.cgroup.base:
             fs["cgroup_procs"] += self.cgroup.sample(1)

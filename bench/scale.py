@@ -187,7 +187,7 @@ class Scale:
             rounds = self.b.n(5, 2)
             t_many = [timed([self.sv, "run", many, "--state-dir", state])[0] for _ in range(rounds)]
             t_one = [timed([self.sv, "run", one, "--state-dir", state])[0] for _ in range(rounds)]
-            floor = B.pct(B.floor_spawn(["/bin/sh", "-c", "true"], 20), 0.5)
+            floor = B.pct(B.floor_spawn(["/bin/sh", "-c", "true"], 20)[0], 0.5)
             per_step = (B.pct(t_many, 0.5) - B.pct(t_one, 0.5)) / (tasks - 1)
             out["per_step"][tasks] = {"per_step_ms": per_step, "sh_spawn_ms": floor,
                                       "beyond_spawn_ms": per_step - floor}
