@@ -19,8 +19,10 @@ use super::group::replicate;
 use super::{Holder, PostgresStore, Result, Store, StoreError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::ThreadId;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// One call: runs on the store's thread and returns its answer, to be sent when the store says.
 struct Call {
@@ -44,7 +46,9 @@ pub struct StoreHandle {
     thread: ThreadId,
     /// Tests with a paused clock run calls in place: tokio would otherwise advance its clock
     /// while a call runs on the store's thread, and fire timers early.
-    in_place: Option<std::sync::Arc<Store>>,
+    in_place: Option<Arc<Store>>,
+    /// [`Store::syncs`] after each batch, for [`StoreHandle::flushed_since`].
+    flushes: Arc<watch::Sender<u64>>,
 }
 
 impl StoreHandle {
@@ -71,6 +75,8 @@ impl StoreHandle {
     fn start(open: impl FnOnce() -> Result<Store> + Send + 'static) -> Result<Self> {
         let (calls, incoming) = mpsc::channel::<Call>();
         let (opened, open_result) = mpsc::sync_channel(1);
+        let flushes = Arc::new(watch::Sender::new(0));
+        let told = flushes.clone();
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -93,6 +99,7 @@ impl StoreHandle {
                         }
                     }
                     run_batch(&store, batch);
+                    tell_flushes(&store, &told);
                 }
                 tracing::debug!("store: last handle dropped; thread ends");
             })
@@ -102,6 +109,7 @@ impl StoreHandle {
             calls,
             thread: thread.thread().id(),
             in_place: None,
+            flushes,
         })
     }
 
@@ -112,7 +120,8 @@ impl StoreHandle {
         Self {
             calls,
             thread: std::thread::current().id(),
-            in_place: Some(std::sync::Arc::new(store)),
+            in_place: Some(Arc::new(store)),
+            flushes: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -142,7 +151,9 @@ impl StoreHandle {
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         if let Some(store) = &self.in_place {
-            return run_caught(store, f);
+            let result = run_caught(store, f);
+            tell_flushes(store, &self.flushes);
+            return result;
         }
         tracing::trace!(
             call = std::any::type_name_of_val(&f),
@@ -180,6 +191,20 @@ impl StoreHandle {
             let _ = reply.send(result);
         }))?;
         answer.recv().map_err(|_| gone())?
+    }
+
+    /// Returns once a write made with [`Store::syncs`] at `mark` is durable: when a flush
+    /// made after it reached the disk (another call's durable commit: a write-ahead's), or
+    /// after `wait` without one, when this flushes the store itself.
+    pub async fn flushed_since(&self, mark: u64, wait: Duration) -> Result<()> {
+        let mut flushes = self.flushes.subscribe();
+        let covered = tokio::time::timeout(wait, async {
+            flushes.wait_for(|&syncs| syncs > mark).await.is_ok()
+        });
+        if covered.await == Ok(true) {
+            return Ok(());
+        }
+        self.call(Store::flush).await
     }
 
     fn send(&self, call: Call) -> Result<()> {
@@ -238,6 +263,12 @@ fn run_batch(store: &Store, batch: Vec<Call>) {
     for answer in held {
         answer(committed.as_ref().err());
     }
+}
+
+/// Tells the waiters of [`StoreHandle::flushed_since`] how many flushes reached the disk.
+fn tell_flushes(store: &Store, flushes: &watch::Sender<u64>) {
+    let syncs = store.syncs();
+    flushes.send_if_modified(|told| std::mem::replace(told, syncs) != syncs);
 }
 
 fn gone() -> StoreError {

@@ -236,8 +236,21 @@ pub trait Database: Send {
     /// How many bytes the store takes where it lives (its files; its tables and indexes).
     fn size_bytes(&self) -> Result<u64>;
 
-    /// Durable commits flushed so far.
+    /// Durable commits and flushes that reached the disk so far.
     fn syncs(&self) -> u64;
+
+    /// Whether [`flush`](Self::flush) can make earlier commits durable on its own (SQLite's
+    /// WAL, when durability is on). PostgreSQL flushes an asynchronous commit only with a
+    /// later synchronous one, or in its own time.
+    fn can_flush(&self) -> bool {
+        false
+    }
+
+    /// Makes every commit so far durable, where [`can_flush`](Self::can_flush). Outside any
+    /// transaction.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 
     fn dialect(&self) -> Dialect;
 

@@ -5,8 +5,11 @@
 //! Durability: the commits that must survive a power loss before anything acts on them (a
 //! stored job, a write-ahead record, a job's end) are durable when they return (fsynced on
 //! SQLite, flushed by the server on PostgreSQL); the others are not, and become durable with
-//! the next durable commit. `SUPERVISOR_DURABILITY=normal` trades that away: still safe against
-//! crashes of any process, not against a power loss or a kernel crash.
+//! the next durable commit. A daemon's submit is the one exception: committed without a flush
+//! where a later flush can cover it, its answer waiting for that flush
+//! ([`Store::create_job_unflushed`], [`StoreHandle::flushed_since`]).
+//! `SUPERVISOR_DURABILITY=normal` trades that away: still safe against crashes of any process,
+//! not against a power loss or a kernel crash.
 //!
 //! Every write is one write transaction that takes the write lock before it reads, so another
 //! writer (a `supervisor run` beside a daemon) makes it wait, never fail on a stale snapshot.
@@ -251,10 +254,18 @@ impl Store {
         self.db.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Durable commits flushed so far (one per batch that holds a durable write): for tests.
-    #[cfg(test)]
+    /// Durable commits and flushes made so far (one per batch that holds a durable write):
+    /// a write made before a flush is durable once this count has moved past what it was at
+    /// the write ([`StoreHandle::flushed_since`]).
     pub fn syncs(&self) -> u64 {
         self.db().syncs()
+    }
+
+    /// Makes every commit so far durable, when the database can do that on its own
+    /// ([`Database::flush`]); does nothing otherwise.
+    pub fn flush(&self) -> Result<()> {
+        let db = self.settled_db();
+        if db.can_flush() { db.flush() } else { Ok(()) }
     }
 
     fn group(&self) -> MutexGuard<'_, group::Group> {
@@ -277,9 +288,33 @@ impl Store {
         source: &str,
         owner: Option<SupervisorId>,
     ) -> Result<JobId> {
+        self.insert_new_job(true, spec, source, owner)
+    }
+
+    /// [`create_job`](Self::create_job) for a daemon's `submit`, which answers only once the
+    /// job is durable and may start it before: committed without a flush when the database can
+    /// flush later (SQLite's WAL: the job's first write-ahead, whose flush covers every commit
+    /// before it, or [`Store::flush`]), with the [`syncs`](Self::syncs) count a later flush
+    /// moves past; durable at once otherwise (`None`).
+    pub fn create_job_unflushed(
+        &self,
+        spec: &JobSpec,
+        source: &str,
+    ) -> Result<(JobId, Option<u64>)> {
+        let later = self.db().can_flush();
+        let id = self.insert_new_job(!later, spec, source, None)?;
+        Ok((id, later.then(|| self.syncs())))
+    }
+
+    fn insert_new_job(
+        &self,
+        durable: bool,
+        spec: &JobSpec,
+        source: &str,
+        owner: Option<SupervisorId>,
+    ) -> Result<JobId> {
         let spec_json = serde_json::to_string(spec).map_err(StoreError::UnencodableSpec)?;
-        // Durable before `submit` answers with the id.
-        self.write(true, |tx| {
+        self.write(durable, |tx| {
             let id = insert_job(tx, spec, &spec_json, source, None)?;
             if let Some(owner) = owner {
                 tx.execute(

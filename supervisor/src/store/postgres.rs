@@ -465,15 +465,19 @@ impl Database for Postgres {
     }
 
     fn commit(&self, durable: bool) -> Result<()> {
-        let sql = if durable && self.durable_commits {
-            self.syncs.fetch_add(1, Ordering::Relaxed);
+        let synchronous = durable && self.durable_commits;
+        let sql = if synchronous {
             "SET LOCAL synchronous_commit TO ON; COMMIT"
         } else {
             "SET LOCAL synchronous_commit TO OFF; COMMIT"
         };
         let committed = self.client.borrow_mut().batch_execute(sql);
         self.open.set(false);
-        Ok(committed?)
+        committed?;
+        if synchronous {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn rollback(&self) {

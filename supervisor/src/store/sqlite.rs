@@ -47,7 +47,7 @@ pub struct Sqlite {
     /// The state dir, where `state.db` and its WAL are.
     dir: PathBuf,
     durability: Durability,
-    /// Durable commits flushed so far.
+    /// Flushes of the WAL that reached the disk so far.
     syncs: AtomicU64,
 }
 
@@ -262,15 +262,22 @@ impl Database for Sqlite {
 
     fn commit(&self, durable: bool) -> Result<()> {
         self.batch("COMMIT")?;
-        match &self.durability {
-            Durability::SyncWal(wal) if durable => {
-                self.syncs.fetch_add(1, Ordering::Relaxed);
-                std::fs::File::open(wal)
-                    .and_then(|file| file.sync_data())
-                    .map_err(StoreError::Sync)
-            }
-            _ => Ok(()),
+        if durable { self.flush() } else { Ok(()) }
+    }
+
+    fn can_flush(&self) -> bool {
+        matches!(self.durability, Durability::SyncWal(_))
+    }
+
+    /// An `fdatasync` of the WAL: every commit before it is in the WAL, in order.
+    fn flush(&self) -> Result<()> {
+        if let Durability::SyncWal(wal) = &self.durability {
+            std::fs::File::open(wal)
+                .and_then(|file| file.sync_data())
+                .map_err(StoreError::Sync)?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
     }
 
     fn rollback(&self) {
