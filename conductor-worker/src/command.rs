@@ -433,7 +433,11 @@ mod tests {
 
     /// A command task with these steps, and a context for `phase`; the notes go nowhere.
     fn task_and_context(run: &str, revert: &str, phase: Phase) -> (CommandTask, TaskContext) {
-        let limits = TaskLimits::new(&shared::limits::Limits::default()).expect("no limits");
+        let limits = TaskLimits::new(
+            &shared::limits::Limits::default(),
+            crate::limits::Own::look_up(),
+        )
+        .expect("no limits");
         let task = CommandTask {
             run: CommandSpec::Shell(run.into()),
             revert: Some(CommandSpec::Shell(revert.into())),

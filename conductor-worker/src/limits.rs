@@ -35,6 +35,30 @@ impl Login {
     }
 }
 
+/// What the conductor knows of itself before any job: the login of its own user (what tasks
+/// that keep its identity see) and its cgroup directory (the job's, in cgroup mode: a
+/// conductor is spawned into the cgroup it keeps). Looked up while the conductor waits for its
+/// plan (a warm one waits long), not on the way from the plan to the first step.
+#[derive(Clone, Debug, Default)]
+pub struct Own {
+    login: Option<Login>,
+    cgroup: Option<PathBuf>,
+}
+
+impl Own {
+    /// Looks up this process's own user (its password entry) and cgroup.
+    #[must_use]
+    pub fn look_up() -> Self {
+        Self {
+            login: User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| Login::of(&u)),
+            cgroup: own_cgroup_dir(),
+        }
+    }
+}
+
 /// The identity the task processes switch to.
 #[derive(Clone, Debug)]
 struct Identity {
@@ -67,8 +91,9 @@ pub struct Counters {
 }
 
 impl TaskLimits {
-    /// Resolves the job's limits (user and group names to ids).
-    pub fn new(spec: &Limits) -> Result<Self, String> {
+    /// Resolves the job's limits (user and group names to ids), for a conductor that is
+    /// `own`.
+    pub fn new(spec: &Limits, own: Own) -> Result<Self, String> {
         let mut rlimits = Vec::new();
         if let Some(n) = spec.nofile {
             rlimits.push((Resource::RLIMIT_NOFILE, n, n));
@@ -90,20 +115,14 @@ impl TaskLimits {
             None if spec.group.is_some() => {
                 return Err("`group` needs `user` (the job's spec was not validated)".into());
             }
-            None => (
-                None,
-                User::from_uid(nix::unistd::geteuid())
-                    .ok()
-                    .flatten()
-                    .map(|u| Login::of(&u)),
-            ),
+            None => (None, own.login),
         };
         Ok(Self {
             rlimits,
             identity,
             login,
             spec: spec.clone(),
-            cgroup: own_cgroup_dir(),
+            cgroup: own.cgroup,
         })
     }
 
@@ -276,7 +295,7 @@ mod tests {
 
     #[test]
     fn without_user_the_tasks_keep_the_conductor_s_login() {
-        let limits = TaskLimits::new(&Limits::default()).expect("no limits");
+        let limits = TaskLimits::new(&Limits::default(), Own::look_up()).expect("no limits");
         assert!(!limits.switches_user());
         let me = User::from_uid(nix::unistd::geteuid()).ok().flatten();
         assert_eq!(limits.login().cloned(), me.as_ref().map(Login::of));
@@ -291,7 +310,7 @@ mod tests {
             user: Some(root.name.clone()),
             ..Limits::default()
         };
-        let limits = TaskLimits::new(&spec).expect("root resolves");
+        let limits = TaskLimits::new(&spec, Own::default()).expect("root resolves");
         assert!(limits.switches_user());
         let identity = limits.identity.as_ref().expect("an identity");
         assert_eq!((identity.uid, identity.gid), (root.uid, root.gid));
@@ -305,13 +324,13 @@ mod tests {
             user: Some("no-such-user-here".into()),
             ..Limits::default()
         };
-        let problem = TaskLimits::new(&spec).expect_err("unknown");
+        let problem = TaskLimits::new(&spec, Own::default()).expect_err("unknown");
         assert!(problem.contains("no user"), "{problem}");
         let spec = Limits {
             group: Some("root".into()),
             ..Limits::default()
         };
-        let problem = TaskLimits::new(&spec).expect_err("group alone");
+        let problem = TaskLimits::new(&spec, Own::default()).expect_err("group alone");
         assert!(problem.contains("needs `user`"), "{problem}");
     }
 }

@@ -14,7 +14,7 @@ mod walk;
 
 use crate::Config;
 use crate::command::CommandTask;
-use crate::limits::TaskLimits;
+use crate::limits::{Own, TaskLimits};
 use crate::link::{self, CancelReason, Link, LinkHandle};
 use crate::reaper::{self, OwnedChildren};
 use crate::registry::Registry;
@@ -45,9 +45,11 @@ pub async fn serve(config: Config, registry: &Registry) -> anyhow::Result<JobSta
         fence,
     } = link::start(config.listen_fd, config.job_id)?;
     cancel_on_signals(&cancel_sender)?;
+    // Before the plan: a warm conductor waits for it anyway.
+    let own = Own::look_up();
     let plan = wait_for_plan(plan, cancel.clone(), plan_deadline, config.plan_timeout).await?;
     tracing::info!(job_id = %plan.job_id, job = %plan.spec.name, "job received");
-    let limits = TaskLimits::new(&plan.spec.limits).map(Rc::new);
+    let limits = TaskLimits::new(&plan.spec.limits, own).map(Rc::new);
     let tasks = plan
         .spec
         .tasks
