@@ -180,18 +180,20 @@ impl TaskLimits {
         Ok(())
     }
 
-    /// The cgroup counters, before a step.
+    /// The cgroup counters, before a step: only those of the limits the job sets (the others
+    /// explain nothing, and each is a file read per step).
     #[must_use]
     pub fn counters(&self) -> Counters {
-        let read = |file: &str, key: &str| {
+        let read = |limited: bool, file: &str, key: &str| {
             self.cgroup
                 .as_ref()
+                .filter(|_| limited)
                 .and_then(|dir| std::fs::read_to_string(dir.join(file)).ok())
                 .map_or(0, |text| shared::cgroup::counter(&text, key))
         };
         Counters {
-            oom_kills: read("memory.events", "oom_kill"),
-            pids_refused: read("pids.events", "max"),
+            oom_kills: read(self.spec.memory.is_some(), "memory.events", "oom_kill"),
+            pids_refused: read(self.spec.pids.is_some(), "pids.events", "max"),
         }
     }
 
