@@ -130,13 +130,11 @@ impl Sqlite {
     }
 
     /// Moves the WAL into the database and truncates it.
-    fn checkpoint_truncate(&self) {
-        let result = self
-            .conn
+    fn checkpoint_truncate(&self) -> rusqlite::Result<i64> {
+        self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
                 row.get::<_, i64>(0)
-            });
-        tracing::info!(?result, "store: checkpointed the WAL to reclaim space");
+            })
     }
 }
 
@@ -300,14 +298,18 @@ impl Database for Sqlite {
             self.conn.execute_batch("VACUUM")?;
         }
         self.conn.execute_batch("PRAGMA incremental_vacuum")?;
-        self.checkpoint_truncate();
+        let result = self.checkpoint_truncate();
+        tracing::info!(?result, "store: checkpointed the WAL to reclaim space");
         Ok(())
     }
 
     /// The WAL only grows until a checkpoint, and a full disk can stop those: it is moved into
     /// the database and truncated.
     fn after_disk_full(&self) {
-        self.checkpoint_truncate();
+        // At every write a full disk refused: each retry of each waiting job's report, twice a
+        // second in a long outage (the refusals themselves are logged once per job).
+        let result = self.checkpoint_truncate();
+        tracing::debug!(?result, "store: checkpointed the WAL after a full disk");
     }
 
     /// The database file and its WAL.
