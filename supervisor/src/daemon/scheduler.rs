@@ -24,20 +24,12 @@ pub async fn run(jobs: Jobs, max_jobs: usize, board: Option<Board>) {
     loop {
         if !jobs.is_stopping() {
             let (added, reread) = jobs.take_queued();
-            let submitted = !added.is_empty();
             backlog = if backlog || reread {
                 // The store has the added jobs too, in order.
                 start_queued(&jobs, max_jobs, board.as_ref()).await
             } else {
                 start_added(&jobs, max_jobs, board.as_ref(), added).await
             };
-            if submitted && backlog {
-                // A submit that stays queued is answered once it is durable (`submit.rs`):
-                // no write-ahead of its own will flush it soon.
-                if let Err(err) = jobs.store().call(crate::store::Store::flush).await {
-                    tracing::error!(error = %err, "cannot flush the store");
-                }
-            }
             if let Some(board) = &board {
                 board.wake_claims();
             }

@@ -15,14 +15,13 @@
 //! are rolled back, the batch's others stand); the thread serves on. The thread ends when the
 //! last handle is dropped.
 
+use super::aside::AsideFlusher;
 use super::group::replicate;
 use super::{Holder, PostgresStore, Result, Store, StoreError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::thread::ThreadId;
-use std::time::Duration;
-use tokio::sync::watch;
 
 /// One call: runs on the store's thread and returns its answer, to be sent when the store says.
 struct Call {
@@ -46,9 +45,9 @@ pub struct StoreHandle {
     thread: ThreadId,
     /// Tests with a paused clock run calls in place: tokio would otherwise advance its clock
     /// while a call runs on the store's thread, and fire timers early.
-    in_place: Option<Arc<Store>>,
-    /// [`Store::syncs`] after each batch, for [`StoreHandle::flushed_since`].
-    flushes: Arc<watch::Sender<u64>>,
+    in_place: Option<std::sync::Arc<Store>>,
+    /// Flushes beside this thread ([`StoreHandle::flush_aside`]), where the database can.
+    aside: Option<std::sync::Arc<AsideFlusher>>,
 }
 
 impl StoreHandle {
@@ -75,14 +74,12 @@ impl StoreHandle {
     fn start(open: impl FnOnce() -> Result<Store> + Send + 'static) -> Result<Self> {
         let (calls, incoming) = mpsc::channel::<Call>();
         let (opened, open_result) = mpsc::sync_channel(1);
-        let flushes = Arc::new(watch::Sender::new(0));
-        let told = flushes.clone();
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
                 let store = match open() {
                     Ok(store) => {
-                        let _ = opened.send(Ok(()));
+                        let _ = opened.send(Ok(store.flusher()));
                         store
                     }
                     Err(err) => {
@@ -99,17 +96,16 @@ impl StoreHandle {
                         }
                     }
                     run_batch(&store, batch);
-                    tell_flushes(&store, &told);
                 }
                 tracing::debug!("store: last handle dropped; thread ends");
             })
             .map_err(|err| StoreError::Unavailable(format!("cannot start its thread: {err}")))?;
-        open_result.recv().map_err(|_| gone())??;
+        let flusher = open_result.recv().map_err(|_| gone())??;
         Ok(Self {
             calls,
             thread: thread.thread().id(),
             in_place: None,
-            flushes,
+            aside: aside(flusher)?,
         })
     }
 
@@ -120,8 +116,8 @@ impl StoreHandle {
         Self {
             calls,
             thread: std::thread::current().id(),
-            in_place: Some(Arc::new(store)),
-            flushes: Arc::new(watch::Sender::new(0)),
+            aside: aside(store.flusher()).unwrap_or_default(),
+            in_place: Some(std::sync::Arc::new(store)),
         }
     }
 
@@ -151,9 +147,7 @@ impl StoreHandle {
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         if let Some(store) = &self.in_place {
-            let result = run_caught(store, f);
-            tell_flushes(store, &self.flushes);
-            return result;
+            return run_caught(store, f);
         }
         tracing::trace!(
             call = std::any::type_name_of_val(&f),
@@ -193,18 +187,14 @@ impl StoreHandle {
         answer.recv().map_err(|_| gone())?
     }
 
-    /// Returns once a write made with [`Store::syncs`] at `mark` is durable: when a flush
-    /// made after it reached the disk (another call's durable commit: a write-ahead's), or
-    /// after `wait` without one, when this flushes the store itself.
-    pub async fn flushed_since(&self, mark: u64, wait: Duration) -> Result<()> {
-        let mut flushes = self.flushes.subscribe();
-        let covered = tokio::time::timeout(wait, async {
-            flushes.wait_for(|&syncs| syncs > mark).await.is_ok()
-        });
-        if covered.await == Ok(true) {
-            return Ok(());
+    /// Makes every commit made so far durable with an `fdatasync` beside the store's thread,
+    /// shared with the other callers waiting at the same time (`aside.rs`); at once where the
+    /// database has nothing to flush aside (its commits are durable by themselves).
+    pub async fn flush_aside(&self) -> Result<()> {
+        match &self.aside {
+            Some(aside) => aside.flush().await,
+            None => Ok(()),
         }
-        self.call(Store::flush).await
     }
 
     fn send(&self, call: Call) -> Result<()> {
@@ -265,10 +255,11 @@ fn run_batch(store: &Store, batch: Vec<Call>) {
     }
 }
 
-/// Tells the waiters of [`StoreHandle::flushed_since`] how many flushes reached the disk.
-fn tell_flushes(store: &Store, flushes: &watch::Sender<u64>) {
-    let syncs = store.syncs();
-    flushes.send_if_modified(|told| std::mem::replace(told, syncs) != syncs);
+/// The `flusher` thread, where the database has a [`Flusher`](super::db::Flusher).
+fn aside(flusher: Option<super::db::Flusher>) -> Result<Option<std::sync::Arc<AsideFlusher>>> {
+    flusher
+        .map(|flusher| AsideFlusher::start(flusher).map(std::sync::Arc::new))
+        .transpose()
 }
 
 fn gone() -> StoreError {

@@ -198,6 +198,27 @@ impl Dialect {
     }
 }
 
+/// Makes the commits written so far durable, from any thread ([`Database::flusher`]): an
+/// `fdatasync` of SQLite's WAL, which holds every commit in order. The store's thread may write
+/// meanwhile: what was written before the flush began is on disk when it returns.
+#[derive(Clone, Debug)]
+pub struct Flusher {
+    file: std::path::PathBuf,
+}
+
+impl Flusher {
+    pub(super) const fn new(file: std::path::PathBuf) -> Self {
+        Self { file }
+    }
+
+    /// Blocks until every commit written before the call is on disk.
+    pub fn flush(&self) -> Result<()> {
+        std::fs::File::open(&self.file)
+            .and_then(|file| file.sync_data())
+            .map_err(StoreError::Sync)
+    }
+}
+
 /// One connection to the store's database. The store holds it behind a lock: calls never
 /// overlap. Every write runs inside a transaction that [`Database::begin`] opened.
 pub trait Database: Send {
@@ -236,20 +257,14 @@ pub trait Database: Send {
     /// How many bytes the store takes where it lives (its files; its tables and indexes).
     fn size_bytes(&self) -> Result<u64>;
 
-    /// Durable commits and flushes that reached the disk so far.
+    /// Durable commits flushed so far.
     fn syncs(&self) -> u64;
 
-    /// Whether [`flush`](Self::flush) can make earlier commits durable on its own (SQLite's
-    /// WAL, when durability is on). PostgreSQL flushes an asynchronous commit only with a
-    /// later synchronous one, or in its own time.
-    fn can_flush(&self) -> bool {
-        false
-    }
-
-    /// Makes every commit so far durable, where [`can_flush`](Self::can_flush). Outside any
-    /// transaction.
-    fn flush(&self) -> Result<()> {
-        Ok(())
+    /// What makes the commits made so far durable from another thread while this connection
+    /// goes on (SQLite's WAL, durability on); `None` where only a commit can make itself
+    /// durable (PostgreSQL flushes an asynchronous commit with a later synchronous one only).
+    fn flusher(&self) -> Option<Flusher> {
+        None
     }
 
     fn dialect(&self) -> Dialect;

@@ -5,9 +5,9 @@
 //! Durability: the commits that must survive a power loss before anything acts on them (a
 //! stored job, a write-ahead record, a job's end) are durable when they return (fsynced on
 //! SQLite, flushed by the server on PostgreSQL); the others are not, and become durable with
-//! the next durable commit. A daemon's submit is the one exception: committed without a flush
-//! where a later flush can cover it, its answer waiting for that flush
-//! ([`Store::create_job_unflushed`], [`StoreHandle::flushed_since`]).
+//! the next durable commit. A daemon's submit is flushed aside instead, off the store's thread
+//! while the job starts, and answered once that flush returns ([`Store::create_job_unflushed`],
+//! `aside.rs`).
 //! `SUPERVISOR_DURABILITY=normal` trades that away: still safe against crashes of any process,
 //! not against a power loss or a kernel crash.
 //!
@@ -21,6 +21,7 @@
 //! [`StoreHandle`] runs a `Store` on its own thread for async callers (ARCHITECTURE.md, Store).
 
 mod actor;
+mod aside;
 pub mod db;
 mod group;
 mod journal;
@@ -254,18 +255,10 @@ impl Store {
         self.db.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Durable commits and flushes made so far (one per batch that holds a durable write):
-    /// a write made before a flush is durable once this count has moved past what it was at
-    /// the write ([`StoreHandle::flushed_since`]).
+    /// Durable commits flushed so far (one per batch that holds a durable write): for tests.
+    #[cfg(test)]
     pub fn syncs(&self) -> u64 {
         self.db().syncs()
-    }
-
-    /// Makes every commit so far durable, when the database can do that on its own
-    /// ([`Database::flush`]); does nothing otherwise.
-    pub fn flush(&self) -> Result<()> {
-        let db = self.settled_db();
-        if db.can_flush() { db.flush() } else { Ok(()) }
     }
 
     fn group(&self) -> MutexGuard<'_, group::Group> {
@@ -291,19 +284,20 @@ impl Store {
         self.insert_new_job(true, spec, source, owner)
     }
 
-    /// [`create_job`](Self::create_job) for a daemon's `submit`, which answers only once the
-    /// job is durable and may start it before: committed without a flush when the database can
-    /// flush later (SQLite's WAL: the job's first write-ahead, whose flush covers every commit
-    /// before it, or [`Store::flush`]), with the [`syncs`](Self::syncs) count a later flush
-    /// moves past; durable at once otherwise (`None`).
-    pub fn create_job_unflushed(
-        &self,
-        spec: &JobSpec,
-        source: &str,
-    ) -> Result<(JobId, Option<u64>)> {
-        let later = self.db().can_flush();
-        let id = self.insert_new_job(!later, spec, source, None)?;
-        Ok((id, later.then(|| self.syncs())))
+    /// [`create_job`](Self::create_job) for a daemon's `submit`, which may start the job
+    /// before it is durable and answers only once it is: committed without a flush where the
+    /// database can be flushed aside ([`Database::flusher`]: SQLite's WAL), off the store's
+    /// thread while the job starts ([`StoreHandle::flush_aside`]); durable at once otherwise.
+    /// Whether it must be flushed aside comes with the id.
+    pub fn create_job_unflushed(&self, spec: &JobSpec, source: &str) -> Result<(JobId, bool)> {
+        let aside = self.db().flusher().is_some();
+        let id = self.insert_new_job(!aside, spec, source, None)?;
+        Ok((id, aside))
+    }
+
+    /// What flushes this store's commits from another thread, if anything can.
+    fn flusher(&self) -> Option<db::Flusher> {
+        self.db().flusher()
     }
 
     fn insert_new_job(

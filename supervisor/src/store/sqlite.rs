@@ -14,7 +14,7 @@
 //! second process on the same store (a `supervisor run` beside a daemon) makes it wait (the
 //! busy timeout), never fail on a stale snapshot.
 
-use super::db::{Cell, Database, Dialect, Row, Value};
+use super::db::{Cell, Database, Dialect, Flusher, Row, Value};
 use super::{Result, StoreError, migrate};
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -35,8 +35,8 @@ enum Durability {
     /// `SUPERVISOR_DURABILITY=normal`: never fsynced (safe against crashes of any process, not
     /// against a power loss).
     Off,
-    /// A durable commit is followed by an `fdatasync` of this file, the WAL.
-    SyncWal(PathBuf),
+    /// A durable commit is followed by an `fdatasync` of the WAL.
+    SyncWal(Flusher),
     /// No WAL: every commit is at `synchronous=FULL`.
     Always,
 }
@@ -47,7 +47,7 @@ pub struct Sqlite {
     /// The state dir, where `state.db` and its WAL are.
     dir: PathBuf,
     durability: Durability,
-    /// Flushes of the WAL that reached the disk so far.
+    /// Durable commits flushed so far.
     syncs: AtomicU64,
 }
 
@@ -104,7 +104,7 @@ impl Sqlite {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(StoreError::Sync)?;
-            Durability::SyncWal(dir.join("state.db-wal"))
+            Durability::SyncWal(Flusher::new(dir.join("state.db-wal")))
         } else {
             tracing::warn!(
                 journal,
@@ -125,7 +125,7 @@ impl Sqlite {
     /// the tests that count the flushes.
     #[cfg(test)]
     pub(super) fn flushing(mut self, dir: &Path) -> Self {
-        self.durability = Durability::SyncWal(dir.join("state.db-wal"));
+        self.durability = Durability::SyncWal(Flusher::new(dir.join("state.db-wal")));
         self
     }
 
@@ -260,22 +260,21 @@ impl Database for Sqlite {
 
     fn commit(&self, durable: bool) -> Result<()> {
         self.batch("COMMIT")?;
-        if durable { self.flush() } else { Ok(()) }
-    }
-
-    fn can_flush(&self) -> bool {
-        matches!(self.durability, Durability::SyncWal(_))
-    }
-
-    /// An `fdatasync` of the WAL: every commit before it is in the WAL, in order.
-    fn flush(&self) -> Result<()> {
-        if let Durability::SyncWal(wal) = &self.durability {
-            std::fs::File::open(wal)
-                .and_then(|file| file.sync_data())
-                .map_err(StoreError::Sync)?;
-            self.syncs.fetch_add(1, Ordering::Relaxed);
+        match &self.durability {
+            Durability::SyncWal(wal) if durable => {
+                wal.flush()?;
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    fn flusher(&self) -> Option<Flusher> {
+        match &self.durability {
+            Durability::SyncWal(wal) => Some(wal.clone()),
+            _ => None,
+        }
     }
 
     fn rollback(&self) {

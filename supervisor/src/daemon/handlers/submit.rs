@@ -1,9 +1,10 @@
 //! `submit FILE`: the spec is checked again (a client can send any bytes), stored as
 //! `pending`, and the scheduler is woken; the answer comes once the job is durable. On SQLite
-//! the job is committed without a flush and handed to the scheduler at once: when it starts
-//! now, its first write-ahead's flush makes it durable too (the WAL is written in order: one
-//! `fdatasync` for both, before any task runs); when it waits, the scheduler's pass flushes
-//! (ARCHITECTURE.md, Durability and restart). On a board, the job's journal (its row, epoch 1, and
+//! the job is committed without a flush and handed to the scheduler at once, and its WAL is
+//! flushed aside (the store's `flusher` thread, shared by concurrent submits) while the job
+//! starts: its start waits for no flush
+//! before its first write-ahead's, whose flush covers the job too (ARCHITECTURE.md, Durability
+//! and restart). On a board, the job's journal (its row, epoch 1, and
 //! its tasks) is committed on the board first, under an id drawn until the board takes it, then
 //! in the local store: the submit is acknowledged after both commits. A submit is refused while
 //! this daemon's lease is not current (it is fencing itself: `daemon/fence.rs`) when it would
@@ -86,13 +87,10 @@ pub async fn handle(
             tracing::info!(job_id = %id, job = %name, "job submitted");
             jobs.publish(&id, None, JobState::Pending.as_str());
             jobs.queued(id.clone());
-            if let Some(mark) = unflushed {
-                // Started at once, the job's first write-ahead flushes it; queued, the
-                // scheduler's pass does; else this, after a while.
-                jobs.store()
-                    .flushed_since(mark, FLUSH_WAIT)
-                    .await
-                    .map_err(cannot_store)?;
+            if unflushed {
+                // Beside the job's start, which waits for no flush before its first
+                // write-ahead's (that one covers the job too).
+                jobs.store().flush_aside().await.map_err(cannot_store)?;
             }
             return Ok(ClientReply::Submitted { job: id });
         }
@@ -102,11 +100,6 @@ pub async fn handle(
     jobs.queued(id.clone());
     Ok(ClientReply::Submitted { job: id })
 }
-
-/// How long a submit's answer waits for another call's flush to make its job durable before
-/// it flushes the store itself: a job started at once takes its first step (a durable
-/// write-ahead) within about a millisecond of its submit with a warm conductor, a few without.
-const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How many ids a submit on a board draws before it gives up (each collides with a job of the
 /// board with a chance of one in four billion per thousand jobs).

@@ -379,87 +379,50 @@ fn a_batch_that_loses_its_connection_fails_and_the_next_call_connects_again() {
     assert_eq!(other.job(&id).expect("job").state, JobState::Running);
 }
 
-/// A store on its thread whose durable commits are flushed even when the tests run with
-/// `SUPERVISOR_DURABILITY=normal`, with a second connection that reads its flushes.
-fn flushing_handle(backend: &Backend) -> (StoreHandle, Store) {
+#[test]
+fn a_daemon_s_submit_is_committed_without_a_flush_and_flushed_aside() {
+    let backend = Backend::sqlite();
+    // Flushed even when the tests run with `SUPERVISOR_DURABILITY=normal`.
     let store = Store::on(Box::new(
         super::super::sqlite::Sqlite::open(backend.dir())
             .expect("open")
             .flushing(backend.dir()),
     ));
-    (StoreHandle::serve(store).expect("serve"), backend.open())
-}
-
-/// Runs `test` on a current-thread runtime.
-fn block_on<F: std::future::Future>(test: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
+    let before = store.syncs();
+    let handle = StoreHandle::serve(store).expect("serve");
+    let other = backend.open();
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime")
-        .block_on(test)
-}
-
-/// A job submitted as a daemon does, and the flush count its waiter needs to see passed.
-async fn unflushed_job(handle: &StoreHandle) -> (JobId, u64) {
-    let (id, mark) = handle
-        .call(|s| s.create_job_unflushed(&spec(), "t.toml"))
-        .await
-        .expect("created");
-    (id, mark.expect("SQLite flushes later"))
-}
-
-#[test]
-fn an_unflushed_submit_is_durable_with_the_next_durable_commit() {
-    let backend = Backend::sqlite();
-    let (handle, other) = flushing_handle(&backend);
-    block_on(async {
-        let (id, mark) = unflushed_job(&handle).await;
-        // Committed (another connection sees it), not flushed.
-        assert_eq!(other.job(&id).expect("committed").state, JobState::Pending);
-        assert_eq!(handle.call(|s| Ok(s.syncs())).await.expect("syncs"), mark);
-        // Its waiter is answered by another call's durable commit (a write-ahead's), long
-        // before its own wait (an hour) would flush.
-        let waiter = handle.flushed_since(mark, std::time::Duration::from_secs(3600));
-        let durable = handle.call(|s| s.create_job(&spec(), "u.toml", None));
-        let (flushed, created) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            tokio::join!(waiter, durable)
-        })
-        .await
-        .expect("answered by the other call's flush");
-        flushed.expect("flushed");
-        created.expect("created");
-        assert_eq!(
-            handle.call(|s| Ok(s.syncs())).await.expect("syncs"),
-            mark + 1
-        );
-    });
-}
-
-#[test]
-fn an_unflushed_submit_nobody_flushes_is_flushed_after_its_wait() {
-    let backend = Backend::sqlite();
-    let (handle, _other) = flushing_handle(&backend);
-    block_on(async {
-        let (_, mark) = unflushed_job(&handle).await;
-        handle
-            .flushed_since(mark, std::time::Duration::from_millis(1))
+        .expect("runtime");
+    runtime.block_on(async {
+        let (id, aside) = handle
+            .call(|s| s.create_job_unflushed(&spec(), "t.toml"))
             .await
-            .expect("flushed");
-        assert_eq!(
-            handle.call(|s| Ok(s.syncs())).await.expect("syncs"),
-            mark + 1
-        );
+            .expect("created");
+        assert!(aside, "SQLite's WAL can be flushed aside");
+        // Committed (another connection sees it), not flushed by the store's thread.
+        assert_eq!(other.job(&id).expect("committed").state, JobState::Pending);
+        assert_eq!(handle.call(|s| Ok(s.syncs())).await.expect("syncs"), before);
+        // Concurrent callers, each answered once a flush begun after its call returned.
+        let (first, second) = tokio::join!(handle.flush_aside(), handle.flush_aside());
+        first.expect("flushed");
+        second.expect("flushed");
+        // The store's thread went on without a flush of its own.
+        let started = handle.call(start(&id)).await.expect("started");
+        assert_eq!(started, JobState::Pending);
+        assert_eq!(handle.call(|s| Ok(s.syncs())).await.expect("syncs"), before);
     });
 }
 
 #[test]
-fn a_submit_is_left_to_a_later_flush_only_where_durability_is_on() {
+fn a_submit_is_flushed_aside_only_where_durability_is_on() {
     let backend = Backend::sqlite();
-    // Without durability (`SUPERVISOR_DURABILITY=normal`) nothing will flush: the submit is
-    // answered at once (`None`).
+    // Without durability (`SUPERVISOR_DURABILITY=normal`) there is nothing to flush: the
+    // submit is answered at once.
     let store = backend.open();
-    let (_, mark) = store
+    let (_, aside) = store
         .create_job_unflushed(&spec(), "t.toml")
         .expect("created");
-    assert_eq!(mark.is_some(), super::super::durability_on());
+    assert_eq!(aside, super::super::durability_on());
 }
