@@ -377,6 +377,58 @@ fn two_hundred_concurrent_submits_all_succeed() {
     assert!(not_ok.is_empty(), "jobs not successful: {not_ok:#?}");
 }
 
+/// `shutdown --cancel` while jobs are being submitted and started: a start that had passed
+/// the daemon's stopping check when the shutdown came was neither cancelled nor awaited (found
+/// with 800 jobs: the daemon waited for it forever). Now every job ends `cancelled`, or stays
+/// `pending` for the next daemon, and nothing of any job outlives the daemon.
+#[test]
+fn a_cancelling_shutdown_during_a_burst_of_starts_leaves_no_job_running() {
+    let env = TestEnv::new();
+    let mut daemon = env.start_daemon(&["--max-jobs", "200"]);
+    let file = job(
+        &env,
+        "sleeper",
+        "",
+        "[[task]]\nname = \"t\"\nrun = \"sleep 300\"\n",
+    );
+    let file = file.to_str().expect("test paths are UTF-8");
+    let ids = std::sync::Mutex::new(Vec::new());
+    let count = || ids.lock().map_or(0, |ids| ids.len());
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..30 {
+                    let (code, out, _) = cli(&env, &["submit", file]);
+                    if code != 0 {
+                        // The daemon is stopping or gone.
+                        break;
+                    }
+                    if let Ok(mut ids) = ids.lock() {
+                        ids.push(out.trim().to_owned());
+                    }
+                }
+            });
+        }
+        // Once 20 were answered, with the others still coming and starting.
+        wait_for(DEADLINE, "20 submits answered", || {
+            if count() >= 20 { Ok(()) } else { Err(count()) }
+        });
+        let (code, out, err) = cli(&env, &["shutdown", "--cancel"]);
+        assert_eq!(code, 0, "shutdown --cancel: {out} {err}");
+    });
+    daemon.wait_exit(DEADLINE);
+    let ids = ids.into_inner().expect("no submit thread panicked");
+    let store = env.store();
+    for id in &ids {
+        let state = store.job_state(id);
+        assert!(
+            state == "cancelled" || state == "pending",
+            "job {id} is {state} after shutdown --cancel"
+        );
+    }
+    env.assert_no_job_process_left();
+}
+
 #[test]
 fn cancel_running_and_cancel_or_kill_queued() {
     let env = TestEnv::new();

@@ -73,16 +73,36 @@ impl Actor {
     }
 
     async fn serve(&mut self, command: Box<Command>) {
+        // An order that launches a conductor is counted before it changes anything, or refused
+        // when the daemon stops: a `shutdown --cancel` then either cancels it or finds it
+        // refused, never one started behind its back (`Jobs::stop`).
+        let launches = matches!(
+            command.order,
+            Order::Start | Order::Revert { .. } | Order::Resume { .. }
+        );
+        let reserved = if launches {
+            let Some(reserved) = Supervising::reserve(&self.jobs, &self.id) else {
+                if let Some(reply) = command.reply {
+                    let _ = reply.send(Err(OrderError::Unavailable(
+                        "the daemon is shutting down".into(),
+                    )));
+                }
+                return;
+            };
+            Some(reserved)
+        } else {
+            None
+        };
         // Boxed: this future lives as long as the job (ARCHITECTURE.md, Bounds).
         let (answer, next) = match Box::pin(self.decide(command.order)).await {
             Ok(next) => (Ok(()), next),
             Err(err) => (Err(err), None),
         };
         // Counted before the answer, so that the scheduler never overfills; uncounted when the
-        // supervision ends, even by a panic.
+        // supervision ends, even by a panic (or at once when there is none).
         let counted = next
             .is_some()
-            .then(|| Supervising::new(&self.jobs, &self.id));
+            .then(|| reserved.unwrap_or_else(|| Supervising::new(&self.jobs, &self.id)));
         if let Some(reply) = command.reply {
             let _ = reply.send(answer);
         }
@@ -94,15 +114,6 @@ impl Actor {
 
     /// Carries out `order` on a job that no conductor serves for this actor yet.
     async fn decide(&mut self, order: Order) -> Result<Option<Next>, OrderError> {
-        let refuse_when_stopping = matches!(
-            order,
-            Order::Start | Order::Revert { .. } | Order::Resume { .. }
-        );
-        if refuse_when_stopping && self.jobs.is_stopping() {
-            return Err(OrderError::Unavailable(
-                "the daemon is shutting down".into(),
-            ));
-        }
         match order {
             Order::Start => {
                 // One store call: the owner check, the compare-and-set and the spec.
@@ -329,6 +340,14 @@ impl Supervising {
             jobs: jobs.clone(),
             id: id.clone(),
         }
+    }
+
+    /// Counted unless the daemon stops (`None`), in one step with that check.
+    fn reserve(jobs: &Jobs, id: &JobId) -> Option<Self> {
+        jobs.supervision_may_begin(id).then(|| Self {
+            jobs: jobs.clone(),
+            id: id.clone(),
+        })
     }
 }
 

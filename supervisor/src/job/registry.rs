@@ -86,6 +86,9 @@ pub(super) struct Inner {
     stopping: AtomicBool,
     /// Set when the daemon stops without `--cancel`: supervisions end, conductors keep running.
     detach: watch::Sender<bool>,
+    /// Set when the daemon stops with `--cancel`: every supervision, and any that begins
+    /// later, cancels its job once.
+    cancel_all: watch::Sender<bool>,
     /// Set by a client's `shutdown`: `Some(cancel)`.
     shutdown: watch::Sender<Option<bool>>,
     /// Launches in flight, from the socket's bind to the conductor's hello: each holds a few
@@ -119,6 +122,7 @@ impl Jobs {
                 events: broadcast::channel(config.events_kept).0,
                 stopping: AtomicBool::new(false),
                 detach: watch::channel(false).0,
+                cancel_all: watch::channel(false).0,
                 shutdown: watch::channel(None).0,
                 launches: Semaphore::new(LAUNCHES_IN_FLIGHT),
             }),
@@ -250,6 +254,17 @@ impl Jobs {
         self.supervised().insert(id.clone());
     }
 
+    /// Counts job `id` as supervised unless the daemon stops: false then. The check and the
+    /// count are one step under the lock [`Jobs::begin_stopping`] takes.
+    pub(super) fn supervision_may_begin(&self, id: &JobId) -> bool {
+        let mut supervised = self.supervised();
+        if self.is_stopping() {
+            return false;
+        }
+        supervised.insert(id.clone());
+        true
+    }
+
     pub(super) fn supervision_ended(&self, id: &JobId) {
         self.supervised().remove(id);
         self.inner.ended.notify_waiters();
@@ -332,12 +347,19 @@ impl Jobs {
 
     /// Takes no new work from now on (no start, revert, resume or claim), ahead of
     /// [`Jobs::stop`]: a daemon leaving the board first must claim nothing as it leaves.
+    /// Set under the lock of the supervised jobs: a launch counted after it is refused
+    /// ([`Jobs::supervision_may_begin`]), one counted before is among those `stop` cancels.
     pub fn begin_stopping(&self) {
+        let _supervised = self.supervised();
         self.inner.stopping.store(true, Ordering::SeqCst);
     }
 
     pub(super) fn detach_signal(&self) -> watch::Receiver<bool> {
         self.inner.detach.subscribe()
+    }
+
+    pub(super) fn cancel_all_signal(&self) -> watch::Receiver<bool> {
+        self.inner.cancel_all.subscribe()
     }
 
     /// Resolves when a client asked for a shutdown; the value is `--cancel`.
@@ -356,20 +378,13 @@ impl Jobs {
     /// Stops supervising. With `cancel`, every supervised job is soft-cancelled first and
     /// awaited (each within its own ladder; queued jobs stay queued for the next daemon);
     /// without, the conductors keep running for the next daemon. Then every actor ends at its
-    /// next await point outside a kill.
+    /// next await point outside a kill. A start racing the stop is either counted before it
+    /// (awaited here, and cancelled by the signal once it has its conductor, as a supervision
+    /// that begins after the signal sees it set) or refused ([`Jobs::supervision_may_begin`]).
     pub async fn stop(&self, cancel: bool) {
         self.begin_stopping();
         if cancel {
-            for id in self.supervised_jobs() {
-                let order = Order::Cancel {
-                    timeout: None,
-                    reason: "daemon shutdown --cancel".into(),
-                    by: None,
-                };
-                if let Err(err) = self.ask(&id, order).await {
-                    tracing::debug!(job_id = %id, error = %err, "not cancelled at shutdown");
-                }
-            }
+            self.inner.cancel_all.send_replace(true);
             loop {
                 let ended = self.inner.ended.notified();
                 if self.supervising() == 0 {
@@ -393,7 +408,16 @@ impl Jobs {
 
 /// Resolves once the daemon detaches from its conductors (it stops without `--cancel`).
 pub(super) async fn detached(detach: &mut watch::Receiver<bool>) {
-    if detach.wait_for(|d| *d).await.is_err() {
+    signalled(Some(detach)).await;
+}
+
+/// Resolves once `signal` is set (never for `None`, nor when its sender is gone).
+pub(super) async fn signalled(signal: Option<&mut watch::Receiver<bool>>) {
+    let set = match signal {
+        Some(signal) => signal.wait_for(|set| *set).await.is_ok(),
+        None => false,
+    };
+    if !set {
         std::future::pending::<()>().await;
     }
 }

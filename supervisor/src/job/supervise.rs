@@ -286,6 +286,7 @@ impl Supervision {
             Box::pin(self.obey(order)).await;
         }
         let mut detach = self.jobs.detach_signal();
+        let mut shutdown_cancel = Some(self.jobs.cancel_all_signal());
         loop {
             let far = far();
             let silent_at = self.state.last_heard + self.spec.heartbeat_timeout;
@@ -296,6 +297,18 @@ impl Supervision {
                 frame = next_frame(&mut self.state.link) => self.on_frame(frame).await,
                 () = exited(self.pidfd.as_ref()) => break,
                 Some(command) = inbox.recv() => Box::pin(self.on_command(command)).await,
+                () = super::registry::signalled(shutdown_cancel.as_mut()) => {
+                    // `shutdown --cancel`, once; as an order from the daemon, which the job's
+                    // state may refuse (its end already reported).
+                    shutdown_cancel = None;
+                    let order = Order::Cancel {
+                        timeout: None,
+                        reason: "daemon shutdown --cancel".into(),
+                        by: None,
+                    };
+                    let command = Box::new(Command { order, reply: None });
+                    Box::pin(self.on_command(command)).await;
+                }
                 () = super::registry::detached(&mut detach) => {
                     // Left running: its last fence counts from the lease's last renewal (at
                     // a clean stop, the one made as the daemon left the board).
