@@ -15,7 +15,6 @@
 //! are rolled back, the batch's others stand); the thread serves on. The thread ends when the
 //! last handle is dropped.
 
-use super::aside::AsideFlusher;
 use super::group::replicate;
 use super::{Holder, PostgresStore, Result, Store, StoreError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -46,8 +45,6 @@ pub struct StoreHandle {
     /// Tests with a paused clock run calls in place: tokio would otherwise advance its clock
     /// while a call runs on the store's thread, and fire timers early.
     in_place: Option<std::sync::Arc<Store>>,
-    /// Flushes beside this thread ([`StoreHandle::flush_aside`]), where the database can.
-    aside: Option<std::sync::Arc<AsideFlusher>>,
 }
 
 impl StoreHandle {
@@ -79,7 +76,7 @@ impl StoreHandle {
             .spawn(move || {
                 let store = match open() {
                     Ok(store) => {
-                        let _ = opened.send(Ok(store.flusher()));
+                        let _ = opened.send(Ok(()));
                         store
                     }
                     Err(err) => {
@@ -100,12 +97,11 @@ impl StoreHandle {
                 tracing::debug!("store: last handle dropped; thread ends");
             })
             .map_err(|err| StoreError::Unavailable(format!("cannot start its thread: {err}")))?;
-        let flusher = open_result.recv().map_err(|_| gone())??;
+        open_result.recv().map_err(|_| gone())??;
         Ok(Self {
             calls,
             thread: thread.thread().id(),
             in_place: None,
-            aside: aside(flusher)?,
         })
     }
 
@@ -116,7 +112,6 @@ impl StoreHandle {
         Self {
             calls,
             thread: std::thread::current().id(),
-            aside: aside(store.flusher()).unwrap_or_default(),
             in_place: Some(std::sync::Arc::new(store)),
         }
     }
@@ -187,16 +182,6 @@ impl StoreHandle {
         answer.recv().map_err(|_| gone())?
     }
 
-    /// Makes every commit made so far durable with an `fdatasync` beside the store's thread,
-    /// shared with the other callers waiting at the same time (`aside.rs`); at once where the
-    /// database has nothing to flush aside (its commits are durable by themselves).
-    pub async fn flush_aside(&self) -> Result<()> {
-        match &self.aside {
-            Some(aside) => aside.flush().await,
-            None => Ok(()),
-        }
-    }
-
     fn send(&self, call: Call) -> Result<()> {
         self.calls.send(call).map_err(|_| gone())
     }
@@ -253,13 +238,6 @@ fn run_batch(store: &Store, batch: Vec<Call>) {
     for answer in held {
         answer(committed.as_ref().err());
     }
-}
-
-/// The `flusher` thread, where the database has a [`Flusher`](super::db::Flusher).
-fn aside(flusher: Option<super::db::Flusher>) -> Result<Option<std::sync::Arc<AsideFlusher>>> {
-    flusher
-        .map(|flusher| AsideFlusher::start(flusher).map(std::sync::Arc::new))
-        .transpose()
 }
 
 fn gone() -> StoreError {

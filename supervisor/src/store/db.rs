@@ -198,27 +198,6 @@ impl Dialect {
     }
 }
 
-/// Makes the commits written so far durable, from any thread ([`Database::flusher`]): an
-/// `fdatasync` of SQLite's WAL, which holds every commit in order. The store's thread may write
-/// meanwhile: what was written before the flush began is on disk when it returns.
-#[derive(Clone, Debug)]
-pub struct Flusher {
-    file: std::path::PathBuf,
-}
-
-impl Flusher {
-    pub(super) const fn new(file: std::path::PathBuf) -> Self {
-        Self { file }
-    }
-
-    /// Blocks until every commit written before the call is on disk.
-    pub fn flush(&self) -> Result<()> {
-        std::fs::File::open(&self.file)
-            .and_then(|file| file.sync_data())
-            .map_err(StoreError::Sync)
-    }
-}
-
 /// One connection to the store's database. The store holds it behind a lock: calls never
 /// overlap. Every write runs inside a transaction that [`Database::begin`] opened.
 pub trait Database: Send {
@@ -259,13 +238,6 @@ pub trait Database: Send {
 
     /// Durable commits flushed so far.
     fn syncs(&self) -> u64;
-
-    /// What makes the commits made so far durable from another thread while this connection
-    /// goes on (SQLite's WAL, durability on); `None` where only a commit can make itself
-    /// durable (PostgreSQL flushes an asynchronous commit with a later synchronous one only).
-    fn flusher(&self) -> Option<Flusher> {
-        None
-    }
 
     fn dialect(&self) -> Dialect;
 

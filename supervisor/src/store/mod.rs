@@ -5,11 +5,8 @@
 //! Durability: the commits that must survive a power loss before anything acts on them (a
 //! stored job, a write-ahead record, a job's end) are durable when they return (fsynced on
 //! SQLite, flushed by the server on PostgreSQL); the others are not, and become durable with
-//! the next durable commit. A daemon's submit is flushed aside instead, off the store's thread
-//! while the job starts, and answered once that flush returns ([`Store::create_job_unflushed`],
-//! `aside.rs`).
-//! `SUPERVISOR_DURABILITY=normal` trades that away: still safe against crashes of any process,
-//! not against a power loss or a kernel crash.
+//! the next durable commit. `SUPERVISOR_DURABILITY=normal` trades that away: still safe against
+//! crashes of any process, not against a power loss or a kernel crash.
 //!
 //! Every write is one write transaction that takes the write lock before it reads, so another
 //! writer (a `supervisor run` beside a daemon) makes it wait, never fail on a stale snapshot.
@@ -21,7 +18,6 @@
 //! [`StoreHandle`] runs a `Store` on its own thread for async callers (ARCHITECTURE.md, Store).
 
 mod actor;
-mod aside;
 pub mod db;
 mod group;
 mod journal;
@@ -281,34 +277,9 @@ impl Store {
         source: &str,
         owner: Option<SupervisorId>,
     ) -> Result<JobId> {
-        self.insert_new_job(true, spec, source, owner)
-    }
-
-    /// [`create_job`](Self::create_job) for a daemon's `submit`, which may start the job
-    /// before it is durable and answers only once it is: committed without a flush where the
-    /// database can be flushed aside ([`Database::flusher`]: SQLite's WAL), off the store's
-    /// thread while the job starts ([`StoreHandle::flush_aside`]); durable at once otherwise.
-    /// Whether it must be flushed aside comes with the id.
-    pub fn create_job_unflushed(&self, spec: &JobSpec, source: &str) -> Result<(JobId, bool)> {
-        let aside = self.db().flusher().is_some();
-        let id = self.insert_new_job(!aside, spec, source, None)?;
-        Ok((id, aside))
-    }
-
-    /// What flushes this store's commits from another thread, if anything can.
-    fn flusher(&self) -> Option<db::Flusher> {
-        self.db().flusher()
-    }
-
-    fn insert_new_job(
-        &self,
-        durable: bool,
-        spec: &JobSpec,
-        source: &str,
-        owner: Option<SupervisorId>,
-    ) -> Result<JobId> {
         let spec_json = serde_json::to_string(spec).map_err(StoreError::UnencodableSpec)?;
-        self.write(durable, |tx| {
+        // Durable before `submit` answers with the id.
+        self.write(true, |tx| {
             let id = insert_job(tx, spec, &spec_json, source, None)?;
             if let Some(owner) = owner {
                 tx.execute(

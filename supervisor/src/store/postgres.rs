@@ -465,19 +465,15 @@ impl Database for Postgres {
     }
 
     fn commit(&self, durable: bool) -> Result<()> {
-        let synchronous = durable && self.durable_commits;
-        let sql = if synchronous {
+        let sql = if durable && self.durable_commits {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
             "SET LOCAL synchronous_commit TO ON; COMMIT"
         } else {
             "SET LOCAL synchronous_commit TO OFF; COMMIT"
         };
         let committed = self.client.borrow_mut().batch_execute(sql);
         self.open.set(false);
-        committed?;
-        if synchronous {
-            self.syncs.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+        Ok(committed?)
     }
 
     fn rollback(&self) {

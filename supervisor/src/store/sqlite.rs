@@ -14,7 +14,7 @@
 //! second process on the same store (a `supervisor run` beside a daemon) makes it wait (the
 //! busy timeout), never fail on a stale snapshot.
 
-use super::db::{Cell, Database, Dialect, Flusher, Row, Value};
+use super::db::{Cell, Database, Dialect, Row, Value};
 use super::{Result, StoreError, migrate};
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -35,8 +35,8 @@ enum Durability {
     /// `SUPERVISOR_DURABILITY=normal`: never fsynced (safe against crashes of any process, not
     /// against a power loss).
     Off,
-    /// A durable commit is followed by an `fdatasync` of the WAL.
-    SyncWal(Flusher),
+    /// A durable commit is followed by an `fdatasync` of this file, the WAL.
+    SyncWal(PathBuf),
     /// No WAL: every commit is at `synchronous=FULL`.
     Always,
 }
@@ -104,7 +104,7 @@ impl Sqlite {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(StoreError::Sync)?;
-            Durability::SyncWal(Flusher::new(dir.join("state.db-wal")))
+            Durability::SyncWal(dir.join("state.db-wal"))
         } else {
             tracing::warn!(
                 journal,
@@ -125,7 +125,7 @@ impl Sqlite {
     /// the tests that count the flushes.
     #[cfg(test)]
     pub(super) fn flushing(mut self, dir: &Path) -> Self {
-        self.durability = Durability::SyncWal(Flusher::new(dir.join("state.db-wal")));
+        self.durability = Durability::SyncWal(dir.join("state.db-wal"));
         self
     }
 
@@ -262,18 +262,12 @@ impl Database for Sqlite {
         self.batch("COMMIT")?;
         match &self.durability {
             Durability::SyncWal(wal) if durable => {
-                wal.flush()?;
                 self.syncs.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                std::fs::File::open(wal)
+                    .and_then(|file| file.sync_data())
+                    .map_err(StoreError::Sync)
             }
             _ => Ok(()),
-        }
-    }
-
-    fn flusher(&self) -> Option<Flusher> {
-        match &self.durability {
-            Durability::SyncWal(wal) => Some(wal.clone()),
-            _ => None,
         }
     }
 

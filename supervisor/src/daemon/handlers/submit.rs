@@ -1,10 +1,5 @@
-//! `submit FILE`: the spec is checked again (a client can send any bytes), stored as
-//! `pending`, and the scheduler is woken; the answer comes once the job is durable. On SQLite
-//! the job is committed without a flush and handed to the scheduler at once, and its WAL is
-//! flushed aside (the store's `flusher` thread, shared by concurrent submits) while the job
-//! starts: its start waits for no flush
-//! before its first write-ahead's, whose flush covers the job too (ARCHITECTURE.md, Durability
-//! and restart). On a board, the job's journal (its row, epoch 1, and
+//! `submit FILE`: the spec is checked again (a client can send any bytes), stored durably as
+//! `pending`, and the scheduler is woken. On a board, the job's journal (its row, epoch 1, and
 //! its tasks) is committed on the board first, under an id drawn until the board takes it, then
 //! in the local store: the submit is acknowledged after both commits. A submit is refused while
 //! this daemon's lease is not current (it is fencing itself: `daemon/fence.rs`) when it would
@@ -72,28 +67,17 @@ pub async fn handle(
             }
             submit_on_board(jobs, board, spec, source, None).await?
         }
-        None => {
-            let (id, unflushed) = jobs
-                .store()
-                .call(move |s| {
-                    s.create_job_unflushed(&spec, &source).inspect_err(|e| {
-                        if e.is_disk_full() {
-                            s.reclaim_space();
-                        }
-                    })
+        None => jobs
+            .store()
+            .call(move |s| {
+                s.create_job(&spec, &source, None).inspect_err(|e| {
+                    if e.is_disk_full() {
+                        s.reclaim_space();
+                    }
                 })
-                .await
-                .map_err(cannot_store)?;
-            tracing::info!(job_id = %id, job = %name, "job submitted");
-            jobs.publish(&id, None, JobState::Pending.as_str());
-            jobs.queued(id.clone());
-            if unflushed {
-                // Beside the job's start, which waits for no flush before its first
-                // write-ahead's (that one covers the job too).
-                jobs.store().flush_aside().await.map_err(cannot_store)?;
-            }
-            return Ok(ClientReply::Submitted { job: id });
-        }
+            })
+            .await
+            .map_err(cannot_store)?,
     };
     tracing::info!(job_id = %id, job = %name, "job submitted");
     jobs.publish(&id, None, JobState::Pending.as_str());
