@@ -348,7 +348,7 @@ impl Jobs {
     /// Takes no new work from now on (no start, revert, resume or claim), ahead of
     /// [`Jobs::stop`]: a daemon leaving the board first must claim nothing as it leaves.
     /// Set under the lock of the supervised jobs: a launch counted after it is refused
-    /// ([`Jobs::supervision_may_begin`]), one counted before is among those `stop` cancels.
+    /// (`Jobs::supervision_may_begin`), one counted before is among those `stop` cancels.
     pub fn begin_stopping(&self) {
         let _supervised = self.supervised();
         self.inner.stopping.store(true, Ordering::SeqCst);
@@ -380,7 +380,7 @@ impl Jobs {
     /// without, the conductors keep running for the next daemon. Then every actor ends at its
     /// next await point outside a kill. A start racing the stop is either counted before it
     /// (awaited here, and cancelled by the signal once it has its conductor, as a supervision
-    /// that begins after the signal sees it set) or refused ([`Jobs::supervision_may_begin`]).
+    /// that begins after the signal sees it set) or refused (`Jobs::supervision_may_begin`).
     pub async fn stop(&self, cancel: bool) {
         self.begin_stopping();
         if cancel {
