@@ -651,12 +651,15 @@ pub struct Proc {
 /// Reads `/proc/PID/stat` (and the command line); `None` when the process is gone.
 #[must_use]
 pub fn proc_info(pid: i32) -> Option<Proc> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
+    // The command line first, then the session and group: read the other way round, a
+    // process that ran `setsid` and then `exec` between the two reads showed the new command
+    // with its old session (a flaky containment test). Now they are at least as new as it.
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
         .unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
     Some(Proc {
         pid,
         state: fields.first()?.chars().next()?,
