@@ -52,7 +52,7 @@ impl Actor {
                 let command = tokio::select! {
                     command = self.inbox.recv() => command,
                     () = tokio::time::sleep(IDLE) => None,
-                    () = super::registry::detached(&mut detach) => None,
+                    () = super::registry::signalled(&mut detach) => None,
                 };
                 match command {
                     Some(command) => self.serve(command).await,

@@ -406,18 +406,10 @@ impl Jobs {
     }
 }
 
-/// Resolves once the daemon detaches from its conductors (it stops without `--cancel`).
-pub(super) async fn detached(detach: &mut watch::Receiver<bool>) {
-    signalled(Some(detach)).await;
-}
-
-/// Resolves once `signal` is set (never for `None`, nor when its sender is gone).
-pub(super) async fn signalled(signal: Option<&mut watch::Receiver<bool>>) {
-    let set = match signal {
-        Some(signal) => signal.wait_for(|set| *set).await.is_ok(),
-        None => false,
-    };
-    if !set {
+/// Resolves once `signal` is set: the daemon detaches from its conductors (it stops without
+/// `--cancel`), or cancels every job (`--cancel`). Never when its sender is gone.
+pub(super) async fn signalled(signal: &mut watch::Receiver<bool>) {
+    if signal.wait_for(|set| *set).await.is_err() {
         std::future::pending::<()>().await;
     }
 }

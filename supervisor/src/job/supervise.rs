@@ -286,7 +286,8 @@ impl Supervision {
             Box::pin(self.obey(order)).await;
         }
         let mut detach = self.jobs.detach_signal();
-        let mut shutdown_cancel = Some(self.jobs.cancel_all_signal());
+        let mut cancel_all = self.jobs.cancel_all_signal();
+        let mut cancelled_at_shutdown = false;
         loop {
             let far = far();
             let silent_at = self.state.last_heard + self.spec.heartbeat_timeout;
@@ -297,10 +298,10 @@ impl Supervision {
                 frame = next_frame(&mut self.state.link) => self.on_frame(frame).await,
                 () = exited(self.pidfd.as_ref()) => break,
                 Some(command) = inbox.recv() => Box::pin(self.on_command(command)).await,
-                () = super::registry::signalled(shutdown_cancel.as_mut()) => {
+                () = super::registry::signalled(&mut cancel_all), if !cancelled_at_shutdown => {
                     // `shutdown --cancel`, once; as an order from the daemon, which the job's
                     // state may refuse (its end already reported).
-                    shutdown_cancel = None;
+                    cancelled_at_shutdown = true;
                     let order = Order::Cancel {
                         timeout: None,
                         reason: "daemon shutdown --cancel".into(),
@@ -309,7 +310,7 @@ impl Supervision {
                     let command = Box::new(Command { order, reply: None });
                     Box::pin(self.on_command(command)).await;
                 }
-                () = super::registry::detached(&mut detach) => {
+                () = super::registry::signalled(&mut detach) => {
                     // Left running: its last fence counts from the lease's last renewal (at
                     // a clean stop, the one made as the daemon left the board).
                     self.send_fence().await;
