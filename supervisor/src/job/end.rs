@@ -50,16 +50,10 @@ pub(super) async fn record_end(jobs: &Jobs, id: &JobId, hard: HardEnd) -> Option
         let (job, why, by) = (id.clone(), reason.to_owned(), hard.by.clone());
         match jobs
             .store()
-            .call(move |s| {
-                let pending = s.record_hard_end_by(&job, end, &why, by.as_ref())?;
-                Ok((pending, s.set_conductor_exited(&job)))
-            })
+            .call(move |s| s.record_hard_end_by(&job, end, &why, by.as_ref()))
             .await
         {
-            Ok((pending, exited)) => {
-                if let Err(err) = exited {
-                    tracing::error!(job_id = %id, error = %err, "cannot record the conductor's exit");
-                }
+            Ok(pending) => {
                 let tasks: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
                 METRICS
                     .reverts_skipped

@@ -341,6 +341,17 @@ fn resume_refuses_a_job_that_began_reverting(backend: &Backend) {
     store
         .record_hard_end(&id, JobState::Killed, "kill requested")
         .expect("kill");
+    // The end's commit records the conductor gone too: a restart has nothing to look for.
+    let exited: bool = store
+        .db()
+        .query_one(
+            "SELECT conductor_exited FROM jobs WHERE id = ?1",
+            args![id.as_str()],
+        )
+        .expect("query")
+        .get(0)
+        .expect("exited");
+    assert!(exited);
     let err = store
         .begin_resume(&id, "resume requested")
         .expect_err("began reverting");

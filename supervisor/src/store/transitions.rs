@@ -76,9 +76,10 @@ impl Store {
         })
     }
 
-    /// After a kill or a crash of a live job (a pending one included): a task killed
-    /// mid-execute becomes `failure` (killed), one killed mid-revert `revert_failure`; the job
-    /// becomes `end` (killed or crashed). Fsynced. Returns the tasks whose revert is pending, in
+    /// After a kill or a crash of a live job (a pending one included), once no conductor of it
+    /// runs: a task killed mid-execute becomes `failure` (killed), one killed mid-revert
+    /// `revert_failure`; the job becomes `end` (killed or crashed) and its conductor is
+    /// recorded as exited, in one commit. Fsynced. Returns the tasks whose revert is pending, in
     /// the order they must be reverted (last first). A job already ended is refused
     /// ([`StoreError::WrongState`]) and left as it is.
     pub fn record_hard_end(&self, id: &JobId, end: JobState, reason: &str) -> Result<Vec<TaskRow>> {
@@ -113,6 +114,10 @@ impl Store {
             }
             change_job_state(tx, id, &live, end, Some(reason))?;
             stamp_order(tx, id, by)?;
+            tx.execute(
+                "UPDATE jobs SET conductor_exited = 1 WHERE id = ?1",
+                args![id.as_str()],
+            )?;
             Ok(pending_reverts(&task_rows(tx, id)?))
         })
     }

@@ -2,9 +2,10 @@
 
 use super::Reply;
 use crate::job::{Jobs, Order, Requester};
+use shared::ids::JobId;
 use std::time::Duration;
 
-pub async fn handle(jobs: &Jobs, job: &str, timeout_ms: Option<u64>, by: Requester) -> Reply {
+pub async fn handle(jobs: &Jobs, job: &JobId, timeout_ms: Option<u64>, by: Requester) -> Reply {
     let order = Order::Cancel {
         timeout: timeout_ms.map(Duration::from_millis),
         reason: "cancel requested".into(),

@@ -2,8 +2,9 @@
 
 use super::Reply;
 use crate::job::{Jobs, Order, Requester};
+use shared::ids::JobId;
 
-pub async fn handle(jobs: &Jobs, job: &str, by: Requester) -> Reply {
+pub async fn handle(jobs: &Jobs, job: &JobId, by: Requester) -> Reply {
     let order = Order::Kill {
         reason: "kill requested".into(),
         by: Some(by),

@@ -285,9 +285,8 @@ pub(super) fn order_refusal(err: OrderError) -> Refusal {
     (code, err.to_string())
 }
 
-/// Sends `order` to the job named `job` and answers `Done` once its actor carried it out.
-async fn order(jobs: &Jobs, job: &str, order: crate::job::Order) -> Reply {
-    let id = find(jobs, job).await?;
-    jobs.ask(&id, order).await.map_err(order_refusal)?;
+/// Sends `order` to job `id` and answers `Done` once its actor carried it out.
+async fn order(jobs: &Jobs, id: &JobId, order: crate::job::Order) -> Reply {
+    jobs.ask(id, order).await.map_err(order_refusal)?;
     Ok(ClientReply::Done)
 }

@@ -30,12 +30,15 @@ pub async fn handle(
             "not an order".into(),
         ));
     };
-    let by = requester(peer, action, reason).await;
-    if let Some(board) = board {
-        if super::find(jobs, &job).await.is_err() {
+    // Who asked and which job: two reads on two threads (a blocking one, the store's), at once.
+    let (by, found) = tokio::join!(requester(peer, action, reason), super::find(jobs, &job));
+    let job = match (found, board) {
+        (Ok(id), _) => id,
+        (Err(_), Some(board)) => {
             return remote::request(board, version, &job, (action, timeout_ms), by).await;
         }
-    }
+        (Err(unknown), None) => return Err(unknown),
+    };
     if matches!(action, Action::Revert | Action::Resume | Action::Continue) {
         super::check_lease(board)?;
     }

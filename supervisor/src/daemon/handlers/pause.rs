@@ -3,8 +3,9 @@
 
 use super::Reply;
 use crate::job::{Jobs, Order, Requester};
+use shared::ids::JobId;
 
-pub async fn handle(jobs: &Jobs, job: &str, by: Requester, pause: bool) -> Reply {
+pub async fn handle(jobs: &Jobs, job: &JobId, by: Requester, pause: bool) -> Reply {
     let by = Some(by);
     let order = if pause {
         Order::Pause { by }
