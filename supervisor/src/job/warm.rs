@@ -307,8 +307,11 @@ impl Inner {
             log: dir.join(format!("{name}.log")),
             record: spare.unwrap_or_else(|| dir.join(format!("{name}.rec"))),
         };
-        let daemon = crate::process::own_id().map_or((0, 0), |id| (id.pid, id.start_time));
-        let cgroup_name = format!("{CGROUP_PREFIX}{:x}-{:x}-{n:x}", daemon.0, daemon.1);
+        let daemon = crate::process::own_supervisor_id();
+        let cgroup_name = format!(
+            "{CGROUP_PREFIX}{:x}-{:x}-{n:x}",
+            daemon.pid, daemon.start_time
+        );
         let cgroup_path = self.containment.job_cgroup_named(&cgroup_name);
         let made = {
             let (containment, worker, files) =
