@@ -117,8 +117,8 @@ impl Launcher {
 
     /// Makes a warm conductor the job's: the job's limits on its cgroup, its socket and log
     /// renamed to the job's, one store call (containment, conductor, plan), the handshake that
-    /// tells it its job. Its pool record goes once the store names it (by a task spawned then,
-    /// which runs while this one waits for the handshake), so that a daemon dying at any point
+    /// tells it its job. Its pool record goes once the store names it (by a task spawned after
+    /// the handshake, which runs once the plan is sent), so that a daemon dying at any point
     /// leaves it either to the next daemon's clearing or to its re-attachment.
     async fn launch_warm(
         &self,
@@ -154,9 +154,11 @@ impl Launcher {
             .await;
         match result {
             Ok((socket, plan)) => {
+                tracing::info!(job_id = %job_id, pid = id.pid, warm = true, "conductor started");
+                let connected = ConductorLink::connect(&socket, job_id, id).await;
                 // The pool's files (the log's warm name, the record emptied) are put away by a
-                // task of their own, which the runtime runs while this one waits for the
-                // conductor's hello: not on the start's path (0.2 ms, bench/NOTES.md).
+                // task of their own, which the runtime runs once the plan is sent, while the
+                // conductor reads it: not on the start's path (bench/NOTES.md).
                 let pool = self.warm.clone();
                 tokio::spawn(async move {
                     let _ = std::fs::remove_file(&warm_log);
@@ -164,8 +166,7 @@ impl Launcher {
                         pool.owned_by_job(record);
                     }
                 });
-                tracing::info!(job_id = %job_id, pid = id.pid, warm = true, "conductor started");
-                let link = ConductorLink::connect(&socket, job_id, id).await?;
+                let link = connected?;
                 let pidfd = guard
                     .disarm()
                     .context("INVARIANT: the guard holds the warm conductor")?;
