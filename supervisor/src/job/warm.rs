@@ -2,7 +2,7 @@
 //! conductors spawned ahead of any job, each in its own fresh cgroup (cgroup mode) and holding
 //! its own listening socket, waiting for a job. A job start takes one ([`WarmPool::take`], a
 //! lock and a pop: nothing is spawned on the start's path) and the pool spawns the replacement
-//! in the background. A warm conductor is used for exactly one job: taken once, it leaves the
+//! in the background, a moment later ([`REFILL_AFTER`]) while a spare is left. A warm conductor is used for exactly one job: taken once, it leaves the
 //! pool for good, and the conductor itself refuses any job but the first one it is told.
 //!
 //! A warm conductor must never outlive its daemon unnoticed:
@@ -35,6 +35,13 @@ use tokio::time::Instant;
 /// How long a warm conductor waits in the pool before it is replaced: half the conductor's own
 /// plan timeout, counted from its start.
 pub const MAX_AGE: Duration = Duration::from_secs(30);
+
+/// How long a replacement waits after a take while the pool still holds a conductor: the start
+/// that took one goes first. A conductor's spawn is about a millisecond of CPU (its exec, its
+/// loading); made at once, it competed with that start for the host's CPUs and made its first
+/// task about 1 ms later on two cores (bench/NOTES.md). A take that leaves the pool empty, or
+/// a second take meanwhile, refills at once.
+const REFILL_AFTER: Duration = Duration::from_millis(5);
 
 /// The first pause after a failed spawn, doubled after each further failure up to
 /// [`RETRY_MAX`]: a pool that cannot spawn (a missing binary, no descriptors) must not spin.
@@ -225,7 +232,7 @@ impl Inner {
     async fn refill(self: Arc<Self>) {
         let mut retry = None;
         loop {
-            let (missing, expired, next_expiry) = {
+            let (missing, spare, expired, next_expiry) = {
                 let mut state = lock(&self.state);
                 if state.closed {
                     return;
@@ -239,6 +246,7 @@ impl Inner {
                 let next_expiry = state.ready.iter().map(|w| w.born + MAX_AGE).min();
                 (
                     self.target.saturating_sub(state.ready.len()),
+                    state.ready.len(),
                     expired,
                     next_expiry,
                 )
@@ -247,6 +255,15 @@ impl Inner {
                 warm.discard().await;
             }
             if missing > 0 {
+                if spare > 0 {
+                    tokio::select! {
+                        () = tokio::time::sleep(REFILL_AFTER) => {}
+                        () = self.wake.notified() => {}
+                    }
+                    if lock(&self.state).closed {
+                        return;
+                    }
+                }
                 match self.spawn_one().await {
                     Ok(warm) => {
                         retry = None;
