@@ -270,6 +270,9 @@ impl Jobs {
         self.inner.ended.notify_waiters();
         // A slot freed: the scheduler reads the queue only if its last pass left some behind.
         self.inner.wake.notify_one();
+        if let Some(pool) = &self.inner.launcher.warm {
+            pool.job_ended();
+        }
     }
 
     /// Publishes a state change to `events` subscribers.

@@ -39,8 +39,8 @@ pub const MAX_AGE: Duration = Duration::from_secs(30);
 /// How long a replacement waits after a take while the pool still holds a conductor: the start
 /// that took one goes first. A conductor's spawn is about a millisecond of CPU (its exec, its
 /// loading); made at once, it competed with that start for the host's CPUs and made its first
-/// task about 1 ms later on two cores (bench/NOTES.md). A take that leaves the pool empty, or
-/// a second take meanwhile, refills at once.
+/// task about 1 ms later on two cores (bench/NOTES.md). A take that leaves the pool empty, a
+/// second take meanwhile, or the end of a job's supervision refills at once.
 const REFILL_AFTER: Duration = Duration::from_millis(5);
 
 /// The first pause after a failed spawn, doubled after each further failure up to
@@ -137,6 +137,12 @@ impl WarmPool {
                 refiller: Mutex::new(None),
             }),
         }
+    }
+
+    /// A job's supervision ended: the CPUs it used are free, so a replacement that waits for
+    /// the start before it (`REFILL_AFTER`) is spawned now.
+    pub fn job_ended(&self) {
+        self.inner.wake.notify_one();
     }
 
     /// How many warm conductors the pool keeps.
