@@ -2,8 +2,9 @@
 //! conductors spawned ahead of any job, each in its own fresh cgroup (cgroup mode) and holding
 //! its own listening socket, waiting for a job. A job start takes one ([`WarmPool::take`], a
 //! lock and a pop: nothing is spawned on the start's path) and the pool spawns the replacement
-//! in the background, a moment later (`REFILL_AFTER`) while a spare is left. A warm conductor is used for exactly one job: taken once, it leaves the
-//! pool for good, and the conductor itself refuses any job but the first one it is told.
+//! in the background, a moment later (`REFILL_AFTER`) while a spare is left. A warm conductor
+//! is used for exactly one job: taken once, it leaves the pool for good, and the conductor
+//! itself refuses any job but the first one it is told.
 //!
 //! A warm conductor must never outlive its daemon unnoticed:
 //! - every one has a record in `STATE_DIR/warm/` (its pid, start time and cgroup) from before
